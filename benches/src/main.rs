@@ -1,0 +1,167 @@
+//! `kalamdb-load`: an HTTP load generator for KalamDB's SQL API (and, for peers, any
+//! endpoint taking a JSON POST). Closed loop: each client sends its next request when the
+//! previous one answers. Bounded by duration and request count; loopback targets only.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Workload {
+    /// Single-row INSERTs with unique keys.
+    Insert,
+    /// Point SELECTs by primary key over preloaded rows.
+    Select,
+    /// Multi-row INSERTs of `--batch-rows` rows each (reports rows/s).
+    Bulk,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "kalamdb-load", about = "HTTP load generator for KalamDB")]
+struct Args {
+    /// Base URL of the server (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, value_enum, default_value = "insert")]
+    workload: Workload,
+    /// Concurrent clients (one keep-alive connection each).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Measured seconds (after warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Warm-up seconds, not measured.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Rows preloaded for `select`, rows per statement for `bulk`.
+    #[arg(long, default_value_t = 10_000)]
+    rows: usize,
+    #[arg(long, default_value_t = 1000)]
+    batch_rows: usize,
+    /// Hard cap on requests per client, so a run always ends.
+    #[arg(long, default_value_t = 10_000_000)]
+    requests_max: u64,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+async fn post(client: &HttpClient, url: &str, sql: String) -> Result<(), String> {
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let req = hyper::Request::post(format!("{url}/v1/api/sql"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)))
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let args = Args::parse();
+    if !(args.url.starts_with("http://127.") || args.url.starts_with("http://localhost")) {
+        return Err("kalamdb-load only targets loopback addresses".into());
+    }
+    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.clients).build_http();
+    let url = args.url.trim_end_matches('/').to_string();
+    let table = format!("bench.t{}", std::process::id());
+    post(&client, &url, "CREATE NAMESPACE IF NOT EXISTS bench".into()).await?;
+    post(&client, &url, format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')")).await?;
+    if matches!(args.workload, Workload::Select) {
+        for chunk in (0..args.rows).collect::<Vec<_>>().chunks(1000) {
+            let values: Vec<String> = chunk.iter().map(|i| format!("({i}, 'value-{i}')")).collect();
+            post(&client, &url, format!("INSERT INTO {table} (id, v) VALUES {}", values.join(","))).await?;
+        }
+    }
+    let next_key = Arc::new(AtomicU64::new(1_000_000_000));
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_at = Instant::now() + Duration::from_secs(args.warmup + args.seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (client, url, table, next_key, measuring) = (client.clone(), url.clone(), table.clone(), next_key.clone(), measuring.clone());
+        let a = (args.workload, args.rows, args.batch_rows, args.requests_max);
+        tasks.push(tokio::spawn(async move {
+            let (workload, rows, batch_rows, requests_max) = a;
+            let mut lat_us = Vec::new();
+            let mut errors = 0u64;
+            let mut sent = 0u64;
+            while Instant::now() < stop_at && sent < requests_max {
+                let sql = match workload {
+                    Workload::Insert => {
+                        let k = next_key.fetch_add(1, Ordering::Relaxed);
+                        format!("INSERT INTO {table} (id, v) VALUES ({k}, 'v{k}')")
+                    }
+                    Workload::Select => format!("SELECT * FROM {table} WHERE id = {}", fastrand::usize(0..rows.max(1))),
+                    Workload::Bulk => {
+                        let k = next_key.fetch_add(batch_rows as u64, Ordering::Relaxed);
+                        let values: Vec<String> = (k..k + batch_rows as u64).map(|i| format!("({i},'v{i}')")).collect();
+                        format!("INSERT INTO {table} (id, v) VALUES {}", values.join(","))
+                    }
+                };
+                let t = Instant::now();
+                let ok = post(&client, &url, sql).await;
+                sent += 1;
+                if measuring.load(Ordering::Relaxed) {
+                    match ok {
+                        Ok(()) => lat_us.push(t.elapsed().as_micros() as u64),
+                        Err(e) => {
+                            if errors == 0 {
+                                eprintln!("error: {e}");
+                            }
+                            errors += 1;
+                        }
+                    }
+                }
+            }
+            (lat_us, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.map_err(|e| e.to_string())?;
+        all.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let ops = all.len() as f64 / elapsed;
+    let rows_per_op = if matches!(args.workload, Workload::Bulk) { args.batch_rows as f64 } else { 1.0 };
+    println!(
+        "workload={:?} clients={} seconds={:.1} requests={} errors={} req/s={:.0} rows/s={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
+        args.workload,
+        args.clients,
+        elapsed,
+        all.len(),
+        errors,
+        ops,
+        ops * rows_per_op,
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        percentile(&all, 0.999),
+    );
+    Ok(())
+}

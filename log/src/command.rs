@@ -1,0 +1,216 @@
+//! The commands every write becomes. A log entry carries one [`LogCommand`]: a batch of
+//! [`Op`]s gathered by group commit, each with its own [`OpResult`] once applied.
+//!
+//! Everything here is plain data that both rkyv (log and wire format) and serde (openraft's
+//! bounds) can encode. Anything non-deterministic (generated ids, timestamps, password hashes)
+//! is computed before a command enters the log, so apply is a pure function of the log.
+
+use rkyv::{Archive, Deserialize as RDeserialize, Serialize as RSerialize};
+use serde::{Deserialize, Serialize};
+
+/// A single SQL value as stored in rows and carried by commands.
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Boolean(bool),
+    SmallInt(i16),
+    Int(i32),
+    BigInt(i64),
+    Float(f32),
+    Double(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+    /// Microseconds since the Unix epoch, UTC.
+    Timestamp(i64),
+    /// Days since the Unix epoch.
+    Date(i32),
+    /// JSON text, validated before it enters the log.
+    Json(String),
+}
+
+impl Value {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+}
+
+/// Column types. The names are the ones the HTTP API reports in `schema[].data_type`.
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataType {
+    Boolean,
+    SmallInt,
+    Int,
+    BigInt,
+    Float,
+    Double,
+    Text,
+    Bytes,
+    Timestamp,
+    Date,
+    Json,
+}
+
+impl DataType {
+    pub fn api_name(self) -> &'static str {
+        match self {
+            DataType::Boolean => "Boolean",
+            DataType::SmallInt => "SmallInt",
+            DataType::Int => "Int",
+            DataType::BigInt => "BigInt",
+            DataType::Float => "Float",
+            DataType::Double => "Double",
+            DataType::Text => "Text",
+            DataType::Bytes => "Bytes",
+            DataType::Timestamp => "Timestamp",
+            DataType::Date => "Date",
+            DataType::Json => "Json",
+        }
+    }
+}
+
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableType {
+    Shared,
+    User,
+    Stream,
+}
+
+impl TableType {
+    pub fn api_name(self) -> &'static str {
+        match self {
+            TableType::Shared => "SHARED",
+            TableType::User => "USER",
+            TableType::Stream => "STREAM",
+        }
+    }
+}
+
+/// A column default. Evaluated by the proposing node, never during apply.
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum DefaultExpr {
+    Literal(Value),
+    SnowflakeId,
+    Now,
+}
+
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ColumnDef {
+    pub name: String,
+    pub data_type: DataType,
+    pub nullable: bool,
+    pub primary_key: bool,
+    pub default: Option<DefaultExpr>,
+}
+
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TableDef {
+    /// Assigned by the catalog projection when the entry is applied; 0 inside a command.
+    pub table_id: u64,
+    pub namespace: String,
+    pub name: String,
+    pub table_type: TableType,
+    pub columns: Vec<ColumnDef>,
+    /// `WITH (...)` options other than TYPE, upper-cased keys, in statement order.
+    pub options: Vec<(String, String)>,
+    pub created_at_micros: i64,
+}
+
+impl TableDef {
+    /// Index of the primary-key column. Every table has exactly one (generated if not declared).
+    pub fn pk_index(&self) -> usize {
+        let idx = self.columns.iter().position(|c| c.primary_key);
+        idx.expect("table without primary key column: the planner always adds one")
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+/// One row write inside an Insert or Update.
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct RowWrite {
+    pub pk: Value,
+    /// All column values, in table column order.
+    pub values: Vec<Value>,
+    /// For updates and deletes: the `_seq` the row had when the statement read it. Apply
+    /// rejects the whole op with `Conflict` if the row changed since (optimistic concurrency).
+    pub expected_seq: Option<u64>,
+}
+
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Op {
+    CreateNamespace { name: String, if_not_exists: bool, created_at_micros: i64 },
+    DropNamespace { name: String, if_exists: bool, cascade: bool },
+    CreateTable { table: TableDef, if_not_exists: bool },
+    DropTable { namespace: String, name: String, if_exists: bool },
+    /// Insert new rows; fails whole if any primary key already holds a live row.
+    Insert { table_id: u64, scope: String, rows: Vec<RowWrite> },
+    /// Replace existing rows (each with its expected `_seq`).
+    Update { table_id: u64, scope: String, rows: Vec<RowWrite> },
+    /// Tombstone existing rows (each with its expected `_seq`).
+    Delete { table_id: u64, scope: String, rows: Vec<RowWrite> },
+    /// Remove every row of a dropped table from this group's projection.
+    PurgeTable { table_id: u64 },
+}
+
+impl Op {
+    /// A short name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::CreateNamespace { .. } => "create_namespace",
+            Op::DropNamespace { .. } => "drop_namespace",
+            Op::CreateTable { .. } => "create_table",
+            Op::DropTable { .. } => "drop_table",
+            Op::Insert { .. } => "insert",
+            Op::Update { .. } => "update",
+            Op::Delete { .. } => "delete",
+            Op::PurgeTable { .. } => "purge_table",
+        }
+    }
+}
+
+/// The payload of one log entry: one or more ops, applied in order, each independently
+/// (a failed op changes nothing and does not stop the ops after it).
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct LogCommand {
+    pub ops: Vec<Op>,
+}
+
+impl std::fmt::Display for LogCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogCommand({} ops)", self.ops.len())
+    }
+}
+
+/// Why an op was rejected by apply. Deterministic: every replica rejects the same ops.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyErrorCode {
+    AlreadyExists,
+    NamespaceNotFound,
+    NamespaceNotEmpty,
+    TableNotFound,
+    ConstraintViolation,
+    /// A row changed between the statement's read and its apply; the statement is retried.
+    Conflict,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum OpResult {
+    /// The op changed `affected` rows (or catalog objects).
+    Done { affected: u64 },
+    /// A table was created with this id.
+    TableCreated { table_id: u64 },
+    /// Tables were dropped (a table, or a namespace with CASCADE): their rows must be purged
+    /// from the data groups that hold them.
+    Dropped { table_ids: Vec<u64> },
+    /// `IF [NOT] EXISTS` made the op a no-op.
+    Skipped,
+    Failed { code: ApplyErrorCode, message: String },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ApplyResponse {
+    /// One result per op of a normal entry; empty for blank and membership entries.
+    pub results: Vec<OpResult>,
+}

@@ -1,0 +1,18 @@
+//! The replicated log: Raft type config, the commands every write becomes, group ids and the
+//! durable RocksDB log storage that openraft appends to.
+
+pub mod codec;
+pub mod command;
+pub mod error;
+pub mod group;
+pub mod storage;
+pub mod types;
+
+pub use command::{
+    ApplyResponse, ColumnDef, DataType, DefaultExpr, LogCommand, Op, OpResult, RowWrite, TableDef,
+    TableType, Value,
+};
+pub use error::Error;
+pub use group::{GroupId, GroupLayout, MetaGroup};
+pub use storage::{LogDb, LogStore};
+pub use types::{NodeAddr, NodeId, TypeConfig};

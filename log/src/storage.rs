@@ -1,0 +1,334 @@
+//! Durable Raft log storage in RocksDB: every group of a node shares one RocksDB instance,
+//! keyed by a 4-byte group prefix.
+//!
+//! Durability: `append` writes entries to the memtable and WAL without syncing, so they are
+//! readable at once, then hands openraft's flush callback to a single syncer thread. The syncer
+//! drains every pending callback, fsyncs the WAL once (`FlushWAL(sync)`), and only then calls
+//! the callbacks: group commit across all groups and all clients, and no callback fires before
+//! its entries are on disk. Votes, truncation and purge are synced inline.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use tokio::sync::mpsc;
+
+use crate::codec::{decode_entry, decode_log_id, encode_entry};
+use crate::error::{Error, Result};
+use crate::group::GroupId;
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+pub const CF_LOG: &str = "log";
+pub const CF_RAFT: &str = "raft";
+
+/// Flush callbacks waiting for the syncer. Bounded: a full queue makes `append` wait.
+pub const SYNC_QUEUE_LEN_MAX: usize = 8192;
+
+const KEY_VOTE: u8 = b'v';
+const KEY_COMMITTED: u8 = b'c';
+const KEY_PURGED: u8 = b'p';
+
+/// The node's RocksDB instance plus the WAL syncer. Shared by every group's log store and by
+/// the projections (which add their own column families).
+pub struct LogDb {
+    db: Arc<DB>,
+    sync_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogDb {
+    /// Open (or create) the database at `path` with the log's column families plus `extra_cfs`.
+    pub fn open(path: &Path, extra_cfs: &[&str]) -> Result<Arc<LogDb>> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Background work shares two cores with the server; keep it modest but concurrent.
+        opts.increase_parallelism(2);
+        let mut cfs = vec![
+            ColumnFamilyDescriptor::new(CF_LOG, Options::default()),
+            ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
+        ];
+        for cf in extra_cfs {
+            cfs.push(ColumnFamilyDescriptor::new(*cf, Options::default()));
+        }
+        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
+        let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE_LEN_MAX);
+        let syncer_db = db.clone();
+        thread::Builder::new()
+            .name("kalamdb-wal-sync".into())
+            .spawn(move || run_syncer(syncer_db, sync_rx))
+            .map_err(|e| Error::Corrupt(format!("cannot spawn WAL syncer: {e}")))?;
+        Ok(Arc::new(LogDb { db, sync_tx }))
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    /// Fsync the WAL now (used before acknowledging anything that bypasses `append`).
+    pub fn sync_wal(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+fn run_syncer(db: Arc<DB>, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut pending = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        pending.push(first);
+        while pending.len() < SYNC_QUEUE_LEN_MAX {
+            match rx.try_recv() {
+                Ok(cb) => pending.push(cb),
+                Err(_) => break,
+            }
+        }
+        let result = db.flush_wal(true);
+        for cb in pending.drain(..) {
+            match &result {
+                Ok(()) => cb.log_io_completed(Ok(())),
+                Err(e) => cb.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+            }
+        }
+    }
+}
+
+fn log_key(group: GroupId, index: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&group.prefix());
+    k[4..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn raft_key(group: GroupId, what: u8) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[..4].copy_from_slice(&group.prefix());
+    k[4] = what;
+    k
+}
+
+fn sync_opts() -> WriteOptions {
+    let mut o = WriteOptions::default();
+    o.set_sync(true);
+    o
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+/// One group's view of the node's log database.
+#[derive(Clone)]
+pub struct LogStore {
+    log_db: Arc<LogDb>,
+    group: GroupId,
+    /// Index of the last entry present (or last purged), kept to assert contiguity on append.
+    last_index: Option<u64>,
+}
+
+impl LogStore {
+    pub fn new(log_db: Arc<LogDb>, group: GroupId) -> Result<LogStore> {
+        let mut store = LogStore { log_db, group, last_index: None };
+        let (purged, last) = store.read_log_state()?;
+        store.last_index = last.or(purged).map(|l| l.index);
+        Ok(store)
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn db(&self) -> &DB {
+        &self.log_db.db
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db().cf_handle(name).ok_or_else(|| Error::Corrupt(format!("missing column family {name}")))
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, what: u8) -> Result<Option<T>> {
+        let cf = self.cf(CF_RAFT)?;
+        match self.db().get_pinned_cf(cf, raft_key(self.group, what))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Corrupt(e.to_string())),
+        }
+    }
+
+    fn put_json<T: serde::Serialize>(&self, what: u8, value: &T, sync: bool) -> Result<()> {
+        let cf = self.cf(CF_RAFT)?;
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Codec(e.to_string()))?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db().put_cf_opt(cf, raft_key(self.group, what), bytes, &opts)?;
+        Ok(())
+    }
+
+    /// (last purged, last present) log ids of this group.
+    fn read_log_state(&self) -> Result<(Option<LogId>, Option<LogId>)> {
+        let purged: Option<LogId> = self.get_json(KEY_PURGED)?;
+        let cf = self.cf(CF_LOG)?;
+        let upper = log_key(self.group, u64::MAX);
+        let mut iter = self.db().iterator_cf(cf, IteratorMode::From(&upper, Direction::Reverse));
+        let last = match iter.next() {
+            Some(item) => {
+                let (k, v) = item?;
+                if k.starts_with(&self.group.prefix()) { Some(decode_log_id(&v)?) } else { None }
+            }
+            None => None,
+        };
+        Ok((purged, last))
+    }
+
+    /// Read the present entries in `[start, end)`.
+    pub fn read_range(&self, start: u64, end: u64) -> Result<Vec<Entry>> {
+        let cf = self.cf(CF_LOG)?;
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        let from = log_key(self.group, start);
+        let iter = self.db().iterator_cf(cf, IteratorMode::From(&from, Direction::Forward));
+        // Entries below the first present one may be purged; from there on they are contiguous.
+        let mut expected: Option<u64> = None;
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&self.group.prefix()) {
+                break;
+            }
+            let entry = decode_entry(&v)?;
+            let index = entry.log_id.index;
+            if index >= end {
+                break;
+            }
+            if let Some(e) = expected {
+                assert_eq!(index, e, "hole in the log of group {}", self.group);
+            }
+            expected = Some(index + 1);
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+fn range_to_half_open<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = range_to_half_open(&range);
+        self.read_range(start, end).map_err(read_err)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let (purged, last) = self.read_log_state().map_err(read_err)?;
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last.or(purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // A vote must be on disk before it is returned: sync inline.
+        self.put_json(KEY_VOTE, vote, true).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_json(KEY_VOTE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: losing it only means re-learning the commit index from the leader.
+        self.put_json(KEY_COMMITTED, &committed, false).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_json::<Option<LogId>>(KEY_COMMITTED).map_err(read_err)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let cf = self.cf(CF_LOG).map_err(write_err)?;
+        let mut batch = WriteBatch::default();
+        let mut prev = self.last_index;
+        let mut last = self.last_index;
+        for entry in entries {
+            let index = entry.log_id.index;
+            // No holes: an entry follows the previous one, or overwrites an index that exists.
+            if let Some(p) = prev {
+                assert!(index <= p + 1, "append of index {index} after {p} would leave a hole in group {}", self.group);
+            }
+            prev = Some(index);
+            last = last.max(Some(index));
+            batch.put_cf(cf, log_key(self.group, index), encode_entry(&entry).map_err(write_err)?);
+        }
+        self.db().write(batch).map_err(write_err)?;
+        self.last_index = last;
+        // The entries are readable now; the callback fires only after the WAL fsync.
+        self.log_db
+            .sync_tx
+            .send(callback)
+            .await
+            .map_err(|_| write_err(Error::WriterStopped))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let cf = self.cf(CF_LOG).map_err(write_err)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, log_key(self.group, log_id.index), log_key(self.group, u64::MAX));
+        self.db().write_opt(batch, &sync_opts()).map_err(write_err)?;
+        let (purged, last) = self.read_log_state().map_err(read_err)?;
+        self.last_index = last.or(purged).map(|l| l.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let cf_log = self.cf(CF_LOG).map_err(write_err)?;
+        let cf_raft = self.cf(CF_RAFT).map_err(write_err)?;
+        let mut batch = WriteBatch::default();
+        let purged = serde_json::to_vec(&log_id).map_err(write_err)?;
+        batch.put_cf(cf_raft, raft_key(self.group, KEY_PURGED), purged);
+        batch.delete_range_cf(cf_log, log_key(self.group, 0), log_key(self.group, log_id.index + 1));
+        // Synced: the WAL is shared, so this also makes every earlier projection write durable
+        // before the log entries that could rebuild it are gone.
+        self.db().write_opt(batch, &sync_opts()).map_err(write_err)?;
+        if self.last_index.is_none_or(|l| l < log_id.index) {
+            self.last_index = Some(log_id.index);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! Server configuration: TOML file (every key optional, unknown keys rejected by name) with
+//! `KALAMDB_<SECTION>_<KEY>` environment overrides, e.g. `KALAMDB_SERVER_PORT=8081`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub sharding: ShardingConfig,
+    pub limits: LimitsConfig,
+    pub raft: RaftConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP API binds to.
+    pub host: String,
+    pub port: u16,
+    /// This node's id (1..=1023: it is part of generated snowflake ids).
+    pub node_id: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Root of everything the node stores: `rocksdb/`, `snapshots/`, `storage/`.
+    pub data_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardingConfig {
+    pub user_shards: u16,
+    pub shared_shards: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted HTTP request body.
+    pub request_body_bytes_max: usize,
+    /// How long a statement may wait for its log entry to commit and apply.
+    pub write_timeout_ms: u64,
+    /// Ops gathered into one log entry by group commit.
+    pub batch_ops_max: usize,
+    /// Log entries of one group in flight at once.
+    pub proposals_in_flight_max: usize,
+    /// Requests waiting for group commit per group (bounded queue).
+    pub proposal_queue_len_max: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind the last snapshot (so slow followers can catch up).
+    pub logs_to_keep: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Default tracing filter; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            sharding: ShardingConfig::default(),
+            limits: LimitsConfig::default(),
+            raft: RaftConfig::default(),
+            logging: LoggingConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig { host: "127.0.0.1".into(), port: 8080, node_id: 1 }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig { data_path: PathBuf::from("./data") }
+    }
+}
+
+impl Default for ShardingConfig {
+    fn default() -> ShardingConfig {
+        ShardingConfig { user_shards: 32, shared_shards: 1 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            request_body_bytes_max: 10 << 20,
+            write_timeout_ms: 10_000,
+            batch_ops_max: 1024,
+            proposals_in_flight_max: 4,
+            proposal_queue_len_max: 16_384,
+        }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> RaftConfig {
+        RaftConfig {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_logs_since_last: 20_000,
+            logs_to_keep: 5_000,
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> LoggingConfig {
+        LoggingConfig { level: "info".into() }
+    }
+}
+
+const SECTIONS: [&str; 6] = ["server", "storage", "sharding", "limits", "raft", "logging"];
+
+impl Config {
+    /// Load from an optional TOML file, then apply `KALAMDB_*` overrides from `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let mut doc: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", p.display())))?;
+                text.parse().map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("KALAMDB_") else { continue };
+            let rest = rest.to_ascii_lowercase();
+            let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else { continue };
+            let field = &rest[section.len() + 1..];
+            // Numbers and booleans keep their type; anything else is a string.
+            let parsed: toml::Value = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value.clone()));
+            let table = doc
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| Error::Config(format!("[{section}] must be a table")))?;
+            table.insert(field.to_string(), parsed);
+        }
+        let config: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(e.to_string().trim().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if !(1..=1023).contains(&self.server.node_id) {
+            return bad(format!("server.node_id must be 1..=1023, got {}", self.server.node_id));
+        }
+        let max = kalamdb_log::group::SHARDS_MAX;
+        if !(1..=max).contains(&self.sharding.user_shards) || !(1..=max).contains(&self.sharding.shared_shards) {
+            return bad(format!("sharding.user_shards and sharding.shared_shards must be 1..={max}"));
+        }
+        if self.raft.election_timeout_min_ms >= self.raft.election_timeout_max_ms
+            || self.raft.heartbeat_interval_ms >= self.raft.election_timeout_min_ms
+        {
+            return bad("raft: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into());
+        }
+        if self.limits.batch_ops_max == 0 || self.limits.proposals_in_flight_max == 0 || self.limits.proposal_queue_len_max == 0 {
+            return bad("limits: batch_ops_max, proposals_in_flight_max and proposal_queue_len_max must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn rocksdb_path(&self) -> PathBuf {
+        self.storage.data_path.join("rocksdb")
+    }
+
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.storage.data_path.join("snapshots")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_file() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.server.port, 8080);
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.sharding.user_shards, 32);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, "[server]\nport = 9000\nbogus_key = 1\n").unwrap();
+        let e = Config::load(Some(&p), Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("bogus_key"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, "[server]\nport = 9000\n").unwrap();
+        let env = vec![("KALAMDB_SERVER_PORT".to_string(), "9100".to_string()), ("KALAMDB_STORAGE_DATA_PATH".to_string(), "/tmp/x".to_string())];
+        let c = Config::load(Some(&p), env).unwrap();
+        assert_eq!(c.server.port, 9100);
+        assert_eq!(c.storage.data_path, PathBuf::from("/tmp/x"));
+        let e = Config::load(None, vec![("KALAMDB_SERVER_PROT".to_string(), "1".to_string())]).unwrap_err().to_string();
+        assert!(e.contains("prot"), "{e}");
+    }
+}

@@ -1,0 +1,152 @@
+//! The HTTP API: `POST /v1/api/sql`, health checks and `/metrics`. Every error is JSON with a
+//! stable code and the matching status; nothing a client sends can panic a handler.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kalamdb_log::{GroupId, Op, OpResult};
+use kalamdb_query::{Engine, ExecContext, Proposer, QueryResult};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::groups::Groups;
+
+/// The identity statements run as until authentication exists.
+pub const DEFAULT_USER: &str = "root";
+
+pub struct App {
+    pub engine: Engine,
+    pub groups: Arc<Groups>,
+    pub body_bytes_max: usize,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+struct NodeProposer<'a>(&'a Groups);
+
+#[async_trait]
+impl Proposer for NodeProposer<'_> {
+    async fn propose(&self, group: GroupId, op: Op) -> Result<OpResult, kalamdb_query::Error> {
+        self.0.propose(group, op).await
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SqlRequest {
+    sql: String,
+    #[serde(default)]
+    params: Vec<serde_json::Value>,
+    #[serde(default)]
+    namespace_id: Option<String>,
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/api/sql", post(sql))
+        .route("/health", get(health))
+        .route("/v1/api/healthcheck", get(health))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+fn took_ms(start: Instant) -> f64 {
+    (start.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str, start: Instant) -> Response {
+    metrics::counter!("kalamdb_sql_errors_total", "code" => code.to_string()).increment(1);
+    let body = json!({
+        "status": "error",
+        "results": [],
+        "took": took_ms(start),
+        "error": {"code": code, "message": message, "details": null},
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// HTTP status of a query error code.
+pub fn status_of(e: &kalamdb_query::Error) -> StatusCode {
+    use kalamdb_query::Error as E;
+    match e {
+        E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::Conflict(_) => StatusCode::CONFLICT,
+        E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+async fn sql(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/json"));
+    if !json_type {
+        return error_response(StatusCode::BAD_REQUEST, "INVALID_CONTENT_TYPE", "Content-Type must be application/json", start);
+    }
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            &format!("request body exceeds {} bytes", app.body_bytes_max),
+            start,
+        )
+    };
+    if declared.is_some_and(|n| n > app.body_bytes_max) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(body, app.body_bytes_max).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let req: SqlRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &format!("malformed JSON request: {e}"), start),
+    };
+    if req.sql.trim().is_empty() {
+        return error_response(StatusCode::BAD_REQUEST, "EMPTY_SQL", "the 'sql' field is empty", start);
+    }
+    let ctx = ExecContext { user_id: DEFAULT_USER.to_string(), namespace: req.namespace_id, params: req.params };
+    match app.engine.execute(&req.sql, &ctx, &NodeProposer(&app.groups)).await {
+        Ok(results) => {
+            metrics::counter!("kalamdb_sql_statements_total").increment(results.len() as u64);
+            success_response(&results, start)
+        }
+        Err(e) => error_response(status_of(&e), e.code(), &e.to_string(), start),
+    }
+}
+
+fn success_response(results: &[QueryResult], start: Instant) -> Response {
+    let body = json!({"status": "success", "results": results, "took": took_ms(start)});
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let ready = app.groups.all_have_leader();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if ready { "healthy" } else { "unavailable" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "api_version": "v1",
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    match &app.metrics {
+        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint", Instant::now())
+}

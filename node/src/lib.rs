@@ -1,0 +1,37 @@
+//! The KalamDB node: configuration, startup of every Raft group, the HTTP API, and the wiring
+//! of log, projections, transport and query. The only crate that knows all the others.
+
+pub mod config;
+pub mod error;
+pub mod groups;
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+/// Time a starting node waits for every group to elect a leader before serving anyway
+/// (health reports "unavailable" until they have).
+pub const STARTUP_LEADER_WAIT_MS: u64 = 10_000;
+
+/// Start the node and serve HTTP until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    let groups = groups::Groups::start(&cfg).await?;
+    if !groups.wait_ready(Duration::from_millis(STARTUP_LEADER_WAIT_MS)).await {
+        tracing::warn!(target: "kalamdb_raft", "not every group has a leader yet; serving anyway");
+    }
+    let engine = kalamdb_query::Engine::new(groups.catalog.clone(), groups.rows.clone(), groups.layout, groups.node_id);
+    let app = Arc::new(http::App { engine, groups: groups.clone(), body_bytes_max: cfg.limits.request_body_bytes_max, metrics });
+    let addr: SocketAddr = format!("{}:{}", cfg.server.host, cfg.server.port)
+        .parse()
+        .map_err(|e| Error::Config(format!("server.host/port: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, node_id = cfg.server.node_id, data = %cfg.storage.data_path.display(), "KalamDB listening");
+    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown).await?;
+    groups.shutdown().await;
+    Ok(())
+}

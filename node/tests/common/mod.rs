@@ -1,0 +1,145 @@
+//! Test harness: runs the real `kalamdb-server` binary on 127.0.0.1 with its own data folder,
+//! and talks to it over HTTP.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// How long a test waits for a server to become healthy.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(60);
+
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub data: PathBuf,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Server {
+    /// Start a server on a fresh port with data under `data` and wait until it is healthy.
+    pub async fn start(data: &Path) -> Server {
+        Server::start_on(data, free_port()).await
+    }
+
+    pub async fn start_on(data: &Path, port: u16) -> Server {
+        Server::start_with(data, port, &[]).await
+    }
+
+    /// Start with extra environment (config overrides such as `KALAMDB_LIMITS_...`).
+    pub async fn start_with(data: &Path, port: u16, env: &[(&str, &str)]) -> Server {
+        std::fs::create_dir_all(data).expect("create data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("server.log"))
+            .expect("open server log");
+        let child = Command::new(env!("CARGO_BIN_EXE_kalamdb-server"))
+            .env("KALAMDB_SERVER_PORT", port.to_string())
+            .env("KALAMDB_STORAGE_DATA_PATH", data)
+            .env("KALAMDB_SHARDING_USER_SHARDS", "4")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn kalamdb-server");
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let server = Server { child: Some(child), port, data: data.to_path_buf(), client };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + STARTUP_WAIT;
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = self.get("/v1/api/healthcheck").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default();
+        panic!("server on port {} did not become healthy; log:\n{log}", self.port);
+    }
+
+    /// SIGKILL: no shutdown code runs, exactly like a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9 server");
+            c.wait().expect("reap server");
+        }
+    }
+
+    pub async fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Result<(u16, serde_json::Value), String> {
+        let mut req = hyper::Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", self.port));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+        Ok((status, json))
+    }
+
+    /// Send raw bytes on a fresh connection and return the response's status code. For requests
+    /// a well-behaved client cannot make (declared bodies larger than what is sent).
+    pub async fn raw_status(&self, request: &[u8]) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
+        // The server may answer (and close) before it has read everything: a failed write is
+        // expected then, the response is what counts.
+        let _ = stream.write_all(request).await;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.expect("read response");
+            assert!(n > 0, "connection closed before a response");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf);
+        text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line")
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value), String> {
+        self.request("GET", path, None, Vec::new()).await
+    }
+
+    /// POST a SQL request body; returns (HTTP status, JSON response).
+    pub async fn sql_body(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.request("POST", "/v1/api/sql", Some("application/json"), body.to_string().into_bytes())
+            .await
+            .expect("http request")
+    }
+
+    pub async fn sql(&self, sql: &str) -> (u16, serde_json::Value) {
+        self.sql_body(serde_json::json!({ "sql": sql })).await
+    }
+
+    /// Run SQL that must succeed; returns the first result.
+    pub async fn sql_ok(&self, sql: &str) -> serde_json::Value {
+        let (status, body) = self.sql(sql).await;
+        assert_eq!(status, 200, "{sql} failed: {body}");
+        assert_eq!(body["status"], "success", "{body}");
+        body["results"][0].clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,98 @@
+//! The HTTP API's shape and its handling of bad input, against a real server process.
+
+mod common;
+
+use common::Server;
+use serde_json::json;
+
+#[tokio::test]
+async fn api_shape_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small body limit keeps the oversized requests below small.
+    let s = Server::start_with(dir.path(), common::free_port(), &[("KALAMDB_LIMITS_REQUEST_BODY_BYTES_MAX", "65536")]).await;
+
+    let (status, health) = s.get("/v1/api/healthcheck").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["api_version"], "v1");
+    assert_eq!(s.get("/health").await.unwrap().0, 200);
+
+    // The spec's statements, verbatim.
+    let r = s.sql_ok("CREATE NAMESPACE test_cluster").await;
+    assert!(r["message"].as_str().unwrap().contains("created"), "{r}");
+    s.sql_ok("CREATE TABLE test_cluster.items (id BIGINT PRIMARY KEY, name TEXT) WITH (TYPE = 'SHARED')").await;
+    let (status, body) = s.sql("SELECT * FROM system.namespaces").await;
+    assert_eq!(status, 200);
+    let rows = body["results"][0]["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r[0] == "test_cluster"), "{body}");
+    assert!(body["took"].as_f64().is_some());
+    assert_eq!(body["results"][0]["schema"][0]["name"], "namespace_id");
+    assert_eq!(body["results"][0]["schema"][0]["index"], 0);
+
+    // Insert, select, typed schema.
+    let r = s.sql_ok("INSERT INTO test_cluster.items (id, name) VALUES (1, 'a'), (2, 'b')").await;
+    assert_eq!(r["message"], "Inserted 2 row(s)");
+    assert_eq!(r["row_count"], 2);
+    let r = s.sql_ok("SELECT id, name FROM test_cluster.items ORDER BY id").await;
+    assert_eq!(r["rows"], json!([[1, "a"], [2, "b"]]));
+    assert_eq!(r["schema"][0]["data_type"], "BigInt");
+    assert_eq!(r["schema"][1]["data_type"], "Text");
+    // Point lookups take the fast path and must agree with DataFusion.
+    let fast = s.sql_ok("SELECT * FROM test_cluster.items WHERE id = 2").await;
+    let slow = s.sql_ok("SELECT * FROM test_cluster.items WHERE id = 2 AND 1 = 1").await;
+    assert_eq!(fast["rows"], slow["rows"]);
+    assert_eq!(fast["schema"], slow["schema"]);
+    // Parameters.
+    let (st, b) = s.sql_body(json!({"sql": "SELECT name FROM test_cluster.items WHERE id = $1", "params": [1]})).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["results"][0]["rows"], json!([["a"]]));
+    // namespace_id sets the default namespace.
+    let (st, b) = s.sql_body(json!({"sql": "SELECT count(*) AS n FROM items", "namespace_id": "test_cluster"})).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["results"][0]["rows"], json!([[2]]));
+
+    // Errors: status, code, never a panic.
+    let cases: Vec<(serde_json::Value, u16, &str)> = vec![
+        (json!({"sql": "SELEC 1"}), 400, "INVALID_SQL"),
+        (json!({"sql": "SELECT * FROM test_cluster.nope"}), 400, "TABLE_NOT_FOUND"),
+        (json!({"sql": "INSERT INTO nope.t (a) VALUES (1)"}), 400, "NAMESPACE_NOT_FOUND"),
+        (json!({"sql": "CREATE NAMESPACE test_cluster"}), 400, "ALREADY_EXISTS"),
+        (json!({"sql": "INSERT INTO test_cluster.items (id, name) VALUES (1, 'dup')"}), 400, "CONSTRAINT_VIOLATION"),
+        (json!({"sql": "   "}), 400, "EMPTY_SQL"),
+        (json!({"query": "SELECT 1"}), 400, "INVALID_REQUEST"),
+    ];
+    for (body, status, code) in cases {
+        let (st, b) = s.sql_body(body.clone()).await;
+        assert_eq!(st, status, "{body} -> {b}");
+        assert_eq!(b["status"], "error");
+        assert_eq!(b["error"]["code"], code, "{body} -> {b}");
+        assert_eq!(b["results"], json!([]));
+    }
+    let (st, b) = s.request("POST", "/v1/api/sql", Some("application/json"), b"{not json".to_vec()).await.unwrap();
+    assert_eq!((st, b["error"]["code"].as_str()), (400, Some("INVALID_REQUEST")));
+    let (st, b) = s.request("POST", "/v1/api/sql", Some("text/plain"), br#"{"sql":"SELECT 1"}"#.to_vec()).await.unwrap();
+    assert_eq!((st, b["error"]["code"].as_str()), (400, Some("INVALID_CONTENT_TYPE")));
+    // Over the limit: refused from the declared length, before the body is read.
+    let head = format!(
+        "POST /v1/api/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"sql\":\"",
+        200 << 10
+    );
+    assert_eq!(s.raw_status(head.as_bytes()).await, 413);
+    // Over the limit without a declared length (chunked): refused while reading.
+    let chunk = "x".repeat(16 << 10);
+    let mut chunked = String::from("POST /v1/api/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for _ in 0..8 {
+        chunked.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    chunked.push_str("0\r\n\r\n");
+    assert_eq!(s.raw_status(chunked.as_bytes()).await, 413);
+    let (st, _) = s.get("/v1/api/nope").await.unwrap();
+    assert_eq!(st, 404);
+
+    // A failed statement in a batch reports which one, earlier ones keep their effect.
+    let (st, b) = s.sql("INSERT INTO test_cluster.items (id, name) VALUES (3, 'c'); SELECT * FROM nope.nope").await;
+    assert_eq!(st, 400);
+    assert!(b["error"]["message"].as_str().unwrap().starts_with("statement 2"), "{b}");
+    let r = s.sql_ok("SELECT count(*) FROM test_cluster.items").await;
+    assert_eq!(r["rows"], json!([[3]]));
+}

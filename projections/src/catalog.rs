@@ -1,0 +1,249 @@
+//! The catalog projection: namespaces and tables, persisted in the `catalog` column family of
+//! the catalog meta group and mirrored in memory for the query layer.
+//!
+//! Keys: `group | 'n' | namespace` → [`NamespaceRecord`] JSON, `group | 't' | ns \0 name` →
+//! [`TableDef`] JSON, `group | 'i'` → next table id (u64 BE). Table ids are never reused, so rows
+//! left behind by a dropped table can never reappear under a new one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use kalamdb_log::command::ApplyErrorCode;
+use kalamdb_log::{GroupId, OpResult, TableDef};
+use rocksdb::{DB, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::CF_CATALOG;
+use crate::error::{Error, Result};
+use crate::keys::prefix_end;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    pub name: String,
+    pub created_at_micros: i64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct CatalogState {
+    pub namespaces: BTreeMap<String, NamespaceRecord>,
+    /// (namespace, table) → definition.
+    pub tables: BTreeMap<(String, String), Arc<TableDef>>,
+    pub by_id: HashMap<u64, Arc<TableDef>>,
+    pub next_table_id: u64,
+}
+
+/// The node's in-memory view of the catalog. Written only by the catalog group's apply.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    state: RwLock<CatalogState>,
+}
+
+fn ns_key(group: GroupId, ns: &str) -> Vec<u8> {
+    let mut k = group.prefix().to_vec();
+    k.push(b'n');
+    k.extend_from_slice(ns.as_bytes());
+    k
+}
+
+fn table_key(group: GroupId, ns: &str, name: &str) -> Vec<u8> {
+    let mut k = group.prefix().to_vec();
+    k.push(b't');
+    k.extend_from_slice(ns.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn next_id_key(group: GroupId) -> Vec<u8> {
+    let mut k = group.prefix().to_vec();
+    k.push(b'i');
+    k
+}
+
+fn failed(code: ApplyErrorCode, message: String) -> OpResult {
+    OpResult::Failed { code, message }
+}
+
+impl Catalog {
+    pub fn new() -> Arc<Catalog> {
+        Arc::new(Catalog::default())
+    }
+
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, CatalogState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CatalogState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn table(&self, ns: &str, name: &str) -> Option<Arc<TableDef>> {
+        self.read().tables.get(&(ns.to_string(), name.to_string())).cloned()
+    }
+
+    pub fn table_by_id(&self, id: u64) -> Option<Arc<TableDef>> {
+        self.read().by_id.get(&id).cloned()
+    }
+
+    pub fn namespace_exists(&self, ns: &str) -> bool {
+        self.read().namespaces.contains_key(ns)
+    }
+
+    /// Reload the in-memory view from the catalog group's column family.
+    pub fn load(&self, db: &DB, group: GroupId) -> Result<()> {
+        let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
+        let mut state = CatalogState { next_table_id: 1, ..Default::default() };
+        let prefix = group.prefix();
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(&prefix));
+        for item in db.iterator_cf_opt(cf, opts, rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+            let (k, v) = item?;
+            match k.get(4) {
+                Some(b'n') => {
+                    let ns: NamespaceRecord = serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    state.namespaces.insert(ns.name.clone(), ns);
+                }
+                Some(b't') => {
+                    let t: TableDef = serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    let t = Arc::new(t);
+                    state.by_id.insert(t.table_id, t.clone());
+                    state.tables.insert((t.namespace.clone(), t.name.clone()), t);
+                }
+                Some(b'i') => {
+                    let b: [u8; 8] = v.as_ref().try_into().map_err(|_| Error::Corrupt("bad next id".into()))?;
+                    state.next_table_id = u64::from_be_bytes(b);
+                }
+                _ => return Err(Error::Corrupt("unknown catalog key".into())),
+            }
+        }
+        *self.write() = state;
+        Ok(())
+    }
+
+    pub fn create_namespace(
+        &self,
+        db: &DB,
+        batch: &mut WriteBatch,
+        group: GroupId,
+        name: &str,
+        if_not_exists: bool,
+        created_at_micros: i64,
+    ) -> Result<OpResult> {
+        let mut st = self.write();
+        if st.namespaces.contains_key(name) {
+            return Ok(if if_not_exists {
+                OpResult::Skipped
+            } else {
+                failed(ApplyErrorCode::AlreadyExists, format!("Namespace '{name}' already exists"))
+            });
+        }
+        let rec = NamespaceRecord { name: name.to_string(), created_at_micros };
+        let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
+        batch.put_cf(cf, ns_key(group, name), serde_json::to_vec(&rec).map_err(|e| Error::Corrupt(e.to_string()))?);
+        st.namespaces.insert(name.to_string(), rec);
+        Ok(OpResult::Done { affected: 1 })
+    }
+
+    pub fn drop_namespace(
+        &self,
+        db: &DB,
+        batch: &mut WriteBatch,
+        group: GroupId,
+        name: &str,
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<OpResult> {
+        let mut st = self.write();
+        if !st.namespaces.contains_key(name) {
+            return Ok(if if_exists {
+                OpResult::Skipped
+            } else {
+                failed(ApplyErrorCode::NamespaceNotFound, format!("Namespace '{name}' does not exist"))
+            });
+        }
+        let tables: Vec<Arc<TableDef>> = st.tables.values().filter(|t| t.namespace == name).cloned().collect();
+        if !tables.is_empty() && !cascade {
+            return Ok(failed(
+                ApplyErrorCode::NamespaceNotEmpty,
+                format!("Namespace '{name}' has {} table(s); use DROP NAMESPACE {name} CASCADE", tables.len()),
+            ));
+        }
+        let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
+        let mut table_ids = Vec::with_capacity(tables.len());
+        for t in tables {
+            batch.delete_cf(cf, table_key(group, &t.namespace, &t.name));
+            st.tables.remove(&(t.namespace.clone(), t.name.clone()));
+            st.by_id.remove(&t.table_id);
+            table_ids.push(t.table_id);
+        }
+        batch.delete_cf(cf, ns_key(group, name));
+        st.namespaces.remove(name);
+        Ok(OpResult::Dropped { table_ids })
+    }
+
+    pub fn create_table(
+        &self,
+        db: &DB,
+        batch: &mut WriteBatch,
+        group: GroupId,
+        table: &TableDef,
+        if_not_exists: bool,
+    ) -> Result<OpResult> {
+        let mut st = self.write();
+        if !st.namespaces.contains_key(&table.namespace) {
+            return Ok(failed(
+                ApplyErrorCode::NamespaceNotFound,
+                format!("Namespace '{}' does not exist", table.namespace),
+            ));
+        }
+        let key = (table.namespace.clone(), table.name.clone());
+        if st.tables.contains_key(&key) {
+            return Ok(if if_not_exists {
+                OpResult::Skipped
+            } else {
+                failed(
+                    ApplyErrorCode::AlreadyExists,
+                    format!("Table '{}.{}' already exists", table.namespace, table.name),
+                )
+            });
+        }
+        let table_id = st.next_table_id.max(1);
+        let mut def = table.clone();
+        def.table_id = table_id;
+        let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
+        let bytes = serde_json::to_vec(&def).map_err(|e| Error::Corrupt(e.to_string()))?;
+        batch.put_cf(cf, table_key(group, &def.namespace, &def.name), bytes);
+        batch.put_cf(cf, next_id_key(group), (table_id + 1).to_be_bytes());
+        st.next_table_id = table_id + 1;
+        let def = Arc::new(def);
+        st.by_id.insert(table_id, def.clone());
+        st.tables.insert(key, def);
+        Ok(OpResult::TableCreated { table_id })
+    }
+
+    pub fn drop_table(
+        &self,
+        db: &DB,
+        batch: &mut WriteBatch,
+        group: GroupId,
+        ns: &str,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<OpResult> {
+        let mut st = self.write();
+        let key = (ns.to_string(), name.to_string());
+        let Some(def) = st.tables.remove(&key) else {
+            return Ok(if if_exists {
+                OpResult::Skipped
+            } else if !st.namespaces.contains_key(ns) {
+                failed(ApplyErrorCode::NamespaceNotFound, format!("Namespace '{ns}' does not exist"))
+            } else {
+                failed(ApplyErrorCode::TableNotFound, format!("Table '{ns}.{name}' does not exist"))
+            });
+        };
+        st.by_id.remove(&def.table_id);
+        let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
+        batch.delete_cf(cf, table_key(group, ns, name));
+        Ok(OpResult::Dropped { table_ids: vec![def.table_id] })
+    }
+}

@@ -1,0 +1,17 @@
+//! The one error type of the projections crate.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("log: {0}")]
+    Log(#[from] kalamdb_log::Error),
+    #[error("projection data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

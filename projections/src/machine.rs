@@ -1,0 +1,298 @@
+//! [`Projection`]: one group's openraft state machine. Applies committed entries to the
+//! catalog and row column families in one write batch per `apply` call, with the last-applied
+//! log id and membership in that same batch, so the projection and its position never diverge.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kalamdb_log::command::ApplyErrorCode;
+use kalamdb_log::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
+use kalamdb_log::{ApplyResponse, GroupId, LogDb, MetaGroup, Op, OpResult, TypeConfig};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
+use rocksdb::{DB, WriteBatch};
+use tokio::sync::watch;
+
+use crate::CF_SM;
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::rows::RowApplier;
+use crate::snapshot::{export_group, import_group};
+
+const KEY_APPLIED: u8 = b'a';
+const KEY_MEMBERSHIP: u8 = b'm';
+
+fn sm_key(group: GroupId, what: u8) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[..4].copy_from_slice(&group.prefix());
+    k[4] = what;
+    k
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::new(&e)).into()
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
+}
+
+/// One group's state machine.
+pub struct Projection {
+    log_db: Arc<LogDb>,
+    group: GroupId,
+    catalog: Arc<Catalog>,
+    snapshot_dir: PathBuf,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    applied_tx: watch::Sender<u64>,
+    snapshot_seq: u64,
+}
+
+impl Projection {
+    /// Open the group's projection, loading its applied position (and the catalog for the
+    /// catalog group) from the database.
+    pub fn open(log_db: Arc<LogDb>, group: GroupId, catalog: Arc<Catalog>, snapshot_dir: &Path) -> Result<Projection> {
+        std::fs::create_dir_all(snapshot_dir)?;
+        let db = log_db.db().clone();
+        let cf = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+        let applied: Option<LogId> = match db.get_pinned_cf(cf, sm_key(group, KEY_APPLIED))? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt(e.to_string()))?,
+            None => None,
+        };
+        let membership: StoredMembership = match db.get_pinned_cf(cf, sm_key(group, KEY_MEMBERSHIP))? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt(e.to_string()))?,
+            None => StoredMembership::default(),
+        };
+        if group == GroupId::Meta(MetaGroup::Catalog) {
+            catalog.load(&db, group)?;
+        }
+        let (applied_tx, _) = watch::channel(applied.map_or(0, |l| l.index));
+        Ok(Projection {
+            log_db,
+            group,
+            catalog,
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            applied,
+            membership,
+            applied_tx,
+            snapshot_seq: 0,
+        })
+    }
+
+    /// Subscribe to the last applied index (for read-your-writes and linearizable reads).
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    fn db(&self) -> &DB {
+        self.log_db.db()
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.snapshot_dir.join(format!("group-{:08x}.snap", self.group.to_u32()))
+    }
+
+    fn stage_position(&self, batch: &mut WriteBatch) -> Result<()> {
+        let cf = self.db().cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+        let applied = serde_json::to_vec(&self.applied).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let membership = serde_json::to_vec(&self.membership).map_err(|e| Error::Corrupt(e.to_string()))?;
+        batch.put_cf(cf, sm_key(self.group, KEY_APPLIED), applied);
+        batch.put_cf(cf, sm_key(self.group, KEY_MEMBERSHIP), membership);
+        Ok(())
+    }
+
+    fn apply_op(
+        &self,
+        batch: &mut WriteBatch,
+        rows: &mut RowApplier<'_>,
+        op: &Op,
+        log_index: u64,
+        ordinal: &mut u64,
+    ) -> Result<OpResult> {
+        let is_catalog = self.group == GroupId::Meta(MetaGroup::Catalog);
+        let is_data = matches!(self.group, GroupId::UserShard(_) | GroupId::SharedShard(_));
+        let db = self.log_db.db();
+        let misrouted = || OpResult::Failed {
+            code: ApplyErrorCode::ConstraintViolation,
+            message: format!("{} op routed to group {}", op.kind(), self.group),
+        };
+        match op {
+            Op::CreateNamespace { name, if_not_exists, created_at_micros } if is_catalog => {
+                self.catalog.create_namespace(db, batch, self.group, name, *if_not_exists, *created_at_micros)
+            }
+            Op::DropNamespace { name, if_exists, cascade } if is_catalog => {
+                self.catalog.drop_namespace(db, batch, self.group, name, *if_exists, *cascade)
+            }
+            Op::CreateTable { table, if_not_exists } if is_catalog => {
+                self.catalog.create_table(db, batch, self.group, table, *if_not_exists)
+            }
+            Op::DropTable { namespace, name, if_exists } if is_catalog => {
+                self.catalog.drop_table(db, batch, self.group, namespace, name, *if_exists)
+            }
+            Op::Insert { table_id, scope, rows: writes } if is_data => {
+                rows.insert(batch, *table_id, scope, writes, log_index, ordinal)
+            }
+            Op::Update { table_id, scope, rows: writes } if is_data => {
+                rows.rewrite(batch, *table_id, scope, writes, false, log_index, ordinal)
+            }
+            Op::Delete { table_id, scope, rows: writes } if is_data => {
+                rows.rewrite(batch, *table_id, scope, writes, true, log_index, ordinal)
+            }
+            Op::PurgeTable { table_id } if is_data => rows.purge_table(batch, *table_id),
+            _ => Ok(misrouted()),
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for Projection {
+    type SnapshotBuilder = ProjectionSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let db = self.log_db.db().clone();
+        let mut batch = WriteBatch::default();
+        let mut rows = RowApplier::new(&db, self.group);
+        let mut responses = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            if let Some(applied) = self.applied {
+                assert!(index > applied.index, "group {} applies index {index} after {}", self.group, applied.index);
+            }
+            let mut response = ApplyResponse::default();
+            match &entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(cmd) => {
+                    let mut ordinal = 0u64;
+                    for op in &cmd.ops {
+                        let result = self
+                            .apply_op(&mut batch, &mut rows, op, index, &mut ordinal)
+                            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                        response.results.push(result);
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                }
+            }
+            self.applied = Some(entry.log_id);
+            responses.push(response);
+        }
+        self.stage_position(&mut batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        // Not synced: the log holds every applied entry until a synced purge, and the WAL is
+        // shared, so this batch is durable no later than the next log fsync.
+        db.write(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let index = self.applied.map_or(0, |l| l.index);
+        self.applied_tx.send_replace(index);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        // Exported here, while `&mut self` excludes apply, so data and position agree.
+        let data = export_group(self.db(), self.group);
+        ProjectionSnapshotBuilder {
+            group: self.group,
+            applied: self.applied,
+            membership: self.membership.clone(),
+            data,
+            path: self.snapshot_path(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let db = self.log_db.db().clone();
+        let mut batch = WriteBatch::default();
+        import_group(&db, self.group, &data, &mut batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.stage_position(&mut batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        db.write(batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.log_db.sync_wal().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        if self.group == GroupId::Meta(MetaGroup::Catalog) {
+            self.catalog.load(&db, self.group).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        }
+        write_snapshot_file(&self.snapshot_path(), meta, &data).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.applied_tx.send_replace(self.applied.map_or(0, |l| l.index));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        read_snapshot_file(&self.snapshot_path()).map_err(|e| snap_err(ErrorVerb::Read, e))
+    }
+}
+
+/// Builds the snapshot file from data exported when the builder was created.
+pub struct ProjectionSnapshotBuilder {
+    group: GroupId,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    data: Result<Vec<u8>>,
+    path: PathBuf,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ProjectionSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let data = match std::mem::replace(&mut self.data, Ok(Vec::new())) {
+            Ok(d) => d,
+            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
+        };
+        let snapshot_id = match self.applied {
+            Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.seq),
+            None => format!("{}-0-0-{}", self.group, self.seq),
+        };
+        let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
+        write_snapshot_file(&self.path, &meta, &data).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+/// `meta_len u32 BE | meta JSON | data`, written to a temp file, fsynced, then renamed.
+fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let meta_bytes = serde_json::to_vec(meta).map_err(|e| Error::Snapshot(e.to_string()))?;
+    let tmp = path.with_extension("snap.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
+        f.write_all(&meta_bytes)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn read_snapshot_file(path: &Path) -> Result<Option<Snapshot>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if bytes.len() < 4 {
+        return Err(Error::Snapshot("snapshot file too short".into()));
+    }
+    let meta_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let meta_bytes = bytes.get(4..4 + meta_len).ok_or_else(|| Error::Snapshot("snapshot meta truncated".into()))?;
+    let meta: SnapshotMeta = serde_json::from_slice(meta_bytes).map_err(|e| Error::Snapshot(e.to_string()))?;
+    let data = bytes[4 + meta_len..].to_vec();
+    Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+}

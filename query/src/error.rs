@@ -1,0 +1,81 @@
+//! The one error type of the query crate. Each variant has a stable API code.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidSql(String),
+    #[error("{0}")]
+    NamespaceNotFound(String),
+    #[error("{0}")]
+    TableNotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    ConstraintViolation(String),
+    #[error("{0}")]
+    NamespaceNotEmpty(String),
+    #[error("{0}")]
+    Execution(String),
+    /// The statement kept conflicting with concurrent writers.
+    #[error("{0}")]
+    Conflict(String),
+    /// No leader could take the write (election in progress, partition).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The code the HTTP API reports in `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidSql(_) => "INVALID_SQL",
+            Error::NamespaceNotFound(_) => "NAMESPACE_NOT_FOUND",
+            Error::TableNotFound(_) => "TABLE_NOT_FOUND",
+            Error::AlreadyExists(_) => "ALREADY_EXISTS",
+            Error::ConstraintViolation(_) => "CONSTRAINT_VIOLATION",
+            Error::NamespaceNotEmpty(_) => "NAMESPACE_NOT_EMPTY",
+            Error::Execution(_) => "SQL_EXECUTION_ERROR",
+            Error::Conflict(_) => "WRITE_CONFLICT",
+            Error::Unavailable(_) => "CLUSTER_UNAVAILABLE",
+            Error::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Error {
+        use datafusion::error::DataFusionError as D;
+        // Planning errors arrive wrapped (diagnostics, context); classify by the root cause.
+        let e = match e {
+            D::Diagnostic(_, inner) => return Error::from(*inner),
+            D::Context(ctx, inner) => match Error::from(*inner) {
+                Error::InvalidSql(m) => return Error::InvalidSql(format!("{ctx}: {m}")),
+                other => return other,
+            },
+            other => other,
+        };
+        match e {
+            D::SQL(e, _) => Error::InvalidSql(e.to_string()),
+            D::Plan(m) => {
+                // DataFusion reports unknown tables as plan errors; give them their own code.
+                if m.contains("table") && m.contains("not found") {
+                    Error::TableNotFound(m)
+                } else {
+                    Error::InvalidSql(m)
+                }
+            }
+            D::SchemaError(e, _) => Error::InvalidSql(e.to_string()),
+            other => Error::Execution(other.to_string()),
+        }
+    }
+}
+
+impl From<kalamdb_projections::Error> for Error {
+    fn from(e: kalamdb_projections::Error) -> Error {
+        Error::Internal(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,12 @@
+//! SQL for KalamDB: parsing (sqlparser plus our own statements), DataFusion table providers
+//! over the RocksDB projections, the `system.*` tables, and the engine that answers reads
+//! locally and turns writes into log ops for the node to propose.
+
+pub mod engine;
+pub mod error;
+pub mod parse;
+pub mod provider;
+pub mod values;
+
+pub use engine::{Engine, ExecContext, Proposer, QueryResult};
+pub use error::Error;

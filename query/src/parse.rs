@@ -1,0 +1,485 @@
+//! SQL text to statements: splits a request into statements and parses KalamDB's own
+//! statements (namespaces, typed CREATE TABLE, SHOW, DESCRIBE) over sqlparser's tokenizer.
+//! Everything else (SELECT, INSERT, UPDATE, DELETE) goes to sqlparser's full parser.
+
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use kalamdb_log::{DataType, DefaultExpr, TableType, Value};
+
+use crate::error::{Error, Result};
+
+/// Longest SQL text one request may carry.
+pub const SQL_BYTES_MAX: usize = 1 << 20;
+/// Most statements one request may carry.
+pub const STATEMENTS_MAX: usize = 1000;
+/// Longest identifier (namespace, table, column name).
+pub const IDENT_BYTES_MAX: usize = 128;
+
+/// A possibly namespace-qualified table name as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableName {
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedColumn {
+    pub name: String,
+    pub data_type: DataType,
+    pub not_null: bool,
+    pub primary_key: bool,
+    pub default: Option<DefaultExpr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedCreateTable {
+    pub table: TableName,
+    pub table_type: Option<TableType>,
+    pub if_not_exists: bool,
+    pub columns: Vec<ParsedColumn>,
+    /// `WITH (...)` options, keys upper-cased, TYPE included.
+    pub options: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Statement {
+    CreateNamespace { name: String, if_not_exists: bool },
+    DropNamespace { name: String, if_exists: bool, cascade: bool },
+    ShowNamespaces,
+    CreateTable(ParsedCreateTable),
+    DropTable { table: TableName, if_exists: bool },
+    ShowTables { namespace: Option<String> },
+    DescribeTable { table: TableName },
+    /// Standard SQL handled through sqlparser's AST.
+    Sql(Box<datafusion::sql::sqlparser::ast::Statement>),
+}
+
+/// Split SQL text into statements at `;`, respecting quotes and comments. Empty statements
+/// (e.g. a trailing `;`) are dropped.
+pub fn split_statements(sql: &str) -> Result<Vec<String>> {
+    if sql.len() > SQL_BYTES_MAX {
+        return Err(Error::InvalidSql(format!("SQL text exceeds {SQL_BYTES_MAX} bytes")));
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == q {
+                        // A doubled quote is an escaped quote inside the literal.
+                        if bytes.get(i + 1) == Some(&q) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                if i >= bytes.len() {
+                    return Err(Error::InvalidSql("unterminated quoted string".into()));
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => {
+                push_stmt(&mut out, &sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if start < sql.len() {
+        push_stmt(&mut out, &sql[start..]);
+    }
+    if out.len() > STATEMENTS_MAX {
+        return Err(Error::InvalidSql(format!("more than {STATEMENTS_MAX} statements in one request")));
+    }
+    Ok(out)
+}
+
+fn push_stmt(out: &mut Vec<String>, s: &str) {
+    let has_code = s.lines().any(|l| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with("--")
+    });
+    if has_code && !s.trim().is_empty() {
+        out.push(s.trim().to_string());
+    }
+}
+
+/// Token cursor for our own statements.
+struct Cursor {
+    tokens: Vec<Token>,
+    pos: usize,
+}
+
+impl Cursor {
+    fn new(sql: &str) -> Result<Cursor> {
+        let dialect = GenericDialect {};
+        let tokens = Tokenizer::new(&dialect, sql).tokenize().map_err(|e| Error::InvalidSql(e.to_string()))?;
+        let tokens = tokens
+            .into_iter()
+            .filter(|t| !matches!(t, Token::Whitespace(_)))
+            .collect();
+        Ok(Cursor { tokens, pos: 0 })
+    }
+
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let t = self.tokens.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+
+    /// Is the next token the (unquoted) keyword `kw`?
+    fn peek_kw(&self, kw: &str) -> bool {
+        self.peek_kw_at(0, kw)
+    }
+
+    fn peek_kw_at(&self, ahead: usize, kw: &str) -> bool {
+        matches!(self.tokens.get(self.pos + ahead), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw))
+    }
+
+    fn eat_kw(&mut self, kw: &str) -> bool {
+        if self.peek_kw(kw) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn eat_kws(&mut self, kws: &[&str]) -> bool {
+        if kws.iter().enumerate().all(|(i, k)| self.peek_kw_at(i, k)) {
+            self.pos += kws.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn eat(&mut self, t: &Token) -> bool {
+        if self.peek() == Some(t) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, t: &Token) -> Result<()> {
+        if self.eat(t) { Ok(()) } else { Err(self.unexpected(&t.to_string())) }
+    }
+
+    fn unexpected(&self, wanted: &str) -> Error {
+        match self.peek() {
+            Some(t) => Error::InvalidSql(format!("expected {wanted}, found '{t}'")),
+            None => Error::InvalidSql(format!("expected {wanted}, found end of statement")),
+        }
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.tokens.len()
+    }
+
+    fn expect_end(&self) -> Result<()> {
+        if self.at_end() { Ok(()) } else { Err(self.unexpected("end of statement")) }
+    }
+
+    /// An identifier: unquoted ones are lower-cased (as DataFusion does), quoted ones kept.
+    fn ident(&mut self) -> Result<String> {
+        match self.next() {
+            Some(Token::Word(w)) => {
+                let name = if w.quote_style.is_some() { w.value } else { w.value.to_lowercase() };
+                if name.is_empty() || name.len() > IDENT_BYTES_MAX {
+                    return Err(Error::InvalidSql(format!("identifier must be 1 to {IDENT_BYTES_MAX} bytes")));
+                }
+                Ok(name)
+            }
+            Some(t) => Err(Error::InvalidSql(format!("expected an identifier, found '{t}'"))),
+            None => Err(Error::InvalidSql("expected an identifier, found end of statement".into())),
+        }
+    }
+
+    fn table_name(&mut self) -> Result<TableName> {
+        let first = self.ident()?;
+        if self.eat(&Token::Period) {
+            let name = self.ident()?;
+            Ok(TableName { namespace: Some(first), name })
+        } else {
+            Ok(TableName { namespace: None, name: first })
+        }
+    }
+}
+
+/// Parse one statement (no `;`).
+pub fn parse_statement(sql: &str) -> Result<Statement> {
+    let mut c = Cursor::new(sql)?;
+    if c.eat_kw("CREATE") {
+        if c.eat_kw("NAMESPACE") {
+            let if_not_exists = c.eat_kws(&["IF", "NOT", "EXISTS"]);
+            let name = c.ident()?;
+            c.expect_end()?;
+            return Ok(Statement::CreateNamespace { name, if_not_exists });
+        }
+        let table_type = if c.eat_kw("SHARED") {
+            Some(TableType::Shared)
+        } else if c.eat_kw("USER") {
+            Some(TableType::User)
+        } else if c.eat_kw("STREAM") {
+            Some(TableType::Stream)
+        } else {
+            None
+        };
+        if c.peek_kw("TABLE") {
+            c.pos += 1;
+            return parse_create_table(&mut c, table_type).map(Statement::CreateTable);
+        }
+        if table_type.is_some() {
+            return Err(c.unexpected("TABLE"));
+        }
+    } else if c.eat_kw("DROP") {
+        if c.eat_kw("NAMESPACE") {
+            let if_exists = c.eat_kws(&["IF", "EXISTS"]);
+            let name = c.ident()?;
+            let cascade = c.eat_kw("CASCADE");
+            c.expect_end()?;
+            return Ok(Statement::DropNamespace { name, if_exists, cascade });
+        }
+        // Table type words are accepted and ignored: a table's name identifies it.
+        let _ = c.eat_kw("SHARED") || c.eat_kw("USER") || c.eat_kw("STREAM");
+        if c.eat_kw("TABLE") {
+            let if_exists = c.eat_kws(&["IF", "EXISTS"]);
+            let table = c.table_name()?;
+            c.expect_end()?;
+            return Ok(Statement::DropTable { table, if_exists });
+        }
+    } else if c.eat_kw("SHOW") {
+        if c.eat_kw("NAMESPACES") {
+            c.expect_end()?;
+            return Ok(Statement::ShowNamespaces);
+        }
+        if c.eat_kw("TABLES") {
+            let namespace = if c.eat_kw("IN") || c.eat_kw("FROM") { Some(c.ident()?) } else { None };
+            c.expect_end()?;
+            return Ok(Statement::ShowTables { namespace });
+        }
+    } else if c.eat_kw("DESCRIBE") || c.eat_kw("DESC") {
+        let _ = c.eat_kw("TABLE");
+        let table = c.table_name()?;
+        c.expect_end()?;
+        return Ok(Statement::DescribeTable { table });
+    }
+    let dialect = GenericDialect {};
+    let mut stmts = Parser::parse_sql(&dialect, sql).map_err(|e| Error::InvalidSql(e.to_string()))?;
+    match stmts.len() {
+        1 => Ok(Statement::Sql(Box::new(stmts.remove(0)))),
+        0 => Err(Error::InvalidSql("empty statement".into())),
+        _ => Err(Error::InvalidSql("expected one statement".into())),
+    }
+}
+
+fn parse_data_type(c: &mut Cursor) -> Result<DataType> {
+    let word = match c.next() {
+        Some(Token::Word(w)) => w.value.to_ascii_uppercase(),
+        Some(t) => return Err(Error::InvalidSql(format!("expected a data type, found '{t}'"))),
+        None => return Err(Error::InvalidSql("expected a data type".into())),
+    };
+    let dt = match word.as_str() {
+        "BIGINT" | "INT8" | "LONG" => DataType::BigInt,
+        "INT" | "INTEGER" | "INT4" => DataType::Int,
+        "SMALLINT" | "INT2" => DataType::SmallInt,
+        "DOUBLE" => {
+            let _ = c.eat_kw("PRECISION");
+            DataType::Double
+        }
+        "FLOAT8" => DataType::Double,
+        "FLOAT" | "FLOAT4" | "REAL" => DataType::Float,
+        "BOOLEAN" | "BOOL" => DataType::Boolean,
+        "TEXT" | "VARCHAR" | "STRING" | "CHAR" => DataType::Text,
+        "TIMESTAMP" | "DATETIME" => DataType::Timestamp,
+        "DATE" => DataType::Date,
+        "JSON" | "JSONB" => DataType::Json,
+        "BYTES" | "BYTEA" | "BLOB" | "BINARY" | "VARBINARY" => DataType::Bytes,
+        other => return Err(Error::InvalidSql(format!("unsupported data type {other}"))),
+    };
+    // Length / precision arguments are accepted and not enforced: TEXT has no length limit.
+    if c.eat(&Token::LParen) {
+        while !c.eat(&Token::RParen) {
+            if c.next().is_none() {
+                return Err(Error::InvalidSql("unterminated type arguments".into()));
+            }
+        }
+    }
+    if dt == DataType::Timestamp && (c.eat_kws(&["WITH", "TIME", "ZONE"]) || c.eat_kws(&["WITHOUT", "TIME", "ZONE"])) {
+        // All timestamps are stored in UTC.
+    }
+    Ok(dt)
+}
+
+fn parse_default(c: &mut Cursor) -> Result<DefaultExpr> {
+    let negative = c.eat(&Token::Minus);
+    match c.next() {
+        Some(Token::Number(n, _)) => {
+            let text = if negative { format!("-{n}") } else { n };
+            Ok(DefaultExpr::Literal(number_value(&text)?))
+        }
+        Some(Token::SingleQuotedString(s)) if !negative => Ok(DefaultExpr::Literal(Value::Text(s))),
+        Some(Token::Word(w)) if !negative && w.quote_style.is_none() => {
+            let upper = w.value.to_ascii_uppercase();
+            let call = c.eat(&Token::LParen);
+            if call {
+                c.expect(&Token::RParen)?;
+            }
+            match upper.as_str() {
+                "NULL" if !call => Ok(DefaultExpr::Literal(Value::Null)),
+                "TRUE" if !call => Ok(DefaultExpr::Literal(Value::Boolean(true))),
+                "FALSE" if !call => Ok(DefaultExpr::Literal(Value::Boolean(false))),
+                "SNOWFLAKE_ID" => Ok(DefaultExpr::SnowflakeId),
+                "NOW" | "CURRENT_TIMESTAMP" => Ok(DefaultExpr::Now),
+                other => Err(Error::InvalidSql(format!("unsupported DEFAULT expression {other}"))),
+            }
+        }
+        Some(t) => Err(Error::InvalidSql(format!("unsupported DEFAULT expression '{t}'"))),
+        None => Err(Error::InvalidSql("expected a DEFAULT expression".into())),
+    }
+}
+
+fn number_value(text: &str) -> Result<Value> {
+    if let Ok(i) = text.parse::<i64>() {
+        return Ok(Value::BigInt(i));
+    }
+    text.parse::<f64>().map(Value::Double).map_err(|_| Error::InvalidSql(format!("invalid number {text}")))
+}
+
+fn parse_create_table(c: &mut Cursor, table_type: Option<TableType>) -> Result<ParsedCreateTable> {
+    let if_not_exists = c.eat_kws(&["IF", "NOT", "EXISTS"]);
+    let table = c.table_name()?;
+    c.expect(&Token::LParen)?;
+    let mut columns: Vec<ParsedColumn> = Vec::new();
+    let mut table_pk: Option<String> = None;
+    loop {
+        if c.eat_kws(&["PRIMARY", "KEY"]) {
+            c.expect(&Token::LParen)?;
+            let col = c.ident()?;
+            if !c.eat(&Token::RParen) {
+                return Err(Error::InvalidSql("composite primary keys are not supported".into()));
+            }
+            table_pk = Some(col);
+        } else {
+            let name = c.ident()?;
+            let data_type = parse_data_type(c)?;
+            let mut col = ParsedColumn { name, data_type, not_null: false, primary_key: false, default: None };
+            loop {
+                if c.eat_kws(&["NOT", "NULL"]) {
+                    col.not_null = true;
+                } else if c.eat_kw("NULL") {
+                    col.not_null = false;
+                } else if c.eat_kws(&["PRIMARY", "KEY"]) {
+                    col.primary_key = true;
+                } else if c.eat_kw("DEFAULT") {
+                    col.default = Some(parse_default(c)?);
+                } else if c.peek_kw("UNIQUE") || c.peek_kw("REFERENCES") || c.peek_kw("CHECK") {
+                    return Err(c.unexpected("a supported column option (NOT NULL, DEFAULT, PRIMARY KEY)"));
+                } else {
+                    break;
+                }
+            }
+            columns.push(col);
+        }
+        if c.eat(&Token::Comma) {
+            continue;
+        }
+        c.expect(&Token::RParen)?;
+        break;
+    }
+    if let Some(pk) = table_pk {
+        let col = columns
+            .iter_mut()
+            .find(|col| col.name == pk)
+            .ok_or_else(|| Error::InvalidSql(format!("PRIMARY KEY names unknown column {pk}")))?;
+        col.primary_key = true;
+    }
+    let mut options = Vec::new();
+    if c.eat_kw("WITH") {
+        c.expect(&Token::LParen)?;
+        loop {
+            let key = match c.next() {
+                Some(Token::Word(w)) => w.value.to_ascii_uppercase(),
+                _ => return Err(Error::InvalidSql("expected an option name in WITH (...)".into())),
+            };
+            c.expect(&Token::Eq)?;
+            let value = match c.next() {
+                Some(Token::SingleQuotedString(s)) | Some(Token::Number(s, _)) => s,
+                Some(Token::Word(w)) => w.value,
+                _ => return Err(Error::InvalidSql(format!("expected a value for option {key}"))),
+            };
+            options.push((key, value));
+            if c.eat(&Token::Comma) {
+                continue;
+            }
+            c.expect(&Token::RParen)?;
+            break;
+        }
+    }
+    c.expect_end()?;
+    Ok(ParsedCreateTable { table, table_type, if_not_exists, columns, options })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_respecting_quotes_and_comments() {
+        let s = split_statements("SELECT 'a;b'; -- c;\nSELECT \"x;\" /* ; */ ;;").unwrap();
+        assert_eq!(s, vec!["SELECT 'a;b'".to_string(), "-- c;\nSELECT \"x;\" /* ; */".to_string()]);
+        assert!(split_statements("SELECT 'oops").is_err());
+        assert!(split_statements("  ;  ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn parses_create_table_with_type_option() {
+        let st = parse_statement(
+            "CREATE TABLE test_cluster.items (id BIGINT PRIMARY KEY, name TEXT NOT NULL DEFAULT 'x') WITH (TYPE = 'SHARED')",
+        )
+        .unwrap();
+        let Statement::CreateTable(t) = st else { panic!("not a create table") };
+        assert_eq!(t.table, TableName { namespace: Some("test_cluster".into()), name: "items".into() });
+        assert_eq!(t.columns.len(), 2);
+        assert!(t.columns[0].primary_key);
+        assert!(t.columns[1].not_null);
+        assert_eq!(t.columns[1].default, Some(DefaultExpr::Literal(Value::Text("x".into()))));
+        assert_eq!(t.options, vec![("TYPE".to_string(), "SHARED".to_string())]);
+    }
+
+    #[test]
+    fn parses_own_statements() {
+        assert!(matches!(parse_statement("create namespace if not exists App").unwrap(),
+            Statement::CreateNamespace { name, if_not_exists: true } if name == "app"));
+        assert!(matches!(parse_statement("DROP NAMESPACE x CASCADE").unwrap(), Statement::DropNamespace { cascade: true, .. }));
+        assert!(matches!(parse_statement("SHOW TABLES IN app").unwrap(), Statement::ShowTables { namespace: Some(_) }));
+        assert!(matches!(parse_statement("SELECT 1").unwrap(), Statement::Sql(_)));
+        assert!(parse_statement("CREATE TABLE t (a WEIRDTYPE)").is_err());
+        assert!(parse_statement("CREATE NAMESPACE").is_err());
+    }
+}
