@@ -61,11 +61,7 @@ async fn post(client: &HttpClient, url: &str, sql: String) -> Result<(), String>
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)))
-    }
+    if status.is_success() { Ok(()) } else { Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))) }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -98,7 +94,8 @@ async fn main() -> Result<(), String> {
     let stop_at = Instant::now() + Duration::from_secs(args.warmup + args.seconds);
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
-        let (client, url, table, next_key, measuring) = (client.clone(), url.clone(), table.clone(), next_key.clone(), measuring.clone());
+        let (client, url, table, next_key, measuring) =
+            (client.clone(), url.clone(), table.clone(), next_key.clone(), measuring.clone());
         let a = (args.workload, args.rows, args.batch_rows, args.requests_max);
         tasks.push(tokio::spawn(async move {
             let (workload, rows, batch_rows, requests_max) = a;

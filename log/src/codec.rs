@@ -17,9 +17,7 @@ const KIND_MEMBERSHIP: u8 = 2;
 const HEADER_BYTES: usize = 2 + 8 + 8 + 8;
 
 pub fn encode_command(cmd: &LogCommand) -> Result<Vec<u8>> {
-    rkyv::to_bytes::<rkyv::rancor::Error>(cmd)
-        .map(|v| v.into_vec())
-        .map_err(|e| Error::Codec(e.to_string()))
+    rkyv::to_bytes::<rkyv::rancor::Error>(cmd).map(|v| v.into_vec()).map_err(|e| Error::Codec(e.to_string()))
 }
 
 pub fn decode_command(bytes: &[u8]) -> Result<LogCommand> {

@@ -140,18 +140,47 @@ pub struct RowWrite {
 
 #[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Op {
-    CreateNamespace { name: String, if_not_exists: bool, created_at_micros: i64 },
-    DropNamespace { name: String, if_exists: bool, cascade: bool },
-    CreateTable { table: TableDef, if_not_exists: bool },
-    DropTable { namespace: String, name: String, if_exists: bool },
+    CreateNamespace {
+        name: String,
+        if_not_exists: bool,
+        created_at_micros: i64,
+    },
+    DropNamespace {
+        name: String,
+        if_exists: bool,
+        cascade: bool,
+    },
+    CreateTable {
+        table: TableDef,
+        if_not_exists: bool,
+    },
+    DropTable {
+        namespace: String,
+        name: String,
+        if_exists: bool,
+    },
     /// Insert new rows; fails whole if any primary key already holds a live row.
-    Insert { table_id: u64, scope: String, rows: Vec<RowWrite> },
+    Insert {
+        table_id: u64,
+        scope: String,
+        rows: Vec<RowWrite>,
+    },
     /// Replace existing rows (each with its expected `_seq`).
-    Update { table_id: u64, scope: String, rows: Vec<RowWrite> },
+    Update {
+        table_id: u64,
+        scope: String,
+        rows: Vec<RowWrite>,
+    },
     /// Tombstone existing rows (each with its expected `_seq`).
-    Delete { table_id: u64, scope: String, rows: Vec<RowWrite> },
+    Delete {
+        table_id: u64,
+        scope: String,
+        rows: Vec<RowWrite>,
+    },
     /// Remove every row of a dropped table from this group's projection.
-    PurgeTable { table_id: u64 },
+    PurgeTable {
+        table_id: u64,
+    },
 }
 
 impl Op {
@@ -198,15 +227,24 @@ pub enum ApplyErrorCode {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum OpResult {
     /// The op changed `affected` rows (or catalog objects).
-    Done { affected: u64 },
+    Done {
+        affected: u64,
+    },
     /// A table was created with this id.
-    TableCreated { table_id: u64 },
+    TableCreated {
+        table_id: u64,
+    },
     /// Tables were dropped (a table, or a namespace with CASCADE): their rows must be purged
     /// from the data groups that hold them.
-    Dropped { table_ids: Vec<u64> },
+    Dropped {
+        table_ids: Vec<u64>,
+    },
     /// `IF [NOT] EXISTS` made the op a no-op.
     Skipped,
-    Failed { code: ApplyErrorCode, message: String },
+    Failed {
+        code: ApplyErrorCode,
+        message: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]

@@ -52,9 +52,7 @@ impl GroupId {
             0 => Some(GroupId::Meta(MetaGroup::Catalog)),
             1 => Some(GroupId::Meta(MetaGroup::Users)),
             2 => Some(GroupId::Meta(MetaGroup::Jobs)),
-            v if (USER_BASE..USER_BASE + 0x1_0000).contains(&v) => {
-                Some(GroupId::UserShard((v - USER_BASE) as u16))
-            }
+            v if (USER_BASE..USER_BASE + 0x1_0000).contains(&v) => Some(GroupId::UserShard((v - USER_BASE) as u16)),
             v if (SHARED_BASE..SHARED_BASE + 0x1_0000).contains(&v) => {
                 Some(GroupId::SharedShard((v - SHARED_BASE) as u16))
             }
@@ -101,8 +99,8 @@ pub struct GroupLayout {
 
 impl GroupLayout {
     pub fn new(user_shards: u16, shared_shards: u16) -> GroupLayout {
-        assert!(user_shards >= 1 && user_shards <= SHARDS_MAX);
-        assert!(shared_shards >= 1 && shared_shards <= SHARDS_MAX);
+        assert!((1..=SHARDS_MAX).contains(&user_shards));
+        assert!((1..=SHARDS_MAX).contains(&shared_shards));
         GroupLayout { user_shards, shared_shards }
     }
 

@@ -298,11 +298,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db().write(batch).map_err(write_err)?;
         self.last_index = last;
         // The entries are readable now; the callback fires only after the WAL fsync.
-        self.log_db
-            .sync_tx
-            .send(callback)
-            .await
-            .map_err(|_| write_err(Error::WriterStopped))?;
+        self.log_db.sync_tx.send(callback).await.map_err(|_| write_err(Error::WriterStopped))?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -74,19 +74,6 @@ pub struct RaftConfig {
 pub struct LoggingConfig {
     /// Default tracing filter; `RUST_LOG` wins when set.
     pub level: String,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            sharding: ShardingConfig::default(),
-            limits: LimitsConfig::default(),
-            raft: RaftConfig::default(),
-            logging: LoggingConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {
@@ -189,8 +176,13 @@ impl Config {
         {
             return bad("raft: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into());
         }
-        if self.limits.batch_ops_max == 0 || self.limits.proposals_in_flight_max == 0 || self.limits.proposal_queue_len_max == 0 {
-            return bad("limits: batch_ops_max, proposals_in_flight_max and proposal_queue_len_max must be positive".into());
+        if self.limits.batch_ops_max == 0
+            || self.limits.proposals_in_flight_max == 0
+            || self.limits.proposal_queue_len_max == 0
+        {
+            return bad(
+                "limits: batch_ops_max, proposals_in_flight_max and proposal_queue_len_max must be positive".into()
+            );
         }
         Ok(())
     }
@@ -230,7 +222,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.toml");
         std::fs::write(&p, "[server]\nport = 9000\n").unwrap();
-        let env = vec![("KALAMDB_SERVER_PORT".to_string(), "9100".to_string()), ("KALAMDB_STORAGE_DATA_PATH".to_string(), "/tmp/x".to_string())];
+        let env = vec![
+            ("KALAMDB_SERVER_PORT".to_string(), "9100".to_string()),
+            ("KALAMDB_STORAGE_DATA_PATH".to_string(), "/tmp/x".to_string()),
+        ];
         let c = Config::load(Some(&p), env).unwrap();
         assert_eq!(c.server.port, 9100);
         assert_eq!(c.storage.data_path, PathBuf::from("/tmp/x"));

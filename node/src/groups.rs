@@ -74,10 +74,7 @@ impl Groups {
         let catalog = Catalog::new();
         let raft_cfg = raft_config(cfg)?;
         let node_id = cfg.server.node_id;
-        let me = NodeAddr {
-            raft_addr: String::new(),
-            http_addr: format!("{}:{}", cfg.server.host, cfg.server.port),
-        };
+        let me = NodeAddr { raft_addr: String::new(), http_addr: format!("{}:{}", cfg.server.host, cfg.server.port) };
         let mut groups = HashMap::new();
         for id in layout.all() {
             let log_store = LogStore::new(log_db.clone(), id)?;
@@ -95,7 +92,13 @@ impl Groups {
                 Err(e) => return Err(Error::Raft(format!("initialize group {id}: {e}"))),
             }
             let (queue, rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
-            tokio::spawn(run_batcher(id, raft.clone(), rx, cfg.limits.batch_ops_max, cfg.limits.proposals_in_flight_max));
+            tokio::spawn(run_batcher(
+                id,
+                raft.clone(),
+                rx,
+                cfg.limits.batch_ops_max,
+                cfg.limits.proposals_in_flight_max,
+            ));
             tokio::spawn(watch_leadership(id, raft.clone()));
             groups.insert(id, Group { id, raft, applied, queue });
         }
@@ -216,10 +219,9 @@ async fn propose_batch(
         }
         Err(e) => {
             let err = match &e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => QueryError::Unavailable(format!(
-                    "NOT_LEADER: group {group} leader is {:?}",
-                    f.leader_id
-                )),
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    QueryError::Unavailable(format!("NOT_LEADER: group {group} leader is {:?}", f.leader_id))
+                }
                 other => QueryError::Unavailable(format!("group {group}: {other}")),
             };
             tracing::warn!(target: "kalamdb_raft", group = %group, error = %e, "proposal failed");

@@ -89,9 +89,15 @@ async fn sql(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Res
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/json"));
     if !json_type {
-        return error_response(StatusCode::BAD_REQUEST, "INVALID_CONTENT_TYPE", "Content-Type must be application/json", start);
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "INVALID_CONTENT_TYPE",
+            "Content-Type must be application/json",
+            start,
+        );
     }
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     let too_large = || {
         error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -109,7 +115,14 @@ async fn sql(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Res
     };
     let req: SqlRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &format!("malformed JSON request: {e}"), start),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                &format!("malformed JSON request: {e}"),
+                start,
+            );
+        }
     };
     if req.sql.trim().is_empty() {
         return error_response(StatusCode::BAD_REQUEST, "EMPTY_SQL", "the 'sql' field is empty", start);

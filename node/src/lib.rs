@@ -25,7 +25,12 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         tracing::warn!(target: "kalamdb_raft", "not every group has a leader yet; serving anyway");
     }
     let engine = kalamdb_query::Engine::new(groups.catalog.clone(), groups.rows.clone(), groups.layout, groups.node_id);
-    let app = Arc::new(http::App { engine, groups: groups.clone(), body_bytes_max: cfg.limits.request_body_bytes_max, metrics });
+    let app = Arc::new(http::App {
+        engine,
+        groups: groups.clone(),
+        body_bytes_max: cfg.limits.request_body_bytes_max,
+        metrics,
+    });
     let addr: SocketAddr = format!("{}:{}", cfg.server.host, cfg.server.port)
         .parse()
         .map_err(|e| Error::Config(format!("server.host/port: {e}")))?;

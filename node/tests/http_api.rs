@@ -9,7 +9,8 @@ use serde_json::json;
 async fn api_shape_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     // A small body limit keeps the oversized requests below small.
-    let s = Server::start_with(dir.path(), common::free_port(), &[("KALAMDB_LIMITS_REQUEST_BODY_BYTES_MAX", "65536")]).await;
+    let s = Server::start_with(dir.path(), common::free_port(), &[("KALAMDB_LIMITS_REQUEST_BODY_BYTES_MAX", "65536")])
+        .await;
 
     let (status, health) = s.get("/v1/api/healthcheck").await.unwrap();
     assert_eq!(status, 200);
@@ -70,7 +71,8 @@ async fn api_shape_and_bad_input() {
     }
     let (st, b) = s.request("POST", "/v1/api/sql", Some("application/json"), b"{not json".to_vec()).await.unwrap();
     assert_eq!((st, b["error"]["code"].as_str()), (400, Some("INVALID_REQUEST")));
-    let (st, b) = s.request("POST", "/v1/api/sql", Some("text/plain"), br#"{"sql":"SELECT 1"}"#.to_vec()).await.unwrap();
+    let (st, b) =
+        s.request("POST", "/v1/api/sql", Some("text/plain"), br#"{"sql":"SELECT 1"}"#.to_vec()).await.unwrap();
     assert_eq!((st, b["error"]["code"].as_str()), (400, Some("INVALID_CONTENT_TYPE")));
     // Over the limit: refused from the declared length, before the body is read.
     let head = format!(
@@ -80,7 +82,9 @@ async fn api_shape_and_bad_input() {
     assert_eq!(s.raw_status(head.as_bytes()).await, 413);
     // Over the limit without a declared length (chunked): refused while reading.
     let chunk = "x".repeat(16 << 10);
-    let mut chunked = String::from("POST /v1/api/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut chunked = String::from(
+        "POST /v1/api/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
     for _ in 0..8 {
         chunked.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
     }

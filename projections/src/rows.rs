@@ -163,7 +163,11 @@ impl<'a> RowApplier<'a> {
             if live || !seen.insert(key.clone()) {
                 return Ok(failed(
                     ApplyErrorCode::ConstraintViolation,
-                    format!("Primary key violation: a row with key {} already exists (row {})", pk_display(&r.pk), i + 1),
+                    format!(
+                        "Primary key violation: a row with key {} already exists (row {})",
+                        pk_display(&r.pk),
+                        i + 1
+                    ),
                 ));
             }
             let seq = make_seq(log_index, *ordinal + i as u64);

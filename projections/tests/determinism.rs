@@ -23,8 +23,20 @@ fn table_def() -> TableDef {
         name: "t".into(),
         table_type: TableType::Shared,
         columns: vec![
-            ColumnDef { name: "id".into(), data_type: DataType::BigInt, nullable: false, primary_key: true, default: Some(DefaultExpr::SnowflakeId) },
-            ColumnDef { name: "v".into(), data_type: DataType::Text, nullable: true, primary_key: false, default: None },
+            ColumnDef {
+                name: "id".into(),
+                data_type: DataType::BigInt,
+                nullable: false,
+                primary_key: true,
+                default: Some(DefaultExpr::SnowflakeId),
+            },
+            ColumnDef {
+                name: "v".into(),
+                data_type: DataType::Text,
+                nullable: true,
+                primary_key: false,
+                default: None,
+            },
         ],
         options: vec![],
         created_at_micros: 42,
@@ -39,12 +51,21 @@ fn row(k: i64, v: &str, seq: Option<u64>) -> RowWrite {
 fn logs() -> (Vec<Entry>, Vec<Entry>) {
     let membership = Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
-        payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], BTreeMap::from([(1u64, NodeAddr::default())]))),
+        payload: EntryPayload::Membership(Membership::new(
+            vec![[1u64].into()],
+            BTreeMap::from([(1u64, NodeAddr::default())]),
+        )),
     };
     let catalog = vec![
         membership.clone(),
         entry(2, vec![Op::CreateNamespace { name: "ns".into(), if_not_exists: false, created_at_micros: 7 }]),
-        entry(3, vec![Op::CreateTable { table: table_def(), if_not_exists: false }, Op::CreateNamespace { name: "ns".into(), if_not_exists: false, created_at_micros: 8 }]),
+        entry(
+            3,
+            vec![
+                Op::CreateTable { table: table_def(), if_not_exists: false },
+                Op::CreateNamespace { name: "ns".into(), if_not_exists: false, created_at_micros: 8 },
+            ],
+        ),
     ];
     let mut data = vec![membership];
     let mut index = 2;
@@ -54,12 +75,15 @@ fn logs() -> (Vec<Entry>, Vec<Entry>) {
         index += 1;
     }
     // Row 0 was written at index 2, ordinal 0: its _seq is (2 << 20).
-    data.push(entry(index, vec![
-        Op::Update { table_id: 1, scope: String::new(), rows: vec![row(0, "new", Some(2 << 20))] },
-        Op::Update { table_id: 1, scope: String::new(), rows: vec![row(1, "stale", Some(12345))] },
-        Op::Delete { table_id: 1, scope: String::new(), rows: vec![row(5, "", Some((2 << 20) | 5))] },
-        Op::Insert { table_id: 2, scope: "alice".into(), rows: vec![row(1, "x", None)] },
-    ]));
+    data.push(entry(
+        index,
+        vec![
+            Op::Update { table_id: 1, scope: String::new(), rows: vec![row(0, "new", Some(2 << 20))] },
+            Op::Update { table_id: 1, scope: String::new(), rows: vec![row(1, "stale", Some(12345))] },
+            Op::Delete { table_id: 1, scope: String::new(), rows: vec![row(5, "", Some((2 << 20) | 5))] },
+            Op::Insert { table_id: 2, scope: "alice".into(), rows: vec![row(1, "x", None)] },
+        ],
+    ));
     index += 1;
     data.push(entry(index, vec![Op::PurgeTable { table_id: 2 }]));
     (catalog, data)
@@ -107,7 +131,8 @@ async fn same_log_same_bytes() {
     let snap = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let c = tempfile::tempdir().unwrap();
     let db = LogDb::open(&c.path().join("rocksdb"), &PROJECTION_CFS).unwrap();
-    let mut sm_c = Projection::open(db.clone(), GroupId::SharedShard(0), Catalog::new(), &c.path().join("snap")).unwrap();
+    let mut sm_c =
+        Projection::open(db.clone(), GroupId::SharedShard(0), Catalog::new(), &c.path().join("snap")).unwrap();
     sm_c.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
     assert_eq!(digest_group(db.db(), GroupId::SharedShard(0)).unwrap(), da);
     let (applied, _) = sm_c.applied_state().await.unwrap();

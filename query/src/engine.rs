@@ -27,10 +27,8 @@ use kalamdb_projections::{Catalog, RowReader};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::parse::{ParsedCreateTable, Statement, TableName, parse_statement, split_statements};
-use crate::provider::{
-    DELETED_COLUMN, KalamCatalog, SEQ_COLUMN, SYSTEM_NAMESPACE, ScanScope, table_location,
-};
+use crate::parse::{ParsedCreateTable, Statement, TableName, first_keyword, parse_statement, split_statements};
+use crate::provider::{DELETED_COLUMN, KalamCatalog, SEQ_COLUMN, SYSTEM_NAMESPACE, ScanScope, table_location};
 use crate::values::{Literal, api_type_name, cell_to_json, cell_to_value, coerce, value_to_json};
 
 /// Rows one INSERT, UPDATE or DELETE statement may write (well under the log's per-entry cap).
@@ -168,7 +166,9 @@ fn object_table_name(name: &ObjectName) -> Result<TableName> {
     let parts: Vec<String> = name
         .0
         .iter()
-        .map(|p| p.as_ident().map(ident_name).ok_or_else(|| Error::InvalidSql(format!("unsupported table name {name}"))))
+        .map(|p| {
+            p.as_ident().map(ident_name).ok_or_else(|| Error::InvalidSql(format!("unsupported table name {name}")))
+        })
         .collect::<Result<_>>()?;
     match parts.as_slice() {
         [t] => Ok(TableName { namespace: None, name: t.clone() }),
@@ -263,11 +263,16 @@ fn point_select(sql: &str, params: &[serde_json::Value]) -> Option<PointSelect> 
         .into_iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
         .collect();
-    let kw = |t: &Token, k: &str| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k));
+    let kw =
+        |t: &Token, k: &str| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k));
     let ident = |t: &Token| match t {
         Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
-        Token::Word(w) if w.keyword == datafusion::sql::sqlparser::keywords::Keyword::NoKeyword => Some(w.value.to_lowercase()),
-        Token::Word(w) if !["FROM", "WHERE", "SELECT", "AND", "OR", "AS"].iter().any(|k| w.value.eq_ignore_ascii_case(k)) => {
+        Token::Word(w) if w.keyword == datafusion::sql::sqlparser::keywords::Keyword::NoKeyword => {
+            Some(w.value.to_lowercase())
+        }
+        Token::Word(w)
+            if !["FROM", "WHERE", "SELECT", "AND", "OR", "AS"].iter().any(|k| w.value.eq_ignore_ascii_case(k)) =>
+        {
             Some(w.value.to_lowercase())
         }
         _ => None,
@@ -367,7 +372,8 @@ impl Engine {
     }
 
     async fn execute_one(&self, sql: &str, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
-        if let Some(ps) = point_select(sql, &ctx.params)
+        if first_keyword(sql) == "SELECT"
+            && let Some(ps) = point_select(sql, &ctx.params)
             && let Some(result) = self.try_point_select(&ps, ctx)?
         {
             return Ok(result);
@@ -475,8 +481,7 @@ impl Engine {
     /// Remove dropped tables' rows from every data group. Best effort: rows of a dropped table
     /// are unreachable anyway (table ids are never reused), so a failure only wastes space.
     async fn purge_tables(&self, proposer: &dyn Proposer, table_ids: &[u64]) {
-        let groups: Vec<GroupId> =
-            self.layout.all().into_iter().filter(|g| !matches!(g, GroupId::Meta(_))).collect();
+        let groups: Vec<GroupId> = self.layout.all().into_iter().filter(|g| !matches!(g, GroupId::Meta(_))).collect();
         for table_id in table_ids {
             let futures = groups.iter().map(|g| proposer.propose(*g, Op::PurgeTable { table_id: *table_id }));
             for (g, r) in groups.iter().zip(futures::future::join_all(futures).await) {
@@ -488,11 +493,7 @@ impl Engine {
     }
 
     fn namespace_of(&self, table: &TableName, ctx: &ExecContext) -> String {
-        table
-            .namespace
-            .clone()
-            .or_else(|| ctx.namespace.clone())
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+        table.namespace.clone().or_else(|| ctx.namespace.clone()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
     }
 
     fn resolve_table(&self, table: &TableName, ctx: &ExecContext) -> Result<Arc<TableDef>> {
@@ -506,7 +507,12 @@ impl Engine {
         Err(Error::TableNotFound(format!("Table '{ns}.{}' does not exist", table.name)))
     }
 
-    async fn create_table(&self, ct: ParsedCreateTable, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
+    async fn create_table(
+        &self,
+        ct: ParsedCreateTable,
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+    ) -> Result<QueryResult> {
         let ns = self.namespace_of(&ct.table, ctx);
         if ns == SYSTEM_NAMESPACE {
             return Err(Error::InvalidSql("tables cannot be created in namespace 'system'".into()));
@@ -535,7 +541,10 @@ impl Engine {
         let mut columns: Vec<ColumnDef> = Vec::with_capacity(ct.columns.len() + 1);
         for c in &ct.columns {
             if c.name.starts_with('_') {
-                return Err(Error::InvalidSql(format!("column name '{}' is reserved: names starting with '_' are system columns", c.name)));
+                return Err(Error::InvalidSql(format!(
+                    "column name '{}' is reserved: names starting with '_' are system columns",
+                    c.name
+                )));
             }
             if columns.iter().any(|x| x.name == c.name) {
                 return Err(Error::InvalidSql(format!("duplicate column '{}'", c.name)));
@@ -563,13 +572,16 @@ impl Engine {
             0 => {
                 // No declared key: a generated BIGINT id, so plain INSERTs work.
                 let name = if columns.iter().any(|c| c.name == "id") { "_id" } else { "id" };
-                columns.insert(0, ColumnDef {
-                    name: name.into(),
-                    data_type: DataType::BigInt,
-                    nullable: false,
-                    primary_key: true,
-                    default: Some(DefaultExpr::SnowflakeId),
-                });
+                columns.insert(
+                    0,
+                    ColumnDef {
+                        name: name.into(),
+                        data_type: DataType::BigInt,
+                        nullable: false,
+                        primary_key: true,
+                        default: Some(DefaultExpr::SnowflakeId),
+                    },
+                );
             }
             1 => {}
             _ => return Err(Error::InvalidSql("a table has exactly one PRIMARY KEY column".into())),
@@ -703,7 +715,12 @@ impl Engine {
         self.run_query(stmts.remove(0), ctx).await
     }
 
-    async fn execute_sql(&self, stmt: ast::Statement, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
+    async fn execute_sql(
+        &self,
+        stmt: ast::Statement,
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+    ) -> Result<QueryResult> {
         match stmt {
             ast::Statement::Query(_) | ast::Statement::Explain { .. } => {
                 let batches = self.run_query(stmt, ctx).await?;
@@ -826,7 +843,9 @@ impl Engine {
         let (group, scope) = table_location(&def, &self.layout, &ctx.user_id);
         let op = Op::Insert { table_id: def.table_id, scope, rows: writes };
         match self.propose_ok(proposer, group, op).await? {
-            OpResult::Done { affected } => Ok(QueryResult::message(affected as usize, format!("Inserted {affected} row(s)"))),
+            OpResult::Done { affected } => {
+                Ok(QueryResult::message(affected as usize, format!("Inserted {affected} row(s)")))
+            }
             other => Err(Error::Internal(format!("unexpected insert result {other:?}"))),
         }
     }
@@ -845,7 +864,12 @@ impl Engine {
         if def.columns[pk].default == Some(DefaultExpr::SnowflakeId) && width + 1 == all.len() {
             return Ok(all.into_iter().filter(|i| *i != pk).collect());
         }
-        Err(Error::InvalidSql(format!("INSERT gives {width} values but {}.{} has {} columns", def.namespace, def.name, all.len())))
+        Err(Error::InvalidSql(format!(
+            "INSERT gives {width} values but {}.{} has {} columns",
+            def.namespace,
+            def.name,
+            all.len()
+        )))
     }
 
     /// Fill defaults and check NOT NULL: the row as it will enter the log.
@@ -855,11 +879,15 @@ impl Engine {
             let v = match v {
                 Some(v) => v,
                 None => match &c.default {
-                    Some(DefaultExpr::SnowflakeId) => coerce(&Literal::Number(self.ids.next_id().to_string()), c.data_type)?,
+                    Some(DefaultExpr::SnowflakeId) => {
+                        coerce(&Literal::Number(self.ids.next_id().to_string()), c.data_type)?
+                    }
                     Some(DefaultExpr::Now) => match c.data_type {
                         DataType::Timestamp => Value::Timestamp(now_micros()),
                         DataType::BigInt => Value::BigInt(now_micros() / 1000),
-                        other => return Err(Error::InvalidSql(format!("NOW() default on a {} column", other.api_name()))),
+                        other => {
+                            return Err(Error::InvalidSql(format!("NOW() default on a {} column", other.api_name())));
+                        }
                     },
                     Some(DefaultExpr::Literal(lit)) => {
                         let l = match lit {
@@ -886,7 +914,10 @@ impl Engine {
     /// Evaluate a non-literal expression (e.g. `NOW()`, `1 + 2`) through DataFusion.
     async fn eval_expr(&self, expr: &Expr, dt: DataType, ctx: &ExecContext) -> Result<Value> {
         let batches = self.query_sql(&format!("SELECT {expr}"), ctx).await?;
-        let b = batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| Error::InvalidSql(format!("expression {expr} has no value")))?;
+        let b = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| Error::InvalidSql(format!("expression {expr} has no value")))?;
         cell_to_value(b.column(0), 0, dt)
     }
 
@@ -904,9 +935,9 @@ impl Engine {
         let pk = def.pk_index();
         let mut set_cols = Vec::new();
         for (name, expr) in sets.iter().flatten() {
-            let idx = def
-                .column_index(name)
-                .ok_or_else(|| Error::InvalidSql(format!("column '{name}' does not exist in {}.{}", def.namespace, def.name)))?;
+            let idx = def.column_index(name).ok_or_else(|| {
+                Error::InvalidSql(format!("column '{name}' does not exist in {}.{}", def.namespace, def.name))
+            })?;
             if idx == pk {
                 return Err(Error::InvalidSql(format!("primary key column '{name}' cannot be updated")));
             }
@@ -949,7 +980,9 @@ impl Engine {
                     }
                     writes.push(RowWrite { pk: values[pk].clone(), values, expected_seq: Some(seq as u64) });
                     if writes.len() > STATEMENT_ROWS_MAX {
-                        return Err(Error::InvalidSql(format!("{verb} would touch more than {STATEMENT_ROWS_MAX} rows")));
+                        return Err(Error::InvalidSql(format!(
+                            "{verb} would touch more than {STATEMENT_ROWS_MAX} rows"
+                        )));
                     }
                 }
             }
@@ -1007,9 +1040,7 @@ pub fn batches_to_result(batches: &[RecordBatch]) -> QueryResult {
     let mut rows = Vec::new();
     for b in batches {
         for r in 0..b.num_rows() {
-            rows.push(
-                b.columns().iter().zip(schema.fields()).map(|(a, f)| cell_to_json(a, r, f)).collect(),
-            );
+            rows.push(b.columns().iter().zip(schema.fields()).map(|(a, f)| cell_to_json(a, r, f)).collect());
         }
     }
     QueryResult::rows(cols, rows)

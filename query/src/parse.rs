@@ -44,13 +44,27 @@ pub struct ParsedCreateTable {
 
 #[derive(Debug, Clone)]
 pub enum Statement {
-    CreateNamespace { name: String, if_not_exists: bool },
-    DropNamespace { name: String, if_exists: bool, cascade: bool },
+    CreateNamespace {
+        name: String,
+        if_not_exists: bool,
+    },
+    DropNamespace {
+        name: String,
+        if_exists: bool,
+        cascade: bool,
+    },
     ShowNamespaces,
     CreateTable(ParsedCreateTable),
-    DropTable { table: TableName, if_exists: bool },
-    ShowTables { namespace: Option<String> },
-    DescribeTable { table: TableName },
+    DropTable {
+        table: TableName,
+        if_exists: bool,
+    },
+    ShowTables {
+        namespace: Option<String>,
+    },
+    DescribeTable {
+        table: TableName,
+    },
     /// Standard SQL handled through sqlparser's AST.
     Sql(Box<datafusion::sql::sqlparser::ast::Statement>),
 }
@@ -133,10 +147,7 @@ impl Cursor {
     fn new(sql: &str) -> Result<Cursor> {
         let dialect = GenericDialect {};
         let tokens = Tokenizer::new(&dialect, sql).tokenize().map_err(|e| Error::InvalidSql(e.to_string()))?;
-        let tokens = tokens
-            .into_iter()
-            .filter(|t| !matches!(t, Token::Whitespace(_)))
-            .collect();
+        let tokens = tokens.into_iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
         Ok(Cursor { tokens, pos: 0 })
     }
 
@@ -231,8 +242,28 @@ impl Cursor {
     }
 }
 
+/// The first word of a statement, upper-cased, skipping whitespace and comments. Lets the hot
+/// path (INSERT, SELECT) go straight to sqlparser without tokenizing twice.
+pub fn first_keyword(sql: &str) -> String {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect::<String>().to_ascii_uppercase()
+}
+
 /// Parse one statement (no `;`).
 pub fn parse_statement(sql: &str) -> Result<Statement> {
+    if !matches!(first_keyword(sql).as_str(), "CREATE" | "DROP" | "SHOW" | "DESCRIBE" | "DESC") {
+        return parse_standard(sql);
+    }
     let mut c = Cursor::new(sql)?;
     if c.eat_kw("CREATE") {
         if c.eat_kw("NAMESPACE") {
@@ -289,6 +320,11 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         c.expect_end()?;
         return Ok(Statement::DescribeTable { table });
     }
+    parse_standard(sql)
+}
+
+/// Standard SQL through sqlparser's full parser.
+fn parse_standard(sql: &str) -> Result<Statement> {
     let dialect = GenericDialect {};
     let mut stmts = Parser::parse_sql(&dialect, sql).map_err(|e| Error::InvalidSql(e.to_string()))?;
     match stmts.len() {
@@ -476,10 +512,15 @@ mod tests {
     fn parses_own_statements() {
         assert!(matches!(parse_statement("create namespace if not exists App").unwrap(),
             Statement::CreateNamespace { name, if_not_exists: true } if name == "app"));
-        assert!(matches!(parse_statement("DROP NAMESPACE x CASCADE").unwrap(), Statement::DropNamespace { cascade: true, .. }));
+        assert!(matches!(
+            parse_statement("DROP NAMESPACE x CASCADE").unwrap(),
+            Statement::DropNamespace { cascade: true, .. }
+        ));
         assert!(matches!(parse_statement("SHOW TABLES IN app").unwrap(), Statement::ShowTables { namespace: Some(_) }));
         assert!(matches!(parse_statement("SELECT 1").unwrap(), Statement::Sql(_)));
         assert!(parse_statement("CREATE TABLE t (a WEIRDTYPE)").is_err());
         assert!(parse_statement("CREATE NAMESPACE").is_err());
+        assert_eq!(first_keyword("  -- c\n /* x */ select 1"), "SELECT");
+        assert_eq!(first_keyword("/* unterminated"), "");
     }
 }

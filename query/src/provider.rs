@@ -41,12 +41,20 @@ pub fn table_schema(def: &TableDef) -> SchemaRef {
 }
 
 /// Turn stored rows into Arrow batches of the table schema.
-pub fn rows_to_batches(def: &TableDef, schema: &SchemaRef, rows: &[StoredRow]) -> Result<Vec<RecordBatch>, DataFusionError> {
+pub fn rows_to_batches(
+    def: &TableDef,
+    schema: &SchemaRef,
+    rows: &[StoredRow],
+) -> Result<Vec<RecordBatch>, DataFusionError> {
     let mut batches = Vec::new();
     for chunk in rows.chunks(SCAN_BATCH_ROWS_MAX) {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(def.columns.len() + 2);
         for (i, c) in def.columns.iter().enumerate() {
-            cols.push(build_array(c.data_type, chunk.iter().map(|r| r.values.get(i).unwrap_or(&kalamdb_log::Value::Null)), chunk.len()));
+            cols.push(build_array(
+                c.data_type,
+                chunk.iter().map(|r| r.values.get(i).unwrap_or(&kalamdb_log::Value::Null)),
+                chunk.len(),
+            ));
         }
         let mut seq = Int64Builder::with_capacity(chunk.len());
         let mut del = BooleanBuilder::with_capacity(chunk.len());
@@ -182,7 +190,12 @@ impl SystemTable {
                     created.append_value(ns.created_at_micros);
                     count.append_value(st.tables.keys().filter(|(n, _)| n == &ns.name).count() as i64);
                 }
-                vec![Arc::new(id.finish()), Arc::new(name.finish()), Arc::new(created.finish()), Arc::new(count.finish())]
+                vec![
+                    Arc::new(id.finish()),
+                    Arc::new(name.finish()),
+                    Arc::new(created.finish()),
+                    Arc::new(count.finish()),
+                ]
             }
             "tables" => {
                 let (mut id, mut ns, mut name, mut ty, mut created, mut opts) = (
@@ -329,12 +342,14 @@ impl SchemaProvider for NamespaceSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         if self.namespace == SYSTEM_NAMESPACE {
-            return Ok(SystemTable::new(name, self.scope.catalog.clone()).map(|t| Arc::new(t) as Arc<dyn TableProvider>));
+            return Ok(
+                SystemTable::new(name, self.scope.catalog.clone()).map(|t| Arc::new(t) as Arc<dyn TableProvider>)
+            );
         }
         let s = &self.scope;
-        Ok(s.catalog.table(&self.namespace, name).map(|def| {
-            Arc::new(KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id)) as Arc<dyn TableProvider>
-        }))
+        Ok(s.catalog
+            .table(&self.namespace, name)
+            .map(|def| Arc::new(KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id)) as Arc<dyn TableProvider>))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -73,7 +73,10 @@ pub fn parse_timestamp_micros(s: &str) -> Option<i64> {
             return Some(dt.and_utc().timestamp_micros());
         }
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|dt| dt.and_utc().timestamp_micros())
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc().timestamp_micros())
 }
 
 fn epoch_days(s: &str) -> Option<i32> {
@@ -235,7 +238,9 @@ pub fn cell_to_json(array: &ArrayRef, row: usize, field: &Field) -> serde_json::
         ArrowType::Int16 => prim!(Int16Array),
         ArrowType::Int32 => prim!(Int32Array),
         ArrowType::Int64 => prim!(Int64Array),
-        ArrowType::Float32 => array.as_any().downcast_ref::<Float32Array>().map(|a| float_json(f64::from(a.value(row)))),
+        ArrowType::Float32 => {
+            array.as_any().downcast_ref::<Float32Array>().map(|a| float_json(f64::from(a.value(row))))
+        }
         ArrowType::Float64 => array.as_any().downcast_ref::<Float64Array>().map(|a| float_json(a.value(row))),
         ArrowType::Utf8 => array.as_any().downcast_ref::<StringArray>().map(|a| {
             let s = a.value(row);
@@ -245,13 +250,15 @@ pub fn cell_to_json(array: &ArrayRef, row: usize, field: &Field) -> serde_json::
                 J::String(s.to_string())
             }
         }),
-        ArrowType::Binary => array.as_any().downcast_ref::<BinaryArray>().map(|a| J::String(format!("\\x{}", hex::encode(a.value(row))))),
-        ArrowType::Timestamp(TimeUnit::Microsecond, _) => array
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .map(|a| format_timestamp_micros(a.value(row))),
+        ArrowType::Binary => {
+            array.as_any().downcast_ref::<BinaryArray>().map(|a| J::String(format!("\\x{}", hex::encode(a.value(row)))))
+        }
+        ArrowType::Timestamp(TimeUnit::Microsecond, _) => {
+            array.as_any().downcast_ref::<TimestampMicrosecondArray>().map(|a| format_timestamp_micros(a.value(row)))
+        }
         ArrowType::Date32 => array.as_any().downcast_ref::<Date32Array>().map(|a| {
-            let d = NaiveDate::from_ymd_opt(1970, 1, 1).and_then(|e| e.checked_add_signed(chrono::Duration::days(i64::from(a.value(row)))));
+            let d = NaiveDate::from_ymd_opt(1970, 1, 1)
+                .and_then(|e| e.checked_add_signed(chrono::Duration::days(i64::from(a.value(row)))));
             d.map_or(J::Null, |d| J::String(d.format("%Y-%m-%d").to_string()))
         }),
         _ => None,
@@ -270,8 +277,8 @@ fn generic_cell(array: &ArrayRef, row: usize) -> serde_json::Value {
     {
         return J::from(a.value(row));
     }
-    let float_like =
-        array.data_type().is_floating() || matches!(array.data_type(), ArrowType::Decimal128(_, _) | ArrowType::Decimal256(_, _));
+    let float_like = array.data_type().is_floating()
+        || matches!(array.data_type(), ArrowType::Decimal128(_, _) | ArrowType::Decimal256(_, _));
     if float_like
         && let Ok(c) = cast(array, &ArrowType::Float64)
         && let Some(a) = c.as_any().downcast_ref::<Float64Array>()
@@ -305,7 +312,8 @@ pub fn cell_to_value(array: &ArrayRef, row: usize, dt: DataType) -> Result<Value
     }
     let single = array.slice(row, 1);
     let target = arrow_type(dt);
-    let casted = cast(&single, &target).map_err(|e| Error::InvalidSql(format!("cannot convert to {}: {e}", dt.api_name())))?;
+    let casted =
+        cast(&single, &target).map_err(|e| Error::InvalidSql(format!("cannot convert to {}: {e}", dt.api_name())))?;
     if casted.is_null(0) {
         return Err(Error::InvalidSql(format!("cannot convert value to {}", dt.api_name())));
     }
@@ -319,7 +327,8 @@ pub fn cell_to_value(array: &ArrayRef, row: usize, dt: DataType) -> Result<Value
         DataType::Text => Value::Text(downcast::<StringArray>(&casted)?.value(0).to_string()),
         DataType::Json => {
             let s = downcast::<StringArray>(&casted)?.value(0).to_string();
-            serde_json::from_str::<serde_json::Value>(&s).map_err(|e| Error::InvalidSql(format!("invalid JSON value: {e}")))?;
+            serde_json::from_str::<serde_json::Value>(&s)
+                .map_err(|e| Error::InvalidSql(format!("invalid JSON value: {e}")))?;
             Value::Json(s)
         }
         DataType::Bytes => Value::Bytes(downcast::<BinaryArray>(&casted)?.value(0).to_vec()),

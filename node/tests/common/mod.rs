@@ -82,7 +82,13 @@ impl Server {
         }
     }
 
-    pub async fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Result<(u16, serde_json::Value), String> {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value), String> {
         let mut req = hyper::Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", self.port));
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -91,7 +97,8 @@ impl Server {
         let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
         Ok((status, json))
     }
 
