@@ -13,7 +13,11 @@ const ROWS_PER_WRITER: usize = 50;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_rows_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path()).await;
+    // Small snapshot/retention settings so this run also builds snapshots and purges the log:
+    // the restart must recover from projection + snapshot + the retained log tail.
+    let env = [("KALAMDB_RAFT_SNAPSHOT_LOGS_SINCE_LAST", "20"), ("KALAMDB_RAFT_LOGS_TO_KEEP", "10")];
+    let port = common::free_port();
+    let s = Server::start_with(dir.path(), port, &env).await;
     s.sql_ok("CREATE NAMESPACE test").await;
     s.sql_ok("CREATE TABLE test.data (value TEXT)").await;
     s.sql_ok("CREATE TABLE test.kv (k BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')").await;
@@ -44,10 +48,24 @@ async fn acknowledged_rows_survive_kill_9() {
     let r = s.sql_ok("DELETE FROM test.kv WHERE k >= 790").await;
     assert_eq!(r["row_count"], 10);
 
+    // 800 single-row writes went to the shared shard: it built at least one snapshot.
+    // Snapshots are built in the background: wait for one, bounded.
+    let snapshot_built = || {
+        std::fs::read_dir(dir.path().join("snapshots"))
+            .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with(".snap")))
+            .unwrap_or(false)
+    };
+    for _ in 0..100 {
+        if snapshot_built() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(snapshot_built(), "no snapshot was built");
+
     let mut s = Arc::into_inner(s).expect("no other server handles");
-    let port = s.port;
     s.kill9();
-    let s = Server::start_on(dir.path(), port).await;
+    let s = Server::start_with(dir.path(), port, &env).await;
 
     let r = s.sql_ok("SELECT k, v FROM test.kv ORDER BY k").await;
     let rows = r["rows"].as_array().unwrap();
