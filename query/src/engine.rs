@@ -551,14 +551,7 @@ impl Engine {
             }
             if let Some(DefaultExpr::Literal(v)) = &c.default {
                 // Validate the default against the column type now, not at the first insert.
-                let lit = match v {
-                    Value::BigInt(i) => Literal::Number(i.to_string()),
-                    Value::Double(f) => Literal::Number(f.to_string()),
-                    Value::Text(s) => Literal::String(s.clone()),
-                    Value::Boolean(b) => Literal::Bool(*b),
-                    _ => Literal::Null,
-                };
-                coerce(&lit, c.data_type)?;
+                coerce(&default_literal(v), c.data_type)?;
             }
             columns.push(ColumnDef {
                 name: c.name.clone(),
@@ -889,16 +882,7 @@ impl Engine {
                             return Err(Error::InvalidSql(format!("NOW() default on a {} column", other.api_name())));
                         }
                     },
-                    Some(DefaultExpr::Literal(lit)) => {
-                        let l = match lit {
-                            Value::BigInt(i) => Literal::Number(i.to_string()),
-                            Value::Double(f) => Literal::Number(f.to_string()),
-                            Value::Text(s) => Literal::String(s.clone()),
-                            Value::Boolean(b) => Literal::Bool(*b),
-                            _ => Literal::Null,
-                        };
-                        coerce(&l, c.data_type)?
-                    }
+                    Some(DefaultExpr::Literal(lit)) => coerce(&default_literal(lit), c.data_type)?,
                     None => Value::Null,
                 },
             };
@@ -1007,6 +991,18 @@ impl Engine {
             "{} kept conflicting with concurrent writes after {CONFLICT_RETRIES_MAX} attempts",
             if is_delete { "DELETE" } else { "UPDATE" }
         )))
+    }
+}
+
+/// A DEFAULT literal (parsed as BIGINT, DOUBLE, TEXT or BOOLEAN) back as written, so it
+/// meets the column type through the same coercion as an inserted value.
+fn default_literal(v: &Value) -> Literal {
+    match v {
+        Value::BigInt(i) => Literal::Number(i.to_string()),
+        Value::Double(f) => Literal::Number(f.to_string()),
+        Value::Text(s) => Literal::String(s.clone()),
+        Value::Boolean(b) => Literal::Bool(*b),
+        _ => Literal::Null,
     }
 }
 
