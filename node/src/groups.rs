@@ -40,7 +40,6 @@ pub struct Groups {
     pub groups: HashMap<GroupId, Group>,
     pub catalog: Arc<Catalog>,
     pub rows: RowReader,
-    pub log_db: Arc<LogDb>,
     write_timeout: Duration,
 }
 
@@ -109,7 +108,6 @@ impl Groups {
             groups,
             catalog,
             rows,
-            log_db,
             write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
         }))
     }
@@ -218,22 +216,18 @@ async fn propose_batch(
             }
         }
         Err(e) => {
-            let err = match &e {
+            let message = match &e {
                 RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                    QueryError::Unavailable(format!("NOT_LEADER: group {group} leader is {:?}", f.leader_id))
+                    format!("NOT_LEADER: group {group} leader is {:?}", f.leader_id)
                 }
-                other => QueryError::Unavailable(format!("group {group}: {other}")),
+                other => format!("group {group}: {other}"),
             };
             tracing::warn!(target: "kalamdb_raft", group = %group, error = %e, "proposal failed");
             for reply in replies {
-                let _ = reply.send(Err(clone_err(&err)));
+                let _ = reply.send(Err(QueryError::Unavailable(message.clone())));
             }
         }
     }
-}
-
-fn clone_err(e: &QueryError) -> QueryError {
-    QueryError::Unavailable(e.to_string())
 }
 
 /// Log leader and term changes of a group under the `kalamdb_raft` target.

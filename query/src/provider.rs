@@ -15,7 +15,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use kalamdb_log::{GroupId, GroupLayout, TableDef, TableType};
 use kalamdb_projections::{Catalog, RowReader, StoredRow};
 
-use crate::values::{arrow_field, build_array, format_timestamp_micros};
+use crate::values::{arrow_field, build_array};
 
 pub const SYSTEM_NAMESPACE: &str = "system";
 pub const SEQ_COLUMN: &str = "_seq";
@@ -358,9 +358,4 @@ impl SchemaProvider for NamespaceSchema {
         }
         self.scope.catalog.table(&self.namespace, name).is_some()
     }
-}
-
-/// RFC 3339 text of a timestamp (for messages).
-pub fn timestamp_text(us: i64) -> String {
-    format_timestamp_micros(us).as_str().unwrap_or_default().to_string()
 }
