@@ -21,12 +21,15 @@ enum Workload {
     Select,
     /// Multi-row INSERTs of `--batch-rows` rows each (reports rows/s).
     Bulk,
+    /// Peer comparison: etcd v3 puts of unique keys through its HTTP/JSON gateway.
+    EtcdPut,
 }
 
 #[derive(Parser, Debug)]
 #[command(name = "kalamdb-load", about = "HTTP load generator for KalamDB")]
 struct Args {
-    /// Base URL of the server (loopback only).
+    /// Base URL of the server, or a comma-separated list (clients are spread round-robin
+    /// over them). Loopback only.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     #[arg(long, value_enum, default_value = "insert")]
@@ -53,8 +56,15 @@ struct Args {
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 async fn post(client: &HttpClient, url: &str, sql: String) -> Result<(), String> {
-    let body = serde_json::json!({ "sql": sql }).to_string();
-    let req = hyper::Request::post(format!("{url}/v1/api/sql"))
+    post_json(client, url, "/v1/api/sql", serde_json::json!({ "sql": sql }).to_string()).await
+}
+
+fn sql_body(sql: String) -> String {
+    serde_json::json!({ "sql": sql }).to_string()
+}
+
+async fn post_json(client: &HttpClient, url: &str, path: &str, body: String) -> Result<(), String> {
+    let req = hyper::Request::post(format!("{url}{path}"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
@@ -75,14 +85,18 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args = Args::parse();
-    if !(args.url.starts_with("http://127.") || args.url.starts_with("http://localhost")) {
+    let urls: Vec<String> = args.url.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).collect();
+    if urls.iter().any(|u| !(u.starts_with("http://127.") || u.starts_with("http://localhost"))) {
         return Err("kalamdb-load only targets loopback addresses".into());
     }
     let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.clients).build_http();
-    let url = args.url.trim_end_matches('/').to_string();
+    let url = urls[0].clone();
     let table = format!("bench.t{}", std::process::id());
-    post(&client, &url, "CREATE NAMESPACE IF NOT EXISTS bench".into()).await?;
-    post(&client, &url, format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')")).await?;
+    if !matches!(args.workload, Workload::EtcdPut) {
+        post(&client, &url, "CREATE NAMESPACE IF NOT EXISTS bench".into()).await?;
+        post(&client, &url, format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')"))
+            .await?;
+    }
     if matches!(args.workload, Workload::Select) {
         for chunk in (0..args.rows).collect::<Vec<_>>().chunks(1000) {
             let values: Vec<String> = chunk.iter().map(|i| format!("({i}, 'value-{i}')")).collect();
@@ -93,9 +107,9 @@ async fn main() -> Result<(), String> {
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_at = Instant::now() + Duration::from_secs(args.warmup + args.seconds);
     let mut tasks = Vec::new();
-    for _ in 0..args.clients {
+    for c in 0..args.clients {
         let (client, url, table, next_key, measuring) =
-            (client.clone(), url.clone(), table.clone(), next_key.clone(), measuring.clone());
+            (client.clone(), urls[c % urls.len()].clone(), table.clone(), next_key.clone(), measuring.clone());
         let a = (args.workload, args.rows, args.batch_rows, args.requests_max);
         tasks.push(tokio::spawn(async move {
             let (workload, rows, batch_rows, requests_max) = a;
@@ -103,20 +117,33 @@ async fn main() -> Result<(), String> {
             let mut errors = 0u64;
             let mut sent = 0u64;
             while Instant::now() < stop_at && sent < requests_max {
-                let sql = match workload {
+                let (path, body) = match workload {
                     Workload::Insert => {
                         let k = next_key.fetch_add(1, Ordering::Relaxed);
-                        format!("INSERT INTO {table} (id, v) VALUES ({k}, 'v{k}')")
+                        ("/v1/api/sql", sql_body(format!("INSERT INTO {table} (id, v) VALUES ({k}, 'v{k}')")))
                     }
-                    Workload::Select => format!("SELECT * FROM {table} WHERE id = {}", fastrand::usize(0..rows.max(1))),
+                    Workload::Select => (
+                        "/v1/api/sql",
+                        sql_body(format!("SELECT * FROM {table} WHERE id = {}", fastrand::usize(0..rows.max(1)))),
+                    ),
                     Workload::Bulk => {
                         let k = next_key.fetch_add(batch_rows as u64, Ordering::Relaxed);
                         let values: Vec<String> = (k..k + batch_rows as u64).map(|i| format!("({i},'v{i}')")).collect();
-                        format!("INSERT INTO {table} (id, v) VALUES {}", values.join(","))
+                        ("/v1/api/sql", sql_body(format!("INSERT INTO {table} (id, v) VALUES {}", values.join(","))))
+                    }
+                    Workload::EtcdPut => {
+                        use base64::Engine as _;
+                        let k = next_key.fetch_add(1, Ordering::Relaxed);
+                        let b64 = base64::engine::general_purpose::STANDARD;
+                        let body = serde_json::json!({
+                            "key": b64.encode(format!("bench/{k}")),
+                            "value": b64.encode(format!("v{k}")),
+                        });
+                        ("/v3/kv/put", body.to_string())
                     }
                 };
                 let t = Instant::now();
-                let ok = post(&client, &url, sql).await;
+                let ok = post_json(&client, &url, path, body).await;
                 sent += 1;
                 if measuring.load(Ordering::Relaxed) {
                     match ok {

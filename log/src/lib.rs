@@ -9,7 +9,7 @@ pub mod storage;
 pub mod types;
 
 pub use command::{
-    ApplyResponse, ColumnDef, DataType, DefaultExpr, LogCommand, Op, OpResult, RowWrite, TableDef, TableType, Value,
+    ApplyResponse, ColumnDef, EncodedCommand, DataType, DefaultExpr, LogCommand, Op, OpResult, RowWrite, TableDef, TableType, Value,
 };
 pub use error::Error;
 pub use group::{GroupId, GroupLayout, MetaGroup};

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io::Cursor;
 
-use crate::command::{ApplyResponse, LogCommand};
+use crate::command::{ApplyResponse, EncodedCommand};
 
 pub type NodeId = u64;
 
@@ -23,7 +23,7 @@ impl fmt::Display for NodeAddr {
 openraft::declare_raft_types!(
     /// Every group uses the same types: one command enum, one response type.
     pub TypeConfig:
-        D = LogCommand,
+        D = EncodedCommand,
         R = ApplyResponse,
         NodeId = NodeId,
         Node = NodeAddr,

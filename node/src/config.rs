@@ -16,6 +16,47 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub raft: RaftConfig,
     pub logging: LoggingConfig,
+    /// Absent: a single-node database. Present: this node is one member of a Raft cluster.
+    pub cluster: Option<ClusterConfig>,
+    pub debug: DebugConfig,
+}
+
+/// The cluster this node belongs to. Every member has the same `[cluster]` section; only
+/// `[server] node_id` differs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub cluster_id: String,
+    /// Shared secret: peers prove they know it before any Raft traffic (and issue 6 signs
+    /// tokens with it).
+    pub jwt_secret: String,
+    /// Address the QUIC endpoint binds; default `0.0.0.0:<port of this node's raft_addr>`.
+    #[serde(default)]
+    pub raft_bind: Option<String>,
+    /// Override `[sharding]` for the cluster (the spec's cluster uses 4 and 1).
+    #[serde(default)]
+    pub user_shards: Option<u16>,
+    #[serde(default)]
+    pub shared_shards: Option<u16>,
+    pub members: Vec<MemberConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub node_id: u64,
+    /// host:port of the member's QUIC (Raft) endpoint, as the other members reach it.
+    pub raft_addr: String,
+    /// host:port of the member's HTTP API.
+    pub http_addr: String,
+}
+
+/// Switches for tests; all off by default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Expose `POST /v1/api/debug/isolate`, which cuts this node off the cluster network.
+    pub fault_injection: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,7 +165,10 @@ impl Default for LoggingConfig {
     }
 }
 
-const SECTIONS: [&str; 6] = ["server", "storage", "sharding", "limits", "raft", "logging"];
+const SECTIONS: [&str; 8] = ["server", "storage", "sharding", "limits", "raft", "logging", "cluster", "debug"];
+
+/// The smallest accepted cluster secret.
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
 
 impl Config {
     /// Load from an optional TOML file, then apply `KALAMDB_*` overrides from `env`.
@@ -184,7 +228,42 @@ impl Config {
                 "limits: batch_ops_max, proposals_in_flight_max and proposal_queue_len_max must be positive".into()
             );
         }
+        if let Some(c) = &self.cluster {
+            if c.cluster_id.trim().is_empty() {
+                return bad("cluster.cluster_id must not be empty".into());
+            }
+            if c.jwt_secret.len() < CLUSTER_SECRET_BYTES_MIN {
+                return bad(format!("cluster.jwt_secret must be at least {CLUSTER_SECRET_BYTES_MIN} bytes"));
+            }
+            let mut ids: Vec<u64> = c.members.iter().map(|m| m.node_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != c.members.len() {
+                return bad("cluster.members: node ids must be unique".into());
+            }
+            if !ids.contains(&self.server.node_id) {
+                return bad(format!("cluster.members does not list this node (server.node_id = {})", self.server.node_id));
+            }
+            let (u, s) = self.shards();
+            if !(1..=max).contains(&u) || !(1..=max).contains(&s) {
+                return bad(format!("cluster.user_shards and cluster.shared_shards must be 1..={max}"));
+            }
+        }
         Ok(())
+    }
+
+    /// (user shards, shared shards) in effect: `[cluster]` overrides `[sharding]`.
+    pub fn shards(&self) -> (u16, u16) {
+        let c = self.cluster.as_ref();
+        (
+            c.and_then(|c| c.user_shards).unwrap_or(self.sharding.user_shards),
+            c.and_then(|c| c.shared_shards).unwrap_or(self.sharding.shared_shards),
+        )
+    }
+
+    /// This node's own member entry, in a cluster.
+    pub fn me(&self) -> Option<&MemberConfig> {
+        self.cluster.as_ref()?.members.iter().find(|m| m.node_id == self.server.node_id)
     }
 
     pub fn rocksdb_path(&self) -> PathBuf {

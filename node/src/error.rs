@@ -8,6 +8,8 @@ pub enum Error {
     Log(#[from] kalamdb_log::Error),
     #[error("projections: {0}")]
     Projections(#[from] kalamdb_projections::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] kalamdb_transport::Error),
     #[error("raft: {0}")]
     Raft(String),
     #[error("io: {0}")]

@@ -26,6 +26,8 @@ pub struct App {
     pub groups: Arc<Groups>,
     pub body_bytes_max: usize,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Serve `POST /v1/api/debug/isolate` (tests only).
+    pub fault_injection: bool,
 }
 
 struct NodeProposer<'a>(&'a Groups);
@@ -44,6 +46,9 @@ struct SqlRequest {
     params: Vec<serde_json::Value>,
     #[serde(default)]
     namespace_id: Option<String>,
+    /// "linearizable" (default) or "local".
+    #[serde(default)]
+    consistency: Option<String>,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -52,6 +57,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/v1/api/healthcheck", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/v1/api/cluster/health", get(cluster_health))
+        .route("/v1/api/cluster/digest", get(cluster_digest))
+        .route("/v1/api/debug/isolate", post(debug_isolate))
         .fallback(not_found)
         .with_state(app)
 }
@@ -75,7 +83,7 @@ fn error_response(status: StatusCode, code: &str, message: &str, start: Instant)
 pub fn status_of(e: &kalamdb_query::Error) -> StatusCode {
     use kalamdb_query::Error as E;
     match e {
-        E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::Unavailable(_) | E::NotLeader(_) => StatusCode::SERVICE_UNAVAILABLE,
         E::Conflict(_) => StatusCode::CONFLICT,
         E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
@@ -127,7 +135,28 @@ async fn sql(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Res
     if req.sql.trim().is_empty() {
         return error_response(StatusCode::BAD_REQUEST, "EMPTY_SQL", "the 'sql' field is empty", start);
     }
-    let ctx = ExecContext { user_id: DEFAULT_USER.to_string(), namespace: req.namespace_id, params: req.params };
+    let linearizable = match req.consistency.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("linearizable") => true,
+        Some("local") => false,
+        Some(other) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                &format!("consistency must be \"linearizable\" or \"local\", got \"{other}\""),
+                start,
+            );
+        }
+    };
+    // A single node applies every write before acknowledging it: local reads are already
+    // linearizable there, so only cluster members pay for the barrier.
+    let barrier: Option<Arc<dyn kalamdb_query::ReadBarrier>> = if linearizable && app.groups.transport.is_some() {
+        Some(Arc::new(crate::cluster::RequestBarrier::new(app.groups.clone())))
+    } else {
+        None
+    };
+    tracing::debug!(target: "kalamdb_sql", sql = %req.sql, linearizable, "statement");
+    let ctx =
+        ExecContext { user_id: DEFAULT_USER.to_string(), namespace: req.namespace_id, params: req.params, barrier };
     match app.engine.execute(&req.sql, &ctx, &NodeProposer(&app.groups)).await {
         Ok(results) => {
             metrics::counter!("kalamdb_sql_statements_total").increment(results.len() as u64);
@@ -151,6 +180,56 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         "api_version": "v1",
     });
     (status, axum::Json(body)).into_response()
+}
+
+async fn cluster_health(State(app): State<Arc<App>>) -> Response {
+    let (body, all_led) = crate::cluster::health(&app.groups).await;
+    let status = if all_led { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Per group: this node's applied index and a SHA-256 of its projection. Equal digests at
+/// equal applied indexes on every member mean the replicas hold the same bytes.
+async fn cluster_digest(State(app): State<Arc<App>>) -> Response {
+    let start = Instant::now();
+    let groups = app.groups.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for id in groups.layout.all() {
+            let Some(g) = groups.groups.get(&id) else { continue };
+            let before = *g.applied.borrow();
+            let digest = kalamdb_projections::digest_group(groups.rows.db(), id)?;
+            let after = *g.applied.borrow();
+            out.push(json!({"group": id.to_string(), "applied_index": after, "stable": before == after, "digest": digest}));
+        }
+        Ok::<_, kalamdb_projections::Error>(out)
+    })
+    .await;
+    match result {
+        Ok(Ok(groups)) => (StatusCode::OK, axum::Json(json!({"node_id": app.groups.node_id, "groups": groups}))).into_response(),
+        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", &e.to_string(), start),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", &e.to_string(), start),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct IsolateRequest {
+    isolated: bool,
+}
+
+/// Test-only fault switch: cut this node off the cluster network (both directions).
+async fn debug_isolate(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+    let start = Instant::now();
+    let Some(t) = app.groups.transport.as_ref().filter(|_| app.fault_injection) else {
+        return not_found().await;
+    };
+    match serde_json::from_slice::<IsolateRequest>(&body) {
+        Ok(r) => {
+            t.set_isolated(r.isolated);
+            (StatusCode::OK, axum::Json(json!({"status": "success", "isolated": r.isolated}))).into_response()
+        }
+        Err(e) => error_response(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &format!("expected {{\"isolated\": bool}}: {e}"), start),
+    }
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {

@@ -1,6 +1,7 @@
 //! The KalamDB node: configuration, startup of every Raft group, the HTTP API, and the wiring
 //! of log, projections, transport and query. The only crate that knows all the others.
 
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod groups;
@@ -24,12 +25,14 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     if !groups.wait_ready(Duration::from_millis(STARTUP_LEADER_WAIT_MS)).await {
         tracing::warn!(target: "kalamdb_raft", "not every group has a leader yet; serving anyway");
     }
-    let engine = kalamdb_query::Engine::new(groups.catalog.clone(), groups.rows.clone(), groups.layout, groups.node_id);
+    let engine = kalamdb_query::Engine::new(groups.catalog.clone(), groups.rows.clone(), groups.layout, groups.node_id)
+        .with_cluster(Arc::new(cluster::NodeCluster(groups.clone())));
     let app = Arc::new(http::App {
         engine,
         groups: groups.clone(),
         body_bytes_max: cfg.limits.request_body_bytes_max,
         metrics,
+        fault_injection: cfg.debug.fault_injection,
     });
     let addr: SocketAddr = format!("{}:{}", cfg.server.host, cfg.server.port)
         .parse()

@@ -170,7 +170,8 @@ impl RaftStateMachine<TypeConfig> for Projection {
             let mut response = ApplyResponse::default();
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(cmd) => {
+                EntryPayload::Normal(encoded) => {
+                    let cmd = encoded.decode().map_err(|e| sm_err(ErrorVerb::Read, e))?;
                     let mut ordinal = 0u64;
                     for op in &cmd.ops {
                         let result = self

@@ -60,6 +60,10 @@ impl RowReader {
         RowReader { db }
     }
 
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
     fn cf(&self) -> Result<&rocksdb::ColumnFamily> {
         self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))
     }

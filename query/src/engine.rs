@@ -28,7 +28,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::parse::{ParsedCreateTable, Statement, TableName, first_keyword, parse_statement, split_statements};
-use crate::provider::{DELETED_COLUMN, KalamCatalog, SEQ_COLUMN, SYSTEM_NAMESPACE, ScanScope, table_location};
+use crate::provider::{
+    ClusterView, DELETED_COLUMN, KalamCatalog, ReadBarrier, SEQ_COLUMN, SYSTEM_NAMESPACE, ScanScope, table_location,
+};
 use crate::values::{Literal, api_type_name, cell_to_json, cell_to_value, coerce, value_to_json};
 
 /// Rows one INSERT, UPDATE or DELETE statement may write (well under the log's per-entry cap).
@@ -47,6 +49,8 @@ pub struct ExecContext {
     pub user_id: String,
     pub namespace: Option<String>,
     pub params: Vec<serde_json::Value>,
+    /// Set for linearizable reads (the default); `None` reads the local projection as is.
+    pub barrier: Option<Arc<dyn ReadBarrier>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -135,6 +139,7 @@ pub struct Engine {
     layout: GroupLayout,
     ids: SnowflakeGen,
     template: SessionState,
+    cluster: Option<Arc<dyn ClusterView>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -341,7 +346,13 @@ impl Engine {
             .with_information_schema(false)
             .with_target_partitions(2);
         let template = SessionStateBuilder::new().with_config(config).with_default_features().build();
-        Engine { catalog, rows, layout, ids: SnowflakeGen::new(node_id), template }
+        Engine { catalog, rows, layout, ids: SnowflakeGen::new(node_id), template, cluster: None }
+    }
+
+    /// Serve `system.cluster` and `system.cluster_groups` from `view`.
+    pub fn with_cluster(mut self, view: Arc<dyn ClusterView>) -> Engine {
+        self.cluster = Some(view);
+        self
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -371,13 +382,39 @@ impl Engine {
         Ok(results)
     }
 
+    async fn barrier(&self, ctx: &ExecContext, group: GroupId) -> Result<()> {
+        match &ctx.barrier {
+            Some(b) => b.wait(group).await,
+            None => Ok(()),
+        }
+    }
+
     async fn execute_one(&self, sql: &str, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
-        if first_keyword(sql) == "SELECT"
+        let keyword = first_keyword(sql);
+        let reads = matches!(keyword.as_str(), "SELECT" | "SHOW" | "DESCRIBE" | "DESC" | "WITH" | "EXPLAIN");
+        if reads {
+            // Reads see every catalog change committed before they started; table scans add
+            // their own group's barrier.
+            self.barrier(ctx, catalog_group()).await?;
+        }
+        if keyword == "SELECT"
             && let Some(ps) = point_select(sql, &ctx.params)
-            && let Some(result) = self.try_point_select(&ps, ctx)?
+            && let Some(result) = self.try_point_select(&ps, ctx).await?
         {
             return Ok(result);
         }
+        match self.execute_statement(sql, ctx, proposer).await {
+            // A write naming an object this node has not applied yet (created through another
+            // node a moment ago): catch up with the catalog and try once more.
+            Err(Error::TableNotFound(_) | Error::NamespaceNotFound(_)) if !reads && ctx.barrier.is_some() => {
+                self.barrier(ctx, catalog_group()).await?;
+                self.execute_statement(sql, ctx, proposer).await
+            }
+            other => other,
+        }
+    }
+
+    async fn execute_statement(&self, sql: &str, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
         match parse_statement(sql)? {
             Statement::CreateNamespace { name, if_not_exists } => {
                 if name == SYSTEM_NAMESPACE {
@@ -595,7 +632,7 @@ impl Engine {
         }
     }
 
-    fn try_point_select(&self, ps: &PointSelect, ctx: &ExecContext) -> Result<Option<QueryResult>> {
+    async fn try_point_select(&self, ps: &PointSelect, ctx: &ExecContext) -> Result<Option<QueryResult>> {
         let ns = self.namespace_of(&ps.table, ctx);
         let Some(def) = self.catalog.table(&ns, &ps.table.name) else {
             return Ok(None);
@@ -629,6 +666,7 @@ impl Engine {
         }
         let Ok(key) = coerce(&ps.key, def.columns[pk].data_type) else { return Ok(None) };
         let (group, scope) = table_location(&def, &self.layout, &ctx.user_id);
+        self.barrier(ctx, group).await?;
         let row = self.rows.get(group, def.table_id, &scope, &key)?;
         let mut rows = Vec::new();
         if let Some(row) = row.filter(|r| !r.deleted) {
@@ -663,6 +701,8 @@ impl Engine {
             rows: self.rows.clone(),
             layout: self.layout,
             user_id: ctx.user_id.clone(),
+            barrier: ctx.barrier.clone(),
+            cluster: self.cluster.clone(),
         };
         session.register_catalog(CATALOG_NAME, Arc::new(KalamCatalog { scope }));
         session
@@ -1022,6 +1062,7 @@ fn prefix_error(e: Error, n: usize) -> Error {
         Error::Execution(m) => Error::Execution(p(m)),
         Error::Conflict(m) => Error::Conflict(p(m)),
         Error::Unavailable(m) => Error::Unavailable(p(m)),
+        Error::NotLeader(m) => Error::NotLeader(p(m)),
         Error::Internal(m) => Error::Internal(p(m)),
     }
 }

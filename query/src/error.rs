@@ -22,6 +22,9 @@ pub enum Error {
     /// No leader could take the write (election in progress, partition).
     #[error("{0}")]
     Unavailable(String),
+    /// The group's leader could not be reached in time (leader change, partition).
+    #[error("{0}")]
+    NotLeader(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -39,6 +42,7 @@ impl Error {
             Error::Execution(_) => "SQL_EXECUTION_ERROR",
             Error::Conflict(_) => "WRITE_CONFLICT",
             Error::Unavailable(_) => "CLUSTER_UNAVAILABLE",
+            Error::NotLeader(_) => "NOT_LEADER",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -67,6 +71,11 @@ impl From<datafusion::error::DataFusionError> for Error {
                 }
             }
             D::SchemaError(e, _) => Error::InvalidSql(e.to_string()),
+            // Our own errors raised inside table scans (read barriers) keep their code.
+            D::External(e) => match e.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => Error::Execution(other.to_string()),
+            },
             other => Error::Execution(other.to_string()),
         }
     }

@@ -10,3 +10,4 @@ pub mod values;
 
 pub use engine::{Engine, ExecContext, Proposer, QueryResult};
 pub use error::Error;
+pub use provider::{ClusterGroup, ClusterNode, ClusterView, ReadBarrier};

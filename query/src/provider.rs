@@ -77,14 +77,60 @@ pub struct KalamTable {
     rows: RowReader,
     group: GroupId,
     scope: String,
+    barrier: Option<Arc<dyn ReadBarrier>>,
 }
 
 impl KalamTable {
-    pub fn new(def: Arc<TableDef>, rows: RowReader, layout: &GroupLayout, user_id: &str) -> KalamTable {
+    pub fn new(
+        def: Arc<TableDef>,
+        rows: RowReader,
+        layout: &GroupLayout,
+        user_id: &str,
+        barrier: Option<Arc<dyn ReadBarrier>>,
+    ) -> KalamTable {
         let (group, scope) = table_location(&def, layout, user_id);
         let schema = table_schema(&def);
-        KalamTable { def, schema, rows, group, scope }
+        KalamTable { def, schema, rows, group, scope, barrier }
     }
+}
+
+/// Makes a read linearizable: returns once this node's projection of `group` has applied
+/// everything committed before the call (ReadIndex). The node implements it.
+#[async_trait]
+pub trait ReadBarrier: Send + Sync + std::fmt::Debug {
+    async fn wait(&self, group: GroupId) -> crate::error::Result<()>;
+}
+
+/// A row of `system.cluster`.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub node_id: u64,
+    pub raft_addr: String,
+    pub http_addr: String,
+    /// "leader" when the node leads the catalog group, else "follower".
+    pub role: String,
+    pub groups_led: u64,
+    pub reachable: bool,
+    pub is_self: bool,
+}
+
+/// A row of `system.cluster_groups`.
+#[derive(Debug, Clone)]
+pub struct ClusterGroup {
+    pub group: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+}
+
+/// The cluster state behind `system.cluster` and `system.cluster_groups`; the node
+/// implements it (a single node reports itself and its groups).
+#[async_trait]
+pub trait ClusterView: Send + Sync + std::fmt::Debug {
+    async fn nodes(&self) -> Vec<ClusterNode>;
+    async fn groups(&self) -> Vec<ClusterGroup>;
 }
 
 #[async_trait]
@@ -104,6 +150,9 @@ impl TableProvider for KalamTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        if let Some(b) = &self.barrier {
+            b.wait(self.group).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        }
         let mut live = Vec::new();
         // Filters are not pushed down (DataFusion re-applies them), so a limit here is only a
         // limit on live rows, which is what DataFusion asked for.
@@ -127,9 +176,10 @@ pub struct SystemTable {
     name: &'static str,
     schema: SchemaRef,
     catalog: Arc<Catalog>,
+    cluster: Option<Arc<dyn ClusterView>>,
 }
 
-pub const SYSTEM_TABLES: [&str; 3] = ["namespaces", "tables", "columns"];
+pub const SYSTEM_TABLES: [&str; 5] = ["namespaces", "tables", "columns", "cluster", "cluster_groups"];
 
 fn system_schema(name: &str) -> Option<SchemaRef> {
     let ts = ArrowType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()));
@@ -158,6 +208,23 @@ fn system_schema(name: &str) -> Option<SchemaRef> {
             Field::new("is_primary_key", ArrowType::Boolean, false),
             Field::new("column_default", ArrowType::Utf8, true),
         ],
+        "cluster" => vec![
+            Field::new("node_id", ArrowType::UInt64, false),
+            Field::new("raft_addr", ArrowType::Utf8, false),
+            Field::new("http_addr", ArrowType::Utf8, false),
+            Field::new("role", ArrowType::Utf8, false),
+            Field::new("groups_led", ArrowType::UInt64, false),
+            Field::new("reachable", ArrowType::Boolean, false),
+            Field::new("is_self", ArrowType::Boolean, false),
+        ],
+        "cluster_groups" => vec![
+            Field::new("group_id", ArrowType::Utf8, false),
+            Field::new("leader", ArrowType::UInt64, true),
+            Field::new("term", ArrowType::UInt64, false),
+            Field::new("commit_index", ArrowType::UInt64, false),
+            Field::new("applied_index", ArrowType::UInt64, false),
+            Field::new("last_log_index", ArrowType::UInt64, false),
+        ],
         _ => return None,
     };
     Some(Arc::new(Schema::new(fields)))
@@ -172,9 +239,75 @@ fn default_text(d: &kalamdb_log::DefaultExpr) -> String {
 }
 
 impl SystemTable {
-    pub fn new(name: &str, catalog: Arc<Catalog>) -> Option<SystemTable> {
+    pub fn new(name: &str, catalog: Arc<Catalog>, cluster: Option<Arc<dyn ClusterView>>) -> Option<SystemTable> {
         let name = SYSTEM_TABLES.into_iter().find(|n| *n == name)?;
-        Some(SystemTable { name, schema: system_schema(name)?, catalog })
+        Some(SystemTable { name, schema: system_schema(name)?, catalog, cluster })
+    }
+
+    async fn cluster_batch(&self) -> Result<RecordBatch, DataFusionError> {
+        let cols: Vec<ArrayRef> = if self.name == "cluster" {
+            let nodes = match &self.cluster {
+                Some(c) => c.nodes().await,
+                None => Vec::new(),
+            };
+            let (mut id, mut raft, mut http, mut role, mut led, mut reach, mut me) = (
+                UInt64Builder::new(),
+                StringBuilder::new(),
+                StringBuilder::new(),
+                StringBuilder::new(),
+                UInt64Builder::new(),
+                BooleanBuilder::new(),
+                BooleanBuilder::new(),
+            );
+            for n in nodes {
+                id.append_value(n.node_id);
+                raft.append_value(&n.raft_addr);
+                http.append_value(&n.http_addr);
+                role.append_value(&n.role);
+                led.append_value(n.groups_led);
+                reach.append_value(n.reachable);
+                me.append_value(n.is_self);
+            }
+            vec![
+                Arc::new(id.finish()),
+                Arc::new(raft.finish()),
+                Arc::new(http.finish()),
+                Arc::new(role.finish()),
+                Arc::new(led.finish()),
+                Arc::new(reach.finish()),
+                Arc::new(me.finish()),
+            ]
+        } else {
+            let groups = match &self.cluster {
+                Some(c) => c.groups().await,
+                None => Vec::new(),
+            };
+            let (mut g, mut leader, mut term, mut commit, mut applied, mut last) = (
+                StringBuilder::new(),
+                UInt64Builder::new(),
+                UInt64Builder::new(),
+                UInt64Builder::new(),
+                UInt64Builder::new(),
+                UInt64Builder::new(),
+            );
+            for r in groups {
+                g.append_value(&r.group);
+                leader.append_option(r.leader);
+                term.append_value(r.term);
+                commit.append_value(r.commit_index);
+                applied.append_value(r.applied_index);
+                last.append_value(r.last_log_index);
+            }
+            vec![
+                Arc::new(g.finish()),
+                Arc::new(leader.finish()),
+                Arc::new(term.finish()),
+                Arc::new(commit.finish()),
+                Arc::new(applied.finish()),
+                Arc::new(last.finish()),
+            ]
+        };
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
 
     fn batch(&self) -> Result<RecordBatch, DataFusionError> {
@@ -281,7 +414,7 @@ impl TableProvider for SystemTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        let batch = self.batch()?;
+        let batch = if self.name.starts_with("cluster") { self.cluster_batch().await? } else { self.batch()? };
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?)
     }
 }
@@ -293,6 +426,8 @@ pub struct ScanScope {
     pub rows: RowReader,
     pub layout: GroupLayout,
     pub user_id: String,
+    pub barrier: Option<Arc<dyn ReadBarrier>>,
+    pub cluster: Option<Arc<dyn ClusterView>>,
 }
 
 impl std::fmt::Debug for ScanScope {
@@ -343,13 +478,17 @@ impl SchemaProvider for NamespaceSchema {
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         if self.namespace == SYSTEM_NAMESPACE {
             return Ok(
-                SystemTable::new(name, self.scope.catalog.clone()).map(|t| Arc::new(t) as Arc<dyn TableProvider>)
+                SystemTable::new(name, self.scope.catalog.clone(), self.scope.cluster.clone())
+                    .map(|t| Arc::new(t) as Arc<dyn TableProvider>)
             );
         }
         let s = &self.scope;
         Ok(s.catalog
             .table(&self.namespace, name)
-            .map(|def| Arc::new(KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id)) as Arc<dyn TableProvider>))
+            .map(|def| {
+                Arc::new(KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id, s.barrier.clone()))
+                    as Arc<dyn TableProvider>
+            }))
     }
 
     fn table_exist(&self, name: &str) -> bool {

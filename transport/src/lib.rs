@@ -1,6 +1,18 @@
-//! Node-to-node transport: the openraft network traits. A node without peers (the
-//! single-node layout) uses [`NoPeers`], which reports every peer unreachable; QUIC
-//! transport for multi-node clusters lives here too once the cluster exists.
+//! Node-to-node transport: QUIC (quinn) carrying rkyv frames, peer authentication, the
+//! openraft network traits, and the forward/read-index/status requests the node uses. The
+//! only crate that knows the wire layout. A single-node layout uses [`NoPeers`].
+
+pub mod auth;
+pub mod error;
+pub mod frame;
+pub mod network;
+pub mod quic;
+pub mod tls;
+pub mod wire;
+
+pub use error::Error;
+pub use network::GroupNetwork;
+pub use quic::{Handler, Transport, TransportConfig};
 
 use kalamdb_log::types::{NodeAddr, NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
@@ -9,12 +21,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("node {0} is not a member this transport can reach")]
-    NoRoute(NodeId),
-}
 
 /// The network of a node that is the only member of every group. openraft never needs to
 /// reach a peer in that layout; if it tries (a misconfigured membership), it learns the
@@ -37,7 +43,7 @@ impl RaftNetworkFactory<TypeConfig> for NoPeers {
 
 impl NoPeerClient {
     fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, NodeAddr, E> {
-        RPCError::Unreachable(Unreachable::new(&Error::NoRoute(self.target)))
+        RPCError::Unreachable(Unreachable::new(&Error::UnknownNode(self.target)))
     }
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,29 +42,42 @@ impl Server {
 
     /// Start with extra environment (config overrides such as `KALAMDB_LIMITS_...`).
     pub async fn start_with(data: &Path, port: u16, env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn(None, data, port, env);
+        server.wait_healthy().await;
+        server
+    }
+
+    /// Start the binary without waiting for it: with `config`, or with defaults plus `env`.
+    pub fn spawn(config: Option<&Path>, data: &Path, port: u16, env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(data).expect("create data dir");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data.join("server.log"))
             .expect("open server log");
-        let child = Command::new(env!("CARGO_BIN_EXE_kalamdb-server"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kalamdb-server"));
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .env("KALAMDB_SERVER_PORT", port.to_string())
             .env("KALAMDB_STORAGE_DATA_PATH", data)
             .env("KALAMDB_SHARDING_USER_SHARDS", "4")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,kalamdb_raft=debug")
             .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn kalamdb-server");
         let client = Client::builder(TokioExecutor::new()).build_http();
-        let server = Server { child: Some(child), port, data: data.to_path_buf(), client };
-        server.wait_healthy().await;
-        server
+        Server { child: Some(child), port, data: data.to_path_buf(), client }
     }
 
-    async fn wait_healthy(&self) {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + STARTUP_WAIT;
         while Instant::now() < deadline {
             if let Ok((200, _)) = self.get("/v1/api/healthcheck").await {

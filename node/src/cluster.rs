@@ -1,0 +1,210 @@
+//! The cluster as one node sees it: statuses gathered from every reachable member, merged
+//! per group from the report of the group's leader. Serves `GET /v1/api/cluster/health`,
+//! `system.cluster` and `system.cluster_groups`, and the read barrier behind linearizable
+//! reads.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kalamdb_log::GroupId;
+use kalamdb_log::types::NodeId;
+use kalamdb_query::{ClusterGroup, ClusterNode, ClusterView, ReadBarrier};
+use kalamdb_transport::wire::{GroupStatus, StatusResponse};
+use serde_json::json;
+
+use crate::groups::Groups;
+
+/// Time each peer has to answer a status request for health and system tables.
+pub const STATUS_TIMEOUT_MS: u64 = 500;
+
+/// Statuses of all reachable nodes (this one first) and the set of nodes that answered.
+pub async fn gather(groups: &Groups) -> (Vec<StatusResponse>, HashSet<NodeId>) {
+    let mut out = vec![groups.local_status()];
+    let mut reachable = HashSet::from([groups.node_id]);
+    if let Some(t) = &groups.transport {
+        let peers: Vec<NodeId> = groups.members.keys().copied().filter(|id| *id != groups.node_id).collect();
+        let calls = peers.iter().map(|p| t.status(*p, Duration::from_millis(STATUS_TIMEOUT_MS)));
+        for (peer, r) in peers.iter().zip(futures::future::join_all(calls).await) {
+            if let Ok(s) = r {
+                reachable.insert(*peer);
+                out.push(s);
+            }
+        }
+    }
+    (out, reachable)
+}
+
+/// Per group: the leader's own report when a reachable node claims leadership (highest term
+/// wins), else this node's view.
+fn merge(statuses: &[StatusResponse]) -> BTreeMap<u32, GroupStatus> {
+    let mut best: BTreeMap<u32, (bool, GroupStatus)> = BTreeMap::new();
+    for s in statuses {
+        for g in &s.groups {
+            let is_leader_report = g.leader == Some(s.node_id);
+            // Prefer a leader's own report, then the highest term.
+            let better = best.get(&g.group).is_none_or(|(lead, cur)| (is_leader_report, g.term) > (*lead, cur.term));
+            if better {
+                best.insert(g.group, (is_leader_report, g.clone()));
+            }
+        }
+    }
+    best.into_iter().map(|(k, (_, g))| (k, g)).collect()
+}
+
+fn group_name(id: u32) -> String {
+    GroupId::from_u32(id).map_or_else(|| id.to_string(), |g| g.to_string())
+}
+
+/// The JSON of `GET /v1/api/cluster/health`, and whether every group has a leader.
+pub async fn health(groups: &Groups) -> (serde_json::Value, bool) {
+    let (statuses, reachable) = gather(groups).await;
+    let merged = merge(&statuses);
+    let local: BTreeMap<u32, GroupStatus> =
+        statuses[0].groups.iter().map(|g| (g.group, g.clone())).collect();
+    let mut all_led = true;
+    let mut led: BTreeMap<NodeId, u64> = BTreeMap::new();
+    let group_rows: Vec<serde_json::Value> = merged
+        .values()
+        .map(|g| {
+            if let Some(l) = g.leader {
+                *led.entry(l).or_default() += 1;
+            } else {
+                all_led = false;
+            }
+            let members: Vec<serde_json::Value> = groups
+                .members
+                .keys()
+                .map(|id| {
+                    let matched = g.matched.iter().find(|(n, _)| n == id).map(|(_, i)| *i);
+                    json!({
+                        "node_id": id,
+                        "matched_index": matched,
+                        "lag": matched.map(|m| g.last_log_index.saturating_sub(m)),
+                    })
+                })
+                .collect();
+            json!({
+                "group": group_name(g.group),
+                "leader": g.leader,
+                "term": g.term,
+                "commit_index": g.commit_index,
+                "last_log_index": g.last_log_index,
+                "applied_index": local.get(&g.group).map_or(0, |l| l.applied_index),
+                "leader_applied_index": g.applied_index,
+                "members": members,
+            })
+        })
+        .collect();
+    let nodes: Vec<serde_json::Value> = groups
+        .members
+        .iter()
+        .map(|(id, addr)| {
+            json!({
+                "node_id": id,
+                "raft_addr": addr.raft_addr,
+                "http_addr": addr.http_addr,
+                "reachable": reachable.contains(id),
+                "is_self": *id == groups.node_id,
+                "groups_led": led.get(id).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    let status = if !all_led {
+        "unavailable"
+    } else if reachable.len() < groups.members.len() {
+        "degraded"
+    } else {
+        "healthy"
+    };
+    let body = json!({
+        "status": status,
+        "cluster_id": groups.cluster_id,
+        "node_id": groups.node_id,
+        "nodes": nodes,
+        "groups": group_rows,
+    });
+    (body, all_led)
+}
+
+/// `system.cluster` / `system.cluster_groups` for the query engine.
+pub struct NodeCluster(pub Arc<Groups>);
+
+impl std::fmt::Debug for NodeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCluster").field("node_id", &self.0.node_id).finish()
+    }
+}
+
+#[async_trait]
+impl ClusterView for NodeCluster {
+    async fn nodes(&self) -> Vec<ClusterNode> {
+        let (statuses, reachable) = gather(&self.0).await;
+        let merged = merge(&statuses);
+        let catalog_group = GroupId::Meta(kalamdb_log::MetaGroup::Catalog).to_u32();
+        self.0
+            .members
+            .iter()
+            .map(|(id, addr)| {
+                let groups_led = merged.values().filter(|g| g.leader == Some(*id)).count() as u64;
+                let leads_catalog = merged.get(&catalog_group).is_some_and(|g| g.leader == Some(*id));
+                ClusterNode {
+                    node_id: *id,
+                    raft_addr: addr.raft_addr.clone(),
+                    http_addr: addr.http_addr.clone(),
+                    role: if leads_catalog { "leader".into() } else { "follower".into() },
+                    groups_led,
+                    reachable: reachable.contains(id),
+                    is_self: *id == self.0.node_id,
+                }
+            })
+            .collect()
+    }
+
+    async fn groups(&self) -> Vec<ClusterGroup> {
+        let (statuses, _) = gather(&self.0).await;
+        let local: BTreeMap<u32, u64> = statuses[0].groups.iter().map(|g| (g.group, g.applied_index)).collect();
+        merge(&statuses)
+            .values()
+            .map(|g| ClusterGroup {
+                group: group_name(g.group),
+                leader: g.leader,
+                term: g.term,
+                commit_index: g.commit_index,
+                applied_index: local.get(&g.group).copied().unwrap_or(0),
+                last_log_index: g.last_log_index,
+            })
+            .collect()
+    }
+}
+
+/// The read barrier of one request: each group is synced at most once per request.
+pub struct RequestBarrier {
+    groups: Arc<Groups>,
+    done: Mutex<HashSet<GroupId>>,
+}
+
+impl RequestBarrier {
+    pub fn new(groups: Arc<Groups>) -> RequestBarrier {
+        RequestBarrier { groups, done: Mutex::new(HashSet::new()) }
+    }
+}
+
+impl std::fmt::Debug for RequestBarrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestBarrier")
+    }
+}
+
+#[async_trait]
+impl ReadBarrier for RequestBarrier {
+    async fn wait(&self, group: GroupId) -> kalamdb_query::error::Result<()> {
+        if self.done.lock().unwrap_or_else(|p| p.into_inner()).contains(&group) {
+            return Ok(());
+        }
+        self.groups.read_barrier(group).await?;
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).insert(group);
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! A 3-node cluster of real processes on 127.0.0.1: replication and forwarding, crash and
+//! restart of followers and leaders, a network partition, and the projections' digests
+//! after each scenario.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use serde_json::json;
+
+/// Elections must finish within this (the election timeout is 300-600 ms; allow a few
+/// rounds of split votes and process scheduling on 2 cores).
+const NEW_LEADER_WAIT: Duration = Duration::from_secs(10);
+
+fn rows(body: &serde_json::Value) -> Vec<serde_json::Value> {
+    body["results"][0]["rows"].as_array().cloned().unwrap_or_default()
+}
+
+async fn count(s: &common::Server, table: &str) -> u64 {
+    let r = s.sql_ok(&format!("SELECT COUNT(*) AS n FROM {table}")).await;
+    r["rows"][0][0].as_u64().unwrap_or_else(|| panic!("count of {table}: {r}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_any_node_are_read_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), &[]).await;
+
+    // The spec's consistency steps, with no sleeps: default reads are linearizable.
+    c.node(1).sql_ok("CREATE NAMESPACE test_cluster").await;
+    for i in [2, 3] {
+        let (status, body) = c.node(i).sql("SELECT * FROM system.namespaces").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.to_string().contains("test_cluster"), "node {i} does not see the namespace: {body}");
+    }
+    c.node(3)
+        .sql_ok("CREATE TABLE test_cluster.items (id BIGINT PRIMARY KEY, name TEXT) WITH (TYPE = 'SHARED')")
+        .await;
+    for i in 1..=3u64 {
+        c.node(i as usize).sql_ok(&format!("INSERT INTO test_cluster.items (id, name) VALUES ({i}, 'from node {i}')")).await;
+    }
+    for i in 1..=3 {
+        assert_eq!(count(c.node(i), "test_cluster.items").await, 3, "node {i}");
+        let r = c.node(i).sql_ok("SELECT name FROM test_cluster.items WHERE id = 3").await;
+        assert_eq!(r["rows"][0][0], "from node 3", "node {i}: {r}");
+    }
+    // A forwarded write gets the leader's answer: duplicate keys fail the same way everywhere.
+    for i in 1..=3 {
+        let (status, body) = c.node(i).sql("INSERT INTO test_cluster.items (id, name) VALUES (1, 'dup')").await;
+        assert_eq!(status, 400, "node {i}: {body}");
+        assert_eq!(body["error"]["code"], "ALREADY_EXISTS", "node {i}: {body}");
+    }
+    // UPDATE and DELETE through a follower.
+    c.node(2).sql_ok("UPDATE test_cluster.items SET name = 'renamed' WHERE id = 1").await;
+    c.node(3).sql_ok("DELETE FROM test_cluster.items WHERE id = 2").await;
+    let r = c.node(1).sql_ok("SELECT id, name FROM test_cluster.items ORDER BY id").await;
+    assert_eq!(r["rows"], json!([[1, "renamed"], [3, "from node 3"]]), "{r}");
+
+    // Local reads are allowed and answer from the node's own projection.
+    let (status, body) =
+        c.node(2).sql_body(json!({"sql": "SELECT COUNT(*) FROM test_cluster.items", "consistency": "local"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = c.node(2).sql_body(json!({"sql": "SELECT 1", "consistency": "eventual"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_REQUEST");
+
+    // USER tables route by user to the user shards.
+    c.node(1).sql_ok("CREATE TABLE test_cluster.notes (id BIGINT PRIMARY KEY, body TEXT) WITH (TYPE = 'USER')").await;
+    c.node(2).sql_ok("INSERT INTO test_cluster.notes (id, body) VALUES (1, 'mine')").await;
+    assert_eq!(count(c.node(3), "test_cluster.notes").await, 1);
+
+    // Cluster views.
+    let (status, h) = c.node(2).get("/v1/api/cluster/health").await.unwrap();
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["cluster_id"], "test-cluster");
+    assert_eq!(h["node_id"], 2);
+    assert_eq!(h["status"], "healthy", "{h}");
+    let groups = h["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 8, "3 meta + 4 user + 1 shared: {h}");
+    for g in groups {
+        assert!(g["leader"].as_u64().is_some(), "{g}");
+        assert!(g["term"].as_u64().unwrap() >= 1, "{g}");
+        assert_eq!(g["members"].as_array().unwrap().len(), 3, "{g}");
+        assert!(g["members"].as_array().unwrap().iter().all(|m| m["lag"].is_u64()), "{g}");
+    }
+    let r = c.node(3).sql_ok("SELECT node_id, reachable, is_self FROM system.cluster ORDER BY node_id").await;
+    assert_eq!(r["rows"], json!([[1, true, false], [2, true, false], [3, true, true]]), "{r}");
+    let r = c.node(1).sql_ok("SELECT group_id, leader FROM system.cluster_groups").await;
+    assert_eq!(rows(&json!({"results": [r.clone()]})).len(), 8, "{r}");
+
+    c.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_followers_catch_up_and_leaders_fail_over() {
+    let dir = tempfile::tempdir().unwrap();
+    // Frequent snapshots and a short log tail: a follower that was down has to catch up from
+    // a snapshot, not just from the log.
+    let env = [("KALAMDB_RAFT_SNAPSHOT_LOGS_SINCE_LAST", "20"), ("KALAMDB_RAFT_LOGS_TO_KEEP", "5")];
+    let mut c = Cluster::start(dir.path(), &env).await;
+    c.node(1).sql_ok("CREATE NAMESPACE app").await;
+    c.node(1).sql_ok("CREATE TABLE app.kv (k BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')").await;
+    let mut acked: u64 = 0;
+
+    // 1. kill -9 a follower of the shared shard, keep writing, restart it.
+    let leaders = c.wait_leaders(1, None, NEW_LEADER_WAIT).await;
+    let shared_leader = leaders["shared:0"];
+    let follower = (1..=3u64).find(|n| *n != shared_leader).unwrap() as usize;
+    c.kill9(follower);
+    let writer = (1..=3usize).find(|n| *n != follower).unwrap();
+    for _ in 0..100 {
+        acked += 1;
+        c.node(writer).sql_ok(&format!("INSERT INTO app.kv (k, v) VALUES ({acked}, 'v{acked}')")).await;
+    }
+    c.restart(follower).await;
+    assert_eq!(count(c.node(follower), "app.kv").await, acked, "restarted follower {follower} caught up");
+    c.assert_converged().await;
+    let log = c.log(follower);
+    assert!(log.contains("leadership changed"), "follower log has raft events");
+
+    // 2. kill -9 the leader of every group, one node at a time, until every group has lost
+    //    its leader at least once. Writes keep going through a survivor.
+    let mut groups_failed_over = std::collections::BTreeSet::new();
+    for _round in 0..3 {
+        let asking = c.live()[0];
+        let leaders = c.wait_leaders(asking, None, NEW_LEADER_WAIT).await;
+        if leaders.keys().all(|g| groups_failed_over.contains(g)) {
+            break;
+        }
+        // The node leading the most groups not yet failed over.
+        let mut count_by: std::collections::BTreeMap<u64, usize> = Default::default();
+        for (g, l) in &leaders {
+            if !groups_failed_over.contains(g) {
+                *count_by.entry(*l).or_default() += 1;
+            }
+        }
+        let victim = count_by.into_iter().max_by_key(|(_, n)| *n).map(|(n, _)| n).unwrap() as usize;
+        for (g, l) in &leaders {
+            if *l == victim as u64 {
+                groups_failed_over.insert(g.clone());
+            }
+        }
+        let killed_at = Instant::now();
+        c.kill9(victim);
+        let survivor = c.live()[0];
+        let new_leaders = c.wait_leaders(survivor, Some(victim as u64), NEW_LEADER_WAIT).await;
+        let took = killed_at.elapsed();
+        assert!(new_leaders.values().all(|l| *l != victim as u64));
+        eprintln!("node {victim} killed: every group has a new leader after {took:?}");
+        for _ in 0..30 {
+            acked += 1;
+            c.node(survivor).sql_ok(&format!("INSERT INTO app.kv (k, v) VALUES ({acked}, 'v{acked}')")).await;
+        }
+        c.restart(victim).await;
+        c.assert_converged().await;
+    }
+    assert_eq!(groups_failed_over.len(), 8, "every group lost its leader once: {groups_failed_over:?}");
+
+    // No acknowledged write was lost, on any node.
+    for i in 1..=3 {
+        assert_eq!(count(c.node(i), "app.kv").await, acked, "node {i}");
+    }
+    c.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_refuses_writes_and_stale_reads_then_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("KALAMDB_LIMITS_WRITE_TIMEOUT_MS", "3000")];
+    let c = Cluster::start(dir.path(), &env).await;
+    c.node(1).sql_ok("CREATE NAMESPACE p").await;
+    c.node(1).sql_ok("CREATE TABLE p.t (k BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')").await;
+    c.node(3).sql_ok("INSERT INTO p.t (k, v) VALUES (0, 'before')").await;
+
+    c.isolate(3, true).await;
+    // The majority keeps accepting writes (once leaders that were on node 3 are replaced).
+    let leaders = c.wait_leaders(1, Some(3), NEW_LEADER_WAIT).await;
+    assert!(leaders.values().all(|l| *l != 3));
+    for k in 1..=20 {
+        c.node(1 + (k % 2) as usize).sql_ok(&format!("INSERT INTO p.t (k, v) VALUES ({k}, 'majority')")).await;
+    }
+    // The minority node refuses writes with 503 ...
+    let started = Instant::now();
+    let (status, body) = c.node(3).sql("INSERT INTO p.t (k, v) VALUES (100, 'minority')").await;
+    assert_eq!(status, 503, "{body}");
+    let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+    assert!(code == "NOT_LEADER" || code == "CLUSTER_UNAVAILABLE", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused within a bounded time");
+    // ... serves no stale linearizable read ...
+    let (status, body) = c.node(3).sql("SELECT COUNT(*) FROM p.t").await;
+    assert_eq!(status, 503, "a linearizable read on the minority must fail, got {body}");
+    // ... but answers an explicitly local read from what it has (stale: 1 row).
+    let (status, body) = c.node(3).sql_body(json!({"sql": "SELECT COUNT(*) FROM p.t", "consistency": "local"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["rows"][0][0], 1, "{body}");
+    let (_, h) = c.node(1).get("/v1/api/cluster/health").await.unwrap();
+    assert_eq!(h["status"], "degraded", "{h}");
+
+    c.isolate(3, false).await;
+    c.wait_leaders(3, None, NEW_LEADER_WAIT).await;
+    assert_eq!(count(c.node(3), "p.t").await, 21);
+    // The refused write never happened anywhere.
+    let r = c.node(2).sql_ok("SELECT COUNT(*) FROM p.t WHERE k = 100").await;
+    assert_eq!(r["rows"][0][0], 0, "{r}");
+    c.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_cannot_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), &[]).await;
+    c.node(1).sql_ok("CREATE NAMESPACE s").await;
+    let terms_before = c.leaders(1).await;
+
+    // An impostor claiming to be node 1 (the initializer: it starts elections at once), with
+    // the cluster id and member list right but the secret wrong.
+    let http = common::free_port();
+    let raft = common::cluster::free_udp_port();
+    let data = dir.path().join("impostor");
+    let cfg = dir.path().join("impostor.toml");
+    let mut members_http = c.http.clone();
+    members_http[0] = http;
+    let mut members_raft = c.raft.clone();
+    members_raft[0] = raft;
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nhost = \"127.0.0.1\"\nport = {http}\nnode_id = 1\n\n[storage]\ndata_path = \"{}\"\n\n{}",
+            data.display(),
+            common::cluster::cluster_toml(&members_http, &members_raft, "the-wrong-secret-0123456789")
+        ),
+    )
+    .unwrap();
+    let impostor = common::Server::spawn(Some(&cfg), &data, http, &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Its vote and append requests never reached Raft: no term moved, leaders are unchanged.
+    assert_eq!(c.leaders(1).await, terms_before);
+    let (_, m) = c.node(2).get("/metrics").await.unwrap();
+    let text = m.as_str().unwrap_or_default().to_string();
+    let refused: f64 = text
+        .lines()
+        .find(|l| l.starts_with("kalamdb_transport_auth_failures_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 1.0, "node 2 counted refused peers:\n{text}");
+    // And the impostor itself never got a leader for anything.
+    let (status, _) = impostor.get("/v1/api/healthcheck").await.unwrap_or((0, json!(null)));
+    assert_ne!(status, 200, "the impostor must not become healthy");
+    let r = c.node(3).sql_ok("SELECT COUNT(*) FROM system.namespaces WHERE namespace_id = 's'").await;
+    assert_eq!(r["rows"][0][0], 1);
+    drop(impostor);
+    c.assert_converged().await;
+}

@@ -1,0 +1,192 @@
+//! A 3-node cluster of real `kalamdb-server` processes on 127.0.0.1, each with its own data
+//! folder, HTTP port and QUIC port, plus helpers to crash, isolate and compare them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::Server;
+
+pub const NODES: usize = 3;
+pub const SECRET: &str = "test-cluster-secret-0123456789";
+/// Bound on waiting for replicas to agree.
+pub const CONVERGE_WAIT: Duration = Duration::from_secs(60);
+
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
+    s.local_addr().expect("local addr").port()
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub http: Vec<u16>,
+    pub raft: Vec<u16>,
+    nodes: Vec<Server>,
+    env: Vec<(String, String)>,
+}
+
+/// The `[cluster]` section every member shares.
+pub fn cluster_toml(http: &[u16], raft: &[u16], secret: &str) -> String {
+    let mut t = format!(
+        "[cluster]\ncluster_id = \"test-cluster\"\njwt_secret = \"{secret}\"\nuser_shards = 4\nshared_shards = 1\n"
+    );
+    for i in 0..http.len() {
+        t.push_str(&format!(
+            "\n[[cluster.members]]\nnode_id = {}\nraft_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\n",
+            i + 1,
+            raft[i],
+            http[i]
+        ));
+    }
+    t
+}
+
+impl Cluster {
+    /// Start 3 nodes and wait until each is healthy (every group has a leader).
+    pub async fn start(dir: &Path, env: &[(&str, &str)]) -> Cluster {
+        let http: Vec<u16> = (0..NODES).map(|_| super::free_port()).collect();
+        let raft: Vec<u16> = (0..NODES).map(|_| free_udp_port()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut c = Cluster { dir: dir.to_path_buf(), http, raft, nodes: Vec::new(), env };
+        for i in 1..=NODES {
+            c.write_config(i, SECRET);
+        }
+        for i in 1..=NODES {
+            let s = c.spawn(i);
+            c.nodes.push(s);
+        }
+        for s in &c.nodes {
+            s.wait_healthy().await;
+        }
+        c
+    }
+
+    pub fn config_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("server{i}.toml"))
+    }
+
+    pub fn data_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node{i}"))
+    }
+
+    fn write_config(&self, i: usize, secret: &str) {
+        let text = format!(
+            "[server]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = {i}\n\n[storage]\ndata_path = \"{}\"\n\n[debug]\nfault_injection = true\n\n{}",
+            self.http[i - 1],
+            self.data_path(i).display(),
+            cluster_toml(&self.http, &self.raft, secret)
+        );
+        std::fs::write(self.config_path(i), text).expect("write config");
+    }
+
+    fn spawn(&self, i: usize) -> Server {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Server::spawn(Some(&self.config_path(i)), &self.data_path(i), self.http[i - 1], &env)
+    }
+
+    /// Node `i` (1-based).
+    pub fn node(&self, i: usize) -> &Server {
+        &self.nodes[i - 1]
+    }
+
+    pub fn live(&self) -> Vec<usize> {
+        (1..=NODES).filter(|i| self.nodes[i - 1].is_running()).collect()
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        self.nodes[i - 1].kill9();
+    }
+
+    /// Start node `i` again on its old ports and data; waits until it is healthy.
+    pub async fn restart(&mut self, i: usize) {
+        let s = self.spawn(i);
+        s.wait_healthy().await;
+        self.nodes[i - 1] = s;
+    }
+
+    pub async fn isolate(&self, i: usize, isolated: bool) {
+        let body = serde_json::json!({ "isolated": isolated }).to_string().into_bytes();
+        let (status, resp) = self
+            .node(i)
+            .request("POST", "/v1/api/debug/isolate", Some("application/json"), body)
+            .await
+            .expect("isolate request");
+        assert_eq!(status, 200, "{resp}");
+    }
+
+    /// Group name -> leader id, as node `i` reports it (None: no leader).
+    pub async fn leaders(&self, i: usize) -> BTreeMap<String, Option<u64>> {
+        let (_, h) = self.node(i).get("/v1/api/cluster/health").await.expect("cluster health");
+        h["groups"]
+            .as_array()
+            .expect("groups array")
+            .iter()
+            .map(|g| (g["group"].as_str().unwrap_or_default().to_string(), g["leader"].as_u64()))
+            .collect()
+    }
+
+    /// Wait until node `i` sees a leader for every group, none of them in `not`.
+    pub async fn wait_leaders(&self, i: usize, not: Option<u64>, within: Duration) -> BTreeMap<String, u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let l = self.leaders(i).await;
+            if l.values().all(|v| v.is_some() && *v != not) && !l.is_empty() {
+                return l.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect();
+            }
+            assert!(Instant::now() < deadline, "groups without a (new) leader after {within:?}: {l:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until every live node reports, per group, the same applied index and the same
+    /// projection digest. Returns the digests.
+    pub async fn assert_converged(&self) -> BTreeMap<String, String> {
+        let deadline = Instant::now() + CONVERGE_WAIT;
+        loop {
+            let mut per_node = Vec::new();
+            for i in self.live() {
+                let (status, d) = self.node(i).get("/v1/api/cluster/digest").await.expect("digest");
+                assert_eq!(status, 200, "{d}");
+                let m: BTreeMap<String, (u64, bool, String)> = d["groups"]
+                    .as_array()
+                    .expect("groups")
+                    .iter()
+                    .map(|g| {
+                        (
+                            g["group"].as_str().unwrap_or_default().to_string(),
+                            (
+                                g["applied_index"].as_u64().unwrap_or_default(),
+                                g["stable"].as_bool().unwrap_or(false),
+                                g["digest"].as_str().unwrap_or_default().to_string(),
+                            ),
+                        )
+                    })
+                    .collect();
+                per_node.push(m);
+            }
+            let first = &per_node[0];
+            let agree = !first.is_empty()
+                && per_node.iter().all(|m| m == first)
+                && first.values().all(|(_, stable, _)| *stable);
+            if agree {
+                return first.iter().map(|(g, (_, _, d))| (g.clone(), d.clone())).collect();
+            }
+            assert!(Instant::now() < deadline, "replicas did not converge within {CONVERGE_WAIT:?}:\n{per_node:#?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The node that leads the most groups.
+    pub async fn busiest_leader(&self, asking: usize) -> u64 {
+        let leaders = self.wait_leaders(asking, None, Duration::from_secs(10)).await;
+        let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+        for l in leaders.values() {
+            *count.entry(*l).or_default() += 1;
+        }
+        count.into_iter().max_by_key(|(_, c)| *c).map(|(n, _)| n).unwrap_or(1)
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.data_path(i).join("server.log")).unwrap_or_default()
+    }
+}

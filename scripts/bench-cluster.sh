@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Cluster benchmark, with the peer in the same run: a local 3-node KalamDB cluster
+# (scripts/cluster.sh) and a 3-member etcd (Debian's etcd-server) on loopback, both driven by
+# kalamdb-load. Usage: scripts/bench-cluster.sh [seconds]. Prints one line per workload.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kalamdb-target}"
+secs="${1:-10}"
+command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
+cargo build --release --locked --bin kalamdb-server --bin kalamdb-load
+load="$CARGO_TARGET_DIR/release/kalamdb-load"
+
+work="$(mktemp -d)"
+export KALAMDB_CLUSTER_DIR="$work/kalamdb"
+etcd_pids=()
+cleanup() {
+  "$root/scripts/cluster.sh" stop >/dev/null 2>&1 || true
+  for p in "${etcd_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null || echo nogit) seconds=$secs"
+
+# --- KalamDB: 3 local nodes, HTTP 8081-8083 ---
+RUST_LOG=warn "$root/scripts/cluster.sh" start >/dev/null
+urls="http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
+# The node leading the shared shard (where the benchmark table's rows go), for 1-client latency.
+leader_http="$(curl -s http://127.0.0.1:8081/v1/api/cluster/health | python3 -c '
+import json, sys
+h = json.load(sys.stdin)
+lead = next(g["leader"] for g in h["groups"] if g["group"] == "shared:0")
+print(next(n["http_addr"] for n in h["nodes"] if n["node_id"] == lead))')"
+echo "kalamdb shared:0 leader at $leader_http"
+echo "kalamdb: $("$load" --url "$urls" --workload insert --clients 64 --seconds "$secs")"
+echo "kalamdb: $("$load" --url "http://$leader_http" --workload insert --clients 1 --seconds "$secs")"
+echo "kalamdb: $("$load" --url "http://127.0.0.1:8081" --workload insert --clients 1 --seconds "$secs") (via node 1)"
+echo "kalamdb: $("$load" --url "$urls" --workload bulk --clients 4 --seconds "$secs" --batch-rows 1000)"
+"$root/scripts/cluster.sh" stop >/dev/null
+
+# --- etcd: 3 members, clients 23791-23793 ---
+cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+for i in 1 2 3; do
+  etcd --name "e$i" --data-dir "$work/etcd$i" \
+    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+    --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token kalamdb-bench \
+    --log-level error > "$work/etcd$i.log" 2>&1 &
+  etcd_pids+=($!)
+done
+eps="http://127.0.0.1:23791,http://127.0.0.1:23792,http://127.0.0.1:23793"
+for _ in $(seq 1 100); do
+  ETCDCTL_API=3 etcdctl --endpoints="$eps" endpoint health >/dev/null 2>&1 && break
+  sleep 0.2
+done
+etcd_leader="$(ETCDCTL_API=3 etcdctl --endpoints="$eps" endpoint status -w json | python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
+        print(s["Endpoint"])')"
+echo "etcd leader at $etcd_leader"
+echo "etcd: $("$load" --url "$eps" --workload etcd-put --clients 64 --seconds "$secs")"
+echo "etcd: $("$load" --url "$etcd_leader" --workload etcd-put --clients 1 --seconds "$secs")"
+echo "etcd: $("$load" --url "http://127.0.0.1:23791" --workload etcd-put --clients 1 --seconds "$secs") (via member 1)"

@@ -1,0 +1,471 @@
+//! The QUIC endpoint of a node: one UDP socket for every group, one connection per peer
+//! (dialed lazily, re-dialed after failures), one bidirectional stream per request. Every
+//! connection is authenticated by a Hello exchange before any other frame is served.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kalamdb_log::types::{NodeId, Raft};
+use kalamdb_log::{EncodedCommand, GroupId};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+
+use crate::auth;
+use crate::error::{Error, Result};
+use crate::frame::{FrameKind, HEADER_BYTES, Header, encode_frame};
+use crate::wire::{self, ForwardResponse, Hello, ReadIndexResponse, StatusResponse};
+
+/// Time to dial and authenticate a peer.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// After a failed dial, calls to that peer fail fast for this long instead of each waiting
+/// for its own dial (openraft retries every heartbeat, for every group).
+pub const REDIAL_BACKOFF_MS: u64 = 200;
+/// Time an accepted connection has to send its Hello.
+pub const HELLO_TIMEOUT_MS: u64 = 2_000;
+/// Concurrent requests one peer may have open on a connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 512;
+pub const IDLE_TIMEOUT_MS: u32 = 10_000;
+pub const KEEP_ALIVE_MS: u64 = 1_000;
+/// QUIC application error code for a connection refused by authentication.
+pub const CLOSE_AUTH_FAILED: u32 = 0x10;
+pub const CLOSE_BAD_FRAME: u32 = 0x11;
+
+/// What this node's transport needs to know about the cluster.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub secret: Vec<u8>,
+    pub bind: SocketAddr,
+    /// Every member's Raft address (host:port; resolved at dial time).
+    pub members: BTreeMap<NodeId, String>,
+}
+
+/// The node-side services the transport serves to peers.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    fn raft(&self, group: GroupId) -> Option<Raft>;
+    async fn forward(&self, group: GroupId, command: EncodedCommand) -> ForwardResponse;
+    async fn read_index(&self, group: GroupId) -> ReadIndexResponse;
+    fn status(&self) -> StatusResponse;
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<Connection>,
+    failed_at: Option<Instant>,
+    last_error: String,
+}
+
+pub struct Transport {
+    cfg: TransportConfig,
+    endpoint: Endpoint,
+    slots: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Test-only fault switch: when set, this node neither sends nor serves any frame, as if
+    /// its network were cut.
+    isolated: AtomicBool,
+    next_request: AtomicU64,
+    handler: OnceLock<Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("node_id", &self.cfg.node_id).field("bind", &self.cfg.bind).finish()
+    }
+}
+
+fn transport_config() -> Result<Arc<quinn::TransportConfig>> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
+    t.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_MS)));
+    Ok(Arc::new(t))
+}
+
+fn exported(conn: &Connection) -> Result<[u8; auth::EXPORTER_BYTES]> {
+    let mut out = [0u8; auth::EXPORTER_BYTES];
+    conn.export_keying_material(&mut out, auth::EXPORTER_LABEL, b"")
+        .map_err(|_| Error::Auth("TLS keying material export failed".into()))?;
+    Ok(out)
+}
+
+fn rejected(reason: &'static str) {
+    metrics::counter!("kalamdb_transport_frames_rejected_total", "reason" => reason).increment(1);
+}
+
+/// Read one frame from a stream: the header first (so an oversized body is refused before
+/// it is buffered), then exactly `body_len` bytes.
+pub async fn read_frame(recv: &mut RecvStream) -> Result<(Header, Bytes)> {
+    let mut head = [0u8; HEADER_BYTES];
+    recv.read_exact(&mut head).await.map_err(|e| Error::Frame(format!("read header: {e}")))?;
+    let header = Header::decode(&head)?;
+    let mut body = vec![0u8; header.body_len as usize];
+    recv.read_exact(&mut body).await.map_err(|e| Error::Frame(format!("read body: {e}")))?;
+    Ok((header, Bytes::from(body)))
+}
+
+async fn write_frame(send: &mut SendStream, kind: FrameKind, group: u32, rid: u64, body: &[u8]) -> Result<()> {
+    let frame = encode_frame(kind, group, rid, body)?;
+    send.write_all(&frame).await.map_err(|e| Error::Frame(format!("write: {e}")))?;
+    send.finish().map_err(|e| Error::Frame(format!("finish: {e}")))?;
+    Ok(())
+}
+
+impl Transport {
+    /// Bind the endpoint. Must run inside a tokio runtime.
+    pub fn bind(cfg: TransportConfig) -> Result<Arc<Transport>> {
+        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crate::tls::server_config()?)
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(transport_config()?);
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crate::tls::client_config()?)
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(transport_config()?);
+        let mut endpoint = Endpoint::server(server, cfg.bind)
+            .map_err(|e| Error::Setup(format!("bind QUIC endpoint on {}: {e}", cfg.bind)))?;
+        endpoint.set_default_client_config(client);
+        tracing::info!(target: "kalamdb_transport", bind = %cfg.bind, node_id = cfg.node_id, "QUIC endpoint listening");
+        Ok(Arc::new(Transport {
+            cfg,
+            endpoint,
+            slots: Mutex::new(HashMap::new()),
+            isolated: AtomicBool::new(false),
+            next_request: AtomicU64::new(1),
+            handler: OnceLock::new(),
+        }))
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.cfg.node_id
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Start serving peers with `handler`. Called once, after the groups exist.
+    pub fn serve(self: &Arc<Self>, handler: Arc<dyn Handler>) {
+        if self.handler.set(handler).is_err() {
+            tracing::warn!(target: "kalamdb_transport", "serve called twice; ignoring");
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = me.endpoint.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    match incoming.await {
+                        Ok(conn) => me.serve_connection(conn).await,
+                        Err(e) => tracing::debug!(target: "kalamdb_transport", %remote, error = %e, "handshake failed"),
+                    }
+                });
+            }
+        });
+    }
+
+    /// Test-only fault switch (exposed by the node only when fault injection is enabled).
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::SeqCst);
+        if isolated {
+            // Drop live connections so peers notice at once rather than at idle timeout.
+            let slots: Vec<_> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+            for slot in slots {
+                if let Ok(mut s) = slot.try_lock()
+                    && let Some(c) = s.conn.take()
+                {
+                    c.close(VarInt::from_u32(0), b"isolated");
+                }
+            }
+        }
+        tracing::warn!(target: "kalamdb_transport", isolated, "fault switch changed");
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::SeqCst)
+    }
+
+    /// Whether a live, authenticated connection to `node` exists right now.
+    pub fn is_connected(&self, node: NodeId) -> bool {
+        if node == self.cfg.node_id {
+            return true;
+        }
+        let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
+        slot.and_then(|s| s.try_lock().ok().map(|s| s.conn.as_ref().is_some_and(|c| c.close_reason().is_none())))
+            .unwrap_or(false)
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"shutdown");
+    }
+
+    fn slot(&self, node: NodeId) -> Arc<tokio::sync::Mutex<Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(node).or_default().clone()
+    }
+
+    async fn connection(&self, node: NodeId) -> Result<Connection> {
+        let slot = self.slot(node);
+        let mut s = slot.lock().await;
+        if let Some(c) = &s.conn {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+            s.conn = None;
+        }
+        if let Some(at) = s.failed_at
+            && at.elapsed() < Duration::from_millis(REDIAL_BACKOFF_MS)
+        {
+            return Err(Error::Unreachable { node, reason: s.last_error.clone() });
+        }
+        match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), self.dial(node)).await {
+            Ok(Ok(c)) => {
+                tracing::info!(target: "kalamdb_transport", peer = node, "connected");
+                s.conn = Some(c.clone());
+                s.failed_at = None;
+                Ok(c)
+            }
+            Ok(Err(e)) => {
+                s.failed_at = Some(Instant::now());
+                s.last_error = e.to_string();
+                tracing::debug!(target: "kalamdb_transport", peer = node, error = %e, "dial failed");
+                Err(match e {
+                    Error::Auth(m) => Error::Auth(m),
+                    other => Error::Unreachable { node, reason: other.to_string() },
+                })
+            }
+            Err(_) => {
+                s.failed_at = Some(Instant::now());
+                s.last_error = "dial timed out".into();
+                Err(Error::Unreachable { node, reason: "dial timed out".into() })
+            }
+        }
+    }
+
+    async fn dial(&self, node: NodeId) -> Result<Connection> {
+        let addr = self.cfg.members.get(&node).ok_or(Error::UnknownNode(node))?;
+        let sock = tokio::net::lookup_host(addr.as_str())
+            .await?
+            .next()
+            .ok_or_else(|| Error::Setup(format!("{addr} resolves to no address")))?;
+        let conn = self
+            .endpoint
+            .connect(sock, crate::tls::SERVER_NAME)
+            .map_err(|e| Error::Setup(e.to_string()))?
+            .await
+            .map_err(|e| Error::Setup(format!("QUIC handshake with {addr}: {e}")))?;
+        let ekm = exported(&conn)?;
+        let hello = Hello {
+            cluster_id: self.cfg.cluster_id.clone(),
+            node_id: self.cfg.node_id,
+            proof: auth::prove(&self.cfg.secret, auth::ROLE_DIALER, &self.cfg.cluster_id, self.cfg.node_id, &ekm)?,
+        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Setup(e.to_string()))?;
+        write_frame(&mut send, FrameKind::Hello, 0, 0, &wire::to_bytes(&hello)?).await?;
+        let (header, body) = read_frame(&mut recv).await.map_err(|_| {
+            Error::Auth(format!("node {node} refused our hello (wrong cluster id or secret?)"))
+        })?;
+        if header.kind != FrameKind::HelloAck {
+            return Err(Error::Auth(format!("node {node} answered hello with {}", header.kind.name())));
+        }
+        let ack: Hello = wire::from_bytes(&body)?;
+        if ack.cluster_id != self.cfg.cluster_id || ack.node_id != node {
+            return Err(Error::Auth(format!("{addr} is node {} of cluster '{}'", ack.node_id, ack.cluster_id)));
+        }
+        auth::verify(&self.cfg.secret, auth::ROLE_ACCEPTOR, &ack.cluster_id, ack.node_id, &ekm, &ack.proof)?;
+        Ok(conn)
+    }
+
+    /// Send one request and wait for its response body.
+    pub async fn call(&self, node: NodeId, kind: FrameKind, group: u32, body: &[u8], timeout: Duration) -> Result<Bytes> {
+        if self.is_isolated() {
+            return Err(Error::Unreachable { node, reason: "isolated by fault switch".into() });
+        }
+        let expect = kind.response().ok_or_else(|| Error::Frame(format!("{} is not a request", kind.name())))?;
+        let conn = self.connection(node).await?;
+        let rid = self.next_request.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("kalamdb_transport_requests_total", "kind" => kind.name()).increment(1);
+        let exchange = async {
+            let (mut send, mut recv) =
+                conn.open_bi().await.map_err(|e| Error::Unreachable { node, reason: e.to_string() })?;
+            write_frame(&mut send, kind, group, rid, body)
+                .await
+                .map_err(|e| Error::Stream { node, reason: e.to_string() })?;
+            let (header, body) = read_frame(&mut recv).await.map_err(|e| Error::Stream { node, reason: e.to_string() })?;
+            if header.kind != expect || header.request_id != rid || header.group != group {
+                rejected("unexpected_response");
+                return Err(Error::Stream { node, reason: format!("unexpected {} response", header.kind.name()) });
+            }
+            Ok(body)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { node }),
+        }
+    }
+
+    pub async fn forward(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        command: &EncodedCommand,
+        timeout: Duration,
+    ) -> Result<ForwardResponse> {
+        let body = wire::to_bytes(&wire::ForwardRequest { command: command.bytes().to_vec() })?;
+        let resp = self.call(node, FrameKind::ForwardRequest, group.to_u32(), &body, timeout).await?;
+        wire::from_bytes(&resp)
+    }
+
+    pub async fn read_index(&self, node: NodeId, group: GroupId, timeout: Duration) -> Result<ReadIndexResponse> {
+        let body = wire::to_bytes(&wire::Empty)?;
+        let resp = self.call(node, FrameKind::ReadIndexRequest, group.to_u32(), &body, timeout).await?;
+        wire::from_bytes(&resp)
+    }
+
+    pub async fn status(&self, node: NodeId, timeout: Duration) -> Result<StatusResponse> {
+        let body = wire::to_bytes(&wire::Empty)?;
+        let resp = self.call(node, FrameKind::StatusRequest, 0, &body, timeout).await?;
+        wire::from_bytes(&resp)
+    }
+
+    async fn serve_connection(self: Arc<Self>, conn: Connection) {
+        let remote = conn.remote_address();
+        let peer = match tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), self.accept_hello(&conn)).await {
+            Ok(Ok(peer)) => peer,
+            Ok(Err(e)) => {
+                metrics::counter!("kalamdb_transport_auth_failures_total").increment(1);
+                tracing::warn!(target: "kalamdb_transport", %remote, error = %e, "peer refused");
+                conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"authentication failed");
+                return;
+            }
+            Err(_) => {
+                metrics::counter!("kalamdb_transport_auth_failures_total").increment(1);
+                conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"no hello");
+                return;
+            }
+        };
+        tracing::debug!(target: "kalamdb_transport", %remote, peer, "peer authenticated");
+        loop {
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.serve_stream(peer, send, recv).await });
+                }
+                Err(e) => {
+                    tracing::debug!(target: "kalamdb_transport", peer, error = %e, "connection closed");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn accept_hello(&self, conn: &Connection) -> Result<NodeId> {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| Error::Auth(e.to_string()))?;
+        let (header, body) = read_frame(&mut recv).await?;
+        if header.kind != FrameKind::Hello {
+            return Err(Error::Auth(format!("first frame was {}", header.kind.name())));
+        }
+        let hello: Hello = wire::from_bytes(&body)?;
+        if hello.cluster_id != self.cfg.cluster_id {
+            return Err(Error::Auth(format!("peer is in cluster '{}'", hello.cluster_id)));
+        }
+        if !self.cfg.members.contains_key(&hello.node_id) || hello.node_id == self.cfg.node_id {
+            return Err(Error::Auth(format!("node {} is not a member", hello.node_id)));
+        }
+        let ekm = exported(conn)?;
+        auth::verify(&self.cfg.secret, auth::ROLE_DIALER, &hello.cluster_id, hello.node_id, &ekm, &hello.proof)?;
+        let ack = Hello {
+            cluster_id: self.cfg.cluster_id.clone(),
+            node_id: self.cfg.node_id,
+            proof: auth::prove(&self.cfg.secret, auth::ROLE_ACCEPTOR, &self.cfg.cluster_id, self.cfg.node_id, &ekm)?,
+        };
+        write_frame(&mut send, FrameKind::HelloAck, 0, 0, &wire::to_bytes(&ack)?).await?;
+        Ok(hello.node_id)
+    }
+
+    async fn serve_stream(&self, peer: NodeId, mut send: SendStream, mut recv: RecvStream) {
+        if self.is_isolated() {
+            let _ = send.reset(VarInt::from_u32(0));
+            return;
+        }
+        let (header, body) = match read_frame(&mut recv).await {
+            Ok(f) => f,
+            Err(e) => {
+                rejected("bad_frame");
+                tracing::warn!(target: "kalamdb_transport", peer, error = %e, "bad frame");
+                let _ = send.reset(VarInt::from_u32(CLOSE_BAD_FRAME));
+                return;
+            }
+        };
+        let Some(reply_kind) = header.kind.response() else {
+            rejected("not_a_request");
+            let _ = send.reset(VarInt::from_u32(CLOSE_BAD_FRAME));
+            return;
+        };
+        let reply = match self.dispatch(header, body).await {
+            Ok(r) => r,
+            Err(e) => {
+                rejected("invalid_body");
+                tracing::warn!(target: "kalamdb_transport", peer, kind = header.kind.name(), error = %e, "bad request");
+                let _ = send.reset(VarInt::from_u32(CLOSE_BAD_FRAME));
+                return;
+            }
+        };
+        if self.is_isolated() {
+            let _ = send.reset(VarInt::from_u32(0));
+            return;
+        }
+        if let Err(e) = write_frame(&mut send, reply_kind, header.group, header.request_id, &reply).await {
+            tracing::debug!(target: "kalamdb_transport", peer, error = %e, "reply not delivered");
+        }
+    }
+
+    async fn dispatch(&self, header: Header, body: Bytes) -> Result<Vec<u8>> {
+        let handler = self.handler.get().ok_or_else(|| Error::Setup("not serving yet".into()))?;
+        let group = GroupId::from_u32(header.group).ok_or_else(|| Error::Frame(format!("bad group {}", header.group)));
+        match header.kind {
+            FrameKind::AppendRequest => {
+                let req = wire::read_append(&body, &body)?;
+                let resp = match handler.raft(group?) {
+                    None => wire::AppendResponse::Error(format!("group {} is not hosted here", header.group)),
+                    Some(raft) => crate::network::append_response(raft.append_entries(req).await),
+                };
+                wire::to_bytes(&resp)
+            }
+            FrameKind::VoteRequest => {
+                let req: wire::VoteRequest = wire::from_bytes(&body)?;
+                let resp = match handler.raft(group?) {
+                    None => wire::VoteResponse::Error(format!("group {} is not hosted here", header.group)),
+                    Some(raft) => crate::network::vote_response(raft.vote(crate::network::vote_request(&req)).await),
+                };
+                wire::to_bytes(&resp)
+            }
+            FrameKind::SnapshotRequest => {
+                let req: wire::SnapshotRequest = wire::from_bytes(&body)?;
+                let resp = match handler.raft(group?) {
+                    None => wire::SnapshotResponse::Error(format!("group {} is not hosted here", header.group)),
+                    Some(raft) => match crate::network::snapshot_request(req) {
+                        Ok(req) => crate::network::snapshot_response(raft.install_snapshot(req).await),
+                        Err(e) => wire::SnapshotResponse::Error(e.to_string()),
+                    },
+                };
+                wire::to_bytes(&resp)
+            }
+            FrameKind::ForwardRequest => {
+                let req = rkyv::access::<wire::ArchivedForwardRequest, rkyv::rancor::Error>(&body)
+                    .map_err(|e| Error::Frame(format!("invalid forward body: {e}")))?;
+                let command = EncodedCommand::validated(body.slice_ref(req.command.as_slice()))
+                    .map_err(|e| Error::Frame(e.to_string()))?;
+                wire::to_bytes(&handler.forward(group?, command).await)
+            }
+            FrameKind::ReadIndexRequest => wire::to_bytes(&handler.read_index(group?).await),
+            FrameKind::StatusRequest => wire::to_bytes(&handler.status()),
+            other => Err(Error::Frame(format!("{} is not a request", other.name()))),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Peer authentication between real QUIC endpoints on 127.0.0.1: a member with the cluster
+//! secret reaches the peer's Raft handler; a process with the wrong secret or cluster id is
+//! refused before any frame is served, so it can neither vote nor append.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kalamdb_log::types::Raft;
+use kalamdb_log::{EncodedCommand, GroupId, MetaGroup};
+use kalamdb_transport::frame::FrameKind;
+use kalamdb_transport::wire::{self, ForwardResponse, ReadIndexResponse, StatusResponse, VoteRequest, WVote};
+use kalamdb_transport::{Handler, Transport, TransportConfig};
+
+#[derive(Default)]
+struct Counting {
+    raft_lookups: AtomicUsize,
+}
+
+#[async_trait]
+impl Handler for Counting {
+    fn raft(&self, _group: GroupId) -> Option<Raft> {
+        self.raft_lookups.fetch_add(1, Ordering::SeqCst);
+        None
+    }
+    async fn forward(&self, _group: GroupId, _command: EncodedCommand) -> ForwardResponse {
+        ForwardResponse::Ok { results: Vec::new(), index: 0 }
+    }
+    async fn read_index(&self, _group: GroupId) -> ReadIndexResponse {
+        ReadIndexResponse::Ok { index: 7 }
+    }
+    fn status(&self) -> StatusResponse {
+        StatusResponse { node_id: 1, groups: Vec::new() }
+    }
+}
+
+fn udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn config(node_id: u64, cluster: &str, secret: &str, ports: &[(u64, u16)]) -> TransportConfig {
+    let port = ports.iter().find(|(n, _)| *n == node_id).map(|(_, p)| *p).unwrap();
+    TransportConfig {
+        node_id,
+        cluster_id: cluster.into(),
+        secret: secret.as_bytes().to_vec(),
+        bind: format!("127.0.0.1:{port}").parse().unwrap(),
+        members: ports.iter().map(|(n, p)| (*n, format!("127.0.0.1:{p}"))).collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn vote_body() -> Vec<u8> {
+    wire::to_bytes(&VoteRequest { vote: WVote { term: 99, node: 2, committed: false }, last: None }).unwrap()
+}
+
+const SECRET: &str = "the-right-cluster-secret";
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_with_the_secret_reach_raft() {
+    let group = GroupId::Meta(MetaGroup::Catalog).to_u32();
+    let ports = [(1, udp_port()), (2, udp_port()), (3, udp_port()), (4, udp_port())];
+    let a = Transport::bind(config(1, "c", SECRET, &ports)).unwrap();
+    let handler = Arc::new(Counting::default());
+    a.serve(handler.clone());
+
+    // A member with the secret: its vote reaches the handler (which hosts no group here).
+    let good = Transport::bind(config(2, "c", SECRET, &ports)).unwrap();
+    let resp = good.call(1, FrameKind::VoteRequest, group, &vote_body(), CALL_TIMEOUT).await.unwrap();
+    let resp: wire::VoteResponse = wire::from_bytes(&resp).unwrap();
+    assert!(matches!(resp, wire::VoteResponse::Error(m) if m.contains("not hosted")));
+    assert_eq!(handler.raft_lookups.load(Ordering::SeqCst), 1);
+    assert!(good.is_connected(1));
+    let ri = good.read_index(1, GroupId::Meta(MetaGroup::Catalog), CALL_TIMEOUT).await.unwrap();
+    assert_eq!(ri, ReadIndexResponse::Ok { index: 7 });
+
+    // Wrong secret: refused at the hello, nothing reaches Raft, for votes and appends alike.
+    let bad = Transport::bind(config(3, "c", "not-the-cluster-secret", &ports)).unwrap();
+    let err = bad.call(1, FrameKind::VoteRequest, group, &vote_body(), CALL_TIMEOUT).await.unwrap_err();
+    assert!(err.to_string().contains("refused") || err.to_string().contains("auth"), "{err}");
+    let append = wire::to_bytes(&wire::AppendRequest {
+        vote: WVote { term: 99, node: 3, committed: true },
+        prev: None,
+        commit: None,
+        entries: Vec::new(),
+    })
+    .unwrap();
+    assert!(bad.call(1, FrameKind::AppendRequest, group, &append, CALL_TIMEOUT).await.is_err());
+    assert!(!bad.is_connected(1));
+
+    // Right secret, wrong cluster id: refused too.
+    let other = Transport::bind(config(4, "other-cluster", SECRET, &ports)).unwrap();
+    assert!(other.call(1, FrameKind::VoteRequest, group, &vote_body(), CALL_TIMEOUT).await.is_err());
+
+    assert_eq!(handler.raft_lookups.load(Ordering::SeqCst), 1, "refused peers never reached the handler");
+
+    // The fault switch cuts traffic both ways, and restores it.
+    a.set_isolated(true);
+    assert!(good.call(1, FrameKind::VoteRequest, group, &vote_body(), CALL_TIMEOUT).await.is_err());
+    a.set_isolated(false);
+    let mut ok = false;
+    for _ in 0..50 {
+        if good.call(1, FrameKind::VoteRequest, group, &vote_body(), CALL_TIMEOUT).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "traffic resumes after the fault switch is cleared");
+}
