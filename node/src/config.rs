@@ -311,4 +311,53 @@ mod tests {
         let e = Config::load(None, vec![("KALAMDB_SERVER_PROT".to_string(), "1".to_string())]).unwrap_err().to_string();
         assert!(e.contains("prot"), "{e}");
     }
+
+    const CLUSTER: &str = r#"
+[server]
+node_id = 2
+
+[cluster]
+cluster_id = "c1"
+jwt_secret = "0123456789abcdef0123"
+user_shards = 4
+shared_shards = 1
+
+[[cluster.members]]
+node_id = 1
+raft_addr = "kalamdb-node1:9091"
+http_addr = "kalamdb-node1:8081"
+
+[[cluster.members]]
+node_id = 2
+raft_addr = "kalamdb-node2:9092"
+http_addr = "kalamdb-node2:8082"
+"#;
+
+    fn load_text(text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(Some(&p), Vec::new())
+    }
+
+    #[test]
+    fn cluster_section_sets_members_and_shards() {
+        let c = load_text(CLUSTER).unwrap();
+        assert_eq!(c.shards(), (4, 1));
+        assert_eq!(c.me().map(|m| m.raft_addr.as_str()), Some("kalamdb-node2:9092"));
+        assert_eq!(c.cluster.as_ref().map(|c| c.members.len()), Some(2));
+        assert!(Config::load(None, Vec::new()).unwrap().cluster.is_none(), "no [cluster]: single node");
+    }
+
+    #[test]
+    fn cluster_mistakes_are_named() {
+        let not_member = CLUSTER.replace("node_id = 2\n\n[cluster]", "node_id = 3\n\n[cluster]");
+        assert!(load_text(&not_member).unwrap_err().to_string().contains("does not list this node"));
+        let short = CLUSTER.replace("0123456789abcdef0123", "short");
+        assert!(load_text(&short).unwrap_err().to_string().contains("jwt_secret"));
+        let dup = CLUSTER.replace("node_id = 1\nraft_addr", "node_id = 2\nraft_addr");
+        assert!(load_text(&dup).unwrap_err().to_string().contains("unique"));
+        let typo = CLUSTER.replace("user_shards = 4", "user_shard = 4");
+        assert!(load_text(&typo).unwrap_err().to_string().contains("user_shard"));
+    }
 }

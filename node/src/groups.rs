@@ -237,7 +237,7 @@ impl Groups {
     pub async fn propose(&self, group: GroupId, op: Op) -> std::result::Result<OpResult, QueryError> {
         let g = self.group(group)?;
         let deadline = Instant::now() + self.write_timeout;
-        let mut last_leader = None;
+        let mut last_leader: Option<NodeId>;
         loop {
             let leader = self.leader_of(g);
             let attempt = match leader {

@@ -233,6 +233,7 @@ impl RaftStateMachine<TypeConfig> for Projection {
         }
         write_snapshot_file(&self.snapshot_path(), meta, &data).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.applied_tx.send_replace(self.applied.map_or(0, |l| l.index));
+        tracing::info!(target: "kalamdb_raft", group = %self.group, last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot installed");
         Ok(())
     }
 
