@@ -9,7 +9,8 @@ pub mod storage;
 pub mod types;
 
 pub use command::{
-    ApplyResponse, ColumnDef, EncodedCommand, DataType, DefaultExpr, LogCommand, Op, OpResult, RowWrite, TableDef, TableType, Value,
+    ApplyResponse, ColumnDef, DataType, DefaultExpr, EncodedCommand, LogCommand, Op, OpResult, RowWrite, TableDef,
+    TableType, Value,
 };
 pub use error::Error;
 pub use group::{GroupId, GroupLayout, MetaGroup};

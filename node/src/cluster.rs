@@ -20,10 +20,11 @@ use crate::groups::Groups;
 pub const STATUS_TIMEOUT_MS: u64 = 500;
 
 /// Statuses of all reachable nodes (this one first) and the set of nodes that answered.
-pub async fn gather(groups: &Groups) -> (Vec<StatusResponse>, HashSet<NodeId>) {
+/// With `peers` false, only this node's own view (no network round trips).
+pub async fn gather(groups: &Groups, peers: bool) -> (Vec<StatusResponse>, HashSet<NodeId>) {
     let mut out = vec![groups.local_status()];
     let mut reachable = HashSet::from([groups.node_id]);
-    if let Some(t) = &groups.transport {
+    if let Some(t) = groups.transport.as_ref().filter(|_| peers) {
         let peers: Vec<NodeId> = groups.members.keys().copied().filter(|id| *id != groups.node_id).collect();
         let calls = peers.iter().map(|p| t.status(*p, Duration::from_millis(STATUS_TIMEOUT_MS)));
         for (peer, r) in peers.iter().zip(futures::future::join_all(calls).await) {
@@ -58,11 +59,10 @@ fn group_name(id: u32) -> String {
 }
 
 /// The JSON of `GET /v1/api/cluster/health`, and whether every group has a leader.
-pub async fn health(groups: &Groups) -> (serde_json::Value, bool) {
-    let (statuses, reachable) = gather(groups).await;
+pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
+    let (statuses, reachable) = gather(groups, peers).await;
     let merged = merge(&statuses);
-    let local: BTreeMap<u32, GroupStatus> =
-        statuses[0].groups.iter().map(|g| (g.group, g.clone())).collect();
+    let local: BTreeMap<u32, GroupStatus> = statuses[0].groups.iter().map(|g| (g.group, g.clone())).collect();
     let mut all_led = true;
     let mut led: BTreeMap<NodeId, u64> = BTreeMap::new();
     let group_rows: Vec<serde_json::Value> = merged
@@ -105,7 +105,7 @@ pub async fn health(groups: &Groups) -> (serde_json::Value, bool) {
                 "node_id": id,
                 "raft_addr": addr.raft_addr,
                 "http_addr": addr.http_addr,
-                "reachable": reachable.contains(id),
+                "reachable": if peers || *id == groups.node_id { Some(reachable.contains(id)) } else { None },
                 "is_self": *id == groups.node_id,
                 "groups_led": led.get(id).copied().unwrap_or(0),
             })
@@ -113,7 +113,7 @@ pub async fn health(groups: &Groups) -> (serde_json::Value, bool) {
         .collect();
     let status = if !all_led {
         "unavailable"
-    } else if reachable.len() < groups.members.len() {
+    } else if peers && reachable.len() < groups.members.len() {
         "degraded"
     } else {
         "healthy"
@@ -140,7 +140,7 @@ impl std::fmt::Debug for NodeCluster {
 #[async_trait]
 impl ClusterView for NodeCluster {
     async fn nodes(&self) -> Vec<ClusterNode> {
-        let (statuses, reachable) = gather(&self.0).await;
+        let (statuses, reachable) = gather(&self.0, true).await;
         let merged = merge(&statuses);
         let catalog_group = GroupId::Meta(kalamdb_log::MetaGroup::Catalog).to_u32();
         self.0
@@ -163,7 +163,7 @@ impl ClusterView for NodeCluster {
     }
 
     async fn groups(&self) -> Vec<ClusterGroup> {
-        let (statuses, _) = gather(&self.0).await;
+        let (statuses, _) = gather(&self.0, true).await;
         let local: BTreeMap<u32, u64> = statuses[0].groups.iter().map(|g| (g.group, g.applied_index)).collect();
         merge(&statuses)
             .values()

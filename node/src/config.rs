@@ -242,7 +242,10 @@ impl Config {
                 return bad("cluster.members: node ids must be unique".into());
             }
             if !ids.contains(&self.server.node_id) {
-                return bad(format!("cluster.members does not list this node (server.node_id = {})", self.server.node_id));
+                return bad(format!(
+                    "cluster.members does not list this node (server.node_id = {})",
+                    self.server.node_id
+                ));
             }
             let (u, s) = self.shards();
             if !(1..=max).contains(&u) || !(1..=max).contains(&s) {

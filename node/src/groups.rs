@@ -31,6 +31,7 @@ pub const LEADER_RETRY_MS: u64 = 20;
 pub const PEER_REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// openraft snapshot chunk size: one chunk per QUIC frame.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
+pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
 
 /// Why a proposal failed.
 enum ProposeError {
@@ -104,6 +105,8 @@ fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: cfg.raft.logs_to_keep,
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        // Per snapshot chunk; openraft's 200 ms default is short for 4 MiB on a busy machine.
+        install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
         ..Default::default()
     };
     Ok(Arc::new(c.validate().map_err(|e| Error::Raft(e.to_string()))?))
@@ -143,7 +146,8 @@ impl Groups {
                         format!("0.0.0.0:{port}")
                     }
                 };
-                let bind = bind.parse().map_err(|e| Error::Config(format!("cluster raft bind address '{bind}': {e}")))?;
+                let bind =
+                    bind.parse().map_err(|e| Error::Config(format!("cluster raft bind address '{bind}': {e}")))?;
                 Some(Transport::bind(TransportConfig {
                     node_id,
                     cluster_id: c.cluster_id.clone(),
@@ -162,15 +166,23 @@ impl Groups {
             let applied = sm.applied_watch();
             let raft = match &transport {
                 Some(t) => {
-                    Raft::new(node_id, raft_cfg.clone(), GroupNetwork { transport: t.clone(), group: id }, log_store, sm)
-                        .await
+                    Raft::new(
+                        node_id,
+                        raft_cfg.clone(),
+                        GroupNetwork { transport: t.clone(), group: id },
+                        log_store,
+                        sm,
+                    )
+                    .await
                 }
                 None => Raft::new(node_id, raft_cfg.clone(), kalamdb_transport::NoPeers, log_store, sm).await,
             }
             .map_err(|e| Error::Raft(format!("group {id}: {e}")))?;
             if initializer {
                 match raft.initialize(members.clone()).await {
-                    Ok(()) => tracing::info!(target: "kalamdb_raft", group = %id, members = ?members.keys().collect::<Vec<_>>(), "group initialized"),
+                    Ok(()) => {
+                        tracing::info!(target: "kalamdb_raft", group = %id, members = ?members.keys().collect::<Vec<_>>(), "group initialized")
+                    }
                     Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                         tracing::debug!(target: "kalamdb_raft", group = %id, "group already initialized");
                     }
@@ -341,7 +353,8 @@ impl Groups {
             let leader = self.leader_of(g);
             let index = match leader {
                 // A leader cut off from its quorum cannot confirm leadership; bounded wait.
-                Some(l) if l == self.node_id => match tokio::time::timeout_at(deadline, g.raft.get_read_log_id()).await {
+                Some(l) if l == self.node_id => match tokio::time::timeout_at(deadline, g.raft.get_read_log_id()).await
+                {
                     Ok(Ok((read, _))) => Ok(read.map_or(0, |l| l.index)),
                     Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(None),
                     Ok(Err(e)) => return Err(unavailable(group, &format!("read index: {e}"))),
@@ -397,8 +410,7 @@ impl Groups {
                 }
                 // Committed = the highest index a majority of voters has.
                 let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-                let mut idx: Vec<u64> =
-                    matched.iter().filter(|(n, _)| voters.contains(n)).map(|(_, i)| *i).collect();
+                let mut idx: Vec<u64> = matched.iter().filter(|(n, _)| voters.contains(n)).map(|(_, i)| *i).collect();
                 idx.sort_unstable_by(|a, b| b.cmp(a));
                 if let Some(i) = idx.get(voters.len() / 2) {
                     commit = commit.max(*i);
@@ -467,7 +479,10 @@ impl kalamdb_transport::Handler for PeerService {
         let mut cmd = match command.decode() {
             Ok(c) => c,
             Err(e) => {
-                return ForwardResponse::Err(RemoteError::Failed { code: "INTERNAL_ERROR".into(), message: e.to_string() });
+                return ForwardResponse::Err(RemoteError::Failed {
+                    code: "INTERNAL_ERROR".into(),
+                    message: e.to_string(),
+                });
             }
         };
         let Some(op) = cmd.ops.pop().filter(|_| cmd.ops.is_empty()) else {
@@ -501,7 +516,9 @@ impl kalamdb_transport::Handler for PeerService {
                 ReadIndexResponse::Err(RemoteError::NotLeader { leader: f.leader_id })
             }
             Ok(Err(e)) => ReadIndexResponse::Err(remote_failure(&unavailable(group, &format!("read index: {e}")))),
-            Err(_) => ReadIndexResponse::Err(remote_failure(&unavailable(group, "leadership not confirmed by a quorum"))),
+            Err(_) => {
+                ReadIndexResponse::Err(remote_failure(&unavailable(group, "leadership not confirmed by a quorum")))
+            }
         }
     }
 

@@ -182,8 +182,18 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn cluster_health(State(app): State<Arc<App>>) -> Response {
-    let (body, all_led) = crate::cluster::health(&app.groups).await;
+#[derive(Debug, Deserialize)]
+struct HealthQuery {
+    /// `?local=true`: this node's view only, without asking the peers.
+    #[serde(default)]
+    local: bool,
+}
+
+async fn cluster_health(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<HealthQuery>,
+) -> Response {
+    let (body, all_led) = crate::cluster::health(&app.groups, !q.local).await;
     let status = if all_led { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }
@@ -200,13 +210,17 @@ async fn cluster_digest(State(app): State<Arc<App>>) -> Response {
             let before = *g.applied.borrow();
             let digest = kalamdb_projections::digest_group(groups.rows.db(), id)?;
             let after = *g.applied.borrow();
-            out.push(json!({"group": id.to_string(), "applied_index": after, "stable": before == after, "digest": digest}));
+            out.push(
+                json!({"group": id.to_string(), "applied_index": after, "stable": before == after, "digest": digest}),
+            );
         }
         Ok::<_, kalamdb_projections::Error>(out)
     })
     .await;
     match result {
-        Ok(Ok(groups)) => (StatusCode::OK, axum::Json(json!({"node_id": app.groups.node_id, "groups": groups}))).into_response(),
+        Ok(Ok(groups)) => {
+            (StatusCode::OK, axum::Json(json!({"node_id": app.groups.node_id, "groups": groups}))).into_response()
+        }
         Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", &e.to_string(), start),
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", &e.to_string(), start),
     }
@@ -228,7 +242,12 @@ async fn debug_isolate(State(app): State<Arc<App>>, body: axum::body::Bytes) -> 
             t.set_isolated(r.isolated);
             (StatusCode::OK, axum::Json(json!({"status": "success", "isolated": r.isolated}))).into_response()
         }
-        Err(e) => error_response(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &format!("expected {{\"isolated\": bool}}: {e}"), start),
+        Err(e) => error_response(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            &format!("expected {{\"isolated\": bool}}: {e}"),
+            start,
+        ),
     }
 }
 

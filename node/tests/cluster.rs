@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
@@ -12,6 +14,26 @@ use serde_json::json;
 /// Elections must finish within this (the election timeout is 300-600 ms; allow a few
 /// rounds of split votes and process scheduling on 2 cores).
 const NEW_LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Keys written by the writer that runs while nodes are killed.
+const CONCURRENT_KEYS_FROM: u64 = 1_000_000;
+/// Bound on the concurrent writer, whatever happens.
+const CONCURRENT_WRITES_MAX: u64 = 2_000;
+
+/// Insert unique keys through the node on `port` until `stop`; returns the acknowledged keys
+/// and the next unused key. Errors (503 during elections) are expected and not retried.
+async fn concurrent_writer(port: u16, mut key: u64, stop: Arc<AtomicBool>) -> (Vec<u64>, u64) {
+    let mut acked = Vec::new();
+    let end = key + CONCURRENT_WRITES_MAX;
+    while !stop.load(Ordering::SeqCst) && key < end {
+        let k = key;
+        key += 1;
+        if let Ok((200, _)) = common::post_sql(port, &format!("INSERT INTO app.kv (k, v) VALUES ({k}, 'c{k}')")).await {
+            acked.push(k);
+        }
+    }
+    (acked, key)
+}
 
 fn rows(body: &serde_json::Value) -> Vec<serde_json::Value> {
     body["results"][0]["rows"].as_array().cloned().unwrap_or_default()
@@ -34,11 +56,11 @@ async fn writes_on_any_node_are_read_on_every_node() {
         assert_eq!(status, 200, "{body}");
         assert!(body.to_string().contains("test_cluster"), "node {i} does not see the namespace: {body}");
     }
-    c.node(3)
-        .sql_ok("CREATE TABLE test_cluster.items (id BIGINT PRIMARY KEY, name TEXT) WITH (TYPE = 'SHARED')")
-        .await;
+    c.node(3).sql_ok("CREATE TABLE test_cluster.items (id BIGINT PRIMARY KEY, name TEXT) WITH (TYPE = 'SHARED')").await;
     for i in 1..=3u64 {
-        c.node(i as usize).sql_ok(&format!("INSERT INTO test_cluster.items (id, name) VALUES ({i}, 'from node {i}')")).await;
+        c.node(i as usize)
+            .sql_ok(&format!("INSERT INTO test_cluster.items (id, name) VALUES ({i}, 'from node {i}')"))
+            .await;
     }
     for i in 1..=3 {
         assert_eq!(count(c.node(i), "test_cluster.items").await, 3, "node {i}");
@@ -120,33 +142,38 @@ async fn crashed_followers_catch_up_and_leaders_fail_over() {
     let log = c.log(follower);
     assert!(log.contains("snapshot installed"), "follower {follower} installed a snapshot:\n{log}");
 
-    // 2. kill -9 the leader of every group, one node at a time, until every group has lost
-    //    its leader at least once. Writes keep going through a survivor.
+    // 2. kill -9 the leader of every group: three rounds, each killing the node that leads
+    //    the most groups at that moment, so leadership moves around the cluster. Writes keep
+    //    going through a survivor.
     let mut groups_failed_over = std::collections::BTreeSet::new();
-    for _round in 0..4 {
+    let mut victims = Vec::new();
+    let mut next_key = CONCURRENT_KEYS_FROM;
+    let mut concurrent_acked = Vec::new();
+    for _round in 0..3 {
         let asking = c.live()[0];
         let leaders = c.wait_leaders(asking, None, NEW_LEADER_WAIT).await;
-        if leaders.keys().all(|g| groups_failed_over.contains(g)) {
-            break;
-        }
-        // The node leading the most groups not yet failed over.
-        let mut count_by: std::collections::BTreeMap<u64, usize> = Default::default();
-        for (g, l) in &leaders {
-            if !groups_failed_over.contains(g) {
-                *count_by.entry(*l).or_default() += 1;
-            }
-        }
-        let victim = count_by.into_iter().max_by_key(|(_, n)| *n).map(|(n, _)| n).unwrap() as usize;
+        let victim = c.busiest_leader(asking).await as usize;
         for (g, l) in &leaders {
             if *l == victim as u64 {
                 groups_failed_over.insert(g.clone());
             }
         }
+        victims.push(victim);
+        let survivor = (1..=3usize).find(|n| *n != victim).unwrap();
+        // A writer runs through the crash; whatever it got acknowledged must survive.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(concurrent_writer(c.http[survivor - 1], next_key, stop.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let killed_at = Instant::now();
         c.kill9(victim);
-        let survivor = c.live()[0];
         let new_leaders = c.wait_leaders(survivor, Some(victim as u64), NEW_LEADER_WAIT).await;
         let took = killed_at.elapsed();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, Ordering::SeqCst);
+        let (acked_keys, next) = writer.await.unwrap();
+        next_key = next;
+        assert!(!acked_keys.is_empty(), "the writer got writes through");
+        concurrent_acked.extend(acked_keys);
         assert!(new_leaders.values().all(|l| *l != victim as u64));
         eprintln!("node {victim} killed: every group has a new leader after {took:?}");
         for _ in 0..30 {
@@ -157,11 +184,20 @@ async fn crashed_followers_catch_up_and_leaders_fail_over() {
         c.assert_converged().await;
     }
     assert_eq!(groups_failed_over.len(), 8, "every group lost its leader once: {groups_failed_over:?}");
+    eprintln!("killed leaders, in order: nodes {victims:?}");
 
-    // No acknowledged write was lost, on any node.
+    // No acknowledged write was lost, on any node: every sequential one, and every one the
+    // concurrent writers had acknowledged (writes that failed may or may not exist).
     for i in 1..=3 {
-        assert_eq!(count(c.node(i), "app.kv").await, acked, "node {i}");
+        let r = c.node(i).sql_ok(&format!("SELECT COUNT(*) FROM app.kv WHERE k < {CONCURRENT_KEYS_FROM}")).await;
+        assert_eq!(r["rows"][0][0].as_u64(), Some(acked), "node {i}: {r}");
+        let r = c.node(i).sql_ok(&format!("SELECT k FROM app.kv WHERE k >= {CONCURRENT_KEYS_FROM}")).await;
+        let present: std::collections::HashSet<u64> =
+            r["rows"].as_array().unwrap().iter().filter_map(|row| row[0].as_u64()).collect();
+        let lost: Vec<&u64> = concurrent_acked.iter().filter(|k| !present.contains(k)).collect();
+        assert!(lost.is_empty(), "node {i} lost acknowledged writes {lost:?}");
     }
+    eprintln!("{} writes acknowledged while leaders were killed; none lost", concurrent_acked.len());
     c.assert_converged().await;
 }
 

@@ -5,15 +5,18 @@ use std::collections::BTreeMap;
 
 use kalamdb_log::types::{Entry, NodeAddr};
 use kalamdb_log::{
-    ColumnDef, DataType, DefaultExpr, GroupId, EncodedCommand, LogCommand, LogDb, MetaGroup, Op, OpResult, RowWrite, TableDef,
-    TableType, Value,
+    ColumnDef, DataType, DefaultExpr, EncodedCommand, GroupId, LogCommand, LogDb, MetaGroup, Op, OpResult, RowWrite,
+    TableDef, TableType, Value,
 };
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, digest_group};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
 
 fn entry(index: u64, ops: Vec<Op>) -> Entry {
-    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(EncodedCommand::encode(&LogCommand { ops }).unwrap()) }
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(EncodedCommand::encode(&LogCommand { ops }).unwrap()),
+    }
 }
 
 fn table_def() -> TableDef {

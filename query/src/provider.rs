@@ -477,18 +477,14 @@ impl SchemaProvider for NamespaceSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         if self.namespace == SYSTEM_NAMESPACE {
-            return Ok(
-                SystemTable::new(name, self.scope.catalog.clone(), self.scope.cluster.clone())
-                    .map(|t| Arc::new(t) as Arc<dyn TableProvider>)
-            );
+            return Ok(SystemTable::new(name, self.scope.catalog.clone(), self.scope.cluster.clone())
+                .map(|t| Arc::new(t) as Arc<dyn TableProvider>));
         }
         let s = &self.scope;
-        Ok(s.catalog
-            .table(&self.namespace, name)
-            .map(|def| {
-                Arc::new(KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id, s.barrier.clone()))
-                    as Arc<dyn TableProvider>
-            }))
+        Ok(s.catalog.table(&self.namespace, name).map(|def| {
+            Arc::new(KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id, s.barrier.clone()))
+                as Arc<dyn TableProvider>
+        }))
     }
 
     fn table_exist(&self, name: &str) -> bool {

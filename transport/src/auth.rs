@@ -20,6 +20,8 @@ pub const ROLE_DIALER: u8 = b'D';
 pub const ROLE_ACCEPTOR: u8 = b'A';
 
 fn mac(secret: &[u8], role: u8, cluster_id: &str, node_id: u64, exported: &[u8]) -> Result<HmacSha256> {
+    // The incarnation is not covered: it only steers connection reuse, and the exported
+    // keying material already binds the proof to this one connection.
     let mut m = HmacSha256::new_from_slice(secret).map_err(|e| Error::Auth(e.to_string()))?;
     m.update(b"kalamdb-peer-auth/v1");
     m.update(&[role]);

@@ -123,7 +123,8 @@ impl Header {
         if bytes[4] != FORMAT_VERSION {
             return Err(Error::Frame(format!("unsupported format version {}", bytes[4])));
         }
-        let kind = FrameKind::from_u8(bytes[5]).ok_or_else(|| Error::Frame(format!("unknown frame kind {}", bytes[5])))?;
+        let kind =
+            FrameKind::from_u8(bytes[5]).ok_or_else(|| Error::Frame(format!("unknown frame kind {}", bytes[5])))?;
         if bytes[6] != 0 || bytes[7] != 0 {
             return Err(Error::Frame("reserved header bytes are not zero".into()));
         }

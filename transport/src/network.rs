@@ -47,7 +47,9 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeAddr, RaftEr
 
 fn rpc_err<E: std::error::Error>(e: Error) -> RpcErr<E> {
     match e {
-        Error::Unreachable { .. } | Error::UnknownNode(_) | Error::Auth(_) => RPCError::Unreachable(Unreachable::new(&e)),
+        Error::Unreachable { .. } | Error::UnknownNode(_) | Error::Auth(_) => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
         other => RPCError::Network(NetworkError::new(&other)),
     }
 }

@@ -28,7 +28,8 @@ pub const REDIAL_BACKOFF_MS: u64 = 200;
 pub const HELLO_TIMEOUT_MS: u64 = 2_000;
 /// Concurrent requests one peer may have open on a connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 512;
-pub const IDLE_TIMEOUT_MS: u32 = 10_000;
+/// A peer silent this long (keep-alives included) is considered gone and its connection closed.
+pub const IDLE_TIMEOUT_MS: u32 = 5_000;
 pub const KEEP_ALIVE_MS: u64 = 1_000;
 /// QUIC application error code for a connection refused by authentication.
 pub const CLOSE_AUTH_FAILED: u32 = 0x10;
@@ -57,6 +58,8 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Default)]
 struct Slot {
     conn: Option<Connection>,
+    /// The incarnation of the process `conn` reaches.
+    incarnation: u64,
     failed_at: Option<Instant>,
     last_error: String,
 }
@@ -70,6 +73,7 @@ pub struct Transport {
     isolated: AtomicBool,
     next_request: AtomicU64,
     handler: OnceLock<Arc<dyn Handler>>,
+    incarnation: u64,
 }
 
 impl std::fmt::Debug for Transport {
@@ -138,6 +142,7 @@ impl Transport {
             isolated: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
             handler: OnceLock::new(),
+            incarnation: fastrand::u64(1..),
         }))
     }
 
@@ -224,9 +229,10 @@ impl Transport {
             return Err(Error::Unreachable { node, reason: s.last_error.clone() });
         }
         match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), self.dial(node)).await {
-            Ok(Ok(c)) => {
+            Ok(Ok((c, incarnation))) => {
                 tracing::info!(target: "kalamdb_transport", peer = node, "connected");
                 s.conn = Some(c.clone());
+                s.incarnation = incarnation;
                 s.failed_at = None;
                 Ok(c)
             }
@@ -247,7 +253,8 @@ impl Transport {
         }
     }
 
-    async fn dial(&self, node: NodeId) -> Result<Connection> {
+    /// Dial and authenticate `node`; returns the connection and the peer's incarnation.
+    async fn dial(&self, node: NodeId) -> Result<(Connection, u64)> {
         let addr = self.cfg.members.get(&node).ok_or(Error::UnknownNode(node))?;
         let sock = tokio::net::lookup_host(addr.as_str())
             .await?
@@ -263,13 +270,14 @@ impl Transport {
         let hello = Hello {
             cluster_id: self.cfg.cluster_id.clone(),
             node_id: self.cfg.node_id,
+            incarnation: self.incarnation,
             proof: auth::prove(&self.cfg.secret, auth::ROLE_DIALER, &self.cfg.cluster_id, self.cfg.node_id, &ekm)?,
         };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Setup(e.to_string()))?;
         write_frame(&mut send, FrameKind::Hello, 0, 0, &wire::to_bytes(&hello)?).await?;
-        let (header, body) = read_frame(&mut recv).await.map_err(|_| {
-            Error::Auth(format!("node {node} refused our hello (wrong cluster id or secret?)"))
-        })?;
+        let (header, body) = read_frame(&mut recv)
+            .await
+            .map_err(|_| Error::Auth(format!("node {node} refused our hello (wrong cluster id or secret?)")))?;
         if header.kind != FrameKind::HelloAck {
             return Err(Error::Auth(format!("node {node} answered hello with {}", header.kind.name())));
         }
@@ -278,11 +286,18 @@ impl Transport {
             return Err(Error::Auth(format!("{addr} is node {} of cluster '{}'", ack.node_id, ack.cluster_id)));
         }
         auth::verify(&self.cfg.secret, auth::ROLE_ACCEPTOR, &ack.cluster_id, ack.node_id, &ekm, &ack.proof)?;
-        Ok(conn)
+        Ok((conn, ack.incarnation))
     }
 
     /// Send one request and wait for its response body.
-    pub async fn call(&self, node: NodeId, kind: FrameKind, group: u32, body: &[u8], timeout: Duration) -> Result<Bytes> {
+    pub async fn call(
+        &self,
+        node: NodeId,
+        kind: FrameKind,
+        group: u32,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Bytes> {
         if self.is_isolated() {
             return Err(Error::Unreachable { node, reason: "isolated by fault switch".into() });
         }
@@ -296,7 +311,8 @@ impl Transport {
             write_frame(&mut send, kind, group, rid, body)
                 .await
                 .map_err(|e| Error::Stream { node, reason: e.to_string() })?;
-            let (header, body) = read_frame(&mut recv).await.map_err(|e| Error::Stream { node, reason: e.to_string() })?;
+            let (header, body) =
+                read_frame(&mut recv).await.map_err(|e| Error::Stream { node, reason: e.to_string() })?;
             if header.kind != expect || header.request_id != rid || header.group != group {
                 rejected("unexpected_response");
                 return Err(Error::Stream { node, reason: format!("unexpected {} response", header.kind.name()) });
@@ -379,13 +395,30 @@ impl Transport {
         }
         let ekm = exported(conn)?;
         auth::verify(&self.cfg.secret, auth::ROLE_DIALER, &hello.cluster_id, hello.node_id, &ekm, &hello.proof)?;
+        self.forget_stale(hello.node_id, hello.incarnation).await;
         let ack = Hello {
             cluster_id: self.cfg.cluster_id.clone(),
             node_id: self.cfg.node_id,
+            incarnation: self.incarnation,
             proof: auth::prove(&self.cfg.secret, auth::ROLE_ACCEPTOR, &self.cfg.cluster_id, self.cfg.node_id, &ekm)?,
         };
         write_frame(&mut send, FrameKind::HelloAck, 0, 0, &wire::to_bytes(&ack)?).await?;
         Ok(hello.node_id)
+    }
+
+    /// `node` dialed us as a new process: our connection to its previous process would only
+    /// time out (QUIC cannot tell a silent peer from a dead one before the idle timeout).
+    async fn forget_stale(&self, node: NodeId, incarnation: u64) {
+        let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
+        let Some(slot) = slot else { return };
+        let stale = {
+            let mut s = slot.lock().await;
+            if s.conn.is_some() && s.incarnation != incarnation { s.conn.take() } else { None }
+        };
+        if let Some(c) = stale {
+            tracing::info!(target: "kalamdb_transport", peer = node, "peer restarted; dropping the old connection");
+            c.close(VarInt::from_u32(0), b"peer restarted");
+        }
     }
 
     async fn serve_stream(&self, peer: NodeId, mut send: SendStream, mut recv: RecvStream) {

@@ -31,6 +31,9 @@ pub struct WVote {
 pub struct Hello {
     pub cluster_id: String,
     pub node_id: u64,
+    /// Random per process start: a peer that sees a new incarnation knows the node restarted
+    /// and that its own connection to the old process is dead.
+    pub incarnation: u64,
     pub proof: Vec<u8>,
 }
 
@@ -140,7 +143,11 @@ pub struct Empty;
 pub fn to_bytes<T>(value: &T) -> Result<Vec<u8>>
 where
     T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
         >,
 {
     rkyv::to_bytes::<rkyv::rancor::Error>(value).map(|v| v.into_vec()).map_err(|e| Error::Frame(e.to_string()))
@@ -218,7 +225,10 @@ pub fn entry_wire_bytes(entry: &Entry) -> usize {
 /// Read a received AppendEntries body in place. `frame` owns the bytes `body` points into;
 /// each normal entry's payload becomes a slice of it (no copy, no re-encoding), after its
 /// archive is validated.
-pub fn read_append(frame: &Bytes, body: &[u8]) -> Result<openraft::raft::AppendEntriesRequest<kalamdb_log::TypeConfig>> {
+pub fn read_append(
+    frame: &Bytes,
+    body: &[u8],
+) -> Result<openraft::raft::AppendEntriesRequest<kalamdb_log::TypeConfig>> {
     let req = rkyv::access::<ArchivedAppendRequest, rkyv::rancor::Error>(body)
         .map_err(|e| Error::Frame(format!("invalid append body: {e}")))?;
     let mut entries = Vec::with_capacity(req.entries.len());
@@ -330,7 +340,7 @@ mod tests {
             prop_assert_eq!(round_trip(&r), r);
             let s = SnapshotRequest { vote, meta_json: data.clone(), offset: off, data: data.clone(), done };
             prop_assert_eq!(round_trip(&s), s);
-            let h = Hello { cluster_id: msg.clone(), node_id: off, proof: data.clone() };
+            let h = Hello { cluster_id: msg.clone(), node_id: off, incarnation: off ^ 1, proof: data.clone() };
             prop_assert_eq!(round_trip(&h), h);
             for a in [AppendResponse::Success, AppendResponse::PartialSuccess(last), AppendResponse::Conflict,
                       AppendResponse::HigherVote(vote), AppendResponse::Error(msg.clone())] {

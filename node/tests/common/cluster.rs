@@ -114,9 +114,9 @@ impl Cluster {
         assert_eq!(status, 200, "{resp}");
     }
 
-    /// Group name -> leader id, as node `i` reports it (None: no leader).
+    /// Group name -> leader id, as node `i` itself knows it (None: no leader).
     pub async fn leaders(&self, i: usize) -> BTreeMap<String, Option<u64>> {
-        let (_, h) = self.node(i).get("/v1/api/cluster/health").await.expect("cluster health");
+        let (_, h) = self.node(i).get("/v1/api/cluster/health?local=true").await.expect("cluster health");
         h["groups"]
             .as_array()
             .expect("groups array")
@@ -134,7 +134,7 @@ impl Cluster {
                 return l.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect();
             }
             assert!(Instant::now() < deadline, "groups without a (new) leader after {within:?}: {l:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -190,3 +190,23 @@ impl Cluster {
         std::fs::read_to_string(self.data_path(i).join("server.log")).unwrap_or_default()
     }
 }
+
+impl Drop for Cluster {
+    /// A failed test shows the end of every node's log: the only way to see what the
+    /// processes did once the temporary folder is gone.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 1..=NODES {
+                let log = self.log(i);
+                let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+                eprintln!("----- node {i} log (last {LOG_TAIL_LINES} lines) -----");
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// Lines of each node's log printed when a cluster test fails.
+pub const LOG_TAIL_LINES: usize = 60;

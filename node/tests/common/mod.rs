@@ -165,3 +165,19 @@ impl Drop for Server {
         self.kill9();
     }
 }
+
+/// One SQL request to the server on `port`, from any task (no `Server` borrow needed).
+pub async fn post_sql(port: u16, sql: &str) -> Result<(u16, serde_json::Value), String> {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{port}/v1/api/sql"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+}
