@@ -2,7 +2,7 @@
 //! Responses are small and are deserialized; AppendEntries requests are read in place.
 
 use bytes::Bytes;
-use kalamdb_log::types::{Entry, LogId, NodeId, Vote};
+use kalamdb_log::types::{Entry, LogId, Vote};
 use kalamdb_log::{EncodedCommand, OpResult};
 use openraft::{CommittedLeaderId, EntryPayload};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -253,10 +253,6 @@ pub fn read_append(
         leader_commit: req.commit.as_ref().map(LogId::from),
         entries,
     })
-}
-
-pub fn node_id_of(v: u64) -> NodeId {
-    v
 }
 
 #[cfg(test)]

@@ -23,7 +23,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    // Our targets (kalamdb_raft, kalamdb_transport, kalamdb_sql) are the interface; openraft's
+    // own info logs (every vote and snapshot chunk) only appear when asked for by name.
+    let mut directives = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.logging.level.clone());
+    if !directives.contains("openraft") {
+        directives.push_str(",openraft=warn");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.logging.level));
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

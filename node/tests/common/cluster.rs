@@ -104,6 +104,18 @@ impl Cluster {
         self.nodes[i - 1] = s;
     }
 
+    /// Start every stopped node, in `order`, without waiting in between (a lone node cannot
+    /// become healthy), then wait until all are healthy.
+    pub async fn restart_all(&mut self, order: &[usize]) {
+        for &i in order {
+            let s = self.spawn(i);
+            self.nodes[i - 1] = s;
+        }
+        for &i in order {
+            self.nodes[i - 1].wait_healthy().await;
+        }
+    }
+
     pub async fn isolate(&self, i: usize, isolated: bool) {
         let body = serde_json::json!({ "isolated": isolated }).to_string().into_bytes();
         let (status, resp) = self
