@@ -12,7 +12,7 @@ cargo build --release --locked --bin kalamdb-server --bin kalamdb-load
 load="$CARGO_TARGET_DIR/release/kalamdb-load"
 
 work="$(mktemp -d)"
-export KALAMDB_CLUSTER_DIR="$work/kalamdb"
+export CLUSTER_SH_DIR="$work/kalamdb"
 etcd_pids=()
 cleanup() {
   "$root/scripts/cluster.sh" stop >/dev/null 2>&1 || true

@@ -4,14 +4,14 @@
 #   scripts/cluster.sh [--docker] start|status|logs [N] [-f]|stop|clean|test|shell N|build
 #
 # Without --docker the nodes run as local processes from the release binary: HTTP on
-# 8081-8083, Raft/QUIC on 9091-9093, configs and data under $KALAMDB_CLUSTER_DIR (default
+# 8081-8083, Raft/QUIC on 9091-9093, configs and data under $CLUSTER_SH_DIR (default
 # .cluster/ in the repository), which this script owns. RUST_LOG is passed to the nodes,
 # e.g. RUST_LOG=info,kalamdb_raft=debug scripts/cluster.sh start.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kalamdb-target}"
-dir="${KALAMDB_CLUSTER_DIR:-$root/.cluster}"
+dir="${CLUSTER_SH_DIR:-$root/.cluster}"
 nodes=(1 2 3)
 http_port() { echo $((8080 + $1)); }
 raft_port() { echo $((9090 + $1)); }
@@ -55,7 +55,7 @@ write_config() {
     echo
     echo "[cluster]"
     echo "cluster_id = \"kalamdb-local-cluster\""
-    echo "jwt_secret = \"${KALAMDB_CLUSTER_SECRET:-local-cluster-secret-change-me}\""
+    echo "jwt_secret = \"${CLUSTER_SH_SECRET:-local-cluster-secret-change-me}\""
     echo "user_shards = 4"
     echo "shared_shards = 1"
     for m in "${nodes[@]}"; do
@@ -124,11 +124,11 @@ status() {
     python3 -c '
 import json, sys
 h = json.loads(sys.argv[1])
-print(f"cluster {h.get(\"cluster_id\")}: {h.get(\"status\")} (asked node {h.get(\"node_id\")})")
-print(f"{\"group\":<14}{\"leader\":>7}{\"term\":>6}{\"commit\":>9}{\"applied\":>9}  lag per member")
+print("cluster %s: %s (asked node %s)" % (h.get("cluster_id"), h.get("status"), h.get("node_id")))
+print("%-14s%7s%6s%9s%9s  lag per member" % ("group", "leader", "term", "commit", "applied"))
 for g in h.get("groups", []):
-    lag = " ".join(f"n{m[\"node_id\"]}={m[\"lag\"] if m[\"lag\"] is not None else \"?\"}" for m in g.get("members", []))
-    print(f"{g[\"group\"]:<14}{str(g[\"leader\"]):>7}{g[\"term\"]:>6}{g[\"commit_index\"]:>9}{g[\"applied_index\"]:>9}  {lag}")
+    lag = " ".join("n%s=%s" % (m["node_id"], "?" if m["lag"] is None else m["lag"]) for m in g.get("members", []))
+    print("%-14s%7s%6s%9s%9s  %s" % (g["group"], g["leader"], g["term"], g["commit_index"], g["applied_index"], lag))
 ' "$json"
   else
     echo "$json"

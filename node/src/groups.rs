@@ -23,12 +23,16 @@ use crate::error::{Error, Result};
 
 /// Rows one log entry may carry in total, below the projection's `_seq` packing limit.
 pub const BATCH_ROWS_MAX: usize = (kalamdb_projections::rows::ENTRY_ROWS_MAX / 4) as usize;
-/// Estimated bytes one log entry may carry; keeps every entry well inside one QUIC frame.
-pub const BATCH_BYTES_MAX: usize = 16 << 20;
+/// Estimated bytes one log entry may carry; keeps every entry inside one AppendEntries frame
+/// (`kalamdb_transport::network::APPEND_BYTES_MAX`).
+pub const BATCH_BYTES_MAX: usize = 4 << 20;
 /// Pause between attempts while a group has no (reachable) leader.
 pub const LEADER_RETRY_MS: u64 = 20;
-/// Time a status or read-index request to a peer may take.
-pub const PEER_REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Time one read-index round (local quorum check or request to the leader) may take before
+/// it is retried.
+pub const PEER_REQUEST_TIMEOUT_MS: u64 = 1_000;
+/// Reads answered by one read-index round at most.
+pub const READS_PER_ROUND_MAX: usize = 4096;
 /// openraft snapshot chunk size: one chunk per QUIC frame.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
 pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
@@ -55,7 +59,21 @@ pub struct Group {
     pub raft: Raft,
     pub applied: watch::Receiver<u64>,
     queue: mpsc::Sender<Proposal>,
+    read_queue: mpsc::Sender<ReadIndexWaiter>,
 }
+
+/// Why one read-index round gave no index.
+#[derive(Debug, Clone)]
+enum ReadIndexError {
+    /// No leader, leader unreachable or not confirmed in time: safe to try again.
+    Retry,
+    Failed {
+        code: String,
+        message: String,
+    },
+}
+
+type ReadIndexWaiter = oneshot::Sender<std::result::Result<u64, ReadIndexError>>;
 
 /// All groups of this node.
 pub struct Groups {
@@ -198,7 +216,9 @@ impl Groups {
                 cfg.limits.proposals_in_flight_max,
             ));
             tokio::spawn(watch_leadership(id, raft.clone()));
-            groups.insert(id, Group { id, raft, applied, queue });
+            let (read_queue, read_rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
+            tokio::spawn(run_read_index_batcher(id, node_id, raft.clone(), transport.clone(), read_rx));
+            groups.insert(id, Group { id, raft, applied, queue, read_queue });
         }
         let rows = RowReader::new(log_db.db().clone());
         let me = Arc::new(Groups {
@@ -259,9 +279,9 @@ impl Groups {
             };
             match attempt {
                 Ok((result, index)) => {
-                    if leader != Some(self.node_id) {
-                        // Read-your-writes on this node: the next statement here sees it.
-                        self.wait_applied(g, index, deadline).await;
+                    // Read-your-writes on this node: the next statement here sees it.
+                    if leader != Some(self.node_id) && !self.wait_applied(g, index, deadline).await {
+                        tracing::warn!(target: "kalamdb_raft", group = %group, index, "forwarded write committed but not yet applied here");
                     }
                     return Ok(result);
                 }
@@ -350,43 +370,24 @@ impl Groups {
         let g = self.group(group)?;
         let deadline = Instant::now() + self.write_timeout;
         loop {
-            let leader = self.leader_of(g);
-            let index = match leader {
-                // A leader cut off from its quorum cannot confirm leadership; bounded wait.
-                Some(l) if l == self.node_id => match tokio::time::timeout_at(deadline, g.raft.get_read_log_id()).await
-                {
-                    Ok(Ok((read, _))) => Ok(read.map_or(0, |l| l.index)),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(None),
-                    Ok(Err(e)) => return Err(unavailable(group, &format!("read index: {e}"))),
-                    Err(_) => Err(None),
-                },
-                Some(l) => match &self.transport {
-                    None => Err(None),
-                    Some(t) => {
-                        let timeout = deadline.saturating_duration_since(Instant::now());
-                        match t.read_index(l, group, timeout).await {
-                            Ok(ReadIndexResponse::Ok { index }) => Ok(index),
-                            Ok(ReadIndexResponse::Err(RemoteError::NotLeader { leader })) => Err(leader),
-                            Ok(ReadIndexResponse::Err(RemoteError::Failed { code, message })) => {
-                                return Err(query_error_from(&code, message));
-                            }
-                            Err(_) => Err(None),
-                        }
-                    }
-                },
-                None => Err(None),
-            };
-            match index {
-                Ok(index) => {
+            let (reply, rx) = oneshot::channel();
+            tokio::time::timeout_at(deadline, g.read_queue.send(reply))
+                .await
+                .map_err(|_| unavailable(group, "read-index queue is full"))?
+                .map_err(|_| unavailable(group, "shutting down"))?;
+            let answer = tokio::time::timeout_at(deadline, rx).await;
+            match answer {
+                Ok(Ok(Ok(index))) => {
                     if self.wait_applied(g, index, deadline).await {
                         return Ok(());
                     }
                     return Err(unavailable(group, "this node is too far behind to serve a linearizable read"));
                 }
-                Err(_) if Instant::now() >= deadline => {
-                    return Err(unavailable(group, "no leader confirmed for a linearizable read"));
+                Ok(Ok(Err(ReadIndexError::Failed { code, message }))) => return Err(query_error_from(&code, message)),
+                Ok(Ok(Err(ReadIndexError::Retry))) | Ok(Err(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(LEADER_RETRY_MS)).await;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(LEADER_RETRY_MS)).await,
+                _ => return Err(unavailable(group, "no leader confirmed for a linearizable read")),
             }
         }
     }
@@ -510,15 +511,21 @@ impl kalamdb_transport::Handler for PeerService {
         let Ok(g) = groups.group(group) else {
             return ReadIndexResponse::Err(RemoteError::NotLeader { leader: None });
         };
-        match tokio::time::timeout(groups.write_timeout, g.raft.get_read_log_id()).await {
-            Ok(Ok((read, _))) => ReadIndexResponse::Ok { index: read.map_or(0, |l| l.index) },
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                ReadIndexResponse::Err(RemoteError::NotLeader { leader: f.leader_id })
+        let leader = groups.leader_of(g);
+        if leader != Some(groups.node_id) {
+            return ReadIndexResponse::Err(RemoteError::NotLeader { leader });
+        }
+        // Through the group's read-index batcher: one quorum round for many followers' reads.
+        let (reply, rx) = oneshot::channel();
+        if g.read_queue.send(reply).await.is_err() {
+            return ReadIndexResponse::Err(RemoteError::NotLeader { leader: None });
+        }
+        match rx.await {
+            Ok(Ok(index)) => ReadIndexResponse::Ok { index },
+            Ok(Err(ReadIndexError::Failed { code, message })) => {
+                ReadIndexResponse::Err(RemoteError::Failed { code, message })
             }
-            Ok(Err(e)) => ReadIndexResponse::Err(remote_failure(&unavailable(group, &format!("read index: {e}")))),
-            Err(_) => {
-                ReadIndexResponse::Err(remote_failure(&unavailable(group, "leadership not confirmed by a quorum")))
-            }
+            Ok(Err(ReadIndexError::Retry)) | Err(_) => ReadIndexResponse::Err(RemoteError::NotLeader { leader: None }),
         }
     }
 
@@ -527,6 +534,65 @@ impl kalamdb_transport::Handler for PeerService {
             Some(g) => g.local_status(),
             None => StatusResponse { node_id: 0, groups: Vec::new() },
         }
+    }
+}
+
+/// Read-index batching for one group: every read waiting when a round starts shares that
+/// round's index. Linearizable, because each waiter's request arrived before the leader
+/// confirmed its leadership for the round. One round in flight per group.
+async fn run_read_index_batcher(
+    group: GroupId,
+    node_id: NodeId,
+    raft: Raft,
+    transport: Option<Arc<Transport>>,
+    mut rx: mpsc::Receiver<ReadIndexWaiter>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while waiters.len() < READS_PER_ROUND_MAX {
+            match rx.try_recv() {
+                Ok(w) => waiters.push(w),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("kalamdb_read_index_batch").record(waiters.len() as f64);
+        let result = read_index_round(group, node_id, &raft, transport.as_deref()).await;
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+async fn read_index_round(
+    group: GroupId,
+    node_id: NodeId,
+    raft: &Raft,
+    transport: Option<&Transport>,
+) -> std::result::Result<u64, ReadIndexError> {
+    let timeout = Duration::from_millis(PEER_REQUEST_TIMEOUT_MS);
+    let leader = raft.metrics().borrow().current_leader;
+    match leader {
+        // A leader cut off from its quorum cannot confirm leadership: bounded wait.
+        Some(l) if l == node_id => match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
+            Ok(Ok((read, _))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) | Err(_) => Err(ReadIndexError::Retry),
+            Ok(Err(e)) => Err(ReadIndexError::Failed {
+                code: "CLUSTER_UNAVAILABLE".into(),
+                message: format!("group {group}: read index: {e}"),
+            }),
+        },
+        // Retrying a read index is always safe, so a dead leader costs one short timeout.
+        Some(l) => match transport.map(|t| t.read_index(l, group, timeout)) {
+            None => Err(ReadIndexError::Retry),
+            Some(call) => match call.await {
+                Ok(ReadIndexResponse::Ok { index }) => Ok(index),
+                Ok(ReadIndexResponse::Err(RemoteError::Failed { code, message })) => {
+                    Err(ReadIndexError::Failed { code, message })
+                }
+                Ok(ReadIndexResponse::Err(RemoteError::NotLeader { .. })) | Err(_) => Err(ReadIndexError::Retry),
+            },
+        },
+        None => Err(ReadIndexError::Retry),
     }
 }
 
@@ -598,9 +664,16 @@ async fn propose_batch(
             }
         }
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            tracing::debug!(target: "kalamdb_raft", group = %group, leader = ?f.leader_id, "not leader; write will be routed");
+            // openraft answers this both when it refused the entry and when it had appended
+            // it and then lost leadership (the entry may still commit under the next leader).
+            // The two cannot be told apart, so the write is not retried: its outcome is unknown.
+            tracing::debug!(target: "kalamdb_raft", group = %group, leader = ?f.leader_id, "leadership lost during a write");
+            let message = format!(
+                "group {group}: leadership moved (to {:?}) while the write was in flight; its outcome is unknown",
+                f.leader_id
+            );
             for reply in replies {
-                let _ = reply.send(Err(ProposeError::NotLeader(f.leader_id)));
+                let _ = reply.send(Err(ProposeError::Query(QueryError::NotLeader(message.clone()))));
             }
         }
         Err(e) => {

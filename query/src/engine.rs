@@ -391,27 +391,17 @@ impl Engine {
 
     async fn execute_one(&self, sql: &str, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
         let keyword = first_keyword(sql);
-        let reads = matches!(keyword.as_str(), "SELECT" | "SHOW" | "DESCRIBE" | "DESC" | "WITH" | "EXPLAIN");
-        if reads {
-            // Reads see every catalog change committed before they started; table scans add
-            // their own group's barrier.
-            self.barrier(ctx, catalog_group()).await?;
-        }
+        // Every statement sees every catalog change committed before it started: reads, and
+        // writes too (a write resolved against a stale catalog could target a dropped table).
+        // Table scans add their own group's barrier.
+        self.barrier(ctx, catalog_group()).await?;
         if keyword == "SELECT"
             && let Some(ps) = point_select(sql, &ctx.params)
             && let Some(result) = self.try_point_select(&ps, ctx).await?
         {
             return Ok(result);
         }
-        match self.execute_statement(sql, ctx, proposer).await {
-            // A write naming an object this node has not applied yet (created through another
-            // node a moment ago): catch up with the catalog and try once more.
-            Err(Error::TableNotFound(_) | Error::NamespaceNotFound(_)) if !reads && ctx.barrier.is_some() => {
-                self.barrier(ctx, catalog_group()).await?;
-                self.execute_statement(sql, ctx, proposer).await
-            }
-            other => other,
-        }
+        self.execute_statement(sql, ctx, proposer).await
     }
 
     async fn execute_statement(&self, sql: &str, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {

@@ -13,13 +13,14 @@ use openraft::raft::{
 };
 
 use crate::error::Error;
-use crate::frame::{FRAME_BYTES_MAX, FrameKind};
+use crate::frame::FrameKind;
 use crate::quic::Transport;
 use crate::wire::{self, WLogId, WVote};
 
 /// Bytes of entries one AppendEntries frame carries at most; the rest go in the next round
-/// (the follower reports the prefix it got as a partial success).
-pub const APPEND_BYTES_MAX: usize = FRAME_BYTES_MAX / 2;
+/// (the follower reports the prefix it got as a partial success). openraft gives each
+/// AppendEntries about one heartbeat interval, so a frame must cross the network in that time.
+pub const APPEND_BYTES_MAX: usize = 4 << 20;
 
 /// The network of one group: a factory of per-peer clients.
 #[derive(Clone, Debug)]

@@ -26,6 +26,12 @@ pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const REDIAL_BACKOFF_MS: u64 = 200;
 /// Time an accepted connection has to send its Hello.
 pub const HELLO_TIMEOUT_MS: u64 = 2_000;
+/// Largest Hello body: read before the peer is authenticated, so kept tiny.
+pub const HELLO_BYTES_MAX: usize = 4 << 10;
+/// QUIC flow-control windows: large enough that a multi-MiB AppendEntries frame moves in a
+/// few round trips on a LAN.
+pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 /// Concurrent requests one peer may have open on a connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 512;
 /// A peer silent this long (keep-alives included) is considered gone and its connection closed.
@@ -55,8 +61,17 @@ pub trait Handler: Send + Sync + 'static {
     fn status(&self) -> StatusResponse;
 }
 
+/// One peer's connection state. `state` is a std mutex held only for instants; `dialing`
+/// serializes dials and is never needed by the accept path (two nodes dialing each other
+/// at once must not wait on each other).
 #[derive(Default)]
 struct Slot {
+    state: Mutex<SlotState>,
+    dialing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct SlotState {
     conn: Option<Connection>,
     /// The incarnation of the process `conn` reaches.
     incarnation: u64,
@@ -64,10 +79,28 @@ struct Slot {
     last_error: String,
 }
 
+impl Slot {
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> Option<Connection> {
+        let mut s = self.state();
+        match s.conn.as_ref().map(|c| c.close_reason().is_none()) {
+            Some(true) => s.conn.clone(),
+            Some(false) => {
+                s.conn = None;
+                None
+            }
+            None => None,
+        }
+    }
+}
+
 pub struct Transport {
     cfg: TransportConfig,
     endpoint: Endpoint,
-    slots: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Mutex<HashMap<NodeId, Arc<Slot>>>,
     /// Test-only fault switch: when set, this node neither sends nor serves any frame, as if
     /// its network were cut.
     isolated: AtomicBool,
@@ -82,13 +115,19 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-fn transport_config() -> Result<Arc<quinn::TransportConfig>> {
+/// `accept_streams`: the acceptor side serves requests; the dialer side never accepts a
+/// stream on its outgoing connection, so it grants none.
+fn transport_config(accept_streams: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));
+    let streams = if accept_streams { STREAMS_PER_CONNECTION_MAX } else { 0 };
+    t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW_BYTES));
+    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW_BYTES));
+    t.send_window(u64::from(CONNECTION_WINDOW_BYTES));
     t.max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
     t.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_MS)));
-    Ok(Arc::new(t))
+    Arc::new(t)
 }
 
 fn exported(conn: &Connection) -> Result<[u8; auth::EXPORTER_BYTES]> {
@@ -105,9 +144,21 @@ fn rejected(reason: &'static str) {
 /// Read one frame from a stream: the header first (so an oversized body is refused before
 /// it is buffered), then exactly `body_len` bytes.
 pub async fn read_frame(recv: &mut RecvStream) -> Result<(Header, Bytes)> {
+    read_frame_limited(recv, crate::frame::FRAME_BYTES_MAX).await
+}
+
+/// [`read_frame`] with a smaller body limit (for frames read before authentication).
+async fn read_frame_limited(recv: &mut RecvStream, body_bytes_max: usize) -> Result<(Header, Bytes)> {
     let mut head = [0u8; HEADER_BYTES];
     recv.read_exact(&mut head).await.map_err(|e| Error::Frame(format!("read header: {e}")))?;
     let header = Header::decode(&head)?;
+    if header.body_len as usize > body_bytes_max {
+        return Err(Error::Frame(format!(
+            "{} body of {} bytes exceeds {body_bytes_max}",
+            header.kind.name(),
+            header.body_len
+        )));
+    }
     let mut body = vec![0u8; header.body_len as usize];
     recv.read_exact(&mut body).await.map_err(|e| Error::Frame(format!("read body: {e}")))?;
     Ok((header, Bytes::from(body)))
@@ -126,11 +177,11 @@ impl Transport {
         let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crate::tls::server_config()?)
             .map_err(|e| Error::Setup(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server.transport_config(transport_config()?);
+        server.transport_config(transport_config(true));
         let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crate::tls::client_config()?)
             .map_err(|e| Error::Setup(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client.transport_config(transport_config()?);
+        client.transport_config(transport_config(false));
         let mut endpoint = Endpoint::server(server, cfg.bind)
             .map_err(|e| Error::Setup(format!("bind QUIC endpoint on {}: {e}", cfg.bind)))?;
         endpoint.set_default_client_config(client);
@@ -182,9 +233,7 @@ impl Transport {
             // Drop live connections so peers notice at once rather than at idle timeout.
             let slots: Vec<_> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
             for slot in slots {
-                if let Ok(mut s) = slot.try_lock()
-                    && let Some(c) = s.conn.take()
-                {
+                if let Some(c) = slot.state().conn.take() {
                     c.close(VarInt::from_u32(0), b"isolated");
                 }
             }
@@ -202,33 +251,38 @@ impl Transport {
             return true;
         }
         let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
-        slot.and_then(|s| s.try_lock().ok().map(|s| s.conn.as_ref().is_some_and(|c| c.close_reason().is_none())))
-            .unwrap_or(false)
+        slot.is_some_and(|s| s.live().is_some())
     }
 
     pub fn close(&self) {
         self.endpoint.close(VarInt::from_u32(0), b"shutdown");
     }
 
-    fn slot(&self, node: NodeId) -> Arc<tokio::sync::Mutex<Slot>> {
+    fn slot(&self, node: NodeId) -> Arc<Slot> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(node).or_default().clone()
     }
 
     async fn connection(&self, node: NodeId) -> Result<Connection> {
         let slot = self.slot(node);
-        let mut s = slot.lock().await;
-        if let Some(c) = &s.conn {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-            s.conn = None;
+        if let Some(c) = slot.live() {
+            return Ok(c);
         }
-        if let Some(at) = s.failed_at
-            && at.elapsed() < Duration::from_millis(REDIAL_BACKOFF_MS)
+        let _dialing = slot.dialing.lock().await;
+        // Someone else may have dialed while we waited.
+        if let Some(c) = slot.live() {
+            return Ok(c);
+        }
         {
-            return Err(Error::Unreachable { node, reason: s.last_error.clone() });
+            let s = slot.state();
+            if let Some(at) = s.failed_at
+                && at.elapsed() < Duration::from_millis(REDIAL_BACKOFF_MS)
+            {
+                return Err(Error::Unreachable { node, reason: s.last_error.clone() });
+            }
         }
-        match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), self.dial(node)).await {
+        let result = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), self.dial(node)).await;
+        let mut s = slot.state();
+        match result {
             Ok(Ok((c, incarnation))) => {
                 tracing::info!(target: "kalamdb_transport", peer = node, "connected");
                 s.conn = Some(c.clone());
@@ -302,10 +356,11 @@ impl Transport {
             return Err(Error::Unreachable { node, reason: "isolated by fault switch".into() });
         }
         let expect = kind.response().ok_or_else(|| Error::Frame(format!("{} is not a request", kind.name())))?;
-        let conn = self.connection(node).await?;
         let rid = self.next_request.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("kalamdb_transport_requests_total", "kind" => kind.name()).increment(1);
+        // The whole call, dialing included, counts against the caller's timeout.
         let exchange = async {
+            let conn = self.connection(node).await?;
             let (mut send, mut recv) =
                 conn.open_bi().await.map_err(|e| Error::Unreachable { node, reason: e.to_string() })?;
             write_frame(&mut send, kind, group, rid, body)
@@ -382,7 +437,7 @@ impl Transport {
 
     async fn accept_hello(&self, conn: &Connection) -> Result<NodeId> {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| Error::Auth(e.to_string()))?;
-        let (header, body) = read_frame(&mut recv).await?;
+        let (header, body) = read_frame_limited(&mut recv, HELLO_BYTES_MAX).await?;
         if header.kind != FrameKind::Hello {
             return Err(Error::Auth(format!("first frame was {}", header.kind.name())));
         }
@@ -395,7 +450,7 @@ impl Transport {
         }
         let ekm = exported(conn)?;
         auth::verify(&self.cfg.secret, auth::ROLE_DIALER, &hello.cluster_id, hello.node_id, &ekm, &hello.proof)?;
-        self.forget_stale(hello.node_id, hello.incarnation).await;
+        self.forget_stale(hello.node_id, hello.incarnation);
         let ack = Hello {
             cluster_id: self.cfg.cluster_id.clone(),
             node_id: self.cfg.node_id,
@@ -408,11 +463,11 @@ impl Transport {
 
     /// `node` dialed us as a new process: our connection to its previous process would only
     /// time out (QUIC cannot tell a silent peer from a dead one before the idle timeout).
-    async fn forget_stale(&self, node: NodeId, incarnation: u64) {
+    fn forget_stale(&self, node: NodeId, incarnation: u64) {
         let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
         let Some(slot) = slot else { return };
         let stale = {
-            let mut s = slot.lock().await;
+            let mut s = slot.state();
             if s.conn.is_some() && s.incarnation != incarnation { s.conn.take() } else { None }
         };
         if let Some(c) = stale {
