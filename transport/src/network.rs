@@ -59,6 +59,27 @@ fn remote_err<E: std::error::Error>(message: String) -> RpcErr<E> {
     RPCError::Network(NetworkError::new(&Error::Stream { node: 0, reason: message }))
 }
 
+impl PeerClient {
+    /// One request/response exchange with the target: encode, send, validate, decode.
+    async fn request<Req, Resp>(&self, kind: FrameKind, req: &Req, option: RPCOption) -> crate::error::Result<Resp>
+    where
+        Req: for<'a> rkyv::Serialize<
+                rkyv::api::high::HighSerializer<
+                    rkyv::util::AlignedVec,
+                    rkyv::ser::allocator::ArenaHandle<'a>,
+                    rkyv::rancor::Error,
+                >,
+            >,
+        Resp: rkyv::Archive,
+        Resp::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+            + rkyv::Deserialize<Resp, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    {
+        let body = wire::to_bytes(req)?;
+        let resp = self.transport.call(self.target, kind, self.group.to_u32(), &body, option.hard_ttl()).await?;
+        wire::from_bytes(&resp)
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
@@ -93,13 +114,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             commit: commit.map(WLogId::from),
             entries,
         };
-        let body = wire::to_bytes(&req).map_err(rpc_err)?;
-        let resp = self
-            .transport
-            .call(self.target, FrameKind::AppendRequest, self.group.to_u32(), &body, option.hard_ttl())
-            .await
-            .map_err(rpc_err)?;
-        match wire::from_bytes::<wire::AppendResponse>(&resp).map_err(rpc_err)? {
+        let resp: wire::AppendResponse = self.request(FrameKind::AppendRequest, &req, option).await.map_err(rpc_err)?;
+        match resp {
             wire::AppendResponse::Success if truncated => Ok(AppendEntriesResponse::PartialSuccess(last_sent)),
             wire::AppendResponse::Success => Ok(AppendEntriesResponse::Success),
             wire::AppendResponse::PartialSuccess(l) => Ok(AppendEntriesResponse::PartialSuccess(l.map(Into::into))),
@@ -122,13 +138,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             data: rpc.data,
             done: rpc.done,
         };
-        let body = wire::to_bytes(&req).map_err(rpc_err)?;
-        let resp = self
-            .transport
-            .call(self.target, FrameKind::SnapshotRequest, self.group.to_u32(), &body, option.hard_ttl())
-            .await
-            .map_err(rpc_err)?;
-        match wire::from_bytes::<wire::SnapshotResponse>(&resp).map_err(rpc_err)? {
+        let resp: wire::SnapshotResponse =
+            self.request(FrameKind::SnapshotRequest, &req, option).await.map_err(rpc_err)?;
+        match resp {
             wire::SnapshotResponse::Ok { vote } => Ok(InstallSnapshotResponse { vote: vote.into() }),
             wire::SnapshotResponse::Error(m) => Err(remote_err(m)),
         }
@@ -136,13 +148,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
         let req = wire::VoteRequest { vote: WVote::from(&rpc.vote), last: rpc.last_log_id.map(WLogId::from) };
-        let body = wire::to_bytes(&req).map_err(rpc_err)?;
-        let resp = self
-            .transport
-            .call(self.target, FrameKind::VoteRequest, self.group.to_u32(), &body, option.hard_ttl())
-            .await
-            .map_err(rpc_err)?;
-        match wire::from_bytes::<wire::VoteResponse>(&resp).map_err(rpc_err)? {
+        let resp: wire::VoteResponse = self.request(FrameKind::VoteRequest, &req, option).await.map_err(rpc_err)?;
+        match resp {
             wire::VoteResponse::Ok { vote, granted, last } => {
                 Ok(VoteResponse { vote: vote.into(), vote_granted: granted, last_log_id: last.map(Into::into) })
             }
