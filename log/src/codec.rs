@@ -6,7 +6,7 @@
 
 use openraft::{CommittedLeaderId, EntryPayload};
 
-use crate::command::{EncodedCommand, LogCommand};
+use crate::command::EncodedCommand;
 use crate::error::{Error, Result};
 use crate::types::{Entry, LogId};
 
@@ -15,14 +15,6 @@ const KIND_BLANK: u8 = 0;
 const KIND_NORMAL: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 2;
 const HEADER_BYTES: usize = 2 + 8 + 8 + 8;
-
-pub fn encode_command(cmd: &LogCommand) -> Result<Vec<u8>> {
-    rkyv::to_bytes::<rkyv::rancor::Error>(cmd).map(|v| v.into_vec()).map_err(|e| Error::Codec(e.to_string()))
-}
-
-pub fn decode_command(bytes: &[u8]) -> Result<LogCommand> {
-    rkyv::from_bytes::<LogCommand, rkyv::rancor::Error>(bytes).map_err(|e| Error::Codec(e.to_string()))
-}
 
 pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
     let membership;
@@ -82,7 +74,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Op, RowWrite, Value};
+    use crate::command::{LogCommand, Op, RowWrite, Value};
     use proptest::prelude::*;
 
     fn value_strategy() -> impl Strategy<Value = Value> {

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use kalamdb_log::GroupId;
 use kalamdb_log::types::{NodeAddr, NodeId, TypeConfig, Vote};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
@@ -60,23 +62,15 @@ fn remote_err<E: std::error::Error>(message: String) -> RpcErr<E> {
 }
 
 impl PeerClient {
-    /// One request/response exchange with the target: encode, send, validate, decode.
-    async fn request<Req, Resp>(&self, kind: FrameKind, req: &Req, option: RPCOption) -> crate::error::Result<Resp>
-    where
-        Req: for<'a> rkyv::Serialize<
-                rkyv::api::high::HighSerializer<
-                    rkyv::util::AlignedVec,
-                    rkyv::ser::allocator::ArenaHandle<'a>,
-                    rkyv::rancor::Error,
-                >,
-            >,
-        Resp: rkyv::Archive,
-        Resp::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
-            + rkyv::Deserialize<Resp, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
-    {
+    /// One request/response exchange with the target; the caller decodes the response body.
+    async fn request(
+        &self,
+        kind: FrameKind,
+        req: &impl wire::Encode,
+        option: RPCOption,
+    ) -> crate::error::Result<Bytes> {
         let body = wire::to_bytes(req)?;
-        let resp = self.transport.call(self.target, kind, self.group.to_u32(), &body, option.hard_ttl()).await?;
-        wire::from_bytes(&resp)
+        self.transport.call(self.target, kind, self.group.to_u32(), &body, option.hard_ttl()).await
     }
 }
 
@@ -114,7 +108,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             commit: commit.map(WLogId::from),
             entries,
         };
-        let resp: wire::AppendResponse = self.request(FrameKind::AppendRequest, &req, option).await.map_err(rpc_err)?;
+        let resp = self.request(FrameKind::AppendRequest, &req, option).await.map_err(rpc_err)?;
+        let resp: wire::AppendResponse = wire::from_bytes(&resp).map_err(rpc_err)?;
         match resp {
             wire::AppendResponse::Success if truncated => Ok(AppendEntriesResponse::PartialSuccess(last_sent)),
             wire::AppendResponse::Success => Ok(AppendEntriesResponse::Success),
@@ -138,8 +133,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             data: rpc.data,
             done: rpc.done,
         };
-        let resp: wire::SnapshotResponse =
-            self.request(FrameKind::SnapshotRequest, &req, option).await.map_err(rpc_err)?;
+        let resp = self.request(FrameKind::SnapshotRequest, &req, option).await.map_err(rpc_err)?;
+        let resp: wire::SnapshotResponse = wire::from_bytes(&resp).map_err(rpc_err)?;
         match resp {
             wire::SnapshotResponse::Ok { vote } => Ok(InstallSnapshotResponse { vote: vote.into() }),
             wire::SnapshotResponse::Error(m) => Err(remote_err(m)),
@@ -148,7 +143,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
         let req = wire::VoteRequest { vote: WVote::from(&rpc.vote), last: rpc.last_log_id.map(WLogId::from) };
-        let resp: wire::VoteResponse = self.request(FrameKind::VoteRequest, &req, option).await.map_err(rpc_err)?;
+        let resp = self.request(FrameKind::VoteRequest, &req, option).await.map_err(rpc_err)?;
+        let resp: wire::VoteResponse = wire::from_bytes(&resp).map_err(rpc_err)?;
         match resp {
             wire::VoteResponse::Ok { vote, granted, last } => {
                 Ok(VoteResponse { vote: vote.into(), vote_granted: granted, last_log_id: last.map(Into::into) })

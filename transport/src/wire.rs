@@ -140,16 +140,30 @@ pub struct StatusResponse {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Empty;
 
-pub fn to_bytes<T>(value: &T) -> Result<Vec<u8>>
-where
+/// A type that can be written as a frame body.
+pub trait Encode:
+    for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
+    >
+{
+}
+
+impl<T> Encode for T where
     T: for<'a> rkyv::Serialize<
             rkyv::api::high::HighSerializer<
                 rkyv::util::AlignedVec,
                 rkyv::ser::allocator::ArenaHandle<'a>,
                 rkyv::rancor::Error,
             >,
-        >,
+        >
 {
+}
+
+pub fn to_bytes<T: Encode>(value: &T) -> Result<Vec<u8>> {
     rkyv::to_bytes::<rkyv::rancor::Error>(value).map(|v| v.into_vec()).map_err(|e| Error::Frame(e.to_string()))
 }
 
@@ -283,14 +297,7 @@ mod tests {
 
     fn round_trip<T>(v: &T) -> T
     where
-        T: Archive
-            + for<'a> rkyv::Serialize<
-                rkyv::api::high::HighSerializer<
-                    rkyv::util::AlignedVec,
-                    rkyv::ser::allocator::ArenaHandle<'a>,
-                    rkyv::rancor::Error,
-                >,
-            >,
+        T: Archive + Encode,
         T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
             + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
     {
