@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# A 3-node KalamDB cluster on this machine.
+# A 3-node KalamDB cluster on this machine, as local processes or as Docker containers.
 #
 #   scripts/cluster.sh [--docker] start|status|logs [N] [-f]|stop|clean|test|shell N|build
+#   scripts/cluster.sh --docker chaos
 #
-# Without --docker the nodes run as local processes from the release binary: HTTP on
-# 8081-8083, Raft/QUIC on 9091-9093, configs and data under $CLUSTER_SH_DIR (default
-# .cluster/ in the repository), which this script owns. RUST_LOG is passed to the nodes,
-# e.g. RUST_LOG=info,kalamdb_raft=debug scripts/cluster.sh start.
+# Both modes serve HTTP on 8081-8083 and Raft/QUIC on 9091-9093. Without --docker the nodes
+# run from the release binary with configs and data under $CLUSTER_SH_DIR (default .cluster/
+# in the repository), which this script owns. With --docker they run in containers
+# kalamdb-node1..3 from deploy/docker-compose.yml (see deploy/README.md). RUST_LOG is passed
+# to the nodes, e.g. RUST_LOG=info,kalamdb_raft=debug scripts/cluster.sh --docker start.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -26,10 +28,91 @@ cmd="${1:-}"
 shift || true
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+# ---------------------------------------------------------------------------------------
+# Shared by both modes: the nodes answer on the same host ports either way.
+
+healthy() { curl -sf -m 2 "http://127.0.0.1:$(http_port "$1")/v1/api/healthcheck" >/dev/null 2>&1; }
+
+json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1" 2>/dev/null || printf '"%s"' "$1"; }
+
+# sql NODE STATEMENT [CONSISTENCY]: prints the response body.
+sql() {
+  local extra=""
+  [[ -n "${3:-}" ]] && extra=", \"consistency\": \"$3\""
+  curl -s -m 15 -X POST "http://127.0.0.1:$(http_port "$1")/v1/api/sql" \
+    -H "Content-Type: application/json" -d "$(printf '{"sql": %s%s}' "$(json_str "$2")" "$extra")"
+}
+
+failures=0
+check() { # description, body, expected substring
+  if [[ "$2" == *"$3"* ]]; then
+    echo "ok    $1"
+  else
+    echo "FAIL  $1"
+    echo "      expected to contain: $3"
+    echo "      got: $2"
+    failures=$((failures + 1))
+  fi
+}
+
+# Leader, term, commit and lag per group, from one node's /v1/api/cluster/health.
+print_groups() {
+  local json
+  json="$(curl -s -m 5 "http://127.0.0.1:$(http_port "$1")/v1/api/cluster/health" || true)"
+  if [[ -z "$json" ]]; then echo "node $1 did not answer /v1/api/cluster/health"; return 0; fi
+  if ! command -v python3 >/dev/null 2>&1; then echo "$json"; return 0; fi
+  python3 -c '
+import json, sys
+h = json.loads(sys.argv[1])
+print("cluster %s: %s (asked node %s)" % (h.get("cluster_id"), h.get("status"), h.get("node_id")))
+print("%-14s%7s%6s%9s%9s  lag per member" % ("group", "leader", "term", "commit", "applied"))
+for g in h.get("groups", []):
+    lag = " ".join("n%s=%s" % (m["node_id"], "?" if m["lag"] is None else m["lag"]) for m in g.get("members", []))
+    print("%-14s%7s%6s%9s%9s  %s" % (g["group"], g["leader"], g["term"], g["commit_index"], g["applied_index"], lag))
+' "$json"
+}
+
+# The spec's consistency test ("Run Consistency Test"), with assertions.
+consistency_test() {
+  failures=0
+  local ns="cluster_test_$$"
+  for n in "${nodes[@]}"; do healthy "$n" || die "node $n is not healthy; start the cluster first"; done
+  check "1. create namespace on node 1" "$(sql 1 "CREATE NAMESPACE $ns")" '"status":"success"'
+  for n in 2 3; do
+    check "2. namespace visible on node $n" "$(sql "$n" "SELECT namespace_id FROM system.namespaces")" "\"$ns\""
+  done
+  check "3. create shared table (node 1)" \
+    "$(sql 1 "CREATE TABLE $ns.items (id BIGINT PRIMARY KEY, name TEXT) WITH (TYPE = 'SHARED')")" '"status":"success"'
+  for n in "${nodes[@]}"; do
+    check "3. table visible on node $n" "$(sql "$n" "SELECT table_name FROM system.tables WHERE namespace_id = '$ns'")" '"items"'
+  done
+  check "4. insert on node 3" "$(sql 3 "INSERT INTO $ns.items (id, name) VALUES (1, 'from node 3'), (2, 'also node 3')")" '"row_count":2'
+  echo "skip  5. flush on node 3 (STORAGE FLUSH arrives with Parquet cold storage, issue 5)"
+  for n in "${nodes[@]}"; do
+    check "6. read on node $n" "$(sql "$n" "SELECT name FROM $ns.items WHERE id = 1")" '"from node 3"'
+    check "6. count on node $n" "$(sql "$n" "SELECT COUNT(*) AS n FROM $ns.items")" '[[2]]'
+  done
+  check "7. cleanup" "$(sql 1 "DROP NAMESPACE $ns CASCADE")" '"status":"success"'
+  for n in "${nodes[@]}"; do
+    local body
+    body="$(sql "$n" "SELECT namespace_id FROM system.namespaces")"
+    if [[ "$body" == *"\"$ns\""* ]]; then check "7. namespace gone on node $n" "$body" "(absent)"; else echo "ok    7. namespace gone on node $n"; fi
+  done
+  if (( failures > 0 )); then echo "$failures check(s) failed"; exit 1; fi
+  echo "all consistency checks passed"
+}
 
 if [[ $docker == 1 ]]; then
-  exec "$root/scripts/cluster-docker.sh" "$cmd" "$@"
+  # shellcheck source=scripts/cluster-docker.sh
+  source "$root/scripts/cluster-docker.sh"
+  docker_main "$cmd" "$@"
+  exit $?
 fi
+
+# ---------------------------------------------------------------------------------------
+# Local mode: three processes of the release binary.
 
 bin() {
   if [[ -n "${KALAMDB_SERVER_BIN:-}" ]]; then echo "$KALAMDB_SERVER_BIN"; else echo "$CARGO_TARGET_DIR/release/kalamdb-server"; fi
@@ -72,8 +155,6 @@ pid_of() {
   local f="$dir/node$1.pid"
   [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
 }
-
-healthy() { curl -sf -m 2 "http://127.0.0.1:$(http_port "$1")/v1/api/healthcheck" >/dev/null 2>&1; }
 
 start() {
   build
@@ -118,21 +199,7 @@ status() {
     printf 'node %s  %-18s http://127.0.0.1:%s  raft 127.0.0.1:%s\n' "$n" "$state" "$(http_port "$n")" "$(raft_port "$n")"
   done
   [[ -n "$any" ]] || return 0
-  local json
-  json="$(curl -s -m 5 "http://127.0.0.1:$(http_port "$any")/v1/api/cluster/health" || true)"
-  if command -v python3 >/dev/null 2>&1 && [[ -n "$json" ]]; then
-    python3 -c '
-import json, sys
-h = json.loads(sys.argv[1])
-print("cluster %s: %s (asked node %s)" % (h.get("cluster_id"), h.get("status"), h.get("node_id")))
-print("%-14s%7s%6s%9s%9s  lag per member" % ("group", "leader", "term", "commit", "applied"))
-for g in h.get("groups", []):
-    lag = " ".join("n%s=%s" % (m["node_id"], "?" if m["lag"] is None else m["lag"]) for m in g.get("members", []))
-    print("%-14s%7s%6s%9s%9s  %s" % (g["group"], g["leader"], g["term"], g["commit_index"], g["applied_index"], lag))
-' "$json"
-  else
-    echo "$json"
-  fi
+  print_groups "$any"
 }
 
 logs() {
@@ -170,52 +237,6 @@ clean() {
   echo "removed $dir"
 }
 
-sql() { # node, sql -> prints body, returns curl status
-  curl -s -m 15 -X POST "http://127.0.0.1:$(http_port "$1")/v1/api/sql" \
-    -H "Content-Type: application/json" -d "$(printf '{"sql": %s}' "$(json_str "$2")")"
-}
-json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1" 2>/dev/null || printf '"%s"' "$1"; }
-
-check() { # description, body, expected substring
-  if [[ "$2" == *"$3"* ]]; then
-    echo "ok    $1"
-  else
-    echo "FAIL  $1"
-    echo "      expected to contain: $3"
-    echo "      got: $2"
-    failures=$((failures + 1))
-  fi
-}
-
-consistency_test() {
-  failures=0
-  local ns="cluster_test_$$"
-  for n in "${nodes[@]}"; do healthy "$n" || die "node $n is not healthy; run: scripts/cluster.sh start"; done
-  check "1. create namespace on node 1" "$(sql 1 "CREATE NAMESPACE $ns")" '"status":"success"'
-  for n in 2 3; do
-    check "2. namespace visible on node $n" "$(sql "$n" "SELECT namespace_id FROM system.namespaces")" "\"$ns\""
-  done
-  check "3. create shared table (node 1)" \
-    "$(sql 1 "CREATE TABLE $ns.items (id BIGINT PRIMARY KEY, name TEXT) WITH (TYPE = 'SHARED')")" '"status":"success"'
-  for n in "${nodes[@]}"; do
-    check "3. table visible on node $n" "$(sql "$n" "SELECT table_name FROM system.tables WHERE namespace_id = '$ns'")" '"items"'
-  done
-  check "4. insert on node 3" "$(sql 3 "INSERT INTO $ns.items (id, name) VALUES (1, 'from node 3'), (2, 'also node 3')")" '"row_count":2'
-  echo "skip  5. flush on node 3 (STORAGE FLUSH arrives with Parquet cold storage, issue 5)"
-  for n in "${nodes[@]}"; do
-    check "6. read on node $n" "$(sql "$n" "SELECT name FROM $ns.items WHERE id = 1")" '"from node 3"'
-    check "6. count on node $n" "$(sql "$n" "SELECT COUNT(*) AS n FROM $ns.items")" '[[2]]'
-  done
-  check "7. cleanup" "$(sql 1 "DROP NAMESPACE $ns CASCADE")" '"status":"success"'
-  for n in "${nodes[@]}"; do
-    local body
-    body="$(sql "$n" "SELECT namespace_id FROM system.namespaces")"
-    if [[ "$body" == *"\"$ns\""* ]]; then check "7. namespace gone on node $n" "$body" "(absent)"; else echo "ok    7. namespace gone on node $n"; fi
-  done
-  if (( failures > 0 )); then echo "$failures check(s) failed"; exit 1; fi
-  echo "all consistency checks passed"
-}
-
 case "$cmd" in
   start) start ;;
   status) status ;;
@@ -228,5 +249,6 @@ case "$cmd" in
     n="${1:-1}"
     [[ -d "$dir/node$n" ]] || die "no node $n under $dir"
     cd "$dir/node$n" && exec "${SHELL:-/bin/bash}" ;;
-  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  chaos) die "chaos runs against the Docker cluster: scripts/cluster.sh --docker chaos (the local cluster's fault tests are node/tests/cluster.rs)" ;;
+  *) usage ;;
 esac

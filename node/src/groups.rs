@@ -172,6 +172,7 @@ impl Groups {
                     secret: c.jwt_secret.as_bytes().to_vec(),
                     bind,
                     members: members.iter().map(|(id, a)| (*id, a.raft_addr.clone())).collect(),
+                    layout: cluster_layout(&members, user_shards, shared_shards),
                 })?)
             }
             _ => None,
@@ -684,6 +685,13 @@ async fn propose_batch(
             }
         }
     }
+}
+
+/// What every member must agree on, as text peers compare in Hello: the member list (ids
+/// and Raft addresses) and the shard counts, which fix the set of Raft groups.
+fn cluster_layout(members: &BTreeMap<NodeId, NodeAddr>, user_shards: u16, shared_shards: u16) -> String {
+    let list: Vec<String> = members.iter().map(|(id, a)| format!("{id}={}", a.raft_addr)).collect();
+    format!("members {}; user_shards {user_shards}; shared_shards {shared_shards}", list.join(","))
 }
 
 /// Log leader, term and membership changes of a group under the `kalamdb_raft` target.

@@ -50,7 +50,14 @@ pub struct TransportConfig {
     pub bind: SocketAddr,
     /// Every member's Raft address (host:port; resolved at dial time).
     pub members: BTreeMap<NodeId, String>,
+    /// Canonical text of what every member must agree on (member list, shard counts):
+    /// exchanged in Hello, and a peer whose layout differs is refused with both in the log.
+    pub layout: String,
 }
+
+/// A refusal (ours or a peer's) is logged at error level once per this interval per
+/// message, not on every redial.
+pub const REFUSAL_LOG_INTERVAL_MS: u64 = 30_000;
 
 /// The node-side services the transport serves to peers.
 #[async_trait]
@@ -107,6 +114,8 @@ pub struct Transport {
     next_request: AtomicU64,
     handler: OnceLock<Arc<dyn Handler>>,
     incarnation: u64,
+    /// Last refusal logged at error level, and when (see `REFUSAL_LOG_INTERVAL_MS`).
+    refusal_logged: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -194,6 +203,7 @@ impl Transport {
             next_request: AtomicU64::new(1),
             handler: OnceLock::new(),
             incarnation: fastrand::u64(1..),
+            refusal_logged: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -293,7 +303,10 @@ impl Transport {
             Ok(Err(e)) => {
                 s.failed_at = Some(Instant::now());
                 s.last_error = e.to_string();
-                tracing::debug!(target: "kalamdb_transport", peer = node, error = %e, "dial failed");
+                match &e {
+                    Error::Auth(m) => self.log_refusal(&format!("node {node} and this node cannot join: {m}")),
+                    _ => tracing::debug!(target: "kalamdb_transport", peer = node, error = %e, "dial failed"),
+                }
                 Err(match e {
                     Error::Auth(m) => Error::Auth(m),
                     other => Error::Unreachable { node, reason: other.to_string() },
@@ -325,21 +338,35 @@ impl Transport {
             cluster_id: self.cfg.cluster_id.clone(),
             node_id: self.cfg.node_id,
             incarnation: self.incarnation,
+            layout: self.cfg.layout.clone(),
             proof: auth::prove(&self.cfg.secret, auth::ROLE_DIALER, &self.cfg.cluster_id, self.cfg.node_id, &ekm)?,
         };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Setup(e.to_string()))?;
         write_frame(&mut send, FrameKind::Hello, 0, 0, &wire::to_bytes(&hello)?).await?;
         let (header, body) = read_frame(&mut recv)
             .await
-            .map_err(|_| Error::Auth(format!("node {node} refused our hello (wrong cluster id or secret?)")))?;
+            .map_err(|_| Error::Auth(format!("node {node} refused our hello (wrong jwt_secret, or we are not in its member list: see its log)")))?;
         if header.kind != FrameKind::HelloAck {
             return Err(Error::Auth(format!("node {node} answered hello with {}", header.kind.name())));
         }
         let ack: Hello = wire::from_bytes(&body)?;
-        if ack.cluster_id != self.cfg.cluster_id || ack.node_id != node {
-            return Err(Error::Auth(format!("{addr} is node {} of cluster '{}'", ack.node_id, ack.cluster_id)));
+        if ack.cluster_id != self.cfg.cluster_id {
+            return Err(Error::Auth(format!(
+                "{addr} is in cluster '{}', this node in '{}': check cluster_id in every server.toml",
+                ack.cluster_id, self.cfg.cluster_id
+            )));
         }
-        auth::verify(&self.cfg.secret, auth::ROLE_ACCEPTOR, &ack.cluster_id, ack.node_id, &ekm, &ack.proof)?;
+        if ack.node_id != node {
+            return Err(Error::Auth(format!("{addr} is node {}, our member list says node {node}", ack.node_id)));
+        }
+        auth::verify(&self.cfg.secret, auth::ROLE_ACCEPTOR, &ack.cluster_id, ack.node_id, &ekm, &ack.proof)
+            .map_err(|_| Error::Auth(format!("node {node} does not know our jwt_secret: check every server.toml")))?;
+        if ack.layout != self.cfg.layout {
+            return Err(Error::Auth(format!(
+                "node {node} has a different cluster layout: theirs [{}], ours [{}]: check the member list and shard counts in every server.toml",
+                ack.layout, self.cfg.layout
+            )));
+        }
         Ok((conn, ack.incarnation))
     }
 
@@ -410,7 +437,7 @@ impl Transport {
             Ok(Ok(peer)) => peer,
             Ok(Err(e)) => {
                 metrics::counter!("kalamdb_transport_auth_failures_total").increment(1);
-                tracing::warn!(target: "kalamdb_transport", %remote, error = %e, "peer refused");
+                self.log_refusal(&format!("refused a peer at {remote}: {e}"));
                 conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"authentication failed");
                 return;
             }
@@ -442,23 +469,55 @@ impl Transport {
             return Err(Error::Auth(format!("first frame was {}", header.kind.name())));
         }
         let hello: Hello = wire::from_bytes(&body)?;
-        if hello.cluster_id != self.cfg.cluster_id {
-            return Err(Error::Auth(format!("peer is in cluster '{}'", hello.cluster_id)));
-        }
-        if !self.cfg.members.contains_key(&hello.node_id) || hello.node_id == self.cfg.node_id {
-            return Err(Error::Auth(format!("node {} is not a member", hello.node_id)));
-        }
         let ekm = exported(conn)?;
-        auth::verify(&self.cfg.secret, auth::ROLE_DIALER, &hello.cluster_id, hello.node_id, &ekm, &hello.proof)?;
-        self.forget_stale(hello.node_id, hello.incarnation);
         let ack = Hello {
             cluster_id: self.cfg.cluster_id.clone(),
             node_id: self.cfg.node_id,
             incarnation: self.incarnation,
+            layout: self.cfg.layout.clone(),
             proof: auth::prove(&self.cfg.secret, auth::ROLE_ACCEPTOR, &self.cfg.cluster_id, self.cfg.node_id, &ekm)?,
         };
+        if hello.cluster_id != self.cfg.cluster_id {
+            // Answer with our cluster id (not secret) so the dialer's log can say what differs.
+            let _ = write_frame(&mut send, FrameKind::HelloAck, 0, 0, &wire::to_bytes(&ack)?).await;
+            return Err(Error::Auth(format!(
+                "node {} is in cluster '{}', this node in '{}'",
+                hello.node_id, hello.cluster_id, self.cfg.cluster_id
+            )));
+        }
+        if !self.cfg.members.contains_key(&hello.node_id) || hello.node_id == self.cfg.node_id {
+            return Err(Error::Auth(format!("node {} is not in our member list", hello.node_id)));
+        }
+        auth::verify(&self.cfg.secret, auth::ROLE_DIALER, &hello.cluster_id, hello.node_id, &ekm, &hello.proof)
+            .map_err(|_| Error::Auth(format!("node {} does not know our jwt_secret", hello.node_id)))?;
+        if hello.layout != self.cfg.layout {
+            // Authenticated, so it may learn our layout: its log then names the difference too.
+            let _ = write_frame(&mut send, FrameKind::HelloAck, 0, 0, &wire::to_bytes(&ack)?).await;
+            return Err(Error::Auth(format!(
+                "node {} has a different cluster layout: theirs [{}], ours [{}]",
+                hello.node_id, hello.layout, self.cfg.layout
+            )));
+        }
+        self.forget_stale(hello.node_id, hello.incarnation);
         write_frame(&mut send, FrameKind::HelloAck, 0, 0, &wire::to_bytes(&ack)?).await?;
         Ok(hello.node_id)
+    }
+
+    /// A misconfigured member redials every few hundred milliseconds: say why it cannot
+    /// join at error level, but once per message per `REFUSAL_LOG_INTERVAL_MS`.
+    fn log_refusal(&self, message: &str) {
+        let mut logged = self.refusal_logged.lock().unwrap_or_else(|p| p.into_inner());
+        let due = logged.get(message).is_none_or(|at| at.elapsed() >= Duration::from_millis(REFUSAL_LOG_INTERVAL_MS));
+        if due {
+            // Bounded: a handful of distinct messages in practice; forget them all if not.
+            if logged.len() >= 64 {
+                logged.clear();
+            }
+            logged.insert(message.to_string(), Instant::now());
+            tracing::error!(target: "kalamdb_transport", "{message}");
+        } else {
+            tracing::debug!(target: "kalamdb_transport", "{message}");
+        }
     }
 
     /// `node` dialed us as a new process: our connection to its previous process would only

@@ -34,6 +34,10 @@ pub struct Hello {
     /// Random per process start: a peer that sees a new incarnation knows the node restarted
     /// and that its own connection to the old process is dead.
     pub incarnation: u64,
+    /// The sender's cluster layout (members and shard counts, see
+    /// `TransportConfig::layout`): peers that disagree refuse each other, naming the
+    /// difference.
+    pub layout: String,
     pub proof: Vec<u8>,
 }
 
@@ -343,7 +347,7 @@ mod tests {
             prop_assert_eq!(round_trip(&r), r);
             let s = SnapshotRequest { vote, meta_json: data.clone(), offset: off, data: data.clone(), done };
             prop_assert_eq!(round_trip(&s), s);
-            let h = Hello { cluster_id: msg.clone(), node_id: off, incarnation: off ^ 1, proof: data.clone() };
+            let h = Hello { cluster_id: msg.clone(), node_id: off, incarnation: off ^ 1, layout: msg.clone(), proof: data.clone() };
             prop_assert_eq!(round_trip(&h), h);
             for a in [AppendResponse::Success, AppendResponse::PartialSuccess(last), AppendResponse::Conflict,
                       AppendResponse::HigherVote(vote), AppendResponse::Error(msg.clone())] {

@@ -48,6 +48,7 @@ fn config(node_id: u64, cluster: &str, secret: &str, ports: &[(u64, u16)]) -> Tr
         secret: secret.as_bytes().to_vec(),
         bind: format!("127.0.0.1:{port}").parse().unwrap(),
         members: ports.iter().map(|(n, p)| (*n, format!("127.0.0.1:{p}"))).collect::<BTreeMap<_, _>>(),
+        layout: format!("members {ports:?}"),
     }
 }
 
@@ -61,7 +62,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_members_with_the_secret_reach_raft() {
     let group = GroupId::Meta(MetaGroup::Catalog).to_u32();
-    let ports = [(1, udp_port()), (2, udp_port()), (3, udp_port()), (4, udp_port())];
+    let ports = [(1, udp_port()), (2, udp_port()), (3, udp_port()), (4, udp_port()), (5, udp_port())];
     let a = Transport::bind(config(1, "c", SECRET, &ports)).unwrap();
     let handler = Arc::new(Counting::default());
     a.serve(handler.clone());
@@ -92,7 +93,17 @@ async fn only_members_with_the_secret_reach_raft() {
 
     // Right secret, wrong cluster id: refused too.
     let other = Transport::bind(config(4, "other-cluster", SECRET, &ports)).unwrap();
-    assert!(other.call(1, FrameKind::VoteRequest, group, &vote_body(), CALL_TIMEOUT).await.is_err());
+    let err = other.call(1, FrameKind::VoteRequest, group, &vote_body(), CALL_TIMEOUT).await.unwrap_err();
+    assert!(err.to_string().contains("is in cluster 'c', this node in 'other-cluster'"), "{err}");
+
+    // Right secret and cluster id, different member list: refused, naming both layouts.
+    let mut cfg = config(5, "c", SECRET, &ports);
+    cfg.layout = "members 1,2,3,4,5".into();
+    let drifted = Transport::bind(cfg).unwrap();
+    let err = drifted.call(1, FrameKind::VoteRequest, group, &vote_body(), CALL_TIMEOUT).await.unwrap_err();
+    assert!(err.to_string().contains("different cluster layout: theirs [members [(1,"), "{err}");
+    assert!(err.to_string().contains("ours [members 1,2,3,4,5]"), "{err}");
+    assert!(!drifted.is_connected(1));
 
     assert_eq!(handler.raft_lookups.load(Ordering::SeqCst), 1, "refused peers never reached the handler");
 
