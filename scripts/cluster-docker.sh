@@ -133,7 +133,10 @@ docker_build() {
   # The default config is node 1's; compose mounts each node's own file over it.
   cp "$root/deploy/server1.toml" "$rootfs/etc/kalamdb/server.toml"
 
-  docker build -q -f "$root/deploy/Dockerfile" -t "$image" -t "$image_alias" "$stage" >/dev/null
+  # Output only on failure: the legacy builder (no buildx here) prints a deprecation notice.
+  local out
+  out="$(docker build -q -f "$root/deploy/Dockerfile" -t "$image" -t "$image_alias" "$stage" 2>&1)" ||
+    { echo "$out" >&2; die "docker build failed"; }
   local bytes
   bytes="$(docker image inspect -f '{{.Size}}' "$image")"
   echo "built $image (also tagged $image_alias): $((bytes / 1000000)) MB"
@@ -293,7 +296,9 @@ new_leader_among() { # group, killed node, survivors...
 sql_inside() {
   local n=$1 body
   body="$(printf '{"sql": %s}' "$(json_str "$2")")"
-  docker exec "$(container "$n")" /bin/busybox wget -q -T 30 -O - \
+  # busybox wget prints the status line of an error response on stderr; not -q (it hides
+  # that) and not -T (busybox 1.35's wget crashes with it): `timeout` bounds the call.
+  docker exec "$(container "$n")" /bin/busybox timeout 40 /bin/busybox wget -O - \
     --header "Content-Type: application/json" --post-data "$body" \
     "http://127.0.0.1:$(http_port "$n")/v1/api/sql" 2>&1 || true
 }
@@ -328,7 +333,7 @@ docker_chaos() {
     done
   done
   check "2. node 3 refuses a write with 503" \
-    "$(sql_inside 3 "INSERT INTO test.data (value) VALUES ('${run}_isolated')")" '503'
+    "$(sql_inside 3 "INSERT INTO test.data (value) VALUES ('${run}_isolated')")" 'HTTP/1.1 503'
   docker network connect "$network" "$(container 3)"
   wait_for "$chaos_wait_secs" "2. node 3 converges: all $rows partition rows" count_is 3 "${run}_part_" "$rows"
   wait_for "$chaos_wait_secs" "2. projection digests equal on all nodes" digests_equal 1 2 3

@@ -26,6 +26,8 @@ pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const REDIAL_BACKOFF_MS: u64 = 200;
 /// Time an accepted connection has to send its Hello.
 pub const HELLO_TIMEOUT_MS: u64 = 2_000;
+/// How long a refused connection stays open for the peer to read our answer.
+pub const REFUSAL_LINGER_MS: u64 = 1_000;
 /// Largest Hello body: read before the peer is authenticated, so kept tiny.
 pub const HELLO_BYTES_MAX: usize = 4 << 10;
 /// QUIC flow-control windows: large enough that a multi-MiB AppendEntries frame moves in a
@@ -343,9 +345,11 @@ impl Transport {
         };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Setup(e.to_string()))?;
         write_frame(&mut send, FrameKind::Hello, 0, 0, &wire::to_bytes(&hello)?).await?;
-        let (header, body) = read_frame(&mut recv)
-            .await
-            .map_err(|_| Error::Auth(format!("node {node} refused our hello (wrong jwt_secret, or we are not in its member list: see its log)")))?;
+        let (header, body) = read_frame(&mut recv).await.map_err(|_| {
+            Error::Auth(format!(
+                "node {node} refused our hello (wrong jwt_secret, or we are not in its member list: see its log)"
+            ))
+        })?;
         if header.kind != FrameKind::HelloAck {
             return Err(Error::Auth(format!("node {node} answered hello with {}", header.kind.name())));
         }
@@ -438,6 +442,10 @@ impl Transport {
             Ok(Err(e)) => {
                 metrics::counter!("kalamdb_transport_auth_failures_total").increment(1);
                 self.log_refusal(&format!("refused a peer at {remote}: {e}"));
+                // A refusal may have answered with our Hello so the peer can log what
+                // differs; closing at once would discard it. The peer closes as soon as it
+                // has read it; wait for that, briefly.
+                let _ = tokio::time::timeout(Duration::from_millis(REFUSAL_LINGER_MS), conn.closed()).await;
                 conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"authentication failed");
                 return;
             }
