@@ -1,3 +1,5 @@
+# shellcheck shell=bash disable=SC2154
+# (root, nodes and the helpers come from scripts/cluster.sh, which sources this file.)
 # The Docker mode of scripts/cluster.sh (`--docker`): sourced by it, not run on its own.
 # Uses cluster.sh's helpers (sql, check, healthy, print_groups, consistency_test) and adds
 # the image build, compose lifecycle and the chaos run.
@@ -44,8 +46,9 @@ need_busybox() {
       { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static; } ||
       die "could not install busybox-static; install it with: apt-get install busybox-static"
   fi
-  [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1 ||
+  if [[ ! -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then
     die "the image needs a static /bin/busybox: apt-get install busybox-static"
+  fi
 }
 
 # Copy FILE to the same absolute path under ROOTFS (following symlinks).
@@ -183,6 +186,17 @@ docker_start() {
   echo "cluster healthy"
 }
 
+# docker stats' view of each container, and the server's own resident set (VmRSS of PID 1).
+print_memory() {
+  local n
+  docker stats --no-stream --format 'table {{.Name}}\t{{.MemUsage}}\t{{.CPUPerc}}' \
+    "$(container 1)" "$(container 2)" "$(container 3)" || true
+  for n in "${nodes[@]}"; do
+    printf '%s server RSS: %s\n' "$(container "$n")" \
+      "$(docker exec "$(container "$n")" /bin/busybox awk '/^VmRSS/ {print $2, $3}' /proc/1/status 2>/dev/null || echo '-')"
+  done
+}
+
 docker_status() {
   need_docker
   local any="" n
@@ -202,18 +216,18 @@ docker_status() {
 
 docker_logs() {
   need_docker
-  local follow=() which=() a
+  local follow_flag=() which=() a
   for a in "$@"; do
     case "$a" in
-      -f|--follow) follow=(-f) ;;
+      -f|--follow) follow_flag=(-f) ;;
       [0-9]*) which+=("$a") ;;
       *) die "logs: unknown argument $a" ;;
     esac
   done
   if [[ ${#which[@]} -eq 0 ]]; then
-    compose logs --tail=200 "${follow[@]}"
+    compose logs --tail=200 "${follow_flag[@]}"
   else
-    for n in "${which[@]}"; do docker logs --tail 200 "${follow[@]}" "$(container "$n")" 2>&1; done
+    for n in "${which[@]}"; do docker logs --tail 200 "${follow_flag[@]}" "$(container "$n")" 2>&1; done
   fi
 }
 
@@ -307,7 +321,8 @@ docker_chaos() {
   need_docker
   command -v python3 >/dev/null 2>&1 || die "chaos needs python3 to read JSON"
   failures=0
-  local run="chaos$(date +%s)" rows=20 n
+  local run rows=20 n
+  run="chaos$(date +%s)"
   for n in "${nodes[@]}"; do healthy "$n" || die "node $n is not healthy; run: scripts/cluster.sh --docker start"; done
   # The spec's fault-tolerance commands write to test.data (value): an id from SNOWFLAKE_ID().
   check "0. namespace test" "$(sql 1 "CREATE NAMESPACE IF NOT EXISTS test")" '"status":"success"'
@@ -367,8 +382,11 @@ docker_chaos() {
     new_leader_among meta:catalog "$leader" "${survivors[@]}"
   local total_acked
   total_acked="$(wc -l < "$acked")"
-  (( total_acked > before_kill )) && echo "ok    3. writes acknowledged after the kill ($((total_acked - before_kill)))" ||
+  if (( total_acked > before_kill )); then
+    echo "ok    3. writes acknowledged after the kill ($((total_acked - before_kill)))"
+  else
     check "3. writes acknowledged after the kill" "none" "(some)"
+  fi
   check "3. DDL after the kill (meta group)" \
     "$(sql "$target" "CREATE TABLE IF NOT EXISTS test.after_kill (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')")" '"status":"success"'
   local present
@@ -386,9 +404,8 @@ print(" ".join(a for a in acked if a not in have))' "$present" "$acked" 2>&1 || 
   wait_healthy "$leader" || check "3. node $leader healthy again" "not healthy" "(healthy)"
   wait_for "$chaos_wait_secs" "3. node $leader rejoined: projection digests equal on all nodes" digests_equal 1 2 3
 
-  echo "--- memory after chaos (docker stats --no-stream)"
-  docker stats --no-stream --format 'table {{.Name}}\t{{.MemUsage}}\t{{.CPUPerc}}' \
-    "$(container 1)" "$(container 2)" "$(container 3)"
+  echo "--- memory after chaos"
+  print_memory
   if (( failures > 0 )); then echo "$failures chaos check(s) failed"; exit 1; fi
   echo "all chaos checks passed"
 }

@@ -5,5 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kalamdb-target}"
 cargo fmt --all -- --check
+# The cluster scripts are part of the product (the spec's commands): lint them too.
+if command -v shellcheck >/dev/null 2>&1; then
+  shellcheck -x scripts/*.sh deploy/cluster.sh .ci/run
+else
+  echo "shellcheck not installed: scripts not linted (apt-get install shellcheck)"
+fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast "$@"
