@@ -89,10 +89,13 @@ consistency_test() {
     check "3. table visible on node $n" "$(sql "$n" "SELECT table_name FROM system.tables WHERE namespace_id = '$ns'")" '"items"'
   done
   check "4. insert on node 3" "$(sql 3 "INSERT INTO $ns.items (id, name) VALUES (1, 'from node 3'), (2, 'also node 3')")" '"row_count":2'
-  echo "skip  5. flush on node 3 (STORAGE FLUSH arrives with Parquet cold storage, issue 5)"
+  check "5. flush on node 3" "$(sql 3 "STORAGE FLUSH TABLE $ns.items")" '2 row(s) written to Parquet'
   for n in "${nodes[@]}"; do
     check "6. read on node $n" "$(sql "$n" "SELECT name FROM $ns.items WHERE id = 1")" '"from node 3"'
     check "6. count on node $n" "$(sql "$n" "SELECT COUNT(*) AS n FROM $ns.items")" '[[2]]'
+    # Every node applied the flush entry itself (same files, same manifest).
+    check "6. flush applied on node $n" \
+      "$(sql "$n" "SELECT rows, status FROM system.jobs WHERE namespace_id = '$ns' AND job_type = 'flush'")" '[[2,"completed"]]'
   done
   check "7. cleanup" "$(sql 1 "DROP NAMESPACE $ns CASCADE")" '"status":"success"'
   for n in "${nodes[@]}"; do

@@ -6,12 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::{Parser, ValueEnum};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use kalamdb_benches::{HttpClient, check_loopback, client};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Workload {
@@ -53,8 +49,6 @@ struct Args {
     requests_max: u64,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 async fn post(client: &HttpClient, url: &str, sql: String) -> Result<(), String> {
     post_json(client, url, "/v1/api/sql", serde_json::json!({ "sql": sql }).to_string()).await
 }
@@ -64,14 +58,7 @@ fn sql_body(sql: String) -> String {
 }
 
 async fn post_json(client: &HttpClient, url: &str, path: &str, body: String) -> Result<(), String> {
-    let req = hyper::Request::post(format!("{url}{path}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    if status.is_success() { Ok(()) } else { Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))) }
+    kalamdb_benches::post_json(client, url, path, body).await.map(|_| ())
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -86,10 +73,10 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 async fn main() -> Result<(), String> {
     let args = Args::parse();
     let urls: Vec<String> = args.url.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).collect();
-    if urls.iter().any(|u| !(u.starts_with("http://127.") || u.starts_with("http://localhost"))) {
-        return Err("kalamdb-load only targets loopback addresses".into());
+    for u in &urls {
+        check_loopback(u)?;
     }
-    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.clients).build_http();
+    let client: HttpClient = client(args.clients);
     let url = urls[0].clone();
     let table = format!("bench.t{}", std::process::id());
     if !matches!(args.workload, Workload::EtcdPut) {

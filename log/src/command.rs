@@ -181,6 +181,24 @@ pub enum Op {
     PurgeTable {
         table_id: u64,
     },
+    /// Move the table's hot rows (every version in RocksDB up to this entry) into Parquet
+    /// files and leave a key stub behind. `scope` limits it to one user's rows; `None` flushes
+    /// every scope the group holds. The definition travels in the op because apply never
+    /// reads another group's state (the catalog lives in a meta group).
+    Flush {
+        table: TableDef,
+        scope: Option<String>,
+    },
+    /// Merge the table's Parquet files per scope, dropping superseded versions and tombstones.
+    Compact {
+        table: TableDef,
+        scope: Option<String>,
+    },
+    /// Re-derive the table's projection in this group from its files and the retained log
+    /// (admin). Changes nothing on a correct projection.
+    Rebuild {
+        table: TableDef,
+    },
 }
 
 impl Op {
@@ -195,7 +213,16 @@ impl Op {
             Op::Update { .. } => "update",
             Op::Delete { .. } => "delete",
             Op::PurgeTable { .. } => "purge_table",
+            Op::Flush { .. } => "flush",
+            Op::Compact { .. } => "compact",
+            Op::Rebuild { .. } => "rebuild",
         }
+    }
+
+    /// Ops that rewrite cold storage are applied in a write batch of their own, so they see
+    /// (and their files agree with) everything applied before them.
+    pub fn is_storage_job(&self) -> bool {
+        matches!(self, Op::Flush { .. } | Op::Compact { .. } | Op::Rebuild { .. })
     }
 }
 
@@ -285,6 +312,8 @@ pub enum ApplyErrorCode {
     ConstraintViolation,
     /// A row changed between the statement's read and its apply; the statement is retried.
     Conflict,
+    /// `REBUILD PROJECTION` needs log entries this node no longer has.
+    HistoryUnavailable,
 }
 
 #[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -38,6 +38,19 @@ const KEY_PURGED: u8 = b'p';
 pub struct LogDb {
     db: Arc<DB>,
     sync_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    syncer: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for LogDb {
+    /// Stop the syncer and wait for it, so the database closes here and now: a syncer still
+    /// holding it while the process exits would close RocksDB during static destruction.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.sync_tx, closed));
+        if let Some(h) = self.syncer.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl LogDb {
@@ -59,11 +72,11 @@ impl LogDb {
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE_LEN_MAX);
         let syncer_db = db.clone();
-        thread::Builder::new()
+        let syncer = thread::Builder::new()
             .name("kalamdb-wal-sync".into())
             .spawn(move || run_syncer(syncer_db, sync_rx))
             .map_err(|e| Error::Corrupt(format!("cannot spawn WAL syncer: {e}")))?;
-        Ok(Arc::new(LogDb { db, sync_tx }))
+        Ok(Arc::new(LogDb { db, sync_tx, syncer: Some(syncer) }))
     }
 
     pub fn db(&self) -> &Arc<DB> {

@@ -74,6 +74,13 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     /// Root of everything the node stores: `rocksdb/`, `snapshots/`, `storage/`.
     pub data_path: PathBuf,
+    /// Root of the Parquet files; `data_path/storage` when unset. May be one volume shared by
+    /// every node: file names and contents are deterministic.
+    pub storage_path: Option<PathBuf>,
+    /// Automatic flush of tables without a `FLUSH_POLICY` option: `rows:N`, `interval:S` or both.
+    pub flush_policy: String,
+    /// A table scope with at least this many Parquet files is compacted after an automatic flush.
+    pub compact_files_min: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,7 +132,12 @@ impl Default for ServerConfig {
 
 impl Default for StorageConfig {
     fn default() -> StorageConfig {
-        StorageConfig { data_path: PathBuf::from("./data") }
+        StorageConfig {
+            data_path: PathBuf::from("./data"),
+            storage_path: None,
+            flush_policy: "rows:100000,interval:600".into(),
+            compact_files_min: 8,
+        }
     }
 }
 
@@ -220,6 +232,12 @@ impl Config {
         {
             return bad("raft: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into());
         }
+        if let Err(e) = kalamdb_query::FlushPolicy::parse(&self.storage.flush_policy) {
+            return bad(format!("storage.flush_policy: {e}"));
+        }
+        if self.storage.compact_files_min < 2 {
+            return bad("storage.compact_files_min must be at least 2".into());
+        }
         if self.limits.batch_ops_max == 0
             || self.limits.proposals_in_flight_max == 0
             || self.limits.proposal_queue_len_max == 0
@@ -275,6 +293,10 @@ impl Config {
 
     pub fn snapshot_path(&self) -> PathBuf {
         self.storage.data_path.join("snapshots")
+    }
+
+    pub fn storage_path(&self) -> PathBuf {
+        self.storage.storage_path.clone().unwrap_or_else(|| self.storage.data_path.join("storage"))
     }
 }
 

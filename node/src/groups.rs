@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kalamdb_log::types::{NodeAddr, NodeId, Raft};
 use kalamdb_log::{EncodedCommand, GroupId, GroupLayout, LogCommand, LogDb, LogStore, Op, OpResult, Value};
-use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader};
+use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader, StorageEnv};
 use kalamdb_query::Error as QueryError;
 use kalamdb_transport::wire::{ForwardResponse, GroupStatus, ReadIndexResponse, RemoteError, StatusResponse};
 use kalamdb_transport::{GroupNetwork, Transport, TransportConfig};
@@ -33,6 +33,8 @@ pub const LEADER_RETRY_MS: u64 = 20;
 pub const PEER_REQUEST_TIMEOUT_MS: u64 = 1_000;
 /// Reads answered by one read-index round at most.
 pub const READS_PER_ROUND_MAX: usize = 4096;
+/// How long a flush or compaction may take to commit and apply before its outcome is unknown.
+pub const STORAGE_JOB_TIMEOUT_MS: u64 = 600_000;
 /// openraft snapshot chunk size: one chunk per QUIC frame.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
 pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
@@ -82,6 +84,8 @@ pub struct Groups {
     pub groups: HashMap<GroupId, Group>,
     pub catalog: Arc<Catalog>,
     pub rows: RowReader,
+    /// Cold storage root and the per-node job log and write counters.
+    pub storage: Arc<StorageEnv>,
     /// Every member, this node included (one entry in a single-node layout).
     pub members: BTreeMap<NodeId, NodeAddr>,
     pub cluster_id: Option<String>,
@@ -143,6 +147,10 @@ impl Groups {
         let layout = GroupLayout::new(user_shards, shared_shards);
         std::fs::create_dir_all(&cfg.storage.data_path)?;
         let log_db = LogDb::open(&cfg.rocksdb_path(), &PROJECTION_CFS)?;
+        let storage_path = cfg.storage_path();
+        std::fs::create_dir_all(&storage_path)?;
+        // Absolute: DataFusion addresses files by absolute path.
+        let storage = StorageEnv::new(cfg.snapshot_path(), std::fs::canonicalize(&storage_path)?);
         let catalog = Catalog::new();
         let raft_cfg = raft_config(cfg)?;
         let node_id = cfg.server.node_id;
@@ -181,7 +189,7 @@ impl Groups {
         let mut groups = HashMap::new();
         for id in layout.all() {
             let log_store = LogStore::new(log_db.clone(), id)?;
-            let sm = Projection::open(log_db.clone(), id, catalog.clone(), &cfg.snapshot_path())?;
+            let sm = Projection::open(log_db.clone(), id, catalog.clone(), storage.clone())?;
             let applied = sm.applied_watch();
             let raft = match &transport {
                 Some(t) => {
@@ -221,13 +229,14 @@ impl Groups {
             tokio::spawn(run_read_index_batcher(id, node_id, raft.clone(), transport.clone(), read_rx));
             groups.insert(id, Group { id, raft, applied, queue, read_queue });
         }
-        let rows = RowReader::new(log_db.db().clone());
+        let rows = RowReader::new(log_db.clone(), storage.storage_dir.clone());
         let me = Arc::new(Groups {
             node_id,
             layout,
             groups,
             catalog,
             rows,
+            storage,
             members,
             cluster_id: cfg.cluster.as_ref().map(|c| c.cluster_id.clone()),
             transport: transport.clone(),
@@ -264,12 +273,23 @@ impl Groups {
         group.raft.metrics().borrow().current_leader
     }
 
+    /// Does this node lead `group` right now?
+    pub fn leads(&self, group: GroupId) -> bool {
+        self.groups.get(&group).is_some_and(|g| self.leader_of(g) == Some(self.node_id))
+    }
+
     /// Propose an op: through this node's group commit if it leads the group, otherwise
     /// forwarded over QUIC to the leader. Leader changes are retried until the write timeout;
     /// a retry only happens when the failed attempt certainly proposed nothing.
     pub async fn propose(&self, group: GroupId, op: Op) -> std::result::Result<OpResult, QueryError> {
         let g = self.group(group)?;
-        let deadline = Instant::now() + self.write_timeout;
+        // A flush or compaction writes files inside apply: allow it far longer than a row write.
+        let timeout = if op.is_storage_job() {
+            self.write_timeout.max(Duration::from_millis(STORAGE_JOB_TIMEOUT_MS))
+        } else {
+            self.write_timeout
+        };
+        let deadline = Instant::now() + timeout;
         let mut last_leader: Option<NodeId>;
         loop {
             let leader = self.leader_of(g);

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod groups;
 pub mod http;
+pub mod storage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +27,11 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         tracing::warn!(target: "kalamdb_raft", "not every group has a leader yet; serving anyway");
     }
     let engine = kalamdb_query::Engine::new(groups.catalog.clone(), groups.rows.clone(), groups.layout, groups.node_id)
-        .with_cluster(Arc::new(cluster::NodeCluster(groups.clone())));
+        .with_cluster(Arc::new(cluster::NodeCluster(groups.clone())))
+        .with_jobs(groups.storage.clone());
+    let flush_policy = kalamdb_query::FlushPolicy::parse(&cfg.storage.flush_policy)
+        .map_err(|e| Error::Config(format!("storage.flush_policy: {e}")))?;
+    tokio::spawn(storage::run_auto_flush(groups.clone(), flush_policy, cfg.storage.compact_files_min));
     let app = Arc::new(http::App {
         engine,
         groups: groups.clone(),

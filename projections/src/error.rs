@@ -10,6 +10,11 @@ pub enum Error {
     Corrupt(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// A past position that the files and the retained log no longer cover.
+    #[error("{0}")]
+    History(String),
+    #[error("cold storage: {0}")]
+    Storage(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -1,14 +1,20 @@
 //! Projections: the Raft state machine that turns committed log entries into RocksDB tables
-//! (catalog and rows), builds and installs snapshots, and computes state digests.
+//! (catalog and rows), flushes and compacts rows into Parquet files (cold storage), builds and
+//! installs snapshots, and computes state digests.
 
 pub mod catalog;
+pub mod cold;
+pub mod columnar;
 pub mod error;
+pub mod failpoint;
+pub mod history;
 pub mod keys;
 pub mod machine;
 pub mod rows;
 pub mod snapshot;
 
 pub use catalog::{Catalog, NamespaceRecord};
+pub use cold::{JobLog, JobRecord, StorageEnv, TableView};
 pub use error::Error;
 pub use machine::Projection;
 pub use rows::{RowReader, StoredRow};
@@ -18,4 +24,10 @@ pub use snapshot::digest_group;
 pub const CF_SM: &str = "sm";
 pub const CF_CATALOG: &str = "catalog";
 pub const CF_ROWS: &str = "rows";
-pub const PROJECTION_CFS: [&str; 3] = [CF_SM, CF_CATALOG, CF_ROWS];
+pub const CF_COLD: &str = "cold";
+pub const PROJECTION_CFS: [&str; 4] = [CF_SM, CF_CATALOG, CF_ROWS, CF_COLD];
+
+/// Wall-clock microseconds, for job records only: nothing replicated may depend on it.
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::CF_SM;
 use crate::catalog::Catalog;
+use crate::cold::{ColdApplier, StorageEnv};
 use crate::error::{Error, Result};
 use crate::rows::RowApplier;
 use crate::snapshot::{export_group, import_group};
@@ -30,6 +31,13 @@ fn sm_key(group: GroupId, what: u8) -> [u8; 5] {
     k
 }
 
+/// Reserve `n` ordinals of the entry for one row op; returns the first.
+fn take_ordinals(ordinal: &mut u64, n: usize) -> u64 {
+    let first = *ordinal;
+    *ordinal += n as u64;
+    first
+}
+
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::new(&e)).into()
 }
@@ -38,12 +46,22 @@ fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
     StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
 }
 
+/// The applied log index of a group as last committed to RocksDB.
+pub fn applied_index(db: &DB, group: GroupId) -> Result<u64> {
+    let cf = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+    let applied: Option<LogId> = match db.get_pinned_cf(cf, sm_key(group, KEY_APPLIED))? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt(e.to_string()))?,
+        None => None,
+    };
+    Ok(applied.map_or(0, |l| l.index))
+}
+
 /// One group's state machine.
 pub struct Projection {
     log_db: Arc<LogDb>,
     group: GroupId,
     catalog: Arc<Catalog>,
-    snapshot_dir: PathBuf,
+    env: Arc<StorageEnv>,
     applied: Option<LogId>,
     membership: StoredMembership,
     applied_tx: watch::Sender<u64>,
@@ -53,8 +71,9 @@ pub struct Projection {
 impl Projection {
     /// Open the group's projection, loading its applied position (and the catalog for the
     /// catalog group) from the database.
-    pub fn open(log_db: Arc<LogDb>, group: GroupId, catalog: Arc<Catalog>, snapshot_dir: &Path) -> Result<Projection> {
-        std::fs::create_dir_all(snapshot_dir)?;
+    pub fn open(log_db: Arc<LogDb>, group: GroupId, catalog: Arc<Catalog>, env: Arc<StorageEnv>) -> Result<Projection> {
+        std::fs::create_dir_all(&env.snapshot_dir)?;
+        std::fs::create_dir_all(&env.storage_dir)?;
         let db = log_db.db().clone();
         let cf = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
         let applied: Option<LogId> = match db.get_pinned_cf(cf, sm_key(group, KEY_APPLIED))? {
@@ -69,16 +88,7 @@ impl Projection {
             catalog.load(&db, group)?;
         }
         let (applied_tx, _) = watch::channel(applied.map_or(0, |l| l.index));
-        Ok(Projection {
-            log_db,
-            group,
-            catalog,
-            snapshot_dir: snapshot_dir.to_path_buf(),
-            applied,
-            membership,
-            applied_tx,
-            snapshot_seq: 0,
-        })
+        Ok(Projection { log_db, group, catalog, env, applied, membership, applied_tx, snapshot_seq: 0 })
     }
 
     /// Subscribe to the last applied index (for read-your-writes and linearizable reads).
@@ -91,7 +101,7 @@ impl Projection {
     }
 
     fn snapshot_path(&self) -> PathBuf {
-        self.snapshot_dir.join(format!("group-{:08x}.snap", self.group.to_u32()))
+        self.env.snapshot_dir.join(format!("group-{:08x}.snap", self.group.to_u32()))
     }
 
     fn stage_position(&self, batch: &mut WriteBatch) -> Result<()> {
@@ -132,17 +142,80 @@ impl Projection {
                 self.catalog.drop_table(db, batch, self.group, namespace, name, *if_exists)
             }
             Op::Insert { table_id, scope, rows: writes } if is_data => {
-                rows.insert(batch, *table_id, scope, writes, log_index, ordinal)
+                let r =
+                    rows.insert(batch, *table_id, scope, writes, log_index, take_ordinals(ordinal, writes.len()))?;
+                self.count_hot(*table_id, &r);
+                Ok(r)
             }
             Op::Update { table_id, scope, rows: writes } if is_data => {
-                rows.rewrite(batch, *table_id, scope, writes, false, log_index, ordinal)
+                let r = rows.rewrite(
+                    batch,
+                    *table_id,
+                    scope,
+                    writes,
+                    false,
+                    log_index,
+                    take_ordinals(ordinal, writes.len()),
+                )?;
+                self.count_hot(*table_id, &r);
+                Ok(r)
             }
             Op::Delete { table_id, scope, rows: writes } if is_data => {
-                rows.rewrite(batch, *table_id, scope, writes, true, log_index, ordinal)
+                let r = rows.rewrite(
+                    batch,
+                    *table_id,
+                    scope,
+                    writes,
+                    true,
+                    log_index,
+                    take_ordinals(ordinal, writes.len()),
+                )?;
+                self.count_hot(*table_id, &r);
+                Ok(r)
             }
-            Op::PurgeTable { table_id } if is_data => rows.purge_table(batch, *table_id),
+            Op::PurgeTable { table_id } if is_data => {
+                ColdApplier::new(db, self.group, &self.env).purge(batch, *table_id)?;
+                rows.purge_table(batch, *table_id)
+            }
+            Op::Flush { table, scope } if is_data => {
+                ColdApplier::new(db, self.group, &self.env).flush(batch, table, scope.as_deref(), log_index)
+            }
+            Op::Compact { table, scope } if is_data => {
+                ColdApplier::new(db, self.group, &self.env).compact(batch, table, scope.as_deref(), log_index)
+            }
+            Op::Rebuild { table } if is_data => {
+                match crate::history::rebuild_table(
+                    &self.log_db,
+                    &self.env.storage_dir,
+                    batch,
+                    self.group,
+                    table,
+                    log_index,
+                ) {
+                    Err(Error::History(message)) => {
+                        Ok(OpResult::Failed { code: ApplyErrorCode::HistoryUnavailable, message })
+                    }
+                    other => other,
+                }
+            }
             _ => Ok(misrouted()),
         }
+    }
+
+    fn count_hot(&self, table_id: u64, result: &OpResult) {
+        if let OpResult::Done { affected } = result {
+            self.env.hot.record(self.group, table_id, *affected);
+        }
+    }
+
+    /// Write a batch with the current applied position in it, and publish the position.
+    fn commit(&self, mut batch: WriteBatch) -> Result<()> {
+        self.stage_position(&mut batch)?;
+        // Not synced: the log holds every applied entry until a synced purge, and the WAL is
+        // shared, so this batch is durable no later than the next log fsync.
+        self.db().write(batch)?;
+        self.applied_tx.send_replace(self.applied.map_or(0, |l| l.index));
+        Ok(())
     }
 }
 
@@ -163,6 +236,17 @@ impl RaftStateMachine<TypeConfig> for Projection {
         let mut rows = RowApplier::new(&db, self.group);
         let mut responses = Vec::new();
         for entry in entries {
+            // A flush or compaction reads RocksDB directly and rewrites it wholesale: it gets a
+            // batch of its own, after everything before it is committed.
+            let cmd = match &entry.payload {
+                EntryPayload::Normal(encoded) => Some(encoded.decode().map_err(|e| sm_err(ErrorVerb::Read, e))?),
+                _ => None,
+            };
+            let storage_job = cmd.as_ref().is_some_and(|c| c.ops.iter().any(|op| op.is_storage_job()));
+            if storage_job {
+                self.commit(std::mem::take(&mut batch)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                rows = RowApplier::new(&db, self.group);
+            }
             let index = entry.log_id.index;
             if let Some(applied) = self.applied {
                 assert!(index > applied.index, "group {} applies index {index} after {}", self.group, applied.index);
@@ -170,10 +254,9 @@ impl RaftStateMachine<TypeConfig> for Projection {
             let mut response = ApplyResponse::default();
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(encoded) => {
-                    let cmd = encoded.decode().map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                EntryPayload::Normal(_) => {
                     let mut ordinal = 0u64;
-                    for op in &cmd.ops {
+                    for op in cmd.iter().flat_map(|c| c.ops.iter()) {
                         let result = self
                             .apply_op(&mut batch, &mut rows, op, index, &mut ordinal)
                             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
@@ -186,20 +269,21 @@ impl RaftStateMachine<TypeConfig> for Projection {
             }
             self.applied = Some(entry.log_id);
             responses.push(response);
+            if storage_job {
+                crate::failpoint::hit("flush-before-commit");
+                self.commit(std::mem::take(&mut batch)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                crate::failpoint::hit("flush-after-commit");
+                rows = RowApplier::new(&db, self.group);
+            }
         }
-        self.stage_position(&mut batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        // Not synced: the log holds every applied entry until a synced purge, and the WAL is
-        // shared, so this batch is durable no later than the next log fsync.
-        db.write(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let index = self.applied.map_or(0, |l| l.index);
-        self.applied_tx.send_replace(index);
+        self.commit(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
         // Exported here, while `&mut self` excludes apply, so data and position agree.
-        let data = export_group(self.db(), self.group);
+        let data = export_group(self.db(), self.group, &self.env.storage_dir);
         ProjectionSnapshotBuilder {
             group: self.group,
             applied: self.applied,
@@ -222,7 +306,8 @@ impl RaftStateMachine<TypeConfig> for Projection {
         let data = snapshot.into_inner();
         let db = self.log_db.db().clone();
         let mut batch = WriteBatch::default();
-        import_group(&db, self.group, &data, &mut batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        import_group(&db, self.group, &data, &mut batch, &self.env.storage_dir)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.stage_position(&mut batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;

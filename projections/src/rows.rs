@@ -9,15 +9,19 @@ use kalamdb_log::{GroupId, OpResult, RowWrite, Value};
 use rkyv::{Archive, Deserialize as RDeserialize, Serialize as RSerialize};
 use rocksdb::{DB, ReadOptions, WriteBatch};
 
-use crate::CF_ROWS;
+use crate::cold::{TableView, stub_seq, superseded_key_of, table_view};
 use crate::error::{Error, Result};
-use crate::keys::{prefix_end, row_key, split_scope, table_prefix, table_scope_prefix};
+use crate::keys::{prefix_end, row_key, table_prefix};
+use crate::{CF_COLD, CF_ROWS};
 
 /// Rows one log entry may write: `_seq` packs the entry's log index with the row's ordinal.
 pub const ENTRY_ROWS_MAX: u64 = 1 << SEQ_ORDINAL_BITS;
 const SEQ_ORDINAL_BITS: u32 = 20;
 
 /// `_seq` of the `ordinal`-th row written by the entry at `log_index`: monotonic in log order.
+/// Every row op of an entry takes `rows.len()` ordinals whether it succeeds or not, so a row's
+/// `_seq` depends only on the entry's ops, never on other tables' state (time travel and
+/// rebuild replay one table's ops alone).
 pub fn make_seq(log_index: u64, ordinal: u64) -> u64 {
     assert!(ordinal < ENTRY_ROWS_MAX, "entry writes more than ENTRY_ROWS_MAX rows");
     assert!(log_index < (1 << (63 - SEQ_ORDINAL_BITS)), "log index overflows _seq");
@@ -43,10 +47,21 @@ impl StoredRow {
     }
 }
 
+/// Where a row's newest version is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// In RocksDB (possibly a tombstone).
+    Hot(StoredRow),
+    /// In a Parquet file, with this `_seq`.
+    Cold(u64),
+    Absent,
+}
+
 /// Read access to row projections for the query layer. Never writes.
 #[derive(Clone)]
 pub struct RowReader {
-    db: Arc<DB>,
+    log_db: Arc<kalamdb_log::LogDb>,
+    storage_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for RowReader {
@@ -56,52 +71,44 @@ impl std::fmt::Debug for RowReader {
 }
 
 impl RowReader {
-    pub fn new(db: Arc<DB>) -> RowReader {
-        RowReader { db }
+    pub fn new(log_db: Arc<kalamdb_log::LogDb>, storage_dir: std::path::PathBuf) -> RowReader {
+        RowReader { log_db, storage_dir }
+    }
+
+    /// The live rows of a table scope right after log index `at` was applied (time travel).
+    pub fn as_of(&self, group: GroupId, def: &kalamdb_log::TableDef, scope: &str, at: u64) -> Result<Vec<StoredRow>> {
+        let applied = crate::machine::applied_index(self.db(), group)?;
+        crate::history::scope_as_of(&self.log_db, &self.storage_dir, group, def, scope, at, applied)
+    }
+
+    /// Hot rows, live Parquet files and superseded versions of one table scope, all read
+    /// under one RocksDB snapshot (so a concurrent flush is seen entirely or not at all).
+    pub fn table_view(&self, group: GroupId, table_id: u64, scope: &str) -> Result<TableView> {
+        table_view(self.db(), &self.storage_dir, group, table_id, scope)
+    }
+
+    /// The newest version of a row when it is hot; `Cold` when it lives in a Parquet file.
+    pub fn lookup(&self, group: GroupId, table_id: u64, scope: &str, pk: &Value) -> Result<Lookup> {
+        let db = self.db();
+        let snap = db.snapshot();
+        let key = row_key(group, table_id, scope, pk);
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&snap);
+        if let Some(bytes) = db.get_pinned_cf_opt(self.cf()?, &key, &opts)? {
+            return Ok(Lookup::Hot(StoredRow::decode(&bytes)?));
+        }
+        Ok(match stub_seq(db, &key, Some(&snap))? {
+            Some(seq) => Lookup::Cold(seq),
+            None => Lookup::Absent,
+        })
     }
 
     pub fn db(&self) -> &Arc<DB> {
-        &self.db
+        self.log_db.db()
     }
 
     fn cf(&self) -> Result<&rocksdb::ColumnFamily> {
-        self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))
-    }
-
-    /// The newest version of one row, tombstones included.
-    pub fn get(&self, group: GroupId, table_id: u64, scope: &str, pk: &Value) -> Result<Option<StoredRow>> {
-        let cf = self.cf()?;
-        match self.db.get_pinned_cf(cf, row_key(group, table_id, scope, pk))? {
-            None => Ok(None),
-            Some(bytes) => StoredRow::decode(&bytes).map(Some),
-        }
-    }
-
-    /// Visit every row version of a table in one group, in key order. `scope` limits the scan
-    /// to one user's rows; `None` visits all scopes. `f` returns false to stop early.
-    pub fn scan(
-        &self,
-        group: GroupId,
-        table_id: u64,
-        scope: Option<&str>,
-        mut f: impl FnMut(&str, StoredRow) -> bool,
-    ) -> Result<()> {
-        let cf = self.cf()?;
-        let prefix = match scope {
-            Some(s) => table_scope_prefix(group, table_id, s),
-            None => table_prefix(group, table_id),
-        };
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(prefix_end(&prefix));
-        let iter = self.db.iterator_cf_opt(cf, opts, rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward));
-        for item in iter {
-            let (k, v) = item?;
-            let (scope, _) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
-            if !f(scope, StoredRow::decode(&v)?) {
-                break;
-            }
-        }
-        Ok(())
+        self.db().cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))
     }
 }
 
@@ -140,9 +147,29 @@ impl<'a> RowApplier<'a> {
         }
     }
 
-    fn commit(&mut self, batch: &mut WriteBatch, staged: Vec<(Vec<u8>, StoredRow)>) -> Result<()> {
+    /// The newest version of a key: hot (overlay or RocksDB) first, else its flushed version
+    /// as (seq, from_cold = true). Flushed versions are always live.
+    fn newest(&self, key: &[u8]) -> Result<Option<(StoredRow, bool)>> {
+        if let Some(row) = self.current(key)? {
+            return Ok(Some((row, false)));
+        }
+        Ok(stub_seq(self.db, key, None)?.map(|seq| (StoredRow { seq, deleted: false, values: Vec::new() }, true)))
+    }
+
+    /// Stage the new versions; a version that replaces a flushed one marks that one
+    /// superseded, so queries and compaction skip it.
+    fn commit(
+        &mut self,
+        batch: &mut WriteBatch,
+        staged: Vec<(Vec<u8>, StoredRow, Option<u64>)>,
+        log_index: u64,
+    ) -> Result<()> {
         let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
-        for (key, row) in staged {
+        let cold = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
+        for (key, row, replaced_cold) in staged {
+            if let Some(seq) = replaced_cold {
+                batch.put_cf(cold, superseded_key_of(&key, seq)?, log_index.to_be_bytes());
+            }
             batch.put_cf(cf, &key, row.encode());
             self.overlay.insert(key, row);
         }
@@ -157,13 +184,13 @@ impl<'a> RowApplier<'a> {
         scope: &str,
         rows: &[RowWrite],
         log_index: u64,
-        ordinal: &mut u64,
+        first_ordinal: u64,
     ) -> Result<OpResult> {
-        let mut staged: Vec<(Vec<u8>, StoredRow)> = Vec::with_capacity(rows.len());
+        let mut staged: Vec<(Vec<u8>, StoredRow, Option<u64>)> = Vec::with_capacity(rows.len());
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
             let key = row_key(self.group, table_id, scope, &r.pk);
-            let live = self.current(&key)?.is_some_and(|row| !row.deleted);
+            let live = self.newest(&key)?.is_some_and(|(row, _)| !row.deleted);
             if live || !seen.insert(key.clone()) {
                 return Ok(failed(
                     ApplyErrorCode::ConstraintViolation,
@@ -174,12 +201,11 @@ impl<'a> RowApplier<'a> {
                     ),
                 ));
             }
-            let seq = make_seq(log_index, *ordinal + i as u64);
-            staged.push((key, StoredRow { seq, deleted: false, values: r.values.clone() }));
+            let seq = make_seq(log_index, first_ordinal + i as u64);
+            staged.push((key, StoredRow { seq, deleted: false, values: r.values.clone() }, None));
         }
-        *ordinal += rows.len() as u64;
         let affected = staged.len() as u64;
-        self.commit(batch, staged)?;
+        self.commit(batch, staged, log_index)?;
         Ok(OpResult::Done { affected })
     }
 
@@ -192,29 +218,29 @@ impl<'a> RowApplier<'a> {
         rows: &[RowWrite],
         delete: bool,
         log_index: u64,
-        ordinal: &mut u64,
+        first_ordinal: u64,
     ) -> Result<OpResult> {
-        let mut staged: Vec<(Vec<u8>, StoredRow)> = Vec::with_capacity(rows.len());
+        let mut staged: Vec<(Vec<u8>, StoredRow, Option<u64>)> = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
             let key = row_key(self.group, table_id, scope, &r.pk);
-            let current = self.current(&key)?;
+            let current = self.newest(&key)?;
             let at_expected = match (&current, r.expected_seq) {
-                (Some(row), Some(expected)) => !row.deleted && row.seq == expected,
+                (Some((row, _)), Some(expected)) => !row.deleted && row.seq == expected,
                 _ => false,
             };
+            let replaced_cold = current.as_ref().filter(|(_, cold)| *cold).map(|(row, _)| row.seq);
             if !at_expected {
                 return Ok(failed(
                     ApplyErrorCode::Conflict,
                     format!("row {} changed since it was read", pk_display(&r.pk)),
                 ));
             }
-            let seq = make_seq(log_index, *ordinal + i as u64);
+            let seq = make_seq(log_index, first_ordinal + i as u64);
             let values = if delete { Vec::new() } else { r.values.clone() };
-            staged.push((key, StoredRow { seq, deleted: delete, values }));
+            staged.push((key, StoredRow { seq, deleted: delete, values }, replaced_cold));
         }
-        *ordinal += rows.len() as u64;
         let affected = staged.len() as u64;
-        self.commit(batch, staged)?;
+        self.commit(batch, staged, log_index)?;
         Ok(OpResult::Done { affected })
     }
 

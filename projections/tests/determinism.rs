@@ -3,12 +3,16 @@
 
 use std::collections::BTreeMap;
 
+use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::types::{Entry, NodeAddr};
 use kalamdb_log::{
     ColumnDef, DataType, DefaultExpr, EncodedCommand, GroupId, LogCommand, LogDb, MetaGroup, Op, OpResult, RowWrite,
     TableDef, TableType, Value,
 };
-use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, digest_group};
+use std::path::Path;
+use std::sync::Arc;
+
+use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader, StorageEnv, digest_group};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
 
@@ -17,6 +21,10 @@ fn entry(index: u64, ops: Vec<Op>) -> Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(EncodedCommand::encode(&LogCommand { ops }).unwrap()),
     }
+}
+
+fn env(dir: &Path) -> Arc<StorageEnv> {
+    StorageEnv::new(dir.join("snap"), dir.join("storage"))
 }
 
 fn table_def() -> TableDef {
@@ -97,8 +105,8 @@ async fn apply_all(dir: &std::path::Path) -> (String, String, Vec<Vec<OpResult>>
     let catalog = Catalog::new();
     let cat_group = GroupId::Meta(MetaGroup::Catalog);
     let data_group = GroupId::SharedShard(0);
-    let mut cat_sm = Projection::open(db.clone(), cat_group, catalog.clone(), &dir.join("snap")).unwrap();
-    let mut data_sm = Projection::open(db.clone(), data_group, catalog, &dir.join("snap")).unwrap();
+    let mut cat_sm = Projection::open(db.clone(), cat_group, catalog.clone(), env(dir)).unwrap();
+    let mut data_sm = Projection::open(db.clone(), data_group, catalog, env(dir)).unwrap();
     let (cat_log, data_log) = logs();
     let mut results: Vec<Vec<OpResult>> = cat_sm.apply(cat_log).await.unwrap().into_iter().map(|r| r.results).collect();
     // Apply the data log in uneven chunks: chunking must not change the outcome.
@@ -134,8 +142,7 @@ async fn same_log_same_bytes() {
     let snap = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let c = tempfile::tempdir().unwrap();
     let db = LogDb::open(&c.path().join("rocksdb"), &PROJECTION_CFS).unwrap();
-    let mut sm_c =
-        Projection::open(db.clone(), GroupId::SharedShard(0), Catalog::new(), &c.path().join("snap")).unwrap();
+    let mut sm_c = Projection::open(db.clone(), GroupId::SharedShard(0), Catalog::new(), env(c.path())).unwrap();
     sm_c.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
     assert_eq!(digest_group(db.db(), GroupId::SharedShard(0)).unwrap(), da);
     let (applied, _) = sm_c.applied_state().await.unwrap();
@@ -143,4 +150,123 @@ async fn same_log_same_bytes() {
     // And it survives reopening (the snapshot file is the current snapshot).
     let current = sm_c.get_current_snapshot().await.unwrap().expect("snapshot file");
     assert_eq!(current.meta.last_log_id, snap.meta.last_log_id);
+}
+
+fn seq(index: u64, ordinal: u64) -> u64 {
+    (index << 20) | ordinal
+}
+
+/// Inserts, a flush, an update, a delete and a refused insert of flushed rows, a second
+/// flush, a compaction, and an insert reusing a deleted key.
+fn cold_log() -> Vec<Entry> {
+    let mut def = table_def();
+    def.table_id = 1;
+    let shared = String::new();
+    vec![
+        entry(
+            2,
+            vec![Op::Insert { table_id: 1, scope: shared.clone(), rows: (0..10).map(|k| row(k, "v", None)).collect() }],
+        ),
+        entry(3, vec![Op::Flush { table: def.clone(), scope: None }]),
+        entry(
+            4,
+            vec![
+                Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(0, "new", Some(seq(2, 0)))] },
+                Op::Delete { table_id: 1, scope: shared.clone(), rows: vec![row(1, "", Some(seq(2, 1)))] },
+                Op::Insert { table_id: 1, scope: shared.clone(), rows: vec![row(3, "dup", None)] },
+                Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(2, "stale", Some(seq(1, 0)))] },
+            ],
+        ),
+        entry(5, vec![Op::Flush { table: def.clone(), scope: None }]),
+        entry(
+            6,
+            vec![Op::Insert {
+                table_id: 1,
+                scope: shared.clone(),
+                rows: (10..15).map(|k| row(k, "w", None)).collect(),
+            }],
+        ),
+        entry(7, vec![Op::Compact { table: def.clone(), scope: None }]),
+        entry(8, vec![Op::Insert { table_id: 1, scope: shared, rows: vec![row(1, "again", None)] }]),
+    ]
+}
+
+async fn apply_cold(dir: &Path) -> (String, Vec<Vec<OpResult>>, Projection, Arc<LogDb>) {
+    let db = LogDb::open(&dir.join("rocksdb"), &PROJECTION_CFS).unwrap();
+    let mut sm = Projection::open(db.clone(), GroupId::SharedShard(0), Catalog::new(), env(dir)).unwrap();
+    let mut results = Vec::new();
+    // One entry per apply call, then all at once on the other replica (see the caller).
+    for e in cold_log() {
+        results.extend(sm.apply(vec![e]).await.unwrap().into_iter().map(|r| r.results));
+    }
+    (digest_group(db.db(), GroupId::SharedShard(0)).unwrap(), results, sm, db)
+}
+
+#[tokio::test]
+async fn flush_and_compaction_are_deterministic_and_exact() {
+    let a = tempfile::tempdir().unwrap();
+    let (digest_a, results, mut sm_a, db_a) = apply_cold(a.path()).await;
+    // Replica B applies the whole log in one call: storage jobs commit on their own anyway.
+    let b = tempfile::tempdir().unwrap();
+    let db_b = LogDb::open(&b.path().join("rocksdb"), &PROJECTION_CFS).unwrap();
+    let mut sm_b = Projection::open(db_b.clone(), GroupId::SharedShard(0), Catalog::new(), env(b.path())).unwrap();
+    let results_b: Vec<Vec<OpResult>> = sm_b.apply(cold_log()).await.unwrap().into_iter().map(|r| r.results).collect();
+    assert_eq!(results, results_b);
+    assert_eq!(
+        digest_group(db_b.db(), GroupId::SharedShard(0)).unwrap(),
+        digest_a,
+        "replicas differ (manifest holds file checksums)"
+    );
+
+    assert_eq!(results[1], vec![OpResult::Done { affected: 10 }], "first flush writes 10 rows");
+    let mixed = &results[2];
+    assert_eq!(mixed[0], OpResult::Done { affected: 1 }, "update of a flushed row");
+    assert_eq!(mixed[1], OpResult::Done { affected: 1 }, "delete of a flushed row");
+    assert!(
+        matches!(mixed[2], OpResult::Failed { code: ApplyErrorCode::ConstraintViolation, .. }),
+        "flushed key is live"
+    );
+    assert!(matches!(mixed[3], OpResult::Failed { code: ApplyErrorCode::Conflict, .. }), "stale _seq of a flushed row");
+    assert_eq!(results[3], vec![OpResult::Done { affected: 1 }], "second flush: the update (the tombstone is dropped)");
+    assert_eq!(results[5], vec![OpResult::Done { affected: 9 }], "compaction keeps 0 (new), 2..9");
+    assert_eq!(results[6], vec![OpResult::Done { affected: 1 }], "a deleted flushed key can be inserted again");
+
+    // What a query sees: hot 1 and 10..14, one live file with 0 and 2..9, nothing superseded.
+    let reader = RowReader::new(db_a.clone(), a.path().join("storage"));
+    let view = reader.table_view(GroupId::SharedShard(0), 1, "").unwrap();
+    let hot: Vec<i64> = view
+        .hot
+        .iter()
+        .map(|r| match r.values[0] {
+            Value::BigInt(k) => k,
+            _ => -1,
+        })
+        .collect();
+    assert_eq!(hot, vec![1, 10, 11, 12, 13, 14]);
+    assert!(view.superseded.is_empty());
+    assert_eq!(view.files.len(), 1);
+    let batches = kalamdb_projections::cold::read_parquet(&view.files[0].0).unwrap();
+    let mut cold: Vec<(i64, String)> = Vec::new();
+    for b in &batches {
+        let ids = b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        let vs = b.column(1).as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            cold.push((ids.value(i), vs.value(i).to_string()));
+        }
+    }
+    let mut expected = vec![(0, "new".to_string())];
+    expected.extend((2..10).map(|k| (k, "v".to_string())));
+    assert_eq!(cold, expected);
+
+    // A snapshot carries the files: a node with its own storage directory gets the same ones.
+    let snap = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let db_c = LogDb::open(&c.path().join("rocksdb"), &PROJECTION_CFS).unwrap();
+    let mut sm_c = Projection::open(db_c.clone(), GroupId::SharedShard(0), Catalog::new(), env(c.path())).unwrap();
+    sm_c.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    assert_eq!(digest_group(db_c.db(), GroupId::SharedShard(0)).unwrap(), digest_a);
+    let reader_c = RowReader::new(db_c.clone(), c.path().join("storage"));
+    let view_c = reader_c.table_view(GroupId::SharedShard(0), 1, "").unwrap();
+    assert_eq!(view_c.files.len(), 1);
+    assert_eq!(std::fs::read(&view_c.files[0].0).unwrap(), std::fs::read(&view.files[0].0).unwrap());
 }

@@ -2,7 +2,7 @@
 
 use kalamdb_log::types::{StorageError, TypeConfig};
 use kalamdb_log::{GroupId, LogDb, LogStore};
-use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection};
+use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, StorageEnv};
 use openraft::testing::{StoreBuilder, Suite};
 
 struct Builder;
@@ -13,7 +13,13 @@ impl StoreBuilder<TypeConfig, LogStore, Projection, tempfile::TempDir> for Build
         let db = LogDb::open(&dir.path().join("rocksdb"), &PROJECTION_CFS).expect("open db");
         let group = GroupId::SharedShard(0);
         let log = LogStore::new(db.clone(), group).expect("log store");
-        let sm = Projection::open(db, group, Catalog::new(), &dir.path().join("snapshots")).expect("projection");
+        let sm = Projection::open(
+            db,
+            group,
+            Catalog::new(),
+            StorageEnv::new(dir.path().join("snapshots"), dir.path().join("storage")),
+        )
+        .expect("projection");
         Ok((dir, log, sm))
     }
 }

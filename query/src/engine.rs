@@ -23,13 +23,17 @@ use kalamdb_log::{
     ColumnDef, DataType, DefaultExpr, GroupId, GroupLayout, MetaGroup, Op, OpResult, RowWrite, TableDef, TableType,
     Value,
 };
+use kalamdb_projections::rows::Lookup;
 use kalamdb_projections::{Catalog, RowReader};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::parse::{ParsedCreateTable, Statement, TableName, first_keyword, parse_statement, split_statements};
+use crate::parse::{
+    ParsedCreateTable, Statement, StorageTarget, TableName, first_keyword, parse_statement, split_statements,
+};
 use crate::provider::{
-    ClusterView, DELETED_COLUMN, KalamCatalog, ReadBarrier, SEQ_COLUMN, SYSTEM_NAMESPACE, ScanScope, table_location,
+    ClusterView, DELETED_COLUMN, JobSource, KalamCatalog, ReadBarrier, SEQ_COLUMN, SYSTEM_NAMESPACE, ScanScope,
+    table_location,
 };
 use crate::values::{Literal, api_type_name, cell_to_json, cell_to_value, coerce, value_to_json};
 
@@ -87,6 +91,14 @@ impl QueryResult {
     }
 }
 
+/// A storage statement's op kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageJob {
+    Flush,
+    Compact,
+    Rebuild,
+}
+
 /// The node side of a write: put an op in the given group's log and return its apply result.
 #[async_trait]
 pub trait Proposer: Send + Sync {
@@ -140,6 +152,7 @@ pub struct Engine {
     ids: SnowflakeGen,
     template: SessionState,
     cluster: Option<Arc<dyn ClusterView>>,
+    jobs: Option<Arc<dyn JobSource>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -160,6 +173,7 @@ fn apply_failure(code: ApplyErrorCode, message: String) -> Error {
         ApplyErrorCode::TableNotFound => Error::TableNotFound(message),
         ApplyErrorCode::ConstraintViolation => Error::ConstraintViolation(message),
         ApplyErrorCode::Conflict => Error::Conflict(message),
+        ApplyErrorCode::HistoryUnavailable => Error::HistoryUnavailable(message),
     }
 }
 
@@ -346,7 +360,40 @@ impl Engine {
             .with_information_schema(false)
             .with_target_partitions(2);
         let template = SessionStateBuilder::new().with_config(config).with_default_features().build();
-        Engine { catalog, rows, layout, ids: SnowflakeGen::new(node_id), template, cluster: None }
+        Engine { catalog, rows, layout, ids: SnowflakeGen::new(node_id), template, cluster: None, jobs: None }
+    }
+
+    /// Serve `system.jobs` from `jobs` (the node's storage job log).
+    pub fn with_jobs(mut self, jobs: Arc<dyn JobSource>) -> Engine {
+        self.jobs = Some(jobs);
+        self
+    }
+
+    /// Flush, compact or rebuild one table in every group that may hold its rows; returns the
+    /// rows written. Each group's op is one log entry.
+    pub async fn storage_job(&self, def: &TableDef, job: StorageJob, proposer: &dyn Proposer) -> Result<u64> {
+        let groups: Vec<GroupId> = match def.table_type {
+            TableType::Shared => vec![self.layout.shared_shard(def.table_id)],
+            TableType::User | TableType::Stream => {
+                self.layout.all().into_iter().filter(|g| matches!(g, GroupId::UserShard(_))).collect()
+            }
+        };
+        let op = || {
+            let table = def.clone();
+            match job {
+                StorageJob::Flush => Op::Flush { table, scope: None },
+                StorageJob::Compact => Op::Compact { table, scope: None },
+                StorageJob::Rebuild => Op::Rebuild { table },
+            }
+        };
+        let futures = groups.iter().map(|g| self.propose_ok(proposer, *g, op()));
+        let mut rows = 0;
+        for r in futures::future::join_all(futures).await {
+            if let OpResult::Done { affected } = r? {
+                rows += affected;
+            }
+        }
+        Ok(rows)
     }
 
     /// Serve `system.cluster` and `system.cluster_groups` from `view`.
@@ -395,6 +442,21 @@ impl Engine {
         // writes too (a write resolved against a stale catalog could target a dropped table).
         // Table scans add their own group's barrier.
         self.barrier(ctx, catalog_group()).await?;
+        if let Some((rewritten, positions)) = crate::parse::extract_as_of(sql)? {
+            if keyword != "SELECT" {
+                return Err(Error::InvalidSql("AS OF is only allowed in SELECT".into()));
+            }
+            let as_of =
+                positions.into_iter().map(|(t, at)| (self.namespace_of(&t, ctx), t.name, at)).collect::<Vec<_>>();
+            let dialect = GenericDialect {};
+            let mut stmts = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, &rewritten)
+                .map_err(|e| Error::InvalidSql(e.to_string()))?;
+            if stmts.len() != 1 {
+                return Err(Error::InvalidSql("expected one statement".into()));
+            }
+            let batches = self.run_query_as_of(stmts.remove(0), ctx, Arc::new(as_of)).await?;
+            return Ok(batches_to_result(&batches));
+        }
         if keyword == "SELECT"
             && let Some(ps) = point_select(sql, &ctx.params)
             && let Some(result) = self.try_point_select(&ps, ctx).await?
@@ -494,6 +556,46 @@ impl Engine {
                 ];
                 Ok(QueryResult::rows(cols, rows))
             }
+            Statement::Storage { compact, target } => {
+                let tables: Vec<Arc<TableDef>> = match target {
+                    StorageTarget::Table(t) => vec![self.resolve_table(&t, ctx)?],
+                    StorageTarget::All { namespace } => {
+                        let st = self.catalog.read();
+                        if let Some(ns) = &namespace
+                            && !st.namespaces.contains_key(ns)
+                        {
+                            return Err(Error::NamespaceNotFound(format!("Namespace '{ns}' does not exist")));
+                        }
+                        st.tables
+                            .values()
+                            .filter(|t| namespace.as_ref().is_none_or(|ns| &t.namespace == ns))
+                            .cloned()
+                            .collect()
+                    }
+                };
+                let job = if compact { StorageJob::Compact } else { StorageJob::Flush };
+                let mut rows = 0;
+                for def in &tables {
+                    rows += self.storage_job(def, job, proposer).await?;
+                }
+                let (verb, what) = if compact { ("Compacted", "kept") } else { ("Flushed", "written") };
+                let names: Vec<String> = tables.iter().map(|t| format!("{}.{}", t.namespace, t.name)).collect();
+                Ok(QueryResult::message(
+                    tables.len(),
+                    format!("{verb} {} table(s) [{}]: {rows} row(s) {what} to Parquet", tables.len(), names.join(", ")),
+                ))
+            }
+            Statement::Rebuild { table } => {
+                let def = self.resolve_table(&table, ctx)?;
+                let rows = self.storage_job(&def, StorageJob::Rebuild, proposer).await?;
+                Ok(QueryResult::message(
+                    1,
+                    format!(
+                        "Rebuilt projection of {}.{}: {rows} hot row version(s) re-derived from the log",
+                        def.namespace, def.name
+                    ),
+                ))
+            }
             Statement::Sql(stmt) => self.execute_sql(*stmt, ctx, proposer).await,
         }
     }
@@ -559,6 +661,9 @@ impl Engine {
                 }
                 table_type = Some(t);
             } else {
+                if k == "FLUSH_POLICY" {
+                    crate::parse::FlushPolicy::parse(&v)?;
+                }
                 options.push((k, v));
             }
         }
@@ -657,7 +762,12 @@ impl Engine {
         let Ok(key) = coerce(&ps.key, def.columns[pk].data_type) else { return Ok(None) };
         let (group, scope) = table_location(&def, &self.layout, &ctx.user_id);
         self.barrier(ctx, group).await?;
-        let row = self.rows.get(group, def.table_id, &scope, &key)?;
+        let row = match self.rows.lookup(group, def.table_id, &scope, &key)? {
+            Lookup::Hot(row) => Some(row),
+            // The newest version is in a Parquet file: the general path reads it.
+            Lookup::Cold(_) => return Ok(None),
+            Lookup::Absent => None,
+        };
         let mut rows = Vec::new();
         if let Some(row) = row.filter(|r| !r.deleted) {
             let cells = out
@@ -673,7 +783,7 @@ impl Engine {
         Ok(Some(QueryResult::rows(out.into_iter().map(|(n, t, _)| (n, t)).collect(), rows)))
     }
 
-    fn session(&self, ctx: &ExecContext) -> SessionContext {
+    fn session(&self, ctx: &ExecContext, as_of: Arc<Vec<(String, String, u64)>>) -> SessionContext {
         let ns = ctx.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
         let config = SessionConfig::new()
             .with_create_default_catalog_and_schema(false)
@@ -693,6 +803,8 @@ impl Engine {
             user_id: ctx.user_id.clone(),
             barrier: ctx.barrier.clone(),
             cluster: self.cluster.clone(),
+            jobs: self.jobs.clone(),
+            as_of,
         };
         session.register_catalog(CATALOG_NAME, Arc::new(KalamCatalog { scope }));
         session
@@ -716,7 +828,17 @@ impl Engine {
 
     /// Run a query through DataFusion and collect its batches.
     async fn run_query(&self, stmt: ast::Statement, ctx: &ExecContext) -> Result<Vec<RecordBatch>> {
-        let session = self.session(ctx);
+        self.run_query_as_of(stmt, ctx, Arc::new(Vec::new())).await
+    }
+
+    /// Run a query with some tables read as of a past log position (time travel).
+    async fn run_query_as_of(
+        &self,
+        stmt: ast::Statement,
+        ctx: &ExecContext,
+        as_of: Arc<Vec<(String, String, u64)>>,
+    ) -> Result<Vec<RecordBatch>> {
+        let session = self.session(ctx, as_of);
         let mut plan = match session.state().statement_to_plan(DfStatement::Statement(Box::new(stmt))).await {
             Ok(p) => p,
             Err(e) => return Err(self.refine_not_found(e.into())),
@@ -1053,6 +1175,7 @@ fn prefix_error(e: Error, n: usize) -> Error {
         Error::Conflict(m) => Error::Conflict(p(m)),
         Error::Unavailable(m) => Error::Unavailable(p(m)),
         Error::NotLeader(m) => Error::NotLeader(p(m)),
+        Error::HistoryUnavailable(m) => Error::HistoryUnavailable(p(m)),
         Error::Internal(m) => Error::Internal(p(m)),
     }
 }

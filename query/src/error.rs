@@ -25,6 +25,9 @@ pub enum Error {
     /// The group's leader could not be reached in time (leader change, partition).
     #[error("{0}")]
     NotLeader(String),
+    /// A past position (AS OF, REBUILD) that files and the retained log no longer cover.
+    #[error("{0}")]
+    HistoryUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -43,6 +46,7 @@ impl Error {
             Error::Conflict(_) => "WRITE_CONFLICT",
             Error::Unavailable(_) => "CLUSTER_UNAVAILABLE",
             Error::NotLeader(_) => "NOT_LEADER",
+            Error::HistoryUnavailable(_) => "HISTORY_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -83,7 +87,10 @@ impl From<datafusion::error::DataFusionError> for Error {
 
 impl From<kalamdb_projections::Error> for Error {
     fn from(e: kalamdb_projections::Error) -> Error {
-        Error::Internal(e.to_string())
+        match e {
+            kalamdb_projections::Error::History(m) => Error::HistoryUnavailable(m),
+            other => Error::Internal(other.to_string()),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod parse;
 pub mod provider;
 pub mod values;
 
-pub use engine::{Engine, ExecContext, Proposer, QueryResult};
+pub use engine::{Engine, ExecContext, Proposer, QueryResult, StorageJob};
 pub use error::Error;
+pub use parse::FlushPolicy;
 pub use provider::{ClusterGroup, ClusterNode, ClusterView, ReadBarrier};

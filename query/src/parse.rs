@@ -65,8 +65,64 @@ pub enum Statement {
     DescribeTable {
         table: TableName,
     },
+    /// `FLUSH TABLE t`, `FLUSH ALL TABLES [IN ns]`, `STORAGE FLUSH TABLE t`, `STORAGE FLUSH ALL
+    /// [IN ns]`; with `compact`, `STORAGE COMPACT TABLE t` / `STORAGE COMPACT ALL [IN ns]`.
+    Storage {
+        compact: bool,
+        target: StorageTarget,
+    },
+    /// `REBUILD PROJECTION t`: re-derive the table's projection from its files and the log.
+    Rebuild {
+        table: TableName,
+    },
     /// Standard SQL handled through sqlparser's AST.
     Sql(Box<datafusion::sql::sqlparser::ast::Statement>),
+}
+
+/// When a table is flushed automatically: after `rows` writes, after `interval_secs` seconds
+/// with unflushed writes, whichever comes first. Written `rows:N`, `interval:S` or
+/// `rows:N,interval:S` (the `FLUSH_POLICY` table option and the `storage.flush_policy` default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlushPolicy {
+    pub rows: Option<u64>,
+    pub interval_secs: Option<u64>,
+}
+
+impl FlushPolicy {
+    pub fn parse(text: &str) -> Result<FlushPolicy> {
+        let bad = |why: &str| {
+            Error::InvalidSql(format!(
+                "FLUSH_POLICY '{text}': {why}; expected 'rows:N', 'interval:S' or 'rows:N,interval:S'"
+            ))
+        };
+        let mut policy = FlushPolicy::default();
+        for part in text.split(',') {
+            let (key, value) = part.trim().split_once(':').ok_or_else(|| bad("missing ':'"))?;
+            let n: u64 = value.trim().parse().map_err(|_| bad("not a whole number"))?;
+            if n == 0 {
+                return Err(bad("must be at least 1"));
+            }
+            let slot = match key.trim().to_ascii_lowercase().as_str() {
+                "rows" => &mut policy.rows,
+                "interval" => &mut policy.interval_secs,
+                _ => return Err(bad("unknown key")),
+            };
+            if slot.replace(n).is_some() {
+                return Err(bad("key given twice"));
+            }
+        }
+        Ok(policy)
+    }
+}
+
+/// What a FLUSH or COMPACT statement covers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageTarget {
+    Table(TableName),
+    /// Every table, or every table of one namespace.
+    All {
+        namespace: Option<String>,
+    },
 }
 
 /// Split SQL text into statements at `;`, respecting quotes and comments. Empty statements
@@ -261,7 +317,10 @@ pub fn first_keyword(sql: &str) -> String {
 
 /// Parse one statement (no `;`).
 pub fn parse_statement(sql: &str) -> Result<Statement> {
-    if !matches!(first_keyword(sql).as_str(), "CREATE" | "DROP" | "SHOW" | "DESCRIBE" | "DESC") {
+    if !matches!(
+        first_keyword(sql).as_str(),
+        "CREATE" | "DROP" | "SHOW" | "DESCRIBE" | "DESC" | "FLUSH" | "STORAGE" | "REBUILD"
+    ) {
         return parse_standard(sql);
     }
     let mut c = Cursor::new(sql)?;
@@ -314,6 +373,15 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
             c.expect_end()?;
             return Ok(Statement::ShowTables { namespace });
         }
+    } else if c.peek_kw("FLUSH") || c.peek_kw("STORAGE") {
+        return parse_storage(&mut c);
+    } else if c.eat_kw("REBUILD") {
+        if !c.eat_kw("PROJECTION") {
+            return Err(c.unexpected("PROJECTION"));
+        }
+        let table = c.table_name()?;
+        c.expect_end()?;
+        return Ok(Statement::Rebuild { table });
     } else if c.eat_kw("DESCRIBE") || c.eat_kw("DESC") {
         let _ = c.eat_kw("TABLE");
         let table = c.table_name()?;
@@ -321,6 +389,82 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         return Ok(Statement::DescribeTable { table });
     }
     parse_standard(sql)
+}
+
+/// Time travel: `FROM t AS OF <log index>` in a SELECT. Returns the statement without the
+/// `AS OF` clauses and, per table named before one, its position; `None` when there is none.
+pub fn extract_as_of(sql: &str) -> Result<Option<(String, Vec<(TableName, u64)>)>> {
+    if !sql.to_ascii_uppercase().contains("OF") {
+        return Ok(None);
+    }
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql).tokenize().map_err(|e| Error::InvalidSql(e.to_string()))?;
+    let significant: Vec<usize> =
+        tokens.iter().enumerate().filter(|(_, t)| !matches!(t, Token::Whitespace(_))).map(|(i, _)| i).collect();
+    let is_kw = |i: usize, kw: &str| matches!(&tokens[i], Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw));
+    let word = |i: usize| match &tokens[i] {
+        Token::Word(w) => Some(if w.quote_style.is_some() { w.value.clone() } else { w.value.to_lowercase() }),
+        _ => None,
+    };
+    let mut drop = vec![false; tokens.len()];
+    let mut found = Vec::new();
+    for (n, &i) in significant.iter().enumerate() {
+        if !(is_kw(i, "AS") && significant.get(n + 1).is_some_and(|&j| is_kw(j, "OF"))) {
+            continue;
+        }
+        let Some(&num) = significant.get(n + 2) else {
+            return Err(Error::InvalidSql("AS OF needs a log index".into()));
+        };
+        let Token::Number(text, _) = &tokens[num] else {
+            return Err(Error::InvalidSql(format!(
+                "AS OF takes a log index (a whole number), found '{}'",
+                tokens[num]
+            )));
+        };
+        let at: u64 = text.parse().map_err(|_| Error::InvalidSql(format!("AS OF {text}: not a log index")))?;
+        let name = n
+            .checked_sub(1)
+            .and_then(|p| word(significant[p]))
+            .ok_or_else(|| Error::InvalidSql("AS OF must follow a table name".into()))?;
+        let namespace = match (n.checked_sub(2), n.checked_sub(3)) {
+            (Some(dot), Some(ns)) if tokens[significant[dot]] == Token::Period => word(significant[ns]),
+            _ => None,
+        };
+        found.push((TableName { namespace, name }, at));
+        for k in i..=num {
+            drop[k] = true;
+        }
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let text: String = tokens.iter().zip(&drop).filter(|(_, d)| !**d).map(|(t, _)| t.to_string()).collect();
+    Ok(Some((text, found)))
+}
+
+fn parse_storage(c: &mut Cursor) -> Result<Statement> {
+    let storage = c.eat_kw("STORAGE");
+    let compact = if c.eat_kw("FLUSH") {
+        false
+    } else if storage && c.eat_kw("COMPACT") {
+        true
+    } else {
+        return Err(c.unexpected(if storage { "FLUSH or COMPACT" } else { "FLUSH" }));
+    };
+    let target = if c.eat_kw("TABLE") {
+        StorageTarget::Table(c.table_name()?)
+    } else if c.eat_kw("ALL") {
+        // `FLUSH ALL TABLES`; KalamDB's `STORAGE FLUSH ALL` has no TABLES.
+        if !c.eat_kw("TABLES") && !storage {
+            return Err(c.unexpected("TABLES"));
+        }
+        let namespace = if c.eat_kw("IN") || c.eat_kw("FROM") { Some(c.ident()?) } else { None };
+        StorageTarget::All { namespace }
+    } else {
+        return Err(c.unexpected("TABLE or ALL"));
+    };
+    c.expect_end()?;
+    Ok(Statement::Storage { compact, target })
 }
 
 /// Standard SQL through sqlparser's full parser.
@@ -484,6 +628,57 @@ fn parse_create_table(c: &mut Cursor, table_type: Option<TableType>) -> Result<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extracts_as_of() {
+        let (sql, found) = extract_as_of("SELECT * FROM app.t AS OF 42 WHERE id > 1").unwrap().unwrap();
+        assert_eq!(sql, "SELECT * FROM app.t  WHERE id > 1");
+        assert_eq!(found, vec![(TableName { namespace: Some("app".into()), name: "t".into() }, 42)]);
+        let (_, found) = extract_as_of("select count(*) from T as of 7").unwrap().unwrap();
+        assert_eq!(found, vec![(TableName { namespace: None, name: "t".into() }, 7)]);
+        assert!(extract_as_of("SELECT 'as of 3' FROM t").unwrap().is_none(), "inside a string it is text");
+        assert!(extract_as_of("SELECT * FROM t AS OF x").is_err());
+        assert!(extract_as_of("SELECT * FROM t AS OF -1").is_err());
+        assert!(matches!(parse_statement("REBUILD PROJECTION a.b").unwrap(), Statement::Rebuild { .. }));
+        assert!(parse_statement("REBUILD a.b").is_err());
+    }
+
+    #[test]
+    fn parses_flush_policies() {
+        assert_eq!(FlushPolicy::parse("rows:10").unwrap(), FlushPolicy { rows: Some(10), interval_secs: None });
+        assert_eq!(
+            FlushPolicy::parse("rows:5, interval:60").unwrap(),
+            FlushPolicy { rows: Some(5), interval_secs: Some(60) }
+        );
+        for bad in ["", "rows", "rows:x", "rows:0", "bytes:5", "rows:1,rows:2"] {
+            assert!(FlushPolicy::parse(bad).is_err(), "{bad} must fail");
+        }
+    }
+
+    #[test]
+    fn parses_storage_statements() {
+        let t = |ns: &str, n: &str| TableName { namespace: Some(ns.into()), name: n.into() };
+        let cases = [
+            ("FLUSH TABLE a.b", false, StorageTarget::Table(t("a", "b"))),
+            ("STORAGE FLUSH TABLE a.b", false, StorageTarget::Table(t("a", "b"))),
+            ("flush all tables", false, StorageTarget::All { namespace: None }),
+            ("FLUSH ALL TABLES IN ns", false, StorageTarget::All { namespace: Some("ns".into()) }),
+            ("STORAGE FLUSH ALL", false, StorageTarget::All { namespace: None }),
+            ("STORAGE COMPACT TABLE a.b", true, StorageTarget::Table(t("a", "b"))),
+            ("STORAGE COMPACT ALL IN ns", true, StorageTarget::All { namespace: Some("ns".into()) }),
+        ];
+        for (sql, compact, target) in cases {
+            match parse_statement(sql).unwrap() {
+                Statement::Storage { compact: c, target: got } => {
+                    assert_eq!((c, got), (compact, target), "{sql}");
+                }
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
+        for bad in ["FLUSH ALL", "FLUSH TABLE", "STORAGE PURGE TABLE a.b", "FLUSH TABLE a.b extra", "COMPACT TABLE a"] {
+            assert!(parse_statement(bad).is_err(), "{bad} must fail");
+        }
+    }
 
     #[test]
     fn splits_respecting_quotes_and_comments() {

@@ -8,18 +8,27 @@ use datafusion::arrow::array::{ArrayRef, BooleanBuilder, Int64Builder, RecordBat
 use datafusion::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef};
 use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
+use datafusion::common::DFSchema;
 use datafusion::datasource::TableType as DfTableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::Expr;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{col, in_list, lit};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::union::UnionExec;
 use kalamdb_log::{GroupId, GroupLayout, TableDef, TableType};
-use kalamdb_projections::{Catalog, RowReader, StoredRow};
-
-use crate::values::{arrow_field, build_array};
+use kalamdb_projections::columnar::rows_to_batch;
+pub use kalamdb_projections::columnar::{DELETED_COLUMN, SEQ_COLUMN, table_schema};
+use kalamdb_projections::{Catalog, JobLog, RowReader, StoredRow, TableView};
 
 pub const SYSTEM_NAMESPACE: &str = "system";
-pub const SEQ_COLUMN: &str = "_seq";
-pub const DELETED_COLUMN: &str = "_deleted";
 /// Rows per Arrow batch produced by a table scan.
 pub const SCAN_BATCH_ROWS_MAX: usize = 8192;
 
@@ -31,42 +40,15 @@ pub fn table_location(def: &TableDef, layout: &GroupLayout, user_id: &str) -> (G
     }
 }
 
-/// The schema DataFusion sees for a table: its columns, then `_seq` and `_deleted`.
-pub fn table_schema(def: &TableDef) -> SchemaRef {
-    let mut fields: Vec<Field> =
-        def.columns.iter().map(|c| arrow_field(&c.name, c.data_type, c.nullable && !c.primary_key)).collect();
-    fields.push(Field::new(SEQ_COLUMN, ArrowType::Int64, false));
-    fields.push(Field::new(DELETED_COLUMN, ArrowType::Boolean, false));
-    Arc::new(Schema::new(fields))
-}
-
 /// Turn stored rows into Arrow batches of the table schema.
 pub fn rows_to_batches(
     def: &TableDef,
     schema: &SchemaRef,
     rows: &[StoredRow],
 ) -> Result<Vec<RecordBatch>, DataFusionError> {
-    let mut batches = Vec::new();
-    for chunk in rows.chunks(SCAN_BATCH_ROWS_MAX) {
-        let mut cols: Vec<ArrayRef> = Vec::with_capacity(def.columns.len() + 2);
-        for (i, c) in def.columns.iter().enumerate() {
-            cols.push(build_array(
-                c.data_type,
-                chunk.iter().map(|r| r.values.get(i).unwrap_or(&kalamdb_log::Value::Null)),
-                chunk.len(),
-            ));
-        }
-        let mut seq = Int64Builder::with_capacity(chunk.len());
-        let mut del = BooleanBuilder::with_capacity(chunk.len());
-        for r in chunk {
-            seq.append_value(r.seq as i64);
-            del.append_value(r.deleted);
-        }
-        cols.push(Arc::new(seq.finish()));
-        cols.push(Arc::new(del.finish()));
-        batches.push(RecordBatch::try_new(schema.clone(), cols)?);
-    }
-    Ok(batches)
+    rows.chunks(SCAN_BATCH_ROWS_MAX)
+        .map(|chunk| rows_to_batch(def, schema, chunk).map_err(|e| DataFusionError::External(Box::new(e))))
+        .collect()
 }
 
 /// A user table as DataFusion sees it, bound to one caller's scope.
@@ -78,6 +60,8 @@ pub struct KalamTable {
     group: GroupId,
     scope: String,
     barrier: Option<Arc<dyn ReadBarrier>>,
+    /// Read the table as it was right after this log index of its group (time travel).
+    pub as_of: Option<u64>,
 }
 
 impl KalamTable {
@@ -90,7 +74,7 @@ impl KalamTable {
     ) -> KalamTable {
         let (group, scope) = table_location(&def, layout, user_id);
         let schema = table_schema(&def);
-        KalamTable { def, schema, rows, group, scope, barrier }
+        KalamTable { def, schema, rows, group, scope, barrier, as_of: None }
     }
 }
 
@@ -143,30 +127,95 @@ impl TableProvider for KalamTable {
         DfTableType::Base
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>, DataFusionError> {
+        // Filters prune Parquet row groups and pages; DataFusion still applies them to rows.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    /// Hot rows (RocksDB) united with the table's live Parquet files minus superseded
+    /// versions. Every key has exactly one newest version, hot or cold, so the union holds
+    /// no duplicates and needs no merge.
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
         if let Some(b) = &self.barrier {
             b.wait(self.group).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
         }
-        let mut live = Vec::new();
-        // Filters are not pushed down (DataFusion re-applies them), so a limit here is only a
-        // limit on live rows, which is what DataFusion asked for.
-        self.rows
-            .scan(self.group, self.def.table_id, Some(&self.scope), |_, row| {
-                if !row.deleted {
-                    live.push(row);
-                }
-                limit.is_none_or(|l| live.len() < l)
+        let external =
+            |e: kalamdb_projections::Error| DataFusionError::External(Box::new(crate::error::Error::from(e)));
+        if let Some(at) = self.as_of {
+            let rows = self.rows.as_of(self.group, &self.def, &self.scope, at).map_err(external)?;
+            let batches = rows_to_batches(&self.def, &self.schema, &rows)?;
+            return MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())
+                .map(|p| p as Arc<dyn ExecutionPlan>);
+        }
+        let mut view = self.rows.table_view(self.group, self.def.table_id, &self.scope).map_err(external)?;
+        let proj: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        // Filters are re-applied above the scan, so a limit is only safe without them.
+        if let Some(l) = limit
+            && filters.is_empty()
+        {
+            view.hot.truncate(l);
+        }
+        let batches = rows_to_batches(&self.def, &self.schema, &view.hot)?;
+        let hot = MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), Some(proj.clone()))?;
+        if view.files.is_empty() {
+            return Ok(hot);
+        }
+        let cold = self.cold_plan(state, &proj, filters, &view)?;
+        UnionExec::try_new(vec![hot, cold])
+    }
+}
+
+impl KalamTable {
+    /// The Parquet side of a scan: only the projected columns are read, filters prune row
+    /// groups and pages by their statistics, superseded versions are filtered out by `_seq`.
+    fn cold_plan(
+        &self,
+        state: &dyn Session,
+        proj: &[usize],
+        filters: &[Expr],
+        view: &TableView,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        let seq_idx = self.schema.fields().len() - 2;
+        let mut read = proj.to_vec();
+        if !view.superseded.is_empty() && !read.contains(&seq_idx) {
+            read.push(seq_idx);
+        }
+        let mut source = ParquetSource::new(self.schema.clone());
+        if let Some(filter) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+            source = source.with_predicate(state.create_physical_expr(filter, &df_schema)?);
+        }
+        let files: Vec<PartitionedFile> =
+            view.files.iter().map(|(path, size)| PartitionedFile::new(path.to_string_lossy(), *size)).collect();
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+            .with_file_group(FileGroup::new(files))
+            .with_projection_indices(Some(read.clone()))?
+            .build();
+        let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+        if view.superseded.is_empty() && read.len() == proj.len() {
+            return Ok(scan);
+        }
+        let s = scan.schema();
+        let list = view.superseded.iter().map(|q| lit(*q as i64)).collect();
+        let keep = in_list(col(SEQ_COLUMN, &s)?, list, &true, &s)?;
+        let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(keep, scan)?);
+        let exprs = proj
+            .iter()
+            .map(|&i| {
+                let name = self.schema.field(i).name();
+                Ok((col(name, &s)?, name.clone()))
             })
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let batches = rows_to_batches(&self.def, &self.schema, &live)?;
-        let plan = MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?;
-        Ok(plan)
+            .collect::<Result<Vec<(Arc<dyn PhysicalExpr>, String)>, DataFusionError>>()?;
+        Ok(Arc::new(ProjectionExec::try_new(exprs, filtered)?))
     }
 }
 
@@ -177,9 +226,21 @@ pub struct SystemTable {
     schema: SchemaRef,
     catalog: Arc<Catalog>,
     cluster: Option<Arc<dyn ClusterView>>,
+    jobs: Option<Arc<dyn JobSource>>,
 }
 
-pub const SYSTEM_TABLES: [&str; 5] = ["namespaces", "tables", "columns", "cluster", "cluster_groups"];
+/// Where `system.jobs` comes from: the node's storage job log.
+pub trait JobSource: Send + Sync + std::fmt::Debug {
+    fn job_log(&self) -> &JobLog;
+}
+
+impl JobSource for kalamdb_projections::StorageEnv {
+    fn job_log(&self) -> &JobLog {
+        &self.jobs
+    }
+}
+
+pub const SYSTEM_TABLES: [&str; 6] = ["namespaces", "tables", "columns", "cluster", "cluster_groups", "jobs"];
 
 fn system_schema(name: &str) -> Option<SchemaRef> {
     let ts = ArrowType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()));
@@ -217,6 +278,23 @@ fn system_schema(name: &str) -> Option<SchemaRef> {
             Field::new("reachable", ArrowType::Boolean, false),
             Field::new("is_self", ArrowType::Boolean, false),
         ],
+        "jobs" => vec![
+            Field::new("job_id", ArrowType::Utf8, false),
+            Field::new("job_type", ArrowType::Utf8, false),
+            Field::new("status", ArrowType::Utf8, false),
+            Field::new("namespace_id", ArrowType::Utf8, false),
+            Field::new("table_name", ArrowType::Utf8, false),
+            Field::new("group_id", ArrowType::Utf8, false),
+            Field::new("scope", ArrowType::Utf8, false),
+            Field::new("log_start", ArrowType::UInt64, false),
+            Field::new("log_end", ArrowType::UInt64, false),
+            Field::new("files", ArrowType::UInt64, false),
+            Field::new("rows", ArrowType::UInt64, false),
+            Field::new("bytes", ArrowType::UInt64, false),
+            Field::new("started_at", ts.clone(), false),
+            Field::new("duration_ms", ArrowType::UInt64, false),
+            Field::new("message", ArrowType::Utf8, false),
+        ],
         "cluster_groups" => vec![
             Field::new("group_id", ArrowType::Utf8, false),
             Field::new("leader", ArrowType::UInt64, true),
@@ -239,9 +317,54 @@ fn default_text(d: &kalamdb_log::DefaultExpr) -> String {
 }
 
 impl SystemTable {
-    pub fn new(name: &str, catalog: Arc<Catalog>, cluster: Option<Arc<dyn ClusterView>>) -> Option<SystemTable> {
+    pub fn new(
+        name: &str,
+        catalog: Arc<Catalog>,
+        cluster: Option<Arc<dyn ClusterView>>,
+        jobs: Option<Arc<dyn JobSource>>,
+    ) -> Option<SystemTable> {
         let name = SYSTEM_TABLES.into_iter().find(|n| *n == name)?;
-        Some(SystemTable { name, schema: system_schema(name)?, catalog, cluster })
+        Some(SystemTable { name, schema: system_schema(name)?, catalog, cluster, jobs })
+    }
+
+    fn jobs_batch(&self) -> Result<RecordBatch, DataFusionError> {
+        let jobs = self.jobs.as_ref().map(|j| j.job_log().list()).unwrap_or_default();
+        let text = |f: &dyn Fn(&kalamdb_projections::JobRecord) -> String| {
+            let mut b = StringBuilder::new();
+            for j in &jobs {
+                b.append_value(f(j));
+            }
+            Arc::new(b.finish()) as ArrayRef
+        };
+        let num = |f: &dyn Fn(&kalamdb_projections::JobRecord) -> u64| {
+            let mut b = UInt64Builder::new();
+            for j in &jobs {
+                b.append_value(f(j));
+            }
+            Arc::new(b.finish()) as ArrayRef
+        };
+        let mut started = datafusion::arrow::array::TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        for j in &jobs {
+            started.append_value(j.started_at_micros);
+        }
+        let cols: Vec<ArrayRef> = vec![
+            text(&|j| j.job_id.clone()),
+            text(&|j| j.job_type.to_string()),
+            text(&|j| j.state.to_string()),
+            text(&|j| j.namespace.clone()),
+            text(&|j| j.table_name.clone()),
+            text(&|j| j.group.clone()),
+            text(&|j| j.scope.clone()),
+            num(&|j| j.log_start),
+            num(&|j| j.log_end),
+            num(&|j| j.files),
+            num(&|j| j.rows),
+            num(&|j| j.bytes),
+            Arc::new(started.finish()),
+            num(&|j| j.duration_ms),
+            text(&|j| j.message.clone()),
+        ];
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
 
     async fn cluster_batch(&self) -> Result<RecordBatch, DataFusionError> {
@@ -414,7 +537,13 @@ impl TableProvider for SystemTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        let batch = if self.name.starts_with("cluster") { self.cluster_batch().await? } else { self.batch()? };
+        let batch = if self.name.starts_with("cluster") {
+            self.cluster_batch().await?
+        } else if self.name == "jobs" {
+            self.jobs_batch()?
+        } else {
+            self.batch()?
+        };
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?)
     }
 }
@@ -428,6 +557,9 @@ pub struct ScanScope {
     pub user_id: String,
     pub barrier: Option<Arc<dyn ReadBarrier>>,
     pub cluster: Option<Arc<dyn ClusterView>>,
+    pub jobs: Option<Arc<dyn JobSource>>,
+    /// (namespace, table, log index) of tables read as of a past position.
+    pub as_of: Arc<Vec<(String, String, u64)>>,
 }
 
 impl std::fmt::Debug for ScanScope {
@@ -477,13 +609,20 @@ impl SchemaProvider for NamespaceSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         if self.namespace == SYSTEM_NAMESPACE {
-            return Ok(SystemTable::new(name, self.scope.catalog.clone(), self.scope.cluster.clone())
-                .map(|t| Arc::new(t) as Arc<dyn TableProvider>));
+            return Ok(SystemTable::new(
+                name,
+                self.scope.catalog.clone(),
+                self.scope.cluster.clone(),
+                self.scope.jobs.clone(),
+            )
+            .map(|t| Arc::new(t) as Arc<dyn TableProvider>));
         }
         let s = &self.scope;
+        let as_of = s.as_of.iter().find(|(ns, t, _)| *ns == self.namespace && t == name).map(|(_, _, at)| *at);
         Ok(s.catalog.table(&self.namespace, name).map(|def| {
-            Arc::new(KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id, s.barrier.clone()))
-                as Arc<dyn TableProvider>
+            let mut table = KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id, s.barrier.clone());
+            table.as_of = as_of;
+            Arc::new(table) as Arc<dyn TableProvider>
         }))
     }
 

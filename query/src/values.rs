@@ -1,45 +1,17 @@
 //! Conversions between SQL values: our log [`Value`]s, Arrow arrays, JSON request parameters
 //! and JSON response cells. Coercion to a column's type happens here, on the proposing node.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat};
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder,
-    Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder,
-    Int64Array, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int16Array, Int32Array,
+    Int64Array, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType as ArrowType, Field, TimeUnit};
 use kalamdb_log::{DataType, Value};
 
 use crate::error::{Error, Result};
 
-/// Field metadata key carrying our column type where Arrow's type is ambiguous (JSON is Utf8).
-pub const TYPE_METADATA_KEY: &str = "kalamdb.type";
-
-pub fn arrow_type(dt: DataType) -> ArrowType {
-    match dt {
-        DataType::Boolean => ArrowType::Boolean,
-        DataType::SmallInt => ArrowType::Int16,
-        DataType::Int => ArrowType::Int32,
-        DataType::BigInt => ArrowType::Int64,
-        DataType::Float => ArrowType::Float32,
-        DataType::Double => ArrowType::Float64,
-        DataType::Text | DataType::Json => ArrowType::Utf8,
-        DataType::Bytes => ArrowType::Binary,
-        DataType::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        DataType::Date => ArrowType::Date32,
-    }
-}
-
-pub fn arrow_field(name: &str, dt: DataType, nullable: bool) -> Field {
-    let field = Field::new(name, arrow_type(dt), nullable);
-    if dt == DataType::Json {
-        field.with_metadata([(TYPE_METADATA_KEY.to_string(), "Json".to_string())].into())
-    } else {
-        field
-    }
-}
+pub use kalamdb_projections::columnar::{TYPE_METADATA_KEY, arrow_field, arrow_type, build_array};
 
 /// The `data_type` name the API reports for a result column.
 pub fn api_type_name(field: &Field) -> String {
@@ -170,51 +142,6 @@ pub fn coerce(lit: &Literal, dt: DataType) -> Result<Value> {
 }
 
 /// Build an Arrow array of one column from row values (already of the column's type).
-pub fn build_array<'a>(dt: DataType, values: impl Iterator<Item = &'a Value>, len: usize) -> ArrayRef {
-    macro_rules! build {
-        ($builder:expr, $($pat:pat => $out:expr),+) => {{
-            let mut b = $builder;
-            for v in values {
-                match v {
-                    $($pat => b.append_value($out),)+
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish()) as ArrayRef
-        }};
-    }
-    match dt {
-        DataType::Boolean => build!(BooleanBuilder::with_capacity(len), Value::Boolean(x) => *x),
-        DataType::SmallInt => build!(Int16Builder::with_capacity(len), Value::SmallInt(x) => *x),
-        DataType::Int => build!(Int32Builder::with_capacity(len), Value::Int(x) => *x),
-        DataType::BigInt => build!(Int64Builder::with_capacity(len), Value::BigInt(x) => *x),
-        DataType::Float => build!(Float32Builder::with_capacity(len), Value::Float(x) => *x),
-        DataType::Double => build!(Float64Builder::with_capacity(len), Value::Double(x) => *x),
-        DataType::Text => build!(StringBuilder::with_capacity(len, len * 16), Value::Text(x) => x),
-        DataType::Json => build!(StringBuilder::with_capacity(len, len * 16), Value::Json(x) => x),
-        DataType::Bytes => {
-            let mut b = BinaryBuilder::with_capacity(len, len * 16);
-            for v in values {
-                match v {
-                    Value::Bytes(x) => b.append_value(x),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        DataType::Timestamp => {
-            let mut b = TimestampMicrosecondBuilder::with_capacity(len).with_timezone("UTC");
-            for v in values {
-                match v {
-                    Value::Timestamp(x) => b.append_value(*x),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        DataType::Date => build!(Date32Builder::with_capacity(len), Value::Date(x) => *x),
-    }
-}
 
 /// Null check that also sees nulls of arrays without a validity buffer (`NullArray`).
 fn is_null_at(array: &ArrayRef, row: usize) -> bool {

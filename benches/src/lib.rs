@@ -1,0 +1,36 @@
+//! Shared pieces of the benchmark binaries: a keep-alive HTTP client that only talks to
+//! loopback addresses, and JSON POSTs that fail on a non-2xx status.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A client keeping up to `idle_max` idle connections per host.
+pub fn client(idle_max: usize) -> HttpClient {
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(idle_max).build_http()
+}
+
+/// Benchmarks send traffic to this machine only.
+pub fn check_loopback(url: &str) -> Result<(), String> {
+    if url.starts_with("http://127.") || url.starts_with("http://localhost") {
+        Ok(())
+    } else {
+        Err(format!("{url}: benchmarks only target loopback addresses"))
+    }
+}
+
+/// POST `body` as JSON to `url` + `path`; returns the response body of a 2xx answer.
+pub async fn post_json(client: &HttpClient, url: &str, path: &str, body: String) -> Result<Bytes, String> {
+    let req = hyper::Request::post(format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    if status.is_success() { Ok(bytes) } else { Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))) }
+}

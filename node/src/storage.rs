@@ -1,0 +1,89 @@
+//! Automatic flush and compaction: a per-node task that proposes `Flush` for tables whose
+//! flush policy is due (in the groups this node leads), and `Compact` for table scopes that
+//! have gathered many files. The ops go through the log like a user's `STORAGE FLUSH`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kalamdb_log::{GroupId, Op, OpResult, TableDef};
+use kalamdb_query::FlushPolicy;
+
+use crate::groups::Groups;
+
+/// How often the policy is checked.
+pub const AUTO_FLUSH_TICK_MS: u64 = 1000;
+
+/// The table's policy: its `FLUSH_POLICY` option, else the node default.
+fn policy_of(def: &TableDef, default: FlushPolicy) -> FlushPolicy {
+    def.options
+        .iter()
+        .find(|(k, _)| k == "FLUSH_POLICY")
+        .and_then(|(_, v)| FlushPolicy::parse(v).ok())
+        .unwrap_or(default)
+}
+
+fn due(policy: FlushPolicy, rows: u64, since: Duration) -> bool {
+    rows > 0 && (policy.rows.is_some_and(|n| rows >= n) || policy.interval_secs.is_some_and(|s| since.as_secs() >= s))
+}
+
+/// Run until the process ends. Failures are logged and retried at the next tick.
+pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_files_min: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(AUTO_FLUSH_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (group, table_id, rows, since) in groups.storage.hot.list() {
+            if !groups.leads(group) {
+                continue;
+            }
+            let Some(def) = groups.catalog.table_by_id(table_id) else { continue };
+            if !due(policy_of(&def, default), rows, since) {
+                continue;
+            }
+            let table = (*def).clone();
+            match groups.propose(group, Op::Flush { table: table.clone(), scope: None }).await {
+                Ok(OpResult::Done { affected }) => {
+                    tracing::info!(target: "kalamdb_storage", group = %group, table = %format!("{}.{}", def.namespace, def.name), rows = affected, "automatic flush");
+                }
+                Ok(other) => {
+                    tracing::warn!(target: "kalamdb_storage", group = %group, result = ?other, "automatic flush refused")
+                }
+                Err(e) => {
+                    tracing::warn!(target: "kalamdb_storage", group = %group, error = %e, "automatic flush failed")
+                }
+            }
+            compact_if_needed(&groups, group, table, compact_files_min).await;
+        }
+    }
+}
+
+async fn compact_if_needed(groups: &Groups, group: GroupId, table: TableDef, compact_files_min: u64) {
+    let files = match kalamdb_projections::cold::live_file_counts(groups.rows.db(), group, table.table_id) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(target: "kalamdb_storage", group = %group, error = %e, "cannot count cold files");
+            return;
+        }
+    };
+    if files.iter().all(|(_, n)| *n < compact_files_min) {
+        return;
+    }
+    if let Err(e) = groups.propose(group, Op::Compact { table, scope: None }).await {
+        tracing::warn!(target: "kalamdb_storage", group = %group, error = %e, "automatic compaction failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_is_due_by_rows_or_interval() {
+        let p = FlushPolicy { rows: Some(10), interval_secs: Some(60) };
+        assert!(!due(p, 0, Duration::from_secs(600)), "nothing written, nothing to flush");
+        assert!(!due(p, 9, Duration::from_secs(59)));
+        assert!(due(p, 10, Duration::from_secs(0)));
+        assert!(due(p, 1, Duration::from_secs(60)));
+        assert!(!due(FlushPolicy { rows: Some(10), interval_secs: None }, 5, Duration::from_secs(9999)));
+    }
+}

@@ -1,0 +1,289 @@
+//! Columnar forms of table rows: the Arrow schema of a table (its columns, then `_seq` and
+//! `_deleted`), conversions between stored rows and Arrow arrays, and per-column statistics.
+//! Shared by the Parquet writer (cold storage) and the query layer, so both agree on one schema.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder,
+    Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder,
+    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
+use kalamdb_log::{DataType, TableDef, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::rows::StoredRow;
+
+pub const SEQ_COLUMN: &str = "_seq";
+pub const DELETED_COLUMN: &str = "_deleted";
+
+/// Field metadata key carrying our column type where Arrow's type is ambiguous (JSON is Utf8).
+pub const TYPE_METADATA_KEY: &str = "kalamdb.type";
+
+pub fn arrow_type(dt: DataType) -> ArrowType {
+    match dt {
+        DataType::Boolean => ArrowType::Boolean,
+        DataType::SmallInt => ArrowType::Int16,
+        DataType::Int => ArrowType::Int32,
+        DataType::BigInt => ArrowType::Int64,
+        DataType::Float => ArrowType::Float32,
+        DataType::Double => ArrowType::Float64,
+        DataType::Text | DataType::Json => ArrowType::Utf8,
+        DataType::Bytes => ArrowType::Binary,
+        DataType::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        DataType::Date => ArrowType::Date32,
+    }
+}
+
+pub fn arrow_field(name: &str, dt: DataType, nullable: bool) -> Field {
+    let field = Field::new(name, arrow_type(dt), nullable);
+    if dt == DataType::Json {
+        field.with_metadata([(TYPE_METADATA_KEY.to_string(), "Json".to_string())].into())
+    } else {
+        field
+    }
+}
+
+pub fn build_array<'a>(dt: DataType, values: impl Iterator<Item = &'a Value>, len: usize) -> ArrayRef {
+    macro_rules! build {
+        ($builder:expr, $($pat:pat => $out:expr),+) => {{
+            let mut b = $builder;
+            for v in values {
+                match v {
+                    $($pat => b.append_value($out),)+
+                    _ => b.append_null(),
+                }
+            }
+            Arc::new(b.finish()) as ArrayRef
+        }};
+    }
+    match dt {
+        DataType::Boolean => build!(BooleanBuilder::with_capacity(len), Value::Boolean(x) => *x),
+        DataType::SmallInt => build!(Int16Builder::with_capacity(len), Value::SmallInt(x) => *x),
+        DataType::Int => build!(Int32Builder::with_capacity(len), Value::Int(x) => *x),
+        DataType::BigInt => build!(Int64Builder::with_capacity(len), Value::BigInt(x) => *x),
+        DataType::Float => build!(Float32Builder::with_capacity(len), Value::Float(x) => *x),
+        DataType::Double => build!(Float64Builder::with_capacity(len), Value::Double(x) => *x),
+        DataType::Text => build!(StringBuilder::with_capacity(len, len * 16), Value::Text(x) => x),
+        DataType::Json => build!(StringBuilder::with_capacity(len, len * 16), Value::Json(x) => x),
+        DataType::Bytes => {
+            let mut b = BinaryBuilder::with_capacity(len, len * 16);
+            for v in values {
+                match v {
+                    Value::Bytes(x) => b.append_value(x),
+                    _ => b.append_null(),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        DataType::Timestamp => {
+            let mut b = TimestampMicrosecondBuilder::with_capacity(len).with_timezone("UTC");
+            for v in values {
+                match v {
+                    Value::Timestamp(x) => b.append_value(*x),
+                    _ => b.append_null(),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        DataType::Date => build!(Date32Builder::with_capacity(len), Value::Date(x) => *x),
+    }
+}
+
+/// The schema of a table's rows as queries and Parquet files see them: its columns, then
+/// `_seq` and `_deleted`.
+pub fn table_schema(def: &TableDef) -> SchemaRef {
+    let mut fields: Vec<Field> =
+        def.columns.iter().map(|c| arrow_field(&c.name, c.data_type, c.nullable && !c.primary_key)).collect();
+    fields.push(Field::new(SEQ_COLUMN, ArrowType::Int64, false));
+    fields.push(Field::new(DELETED_COLUMN, ArrowType::Boolean, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// One Arrow batch of the table schema from stored rows (at most a few thousand at a time).
+pub fn rows_to_batch(def: &TableDef, schema: &SchemaRef, rows: &[StoredRow]) -> Result<RecordBatch> {
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(def.columns.len() + 2);
+    for (i, c) in def.columns.iter().enumerate() {
+        cols.push(build_array(c.data_type, rows.iter().map(|r| r.values.get(i).unwrap_or(&Value::Null)), rows.len()));
+    }
+    let mut seq = Int64Builder::with_capacity(rows.len());
+    let mut del = BooleanBuilder::with_capacity(rows.len());
+    for r in rows {
+        seq.append_value(r.seq as i64);
+        del.append_value(r.deleted);
+    }
+    cols.push(Arc::new(seq.finish()));
+    cols.push(Arc::new(del.finish()));
+    RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Corrupt(format!("row batch: {e}")))
+}
+
+fn downcast<T: 'static>(a: &ArrayRef) -> Result<&T> {
+    a.as_any().downcast_ref::<T>().ok_or_else(|| Error::Corrupt(format!("unexpected column type {}", a.data_type())))
+}
+
+/// The value at `row` of a column that holds type `dt` (no casting: the file schema is ours).
+pub fn value_at(array: &ArrayRef, row: usize, dt: DataType) -> Result<Value> {
+    if array.is_null(row) {
+        return Ok(Value::Null);
+    }
+    Ok(match dt {
+        DataType::Boolean => Value::Boolean(downcast::<BooleanArray>(array)?.value(row)),
+        DataType::SmallInt => Value::SmallInt(downcast::<Int16Array>(array)?.value(row)),
+        DataType::Int => Value::Int(downcast::<Int32Array>(array)?.value(row)),
+        DataType::BigInt => Value::BigInt(downcast::<Int64Array>(array)?.value(row)),
+        DataType::Float => Value::Float(downcast::<Float32Array>(array)?.value(row)),
+        DataType::Double => Value::Double(downcast::<Float64Array>(array)?.value(row)),
+        DataType::Text => Value::Text(downcast::<StringArray>(array)?.value(row).to_string()),
+        DataType::Json => Value::Json(downcast::<StringArray>(array)?.value(row).to_string()),
+        DataType::Bytes => Value::Bytes(downcast::<BinaryArray>(array)?.value(row).to_vec()),
+        DataType::Timestamp => Value::Timestamp(downcast::<TimestampMicrosecondArray>(array)?.value(row)),
+        DataType::Date => Value::Date(downcast::<Date32Array>(array)?.value(row)),
+    })
+}
+
+/// `_seq` and `_deleted` of every row of a batch of the table schema.
+pub fn seq_deleted(batch: &RecordBatch) -> Result<(&Int64Array, &BooleanArray)> {
+    let n = batch.num_columns();
+    let seq = batch.column(n - 2).as_any().downcast_ref::<Int64Array>();
+    let del = batch.column(n - 1).as_any().downcast_ref::<BooleanArray>();
+    match (seq, del) {
+        (Some(s), Some(d)) => Ok((s, d)),
+        _ => Err(Error::Corrupt("batch without _seq/_deleted columns".into())),
+    }
+}
+
+/// Minimum, maximum and null count of one column of a file, as JSON values (the manifest's
+/// form). Floats compare by total order, text by bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnStats {
+    pub name: String,
+    pub min: Option<serde_json::Value>,
+    pub max: Option<serde_json::Value>,
+    pub nulls: u64,
+}
+
+/// Running statistics of one column, merged batch by batch.
+#[derive(Debug, Clone)]
+pub struct StatsBuilder {
+    columns: Vec<(String, DataType, Option<Value>, Option<Value>, u64)>,
+}
+
+fn value_order(a: &Value, b: &Value) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a, b) {
+        (Value::Boolean(x), Value::Boolean(y)) => x.cmp(y),
+        (Value::SmallInt(x), Value::SmallInt(y)) => x.cmp(y),
+        (Value::Int(x), Value::Int(y)) => x.cmp(y),
+        (Value::BigInt(x), Value::BigInt(y)) | (Value::Timestamp(x), Value::Timestamp(y)) => x.cmp(y),
+        (Value::Date(x), Value::Date(y)) => x.cmp(y),
+        (Value::Float(x), Value::Float(y)) => x.total_cmp(y),
+        (Value::Double(x), Value::Double(y)) => x.total_cmp(y),
+        (Value::Text(x), Value::Text(y)) | (Value::Json(x), Value::Json(y)) => x.cmp(y),
+        (Value::Bytes(x), Value::Bytes(y)) => x.cmp(y),
+        _ => Ordering::Equal,
+    }
+}
+
+fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Boolean(b) => (*b).into(),
+        Value::SmallInt(i) => (*i).into(),
+        Value::Int(i) => (*i).into(),
+        Value::BigInt(i) | Value::Timestamp(i) => (*i).into(),
+        Value::Date(d) => (*d).into(),
+        Value::Float(f) => serde_json::Number::from_f64(f64::from(*f)).map_or(serde_json::Value::Null, Into::into),
+        Value::Double(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into),
+        Value::Text(s) | Value::Json(s) => s.clone().into(),
+        Value::Bytes(b) => hex::encode(b).into(),
+    }
+}
+
+/// Minimum and maximum of one column with Arrow's aggregate kernels.
+fn batch_min_max(array: &ArrayRef, dt: DataType) -> Result<(Option<Value>, Option<Value>)> {
+    use arrow::compute::{max, max_boolean, max_string, min, min_boolean, min_string};
+    Ok(match dt {
+        DataType::Boolean => {
+            let a = downcast::<BooleanArray>(array)?;
+            (min_boolean(a).map(Value::Boolean), max_boolean(a).map(Value::Boolean))
+        }
+        DataType::SmallInt => {
+            let a = downcast::<Int16Array>(array)?;
+            (min(a).map(Value::SmallInt), max(a).map(Value::SmallInt))
+        }
+        DataType::Int => {
+            let a = downcast::<Int32Array>(array)?;
+            (min(a).map(Value::Int), max(a).map(Value::Int))
+        }
+        DataType::BigInt => {
+            let a = downcast::<Int64Array>(array)?;
+            (min(a).map(Value::BigInt), max(a).map(Value::BigInt))
+        }
+        DataType::Timestamp => {
+            let a = downcast::<TimestampMicrosecondArray>(array)?;
+            (min(a).map(Value::Timestamp), max(a).map(Value::Timestamp))
+        }
+        DataType::Date => {
+            let a = downcast::<Date32Array>(array)?;
+            (min(a).map(Value::Date), max(a).map(Value::Date))
+        }
+        DataType::Float => {
+            let a = downcast::<Float32Array>(array)?;
+            (min(a).map(Value::Float), max(a).map(Value::Float))
+        }
+        DataType::Double => {
+            let a = downcast::<Float64Array>(array)?;
+            (min(a).map(Value::Double), max(a).map(Value::Double))
+        }
+        DataType::Text => {
+            let a = downcast::<StringArray>(array)?;
+            (min_string(a).map(|s| Value::Text(s.to_string())), max_string(a).map(|s| Value::Text(s.to_string())))
+        }
+        DataType::Bytes | DataType::Json => (None, None),
+    })
+}
+
+impl StatsBuilder {
+    pub fn new(def: &TableDef) -> StatsBuilder {
+        StatsBuilder { columns: def.columns.iter().map(|c| (c.name.clone(), c.data_type, None, None, 0)).collect() }
+    }
+
+    /// Fold in the table columns of a batch of the table schema.
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        for (i, (_, dt, min, max, nulls)) in self.columns.iter_mut().enumerate() {
+            let array = batch.column(i);
+            *nulls += array.null_count() as u64;
+            // Byte-heavy columns are summarized only by nulls.
+            if matches!(dt, DataType::Bytes | DataType::Json) {
+                continue;
+            }
+            let (lo, hi) = batch_min_max(array, *dt)?;
+            if let Some(v) = lo
+                && min.as_ref().is_none_or(|m| value_order(&v, m).is_lt())
+            {
+                *min = Some(v);
+            }
+            if let Some(v) = hi
+                && max.as_ref().is_none_or(|m| value_order(&v, m).is_gt())
+            {
+                *max = Some(v);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Vec<ColumnStats> {
+        self.columns
+            .into_iter()
+            .map(|(name, _, min, max, nulls)| ColumnStats {
+                name,
+                min: min.as_ref().map(value_json),
+                max: max.as_ref().map(value_json),
+                nulls,
+            })
+            .collect()
+    }
+}

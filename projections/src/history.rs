@@ -1,0 +1,322 @@
+//! A table's past, rebuilt from the log: its state at an earlier log position (time travel,
+//! `AS OF`) and the re-derivation of its projection (`REBUILD PROJECTION`).
+//!
+//! Both start from a *base*: the table scope as the last flush or compaction at or before the
+//! wanted position left it (the files live then, minus versions superseded by then, which the
+//! superseded markers record with their log index), and replay the retained log after it with
+//! the same rules apply uses. Positions before the scope's last compaction are gone (it drops
+//! superseded versions), and so are positions whose log tail was purged.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+
+use kalamdb_log::{GroupId, LogDb, LogStore, Op, OpResult, RowWrite, TableDef, Value};
+use openraft::EntryPayload;
+use rocksdb::{DB, WriteBatch};
+
+use crate::cold::{
+    FileMeta, KIND_STUB, KIND_SUPERSEDED, cf, cold_key, iter_prefix, read_parquet, scope_files, scope_head,
+};
+use crate::columnar::{seq_deleted, value_at};
+use crate::error::{Error, Result};
+use crate::keys::{encode_pk, prefix_end, split_scope, table_prefix, table_scope_prefix};
+use crate::rows::{StoredRow, make_seq};
+use crate::{CF_COLD, CF_ROWS};
+
+/// Log entries read from the log store at a time while replaying.
+const REPLAY_ENTRIES_CHUNK: u64 = 1024;
+
+/// One scope's state during a replay: the newest version of every key (tombstones included),
+/// which keys still hold their base (cold) version, and what the replay changed.
+#[derive(Debug, Default)]
+pub struct ScopeReplay {
+    pub base_index: u64,
+    pub rows: BTreeMap<Vec<u8>, StoredRow>,
+    /// Stub seqs of the base: the keys whose newest version was in a file at the base.
+    pub base_stubs: BTreeMap<Vec<u8>, u64>,
+    from_base: HashSet<Vec<u8>>,
+    /// Keys written by replayed ops (their newest version is hot).
+    pub written: BTreeSet<Vec<u8>>,
+    /// (superseded flushed seq, log index) recorded by replayed ops.
+    pub markers: Vec<(u64, u64)>,
+}
+
+fn pk_bytes(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_pk(v, &mut out);
+    out
+}
+
+impl ScopeReplay {
+    fn insert(&mut self, rows: &[RowWrite], index: u64, first: u64) {
+        let mut seen = HashSet::with_capacity(rows.len());
+        for r in rows {
+            let k = pk_bytes(&r.pk);
+            if self.rows.get(&k).is_some_and(|row| !row.deleted) || !seen.insert(k) {
+                return;
+            }
+        }
+        for (i, r) in rows.iter().enumerate() {
+            let k = pk_bytes(&r.pk);
+            let row = StoredRow { seq: make_seq(index, first + i as u64), deleted: false, values: r.values.clone() };
+            self.rows.insert(k.clone(), row);
+            self.written.insert(k);
+        }
+    }
+
+    fn rewrite(&mut self, rows: &[RowWrite], delete: bool, index: u64, first: u64) {
+        for r in rows {
+            let current = self.rows.get(&pk_bytes(&r.pk));
+            let ok = matches!((current, r.expected_seq), (Some(row), Some(e)) if !row.deleted && row.seq == e);
+            if !ok {
+                return;
+            }
+        }
+        for (i, r) in rows.iter().enumerate() {
+            let k = pk_bytes(&r.pk);
+            if self.from_base.remove(&k)
+                && let Some(old) = self.rows.get(&k)
+            {
+                self.markers.push((old.seq, index));
+            }
+            let values = if delete { Vec::new() } else { r.values.clone() };
+            self.rows.insert(k.clone(), StoredRow { seq: make_seq(index, first + i as u64), deleted: delete, values });
+            self.written.insert(k);
+        }
+    }
+
+    /// A flush that wrote no file (only tombstones were hot): the tombstones and the stubs of
+    /// the versions they deleted go.
+    fn flush_tombstones(&mut self) {
+        let gone: Vec<Vec<u8>> =
+            self.written.iter().filter(|k| self.rows.get(*k).is_some_and(|r| r.deleted)).cloned().collect();
+        for k in gone {
+            self.written.remove(&k);
+            self.rows.remove(&k);
+            self.base_stubs.remove(&k);
+        }
+    }
+
+    /// Live rows in primary-key order.
+    pub fn live(&self) -> impl Iterator<Item = &StoredRow> {
+        self.rows.values().filter(|r| !r.deleted)
+    }
+}
+
+/// Why a position cannot be rebuilt, with the oldest one that can.
+fn unavailable(what: String) -> Error {
+    Error::History(what)
+}
+
+/// The base for `at`: the newest flush or compaction point ≤ `at` of the scope that is still
+/// fully on disk (none older than the last compaction), or the empty table at index 0 when
+/// the scope never compacted.
+fn load_base(db: &DB, storage_dir: &Path, def: &TableDef, sp: &[u8], at: u64) -> Result<ScopeReplay> {
+    let head = scope_head(db, sp)?;
+    let files = scope_files(db, sp)?;
+    let mut points: Vec<u64> = files.iter().map(|f| f.created_at).filter(|c| *c >= head.last_compact_index).collect();
+    if head.last_compact_index == 0 {
+        points.push(0);
+    }
+    let Some(base) = points.iter().copied().filter(|p| *p <= at).max() else {
+        let oldest = points.iter().min().copied().unwrap_or(0);
+        return Err(unavailable(format!(
+            "position {at} of {}.{} is no longer available: the oldest is {oldest} (compacted at {})",
+            def.namespace, def.name, head.last_compact_index
+        )));
+    };
+    let cold = cf(db, CF_COLD)?;
+    let mut superseded = HashSet::new();
+    for item in iter_prefix(db, cold, &cold_key(sp, KIND_SUPERSEDED, &[])) {
+        let (k, v) = item?;
+        let at: [u8; 8] = v.as_ref().try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
+        if u64::from_be_bytes(at) <= base {
+            let seq: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
+            superseded.insert(u64::from_be_bytes(seq) as i64);
+        }
+    }
+    let live_then = |f: &&FileMeta| f.created_at <= base && f.retired_at.is_none_or(|r| r > base);
+    let pk = def.pk_index();
+    let mut state = ScopeReplay { base_index: base, ..ScopeReplay::default() };
+    for f in files.iter().filter(live_then) {
+        for b in read_parquet(&storage_dir.join(&f.path))? {
+            let (seq, _) = seq_deleted(&b)?;
+            for row in 0..b.num_rows() {
+                let s = seq.value(row);
+                if superseded.contains(&s) {
+                    continue;
+                }
+                let values = def
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| value_at(b.column(i), row, c.data_type))
+                    .collect::<Result<Vec<Value>>>()?;
+                let k = pk_bytes(&values[pk]);
+                state.base_stubs.insert(k.clone(), s as u64);
+                state.from_base.insert(k.clone());
+                state.rows.insert(k, StoredRow { seq: s as u64, deleted: false, values });
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// Replay the group's log in `(from, to]` for one table into per-scope states (created with
+/// `new_scope` when a scope first appears); a scope ignores entries at or before its own base.
+/// Fails if the log no longer holds the range.
+fn replay(
+    log_db: &std::sync::Arc<LogDb>,
+    group: GroupId,
+    def: &TableDef,
+    only_scope: Option<&str>,
+    from: u64,
+    to: u64,
+    states: &mut HashMap<String, ScopeReplay>,
+    mut new_scope: impl FnMut(&str) -> Result<ScopeReplay>,
+) -> Result<()> {
+    let store = LogStore::new(log_db.clone(), group)?;
+    let mut next = from + 1;
+    while next <= to {
+        let end = (next + REPLAY_ENTRIES_CHUNK).min(to + 1);
+        let entries = store.read_range(next, end)?;
+        match entries.first() {
+            Some(e) if e.log_id.index == next => {}
+            first => {
+                return Err(unavailable(format!(
+                    "the log of group {group} no longer holds index {next} (first retained: {})",
+                    first.map_or("none".to_string(), |e| e.log_id.index.to_string())
+                )));
+            }
+        }
+        for entry in &entries {
+            let index = entry.log_id.index;
+            let EntryPayload::Normal(encoded) = &entry.payload else { continue };
+            let cmd = encoded.decode()?;
+            let mut ordinal = 0u64;
+            for op in &cmd.ops {
+                let (table_id, scope, rows, kind) = match op {
+                    Op::Insert { table_id, scope, rows } => (*table_id, scope.as_str(), rows, 0),
+                    Op::Update { table_id, scope, rows } => (*table_id, scope.as_str(), rows, 1),
+                    Op::Delete { table_id, scope, rows } => (*table_id, scope.as_str(), rows, 2),
+                    Op::Flush { table, scope } if table.table_id == def.table_id => {
+                        for (name, state) in states.iter_mut() {
+                            if scope.as_deref().is_none_or(|s| s == name) && index > state.base_index {
+                                state.flush_tombstones();
+                            }
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let first = ordinal;
+                ordinal += rows.len() as u64;
+                if table_id != def.table_id || only_scope.is_some_and(|s| s != scope) {
+                    continue;
+                }
+                if !states.contains_key(scope) {
+                    states.insert(scope.to_string(), new_scope(scope)?);
+                }
+                let state = states.get_mut(scope).expect("inserted above");
+                if index <= state.base_index {
+                    continue;
+                }
+                match kind {
+                    0 => state.insert(rows, index, first),
+                    1 => state.rewrite(rows, false, index, first),
+                    _ => state.rewrite(rows, true, index, first),
+                }
+            }
+        }
+        next = entries.last().map_or(end, |e| e.log_id.index + 1);
+    }
+    Ok(())
+}
+
+/// The live rows of one table scope as they were right after log index `at` was applied.
+/// `applied` is the group's applied index now (`at` must not pass it).
+pub fn scope_as_of(
+    log_db: &std::sync::Arc<LogDb>,
+    storage_dir: &Path,
+    group: GroupId,
+    def: &TableDef,
+    scope: &str,
+    at: u64,
+    applied: u64,
+) -> Result<Vec<StoredRow>> {
+    if at > applied {
+        return Err(unavailable(format!("position {at} is not applied yet here (applied: {applied})")));
+    }
+    let db = log_db.db();
+    let sp = table_scope_prefix(group, def.table_id, scope);
+    let mut states = HashMap::from([(scope.to_string(), load_base(db, storage_dir, def, &sp, at)?)]);
+    let base = states[scope].base_index;
+    replay(log_db, group, def, Some(scope), base, at, &mut states, |_| Ok(ScopeReplay::default()))?;
+    Ok(states.remove(scope).map(|s| s.live().cloned().collect()).unwrap_or_default())
+}
+
+/// Re-derive the table's projection in this group (hot rows, key stubs, superseded markers)
+/// from each scope's newest base and the log up to `index - 1`, staging the result into
+/// `batch`. On a correct projection this changes nothing (a test compares digests).
+pub fn rebuild_table(
+    log_db: &std::sync::Arc<LogDb>,
+    storage_dir: &Path,
+    batch: &mut WriteBatch,
+    group: GroupId,
+    def: &TableDef,
+    index: u64,
+) -> Result<OpResult> {
+    let db = log_db.db();
+    let at = index - 1;
+    // Every scope the group holds for the table, hot or cold.
+    let mut scopes: BTreeSet<String> = BTreeSet::new();
+    for name in [CF_ROWS, CF_COLD] {
+        for item in iter_prefix(db, cf(db, name)?, &table_prefix(group, def.table_id)) {
+            let (k, _) = item?;
+            let (scope, _) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad key".into()))?;
+            scopes.insert(scope.to_string());
+        }
+    }
+    let mut states = HashMap::new();
+    let mut base_min = at;
+    for scope in &scopes {
+        let sp = table_scope_prefix(group, def.table_id, scope);
+        let state = load_base(db, storage_dir, def, &sp, at)?;
+        base_min = base_min.min(state.base_index);
+        states.insert(scope.clone(), state);
+    }
+    // One pass over the log from the oldest base; each scope skips the entries its own base
+    // already holds.
+    replay(log_db, group, def, None, base_min, at, &mut states, |_| Ok(ScopeReplay::default()))?;
+    let rows_cf = cf(db, CF_ROWS)?;
+    let cold = cf(db, CF_COLD)?;
+    let mut rebuilt = 0u64;
+    let mut ordered: Vec<(&String, &ScopeReplay)> = states.iter().collect();
+    ordered.sort_by(|a, b| a.0.cmp(b.0));
+    for (scope, state) in ordered {
+        let sp = table_scope_prefix(group, def.table_id, scope);
+        batch.delete_range_cf(rows_cf, sp.clone(), prefix_end(&sp));
+        for k in &state.written {
+            let mut key = sp.clone();
+            key.extend_from_slice(k);
+            batch.put_cf(rows_cf, key, state.rows[k].encode());
+            rebuilt += 1;
+        }
+        let stubs = cold_key(&sp, KIND_STUB, &[]);
+        batch.delete_range_cf(cold, stubs.clone(), prefix_end(&stubs));
+        for (k, seq) in &state.base_stubs {
+            batch.put_cf(cold, cold_key(&sp, KIND_STUB, k), seq.to_be_bytes());
+        }
+        for item in iter_prefix(db, cold, &cold_key(&sp, KIND_SUPERSEDED, &[])) {
+            let (k, v) = item?;
+            let marked: [u8; 8] = v.as_ref().try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
+            if u64::from_be_bytes(marked) > state.base_index {
+                batch.delete_cf(cold, k);
+            }
+        }
+        for (seq, marked) in &state.markers {
+            batch.put_cf(cold, cold_key(&sp, KIND_SUPERSEDED, &seq.to_be_bytes()), marked.to_be_bytes());
+        }
+    }
+    Ok(OpResult::Done { affected: rebuilt })
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Cold-storage benchmark (issue 5): loads rows over HTTP into a fresh release server, flushes
+# them to Parquet (flush throughput, file sizes), times an aggregation and a selective filter
+# over HTTP, then runs DuckDB (PyPI `duckdb`, in a venv under ~/.cache) on the very same
+# Parquet files in the same run. Usage: scripts/bench-cold.sh [rows]   (default 10,000,000)
+# CLUSTER_SH_PROFILE=dev uses the debug build instead of release (numbers not comparable).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kalamdb-target}"
+rows="${1:-10000000}"
+port=18480
+profile="${CLUSTER_SH_PROFILE:-release}"
+if [[ $profile == release ]]; then
+  cargo build --release --locked --bin kalamdb-server --bin kalamdb-cold
+  bin="$CARGO_TARGET_DIR/release"
+else
+  cargo build --locked --bin kalamdb-server --bin kalamdb-cold
+  bin="$CARGO_TARGET_DIR/debug"
+fi
+venv="$HOME/.cache/kalamdb-bench-venv"
+if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet duckdb
+fi
+# shellcheck source=scripts/bench-server.sh
+source scripts/bench-server.sh
+echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null || echo nogit) profile=$profile rows=$rows"
+"$bin/kalamdb-cold" --url "http://127.0.0.1:$port" --rows "$rows"
+du -sh "$data/storage" "$data/rocksdb" | sed 's/^/size /'
+"$venv/bin/python" - "$data/storage" <<'PY'
+import glob, statistics, sys, time
+import duckdb
+files = sorted(glob.glob(sys.argv[1] + "/coldbench/orders-t*/shared/*.parquet"))
+src = "read_parquet([%s])" % ", ".join("'%s'" % f for f in files)
+queries = {
+    "aggregate": "SELECT category, count(*), sum(amount), avg(amount) FROM {t} GROUP BY category ORDER BY category",
+    "filter": "SELECT count(*), sum(amount) FROM {t} WHERE category = 'c3' AND amount > 990.0",
+}
+con = duckdb.connect()
+print("duckdb version=%s threads=%s files=%d" % (duckdb.__version__, con.sql("SELECT current_setting('threads')").fetchone()[0], len(files)))
+for name, q in queries.items():
+    q = q.replace("{t}", src)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        answer = con.sql(q).fetchall()
+        times.append(time.perf_counter() - t)
+    print("duckdb %s median_s=%.4f answer=%s" % (name, statistics.median(times), answer[:2]))
+PY
