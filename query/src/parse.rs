@@ -431,9 +431,7 @@ pub fn extract_as_of(sql: &str) -> Result<Option<(String, Vec<(TableName, u64)>)
             _ => None,
         };
         found.push((TableName { namespace, name }, at));
-        for k in i..=num {
-            drop[k] = true;
-        }
+        drop[i..=num].fill(true);
     }
     if found.is_empty() {
         return Ok(None);

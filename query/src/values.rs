@@ -141,8 +141,6 @@ pub fn coerce(lit: &Literal, dt: DataType) -> Result<Value> {
     Ok(v)
 }
 
-/// Build an Arrow array of one column from row values (already of the column's type).
-
 /// Null check that also sees nulls of arrays without a validity buffer (`NullArray`).
 fn is_null_at(array: &ArrayRef, row: usize) -> bool {
     array.logical_nulls().is_some_and(|n| n.is_null(row))
