@@ -77,6 +77,11 @@ async fn flush_query_rewrite_compact_restart() {
     assert_eq!(totals(&s).await, expected);
     let r = s.sql_ok("SELECT amount FROM app.orders WHERE id = 3").await;
     assert_eq!(r["rows"], json!([[0.0]]));
+    // Key ranges over both tiers (hot: ids < 10 and 195; cold: the rest), either side of the operator.
+    let r = s.sql_ok("SELECT id FROM app.orders WHERE id > 7 AND id <= 12 ORDER BY id").await;
+    assert_eq!(r["rows"], json!([[8], [9], [10], [11], [12]]));
+    let r = s.sql_ok("SELECT id FROM app.orders WHERE 197 > id AND id >= 188 ORDER BY id").await;
+    assert_eq!(r["rows"], json!([[188], [189], [195]]));
     let r = s.sql_ok("SELECT count(*) FROM app.orders WHERE id = 192").await;
     assert_eq!(r["rows"], json!([[0]]));
 

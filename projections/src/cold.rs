@@ -749,8 +749,24 @@ pub fn stub_seq(db: &DB, row_key: &[u8], snapshot: Option<&rocksdb::Snapshot<'_>
     }
 }
 
-/// Hot rows, live files and superseded versions of one table scope under one snapshot.
-pub fn table_view(db: &DB, storage_dir: &Path, group: GroupId, table_id: u64, scope: &str) -> Result<TableView> {
+/// Bounds on the primary key for a hot-tier scan: encoded keys, both inclusive. Callers may
+/// pass looser bounds than their filter (the filter is applied again above the scan).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PkRange {
+    pub low: Option<kalamdb_log::Value>,
+    pub high: Option<kalamdb_log::Value>,
+}
+
+/// Hot rows, live files and superseded versions of one table scope under one snapshot; hot
+/// rows only within `range` (a RocksDB range scan).
+pub fn table_view(
+    db: &DB,
+    storage_dir: &Path,
+    group: GroupId,
+    table_id: u64,
+    scope: &str,
+    range: &PkRange,
+) -> Result<TableView> {
     let snap = db.snapshot();
     let rows_cf = cf(db, CF_ROWS)?;
     let cold = cf(db, CF_COLD)?;
@@ -762,7 +778,22 @@ pub fn table_view(db: &DB, storage_dir: &Path, group: GroupId, table_id: u64, sc
         db.iterator_cf_opt(cf, opts, IteratorMode::From(prefix, Direction::Forward))
     };
     let mut view = TableView::default();
-    for item in read(rows_cf, &sp) {
+    let mut start = sp.clone();
+    if let Some(low) = &range.low {
+        crate::keys::encode_pk(low, &mut start);
+    }
+    let end = match &range.high {
+        Some(high) => {
+            let mut k = sp.clone();
+            crate::keys::encode_pk(high, &mut k);
+            prefix_end(&k)
+        }
+        None => prefix_end(&sp),
+    };
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&snap);
+    opts.set_iterate_upper_bound(end);
+    for item in db.iterator_cf_opt(rows_cf, opts, IteratorMode::From(&start, Direction::Forward)) {
         let (_, v) = item?;
         let row = StoredRow::decode(&v)?;
         if !row.deleted {

@@ -9,7 +9,7 @@ use kalamdb_log::{GroupId, OpResult, RowWrite, Value};
 use rkyv::{Archive, Deserialize as RDeserialize, Serialize as RSerialize};
 use rocksdb::{DB, ReadOptions, WriteBatch};
 
-use crate::cold::{TableView, stub_seq, superseded_key_of, table_view};
+use crate::cold::{PkRange, TableView, stub_seq, superseded_key_of, table_view};
 use crate::error::{Error, Result};
 use crate::keys::{prefix_end, row_key, table_prefix};
 use crate::{CF_COLD, CF_ROWS};
@@ -83,8 +83,8 @@ impl RowReader {
 
     /// Hot rows, live Parquet files and superseded versions of one table scope, all read
     /// under one RocksDB snapshot (so a concurrent flush is seen entirely or not at all).
-    pub fn table_view(&self, group: GroupId, table_id: u64, scope: &str) -> Result<TableView> {
-        table_view(self.db(), &self.storage_dir, group, table_id, scope)
+    pub fn table_view(&self, group: GroupId, table_id: u64, scope: &str, range: &PkRange) -> Result<TableView> {
+        table_view(self.db(), &self.storage_dir, group, table_id, scope, range)
     }
 
     /// The newest version of a row when it is hot; `Cold` when it lives in a Parquet file.

@@ -233,7 +233,7 @@ async fn flush_and_compaction_are_deterministic_and_exact() {
 
     // What a query sees: hot 1 and 10..14, one live file with 0 and 2..9, nothing superseded.
     let reader = RowReader::new(db_a.clone(), a.path().join("storage"));
-    let view = reader.table_view(GroupId::SharedShard(0), 1, "").unwrap();
+    let view = reader.table_view(GroupId::SharedShard(0), 1, "", &Default::default()).unwrap();
     let hot: Vec<i64> = view
         .hot
         .iter()
@@ -243,6 +243,11 @@ async fn flush_and_compaction_are_deterministic_and_exact() {
         })
         .collect();
     assert_eq!(hot, vec![1, 10, 11, 12, 13, 14]);
+    // A primary-key range reads only that part of the hot tier.
+    let range = kalamdb_projections::cold::PkRange { low: Some(Value::BigInt(11)), high: Some(Value::BigInt(13)) };
+    let part = reader.table_view(GroupId::SharedShard(0), 1, "", &range).unwrap();
+    let keys: Vec<&Value> = part.hot.iter().map(|r| &r.values[0]).collect();
+    assert_eq!(keys, vec![&Value::BigInt(11), &Value::BigInt(12), &Value::BigInt(13)]);
     assert!(view.superseded.is_empty());
     assert_eq!(view.files.len(), 1);
     let batches = kalamdb_projections::cold::read_parquet(&view.files[0].0).unwrap();
@@ -266,7 +271,7 @@ async fn flush_and_compaction_are_deterministic_and_exact() {
     sm_c.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
     assert_eq!(digest_group(db_c.db(), GroupId::SharedShard(0)).unwrap(), digest_a);
     let reader_c = RowReader::new(db_c.clone(), c.path().join("storage"));
-    let view_c = reader_c.table_view(GroupId::SharedShard(0), 1, "").unwrap();
+    let view_c = reader_c.table_view(GroupId::SharedShard(0), 1, "", &Default::default()).unwrap();
     assert_eq!(view_c.files.len(), 1);
     assert_eq!(std::fs::read(&view_c.files[0].0).unwrap(), std::fs::read(&view.files[0].0).unwrap());
 }

@@ -156,7 +156,8 @@ impl TableProvider for KalamTable {
             return MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())
                 .map(|p| p as Arc<dyn ExecutionPlan>);
         }
-        let mut view = self.rows.table_view(self.group, self.def.table_id, &self.scope).map_err(external)?;
+        let range = pk_range(&self.def, filters);
+        let mut view = self.rows.table_view(self.group, self.def.table_id, &self.scope, &range).map_err(external)?;
         let proj: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
         // Filters are re-applied above the scan, so a limit is only safe without them.
         if let Some(l) = limit
@@ -172,6 +173,46 @@ impl TableProvider for KalamTable {
         let cold = self.cold_plan(state, &proj, filters, &view)?;
         UnionExec::try_new(vec![hot, cold])
     }
+}
+
+/// Primary-key bounds implied by `pk <op> literal` filters (`=`, `<`, `<=`, `>`, `>=`, either
+/// side), for a RocksDB range scan of the hot tier. Loose on purpose: strict bounds are taken
+/// as inclusive and DataFusion applies every filter again.
+fn pk_range(def: &TableDef, filters: &[Expr]) -> kalamdb_projections::cold::PkRange {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let pk = &def.columns[def.pk_index()];
+    let mut range = kalamdb_projections::cold::PkRange::default();
+    for f in filters {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = f else { continue };
+        let (op, literal) = match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), Expr::Literal(v, _)) if c.name == pk.name => (*op, v),
+            (Expr::Literal(v, _), Expr::Column(c)) if c.name == pk.name => match op.swap() {
+                Some(swapped) => (swapped, v),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let lit = match literal {
+            v if v.is_null() => continue,
+            datafusion::common::ScalarValue::Utf8(Some(s)) | datafusion::common::ScalarValue::LargeUtf8(Some(s)) => {
+                crate::values::Literal::String(s.clone())
+            }
+            datafusion::common::ScalarValue::Boolean(Some(b)) => crate::values::Literal::Bool(*b),
+            v if v.data_type().is_numeric() => crate::values::Literal::Number(v.to_string()),
+            _ => continue,
+        };
+        let Ok(value) = crate::values::coerce(&lit, pk.data_type) else { continue };
+        match op {
+            Operator::Eq => {
+                range.low = Some(value.clone());
+                range.high = Some(value);
+            }
+            Operator::Gt | Operator::GtEq => range.low = Some(value),
+            Operator::Lt | Operator::LtEq => range.high = Some(value),
+            _ => {}
+        }
+    }
+    range
 }
 
 impl KalamTable {
