@@ -37,13 +37,14 @@ queries = {
     "filter": "SELECT count(*), sum(amount) FROM {t} WHERE category = 'c3' AND amount > 990.0",
 }
 con = duckdb.connect()
-print("duckdb version=%s threads=%s files=%d" % (duckdb.__version__, con.sql("SELECT current_setting('threads')").fetchone()[0], len(files)))
+threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+print("duckdb version=%s threads=%s files=%d" % (duckdb.__version__, threads, len(files)))
 for name, q in queries.items():
     q = q.replace("{t}", src)
     times = []
     for _ in range(5):
         t = time.perf_counter()
-        answer = con.sql(q).fetchall()
+        answer = con.execute(q).fetchall()
         times.append(time.perf_counter() - t)
     print("duckdb %s median_s=%.4f answer=%s" % (name, statistics.median(times), answer[:2]))
 PY
