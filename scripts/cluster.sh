@@ -139,6 +139,12 @@ write_config() {
     echo "[storage]"
     echo "data_path = \"$dir/node$n\""
     echo
+    echo "# The spec's curl lines carry no credentials: anonymous requests act as a dba."
+    echo "# The server logs a warning about it at startup; remove this for a real deployment."
+    echo "[auth]"
+    echo "allow_anonymous = true"
+    echo "anonymous_role = \"dba\""
+    echo
     echo "[cluster]"
     echo "cluster_id = \"kalamdb-local-cluster\""
     echo "jwt_secret = \"${CLUSTER_SH_SECRET:-local-cluster-secret-change-me}\""

@@ -9,6 +9,10 @@ use hyper_util::rt::TokioExecutor;
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// HTTP Basic for `root:`: root may log in with an empty password from loopback while no
+/// root password is configured.
+pub const ROOT_BASIC: &str = "Basic cm9vdDo=";
+
 /// A client keeping up to `idle_max` idle connections per host.
 pub fn client(idle_max: usize) -> HttpClient {
     Client::builder(TokioExecutor::new()).pool_max_idle_per_host(idle_max).build_http()
@@ -25,10 +29,13 @@ pub fn check_loopback(url: &str) -> Result<(), String> {
 
 /// POST `body` as JSON to `url` + `path`; returns the response body of a 2xx answer.
 pub async fn post_json(client: &HttpClient, url: &str, path: &str, body: String) -> Result<Bytes, String> {
-    let req = hyper::Request::post(format!("{url}{path}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
+    let mut req = hyper::Request::post(format!("{url}{path}")).header("content-type", "application/json");
+    if path.starts_with("/v1/api/") {
+        // Our server on loopback: root with an empty password (no root password is set by
+        // the benchmark scripts). Peers (etcd) get no header.
+        req = req.header("authorization", ROOT_BASIC);
+    }
+    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();

@@ -85,6 +85,54 @@ impl TableType {
     }
 }
 
+/// What a user may do. Ordered by power: each role may do everything the ones before it may.
+#[derive(
+    Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub enum Role {
+    /// Reads and writes its own rows of USER tables, reads PUBLIC shared tables.
+    User,
+    /// Applications: also writes PUBLIC shared tables, reads and writes PRIVATE/RESTRICTED
+    /// ones, and may `EXECUTE AS USER`.
+    Service,
+    /// Administrators: also DDL, storage jobs and user management.
+    Dba,
+    /// Everything, including creating and changing other `system` users.
+    System,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::User, Role::Service, Role::Dba, Role::System];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Service => "service",
+            Role::Dba => "dba",
+            Role::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// A user as the users meta group stores it. The password arrives already hashed (argon2id,
+/// computed by the proposing node), so apply never sees a password.
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct UserDef {
+    /// Stable id (the scope of the user's rows in USER tables); never reused.
+    pub user_id: String,
+    pub username: String,
+    /// PHC string of the argon2id hash.
+    pub password_hash: String,
+    pub role: Role,
+    pub email: Option<String>,
+    pub created_at_micros: i64,
+    pub updated_at_micros: i64,
+}
+
 /// A column default. Evaluated by the proposing node, never during apply.
 #[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum DefaultExpr {
@@ -199,6 +247,22 @@ pub enum Op {
     Rebuild {
         table: TableDef,
     },
+    /// Add a user (users meta group).
+    CreateUser {
+        user: UserDef,
+        if_not_exists: bool,
+    },
+    /// Change a user's password hash and/or role.
+    AlterUser {
+        username: String,
+        password_hash: Option<String>,
+        role: Option<Role>,
+        updated_at_micros: i64,
+    },
+    DropUser {
+        username: String,
+        if_exists: bool,
+    },
 }
 
 impl Op {
@@ -216,6 +280,9 @@ impl Op {
             Op::Flush { .. } => "flush",
             Op::Compact { .. } => "compact",
             Op::Rebuild { .. } => "rebuild",
+            Op::CreateUser { .. } => "create_user",
+            Op::AlterUser { .. } => "alter_user",
+            Op::DropUser { .. } => "drop_user",
         }
     }
 
@@ -314,6 +381,7 @@ pub enum ApplyErrorCode {
     Conflict,
     /// `REBUILD PROJECTION` needs log entries this node no longer has.
     HistoryUnavailable,
+    UserNotFound,
 }
 
 #[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]

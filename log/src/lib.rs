@@ -9,8 +9,8 @@ pub mod storage;
 pub mod types;
 
 pub use command::{
-    ApplyResponse, ColumnDef, DataType, DefaultExpr, EncodedCommand, LogCommand, Op, OpResult, RowWrite, TableDef,
-    TableType, Value,
+    ApplyResponse, ColumnDef, DataType, DefaultExpr, EncodedCommand, LogCommand, Op, OpResult, Role, RowWrite,
+    TableDef, TableType, UserDef, Value,
 };
 pub use error::Error;
 pub use group::{GroupId, GroupLayout, MetaGroup};

@@ -18,12 +18,56 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Absent: a single-node database. Present: this node is one member of a Raft cluster.
     pub cluster: Option<ClusterConfig>,
+    pub auth: AuthConfig,
     pub debug: DebugConfig,
+}
+
+/// Authentication: who may use the SQL API, and how tokens are made.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The built-in `root` user's password (also `KALAMDB_ROOT_PASSWORD`). Empty: root may
+    /// log in with an empty password from loopback addresses only.
+    pub root_password: String,
+    /// Key material for access tokens (PASETO v4.local). Empty: `cluster.jwt_secret` in a
+    /// cluster, else a random key kept in `<data_path>/auth/token.key`.
+    pub jwt_secret: String,
+    /// Lifetime of an access token.
+    pub token_ttl_secs: u64,
+    /// Let requests without credentials act as user `anonymous` with `anonymous_role`. Off
+    /// by default; the startup log warns when it is on.
+    pub allow_anonymous: bool,
+    pub anonymous_role: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            root_password: String::new(),
+            jwt_secret: String::new(),
+            token_ttl_secs: 3600,
+            allow_anonymous: false,
+            anonymous_role: "dba".into(),
+        }
+    }
+}
+
+// Secrets never reach a log line, even through `{:?}`.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("root_password", &if self.root_password.is_empty() { "<unset>" } else { "<redacted>" })
+            .field("jwt_secret", &if self.jwt_secret.is_empty() { "<unset>" } else { "<redacted>" })
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("anonymous_role", &self.anonymous_role)
+            .finish()
+    }
 }
 
 /// The cluster this node belongs to. Every member has the same `[cluster]` section; only
 /// `[server] node_id` differs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub cluster_id: String,
@@ -39,6 +83,19 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub shared_shards: Option<u16>,
     pub members: Vec<MemberConfig>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("cluster_id", &self.cluster_id)
+            .field("jwt_secret", &"<redacted>")
+            .field("raft_bind", &self.raft_bind)
+            .field("user_shards", &self.user_shards)
+            .field("shared_shards", &self.shared_shards)
+            .field("members", &self.members)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -177,7 +234,12 @@ impl Default for LoggingConfig {
     }
 }
 
-const SECTIONS: [&str; 8] = ["server", "storage", "sharding", "limits", "raft", "logging", "cluster", "debug"];
+const SECTIONS: [&str; 9] = ["server", "storage", "sharding", "limits", "raft", "logging", "cluster", "auth", "debug"];
+
+/// Shortest `auth.jwt_secret` accepted.
+pub const TOKEN_SECRET_BYTES_MIN: usize = 16;
+/// Longest token lifetime accepted (30 days).
+pub const TOKEN_TTL_SECS_MAX: u64 = 30 * 24 * 3600;
 
 /// The smallest accepted cluster secret.
 pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
@@ -194,16 +256,17 @@ impl Config {
             None => toml::Table::new(),
         };
         for (key, value) in env {
+            // The documented name of the root password; same as KALAMDB_AUTH_ROOT_PASSWORD.
+            let key = if key == "KALAMDB_ROOT_PASSWORD" { "KALAMDB_AUTH_ROOT_PASSWORD".to_string() } else { key };
             let Some(rest) = key.strip_prefix("KALAMDB_") else { continue };
             let rest = rest.to_ascii_lowercase();
             let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else { continue };
             let field = &rest[section.len() + 1..];
-            // Numbers and booleans keep their type; anything else is a string.
-            let parsed: toml::Value = format!("v = {value}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(value.clone()));
+            // Numbers and booleans keep their type; anything else is a string. Secrets are
+            // always strings (a numeric password must not become an integer).
+            let secret = matches!(field, "root_password" | "jwt_secret");
+            let typed = if secret { None } else { format!("v = {value}").parse::<toml::Table>().ok() };
+            let parsed = typed.and_then(|mut t| t.remove("v")).unwrap_or(toml::Value::String(value.clone()));
             let table = doc
                 .entry(section.to_string())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -245,6 +308,18 @@ impl Config {
             return bad(
                 "limits: batch_ops_max, proposals_in_flight_max and proposal_queue_len_max must be positive".into()
             );
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < TOKEN_SECRET_BYTES_MIN {
+            return bad(format!("auth.jwt_secret must be at least {TOKEN_SECRET_BYTES_MIN} bytes"));
+        }
+        if !(1..=TOKEN_TTL_SECS_MAX).contains(&self.auth.token_ttl_secs) {
+            return bad(format!("auth.token_ttl_secs must be 1..={TOKEN_TTL_SECS_MAX}"));
+        }
+        if kalamdb_log::Role::parse(&self.auth.anonymous_role).is_none() {
+            return bad(format!(
+                "auth.anonymous_role '{}': expected user, service, dba or system",
+                self.auth.anonymous_role
+            ));
         }
         if let Some(c) = &self.cluster {
             if c.cluster_id.trim().is_empty() {
@@ -335,6 +410,22 @@ mod tests {
         assert_eq!(c.storage.data_path, PathBuf::from("/tmp/x"));
         let e = Config::load(None, vec![("KALAMDB_SERVER_PROT".to_string(), "1".to_string())]).unwrap_err().to_string();
         assert!(e.contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn auth_section_and_root_password_variable() {
+        let env = vec![
+            ("KALAMDB_ROOT_PASSWORD".to_string(), "12345678".to_string()),
+            ("KALAMDB_AUTH_ALLOW_ANONYMOUS".to_string(), "true".to_string()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.auth.root_password, "12345678", "a numeric password stays a string");
+        assert!(c.auth.allow_anonymous);
+        assert!(!Config::load(None, Vec::new()).unwrap().auth.allow_anonymous, "off by default");
+        let debug = format!("{:?}", c.auth);
+        assert!(!debug.contains("12345678"), "{debug}");
+        let bad = vec![("KALAMDB_AUTH_ANONYMOUS_ROLE".to_string(), "king".to_string())];
+        assert!(Config::load(None, bad).unwrap_err().to_string().contains("anonymous_role"));
     }
 
     const CLUSTER: &str = r#"

@@ -14,6 +14,17 @@ pub enum Error {
     Raft(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// Missing, malformed, wrong or expired credentials (HTTP 401 with `code`).
+    #[error("{message}")]
+    Unauthorized { code: &'static str, message: String },
+    /// Too many failed logins for a user or a client address (HTTP 429).
+    #[error("too many failed logins; try again in {retry_after_secs} s")]
+    TooManyAttempts { retry_after_secs: u64 },
+    /// The cluster could not answer in time (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

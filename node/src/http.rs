@@ -1,13 +1,15 @@
-//! The HTTP API: `POST /v1/api/sql`, health checks and `/metrics`. Every error is JSON with a
-//! stable code and the matching status; nothing a client sends can panic a handler.
+//! The HTTP API: `POST /v1/api/sql`, login (`/v1/api/auth/*`), health checks and `/metrics`.
+//! Every error is JSON with a stable code and the matching status; nothing a client sends can
+//! panic a handler.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,14 +18,13 @@ use kalamdb_query::{Engine, ExecContext, Proposer, QueryResult};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::{Auth, Identity, Method};
 use crate::groups::Groups;
-
-/// The identity statements run as until authentication exists.
-pub const DEFAULT_USER: &str = "root";
 
 pub struct App {
     pub engine: Engine,
     pub groups: Arc<Groups>,
+    pub auth: Arc<Auth>,
     pub body_bytes_max: usize,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Serve `POST /v1/api/debug/isolate` (tests only).
@@ -54,6 +55,8 @@ struct SqlRequest {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/api/sql", post(sql))
+        .route("/v1/api/auth/login", post(login))
+        .route("/v1/api/auth/me", get(me))
         .route("/health", get(health))
         .route("/v1/api/healthcheck", get(health))
         .route("/metrics", get(metrics_text))
@@ -79,30 +82,57 @@ fn error_response(status: StatusCode, code: &str, message: &str, start: Instant)
     (status, axum::Json(body)).into_response()
 }
 
-/// HTTP status of a query error code.
-pub fn status_of(e: &kalamdb_query::Error) -> StatusCode {
-    use kalamdb_query::Error as E;
+/// The response to a node error (authentication, availability).
+fn node_error_response(e: &crate::Error, start: Instant) -> Response {
+    use crate::Error as E;
     match e {
-        E::Unavailable(_) | E::NotLeader(_) => StatusCode::SERVICE_UNAVAILABLE,
-        E::Conflict(_) => StatusCode::CONFLICT,
-        E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
+        E::Unauthorized { code, message } => {
+            let mut r = error_response(StatusCode::UNAUTHORIZED, code, message, start);
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"kalamdb\""));
+            r
+        }
+        E::TooManyAttempts { retry_after_secs } => {
+            let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_ATTEMPTS", &e.to_string(), start);
+            if let Ok(v) = header::HeaderValue::from_str(&retry_after_secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        E::Unavailable(m) => error_response(StatusCode::SERVICE_UNAVAILABLE, "CLUSTER_UNAVAILABLE", m, start),
+        other => error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", &other.to_string(), start),
     }
 }
 
-async fn sql(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    let start = Instant::now();
+/// Who sends this request, or the response that refuses it.
+async fn identify(
+    app: &App,
+    headers: &HeaderMap,
+    client: SocketAddr,
+    start: Instant,
+) -> Result<(Identity, Method), Response> {
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    app.auth.authenticate(authorization, client.ip()).await.map_err(|e| node_error_response(&e, start))
+}
+
+/// Reads a JSON request body: content type, declared and actual size checked.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    start: Instant,
+) -> Result<T, Response> {
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/json"));
     if !json_type {
-        return error_response(
+        return Err(error_response(
             StatusCode::BAD_REQUEST,
             "INVALID_CONTENT_TYPE",
             "Content-Type must be application/json",
             start,
-        );
+        ));
     }
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
@@ -115,22 +145,103 @@ async fn sql(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Res
         )
     };
     if declared.is_some_and(|n| n > app.body_bytes_max) {
-        return too_large();
+        return Err(too_large());
     }
     let bytes = match axum::body::to_bytes(body, app.body_bytes_max).await {
         Ok(b) => b,
-        Err(_) => return too_large(),
+        Err(_) => return Err(too_large()),
     };
-    let req: SqlRequest = match serde_json::from_slice(&bytes) {
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error_response(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &format!("malformed JSON request: {e}"), start)
+    })
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    /// `user` (KalamDB's `username` is accepted too).
+    #[serde(alias = "username")]
+    user: String,
+    password: String,
+}
+
+fn user_json(who: &Identity) -> serde_json::Value {
+    json!({"id": who.user_id, "username": who.username, "role": who.role.name()})
+}
+
+/// `POST /v1/api/auth/login {"user": ..., "password": ...}` → an access token.
+async fn login(
+    State(app): State<Arc<App>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    let req: LoginRequest = match json_body(&app, &headers, body, start).await {
         Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let who = match app.auth.check_password(&req.user, &req.password, client.ip()).await {
+        Ok(w) => w,
         Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "INVALID_REQUEST",
-                &format!("malformed JSON request: {e}"),
-                start,
-            );
+            tracing::info!(target: "kalamdb_auth", user = %req.user, client = %client.ip(), "login refused: {e}");
+            return node_error_response(&e, start);
         }
+    };
+    match app.auth.issue(&who) {
+        Ok(issued) => {
+            let expires_at = chrono::DateTime::from_timestamp(issued.expires_at_secs as i64, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            let body = json!({
+                "access_token": issued.token,
+                "token_type": "Bearer",
+                "expires_at": expires_at,
+                "user": user_json(&who),
+            });
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Err(e) => node_error_response(&e, start),
+    }
+}
+
+/// `GET /v1/api/auth/me`: who the credentials identify.
+async fn me(State(app): State<Arc<App>>, ConnectInfo(client): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
+    let start = Instant::now();
+    match identify(&app, &headers, client, start).await {
+        Ok((who, method)) => {
+            (StatusCode::OK, axum::Json(json!({"user": user_json(&who), "auth": method.name()}))).into_response()
+        }
+        Err(resp) => resp,
+    }
+}
+
+/// HTTP status of a query error code.
+pub fn status_of(e: &kalamdb_query::Error) -> StatusCode {
+    use kalamdb_query::Error as E;
+    match e {
+        E::Unavailable(_) | E::NotLeader(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::Conflict(_) => StatusCode::CONFLICT,
+        E::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+async fn sql(
+    State(app): State<Arc<App>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    // Credentials first: a stranger learns nothing, not even whether its SQL parses.
+    let (who, method) = match identify(&app, &headers, client, start).await {
+        Ok(w) => w,
+        Err(resp) => return resp,
+    };
+    let req: SqlRequest = match json_body(&app, &headers, body, start).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     if req.sql.trim().is_empty() {
         return error_response(StatusCode::BAD_REQUEST, "EMPTY_SQL", "the 'sql' field is empty", start);
@@ -154,9 +265,23 @@ async fn sql(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Res
     } else {
         None
     };
-    tracing::debug!(target: "kalamdb_sql", sql = %req.sql, linearizable, "statement");
+    // A linearizable request also sees every user change committed before it: a user
+    // dropped (or demoted) through another node a moment ago is refused (or demoted) here.
+    let who = match &barrier {
+        Some(b) if method != Method::Anonymous && who.user_id != crate::auth::ROOT_USER => {
+            if let Err(e) = b.wait(kalamdb_log::GroupId::Meta(kalamdb_log::MetaGroup::Users)).await {
+                return error_response(status_of(&e), e.code(), &e.to_string(), start);
+            }
+            match app.auth.confirm(who) {
+                Ok(w) => w,
+                Err(e) => return node_error_response(&e, start),
+            }
+        }
+        _ => who,
+    };
+    tracing::debug!(target: "kalamdb_sql", user = %who.username, sql = %kalamdb_query::redact_passwords(&req.sql), linearizable, "statement");
     let ctx =
-        ExecContext { user_id: DEFAULT_USER.to_string(), namespace: req.namespace_id, params: req.params, barrier };
+        ExecContext { user_id: who.user_id, role: who.role, namespace: req.namespace_id, params: req.params, barrier };
     match app.engine.execute(&req.sql, &ctx, &NodeProposer(&app.groups)).await {
         Ok(results) => {
             metrics::counter!("kalamdb_sql_statements_total").increment(results.len() as u64);

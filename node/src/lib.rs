@@ -1,6 +1,7 @@
 //! The KalamDB node: configuration, startup of every Raft group, the HTTP API, and the wiring
 //! of log, projections, transport and query. The only crate that knows all the others.
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -32,9 +33,22 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let flush_policy = kalamdb_query::FlushPolicy::parse(&cfg.storage.flush_policy)
         .map_err(|e| Error::Config(format!("storage.flush_policy: {e}")))?;
     tokio::spawn(storage::run_auto_flush(groups.clone(), flush_policy, cfg.storage.compact_files_min));
+    let auth = Arc::new(auth::Auth::new(&cfg, groups.catalog.clone(), Some(groups.clone()))?);
+    if let Some(role) = auth.anonymous_role() {
+        tracing::warn!(
+            "auth.allow_anonymous is on: requests without credentials act as user 'anonymous' with role '{}'",
+            role.name()
+        );
+    }
+    if !auth.root_has_password() {
+        tracing::info!(
+            "root has no password: it may log in from loopback only (set auth.root_password or KALAMDB_ROOT_PASSWORD)"
+        );
+    }
     let app = Arc::new(http::App {
         engine,
         groups: groups.clone(),
+        auth,
         body_bytes_max: cfg.limits.request_body_bytes_max,
         metrics,
         fault_injection: cfg.debug.fault_injection,
@@ -44,7 +58,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .map_err(|e| Error::Config(format!("server.host/port: {e}")))?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, node_id = cfg.server.node_id, data = %cfg.storage.data_path.display(), "KalamDB listening");
-    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown).await?;
+    // Client addresses reach the handlers: root's loopback rule and the login rate limit.
+    let service = http::router(app).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(shutdown).await?;
     groups.shutdown().await;
     Ok(())
 }

@@ -325,3 +325,43 @@ async fn the_whole_cluster_restarts_in_any_order() {
     assert_eq!(before["meta:catalog"], after["meta:catalog"], "no catalog change from restarting");
     assert_ne!(before["shared:0"], after["shared:0"], "the new row is in the shared shard");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_one_node_work_on_every_node_and_users_stay_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), &[]).await;
+    let n = |i: usize| c.node(i);
+    n(1).sql_ok("CREATE NAMESPACE app").await;
+    n(1).sql_ok("CREATE USER TABLE app.notes (id BIGINT PRIMARY KEY, body TEXT)").await;
+    n(1).sql_ok("CREATE USER 'alice' WITH PASSWORD 'alice-password'").await;
+    n(2).sql_ok("CREATE USER 'bob' WITH PASSWORD 'bob-password'").await;
+    // Users created through one node log in on another at once (the login syncs the users group).
+    let alice = n(3).login("alice", "alice-password").await;
+    let bob = n(1).login("bob", "bob-password").await;
+    for i in 1..=3 {
+        let (st, b) = n(i).request_as(Some(&alice), "GET", "/v1/api/auth/me", None, Vec::new()).await.unwrap();
+        assert_eq!((st, &b["user"]["username"]), (200, &json!("alice")), "node {i}: {b}");
+        let (st, b) =
+            n(i).sql_as(Some(&alice), &format!("INSERT INTO app.notes (id, body) VALUES ({i}, 'a{i}')")).await;
+        assert_eq!(st, 200, "node {i}: {b}");
+        let (st, b) = n(i).sql_as(Some(&bob), &format!("INSERT INTO app.notes (id, body) VALUES ({i}, 'b{i}')")).await;
+        assert_eq!(st, 200, "node {i}: {b}");
+    }
+    for i in 1..=3 {
+        let (_, b) = n(i).sql_as(Some(&alice), "SELECT body FROM app.notes ORDER BY id").await;
+        assert_eq!(b["results"][0]["rows"], json!([["a1"], ["a2"], ["a3"]]), "node {i}: {b}");
+        let (_, b) = n(i).sql_as(Some(&bob), "SELECT body FROM app.notes WHERE id = 2").await;
+        assert_eq!(b["results"][0]["rows"], json!([["b2"]]), "node {i}: {b}");
+        let (st, b) = n(i).sql_as(Some(&bob), "CREATE NAMESPACE nope").await;
+        assert_eq!((st, b["error"]["code"].as_str()), (403, Some("PERMISSION_DENIED")), "node {i}: {b}");
+        let (st, _) = n(i).sql_as(None, "SELECT 1").await;
+        assert_eq!(st, 401, "node {i}: strangers are refused");
+    }
+    // A dropped user's token stops working on every node.
+    n(2).sql_ok("DROP USER 'bob'").await;
+    for i in 1..=3 {
+        let (st, b) = n(i).sql_as(Some(&bob), "SELECT 1").await;
+        assert_eq!((st, b["error"]["code"].as_str()), (401, Some("INVALID_TOKEN")), "node {i}: {b}");
+    }
+    c.assert_converged().await;
+}

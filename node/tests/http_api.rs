@@ -76,14 +76,14 @@ async fn api_shape_and_bad_input() {
     assert_eq!((st, b["error"]["code"].as_str()), (400, Some("INVALID_CONTENT_TYPE")));
     // Over the limit: refused from the declared length, before the body is read.
     let head = format!(
-        "POST /v1/api/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"sql\":\"",
+        "POST /v1/api/sql HTTP/1.1\r\nHost: x\r\nAuthorization: Basic cm9vdDo=\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"sql\":\"",
         200 << 10
     );
     assert_eq!(s.raw_status(head.as_bytes()).await, 413);
     // Over the limit without a declared length (chunked): refused while reading.
     let chunk = "x".repeat(16 << 10);
     let mut chunked = String::from(
-        "POST /v1/api/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST /v1/api/sql HTTP/1.1\r\nHost: x\r\nAuthorization: Basic cm9vdDo=\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
     );
     for _ in 0..8 {
         chunked.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));

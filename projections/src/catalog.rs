@@ -32,10 +32,12 @@ pub struct CatalogState {
     pub next_table_id: u64,
 }
 
-/// The node's in-memory view of the catalog. Written only by the catalog group's apply.
+/// The node's in-memory view of the catalog. Written only by the catalog group's apply
+/// (namespaces and tables) and the users group's apply (`users`).
 #[derive(Debug, Default)]
 pub struct Catalog {
     state: RwLock<CatalogState>,
+    pub users: crate::users::Users,
 }
 
 fn ns_key(group: GroupId, ns: &str) -> Vec<u8> {

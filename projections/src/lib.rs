@@ -1,5 +1,5 @@
 //! Projections: the Raft state machine that turns committed log entries into RocksDB tables
-//! (catalog and rows), flushes and compacts rows into Parquet files (cold storage), builds and
+//! (catalog, users and rows), flushes and compacts rows into Parquet files (cold storage), builds and
 //! installs snapshots, and computes state digests.
 
 pub mod catalog;
@@ -12,6 +12,7 @@ pub mod keys;
 pub mod machine;
 pub mod rows;
 pub mod snapshot;
+pub mod users;
 
 pub use catalog::{Catalog, NamespaceRecord};
 pub use cold::{JobLog, JobRecord, StorageEnv, TableView};
@@ -19,6 +20,7 @@ pub use error::Error;
 pub use machine::Projection;
 pub use rows::{RowReader, StoredRow};
 pub use snapshot::digest_group;
+pub use users::Users;
 
 /// Column families the projections add to the node's RocksDB instance.
 pub const CF_SM: &str = "sm";

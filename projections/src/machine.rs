@@ -87,6 +87,9 @@ impl Projection {
         if group == GroupId::Meta(MetaGroup::Catalog) {
             catalog.load(&db, group)?;
         }
+        if group == GroupId::Meta(MetaGroup::Users) {
+            catalog.users.load(&db, group)?;
+        }
         let (applied_tx, _) = watch::channel(applied.map_or(0, |l| l.index));
         Ok(Projection { log_db, group, catalog, env, applied, membership, applied_tx, snapshot_seq: 0 })
     }
@@ -122,6 +125,7 @@ impl Projection {
         ordinal: &mut u64,
     ) -> Result<OpResult> {
         let is_catalog = self.group == GroupId::Meta(MetaGroup::Catalog);
+        let is_users = self.group == GroupId::Meta(MetaGroup::Users);
         let is_data = matches!(self.group, GroupId::UserShard(_) | GroupId::SharedShard(_));
         let db = self.log_db.db();
         let misrouted = || OpResult::Failed {
@@ -197,6 +201,21 @@ impl Projection {
                     }
                     other => other,
                 }
+            }
+            Op::CreateUser { user, if_not_exists } if is_users => {
+                self.catalog.users.create(db, batch, self.group, user, *if_not_exists)
+            }
+            Op::AlterUser { username, password_hash, role, updated_at_micros } if is_users => self.catalog.users.alter(
+                db,
+                batch,
+                self.group,
+                username,
+                password_hash.as_deref(),
+                *role,
+                *updated_at_micros,
+            ),
+            Op::DropUser { username, if_exists } if is_users => {
+                self.catalog.users.drop_user(db, batch, self.group, username, *if_exists)
             }
             _ => Ok(misrouted()),
         }
@@ -315,6 +334,9 @@ impl RaftStateMachine<TypeConfig> for Projection {
         self.log_db.sync_wal().map_err(|e| snap_err(ErrorVerb::Write, e))?;
         if self.group == GroupId::Meta(MetaGroup::Catalog) {
             self.catalog.load(&db, self.group).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        }
+        if self.group == GroupId::Meta(MetaGroup::Users) {
+            self.catalog.users.load(&db, self.group).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         }
         write_snapshot_file(&self.snapshot_path(), meta, &data).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.applied_tx.send_replace(self.applied.map_or(0, |l| l.index));

@@ -20,16 +20,18 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::{
-    ColumnDef, DataType, DefaultExpr, GroupId, GroupLayout, MetaGroup, Op, OpResult, RowWrite, TableDef, TableType,
-    Value,
+    ColumnDef, DataType, DefaultExpr, GroupId, GroupLayout, MetaGroup, Op, OpResult, Role, RowWrite, TableDef,
+    TableType, UserDef, Value,
 };
 use kalamdb_projections::rows::Lookup;
 use kalamdb_projections::{Catalog, RowReader};
 use serde::Serialize;
 
+use crate::access::{self, ACCESS_LEVEL_OPTION, AccessLevel};
 use crate::error::{Error, Result};
 use crate::parse::{
-    ParsedCreateTable, Statement, StorageTarget, TableName, first_keyword, parse_statement, split_statements,
+    ParsedCreateTable, Statement, StorageTarget, TableName, UserChange, first_keyword, parse_statement,
+    split_statements,
 };
 use crate::provider::{
     ClusterView, DELETED_COLUMN, JobSource, KalamCatalog, ReadBarrier, SEQ_COLUMN, SYSTEM_NAMESPACE, ScanScope,
@@ -47,10 +49,16 @@ pub const CONFLICT_RETRIES_MAX: usize = 8;
 pub const DEFAULT_NAMESPACE: &str = "default";
 const CATALOG_NAME: &str = "kalam";
 
+/// User names that are built in and cannot be created, altered or dropped with SQL.
+pub const RESERVED_USERNAMES: [&str; 2] = ["root", "anonymous"];
+
 /// Who runs a statement, and with what parameters.
 #[derive(Debug, Clone)]
 pub struct ExecContext {
+    /// The caller's user id: the scope of its rows in USER and STREAM tables.
     pub user_id: String,
+    /// What the caller may do (see [`crate::access`]).
+    pub role: Role,
     pub namespace: Option<String>,
     pub params: Vec<serde_json::Value>,
     /// Set for linearizable reads (the default); `None` reads the local projection as is.
@@ -165,6 +173,19 @@ fn catalog_group() -> GroupId {
     GroupId::Meta(MetaGroup::Catalog)
 }
 
+fn users_group() -> GroupId {
+    GroupId::Meta(MetaGroup::Users)
+}
+
+fn reserved_user(username: &str) -> Result<()> {
+    if RESERVED_USERNAMES.contains(&username) {
+        return Err(Error::InvalidSql(format!(
+            "user '{username}' is built in and cannot be changed with SQL (root's password comes from auth.root_password or KALAMDB_ROOT_PASSWORD)"
+        )));
+    }
+    Ok(())
+}
+
 fn apply_failure(code: ApplyErrorCode, message: String) -> Error {
     match code {
         ApplyErrorCode::AlreadyExists => Error::AlreadyExists(message),
@@ -174,6 +195,7 @@ fn apply_failure(code: ApplyErrorCode, message: String) -> Error {
         ApplyErrorCode::ConstraintViolation => Error::ConstraintViolation(message),
         ApplyErrorCode::Conflict => Error::Conflict(message),
         ApplyErrorCode::HistoryUnavailable => Error::HistoryUnavailable(message),
+        ApplyErrorCode::UserNotFound => Error::UserNotFound(message),
     }
 }
 
@@ -442,6 +464,9 @@ impl Engine {
         // writes too (a write resolved against a stale catalog could target a dropped table).
         // Table scans add their own group's barrier.
         self.barrier(ctx, catalog_group()).await?;
+        if keyword == "EXECUTE" {
+            return self.execute_as(sql, ctx, proposer).await;
+        }
         if let Some((rewritten, positions)) = crate::parse::extract_as_of(sql)? {
             if keyword != "SELECT" {
                 return Err(Error::InvalidSql("AS OF is only allowed in SELECT".into()));
@@ -466,8 +491,141 @@ impl Engine {
         self.execute_statement(sql, ctx, proposer).await
     }
 
+    /// `EXECUTE AS USER 'name' (<statement>)`: the statement runs with that user's id and role
+    /// (its rows, its rights). Only service, dba and system callers may impersonate.
+    async fn execute_as(&self, sql: &str, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
+        let Statement::ExecuteAs { username, statement } = parse_statement(sql)? else {
+            return Err(Error::InvalidSql("expected EXECUTE AS USER 'name' (<statement>)".into()));
+        };
+        access::require(ctx.role, Role::Service, "EXECUTE AS USER")?;
+        if first_keyword(&statement) == "EXECUTE" {
+            return Err(Error::InvalidSql("EXECUTE AS USER cannot be nested".into()));
+        }
+        self.barrier(ctx, users_group()).await?;
+        let target = self
+            .catalog
+            .users
+            .get(&username)
+            .ok_or_else(|| Error::UserNotFound(format!("User '{username}' does not exist")))?;
+        if target.role > ctx.role {
+            return Err(Error::PermissionDenied(format!(
+                "role '{}' may not execute as user '{username}' of role '{}'",
+                ctx.role.name(),
+                target.role.name()
+            )));
+        }
+        let as_user = ExecContext { user_id: target.user_id.clone(), role: target.role, ..ctx.clone() };
+        Box::pin(self.execute_one(&statement, &as_user, proposer)).await
+    }
+
+    /// The user `username` as this node knows it once every users-group change committed
+    /// before now is applied here.
+    async fn existing_user(&self, ctx: &ExecContext, username: &str) -> Result<Arc<UserDef>> {
+        self.barrier(ctx, users_group()).await?;
+        self.catalog.users.get(username).ok_or_else(|| Error::UserNotFound(format!("User '{username}' does not exist")))
+    }
+
+    async fn user_statement(&self, stmt: Statement, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
+        match stmt {
+            Statement::CreateUser { username, password, role, email, if_not_exists } => {
+                access::require(ctx.role, Role::Dba, "CREATE USER")?;
+                reserved_user(&username)?;
+                let role = role.unwrap_or(Role::User);
+                if role == Role::System {
+                    access::require(ctx.role, Role::System, "creating a system user")?;
+                }
+                if let Some(e) = &email
+                    && (!e.contains('@') || e.len() > 254)
+                {
+                    return Err(Error::InvalidSql("EMAIL must be an address like 'name@example.com'".into()));
+                }
+                crate::password::check_policy(&password)?;
+                let password_hash = crate::password::hash_blocking(password).await?;
+                let now = now_micros();
+                let user = UserDef {
+                    user_id: format!("u_{}", self.ids.next_id()),
+                    username: username.clone(),
+                    password_hash,
+                    role,
+                    email,
+                    created_at_micros: now,
+                    updated_at_micros: now,
+                };
+                match self.propose_ok(proposer, users_group(), Op::CreateUser { user, if_not_exists }).await? {
+                    OpResult::Skipped => Ok(QueryResult::message(0, format!("User '{username}' already exists"))),
+                    _ => Ok(QueryResult::message(1, format!("User '{username}' created"))),
+                }
+            }
+            Statement::AlterUser { username, change } => {
+                reserved_user(&username)?;
+                let target = self.existing_user(ctx, &username).await?;
+                let is_self = target.user_id == ctx.user_id;
+                let (password_hash, role) = match change {
+                    UserChange::Password(p) => {
+                        if !is_self {
+                            access::require(ctx.role, Role::Dba, "changing another user's password")?;
+                        }
+                        crate::password::check_policy(&p)?;
+                        (Some(crate::password::hash_blocking(p).await?), None)
+                    }
+                    UserChange::Role(r) => {
+                        access::require(ctx.role, Role::Dba, "ALTER USER ... SET ROLE")?;
+                        if r == Role::System {
+                            access::require(ctx.role, Role::System, "granting the system role")?;
+                        }
+                        (None, Some(r))
+                    }
+                };
+                if target.role == Role::System && !is_self {
+                    access::require(ctx.role, Role::System, "changing a system user")?;
+                }
+                let op =
+                    Op::AlterUser { username: username.clone(), password_hash, role, updated_at_micros: now_micros() };
+                self.propose_ok(proposer, users_group(), op).await?;
+                Ok(QueryResult::message(1, format!("User '{username}' altered")))
+            }
+            Statement::DropUser { username, if_exists } => {
+                access::require(ctx.role, Role::Dba, "DROP USER")?;
+                reserved_user(&username)?;
+                self.barrier(ctx, users_group()).await?;
+                if let Some(target) = self.catalog.users.get(&username)
+                    && target.role == Role::System
+                {
+                    access::require(ctx.role, Role::System, "dropping a system user")?;
+                }
+                match self
+                    .propose_ok(proposer, users_group(), Op::DropUser { username: username.clone(), if_exists })
+                    .await?
+                {
+                    OpResult::Skipped => Ok(QueryResult::message(0, format!("User '{username}' does not exist"))),
+                    _ => Ok(QueryResult::message(1, format!("User '{username}' dropped"))),
+                }
+            }
+            _ => Err(Error::Internal("not a user statement".into())),
+        }
+    }
+
     async fn execute_statement(&self, sql: &str, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
-        match parse_statement(sql)? {
+        let stmt = parse_statement(sql)?;
+        match &stmt {
+            Statement::CreateUser { .. } | Statement::AlterUser { .. } | Statement::DropUser { .. } => {
+                return self.user_statement(stmt, ctx, proposer).await;
+            }
+            Statement::ExecuteAs { .. } => return self.execute_as(sql, ctx, proposer).await,
+            Statement::CreateNamespace { .. }
+            | Statement::DropNamespace { .. }
+            | Statement::CreateTable(_)
+            | Statement::DropTable { .. } => access::require(ctx.role, Role::Dba, "DDL")?,
+            Statement::Storage { compact: false, .. } => access::require(ctx.role, Role::Dba, "FLUSH")?,
+            Statement::Storage { compact: true, .. } => access::require(ctx.role, Role::Dba, "STORAGE COMPACT")?,
+            Statement::Rebuild { .. } => access::require(ctx.role, Role::Dba, "REBUILD PROJECTION")?,
+            _ => {}
+        }
+        match stmt {
+            Statement::CreateUser { .. }
+            | Statement::AlterUser { .. }
+            | Statement::DropUser { .. }
+            | Statement::ExecuteAs { .. } => Err(Error::Internal("user statement not dispatched".into())),
             Statement::CreateNamespace { name, if_not_exists } => {
                 if name == SYSTEM_NAMESPACE {
                     return Err(Error::InvalidSql("namespace 'system' is reserved".into()));
@@ -664,6 +822,10 @@ impl Engine {
                 if k == "FLUSH_POLICY" {
                     crate::parse::FlushPolicy::parse(&v)?;
                 }
+                if k == ACCESS_LEVEL_OPTION {
+                    options.push((k, AccessLevel::parse(&v)?.name().to_string()));
+                    continue;
+                }
                 options.push((k, v));
             }
         }
@@ -711,11 +873,17 @@ impl Engine {
             1 => {}
             _ => return Err(Error::InvalidSql("a table has exactly one PRIMARY KEY column".into())),
         }
+        let table_type = table_type.unwrap_or(TableType::Shared);
+        if table_type != TableType::Shared && options.iter().any(|(k, _)| k == ACCESS_LEVEL_OPTION) {
+            return Err(Error::InvalidSql(
+                "ACCESS_LEVEL applies to SHARED tables; USER and STREAM tables are private to each user".into(),
+            ));
+        }
         let def = TableDef {
             table_id: 0,
             namespace: ns.clone(),
             name: ct.table.name.clone(),
-            table_type: table_type.unwrap_or(TableType::Shared),
+            table_type,
             columns,
             options,
             created_at_micros: now_micros(),
@@ -732,6 +900,7 @@ impl Engine {
         let Some(def) = self.catalog.table(&ns, &ps.table.name) else {
             return Ok(None);
         };
+        access::check_read(ctx.role, &def)?;
         let pk = def.pk_index();
         if def.columns[pk].name != ps.key_column {
             return Ok(None);
@@ -801,6 +970,7 @@ impl Engine {
             rows: self.rows.clone(),
             layout: self.layout,
             user_id: ctx.user_id.clone(),
+            role: ctx.role,
             barrier: ctx.barrier.clone(),
             cluster: self.cluster.clone(),
             jobs: self.jobs.clone(),
@@ -908,6 +1078,7 @@ impl Engine {
             other => return Err(Error::InvalidSql(format!("unsupported INSERT target {other}"))),
         };
         let def = self.resolve_table(&table, ctx)?;
+        access::check_write(ctx.role, &def)?;
         let source = insert.source.as_ref().ok_or_else(|| Error::InvalidSql("INSERT needs VALUES or SELECT".into()))?;
         // Target column positions, in the order values are given.
         let explicit: Vec<usize> = insert
@@ -1068,6 +1239,7 @@ impl Engine {
         proposer: &dyn Proposer,
     ) -> Result<QueryResult> {
         let def = self.resolve_table(table, ctx)?;
+        access::check_write(ctx.role, &def)?;
         let pk = def.pk_index();
         let mut set_cols = Vec::new();
         for (name, expr) in sets.iter().flatten() {
@@ -1176,6 +1348,8 @@ fn prefix_error(e: Error, n: usize) -> Error {
         Error::Unavailable(m) => Error::Unavailable(p(m)),
         Error::NotLeader(m) => Error::NotLeader(p(m)),
         Error::HistoryUnavailable(m) => Error::HistoryUnavailable(p(m)),
+        Error::PermissionDenied(m) => Error::PermissionDenied(p(m)),
+        Error::UserNotFound(m) => Error::UserNotFound(p(m)),
         Error::Internal(m) => Error::Internal(p(m)),
     }
 }

@@ -28,6 +28,11 @@ pub enum Error {
     /// A past position (AS OF, REBUILD) that files and the retained log no longer cover.
     #[error("{0}")]
     HistoryUnavailable(String),
+    /// The caller's role does not allow the statement.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    UserNotFound(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -47,6 +52,8 @@ impl Error {
             Error::Unavailable(_) => "CLUSTER_UNAVAILABLE",
             Error::NotLeader(_) => "NOT_LEADER",
             Error::HistoryUnavailable(_) => "HISTORY_UNAVAILABLE",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::UserNotFound(_) => "USER_NOT_FOUND",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }

@@ -2,13 +2,15 @@
 //! over the RocksDB projections, the `system.*` tables, and the engine that answers reads
 //! locally and turns writes into log ops for the node to propose.
 
+pub mod access;
 pub mod engine;
 pub mod error;
 pub mod parse;
+pub mod password;
 pub mod provider;
 pub mod values;
 
 pub use engine::{Engine, ExecContext, Proposer, QueryResult, StorageJob};
 pub use error::Error;
-pub use parse::FlushPolicy;
+pub use parse::{FlushPolicy, redact_passwords};
 pub use provider::{ClusterGroup, ClusterNode, ClusterView, ReadBarrier};

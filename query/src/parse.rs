@@ -5,7 +5,7 @@
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use kalamdb_log::{DataType, DefaultExpr, TableType, Value};
+use kalamdb_log::{DataType, DefaultExpr, Role, TableType, Value};
 
 use crate::error::{Error, Result};
 
@@ -75,9 +75,42 @@ pub enum Statement {
     Rebuild {
         table: TableName,
     },
+    /// `CREATE USER [IF NOT EXISTS] 'name' WITH PASSWORD '...' [ROLE r] [EMAIL '...']`.
+    CreateUser {
+        username: String,
+        password: String,
+        role: Option<Role>,
+        email: Option<String>,
+        if_not_exists: bool,
+    },
+    /// `ALTER USER 'name' SET PASSWORD '...'` or `ALTER USER 'name' SET ROLE r`.
+    AlterUser {
+        username: String,
+        change: UserChange,
+    },
+    /// `DROP USER [IF EXISTS] 'name'`.
+    DropUser {
+        username: String,
+        if_exists: bool,
+    },
+    /// `EXECUTE AS USER 'name' (<statement>)`: run one statement as another user.
+    ExecuteAs {
+        username: String,
+        statement: String,
+    },
     /// Standard SQL handled through sqlparser's AST.
     Sql(Box<datafusion::sql::sqlparser::ast::Statement>),
 }
+
+/// What `ALTER USER` changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserChange {
+    Password(String),
+    Role(Role),
+}
+
+/// Longest user name.
+pub const USERNAME_BYTES_MAX: usize = 64;
 
 /// When a table is flushed automatically: after `rows` writes, after `interval_secs` seconds
 /// with unflushed writes, whichever comes first. Written `rows:N`, `interval:S` or
@@ -319,11 +352,14 @@ pub fn first_keyword(sql: &str) -> String {
 pub fn parse_statement(sql: &str) -> Result<Statement> {
     if !matches!(
         first_keyword(sql).as_str(),
-        "CREATE" | "DROP" | "SHOW" | "DESCRIBE" | "DESC" | "FLUSH" | "STORAGE" | "REBUILD"
+        "CREATE" | "DROP" | "SHOW" | "DESCRIBE" | "DESC" | "FLUSH" | "STORAGE" | "REBUILD" | "ALTER" | "EXECUTE"
     ) {
         return parse_standard(sql);
     }
     let mut c = Cursor::new(sql)?;
+    if let Some(stmt) = parse_user_statement(&mut c, sql)? {
+        return Ok(stmt);
+    }
     if c.eat_kw("CREATE") {
         if c.eat_kw("NAMESPACE") {
             let if_not_exists = c.eat_kws(&["IF", "NOT", "EXISTS"]);
@@ -389,6 +425,159 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         return Ok(Statement::DescribeTable { table });
     }
     parse_standard(sql)
+}
+
+/// A user name: a quoted string or an identifier (kept as written), 1 to
+/// [`USERNAME_BYTES_MAX`] bytes of letters, digits and `_ . @ -`.
+fn username(c: &mut Cursor) -> Result<String> {
+    let name = match c.next() {
+        Some(Token::SingleQuotedString(s)) => s,
+        Some(Token::Word(w)) => w.value,
+        Some(t) => return Err(Error::InvalidSql(format!("expected a user name, found '{t}'"))),
+        None => return Err(Error::InvalidSql("expected a user name, found end of statement".into())),
+    };
+    let ok_chars = name.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '@' | '-'));
+    if name.is_empty() || name.len() > USERNAME_BYTES_MAX || !ok_chars {
+        return Err(Error::InvalidSql(format!(
+            "a user name is 1 to {USERNAME_BYTES_MAX} letters, digits or '_', '.', '@', '-'"
+        )));
+    }
+    Ok(name)
+}
+
+/// A password literal. Errors never echo what was found: it may be the password.
+fn password(c: &mut Cursor) -> Result<String> {
+    match c.next() {
+        Some(Token::SingleQuotedString(s)) => Ok(s),
+        _ => Err(Error::InvalidSql("PASSWORD takes a single-quoted string".into())),
+    }
+}
+
+fn role(c: &mut Cursor) -> Result<Role> {
+    let found = match c.next() {
+        Some(Token::Word(w)) => w.value,
+        Some(Token::SingleQuotedString(s)) => s,
+        _ => String::new(),
+    };
+    Role::parse(&found)
+        .ok_or_else(|| Error::InvalidSql(format!("unknown role '{found}': expected user, service, dba or system")))
+}
+
+/// CREATE/ALTER/DROP USER and EXECUTE AS USER; `None` when the statement is none of them.
+fn parse_user_statement(c: &mut Cursor, sql: &str) -> Result<Option<Statement>> {
+    if c.peek_kw("CREATE") && c.peek_kw_at(1, "USER") && !c.peek_kw_at(2, "TABLE") {
+        c.pos += 2;
+        let if_not_exists = c.eat_kws(&["IF", "NOT", "EXISTS"]);
+        let username = username(c)?;
+        if !c.eat_kw("WITH") {
+            return Err(c.unexpected("WITH PASSWORD"));
+        }
+        let (mut pw, mut role_given, mut email) = (None, None, None);
+        let twice = |what: &str| Err(Error::InvalidSql(format!("CREATE USER: {what} given twice")));
+        while !c.at_end() {
+            if c.eat_kw("PASSWORD") {
+                if pw.is_some() {
+                    return twice("PASSWORD");
+                }
+                pw = Some(password(c)?);
+            } else if c.eat_kw("ROLE") {
+                if role_given.is_some() {
+                    return twice("ROLE");
+                }
+                role_given = Some(role(c)?);
+            } else if c.eat_kw("EMAIL") {
+                if email.is_some() {
+                    return twice("EMAIL");
+                }
+                match c.next() {
+                    Some(Token::SingleQuotedString(s)) => email = Some(s),
+                    _ => return Err(Error::InvalidSql("EMAIL takes a single-quoted string".into())),
+                }
+            } else {
+                // Not `unexpected()`: what follows WITH may be a misplaced password.
+                return Err(Error::InvalidSql("CREATE USER ... WITH expects PASSWORD, ROLE or EMAIL".into()));
+            }
+        }
+        let password = pw.ok_or_else(|| Error::InvalidSql("CREATE USER needs WITH PASSWORD '...'".into()))?;
+        return Ok(Some(Statement::CreateUser { username, password, role: role_given, email, if_not_exists }));
+    }
+    if c.peek_kw("ALTER") && c.peek_kw_at(1, "USER") {
+        c.pos += 2;
+        let username = username(c)?;
+        if !c.eat_kw("SET") {
+            return Err(c.unexpected("SET PASSWORD or SET ROLE"));
+        }
+        let change = if c.eat_kw("PASSWORD") {
+            UserChange::Password(password(c)?)
+        } else if c.eat_kw("ROLE") {
+            UserChange::Role(role(c)?)
+        } else {
+            return Err(c.unexpected("PASSWORD or ROLE"));
+        };
+        c.expect_end()?;
+        return Ok(Some(Statement::AlterUser { username, change }));
+    }
+    if c.peek_kw("DROP") && c.peek_kw_at(1, "USER") && !c.peek_kw_at(2, "TABLE") {
+        c.pos += 2;
+        let if_exists = c.eat_kws(&["IF", "EXISTS"]);
+        let username = username(c)?;
+        c.expect_end()?;
+        return Ok(Some(Statement::DropUser { username, if_exists }));
+    }
+    if c.peek_kw("EXECUTE") {
+        if !(c.peek_kw_at(1, "AS") && c.peek_kw_at(2, "USER")) {
+            return Err(Error::InvalidSql("expected EXECUTE AS USER 'name' (<statement>)".into()));
+        }
+        c.pos += 3;
+        let username = username(c)?;
+        // The inner statement is the text between the first '(' after the name and the
+        // statement's final ')', exactly as written.
+        let dialect = GenericDialect {};
+        let tokens = Tokenizer::new(&dialect, sql).tokenize().map_err(|e| Error::InvalidSql(e.to_string()))?;
+        let significant: Vec<usize> =
+            tokens.iter().enumerate().filter(|(_, t)| !matches!(t, Token::Whitespace(_))).map(|(i, _)| i).collect();
+        let open = significant.get(c.pos).copied();
+        let close = significant.last().copied();
+        match (open, close) {
+            (Some(o), Some(e)) if tokens[o] == Token::LParen && tokens[e] == Token::RParen && e > o + 1 => {
+                let statement: String = tokens[o + 1..e].iter().map(|t| t.to_string()).collect();
+                if statement.trim().is_empty() {
+                    return Err(Error::InvalidSql("EXECUTE AS USER needs a statement in parentheses".into()));
+                }
+                return Ok(Some(Statement::ExecuteAs { username, statement: statement.trim().to_string() }));
+            }
+            _ => return Err(Error::InvalidSql("expected EXECUTE AS USER 'name' (<statement>)".into())),
+        }
+    }
+    Ok(None)
+}
+
+/// The SQL text with every string literal that follows `PASSWORD` replaced by `'***'`: what
+/// may be logged of a statement.
+pub fn redact_passwords(sql: &str) -> String {
+    if !sql.to_ascii_uppercase().contains("PASSWORD") {
+        return sql.to_string();
+    }
+    let dialect = GenericDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        return "<statement not logged: it mentions PASSWORD and does not tokenize>".into();
+    };
+    let mut out = String::with_capacity(sql.len());
+    let mut after_password = false;
+    for t in &tokens {
+        match t {
+            Token::Whitespace(_) => {}
+            Token::SingleQuotedString(_) if after_password => {
+                out.push_str("'***'");
+                after_password = false;
+                continue;
+            }
+            Token::Word(w) => after_password = w.value.eq_ignore_ascii_case("PASSWORD"),
+            _ => after_password = false,
+        }
+        out.push_str(&t.to_string());
+    }
+    out
 }
 
 /// Time travel: `FROM t AS OF <log index>` in a SELECT. Returns the statement without the
@@ -715,5 +904,60 @@ mod tests {
         assert!(parse_statement("CREATE NAMESPACE").is_err());
         assert_eq!(first_keyword("  -- c\n /* x */ select 1"), "SELECT");
         assert_eq!(first_keyword("/* unterminated"), "");
+    }
+
+    #[test]
+    fn parses_user_statements() {
+        match parse_statement("CREATE USER 'alice' WITH PASSWORD 's3cret-pw' ROLE dba EMAIL 'a@x.io'").unwrap() {
+            Statement::CreateUser { username, password, role, email, if_not_exists: false } => {
+                assert_eq!((username.as_str(), password.as_str()), ("alice", "s3cret-pw"));
+                assert_eq!((role, email.as_deref()), (Some(Role::Dba), Some("a@x.io")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_statement("create user if not exists bob with role service password 'pw123456'").unwrap(),
+            Statement::CreateUser { role: Some(Role::Service), if_not_exists: true, .. }
+        ));
+        assert!(matches!(
+            parse_statement("ALTER USER 'alice' SET ROLE user").unwrap(),
+            Statement::AlterUser { change: UserChange::Role(Role::User), .. }
+        ));
+        assert!(matches!(
+            parse_statement("ALTER USER alice SET PASSWORD 'n3w-password'").unwrap(),
+            Statement::AlterUser { change: UserChange::Password(p), .. } if p == "n3w-password"
+        ));
+        assert!(matches!(
+            parse_statement("DROP USER IF EXISTS 'alice'").unwrap(),
+            Statement::DropUser { if_exists: true, .. }
+        ));
+        match parse_statement("EXECUTE AS USER 'bob' (SELECT * FROM app.t WHERE (id > 1))").unwrap() {
+            Statement::ExecuteAs { username, statement } => {
+                assert_eq!(username, "bob");
+                assert_eq!(statement, "SELECT * FROM app.t WHERE (id > 1)");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_statement("EXECUTE AS USER 'bob' SELECT 1").is_err());
+        assert!(parse_statement("CREATE USER 'x y' WITH PASSWORD 'p'").is_err());
+        assert!(parse_statement("CREATE USER 'alice' WITH ROLE dba").is_err(), "password required");
+        assert!(parse_statement("CREATE USER 'alice' WITH PASSWORD 'p' ROLE king").is_err());
+        // A misplaced password is never echoed back in the error.
+        let e = parse_statement("CREATE USER 'alice' WITH 'hunter2-secret'").unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = parse_statement("CREATE USER 'alice' WITH PASSWORD hunter2secret").unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        // CREATE USER TABLE is still a table.
+        assert!(matches!(
+            parse_statement("CREATE USER TABLE app.n (id BIGINT PRIMARY KEY)").unwrap(),
+            Statement::CreateTable(_)
+        ));
+    }
+
+    #[test]
+    fn redacts_passwords_for_logs() {
+        let r = redact_passwords("CREATE USER 'a' WITH PASSWORD 'hunter2-secret' ROLE dba");
+        assert!(!r.contains("hunter2") && r.contains("'***'") && r.contains("ROLE dba"), "{r}");
+        assert_eq!(redact_passwords("SELECT 1"), "SELECT 1");
     }
 }

@@ -23,7 +23,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
-use kalamdb_log::{GroupId, GroupLayout, TableDef, TableType};
+use kalamdb_log::{GroupId, GroupLayout, Role, TableDef, TableType};
 use kalamdb_projections::columnar::rows_to_batch;
 pub use kalamdb_projections::columnar::{DELETED_COLUMN, SEQ_COLUMN, table_schema};
 use kalamdb_projections::{Catalog, JobLog, RowReader, StoredRow, TableView};
@@ -260,6 +260,14 @@ impl KalamTable {
     }
 }
 
+/// Who reads a system table: `system.users` shows dba and system callers every user, and
+/// anyone else only their own row.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub user_id: String,
+    pub role: Role,
+}
+
 /// The `system` schema's tables, materialized from the catalog on every scan.
 #[derive(Debug)]
 pub struct SystemTable {
@@ -268,6 +276,7 @@ pub struct SystemTable {
     catalog: Arc<Catalog>,
     cluster: Option<Arc<dyn ClusterView>>,
     jobs: Option<Arc<dyn JobSource>>,
+    viewer: Viewer,
 }
 
 /// Where `system.jobs` comes from: the node's storage job log.
@@ -281,7 +290,7 @@ impl JobSource for kalamdb_projections::StorageEnv {
     }
 }
 
-pub const SYSTEM_TABLES: [&str; 6] = ["namespaces", "tables", "columns", "cluster", "cluster_groups", "jobs"];
+pub const SYSTEM_TABLES: [&str; 7] = ["namespaces", "tables", "columns", "cluster", "cluster_groups", "jobs", "users"];
 
 fn system_schema(name: &str) -> Option<SchemaRef> {
     let ts = ArrowType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()));
@@ -336,6 +345,15 @@ fn system_schema(name: &str) -> Option<SchemaRef> {
             Field::new("duration_ms", ArrowType::UInt64, false),
             Field::new("message", ArrowType::Utf8, false),
         ],
+        // Never the password hash.
+        "users" => vec![
+            Field::new("user_id", ArrowType::Utf8, false),
+            Field::new("username", ArrowType::Utf8, false),
+            Field::new("role", ArrowType::Utf8, false),
+            Field::new("email", ArrowType::Utf8, true),
+            Field::new("created_at", ts.clone(), false),
+            Field::new("updated_at", ts.clone(), false),
+        ],
         "cluster_groups" => vec![
             Field::new("group_id", ArrowType::Utf8, false),
             Field::new("leader", ArrowType::UInt64, true),
@@ -363,9 +381,42 @@ impl SystemTable {
         catalog: Arc<Catalog>,
         cluster: Option<Arc<dyn ClusterView>>,
         jobs: Option<Arc<dyn JobSource>>,
+        viewer: Viewer,
     ) -> Option<SystemTable> {
         let name = SYSTEM_TABLES.into_iter().find(|n| *n == name)?;
-        Some(SystemTable { name, schema: system_schema(name)?, catalog, cluster, jobs })
+        Some(SystemTable { name, schema: system_schema(name)?, catalog, cluster, jobs, viewer })
+    }
+
+    fn users_batch(&self) -> Result<RecordBatch, DataFusionError> {
+        let everyone = self.viewer.role >= Role::Dba;
+        let users: Vec<_> =
+            self.catalog.users.all().into_iter().filter(|u| everyone || u.user_id == self.viewer.user_id).collect();
+        let ts_builder = || datafusion::arrow::array::TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        let (mut id, mut name, mut role, mut email, mut created, mut updated) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            ts_builder(),
+            ts_builder(),
+        );
+        for u in &users {
+            id.append_value(&u.user_id);
+            name.append_value(&u.username);
+            role.append_value(u.role.name());
+            email.append_option(u.email.as_deref());
+            created.append_value(u.created_at_micros);
+            updated.append_value(u.updated_at_micros);
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(id.finish()),
+            Arc::new(name.finish()),
+            Arc::new(role.finish()),
+            Arc::new(email.finish()),
+            Arc::new(created.finish()),
+            Arc::new(updated.finish()),
+        ];
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
 
     fn jobs_batch(&self) -> Result<RecordBatch, DataFusionError> {
@@ -582,6 +633,8 @@ impl TableProvider for SystemTable {
             self.cluster_batch().await?
         } else if self.name == "jobs" {
             self.jobs_batch()?
+        } else if self.name == "users" {
+            self.users_batch()?
         } else {
             self.batch()?
         };
@@ -596,6 +649,7 @@ pub struct ScanScope {
     pub rows: RowReader,
     pub layout: GroupLayout,
     pub user_id: String,
+    pub role: Role,
     pub barrier: Option<Arc<dyn ReadBarrier>>,
     pub cluster: Option<Arc<dyn ClusterView>>,
     pub jobs: Option<Arc<dyn JobSource>>,
@@ -650,21 +704,25 @@ impl SchemaProvider for NamespaceSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         if self.namespace == SYSTEM_NAMESPACE {
+            let viewer = Viewer { user_id: self.scope.user_id.clone(), role: self.scope.role };
             return Ok(SystemTable::new(
                 name,
                 self.scope.catalog.clone(),
                 self.scope.cluster.clone(),
                 self.scope.jobs.clone(),
+                viewer,
             )
             .map(|t| Arc::new(t) as Arc<dyn TableProvider>));
         }
         let s = &self.scope;
         let as_of = s.as_of.iter().find(|(ns, t, _)| *ns == self.namespace && t == name).map(|(_, _, at)| *at);
-        Ok(s.catalog.table(&self.namespace, name).map(|def| {
-            let mut table = KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id, s.barrier.clone());
-            table.as_of = as_of;
-            Arc::new(table) as Arc<dyn TableProvider>
-        }))
+        let Some(def) = s.catalog.table(&self.namespace, name) else { return Ok(None) };
+        // Every read of a table (joins, subqueries, INSERT ... SELECT, time travel) resolves
+        // it here, so this one check covers them all.
+        crate::access::check_read(s.role, &def).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let mut table = KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id, s.barrier.clone());
+        table.as_of = as_of;
+        Ok(Some(Arc::new(table) as Arc<dyn TableProvider>))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -17,6 +17,9 @@ use hyper_util::rt::TokioExecutor;
 
 /// How long a test waits for a server to become healthy.
 pub const STARTUP_WAIT: Duration = Duration::from_secs(60);
+/// HTTP Basic for `root:` (empty password): root may use it from loopback while no root
+/// password is configured. Every helper request carries it unless told otherwise.
+pub const ROOT_BASIC: &str = "Basic cm9vdDo=";
 
 pub struct Server {
     child: Option<Child>,
@@ -104,9 +107,24 @@ impl Server {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Result<(u16, serde_json::Value), String> {
+        self.request_as(Some(ROOT_BASIC), method, path, content_type, body).await
+    }
+
+    /// A request with the given `Authorization` header (or none).
+    pub async fn request_as(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value), String> {
         let mut req = hyper::Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", self.port));
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
+        }
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
         }
         let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
         let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
@@ -151,6 +169,23 @@ impl Server {
         self.sql_body(serde_json::json!({ "sql": sql })).await
     }
 
+    /// SQL with the given `Authorization` header (`None`: no credentials at all).
+    pub async fn sql_as(&self, authorization: Option<&str>, sql: &str) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({ "sql": sql }).to_string().into_bytes();
+        self.request_as(authorization, "POST", "/v1/api/sql", Some("application/json"), body)
+            .await
+            .expect("http request")
+    }
+
+    /// Log in; returns `Authorization: Bearer <token>` for the user.
+    pub async fn login(&self, user: &str, password: &str) -> String {
+        let body = serde_json::json!({ "user": user, "password": password }).to_string().into_bytes();
+        let (st, b) =
+            self.request_as(None, "POST", "/v1/api/auth/login", Some("application/json"), body).await.expect("login");
+        assert_eq!(st, 200, "login of {user} failed: {b}");
+        format!("Bearer {}", b["access_token"].as_str().expect("access_token"))
+    }
+
     /// Run SQL that must succeed; returns the first result.
     pub async fn sql_ok(&self, sql: &str) -> serde_json::Value {
         let (status, body) = self.sql(sql).await;
@@ -174,6 +209,7 @@ pub async fn post_sql(port: u16, sql: &str) -> Result<(u16, serde_json::Value), 
         .method("POST")
         .uri(format!("http://127.0.0.1:{port}/v1/api/sql"))
         .header("content-type", "application/json")
+        .header("authorization", ROOT_BASIC)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
