@@ -22,6 +22,9 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import duckdb' 2>/d
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet duckdb
 fi
+# One FLUSH of millions of rows is one log entry whose apply takes longer than the default
+# 10 s write timeout: let the statement wait for it (the server inherits this).
+export KALAMDB_LIMITS_WRITE_TIMEOUT_MS="${KALAMDB_LIMITS_WRITE_TIMEOUT_MS:-900000}"
 # shellcheck source=scripts/bench-server.sh
 source scripts/bench-server.sh
 echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null || echo nogit) profile=$profile rows=$rows"
