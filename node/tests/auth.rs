@@ -12,7 +12,7 @@ use serde_json::json;
 fn expected(role: &str, table: &str, kind: &str) -> bool {
     let privileged = role != "user";
     match (table, kind) {
-        ("ut", _) => true,
+        ("ut" | "st", _) => true,
         ("pub", "select") => true,
         ("pub" | "priv" | "res", _) => privileged,
         _ => unreachable!(),
@@ -20,7 +20,7 @@ fn expected(role: &str, table: &str, kind: &str) -> bool {
 }
 
 const ROLES: [&str; 4] = ["user", "service", "dba", "system"];
-const TABLES: [&str; 4] = ["ut", "pub", "priv", "res"];
+const TABLES: [&str; 5] = ["ut", "st", "pub", "priv", "res"];
 
 async fn create_fixture(s: &Server) {
     for r in ROLES {
@@ -28,6 +28,7 @@ async fn create_fixture(s: &Server) {
     }
     s.sql_ok("CREATE NAMESPACE app").await;
     s.sql_ok("CREATE USER TABLE app.ut (id BIGINT PRIMARY KEY, v TEXT)").await;
+    s.sql_ok("CREATE STREAM TABLE app.st (id BIGINT PRIMARY KEY, v TEXT)").await;
     s.sql_ok("CREATE TABLE app.pub (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED', ACCESS_LEVEL = 'PUBLIC')")
         .await;
     s.sql_ok("CREATE TABLE app.priv (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')").await;
@@ -99,7 +100,7 @@ async fn roles_tables_and_statements_matrix() {
             cells += 1;
         }
     }
-    assert_eq!(cells, 4 * (4 * 5 + 5));
+    assert_eq!(cells, ROLES.len() * (TABLES.len() * 5 + 5));
     // Only system may create another system user; nobody may touch root through SQL.
     let dba = &tokens[2].1;
     let (st, b) = s.sql_as(Some(dba), "CREATE USER 'sys2' WITH PASSWORD 'long-enough-pw' ROLE system").await;
