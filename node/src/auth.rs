@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use kalamdb_log::{GroupId, MetaGroup, Role};
+use kalamdb_log::{GroupId, MetaGroup, Role, UserDef};
 use kalamdb_projections::Catalog;
 use kalamdb_query::ReadBarrier;
 use pasetors::Local;
@@ -49,6 +49,12 @@ pub struct Identity {
     pub username: String,
     #[serde(serialize_with = "role_name")]
     pub role: Role,
+}
+
+impl From<&UserDef> for Identity {
+    fn from(u: &UserDef) -> Identity {
+        Identity { user_id: u.user_id.clone(), username: u.username.clone(), role: u.role }
+    }
 }
 
 fn role_name<S: serde::Serializer>(r: &Role, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -324,7 +330,7 @@ impl Auth {
         match self.catalog.users.get(username) {
             Some(u) => {
                 if verify_blocking(password, &u.password_hash).await? {
-                    Ok(Identity { user_id: u.user_id.clone(), username: u.username.clone(), role: u.role })
+                    Ok(Identity::from(u.as_ref()))
                 } else {
                     Err(bad_credentials())
                 }
@@ -372,7 +378,7 @@ impl Auth {
             self.sync_users().await?;
         }
         match self.catalog.users.by_id(&claims.sub) {
-            Some(u) => Ok(Identity { user_id: u.user_id.clone(), username: u.username.clone(), role: u.role }),
+            Some(u) => Ok(Identity::from(u.as_ref())),
             None => Err(unauthorized("INVALID_TOKEN", "the token's user no longer exists")),
         }
     }
@@ -384,7 +390,7 @@ impl Auth {
             return Ok(who);
         }
         match self.catalog.users.by_id(&who.user_id) {
-            Some(u) => Ok(Identity { user_id: u.user_id.clone(), username: u.username.clone(), role: u.role }),
+            Some(u) => Ok(Identity::from(u.as_ref())),
             None => Err(unauthorized("INVALID_TOKEN", "the credentials' user no longer exists")),
         }
     }
@@ -413,7 +419,7 @@ impl Auth {
                 return Ok(Self::root_identity());
             }
             if let Some(u) = self.catalog.users.get(username) {
-                return Ok(Identity { user_id: u.user_id.clone(), username: u.username.clone(), role: u.role });
+                return Ok(Identity::from(u.as_ref()));
             }
         }
         let who = self.check_password(username, password, client).await?;
