@@ -235,10 +235,15 @@ impl KalamTable {
             let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(filter, &df_schema)?);
         }
-        let files: Vec<PartitionedFile> =
-            view.files.iter().map(|(path, size)| PartitionedFile::new(path.to_string_lossy(), *size)).collect();
+        // One file group per partition (round robin), so the files are scanned in parallel
+        // rather than one after another by a single partition.
+        let partitions = state.config_options().execution.target_partitions.clamp(1, view.files.len().max(1));
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
+        for (i, (path, size)) in view.files.iter().enumerate() {
+            groups[i % partitions].push(PartitionedFile::new(path.to_string_lossy(), *size));
+        }
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-            .with_file_group(FileGroup::new(files))
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
             .with_projection_indices(Some(read.clone()))?
             .build();
         let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
