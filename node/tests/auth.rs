@@ -259,7 +259,7 @@ async fn failed_logins_are_limited_and_secrets_never_leak() {
         let s = &s;
         async move { s.request_as(None, "POST", "/v1/api/auth/login", Some("application/json"), body).await.unwrap() }
     };
-    for i in 0..auth_limits::FAILURES_MAX {
+    for i in 0..kalamdb_node::auth::LOGIN_FAILURES_MAX {
         let (st, b) = login("carol", format!("wrong-{i}")).await;
         assert_eq!(st, 401, "{b}");
         answers.push(b.to_string());
@@ -291,9 +291,4 @@ async fn failed_logins_are_limited_and_secrets_never_leak() {
     }
     // Not even the token key file exists: the configured secret is used.
     assert!(!dir.path().join("auth/token.key").exists());
-}
-
-/// The limiter's numbers as the server documents them.
-mod auth_limits {
-    pub const FAILURES_MAX: u32 = 5;
 }
