@@ -177,7 +177,7 @@ docker_start() {
     echo "image $image not found: building it first"
     docker_build
   fi
-  RUST_LOG="${RUST_LOG:-info}" compose up -d
+  RUST_LOG="${RUST_LOG:-info}" compose up -d kalamdb-node1 kalamdb-node2 kalamdb-node3
   echo "waiting for the healthchecks of kalamdb-node1..3 (at most ${docker_start_wait_secs}s)"
   wait_healthy "${nodes[@]}" || die "cluster did not become healthy"
   for n in "${nodes[@]}"; do

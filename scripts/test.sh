@@ -11,5 +11,11 @@ if command -v shellcheck >/dev/null 2>&1; then
 else
   echo "shellcheck not installed: scripts not linted (apt-get install shellcheck)"
 fi
+# The scrape config users get in deploy/ must load in Prometheus.
+if command -v promtool >/dev/null 2>&1; then
+  promtool check config deploy/prometheus.yml
+else
+  echo "promtool not installed: deploy/prometheus.yml not checked (apt-get install prometheus)"
+fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast "$@"

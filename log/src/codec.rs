@@ -99,7 +99,7 @@ mod tests {
                 scope: "u".into(),
                 rows: rows.into_iter().map(|values| RowWrite { pk: values[0].clone(), values, expected_seq: None }).collect(),
             }];
-            let entry = Entry { log_id: LogId::new(CommittedLeaderId::new(term, node), index), payload: EntryPayload::Normal(EncodedCommand::encode(&LogCommand { ops }).unwrap()) };
+            let entry = Entry { log_id: LogId::new(CommittedLeaderId::new(term, node), index), payload: EntryPayload::Normal(EncodedCommand::encode(&LogCommand { ops, committed_at_micros: 0 }).unwrap()) };
             let bytes = encode_entry(&entry).unwrap();
             let back = decode_entry(&bytes).unwrap();
             prop_assert_eq!(back.log_id, entry.log_id);

@@ -263,6 +263,13 @@ pub enum Op {
         username: String,
         if_exists: bool,
     },
+    /// Expire rows of a STREAM table in this group: every row whose `_seq` is below
+    /// `before_seq` (written by an entry older than the table's TTL). The proposer turns the
+    /// TTL into a log position before the log, so apply needs no clock.
+    Evict {
+        table_id: u64,
+        before_seq: u64,
+    },
 }
 
 impl Op {
@@ -283,6 +290,7 @@ impl Op {
             Op::CreateUser { .. } => "create_user",
             Op::AlterUser { .. } => "alter_user",
             Op::DropUser { .. } => "drop_user",
+            Op::Evict { .. } => "evict",
         }
     }
 
@@ -298,6 +306,19 @@ impl Op {
 #[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct LogCommand {
     pub ops: Vec<Op>,
+    /// The leader's wall clock when it proposed the entry (microseconds since the epoch). Only
+    /// reported (tail events' commit timestamp) and turned into log positions by proposers
+    /// (STREAM table TTL); apply never compares it with a clock.
+    pub committed_at_micros: i64,
+}
+
+impl LogCommand {
+    /// A command stamped with this node's clock.
+    pub fn now(ops: Vec<Op>) -> LogCommand {
+        let committed_at_micros =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        LogCommand { ops, committed_at_micros }
+    }
 }
 
 impl std::fmt::Display for LogCommand {

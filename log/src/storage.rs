@@ -12,6 +12,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
@@ -37,7 +38,7 @@ const KEY_PURGED: u8 = b'p';
 /// the projections (which add their own column families).
 pub struct LogDb {
     db: Arc<DB>,
-    sync_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    sync_tx: mpsc::Sender<(LogFlushed<TypeConfig>, Instant)>,
     syncer: Option<thread::JoinHandle<()>>,
 }
 
@@ -90,7 +91,7 @@ impl LogDb {
     }
 }
 
-fn run_syncer(db: Arc<DB>, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn run_syncer(db: Arc<DB>, mut rx: mpsc::Receiver<(LogFlushed<TypeConfig>, Instant)>) {
     let mut pending = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         pending.push(first);
@@ -100,8 +101,13 @@ fn run_syncer(db: Arc<DB>, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         let result = db.flush_wal(true);
-        for cb in pending.drain(..) {
+        let synced = Instant::now();
+        metrics::histogram!("kalamdb_log_fsync_seconds").record(synced.duration_since(started).as_secs_f64());
+        metrics::histogram!("kalamdb_log_fsync_batch_appends").record(pending.len() as f64);
+        for (cb, appended) in pending.drain(..) {
+            metrics::histogram!("kalamdb_log_append_seconds").record(synced.duration_since(appended).as_secs_f64());
             match &result {
                 Ok(()) => cb.log_io_completed(Ok(())),
                 Err(e) => cb.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -295,9 +301,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let cf = self.cf(CF_LOG).map_err(write_err)?;
+        let appended = Instant::now();
         let mut batch = WriteBatch::default();
         let mut prev = self.last_index;
         let mut last = self.last_index;
+        let (mut count, mut bytes) = (0u64, 0u64);
         for entry in entries {
             let index = entry.log_id.index;
             // No holes: an entry follows the previous one, or overwrites an index that exists.
@@ -306,12 +314,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             prev = Some(index);
             last = last.max(Some(index));
-            batch.put_cf(cf, log_key(self.group, index), encode_entry(&entry).map_err(write_err)?);
+            let encoded = encode_entry(&entry).map_err(write_err)?;
+            count += 1;
+            bytes += encoded.len() as u64;
+            batch.put_cf(cf, log_key(self.group, index), encoded);
         }
         self.db().write(batch).map_err(write_err)?;
+        metrics::counter!("kalamdb_log_appended_entries_total").increment(count);
+        metrics::counter!("kalamdb_log_appended_bytes_total").increment(bytes);
         self.last_index = last;
         // The entries are readable now; the callback fires only after the WAL fsync.
-        self.log_db.sync_tx.send(callback).await.map_err(|_| write_err(Error::WriterStopped))?;
+        self.log_db.sync_tx.send((callback, appended)).await.map_err(|_| write_err(Error::WriterStopped))?;
         Ok(())
     }
 

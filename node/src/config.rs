@@ -19,7 +19,37 @@ pub struct Config {
     /// Absent: a single-node database. Present: this node is one member of a Raft cluster.
     pub cluster: Option<ClusterConfig>,
     pub auth: AuthConfig,
+    pub tail: TailConfig,
     pub debug: DebugConfig,
+}
+
+/// The log-tailing endpoint (`GET /v1/api/tail`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailConfig {
+    /// Interval of the heartbeat comments that carry the current position.
+    pub heartbeat_ms: u64,
+    /// Events queued for one subscriber (the bound on its memory).
+    pub subscriber_buffer_events: usize,
+    /// A subscriber whose queue stays full this long has fallen behind: it is disconnected
+    /// with an `overflow` event naming where to resume.
+    pub stall_ms: u64,
+    /// Concurrent subscribers per node; more are refused with 503.
+    pub subscribers_max: usize,
+    /// Change records kept per group; older positions answer 410 Gone.
+    pub retention_entries: u64,
+}
+
+impl Default for TailConfig {
+    fn default() -> TailConfig {
+        TailConfig {
+            heartbeat_ms: 5_000,
+            subscriber_buffer_events: 4096,
+            stall_ms: 10_000,
+            subscribers_max: 1024,
+            retention_entries: 100_000,
+        }
+    }
 }
 
 /// Authentication: who may use the SQL API, and how tokens are made.
@@ -234,7 +264,8 @@ impl Default for LoggingConfig {
     }
 }
 
-const SECTIONS: [&str; 9] = ["server", "storage", "sharding", "limits", "raft", "logging", "cluster", "auth", "debug"];
+const SECTIONS: [&str; 10] =
+    ["server", "storage", "sharding", "limits", "raft", "logging", "cluster", "auth", "tail", "debug"];
 
 /// Shortest `auth.jwt_secret` accepted.
 pub const TOKEN_SECRET_BYTES_MIN: usize = 16;
@@ -307,6 +338,17 @@ impl Config {
         {
             return bad(
                 "limits: batch_ops_max, proposals_in_flight_max and proposal_queue_len_max must be positive".into()
+            );
+        }
+        if self.tail.heartbeat_ms == 0
+            || self.tail.stall_ms == 0
+            || self.tail.subscriber_buffer_events == 0
+            || self.tail.subscribers_max == 0
+            || self.tail.retention_entries == 0
+        {
+            return bad(
+                "tail: heartbeat_ms, stall_ms, subscriber_buffer_events, subscribers_max and retention_entries must be positive"
+                    .into(),
             );
         }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < TOKEN_SECRET_BYTES_MIN {

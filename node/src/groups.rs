@@ -356,7 +356,7 @@ impl Groups {
 
     async fn propose_remote(&self, g: &Group, leader: NodeId, op: &Op, deadline: Instant) -> ProposeResult {
         let Some(t) = &self.transport else { return Err(ProposeError::NotLeader(None)) };
-        let cmd = EncodedCommand::encode(&LogCommand { ops: vec![op.clone()] })
+        let cmd = EncodedCommand::encode(&LogCommand::now(vec![op.clone()]))
             .map_err(|e| ProposeError::Query(QueryError::Internal(e.to_string())))?;
         let timeout = deadline.saturating_duration_since(Instant::now());
         tracing::debug!(target: "kalamdb_raft", group = %g.id, leader, "forwarding write");
@@ -666,7 +666,7 @@ async fn propose_batch(
         replies.push(p.reply);
     }
     let n = ops.len();
-    let encoded = match EncodedCommand::encode(&LogCommand { ops }) {
+    let encoded = match EncodedCommand::encode(&LogCommand::now(ops)) {
         Ok(e) => e,
         Err(e) => {
             for reply in replies {

@@ -29,9 +29,11 @@ pub struct App {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Serve `POST /v1/api/debug/isolate` (tests only).
     pub fault_injection: bool,
+    pub tail: crate::config::TailConfig,
+    pub tail_state: crate::tail::TailState,
 }
 
-struct NodeProposer<'a>(&'a Groups);
+pub(crate) struct NodeProposer<'a>(pub(crate) &'a Groups);
 
 #[async_trait]
 impl Proposer for NodeProposer<'_> {
@@ -55,6 +57,7 @@ struct SqlRequest {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/api/sql", post(sql))
+        .route("/v1/api/tail", get(crate::tail::tail))
         .route("/v1/api/auth/login", post(login))
         .route("/v1/api/auth/me", get(me))
         .route("/health", get(health))
@@ -64,6 +67,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/api/cluster/digest", get(cluster_digest))
         .route("/v1/api/debug/isolate", post(debug_isolate))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .with_state(app)
 }
 
@@ -71,7 +75,7 @@ fn took_ms(start: Instant) -> f64 {
     (start.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
 
-fn error_response(status: StatusCode, code: &str, message: &str, start: Instant) -> Response {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str, start: Instant) -> Response {
     metrics::counter!("kalamdb_sql_errors_total", "code" => code.to_string()).increment(1);
     let body = json!({
         "status": "error",
@@ -105,7 +109,7 @@ fn node_error_response(e: &crate::Error, start: Instant) -> Response {
 }
 
 /// Who sends this request, or the response that refuses it.
-async fn identify(
+pub(crate) async fn identify(
     app: &App,
     headers: &HeaderMap,
     client: SocketAddr,
@@ -284,7 +288,10 @@ async fn sql(
         ExecContext { user_id: who.user_id, role: who.role, namespace: req.namespace_id, params: req.params, barrier };
     match app.engine.execute(&req.sql, &ctx, &NodeProposer(&app.groups)).await {
         Ok(results) => {
-            metrics::counter!("kalamdb_sql_statements_total").increment(results.len() as u64);
+            for stmt in kalamdb_query::parse::split_statements(&req.sql).unwrap_or_default() {
+                metrics::counter!("kalamdb_sql_statements_total", "kind" => crate::metrics::statement_kind(&stmt))
+                    .increment(1);
+            }
             success_response(&results, start)
         }
         Err(e) => error_response(status_of(&e), e.code(), &e.to_string(), start),
@@ -378,7 +385,10 @@ async fn debug_isolate(State(app): State<Arc<App>>, body: axum::body::Bytes) -> 
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     match &app.metrics {
-        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+        Some(h) => {
+            crate::metrics::before_render();
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
     }
 }

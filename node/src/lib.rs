@@ -7,7 +7,10 @@ pub mod config;
 pub mod error;
 pub mod groups;
 pub mod http;
+pub mod metrics;
+pub mod retention;
 pub mod storage;
+pub mod tail;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +25,11 @@ pub const STARTUP_LEADER_WAIT_MS: u64 = 10_000;
 
 /// Start the node and serve HTTP until `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    let metrics = metrics::install();
     let groups = groups::Groups::start(&cfg).await?;
+    tokio::spawn(metrics::run_raft_sampler(groups.clone(), metrics.clone()));
+    tokio::spawn(retention::run_change_retention(groups.clone(), cfg.tail.retention_entries));
+    tokio::spawn(retention::run_stream_ttl(groups.clone()));
     if !groups.wait_ready(Duration::from_millis(STARTUP_LEADER_WAIT_MS)).await {
         tracing::warn!(target: "kalamdb_raft", "not every group has a leader yet; serving anyway");
     }
@@ -52,6 +58,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         body_bytes_max: cfg.limits.request_body_bytes_max,
         metrics,
         fault_injection: cfg.debug.fault_injection,
+        tail: cfg.tail.clone(),
+        tail_state: tail::TailState::default(),
     });
     let addr: SocketAddr = format!("{}:{}", cfg.server.host, cfg.server.port)
         .parse()

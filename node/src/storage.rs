@@ -37,6 +37,10 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
                 continue;
             }
             let Some(def) = groups.catalog.table_by_id(table_id) else { continue };
+            // STREAM tables expire by TTL instead (see `retention`); they never flush.
+            if def.table_type == kalamdb_log::TableType::Stream {
+                continue;
+            }
             if !due(policy_of(&def, default), rows, since) {
                 continue;
             }

@@ -425,7 +425,12 @@ impl<'a> ColdApplier<'a> {
         started_at_micros: i64,
     ) {
         let duration_ms = started.elapsed().as_millis() as u64;
+        metrics::histogram!("kalamdb_storage_job_seconds", "job" => job_type).record(started.elapsed().as_secs_f64());
         for o in outcomes {
+            metrics::counter!("kalamdb_storage_jobs_total", "job" => job_type).increment(1);
+            metrics::counter!("kalamdb_storage_job_rows_total", "job" => job_type).increment(o.rows);
+            metrics::counter!("kalamdb_storage_job_bytes_total", "job" => job_type).increment(o.bytes);
+            metrics::counter!("kalamdb_storage_job_files_total", "job" => job_type).increment(o.files);
             self.env.jobs.push(JobRecord {
                 job_id: format!("{job_type}-{}-{index}-{}", self.group, o.scope),
                 job_type,

@@ -97,6 +97,15 @@ impl ScopeReplay {
         }
     }
 
+    /// A STREAM table's TTL eviction: versions below `before_seq` go, tombstones too.
+    fn evict(&mut self, before_seq: u64) {
+        let gone: Vec<Vec<u8>> = self.rows.iter().filter(|(_, r)| r.seq < before_seq).map(|(k, _)| k.clone()).collect();
+        for k in gone {
+            self.rows.remove(&k);
+            self.written.remove(&k);
+        }
+    }
+
     /// Live rows in primary-key order.
     pub fn live(&self) -> impl Iterator<Item = &StoredRow> {
         self.rows.values().filter(|r| !r.deleted)
@@ -203,6 +212,14 @@ fn replay(
                         for (name, state) in states.iter_mut() {
                             if scope.as_deref().is_none_or(|s| s == name) && index > state.base_index {
                                 state.flush_tombstones();
+                            }
+                        }
+                        continue;
+                    }
+                    Op::Evict { table_id, before_seq } if *table_id == def.table_id => {
+                        for state in states.values_mut() {
+                            if index > state.base_index {
+                                state.evict(*before_seq);
                             }
                         }
                         continue;

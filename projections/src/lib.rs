@@ -3,6 +3,7 @@
 //! installs snapshots, and computes state digests.
 
 pub mod catalog;
+pub mod changes;
 pub mod cold;
 pub mod columnar;
 pub mod error;
@@ -27,7 +28,9 @@ pub const CF_SM: &str = "sm";
 pub const CF_CATALOG: &str = "catalog";
 pub const CF_ROWS: &str = "rows";
 pub const CF_COLD: &str = "cold";
-pub const PROJECTION_CFS: [&str; 4] = [CF_SM, CF_CATALOG, CF_ROWS, CF_COLD];
+/// Change records for the tail endpoint (see [`changes`]).
+pub const CF_CHANGES: &str = "changes";
+pub const PROJECTION_CFS: [&str; 5] = [CF_SM, CF_CATALOG, CF_ROWS, CF_COLD, CF_CHANGES];
 
 /// Wall-clock microseconds, for job records only: nothing replicated may depend on it.
 pub(crate) fn now_micros() -> i64 {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::CF_SM;
 use crate::catalog::Catalog;
+use crate::changes::{Change, ChangeEntry, ChangeKind};
 use crate::cold::{ColdApplier, StorageEnv};
 use crate::error::{Error, Result};
 use crate::rows::RowApplier;
@@ -217,6 +218,7 @@ impl Projection {
             Op::DropUser { username, if_exists } if is_users => {
                 self.catalog.users.drop_user(db, batch, self.group, username, *if_exists)
             }
+            Op::Evict { table_id, before_seq } if is_data => rows.evict(batch, *table_id, *before_seq),
             _ => Ok(misrouted()),
         }
     }
@@ -275,12 +277,20 @@ impl RaftStateMachine<TypeConfig> for Projection {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(_) => {
                     let mut ordinal = 0u64;
+                    let mut record = ChangeEntry {
+                        committed_at_micros: cmd.as_ref().map_or(0, |c| c.committed_at_micros),
+                        changes: Vec::new(),
+                    };
                     for op in cmd.iter().flat_map(|c| c.ops.iter()) {
                         let result = self
                             .apply_op(&mut batch, &mut rows, op, index, &mut ordinal)
                             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                        record.changes.append(&mut rows.changes);
+                        record.changes.extend(op_change(op, &result));
                         response.results.push(result);
                     }
+                    crate::changes::stage(&db, &mut batch, self.group, index, &record)
+                        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
                 }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -327,6 +337,14 @@ impl RaftStateMachine<TypeConfig> for Projection {
         let mut batch = WriteBatch::default();
         import_group(&db, self.group, &data, &mut batch, &self.env.storage_dir)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        // The entries the snapshot covers were never applied here: their change records
+        // cannot exist, so the tail of this node starts after the snapshot.
+        let new_floor = meta.last_log_id.map_or(0, |l| l.index) + 1;
+        let floor = crate::changes::floor(&db, self.group).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        if new_floor > floor {
+            crate::changes::stage_trim(&db, &mut batch, self.group, new_floor)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        }
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.stage_position(&mut batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
@@ -408,4 +426,52 @@ fn read_snapshot_file(path: &Path) -> Result<Option<Snapshot>> {
     let meta: SnapshotMeta = serde_json::from_slice(meta_bytes).map_err(|e| Error::Snapshot(e.to_string()))?;
     let data = bytes[4 + meta_len..].to_vec();
     Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+}
+
+/// The change an op makes beyond rows (those the row applier records): DDL and storage jobs.
+/// Failed and skipped ops change nothing.
+fn op_change(op: &Op, result: &OpResult) -> Option<Change> {
+    let done = matches!(result, OpResult::Done { .. } | OpResult::TableCreated { .. } | OpResult::Dropped { .. });
+    if !done {
+        return None;
+    }
+    let affected = match result {
+        OpResult::Done { affected } => *affected,
+        _ => 0,
+    };
+    match op {
+        Op::CreateNamespace { name, .. } => Some(Change::ddl(0, name, format!("CREATE NAMESPACE {name}"))),
+        Op::DropNamespace { name, cascade, .. } => {
+            let suffix = if *cascade { " CASCADE" } else { "" };
+            Some(Change::ddl(0, name, format!("DROP NAMESPACE {name}{suffix}")))
+        }
+        Op::CreateTable { table, .. } => {
+            let table_id = match result {
+                OpResult::TableCreated { table_id } => *table_id,
+                _ => table.table_id,
+            };
+            let kind = table.table_type.api_name();
+            Some(Change::ddl(
+                table_id,
+                &table.namespace,
+                format!("CREATE {kind} TABLE {}.{}", table.namespace, table.name),
+            ))
+        }
+        Op::DropTable { namespace, name, .. } => {
+            let table_id = match result {
+                OpResult::Dropped { table_ids } => table_ids.first().copied().unwrap_or(0),
+                _ => 0,
+            };
+            Some(Change::ddl(table_id, namespace, format!("DROP TABLE {namespace}.{name}")))
+        }
+        Op::PurgeTable { table_id } => Some(Change::ddl(*table_id, "", "table dropped: rows purged".into())),
+        Op::Flush { table, scope } | Op::Compact { table, scope } => {
+            let verb = if matches!(op, Op::Flush { .. }) { "FLUSH" } else { "COMPACT" };
+            let mut c = Change::ddl(table.table_id, &table.namespace, format!("{verb}: {affected} rows"));
+            c.kind = ChangeKind::Flush;
+            c.scope = scope.clone().unwrap_or_default();
+            Some(c)
+        }
+        _ => None,
+    }
 }

@@ -9,14 +9,16 @@ use kalamdb_log::{GroupId, OpResult, RowWrite, Value};
 use rkyv::{Archive, Deserialize as RDeserialize, Serialize as RSerialize};
 use rocksdb::{DB, ReadOptions, WriteBatch};
 
+use crate::changes::{Change, ChangeKind};
 use crate::cold::{PkRange, TableView, stub_seq, superseded_key_of, table_view};
 use crate::error::{Error, Result};
-use crate::keys::{prefix_end, row_key, table_prefix};
+use crate::keys::{prefix_end, row_key, split_scope, table_prefix};
 use crate::{CF_COLD, CF_ROWS};
 
 /// Rows one log entry may write: `_seq` packs the entry's log index with the row's ordinal.
 pub const ENTRY_ROWS_MAX: u64 = 1 << SEQ_ORDINAL_BITS;
-const SEQ_ORDINAL_BITS: u32 = 20;
+/// Low bits of `_seq` that hold the row's ordinal within its entry.
+pub const SEQ_ORDINAL_BITS: u32 = 20;
 
 /// `_seq` of the `ordinal`-th row written by the entry at `log_index`: monotonic in log order.
 /// Every row op of an entry takes `rows.len()` ordinals whether it succeeds or not, so a row's
@@ -117,7 +119,11 @@ impl RowReader {
 pub struct RowApplier<'a> {
     db: &'a DB,
     group: GroupId,
-    overlay: HashMap<Vec<u8>, StoredRow>,
+    /// Staged newest versions; `None` for a key removed outright (an expired STREAM row).
+    overlay: HashMap<Vec<u8>, Option<StoredRow>>,
+    /// What the ops applied so far changed, for the entry's change record; the caller takes it
+    /// after each entry.
+    pub changes: Vec<Change>,
 }
 
 fn failed(code: ApplyErrorCode, message: String) -> OpResult {
@@ -133,12 +139,12 @@ fn pk_display(v: &Value) -> String {
 
 impl<'a> RowApplier<'a> {
     pub fn new(db: &'a DB, group: GroupId) -> RowApplier<'a> {
-        RowApplier { db, group, overlay: HashMap::new() }
+        RowApplier { db, group, overlay: HashMap::new(), changes: Vec::new() }
     }
 
     fn current(&self, key: &[u8]) -> Result<Option<StoredRow>> {
         if let Some(row) = self.overlay.get(key) {
-            return Ok(Some(row.clone()));
+            return Ok(row.clone());
         }
         let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
         match self.db.get_pinned_cf(cf, key)? {
@@ -171,7 +177,7 @@ impl<'a> RowApplier<'a> {
                 batch.put_cf(cold, superseded_key_of(&key, seq)?, log_index.to_be_bytes());
             }
             batch.put_cf(cf, &key, row.encode());
-            self.overlay.insert(key, row);
+            self.overlay.insert(key, Some(row));
         }
         Ok(())
     }
@@ -204,6 +210,9 @@ impl<'a> RowApplier<'a> {
             let seq = make_seq(log_index, first_ordinal + i as u64);
             staged.push((key, StoredRow { seq, deleted: false, values: r.values.clone() }, None));
         }
+        for (_, row, _) in &staged {
+            self.changes.push(row_change(ChangeKind::Insert, table_id, scope, row, None));
+        }
         let affected = staged.len() as u64;
         self.commit(batch, staged, log_index)?;
         Ok(OpResult::Done { affected })
@@ -221,6 +230,7 @@ impl<'a> RowApplier<'a> {
         first_ordinal: u64,
     ) -> Result<OpResult> {
         let mut staged: Vec<(Vec<u8>, StoredRow, Option<u64>)> = Vec::with_capacity(rows.len());
+        let mut old = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
             let key = row_key(self.group, table_id, scope, &r.pk);
             let current = self.newest(&key)?;
@@ -237,10 +247,60 @@ impl<'a> RowApplier<'a> {
             }
             let seq = make_seq(log_index, first_ordinal + i as u64);
             let values = if delete { Vec::new() } else { r.values.clone() };
+            old.push(current);
             staged.push((key, StoredRow { seq, deleted: delete, values }, replaced_cold));
+        }
+        let kind = if delete { ChangeKind::Delete } else { ChangeKind::Update };
+        for ((_, row, _), previous) in staged.iter().zip(old) {
+            self.changes.push(row_change(kind, table_id, scope, row, previous));
         }
         let affected = staged.len() as u64;
         self.commit(batch, staged, log_index)?;
+        Ok(OpResult::Done { affected })
+    }
+
+    /// Expire a STREAM table's rows in this group: remove every version (tombstones too) whose
+    /// `_seq` is below `before_seq`. STREAM tables are never flushed, so no key has a stub that
+    /// a removed tombstone would uncover. Sees the rows staged earlier in this apply call, so
+    /// the outcome does not depend on how entries were grouped into calls.
+    pub fn evict(&mut self, batch: &mut WriteBatch, table_id: u64, before_seq: u64) -> Result<OpResult> {
+        let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
+        let prefix = table_prefix(self.group, table_id);
+        let mut current: std::collections::BTreeMap<Vec<u8>, Option<StoredRow>> = std::collections::BTreeMap::new();
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(&prefix));
+        let iter = self.db.iterator_cf_opt(cf, opts, rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            current.insert(k.to_vec(), Some(StoredRow::decode(&v)?));
+        }
+        for (k, row) in &self.overlay {
+            if k.starts_with(&prefix) {
+                current.insert(k.clone(), row.clone());
+            }
+        }
+        let mut affected = 0u64;
+        for (key, row) in current {
+            let Some(row) = row.filter(|r| r.seq < before_seq) else { continue };
+            if !row.deleted {
+                let scope = split_scope(&key).map(|(s, _)| s.to_string()).unwrap_or_default();
+                self.changes.push(Change {
+                    kind: ChangeKind::Delete,
+                    table_id,
+                    scope,
+                    namespace: String::new(),
+                    seq: row.seq,
+                    row: Vec::new(),
+                    old_seq: Some(row.seq),
+                    old_row: Some(row.values),
+                    expired: true,
+                    detail: String::new(),
+                });
+                affected += 1;
+            }
+            batch.delete_cf(cf, &key);
+            self.overlay.insert(key, None);
+        }
         Ok(OpResult::Done { affected })
     }
 
@@ -251,5 +311,32 @@ impl<'a> RowApplier<'a> {
         batch.delete_range_cf(cf, prefix.clone(), prefix_end(&prefix));
         self.overlay.retain(|k, _| !k.starts_with(&prefix));
         Ok(OpResult::Done { affected: 0 })
+    }
+}
+
+/// The change record of one row version written by an insert, update or delete.
+fn row_change(
+    kind: ChangeKind,
+    table_id: u64,
+    scope: &str,
+    row: &StoredRow,
+    previous: Option<(StoredRow, bool)>,
+) -> Change {
+    let (old_row, old_seq) = match previous {
+        Some((old, false)) => (Some(old.values), Some(old.seq)),
+        Some((old, true)) => (None, Some(old.seq)),
+        None => (None, None),
+    };
+    Change {
+        kind,
+        table_id,
+        scope: scope.to_string(),
+        namespace: String::new(),
+        seq: row.seq,
+        row: row.values.clone(),
+        old_row,
+        old_seq,
+        expired: false,
+        detail: String::new(),
     }
 }

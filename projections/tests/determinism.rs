@@ -19,7 +19,7 @@ use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
 fn entry(index: u64, ops: Vec<Op>) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(EncodedCommand::encode(&LogCommand { ops }).unwrap()),
+        payload: EntryPayload::Normal(EncodedCommand::encode(&LogCommand { ops, committed_at_micros: 0 }).unwrap()),
     }
 }
 

@@ -254,7 +254,7 @@ fn param_scalar(v: &serde_json::Value) -> ScalarValue {
 }
 
 /// A literal (or `$n` parameter) in an expression, if it is one.
-fn literal_of(expr: &Expr, params: &[serde_json::Value]) -> Result<Option<Literal>> {
+pub(crate) fn literal_of(expr: &Expr, params: &[serde_json::Value]) -> Result<Option<Literal>> {
     use ast::Value as V;
     Ok(match expr {
         Expr::Value(v) => match &v.value {
@@ -716,7 +716,16 @@ impl Engine {
             }
             Statement::Storage { compact, target } => {
                 let tables: Vec<Arc<TableDef>> = match target {
-                    StorageTarget::Table(t) => vec![self.resolve_table(&t, ctx)?],
+                    StorageTarget::Table(t) => {
+                        let def = self.resolve_table(&t, ctx)?;
+                        if def.table_type == TableType::Stream {
+                            return Err(Error::InvalidSql(format!(
+                                "{}.{} is a STREAM table: its rows expire by TTL and are never flushed to Parquet",
+                                def.namespace, def.name
+                            )));
+                        }
+                        vec![def]
+                    }
                     StorageTarget::All { namespace } => {
                         let st = self.catalog.read();
                         if let Some(ns) = &namespace
@@ -727,6 +736,7 @@ impl Engine {
                         st.tables
                             .values()
                             .filter(|t| namespace.as_ref().is_none_or(|ns| &t.namespace == ns))
+                            .filter(|t| t.table_type != TableType::Stream)
                             .cloned()
                             .collect()
                     }
@@ -753,6 +763,33 @@ impl Engine {
                         def.namespace, def.name
                     ),
                 ))
+            }
+            Statement::Subscribe { table, filter, last_rows, from } => {
+                let def = self.resolve_table(&table, ctx)?;
+                access::check_read(ctx.role, &def)?;
+                let filter = filter.map(|f| crate::filter::RowFilter::parse(&f, &def)).transpose()?;
+                let mut url =
+                    format!("/v1/api/tail?table={}", url_component(&format!("{}.{}", def.namespace, def.name)));
+                if let Some(f) = &filter {
+                    url.push_str(&format!("&where={}", url_component(f.text())));
+                }
+                if let Some(n) = last_rows {
+                    url.push_str(&format!("&last_rows={n}"));
+                }
+                if let Some(f) = &from {
+                    url.push_str(&format!("&from={}", url_component(f)));
+                }
+                let cols = vec![
+                    ("stream_url".into(), "Text".into()),
+                    ("table".into(), "Text".into()),
+                    ("filter".into(), "Text".into()),
+                ];
+                let row = vec![
+                    serde_json::Value::String(url),
+                    serde_json::Value::String(format!("{}.{}", def.namespace, def.name)),
+                    filter.map_or(serde_json::Value::Null, |f| serde_json::Value::String(f.text().to_string())),
+                ];
+                Ok(QueryResult::rows(cols, vec![row]))
             }
             Statement::Sql(stmt) => self.execute_sql(*stmt, ctx, proposer).await,
         }
@@ -874,6 +911,7 @@ impl Engine {
             _ => return Err(Error::InvalidSql("a table has exactly one PRIMARY KEY column".into())),
         }
         let table_type = table_type.unwrap_or(TableType::Shared);
+        check_stream_options(table_type, &options)?;
         if table_type != TableType::Shared && options.iter().any(|(k, _)| k == ACCESS_LEVEL_OPTION) {
             return Err(Error::InvalidSql(
                 "ACCESS_LEVEL applies to SHARED tables; USER and STREAM tables are private to each user".into(),
@@ -1368,4 +1406,56 @@ pub fn batches_to_result(batches: &[RecordBatch]) -> QueryResult {
         }
     }
     QueryResult::rows(cols, rows)
+}
+
+/// The `TTL_SECONDS` option of STREAM tables.
+pub const TTL_OPTION: &str = "TTL_SECONDS";
+/// Longest TTL accepted (one year).
+pub const TTL_SECONDS_MAX: u64 = 365 * 24 * 3600;
+
+/// A STREAM table's TTL; `None` for other tables and streams without one (rows never expire).
+pub fn ttl_secs(def: &TableDef) -> Option<u64> {
+    if def.table_type != TableType::Stream {
+        return None;
+    }
+    def.options.iter().find(|(k, _)| k == TTL_OPTION).and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// STREAM tables take `TTL_SECONDS` and never flush; other tables take no TTL.
+fn check_stream_options(table_type: TableType, options: &[(String, String)]) -> Result<()> {
+    for (k, v) in options {
+        match (table_type, k.as_str()) {
+            (TableType::Stream, TTL_OPTION) => match v.trim().parse::<u64>() {
+                Ok(n) if (1..=TTL_SECONDS_MAX).contains(&n) => {}
+                _ => {
+                    return Err(Error::InvalidSql(format!(
+                        "TTL_SECONDS must be a whole number of seconds, 1..={TTL_SECONDS_MAX}, got '{v}'"
+                    )));
+                }
+            },
+            (TableType::Stream, "FLUSH_POLICY") => {
+                return Err(Error::InvalidSql("STREAM tables are never flushed: FLUSH_POLICY does not apply".into()));
+            }
+            (_, TTL_OPTION) => {
+                return Err(Error::InvalidSql(
+                    "TTL_SECONDS applies to STREAM tables (CREATE STREAM TABLE ... WITH (TTL_SECONDS = n))".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encode a URL query component (everything but RFC 3986 unreserved characters).
+pub fn url_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

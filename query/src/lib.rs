@@ -5,12 +5,14 @@
 pub mod access;
 pub mod engine;
 pub mod error;
+pub mod filter;
 pub mod parse;
 pub mod password;
 pub mod provider;
 pub mod values;
 
-pub use engine::{Engine, ExecContext, Proposer, QueryResult, StorageJob};
+pub use engine::{Engine, ExecContext, Proposer, QueryResult, StorageJob, ttl_secs, url_component};
 pub use error::Error;
+pub use filter::RowFilter;
 pub use parse::{FlushPolicy, redact_passwords};
 pub use provider::{ClusterGroup, ClusterNode, ClusterView, ReadBarrier};

@@ -98,6 +98,15 @@ pub enum Statement {
         username: String,
         statement: String,
     },
+    /// `SUBSCRIBE TO t [WHERE expr] [OPTIONS (last_rows = N, from = 'position')]`: answered
+    /// with the tail endpoint's URL for that subscription.
+    Subscribe {
+        table: TableName,
+        /// The filter's SQL text as tokenized; the engine parses and canonicalizes it.
+        filter: Option<String>,
+        last_rows: Option<u64>,
+        from: Option<String>,
+    },
     /// Standard SQL handled through sqlparser's AST.
     Sql(Box<datafusion::sql::sqlparser::ast::Statement>),
 }
@@ -352,7 +361,17 @@ pub fn first_keyword(sql: &str) -> String {
 pub fn parse_statement(sql: &str) -> Result<Statement> {
     if !matches!(
         first_keyword(sql).as_str(),
-        "CREATE" | "DROP" | "SHOW" | "DESCRIBE" | "DESC" | "FLUSH" | "STORAGE" | "REBUILD" | "ALTER" | "EXECUTE"
+        "CREATE"
+            | "DROP"
+            | "SHOW"
+            | "DESCRIBE"
+            | "DESC"
+            | "FLUSH"
+            | "STORAGE"
+            | "REBUILD"
+            | "ALTER"
+            | "EXECUTE"
+            | "SUBSCRIBE"
     ) {
         return parse_standard(sql);
     }
@@ -418,6 +437,8 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         let table = c.table_name()?;
         c.expect_end()?;
         return Ok(Statement::Rebuild { table });
+    } else if c.eat_kw("SUBSCRIBE") {
+        return parse_subscribe(&mut c);
     } else if c.eat_kw("DESCRIBE") || c.eat_kw("DESC") {
         let _ = c.eat_kw("TABLE");
         let table = c.table_name()?;
@@ -810,6 +831,63 @@ fn parse_create_table(c: &mut Cursor, table_type: Option<TableType>) -> Result<P
     }
     c.expect_end()?;
     Ok(ParsedCreateTable { table, table_type, if_not_exists, columns, options })
+}
+
+/// After `SUBSCRIBE`: `TO t [WHERE expr] [OPTIONS (k = v, ...)]`.
+fn parse_subscribe(c: &mut Cursor) -> Result<Statement> {
+    if !c.eat_kw("TO") {
+        return Err(c.unexpected("TO"));
+    }
+    let table = c.table_name()?;
+    let mut filter = None;
+    if c.eat_kw("WHERE") {
+        let mut parts = Vec::new();
+        while !c.at_end() && !c.peek_kw("OPTIONS") {
+            if let Some(t) = c.next() {
+                parts.push(t.to_string());
+            }
+        }
+        if parts.is_empty() {
+            return Err(Error::InvalidSql("SUBSCRIBE ... WHERE needs a condition".into()));
+        }
+        filter = Some(parts.join(" "));
+    }
+    let (mut last_rows, mut from) = (None, None);
+    if c.eat_kw("OPTIONS") {
+        c.expect(&Token::LParen)?;
+        loop {
+            let key = c.ident()?.to_ascii_lowercase();
+            c.expect(&Token::Eq)?;
+            let value = match c.next() {
+                Some(Token::Number(n, _)) => n,
+                Some(Token::SingleQuotedString(s)) => s,
+                Some(Token::Word(w)) => w.value,
+                other => {
+                    return Err(Error::InvalidSql(format!(
+                        "OPTIONS value for {key}: expected a number or a string, found {}",
+                        other.map_or("end of statement".to_string(), |t| t.to_string())
+                    )));
+                }
+            };
+            match key.as_str() {
+                "last_rows" => {
+                    last_rows = Some(value.parse::<u64>().map_err(|_| {
+                        Error::InvalidSql(format!("last_rows must be a non-negative integer, got '{value}'"))
+                    })?)
+                }
+                "from" => from = Some(value),
+                other => {
+                    return Err(Error::InvalidSql(format!("unknown SUBSCRIBE option '{other}' (last_rows, from)")));
+                }
+            }
+            if c.eat(&Token::RParen) {
+                break;
+            }
+            c.expect(&Token::Comma)?;
+        }
+    }
+    c.expect_end()?;
+    Ok(Statement::Subscribe { table, filter, last_rows, from })
 }
 
 #[cfg(test)]

@@ -172,12 +172,17 @@ async fn read_frame_limited(recv: &mut RecvStream, body_bytes_max: usize) -> Res
     }
     let mut body = vec![0u8; header.body_len as usize];
     recv.read_exact(&mut body).await.map_err(|e| Error::Frame(format!("read body: {e}")))?;
+    metrics::counter!("kalamdb_transport_frames_total", "direction" => "received").increment(1);
+    metrics::counter!("kalamdb_transport_frame_bytes_total", "direction" => "received")
+        .increment((HEADER_BYTES + body.len()) as u64);
     Ok((header, Bytes::from(body)))
 }
 
 async fn write_frame(send: &mut SendStream, kind: FrameKind, group: u32, rid: u64, body: &[u8]) -> Result<()> {
     let frame = encode_frame(kind, group, rid, body)?;
     send.write_all(&frame).await.map_err(|e| Error::Frame(format!("write: {e}")))?;
+    metrics::counter!("kalamdb_transport_frames_total", "direction" => "sent").increment(1);
+    metrics::counter!("kalamdb_transport_frame_bytes_total", "direction" => "sent").increment(frame.len() as u64);
     send.finish().map_err(|e| Error::Frame(format!("finish: {e}")))?;
     Ok(())
 }

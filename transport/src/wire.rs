@@ -296,7 +296,7 @@ mod tests {
                 .map(|v| RowWrite { pk: Value::BigInt(v), values: vec![Value::BigInt(v)], expected_seq: None })
                 .collect(),
         }];
-        EncodedCommand::encode(&LogCommand { ops }).unwrap().bytes().to_vec()
+        EncodedCommand::encode(&LogCommand { ops, committed_at_micros: 0 }).unwrap().bytes().to_vec()
     }
 
     fn round_trip<T>(v: &T) -> T

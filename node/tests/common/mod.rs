@@ -217,3 +217,126 @@ pub async fn post_sql(port: u16, sql: &str) -> Result<(u16, serde_json::Value), 
     let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
 }
+
+/// A streaming response of `GET /v1/api/tail`, read line by line (NDJSON) or event by event
+/// (Server-Sent Events).
+pub struct TailStream {
+    pub status: u16,
+    pub content_type: String,
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    ended: bool,
+}
+
+impl TailStream {
+    /// Open a stream. `recv_buffer` shrinks the socket's receive buffer (slow-client tests).
+    pub async fn open(
+        port: u16,
+        path: &str,
+        authorization: Option<&str>,
+        headers: &[(&str, &str)],
+        recv_buffer: Option<usize>,
+    ) -> TailStream {
+        TailStream::try_open(port, path, authorization, headers, recv_buffer).await.expect("tail request")
+    }
+
+    /// [`TailStream::open`] that reports a refused connection instead of panicking.
+    pub async fn try_open(
+        port: u16,
+        path: &str,
+        authorization: Option<&str>,
+        headers: &[(&str, &str)],
+        recv_buffer: Option<usize>,
+    ) -> Result<TailStream, String> {
+        let mut connector = HttpConnector::new();
+        connector.set_recv_buffer_size(recv_buffer);
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+        let mut req = hyper::Request::builder().method("GET").uri(format!("http://127.0.0.1:{port}{path}"));
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp =
+            client.request(req.body(Full::new(Bytes::new())).expect("request")).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let content_type =
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        Ok(TailStream { status, content_type, body: resp.into_body(), buf: Vec::new(), ended: false })
+    }
+
+    /// Has the server ended the stream (or the connection broken)?
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The whole body (for error responses).
+    pub async fn json_body(mut self) -> serde_json::Value {
+        while self.fill(Duration::from_secs(10)).await {}
+        serde_json::from_slice(&self.buf).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Read more bytes; false at the end of the stream or after `within`.
+    async fn fill(&mut self, within: Duration) -> bool {
+        if self.ended {
+            return false;
+        }
+        match tokio::time::timeout(within, self.body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    self.buf.extend_from_slice(&data);
+                }
+                true
+            }
+            Ok(_) => {
+                self.ended = true;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The next NDJSON object, waiting at most `within`; `None` at the end or on timeout.
+    pub async fn next_json(&mut self, within: Duration) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(serde_json::from_slice(&line).expect("an NDJSON line"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.fill(left).await {
+                return None;
+            }
+        }
+    }
+
+    /// The next change-carrying NDJSON object (heartbeats skipped).
+    pub async fn next_change(&mut self, within: Duration) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self.next_json(left).await?;
+            if v["type"] != "heartbeat" {
+                return Some(v);
+            }
+        }
+    }
+
+    /// The next Server-Sent Event block as its lines (comments included).
+    pub async fn next_sse(&mut self, within: Duration) -> Option<Vec<String>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..i + 2).collect();
+                let text = String::from_utf8(block).expect("utf-8 event");
+                return Some(text.lines().filter(|l| !l.is_empty()).map(str::to_string).collect());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.fill(left).await {
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! `kalamdb-tail`: commit → subscriber latency of the tail endpoint. `--subscribers` NDJSON
+//! subscriptions (spread over `--url`s) follow one table while a paced writer inserts
+//! `--rate` rows per second in multi-row INSERTs. Each event's latency is the time from the
+//! leader's commit stamp (`committed_at_micros`, taken when it proposed the entry, so the
+//! figure includes replication, fsync and apply) to its arrival at the subscriber. Bounded by
+//! `--seconds`; loopback targets only.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use kalamdb_benches::{HttpClient, ROOT_BASIC, check_loopback, client, post_json};
+use tokio::sync::Mutex;
+
+#[derive(Parser, Debug)]
+#[command(name = "kalamdb-tail", about = "Commit-to-subscriber latency of GET /v1/api/tail")]
+struct Args {
+    /// Base URL(s), comma-separated: subscribers are spread over them, writes go to the first.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Rows (events) written per second.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Rows per INSERT statement.
+    #[arg(long, default_value_t = 20)]
+    batch: u64,
+    /// Measured seconds (after a 2 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// INSERT statements in flight at most (the writer never queues more).
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The number after `"key":` in an NDJSON line, without parsing the whole event.
+fn field_i64(line: &[u8], key: &[u8]) -> Option<i64> {
+    let at = line.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = line[at..].iter().copied().take_while(|b| b.is_ascii_digit() || *b == b'-').collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+async fn subscribe(
+    url: String,
+    path: String,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Vec<u64>>>,
+) -> Result<u64, String> {
+    let c: HttpClient = client(1);
+    let req = hyper::Request::get(format!("{url}{path}"))
+        .header("authorization", ROOT_BASIC)
+        .header("accept", "application/x-ndjson")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = c.request(req).await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("subscribe: HTTP {}", resp.status()));
+    }
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut local = Vec::with_capacity(1 << 16);
+    let mut events = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let frame = match tokio::time::timeout(Duration::from_millis(200), body.frame()).await {
+            Ok(Some(Ok(f))) => f,
+            Ok(_) => return Err("the stream ended".into()),
+            Err(_) => continue,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        let received = now_micros();
+        buf.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            if let Some(committed) = field_i64(line, b"\"committed_at_micros\":") {
+                events += 1;
+                if measuring.load(Ordering::Relaxed) {
+                    local.push((received - committed).max(0) as u64);
+                }
+            } else if line.windows(10).any(|w| w == b"\"overflow\"") {
+                return Err("the server cut this subscriber off (overflow)".into());
+            }
+        }
+        buf.drain(..start);
+    }
+    out.lock().await.extend(local);
+    Ok(events)
+}
+
+fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let urls: Vec<String> = args.url.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).collect();
+    for u in &urls {
+        check_loopback(u)?;
+    }
+    let writer: HttpClient = client(args.in_flight);
+    let sql = |s: &str| serde_json::json!({ "sql": s }).to_string();
+    let table = format!("bench.tail_{}", std::process::id());
+    post_json(&writer, &urls[0], "/v1/api/sql", sql("CREATE NAMESPACE IF NOT EXISTS bench")).await?;
+    post_json(
+        &writer,
+        &urls[0],
+        "/v1/api/sql",
+        sql(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, v BIGINT) WITH (TYPE = 'SHARED')")),
+    )
+    .await?;
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut subs = Vec::new();
+    for i in 0..args.subscribers {
+        let url = urls[i % urls.len()].clone();
+        let path = format!("/v1/api/tail?table={table}");
+        subs.push(tokio::spawn(subscribe(url, path, measuring.clone(), stop.clone(), latencies.clone())));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Paced writer: one statement of `batch` rows every `batch / rate` seconds.
+    let interval = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.in_flight));
+    let written = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let skipped = Arc::new(AtomicU64::new(0));
+    let warmup = Duration::from_secs(2);
+    let total = warmup + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut next_id = 0u64;
+    let mut measured_from = None;
+    while started.elapsed() < total {
+        tick.tick().await;
+        if measured_from.is_none() && started.elapsed() >= warmup {
+            measuring.store(true, Ordering::SeqCst);
+            measured_from = Some((Instant::now(), written.load(Ordering::SeqCst)));
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // The server is not keeping up with the rate: count it rather than queue.
+            skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let values: Vec<String> = (0..args.batch).map(|k| format!("({}, {k})", next_id + k)).collect();
+        next_id += args.batch;
+        let body = sql(&format!("INSERT INTO {table} (id, v) VALUES {}", values.join(", ")));
+        let (w, f, url, c, n) = (written.clone(), failed.clone(), urls[0].clone(), writer.clone(), args.batch);
+        tokio::spawn(async move {
+            match post_json(&c, &url, "/v1/api/sql", body).await {
+                Ok(_) => w.fetch_add(n, Ordering::Relaxed),
+                Err(_) => f.fetch_add(1, Ordering::Relaxed),
+            };
+            drop(permit);
+        });
+    }
+    let (t0, w0) = measured_from.unwrap_or((started, 0));
+    let secs = t0.elapsed().as_secs_f64();
+    let rows = written.load(Ordering::SeqCst) - w0;
+    // Let the last events arrive before stopping the subscribers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    measuring.store(false, Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    let mut events = 0u64;
+    let mut broken = 0;
+    for s in subs {
+        match s.await {
+            Ok(Ok(n)) => events += n,
+            Ok(Err(e)) => {
+                broken += 1;
+                eprintln!("subscriber: {e}");
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let mut l = std::mem::take(&mut *latencies.lock().await);
+    l.sort_unstable();
+    println!(
+        "tail: {} subscribers on {} node(s), {:.0} rows/s written ({} statements failed, {} ticks skipped), {} events delivered ({} broken subscribers)",
+        args.subscribers,
+        urls.len(),
+        rows as f64 / secs,
+        failed.load(Ordering::SeqCst),
+        skipped.load(Ordering::SeqCst),
+        events,
+        broken
+    );
+    println!(
+        "commit->subscriber latency over {} events: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        l.len(),
+        percentile_ms(&l, 0.50),
+        percentile_ms(&l, 0.99),
+        percentile_ms(&l, 0.999),
+        percentile_ms(&l, 1.0)
+    );
+    if broken > 0 {
+        return Err(format!("{broken} subscribers broke"));
+    }
+    Ok(())
+}

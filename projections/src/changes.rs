@@ -1,0 +1,271 @@
+//! Change records: what each applied entry changed, one record per normal log entry, for the
+//! tail endpoint (and for turning a STREAM table's TTL into a log position).
+//!
+//! Apply writes the record of entry `i` in the same batch as the rows it describes, under key
+//! `group u32 BE | i u64 BE` in the `changes` column family, so a record exists exactly when
+//! its entry is applied, and every node holds the same records. Records are a derived index,
+//! not projection state: they are not in snapshots or digests. Each node trims its own below
+//! a *floor* (retention, or a snapshot install that skipped entries); positions under the
+//! floor are gone.
+
+use kalamdb_log::{GroupId, Value};
+use rkyv::{Archive, Deserialize as RDeserialize, Serialize as RSerialize};
+use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
+
+use crate::error::{Error, Result};
+use crate::{CF_CHANGES, CF_SM};
+
+/// `sm` key suffix of a group's change floor (first index whose record may exist).
+const KEY_FLOOR: u8 = b'c';
+
+#[derive(Archive, RSerialize, RDeserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Insert,
+    Update,
+    Delete,
+    /// Namespace or table created or dropped (catalog group), or a dropped table's rows purged
+    /// (data groups).
+    Ddl,
+    /// A flush or compaction moved the table's rows between hot and cold storage.
+    Flush,
+}
+
+impl ChangeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ChangeKind::Insert => "insert",
+            ChangeKind::Update => "update",
+            ChangeKind::Delete => "delete",
+            ChangeKind::Ddl => "ddl",
+            ChangeKind::Flush => "flush",
+        }
+    }
+}
+
+/// One change of one entry.
+#[derive(Archive, RSerialize, RDeserialize, Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// 0 for namespace DDL.
+    pub table_id: u64,
+    /// The row's scope (user id) in USER and STREAM tables; empty otherwise.
+    pub scope: String,
+    /// Namespace of a DDL change; data groups do not know names and leave it empty.
+    pub namespace: String,
+    /// `_seq` of the version this change wrote (the expired version for an eviction).
+    pub seq: u64,
+    /// New column values (insert, update); empty otherwise.
+    pub row: Vec<Value>,
+    /// Values of the replaced version (update, delete) when it was hot; `None` when it lived
+    /// in a Parquet file (its `_seq` is in `old_seq`) or there is none.
+    pub old_row: Option<Vec<Value>>,
+    pub old_seq: Option<u64>,
+    /// A delete by the table's TTL.
+    pub expired: bool,
+    /// DDL statement or storage job summary.
+    pub detail: String,
+}
+
+impl Change {
+    pub fn ddl(table_id: u64, namespace: &str, detail: String) -> Change {
+        Change {
+            kind: ChangeKind::Ddl,
+            table_id,
+            scope: String::new(),
+            namespace: namespace.to_string(),
+            seq: 0,
+            row: Vec::new(),
+            old_row: None,
+            old_seq: None,
+            expired: false,
+            detail,
+        }
+    }
+}
+
+/// The record of one applied entry.
+#[derive(Archive, RSerialize, RDeserialize, Debug, Clone, PartialEq, Default)]
+pub struct ChangeEntry {
+    /// The proposing leader's clock ([`kalamdb_log::LogCommand::committed_at_micros`]).
+    pub committed_at_micros: i64,
+    pub changes: Vec<Change>,
+}
+
+impl ChangeEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self).map(|v| v.into_vec()).expect("change encoding cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ChangeEntry> {
+        rkyv::from_bytes::<ChangeEntry, rkyv::rancor::Error>(bytes).map_err(|e| Error::Corrupt(e.to_string()))
+    }
+}
+
+fn key(group: GroupId, index: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&group.prefix());
+    k[4..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn floor_key(group: GroupId) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[..4].copy_from_slice(&group.prefix());
+    k[4] = KEY_FLOOR;
+    k
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("no {name} cf")))
+}
+
+/// Stage the record of entry `index` into the entry's apply batch.
+pub fn stage(db: &DB, batch: &mut WriteBatch, group: GroupId, index: u64, entry: &ChangeEntry) -> Result<()> {
+    batch.put_cf(cf(db, CF_CHANGES)?, key(group, index), entry.encode());
+    Ok(())
+}
+
+/// The first index whose record this node may still have (1 when nothing was trimmed).
+pub fn floor(db: &DB, group: GroupId) -> Result<u64> {
+    match db.get_pinned_cf(cf(db, CF_SM)?, floor_key(group))? {
+        Some(b) if b.len() == 8 => Ok(u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])).max(1)),
+        Some(_) => Err(Error::Corrupt("bad change floor".into())),
+        None => Ok(1),
+    }
+}
+
+/// Records with `from <= index <= to`, at most `entries_max` of them, in index order.
+/// Entries without a record (blank and membership entries) are simply absent.
+pub fn read_range(db: &DB, group: GroupId, from: u64, to: u64, entries_max: usize) -> Result<Vec<(u64, ChangeEntry)>> {
+    let mut out = Vec::new();
+    if from > to {
+        return Ok(out);
+    }
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(key(group, to.saturating_add(1)).to_vec());
+    let start = key(group, from);
+    let iter = db.iterator_cf_opt(cf(db, CF_CHANGES)?, opts, IteratorMode::From(&start, rocksdb::Direction::Forward));
+    for item in iter {
+        let (k, v) = item?;
+        if out.len() >= entries_max {
+            break;
+        }
+        let index = index_of(&k)?;
+        out.push((index, ChangeEntry::decode(&v)?));
+    }
+    Ok(out)
+}
+
+fn index_of(k: &[u8]) -> Result<u64> {
+    let b: [u8; 8] =
+        k.get(4..12).and_then(|s| s.try_into().ok()).ok_or_else(|| Error::Corrupt("bad change key".into()))?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// Drop records below `new_floor` and raise the floor to it (never lowers it). Local to this
+/// node: retention is not replicated state.
+pub fn trim(db: &DB, group: GroupId, new_floor: u64) -> Result<bool> {
+    let old = floor(db, group)?;
+    if new_floor <= old {
+        return Ok(false);
+    }
+    let mut batch = WriteBatch::default();
+    stage_trim(db, &mut batch, group, new_floor)?;
+    db.write(batch)?;
+    Ok(true)
+}
+
+/// Stage the removal of every record below `new_floor` and the new floor.
+pub fn stage_trim(db: &DB, batch: &mut WriteBatch, group: GroupId, new_floor: u64) -> Result<()> {
+    batch.delete_range_cf(cf(db, CF_CHANGES)?, key(group, 0), key(group, new_floor));
+    batch.put_cf(cf(db, CF_SM)?, floor_key(group), new_floor.to_be_bytes());
+    Ok(())
+}
+
+/// The highest index whose entry was committed before `cutoff_micros`, by binary search over
+/// the retained records (commit times are the proposers' clocks: close to, not strictly,
+/// monotonic, which is all a TTL needs). `None` when no retained entry is that old.
+pub fn index_before(db: &DB, group: GroupId, cutoff_micros: i64, applied: u64) -> Result<Option<u64>> {
+    let (mut lo, mut hi) = (floor(db, group)?, applied);
+    let mut found = None;
+    while lo <= hi {
+        let mid = lo + (hi - lo) / 2;
+        // The first record at or after `mid` (records may be missing for blank entries).
+        match read_range(db, group, mid, hi, 1)?.pop() {
+            Some((index, entry)) if entry.committed_at_micros < cutoff_micros => {
+                found = Some(index);
+                lo = index + 1;
+            }
+            Some(_) => {
+                if mid == 0 {
+                    break;
+                }
+                hi = mid - 1;
+            }
+            None => {
+                if mid == 0 {
+                    break;
+                }
+                hi = mid - 1;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Does any record in `from..=to` write a row of `table_id`?
+pub fn writes_table(db: &DB, group: GroupId, table_id: u64, from: u64, to: u64) -> Result<bool> {
+    const CHUNK: usize = 1024;
+    let mut next = from;
+    while next <= to {
+        let records = read_range(db, group, next, to, CHUNK)?;
+        let Some(last) = records.last().map(|(i, _)| *i) else { return Ok(false) };
+        if records.iter().any(|(_, e)| {
+            e.changes
+                .iter()
+                .any(|c| c.table_id == table_id && matches!(c.kind, ChangeKind::Insert | ChangeKind::Update))
+        }) {
+            return Ok(true);
+        }
+        next = last + 1;
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(ts: i64) -> ChangeEntry {
+        ChangeEntry { committed_at_micros: ts, changes: vec![Change::ddl(1, "ns", "CREATE TABLE ns.t".into())] }
+    }
+
+    #[test]
+    fn records_range_trim_and_time_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = kalamdb_log::LogDb::open(dir.path(), &crate::PROJECTION_CFS).unwrap();
+        let db = log.db();
+        let g = GroupId::SharedShard(0);
+        let mut batch = WriteBatch::default();
+        // Index 3 has no record (a blank entry).
+        for i in [1u64, 2, 4, 5, 6] {
+            stage(db, &mut batch, g, i, &entry(i as i64 * 100)).unwrap();
+        }
+        stage(db, &mut batch, GroupId::SharedShard(1), 7, &entry(1)).unwrap();
+        db.write(batch).unwrap();
+        let got: Vec<u64> = read_range(db, g, 2, 5, 10).unwrap().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(got, vec![2, 4, 5]);
+        assert_eq!(read_range(db, g, 1, 100, 2).unwrap().len(), 2);
+        assert_eq!(index_before(db, g, 450, 6).unwrap(), Some(4));
+        assert_eq!(index_before(db, g, 50, 6).unwrap(), None);
+        assert_eq!(index_before(db, g, 10_000, 6).unwrap(), Some(6));
+        assert!(!writes_table(db, g, 1, 1, 6).unwrap(), "DDL records write no rows");
+        assert_eq!(floor(db, g).unwrap(), 1);
+        assert!(trim(db, g, 5).unwrap());
+        assert!(!trim(db, g, 4).unwrap(), "the floor never goes down");
+        assert_eq!(floor(db, g).unwrap(), 5);
+        let left: Vec<u64> = read_range(db, g, 0, 100, 10).unwrap().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(left, vec![5, 6]);
+        assert_eq!(read_range(db, GroupId::SharedShard(1), 0, 100, 10).unwrap().len(), 1, "other groups untouched");
+    }
+}
