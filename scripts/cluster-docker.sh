@@ -65,7 +65,7 @@ linked_libs() {
     $1 ~ /^\// { print $1 }'
 }
 
-# The binary targets of kalamdb-node (kalamdb-server, and kalam-cli once it exists).
+# The binary targets of kalamdb-node (kalamdb-server, kalam-cli): all go into the image.
 node_bins() {
   (cd "$root" && cargo metadata --format-version 1 --no-deps --locked) | python3 -c '
 import json, sys

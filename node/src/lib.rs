@@ -2,6 +2,7 @@
 //! of log, projections, transport and query. The only crate that knows all the others.
 
 pub mod auth;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
