@@ -141,7 +141,10 @@ impl Session {
                 }
                 None if arg.is_empty() => println!("Output format is {}.", self.format.name()),
                 None => {
-                    return Err(CliError::new("INVALID_COMMAND", format!("unknown format '{arg}': table, json or csv")));
+                    return Err(CliError::new(
+                        "INVALID_COMMAND",
+                        format!("unknown format '{arg}': table, json or csv"),
+                    ));
                 }
             },
             "\\timing" => {
