@@ -41,3 +41,20 @@ pub async fn post_json(client: &HttpClient, url: &str, path: &str, body: String)
     let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     if status.is_success() { Ok(bytes) } else { Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))) }
 }
+
+/// A comma-separated list of base URLs, trimmed, each checked to be loopback.
+pub fn parse_urls(list: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = list.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).collect();
+    for u in &urls {
+        check_loopback(u)?;
+    }
+    Ok(urls)
+}
+
+/// The `p` quantile of sorted microsecond samples, in milliseconds (NaN when empty).
+pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    sorted_us[((sorted_us.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}

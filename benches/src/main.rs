@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use kalamdb_benches::{HttpClient, check_loopback, client};
+use kalamdb_benches::{HttpClient, client, percentile_ms};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Workload {
@@ -61,21 +61,10 @@ async fn post_json(client: &HttpClient, url: &str, path: &str, body: String) -> 
     kalamdb_benches::post_json(client, url, path, body).await.map(|_| ())
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args = Args::parse();
-    let urls: Vec<String> = args.url.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).collect();
-    for u in &urls {
-        check_loopback(u)?;
-    }
+    let urls = kalamdb_benches::parse_urls(&args.url)?;
     let client: HttpClient = client(args.clients);
     let url = urls[0].clone();
     let table = format!("bench.t{}", std::process::id());
@@ -170,9 +159,9 @@ async fn main() -> Result<(), String> {
         errors,
         ops,
         ops * rows_per_op,
-        percentile(&all, 0.50),
-        percentile(&all, 0.99),
-        percentile(&all, 0.999),
+        percentile_ms(&all, 0.50),
+        percentile_ms(&all, 0.99),
+        percentile_ms(&all, 0.999),
     );
     Ok(())
 }

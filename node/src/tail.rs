@@ -37,6 +37,9 @@ use crate::http::{App, NodeProposer, error_response};
 
 /// Change records read from RocksDB per step of a subscriber.
 pub const READ_ENTRIES_MAX: usize = 256;
+/// Events sent to a subscriber in one chunk at most; the subscriber's channel holds
+/// `tail.subscriber_buffer_events / EVENTS_PER_CHUNK_MAX` chunks (at least one).
+pub const EVENTS_PER_CHUNK_MAX: u64 = 64;
 /// Rows `last_rows` may ask for.
 pub const LAST_ROWS_MAX: u64 = 10_000;
 /// Attempts at reading `last_rows` with no write applied meanwhile (an exact snapshot).
@@ -44,10 +47,94 @@ const LAST_ROWS_ATTEMPTS_MAX: usize = 5;
 /// Longest `from` / `Last-Event-ID` accepted.
 pub const POSITION_BYTES_MAX: usize = 1024;
 
-/// Subscribers of this node, for the `subscribers_max` limit and the gauge.
+/// Decoded change records kept for all subscribers of this node.
+pub const RECORD_CACHE_ENTRIES_MAX: usize = 8192;
+
+/// Subscribers of this node (for the `subscribers_max` limit and the gauge), and the records
+/// they share: a hundred subscribers of one table decode and render each entry once.
 #[derive(Debug, Default)]
 pub struct TailState {
     active: AtomicUsize,
+    cache: std::sync::Mutex<RecordCache>,
+}
+
+/// One entry as the subscribers see it: its record (`None`: the entry has none, e.g. a blank
+/// entry) and, per format, the frame of each change once a single-group subscriber rendered it
+/// (the frame of a single-group subscription does not depend on the subscriber).
+#[derive(Debug)]
+struct CachedEntry {
+    record: Option<ChangeEntry>,
+    frames: [Vec<std::sync::OnceLock<Bytes>>; 2],
+}
+
+#[derive(Debug, Default)]
+struct RecordCache {
+    map: std::collections::HashMap<(GroupId, u64), Arc<CachedEntry>>,
+    order: std::collections::VecDeque<(GroupId, u64)>,
+}
+
+impl RecordCache {
+    fn insert(&mut self, key: (GroupId, u64), record: Option<ChangeEntry>) -> Arc<CachedEntry> {
+        let n = record.as_ref().map_or(0, |r| r.changes.len());
+        let frames = [
+            (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+            (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+        ];
+        let e = Arc::new(CachedEntry { record, frames });
+        if self.map.insert(key, e.clone()).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > RECORD_CACHE_ENTRIES_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+        e
+    }
+}
+
+impl TailState {
+    /// Entries `from..=to` of a group (at most `entries_max`), from the cache where present,
+    /// else from RocksDB (then cached). Entries without a record come back with `None`.
+    fn entries(
+        &self,
+        rows: &kalamdb_projections::RowReader,
+        group: GroupId,
+        from: u64,
+        to: u64,
+        entries_max: usize,
+    ) -> kalamdb_projections::error::Result<Vec<(u64, Arc<CachedEntry>)>> {
+        let mut out = Vec::new();
+        let mut index = from;
+        while index <= to && out.len() < entries_max {
+            let hit = self.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&(group, index)).cloned();
+            if let Some(e) = hit {
+                out.push((index, e));
+                index += 1;
+                continue;
+            }
+            let want = entries_max - out.len();
+            let records = changes::read_range(rows.db(), group, index, to, want)?;
+            let full = records.len() == want;
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, record) in records {
+                // Indices skipped by the range read have no record.
+                while index < i {
+                    out.push((index, cache.insert((group, index), None)));
+                    index += 1;
+                }
+                out.push((i, cache.insert((group, i), Some(record))));
+                index = i + 1;
+            }
+            if !full {
+                while index <= to && out.len() < entries_max {
+                    out.push((index, cache.insert((group, index), None)));
+                    index += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Where a subscriber is in one group: every change of entries `< index` is delivered, and
@@ -326,7 +413,8 @@ pub async fn tail(
     let guard = ActiveGuard(app.clone());
     metrics::gauge!("kalamdb_tail_subscribers").set(state.active.load(Ordering::SeqCst) as f64);
 
-    let (tx, rx) = mpsc::channel::<Bytes>(cfg.subscriber_buffer_events);
+    let chunks = (cfg.subscriber_buffer_events / EVENTS_PER_CHUNK_MAX as usize).max(1);
+    let (tx, rx) = mpsc::channel::<Bytes>(chunks);
     let (last_tx, last_rx) = oneshot::channel::<Bytes>();
     let mut initial = Vec::new();
     if let (Some(n), Target::Table { def, filter, .. }) = (q.last_rows, &target) {
@@ -628,6 +716,30 @@ async fn run(
     }
 }
 
+/// Queue the chunk of events gathered so far. When it cannot be queued, the cursor goes back
+/// to where the chunk started: the last event queued, which is where the overflow notice
+/// (sent after everything queued) tells the client to resume.
+async fn send_chunk(
+    sub: &mut Subscription,
+    tx: &mpsc::Sender<Bytes>,
+    group: GroupId,
+    chunk: &mut bytes::BytesMut,
+    events: &mut u64,
+    chunk_start: Pos,
+    stall: Duration,
+) -> Result<(), Stop> {
+    if *events == 0 {
+        return Ok(());
+    }
+    let n = std::mem::take(events);
+    if let Err(stop) = offer(tx, chunk.split().freeze(), stall).await {
+        sub.cursor.insert(group, chunk_start);
+        return Err(stop);
+    }
+    metrics::counter!("kalamdb_tail_events_total").increment(n);
+    Ok(())
+}
+
 async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConfig) -> Result<(), Stop> {
     let groups: Vec<GroupId> = sub.cursor.keys().copied().collect();
     let mut watches: Vec<watch::Receiver<u64>> =
@@ -656,12 +768,23 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
             if from < floor {
                 return Err(Stop::Gone(*g, floor));
             }
-            let records = changes::read_range(&db, *g, from, applied, READ_ENTRIES_MAX).map_err(|e| {
-                tracing::warn!(target: "kalamdb_tail", group = %g, error = %e, "cannot read change records");
-                Stop::Closed
-            })?;
-            let full = records.len() == READ_ENTRIES_MAX;
-            for (index, record) in &records {
+            let entries =
+                sub.app.tail_state.entries(&sub.app.groups.rows, *g, from, applied, READ_ENTRIES_MAX).map_err(|e| {
+                    tracing::warn!(target: "kalamdb_tail", group = %g, error = %e, "cannot read change records");
+                    Stop::Closed
+                })?;
+            let full = entries.len() == READ_ENTRIES_MAX;
+            let single = sub.cursor.len() == 1;
+            let fmt = usize::from(sub.format == Format::Ndjson);
+            // Events go out in chunks: one channel message and one body write for many.
+            let mut chunk = bytes::BytesMut::new();
+            let mut chunk_events = 0u64;
+            let mut chunk_start = sub.cursor[g];
+            for (index, entry) in &entries {
+                let Some(record) = &entry.record else {
+                    sub.cursor.insert(*g, Pos { index: *index, offset: None });
+                    continue;
+                };
                 let skip_upto = if *index == pos.index { pos.offset } else { None };
                 for (k, c) in record.changes.iter().enumerate() {
                     let k = k as u32;
@@ -671,15 +794,22 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
                     let Some(def) = sub.visible(*g, c) else { continue };
                     let before = sub.cursor[g];
                     sub.cursor.insert(*g, Pos { index: *index, offset: Some(k) });
-                    let id = format_cursor(&sub.cursor);
-                    let body = event_json(*g, *index, k, &id, record, c, def.as_deref());
-                    metrics::counter!("kalamdb_tail_events_total").increment(1);
-                    if let Err(stop) = offer(tx, sub.frame("change", Some(&id), &body), stall).await {
-                        // Not queued: the cursor stays at the last event queued, which is
-                        // where the overflow notice (sent after those) tells the client to
-                        // resume.
-                        sub.cursor.insert(*g, before);
-                        return Err(stop);
+                    let render = |sub: &Subscription| {
+                        let id = format_cursor(&sub.cursor);
+                        let body = event_json(*g, *index, k, &id, record, c, def.as_deref());
+                        sub.frame("change", Some(&id), &body)
+                    };
+                    let frame = match entry.frames[fmt].get(k as usize) {
+                        Some(slot) if single => slot.get_or_init(|| render(sub)).clone(),
+                        _ => render(sub),
+                    };
+                    if chunk_events == 0 {
+                        chunk_start = before;
+                    }
+                    chunk.extend_from_slice(&frame);
+                    chunk_events += 1;
+                    if chunk_events >= EVENTS_PER_CHUNK_MAX {
+                        send_chunk(sub, tx, *g, &mut chunk, &mut chunk_events, chunk_start, stall).await?;
                     }
                 }
                 sub.cursor.insert(*g, Pos { index: *index, offset: None });
@@ -690,6 +820,7 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
                 // Entries up to `applied` without a record (blank, membership) hold nothing.
                 sub.cursor.insert(*g, Pos { index: applied, offset: None });
             }
+            send_chunk(sub, tx, *g, &mut chunk, &mut chunk_events, chunk_start, stall).await?;
         }
         if more {
             tokio::task::yield_now().await;

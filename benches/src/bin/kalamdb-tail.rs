@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
-use kalamdb_benches::{HttpClient, ROOT_BASIC, check_loopback, client, post_json};
+use kalamdb_benches::{HttpClient, ROOT_BASIC, client, percentile_ms, post_json};
 use tokio::sync::Mutex;
 
 #[derive(Parser, Debug)]
@@ -97,20 +97,10 @@ async fn subscribe(
     Ok(events)
 }
 
-fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
-}
-
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args = Args::parse();
-    let urls: Vec<String> = args.url.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).collect();
-    for u in &urls {
-        check_loopback(u)?;
-    }
+    let urls = kalamdb_benches::parse_urls(&args.url)?;
     let writer: HttpClient = client(args.in_flight);
     let sql = |s: &str| serde_json::json!({ "sql": s }).to_string();
     let table = format!("bench.tail_{}", std::process::id());

@@ -70,16 +70,21 @@ impl Client {
         Ok(())
     }
 
-    async fn send(
+    /// Send one request; `body` is JSON, `accept` an optional Accept header.
+    async fn request(
         &self,
         method: &str,
         path: &str,
         body: Option<String>,
         authorized: bool,
-    ) -> Result<(u16, Value), CliError> {
+        accept: Option<&str>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CliError> {
         let mut req = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
         if body.is_some() {
             req = req.header("content-type", "application/json");
+        }
+        if let Some(a) = accept {
+            req = req.header("accept", a);
         }
         if let (true, Some(a)) = (authorized, &self.authorization) {
             req = req.header("authorization", a);
@@ -87,11 +92,20 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| CliError::new("INVALID_REQUEST", e.to_string()))?;
-        let resp = self
-            .http
+        self.http
             .request(req)
             .await
-            .map_err(|e| CliError::new("CONNECTION", format!("cannot reach {}: {e}", self.base)))?;
+            .map_err(|e| CliError::new("CONNECTION", format!("cannot reach {}: {e}", self.base)))
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        authorized: bool,
+    ) -> Result<(u16, Value), CliError> {
+        let resp = self.request(method, path, body, authorized, None).await?;
         let status = resp.status().as_u16();
         let bytes = resp
             .into_body()
@@ -121,19 +135,7 @@ impl Client {
 
     /// Open `GET path` as a stream of NDJSON lines.
     pub async fn stream(&self, path: &str) -> Result<Lines, CliError> {
-        let mut req = hyper::Request::builder()
-            .method("GET")
-            .uri(format!("{}{path}", self.base))
-            .header("accept", "application/x-ndjson");
-        if let Some(a) = &self.authorization {
-            req = req.header("authorization", a);
-        }
-        let req = req.body(Full::new(Bytes::new())).map_err(|e| CliError::new("INVALID_REQUEST", e.to_string()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| CliError::new("CONNECTION", format!("cannot reach {}: {e}", self.base)))?;
+        let resp = self.request("GET", path, None, true, Some("application/x-ndjson")).await?;
         let status = resp.status().as_u16();
         if status != 200 {
             let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
