@@ -7,9 +7,13 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kalamdb-target}"
 secs="${1:-10}"
-command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
+for tool in etcd etcdctl; do
+  command -v "$tool" >/dev/null || { echo "$tool not found: apt-get install etcd-server etcd-client" >&2; exit 1; }
+done
 cargo build --release --locked --bin kalamdb-server --bin kalamdb-load
 load="$CARGO_TARGET_DIR/release/kalamdb-load"
+# shellcheck source=scripts/bench-lib.sh
+source "$root/scripts/bench-lib.sh"
 
 work="$(mktemp -d)"
 export CLUSTER_SH_DIR="$work/kalamdb"
@@ -34,10 +38,10 @@ h = json.load(sys.stdin)
 lead = next(g["leader"] for g in h["groups"] if g["group"] == "shared:0")
 print(next(n["http_addr"] for n in h["nodes"] if n["node_id"] == lead))')"
 echo "kalamdb shared:0 leader at $leader_http"
-echo "kalamdb: $("$load" --url "$urls" --workload insert --clients 64 --seconds "$secs")"
-echo "kalamdb: $("$load" --url "http://$leader_http" --workload insert --clients 1 --seconds "$secs")"
-echo "kalamdb: $("$load" --url "http://127.0.0.1:8081" --workload insert --clients 1 --seconds "$secs") (via node 1)"
-echo "kalamdb: $("$load" --url "$urls" --workload bulk --clients 4 --seconds "$secs" --batch-rows 1000)"
+run_bench kalamdb cluster "$load" --url "$urls" --workload insert --clients 64 --seconds "$secs"
+run_bench kalamdb cluster "$load" --url "http://$leader_http" --workload insert --clients 1 --seconds "$secs"
+run_bench kalamdb cluster-via-follower "$load" --url "http://127.0.0.1:8081" --workload insert --clients 1 --seconds "$secs"
+run_bench kalamdb cluster "$load" --url "$urls" --workload bulk --clients 4 --seconds "$secs" --batch-rows 1000
 "$root/scripts/cluster.sh" stop >/dev/null
 
 # --- etcd: 3 members, clients 23791-23793 ---
@@ -61,6 +65,6 @@ for s in json.load(sys.stdin):
     if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
         print(s["Endpoint"])')"
 echo "etcd leader at $etcd_leader"
-echo "etcd: $("$load" --url "$eps" --workload etcd-put --clients 64 --seconds "$secs")"
-echo "etcd: $("$load" --url "$etcd_leader" --workload etcd-put --clients 1 --seconds "$secs")"
-echo "etcd: $("$load" --url "http://127.0.0.1:23791" --workload etcd-put --clients 1 --seconds "$secs") (via member 1)"
+run_bench etcd cluster "$load" --url "$eps" --workload etcd-put --clients 64 --seconds "$secs"
+run_bench etcd cluster "$load" --url "$etcd_leader" --workload etcd-put --clients 1 --seconds "$secs"
+run_bench etcd cluster-via-follower "$load" --url "http://127.0.0.1:23791" --workload etcd-put --clients 1 --seconds "$secs"

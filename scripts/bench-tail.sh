@@ -10,6 +10,8 @@ secs="${1:-10}"
 rate="${2:-10000}"
 cargo build --release --locked --bin kalamdb-server --bin kalamdb-tail
 bin="$CARGO_TARGET_DIR/release"
+# shellcheck source=scripts/bench-lib.sh
+source "$root/scripts/bench-lib.sh"
 echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null || echo nogit) seconds=$secs rate=$rate"
 
 # --- one node ---
@@ -17,7 +19,7 @@ port=18090
 (
   # shellcheck source=scripts/bench-server.sh
   source scripts/bench-server.sh
-  echo "single node: $("$bin/kalamdb-tail" --url "http://127.0.0.1:$port" --subscribers 100 --rate "$rate" --seconds "$secs" | tr '\n' ' ')"
+  run_bench kalamdb single "$bin/kalamdb-tail" --url "http://127.0.0.1:$port" --subscribers 100 --rate "$rate" --seconds "$secs"
 )
 
 # --- local 3-node cluster ---
@@ -26,4 +28,4 @@ export CLUSTER_SH_DIR="$work/kalamdb"
 trap '"$root/scripts/cluster.sh" stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 RUST_LOG=warn "$root/scripts/cluster.sh" start >/dev/null
 urls="http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
-echo "3-node cluster: $("$bin/kalamdb-tail" --url "$urls" --subscribers 100 --rate "$rate" --seconds "$secs" | tr '\n' ' ')"
+run_bench kalamdb cluster "$bin/kalamdb-tail" --url "$urls" --subscribers 100 --rate "$rate" --seconds "$secs"

@@ -47,6 +47,9 @@ struct Args {
     /// Hard cap on requests per client, so a run always ends.
     #[arg(long, default_value_t = 10_000_000)]
     requests_max: u64,
+    /// Print one JSON object instead of the key=value line (for `scripts/bench-all.sh`).
+    #[arg(long)]
+    json: bool,
 }
 
 async fn post(client: &HttpClient, url: &str, sql: String) -> Result<(), String> {
@@ -150,6 +153,22 @@ async fn main() -> Result<(), String> {
     all.sort_unstable();
     let ops = all.len() as f64 / elapsed;
     let rows_per_op = if matches!(args.workload, Workload::Bulk) { args.batch_rows as f64 } else { 1.0 };
+    if args.json {
+        let v = serde_json::json!({
+            "workload": format!("{:?}", args.workload).to_lowercase(),
+            "clients": args.clients,
+            "seconds": elapsed,
+            "requests": all.len(),
+            "errors": errors,
+            "ops_per_sec": ops,
+            "rows_per_sec": ops * rows_per_op,
+            "p50_ms": percentile_ms(&all, 0.50),
+            "p99_ms": percentile_ms(&all, 0.99),
+            "p999_ms": percentile_ms(&all, 0.999),
+        });
+        println!("{v}");
+        return Ok(());
+    }
     println!(
         "workload={:?} clients={} seconds={:.1} requests={} errors={} req/s={:.0} rows/s={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
         args.workload,

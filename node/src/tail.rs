@@ -275,6 +275,13 @@ pub async fn tail(
         }
     };
     let groups = &app.groups;
+    // A table created through another node a moment ago exists here too: the catalog is read
+    // at (at least) its committed position, as a linearizable SELECT would.
+    if groups.transport.is_some()
+        && let Err(e) = groups.read_barrier(GroupId::Meta(MetaGroup::Catalog)).await
+    {
+        return error_response(crate::http::status_of(&e), e.code(), &e.to_string(), start);
+    }
     let chosen = [q.table.is_some(), q.namespace.is_some(), q.group.is_some()].iter().filter(|b| **b).count();
     if chosen != 1 {
         return bad_request("INVALID_REQUEST", "give exactly one of ?table=ns.t, ?namespace=ns or ?group=<group>");

@@ -35,6 +35,9 @@ struct Args {
     /// INSERT statements in flight at most (the writer never queues more).
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
+    /// Also print the figures as one JSON object (last line).
+    #[arg(long)]
+    json: bool,
 }
 
 fn now_micros() -> i64 {
@@ -198,6 +201,19 @@ async fn main() -> Result<(), String> {
         percentile_ms(&l, 0.999),
         percentile_ms(&l, 1.0)
     );
+    if args.json {
+        let v = serde_json::json!({
+            "workload": "tail",
+            "subscribers": args.subscribers,
+            "nodes": urls.len(),
+            "rows_per_sec": rows as f64 / secs,
+            "events": events,
+            "p50_ms": percentile_ms(&l, 0.50),
+            "p99_ms": percentile_ms(&l, 0.99),
+            "p999_ms": percentile_ms(&l, 0.999),
+        });
+        println!("{v}");
+    }
     if broken > 0 {
         return Err(format!("{broken} subscribers broke"));
     }

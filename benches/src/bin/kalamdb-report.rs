@@ -1,0 +1,218 @@
+//! `kalamdb-report`: turns the records of one `scripts/bench-all.sh` run (JSON lines, one per
+//! measurement, ours and the peers') into the comparison table (printed), a JSON file and an
+//! SVG chart under `benches/results/`. Every row puts our figure next to the peer's from the
+//! same run, or next to its target, as a ratio oriented so that above 1 is better.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use plotters::prelude::*;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(name = "kalamdb-report", about = "Table, JSON and chart of one benchmark run")]
+struct Args {
+    /// The run's records (JSON lines).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where `<date>.json` and `<date>.svg` go.
+    #[arg(long, default_value = "benches/results")]
+    out_dir: PathBuf,
+    #[arg(long)]
+    date: String,
+    #[arg(long, default_value = "")]
+    commit: String,
+}
+
+/// One line of the comparison.
+struct Row {
+    name: String,
+    unit: &'static str,
+    ours: f64,
+    /// The peer's figure from the same run, or the target.
+    other: f64,
+    against: String,
+    higher_is_better: bool,
+    target: String,
+}
+
+impl Row {
+    /// Above 1 is better for us.
+    fn score(&self) -> f64 {
+        if self.higher_is_better { self.ours / self.other } else { self.other / self.ours }
+    }
+}
+
+fn find<'a>(
+    records: &'a [Value],
+    system: &str,
+    setup: &str,
+    workload: &str,
+    clients: Option<u64>,
+) -> Option<&'a Value> {
+    records.iter().find(|r| {
+        r["system"] == system
+            && r["setup"] == setup
+            && r["result"]["workload"] == workload
+            && clients.is_none_or(|c| r["result"]["clients"].as_u64() == Some(c))
+    })
+}
+
+fn num(r: Option<&Value>, key: &str) -> Option<f64> {
+    r.and_then(|r| r["result"][key].as_f64())
+}
+
+fn rows(records: &[Value]) -> Vec<Row> {
+    let mut out = Vec::new();
+    let ours64 = find(records, "kalamdb", "cluster", "insert", Some(64));
+    let etcd64 = find(records, "etcd", "cluster", "etcdput", Some(64));
+    if let (Some(a), Some(b)) = (num(ours64, "ops_per_sec"), num(etcd64, "ops_per_sec")) {
+        out.push(Row {
+            name: "single-row writes, 64 clients".into(),
+            unit: "ops/s",
+            ours: a,
+            other: b,
+            against: "etcd".into(),
+            higher_is_better: true,
+            target: "≥ 1.5× etcd".into(),
+        });
+    }
+    let ours1 = find(records, "kalamdb", "cluster", "insert", Some(1));
+    let etcd1 = find(records, "etcd", "cluster", "etcdput", Some(1));
+    for (key, label, target) in [("p50_ms", "p50", ""), ("p99_ms", "p99", "≤ etcd"), ("p999_ms", "p99.9", "")] {
+        if let (Some(a), Some(b)) = (num(ours1, key), num(etcd1, key)) {
+            out.push(Row {
+                name: format!("single-row write latency {label}, 1 client"),
+                unit: "ms",
+                ours: a,
+                other: b,
+                against: "etcd".into(),
+                higher_is_better: false,
+                target: target.into(),
+            });
+        }
+    }
+    if let Some(a) = num(find(records, "kalamdb", "cluster", "bulk", None), "rows_per_sec") {
+        out.push(Row {
+            name: "bulk ingest, 3 nodes".into(),
+            unit: "rows/s",
+            ours: a,
+            other: 200_000.0,
+            against: "target".into(),
+            higher_is_better: true,
+            target: "≥ 200,000 rows/s".into(),
+        });
+    }
+    for (setup, what) in [("single", "hot rows"), ("single-flushed", "flushed rows")] {
+        if let Some(a) = num(find(records, "kalamdb", setup, "select", None), "ops_per_sec") {
+            out.push(Row {
+                name: format!("point SELECT of {what}, 1 node, 64 clients"),
+                unit: "ops/s",
+                ours: a,
+                other: 20_000.0,
+                against: "target".into(),
+                higher_is_better: true,
+                target: "≥ 20,000/s".into(),
+            });
+        }
+    }
+    if let Some(a) = num(find(records, "kalamdb", "single", "tail", None), "p99_ms") {
+        out.push(Row {
+            name: "tail p99, 1 node, 100 subscribers".into(),
+            unit: "ms",
+            ours: a,
+            other: 5.0,
+            against: "target".into(),
+            higher_is_better: false,
+            target: "≤ 5 ms".into(),
+        });
+    }
+    if let Some(a) = num(find(records, "kalamdb", "cluster", "tail", None), "p99_ms") {
+        out.push(Row {
+            name: "tail p99, 3 nodes, 100 subscribers".into(),
+            unit: "ms",
+            ours: a,
+            other: 20.0,
+            against: "target".into(),
+            higher_is_better: false,
+            target: "≤ 20 ms".into(),
+        });
+    }
+    out.retain(|r| r.ours.is_finite() && r.other.is_finite() && r.ours > 0.0 && r.other > 0.0);
+    out
+}
+
+fn chart(rows: &[Row], path: &std::path::Path, title: &str) -> Result<(), String> {
+    let n = rows.len();
+    let height = 90 + 44 * n as u32;
+    let root = SVGBackend::new(path, (960, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let max = rows.iter().map(Row::score).fold(1.6_f64, f64::max) * 1.1;
+    let names: Vec<String> = rows.iter().map(|r| format!("{} vs {}", r.name, r.against)).collect();
+    let mut c = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(380)
+        .build_cartesian_2d(0.0..max, 0..n)
+        .map_err(|e| e.to_string())?;
+    c.configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|i| names.get(*i).cloned().unwrap_or_default())
+        .x_desc("ratio, oriented so that > 1 is better (ours/peer or ours/target)")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    c.draw_series(rows.iter().enumerate().map(|(i, r)| {
+        let color = if r.score() >= 1.0 { RGBColor(46, 139, 87) } else { RGBColor(205, 92, 92) };
+        Rectangle::new([(0.0, i), (r.score(), i + 1)], color.filled())
+    }))
+    .map_err(|e| e.to_string())?;
+    c.draw_series(std::iter::once(PathElement::new(vec![(1.0, 0), (1.0, n)], BLACK.stroke_width(2))))
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let text = std::fs::read_to_string(&args.input).map_err(|e| format!("{}: {e}", args.input.display()))?;
+    let records: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let rows = rows(&records);
+    if rows.is_empty() {
+        return Err("no comparable records in the input".into());
+    }
+    println!("| measurement | ours | peer / target | ratio (>1 better) | target |");
+    println!("|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.2} {} | {} {:.2} | {:.2} | {} |",
+            r.name,
+            r.ours,
+            r.unit,
+            r.against,
+            r.other,
+            r.score(),
+            r.target
+        );
+    }
+    std::fs::create_dir_all(&args.out_dir).map_err(|e| e.to_string())?;
+    let report = json!({
+        "date": args.date,
+        "commit": args.commit,
+        "rows": rows.iter().map(|r| json!({"name": r.name, "unit": r.unit, "ours": r.ours, "against": r.against, "other": r.other, "ratio": r.score(), "higher_is_better": r.higher_is_better, "target": r.target})).collect::<Vec<_>>(),
+        "records": records,
+    });
+    let json_path = args.out_dir.join(format!("{}.json", args.date));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n")
+        .map_err(|e| e.to_string())?;
+    let svg = args.out_dir.join(format!("{}.svg", args.date));
+    chart(&rows, &svg, &format!("KalamDB benchmarks {} ({})", args.date, args.commit))?;
+    println!("wrote {} and {}", json_path.display(), svg.display());
+    Ok(())
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every benchmark in one run, peers included: the local 3-node cluster against a 3-member etcd
+# (scripts/bench-cluster.sh: same load generator, same client counts), bulk ingest, point
+# SELECTs on one node, and tail latency on one node and on the cluster (scripts/bench-tail.sh).
+# Prints the comparison table and writes benches/results/<date>.json and <date>.svg (the chart
+# README.md shows). Usage: scripts/bench-all.sh [seconds per workload]   (default 10)
+# Needs etcd-server (apt). Everything runs on loopback and stops at the end.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kalamdb-target}"
+secs="${1:-10}"
+cargo build --release --locked --bin kalamdb-server --bin kalamdb-load --bin kalamdb-tail --bin kalamdb-report
+bin="$CARGO_TARGET_DIR/release"
+date="$(date -u +%Y-%m-%d)"
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
+BENCH_RECORDS="$(mktemp /tmp/kalamdb-bench-records.XXXXXX)"
+export BENCH_RECORDS
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
+
+scripts/bench-cluster.sh "$secs"
+scripts/bench-tail.sh "$secs"
+port=18070
+(
+  # shellcheck source=scripts/bench-server.sh
+  source scripts/bench-server.sh
+  # 50,000 rows stay hot; 100,000 reach the default flush policy (rows:100000), so the
+  # second run looks up rows that live in Parquet files.
+  run_bench kalamdb single "$bin/kalamdb-load" --url "http://127.0.0.1:$port" --workload select --clients 64 --seconds "$secs" --rows 50000
+  run_bench kalamdb single-flushed "$bin/kalamdb-load" --url "http://127.0.0.1:$port" --workload select --clients 64 --seconds "$secs" --rows 100000
+)
+"$bin/kalamdb-report" --input "$BENCH_RECORDS" --out-dir benches/results --date "$date" --commit "$commit"
+rm -f "$BENCH_RECORDS"
