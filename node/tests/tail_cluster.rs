@@ -104,6 +104,12 @@ async fn subscribers_see_every_write_once_in_commit_order_across_a_leader_kill()
     let mut c = Cluster::start(dir.path(), &[("KALAMDB_TAIL_HEARTBEAT_MS", "300")]).await;
     c.node(1).sql_ok("CREATE NAMESPACE app").await;
     c.node(1).sql_ok("CREATE TABLE app.events (id BIGINT PRIMARY KEY, w BIGINT) WITH (TYPE = 'SHARED')").await;
+    // Right after the DDL, every node knows the table (the tail reads the catalog behind a
+    // read barrier, as SELECT does).
+    for port in &c.http {
+        let t = TailStream::open(*port, "/v1/api/tail?table=app.events", Some(ROOT_BASIC), &[], None).await;
+        assert_eq!(t.status, 200, "tail on port {port} right after CREATE TABLE");
+    }
     let leaders = c.wait_leaders(1, None, Duration::from_secs(10)).await;
     let victim = leaders["shared:0"] as usize;
     let ports = c.http.clone();
