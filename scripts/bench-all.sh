@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every benchmark in one run, peers included: the local 3-node cluster against a 3-member etcd
 # (scripts/bench-cluster.sh: same load generator, same client counts), bulk ingest, point
-# SELECTs on one node, and tail latency on one node and on the cluster (scripts/bench-tail.sh).
+# SELECTs on one node, tail latency on one node and on the cluster (scripts/bench-tail.sh),
+# and GROUP BY / filter over flushed rows against DuckDB on the same Parquet files
+# (scripts/bench-cold.sh; BENCH_COLD_ROWS rows, default 10,000,000).
 # Prints the comparison table and writes benches/results/<date>.json and <date>.svg (the chart
 # README.md shows). Usage: scripts/bench-all.sh [seconds per workload]   (default 10)
-# Needs etcd-server (apt). Everything runs on loopback and stops at the end.
+# Needs etcd-server and etcd-client (apt); DuckDB comes from PyPI into a venv. Everything runs on loopback and stops at the end.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -21,6 +23,8 @@ source scripts/bench-lib.sh
 
 scripts/bench-cluster.sh "$secs"
 scripts/bench-tail.sh "$secs"
+# The analytic queries of the cold-storage issue, DuckDB on the same Parquet files.
+scripts/bench-cold.sh "${BENCH_COLD_ROWS:-10000000}"
 port=18070
 (
   # shellcheck source=scripts/bench-server.sh

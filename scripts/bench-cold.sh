@@ -28,9 +28,10 @@ export KALAMDB_LIMITS_WRITE_TIMEOUT_MS="${KALAMDB_LIMITS_WRITE_TIMEOUT_MS:-90000
 # shellcheck source=scripts/bench-server.sh
 source scripts/bench-server.sh
 echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null || echo nogit) profile=$profile rows=$rows"
-"$bin/kalamdb-cold" --url "http://127.0.0.1:$port" --rows "$rows"
+ours="$("$bin/kalamdb-cold" --url "http://127.0.0.1:$port" --rows "$rows")"
+echo "$ours"
 du -sh "$data/storage" "$data/rocksdb" | sed 's/^/size /'
-"$venv/bin/python" - "$data/storage" <<'PY'
+peer="$("$venv/bin/python" - "$data/storage" <<'PY'
 import glob, statistics, sys, time
 import duckdb
 files = sorted(glob.glob(sys.argv[1] + "/coldbench/orders-t*/shared/*.parquet"))
@@ -51,3 +52,14 @@ for name, q in queries.items():
         times.append(time.perf_counter() - t)
     print("duckdb %s median_s=%.4f answer=%s" % (name, statistics.median(times), answer[:2]))
 PY
+)"
+echo "$peer"
+# With BENCH_RECORDS (scripts/bench-all.sh): one record per system and query.
+if [[ -n "${BENCH_RECORDS:-}" ]]; then
+  for q in aggregate filter; do
+    k="$(sed -n "s/^query $q median_s=\([0-9.]*\).*/\1/p" <<<"$ours")"
+    d="$(sed -n "s/^duckdb $q median_s=\([0-9.]*\).*/\1/p" <<<"$peer")"
+    printf '{"system":"kalamdb","setup":"cold","result":{"workload":"%s","rows":%s,"seconds":%s}}\n' "$q" "$rows" "$k" >>"$BENCH_RECORDS"
+    printf '{"system":"duckdb","setup":"cold","result":{"workload":"%s","rows":%s,"seconds":%s}}\n' "$q" "$rows" "$d" >>"$BENCH_RECORDS"
+  done
+fi

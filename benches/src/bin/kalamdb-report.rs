@@ -138,6 +138,23 @@ fn rows(records: &[Value]) -> Vec<Row> {
             target: "≤ 20 ms".into(),
         });
     }
+    for (q, what) in [("aggregate", "GROUP BY"), ("filter", "selective filter")] {
+        let ours = find(records, "kalamdb", "cold", q, None);
+        let duck = find(records, "duckdb", "cold", q, None);
+        if let (Some(a), Some(b)) = (num(ours, "seconds"), num(duck, "seconds")) {
+            let n = num(ours, "rows").unwrap_or(0.0);
+            let target = if q == "aggregate" { "≤ 1.2× DuckDB's time" } else { "" };
+            out.push(Row {
+                name: format!("{what} over {:.0}M flushed rows", n / 1e6),
+                unit: "s",
+                ours: a,
+                other: b,
+                against: "DuckDB".into(),
+                higher_is_better: false,
+                target: target.into(),
+            });
+        }
+    }
     out.retain(|r| r.ours.is_finite() && r.other.is_finite() && r.ours > 0.0 && r.other > 0.0);
     out
 }
