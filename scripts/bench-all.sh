@@ -2,6 +2,7 @@
 # Every benchmark in one run, peers included: the local 3-node cluster against a 3-member etcd
 # (scripts/bench-cluster.sh: same load generator, same client counts), bulk ingest, point
 # SELECTs on one node, tail latency on one node and on the cluster (scripts/bench-tail.sh),
+# follower catch-up time after 1M entries with idle and loaded RSS per node (kalamdb-catchup),
 # and GROUP BY / filter over flushed rows against DuckDB on the same Parquet files
 # (scripts/bench-cold.sh; BENCH_COLD_ROWS rows, default 10,000,000).
 # Prints the comparison table and writes benches/results/<date>.json and <date>.svg (the chart
@@ -12,7 +13,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kalamdb-target}"
 secs="${1:-10}"
-cargo build --release --locked --bin kalamdb-server --bin kalamdb-load --bin kalamdb-tail --bin kalamdb-report
+cargo build --release --locked --bin kalamdb-server --bin kalamdb-load --bin kalamdb-tail --bin kalamdb-report --bin kalamdb-catchup
 bin="$CARGO_TARGET_DIR/release"
 date="$(date -u +%Y-%m-%d)"
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
@@ -23,6 +24,11 @@ source scripts/bench-lib.sh
 
 scripts/bench-cluster.sh "$secs"
 scripts/bench-tail.sh "$secs"
+# Follower catch-up after BENCH_CATCHUP_ENTRIES (default 1,000,000) log entries, and RSS per node.
+catchup_dir="$(mktemp -d /tmp/kalamdb-catchup.XXXXXX)"
+run_bench kalamdb cluster "$bin/kalamdb-catchup" --server-bin "$bin/kalamdb-server" --dir "$catchup_dir/c" \
+  --entries "${BENCH_CATCHUP_ENTRIES:-1000000}"
+rm -rf "$catchup_dir"
 # The analytic queries of the cold-storage issue, DuckDB on the same Parquet files.
 scripts/bench-cold.sh "${BENCH_COLD_ROWS:-10000000}"
 port=18070

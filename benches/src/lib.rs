@@ -1,6 +1,8 @@
 //! Shared pieces of the benchmark binaries: a keep-alive HTTP client that only talks to
 //! loopback addresses, and JSON POSTs that fail on a non-2xx status.
 
+pub mod chaos;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

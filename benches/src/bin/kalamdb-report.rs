@@ -191,6 +191,33 @@ fn chart(rows: &[Row], path: &std::path::Path, title: &str) -> Result<(), String
     Ok(())
 }
 
+/// Follower catch-up time and per-node memory (scripts/bench-all.sh runs kalamdb-catchup).
+fn own_figures(records: &[Value]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(r) = find(records, "kalamdb", "cluster", "catchup", None) {
+        let r = &r["result"];
+        let list = |k: &str| {
+            r[k].as_array()
+                .map(|a| {
+                    a.iter().map(|x| format!("{:.1}", x.as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(" / ")
+                })
+                .unwrap_or_default()
+        };
+        out.push((
+            format!("follower catch-up after {} entries", r["entries"]),
+            format!(
+                "{:.2} s ({})",
+                r["catch_up_seconds"].as_f64().unwrap_or(f64::NAN),
+                r["via"].as_str().unwrap_or("?")
+            ),
+        ));
+        out.push(("RSS idle, nodes 1 / 2 / 3".into(), format!("{} MiB", list("idle_rss_mib"))));
+        out.push(("RSS right after the load, nodes 1 / 2".into(), format!("{} MiB", list("loaded_rss_mib"))));
+        out.push(("RSS after catch-up, nodes 1 / 2 / 3".into(), format!("{} MiB", list("after_rss_mib"))));
+    }
+    out
+}
+
 fn main() -> Result<(), String> {
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.input).map_err(|e| format!("{}: {e}", args.input.display()))?;
@@ -218,10 +245,16 @@ fn main() -> Result<(), String> {
             r.target
         );
     }
+    // Our own figures without a peer or a target: printed and kept, not charted.
+    let own = own_figures(&records);
+    for (name, value) in &own {
+        println!("{name}: {value}");
+    }
     std::fs::create_dir_all(&args.out_dir).map_err(|e| e.to_string())?;
     let report = json!({
         "date": args.date,
         "commit": args.commit,
+        "own": own.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
         "rows": rows.iter().map(|r| json!({"name": r.name, "unit": r.unit, "ours": r.ours, "against": r.against, "other": r.other, "ratio": r.score(), "higher_is_better": r.higher_is_better, "target": r.target})).collect::<Vec<_>>(),
         "records": records,
     });

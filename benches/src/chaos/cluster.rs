@@ -1,0 +1,279 @@
+//! The cluster under test and the faults done to it: three local `kalamdb-server` processes
+//! started here, or the Docker cluster of `scripts/cluster.sh --docker`. Only loopback and
+//! our own containers are ever touched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::api::{Api, Reply};
+use super::nemesis::Fault;
+
+pub const NODES: usize = 3;
+/// Bound on waiting for a node to answer its healthcheck.
+pub const HEALTHY_WAIT: Duration = Duration::from_secs(60);
+/// Bound on waiting for every node to report the same applied index and digest per group.
+pub const CONVERGE_WAIT: Duration = Duration::from_secs(90);
+
+/// Docker names from deploy/docker-compose.yml.
+const DOCKER_NETWORK: &str = "cluster_kalamdb-cluster";
+
+pub enum Cluster {
+    Local(Local),
+    Docker,
+}
+
+pub struct Local {
+    dir: PathBuf,
+    server_bin: PathBuf,
+    http: Vec<u16>,
+    raft: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+fn free_port(udp: bool) -> Result<u16, String> {
+    let port = if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+    };
+    port.map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
+}
+
+/// Run a command to completion; its failure is an error with its stderr.
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Local {
+    /// Write the three configs: fault injection on (so nodes can be isolated), plus `extra`
+    /// (TOML sections, e.g. `[raft]` snapshot thresholds).
+    pub fn create(dir: &Path, server_bin: &Path, extra: &str) -> Result<Local, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut http = Vec::new();
+        let mut raft = Vec::new();
+        for _ in 0..NODES {
+            http.push(free_port(false)?);
+            raft.push(free_port(true)?);
+        }
+        let l = Local {
+            dir: dir.to_path_buf(),
+            server_bin: server_bin.to_path_buf(),
+            http,
+            raft,
+            children: (0..NODES).map(|_| None).collect(),
+        };
+        for n in 1..=NODES {
+            let mut members = String::new();
+            for m in 1..=NODES {
+                members.push_str(&format!(
+                    "\n[[cluster.members]]\nnode_id = {m}\nraft_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\n",
+                    l.raft[m - 1],
+                    l.http[m - 1]
+                ));
+            }
+            let text = format!(
+                "[server]\nhost = \"127.0.0.1\"\nport = {port}\nnode_id = {n}\n\n[storage]\ndata_path = \"{data}\"\n\n\
+                 {extra}\n[debug]\nfault_injection = true\n\n\
+                 [cluster]\ncluster_id = \"chaos\"\njwt_secret = \"chaos-secret-0123456789abcdef\"\nuser_shards = 4\nshared_shards = 1\n{members}",
+                port = l.http[n - 1],
+                data = l.data(n).display(),
+            );
+            std::fs::write(l.config(n), text).map_err(|e| e.to_string())?;
+        }
+        Ok(l)
+    }
+
+    fn config(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("server{n}.toml"))
+    }
+
+    fn data(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("node{n}"))
+    }
+
+    pub fn log_path(&self, n: usize) -> PathBuf {
+        self.data(n).join("server.log")
+    }
+
+    pub fn start(&mut self, n: usize) -> Result<(), String> {
+        std::fs::create_dir_all(self.data(n)).map_err(|e| e.to_string())?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(n)).map_err(|e| e.to_string())?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&self.server_bin)
+            .arg("--config")
+            .arg(self.config(n))
+            .env("RUST_LOG", std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .map_err(|e| format!("{}: {e}", self.server_bin.display()))?;
+        self.children[n - 1] = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self, n: usize) -> Result<String, String> {
+        self.children[n - 1].as_ref().map(|c| c.id().to_string()).ok_or_else(|| format!("node {n} is not running"))
+    }
+
+    pub fn kill9(&mut self, n: usize) {
+        if let Some(mut c) = self.children[n - 1].take() {
+            // A paused process dies from SIGKILL as well.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The resident set of node `n` (`VmRSS`), in bytes.
+    pub fn rss_bytes(&self, n: usize) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(n).ok()?)).ok()?;
+        let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    pub fn is_running(&self, n: usize) -> bool {
+        self.children[n - 1].is_some()
+    }
+
+    pub fn tail_of_log(&self, n: usize, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        for n in 1..=NODES {
+            if let Ok(pid) = self.pid(n) {
+                let _ = run("kill", &["-CONT", &pid]);
+            }
+            self.kill9(n);
+        }
+    }
+}
+
+impl Cluster {
+    pub fn urls(&self) -> Vec<String> {
+        match self {
+            Cluster::Local(l) => l.http.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(),
+            Cluster::Docker => (1..=NODES).map(|n| format!("http://127.0.0.1:{}", 8080 + n)).collect(),
+        }
+    }
+
+    fn container(n: usize) -> String {
+        format!("kalamdb-node{n}")
+    }
+
+    /// Start the fault on node `n`.
+    pub async fn inject(&mut self, api: &Api, fault: Fault, n: usize) -> Result<(), String> {
+        match (self, fault) {
+            (Cluster::Local(l), Fault::Kill) => {
+                l.kill9(n);
+                Ok(())
+            }
+            (Cluster::Local(l), Fault::Pause) => run("kill", &["-STOP", &l.pid(n)?]),
+            (c @ Cluster::Local(_), Fault::Partition) => c.isolate(api, n, true).await,
+            (Cluster::Docker, Fault::Kill) => run("docker", &["kill", &Self::container(n)]),
+            (Cluster::Docker, Fault::Pause) => run("docker", &["pause", &Self::container(n)]),
+            (Cluster::Docker, Fault::Partition) => {
+                run("docker", &["network", "disconnect", DOCKER_NETWORK, &Self::container(n)])
+            }
+        }
+    }
+
+    /// End the fault on node `n`.
+    pub async fn repair(&mut self, api: &Api, fault: Fault, n: usize) -> Result<(), String> {
+        match (self, fault) {
+            (Cluster::Local(l), Fault::Kill) => l.start(n),
+            (Cluster::Local(l), Fault::Pause) => run("kill", &["-CONT", &l.pid(n)?]),
+            (c @ Cluster::Local(_), Fault::Partition) => c.isolate(api, n, false).await,
+            (Cluster::Docker, Fault::Kill) => run("docker", &["start", &Self::container(n)]),
+            (Cluster::Docker, Fault::Pause) => run("docker", &["unpause", &Self::container(n)]),
+            (Cluster::Docker, Fault::Partition) => {
+                run("docker", &["network", "connect", DOCKER_NETWORK, &Self::container(n)])
+            }
+        }
+    }
+
+    async fn isolate(&self, api: &Api, n: usize, isolated: bool) -> Result<(), String> {
+        let url = &self.urls()[n - 1];
+        let body = json!({ "isolated": isolated }).to_string();
+        match api.request("POST", url, "/v1/api/debug/isolate", Some(body)).await {
+            Reply::Ok(_) => Ok(()),
+            other => Err(format!("isolate node {n} = {isolated}: {other:?}")),
+        }
+    }
+
+    /// Wait until every node answers its healthcheck with 200.
+    pub async fn wait_healthy(&self, api: &Api) -> Result<(), String> {
+        let deadline = Instant::now() + HEALTHY_WAIT;
+        for url in self.urls() {
+            loop {
+                if let Reply::Ok(_) = api.request("GET", &url, "/v1/api/healthcheck", None).await {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{url} not healthy within {HEALTHY_WAIT:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until all nodes report, per group, the same applied index and projection digest,
+    /// each marked stable. Returns the number of groups compared.
+    pub async fn wait_converged(&self, api: &Api) -> Result<usize, String> {
+        let deadline = Instant::now() + CONVERGE_WAIT;
+        let mut last = String::new();
+        loop {
+            let mut views = Vec::new();
+            for url in self.urls() {
+                match api.request("GET", &url, "/v1/api/cluster/digest", None).await {
+                    Reply::Ok(v) => {
+                        let groups: Vec<(String, u64, bool, String)> = v["groups"]
+                            .as_array()
+                            .map(|a| a.as_slice())
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|g| {
+                                (
+                                    g["group"].as_str().unwrap_or_default().to_string(),
+                                    g["applied_index"].as_u64().unwrap_or_default(),
+                                    g["stable"].as_bool().unwrap_or(false),
+                                    g["digest"].as_str().unwrap_or_default().to_string(),
+                                )
+                            })
+                            .collect();
+                        views.push(groups);
+                    }
+                    other => last = format!("{url}: {other:?}"),
+                }
+            }
+            if views.len() == NODES
+                && !views[0].is_empty()
+                && views.iter().all(|v| v == &views[0])
+                && views[0].iter().all(|g| g.2)
+            {
+                return Ok(views[0].len());
+            }
+            if views.len() == NODES {
+                last = format!("{views:?}");
+            }
+            if Instant::now() > deadline {
+                return Err(format!("digests did not converge within {CONVERGE_WAIT:?}: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
