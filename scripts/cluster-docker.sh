@@ -94,7 +94,14 @@ docker_build() {
   echo "building ${bins[*]} ($profile profile) on the host"
   local bin_args=()
   for b in "${bins[@]}"; do bin_args+=(--bin "$b"); done
-  (cd "$root" && cargo build --profile "$profile" --locked -p kalamdb-node "${bin_args[@]}")
+  if [[ "$profile" == dev ]]; then
+    # The test build (scripts/test.sh) already made these binaries: building them through
+    # `cargo test` keeps its feature set, where `cargo build -p kalamdb-node` would compile
+    # DataFusion and its dependencies a second time with node's features alone.
+    (cd "$root" && cargo test --workspace --locked --no-run -q)
+  else
+    (cd "$root" && cargo build --profile "$profile" --locked -p kalamdb-node "${bin_args[@]}")
+  fi
 
   local stage="$CARGO_TARGET_DIR/docker-image"
   local rootfs="$stage/rootfs"
