@@ -2,7 +2,7 @@
 # Every benchmark in one run, peers included: the local 3-node cluster against a 3-member etcd
 # (scripts/bench-cluster.sh: same load generator, same client counts), bulk ingest, point
 # SELECTs on one node, tail latency on one node and on the cluster (scripts/bench-tail.sh),
-# follower catch-up time after 1M entries with idle and loaded RSS per node (kalamdb-catchup),
+# follower catch-up time after 1M writes with idle and loaded RSS per node (kalamdb-catchup),
 # and GROUP BY / filter over flushed rows against DuckDB on the same Parquet files
 # (scripts/bench-cold.sh; BENCH_COLD_ROWS rows, default 10,000,000).
 # Prints the comparison table and writes benches/results/<date>.json and <date>.svg (the chart
@@ -24,10 +24,10 @@ source scripts/bench-lib.sh
 
 scripts/bench-cluster.sh "$secs"
 scripts/bench-tail.sh "$secs"
-# Follower catch-up after BENCH_CATCHUP_ENTRIES (default 1,000,000) log entries, and RSS per node.
+# Follower catch-up after BENCH_CATCHUP_WRITES (default 1,000,000) single-row writes, and RSS per node.
 catchup_dir="$(mktemp -d /tmp/kalamdb-catchup.XXXXXX)"
 run_bench kalamdb cluster "$bin/kalamdb-catchup" --server-bin "$bin/kalamdb-server" --dir "$catchup_dir/c" \
-  --entries "${BENCH_CATCHUP_ENTRIES:-1000000}"
+  --writes "${BENCH_CATCHUP_WRITES:-1000000}"
 rm -rf "$catchup_dir"
 # The analytic queries of the cold-storage issue, DuckDB on the same Parquet files.
 scripts/bench-cold.sh "${BENCH_COLD_ROWS:-10000000}"

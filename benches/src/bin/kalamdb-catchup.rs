@@ -1,8 +1,9 @@
 //! `kalamdb-catchup`: how long a follower takes to catch up, and each node's memory. Starts a
 //! local 3-node cluster (default config), measures idle RSS, stops node 3 with kill -9, writes
-//! `--entries` single-row INSERTs (one log entry each) through nodes 1 and 2, measures their
-//! RSS under that load, restarts node 3 and times it until it has applied every entry the
-//! leader had committed. Loopback only; bounded by `--entries` and `CATCH_UP_WAIT`.
+//! `--writes` single-row INSERTs through nodes 1 and 2 (group commit packs concurrent ones into
+//! fewer log entries; both counts are reported), measures their RSS under that load, restarts
+//! node 3 and times it until it has applied every entry the leader had committed. Loopback
+//! only; bounded by `--writes` and `CATCH_UP_WAIT`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,9 +23,9 @@ const GROUP: &str = "shared:0";
 #[derive(Parser, Debug)]
 #[command(name = "kalamdb-catchup", about = "Follower catch-up time and per-node RSS on a local 3-node cluster")]
 struct Args {
-    /// Log entries written while node 3 is down.
+    /// Single-row INSERTs acknowledged while node 3 is down.
     #[arg(long, default_value_t = 1_000_000)]
-    entries: u64,
+    writes: u64,
     #[arg(long, default_value_t = 64)]
     clients: u64,
     #[arg(long)]
@@ -74,6 +75,7 @@ async fn main() -> Result<(), String> {
         REQUEST_TIMEOUT,
     )
     .await?;
+    let (_, index_before) = indexes(&api, &urls[0]).await.ok_or("node 1 health")?;
     local.kill9(3);
 
     let next = Arc::new(AtomicU64::new(0));
@@ -83,7 +85,7 @@ async fn main() -> Result<(), String> {
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let (api, url) = (api.clone(), urls[(c % 2) as usize].clone());
-        let (next, acked, failed, entries) = (next.clone(), acked.clone(), failed.clone(), args.entries);
+        let (next, acked, failed, entries) = (next.clone(), acked.clone(), failed.clone(), args.writes);
         tasks.push(tokio::spawn(async move {
             while acked.load(Ordering::Relaxed) < entries {
                 let id = next.fetch_add(1, Ordering::Relaxed);
@@ -101,12 +103,13 @@ async fn main() -> Result<(), String> {
     let written = acked.load(Ordering::SeqCst);
     let loaded: Vec<f64> = (1..=2).map(|n| mib(local.rss_bytes(n))).collect();
     println!(
-        "wrote {written} entries in {load_s:.1} s ({:.0}/s, {} failed) with node 3 down; loaded RSS MiB nodes 1-2: {loaded:.1?}",
+        "wrote {written} rows in {load_s:.1} s ({:.0}/s, {} failed) with node 3 down; loaded RSS MiB nodes 1-2: {loaded:.1?}",
         written as f64 / load_s,
         failed.load(Ordering::SeqCst)
     );
 
     let (_, target) = indexes(&api, &urls[0]).await.ok_or("node 1 health")?;
+    let log_entries = target.saturating_sub(index_before);
     let t0 = Instant::now();
     local.start(3)?;
     let mut applied = 0;
@@ -121,11 +124,14 @@ async fn main() -> Result<(), String> {
     let log = std::fs::read_to_string(local.log_path(3)).unwrap_or_default();
     let via = if log.contains("snapshot installed") { "snapshot install + log" } else { "log replication" };
     let after: Vec<f64> = (1..=NODES).map(|n| mib(local.rss_bytes(n))).collect();
-    println!("node 3 caught up to {GROUP} index {target} in {catch_up_s:.2} s ({via}); RSS MiB after: {after:.1?}");
+    println!(
+        "node 3 caught up {log_entries} log entries ({GROUP} index {target}) in {catch_up_s:.2} s ({via}); RSS MiB after: {after:.1?}"
+    );
     if args.json {
         let v = serde_json::json!({
             "workload": "catchup",
-            "entries": written,
+            "writes": written,
+            "log_entries": log_entries,
             "load_seconds": load_s,
             "catch_up_seconds": catch_up_s,
             "via": via,

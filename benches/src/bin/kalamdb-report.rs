@@ -204,7 +204,7 @@ fn own_figures(records: &[Value]) -> Vec<(String, String)> {
                 .unwrap_or_default()
         };
         out.push((
-            format!("follower catch-up after {} entries", r["entries"]),
+            format!("follower catch-up after {} writes ({} log entries)", r["writes"], r["log_entries"]),
             format!(
                 "{:.2} s ({})",
                 r["catch_up_seconds"].as_f64().unwrap_or(f64::NAN),
