@@ -49,14 +49,15 @@ struct Args {
     /// Seed of the fault schedule and the clients' choices (default: from the clock; printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Operations per register or list key before the clients move to a fresh key.
-    #[arg(long, default_value_t = 40)]
+    /// Operations per register or list key before the clients move to a fresh key. The
+    /// search for a linearization grows steeply with a key's operations of unknown outcome.
+    #[arg(long, default_value_t = 30)]
     ops_per_key: u64,
     /// Tail subscribers following the list table (spread over the nodes).
     #[arg(long, default_value_t = 3)]
     subscribers: usize,
-    /// Time the linearizability search may take in all.
-    #[arg(long, default_value_t = 120)]
+    /// Time the linearizability search may take in all, per table.
+    #[arg(long, default_value_t = 300)]
     check_seconds: u64,
     /// Working folder: node data and logs (local mode), reports.
     #[arg(long, default_value = ".chaos")]
