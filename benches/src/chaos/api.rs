@@ -22,12 +22,6 @@ pub enum Reply {
     NotSent(String),
 }
 
-impl Reply {
-    pub fn is_ok(&self) -> bool {
-        matches!(self, Reply::Ok(_))
-    }
-}
-
 #[derive(Clone)]
 pub struct Api {
     client: HttpClient,

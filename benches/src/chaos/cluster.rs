@@ -127,7 +127,6 @@ impl Local {
 
     pub fn kill9(&mut self, n: usize) {
         if let Some(mut c) = self.children[n - 1].take() {
-            // A paused process dies from SIGKILL as well.
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -140,10 +139,6 @@ impl Local {
         Some(kb * 1024)
     }
 
-    pub fn is_running(&self, n: usize) -> bool {
-        self.children[n - 1].is_some()
-    }
-
     pub fn tail_of_log(&self, n: usize, lines: usize) -> String {
         let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
@@ -153,10 +148,8 @@ impl Local {
 
 impl Drop for Local {
     fn drop(&mut self) {
+        // SIGKILL ends a paused (SIGSTOPped) process too.
         for n in 1..=NODES {
-            if let Ok(pid) = self.pid(n) {
-                let _ = run("kill", &["-CONT", &pid]);
-            }
             self.kill9(n);
         }
     }
