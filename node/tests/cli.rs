@@ -174,9 +174,95 @@ async fn import_loads_a_csv_in_batches() {
     assert!(r.stderr.starts_with("ERROR ") && r.stderr.contains("after 1 rows"), "{}", r.stderr);
 }
 
-/// The interactive shell in a real pseudo-terminal (util-linux `script`): a statement over two
-/// lines, Ctrl-C dropping a half-typed statement, `\format`, `\tail` until Ctrl-C, Ctrl-D,
-/// and the history file.
+/// A program under util-linux `script(1)`, so that it runs in a real pseudo-terminal, driven
+/// like `expect`: each keystroke is sent only once the output shows the shell is ready for it.
+/// Fixed sleeps raced on a loaded CI machine.
+struct Terminal {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// How far `expect` has consumed the output.
+    seen_bytes: usize,
+}
+
+/// How long one expected output may take.
+const TERMINAL_EXPECT_MS_MAX: u64 = 30_000;
+
+impl Terminal {
+    fn spawn(cmd: &str, history: &std::path::Path) -> Terminal {
+        let mut child = Command::new("script")
+            .args(["-qec", cmd, "/dev/null"])
+            .env("KALAM_HISTORY", history)
+            // The same shell whatever the caller's SHELL is: CI's and a developer's differ.
+            .env("SHELL", "/bin/sh")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script(1) from util-linux");
+        let stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = output.clone();
+        let reader = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match std::io::Read::read(&mut stdout, &mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        Terminal { child, stdin, output, reader: Some(reader), seen_bytes: 0 }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).replace('\r', "")
+    }
+
+    /// Wait until `marker` appears after what earlier calls consumed.
+    fn expect(&mut self, marker: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(TERMINAL_EXPECT_MS_MAX);
+        loop {
+            {
+                let out = self.output.lock().unwrap();
+                let tail = String::from_utf8_lossy(&out[self.seen_bytes.min(out.len())..]).into_owned();
+                if let Some(at) = tail.find(marker) {
+                    // Byte offsets of the lossy text equal the raw ones for the ASCII we expect.
+                    self.seen_bytes += at + marker.len();
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no {marker:?} within {TERMINAL_EXPECT_MS_MAX} ms: {}", self.text());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn send(&mut self, keys: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(keys.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Wait for the program to exit; returns its status and the whole output.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(TERMINAL_EXPECT_MS_MAX);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the shell did not exit: {}", self.text());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        drop(self.stdin.take());
+        self.reader.take().unwrap().join().unwrap();
+        (status, self.text())
+    }
+}
+
+/// The interactive shell in a real pseudo-terminal: a statement over two lines, Ctrl-C dropping
+/// a half-typed statement, `\format`, `\tail` until Ctrl-C, Ctrl-D, and the history file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_interactive_shell_in_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,55 +270,47 @@ async fn the_interactive_shell_in_a_terminal() {
     s.sql_ok("CREATE NAMESPACE app").await;
     s.sql_ok("CREATE TABLE app.t (id BIGINT PRIMARY KEY) WITH (TYPE = 'SHARED')").await;
     let history = dir.path().join("history");
-    let cmd = format!("{} -u http://127.0.0.1:{}", env!("CARGO_BIN_EXE_kalam-cli"), s.port);
+    // `exec`: script(1) runs the command through `$SHELL -c`, and dash (Debian's /bin/sh, used
+    // when SHELL is unset, as under CI) stays as the parent in the terminal's foreground process
+    // group. Ctrl-C then killed that shell and script exited 130 while the shell itself, which
+    // catches SIGINT, was still running.
+    let cmd = format!("exec {} -u http://127.0.0.1:{}", env!("CARGO_BIN_EXE_kalam-cli"), s.port);
     let hist = history.clone();
     let port = s.port;
-    let out = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new("script")
-            .args(["-qec", &cmd, "/dev/null"])
-            .env("KALAM_HISTORY", &hist)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("script(1) from util-linux");
-        let mut stdin = child.stdin.take().unwrap();
-        // Keystrokes, with pauses so that each line reaches the prompt it is meant for.
-        for keys in [
-            "INSERT INTO app.t (id)\n",
-            "  VALUES (1);\n",
-            "INSERT INTO app.t (id) VALUES (99)\n",
-            "\u{3}",
-            "\\format csv\n",
-            "SELECT COUNT(*) AS n FROM app.t;\n",
-            "\\tail app.t\n",
-            "",
-            "\u{3}",
-            "\u{4}",
-        ] {
-            std::thread::sleep(std::time::Duration::from_millis(400));
-            if keys.is_empty() {
-                // While \tail follows the table, another client writes to it.
-                let w = cli(port, &["-c", "INSERT INTO app.t (id) VALUES (5)"], None);
-                assert_eq!(w.code, 0, "{}", w.stderr);
-                std::thread::sleep(std::time::Duration::from_millis(400));
-                continue;
-            }
-            stdin.write_all(keys.as_bytes()).unwrap();
-            stdin.flush().unwrap();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        drop(stdin);
-        child.wait_with_output().expect("script output")
+    let (status, text) = tokio::task::spawn_blocking(move || {
+        let mut t = Terminal::spawn(&cmd, &hist);
+        t.expect("kalam> ");
+        t.send("INSERT INTO app.t (id)\n");
+        t.expect("   -> ");
+        t.send("  VALUES (1);\n");
+        t.expect("Inserted 1 row(s)");
+        t.expect("kalam> ");
+        // Ctrl-C drops a statement that is still being typed.
+        t.send("INSERT INTO app.t (id) VALUES (99)\n");
+        t.expect("   -> ");
+        t.send("\u{3}");
+        t.expect("kalam> ");
+        t.send("\\format csv\n");
+        t.expect("Output format is csv.");
+        t.expect("kalam> ");
+        t.send("SELECT COUNT(*) AS n FROM app.t;\n");
+        t.expect("Took: ");
+        t.expect("kalam> ");
+        t.send("\\tail app.t\n");
+        t.expect("Following app.t (Ctrl-C to stop)");
+        // While \tail follows the table, another client writes to it.
+        let w = cli(port, &["-c", "INSERT INTO app.t (id) VALUES (5)"], None);
+        assert_eq!(w.code, 0, "{}", w.stderr);
+        t.expect("insert app.t {\"id\":5}");
+        t.send("\u{3}");
+        t.expect("kalam> ");
+        t.send("\u{4}");
+        t.finish()
     })
     .await
     .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    assert!(out.status.success(), "exit {:?}: {text}", out.status);
-    assert!(text.contains("Inserted 1 row(s)"), "{text}");
-    assert!(text.contains("Output format is csv."), "{text}");
+    assert!(status.success(), "exit {status:?}: {text}");
     assert!(text.contains("n\n1\n"), "the Ctrl-C'd INSERT did not run: {text}");
-    assert!(text.contains("insert app.t {\"id\":5}"), "\\tail printed the change: {text}");
     let h = std::fs::read_to_string(&history).expect("history file");
     assert!(h.contains("SELECT COUNT(*) AS n FROM app.t;"), "{h}");
 }
