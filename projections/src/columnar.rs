@@ -187,7 +187,7 @@ fn value_order(a: &Value, b: &Value) -> std::cmp::Ordering {
     }
 }
 
-fn value_json(v: &Value) -> serde_json::Value {
+pub(crate) fn value_json(v: &Value) -> serde_json::Value {
     match v {
         Value::Null => serde_json::Value::Null,
         Value::Boolean(b) => (*b).into(),

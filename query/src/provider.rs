@@ -11,6 +11,7 @@ use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvide
 use datafusion::common::DFSchema;
 use datafusion::datasource::TableType as DfTableType;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
@@ -181,7 +182,7 @@ impl TableProvider for KalamTable {
 fn pk_range(def: &TableDef, filters: &[Expr]) -> kalamdb_projections::cold::PkRange {
     use datafusion::logical_expr::{BinaryExpr, Operator};
     let pk = &def.columns[def.pk_index()];
-    let mut range = kalamdb_projections::cold::PkRange::default();
+    let mut range = kalamdb_projections::cold::PkRange { column: Some(pk.name.clone()), ..Default::default() };
     for f in filters {
         let Expr::BinaryExpr(BinaryExpr { left, op, right }) = f else { continue };
         let (op, literal) = match (left.as_ref(), right.as_ref()) {
@@ -230,7 +231,13 @@ impl KalamTable {
         if !view.superseded.is_empty() && !read.contains(&seq_idx) {
             read.push(seq_idx);
         }
-        let mut source = ParquetSource::new(self.schema.clone());
+        // Footers and page indexes come from the runtime's bounded metadata cache, so a point
+        // lookup does not parse them again on every query. Files are immutable under their
+        // path (a rewrite of the same path holds the same bytes), so a cached entry stays right.
+        let store = state.runtime_env().object_store(ObjectStoreUrl::local_filesystem())?;
+        let metadata = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let mut source = ParquetSource::new(self.schema.clone())
+            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(store, metadata)));
         if let Some(filter) = conjunction(filters.iter().cloned()) {
             let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(filter, &df_schema)?);
