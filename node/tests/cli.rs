@@ -234,7 +234,11 @@ impl Terminal {
                     return;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "no {marker:?} within {TERMINAL_EXPECT_MS_MAX} ms: {}", self.text());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {marker:?} within {TERMINAL_EXPECT_MS_MAX} ms: {}",
+                self.text()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }

@@ -777,7 +777,9 @@ impl PkRange {
     fn may_hold(&self, meta: &FileMeta) -> bool {
         let Some(name) = &self.column else { return true };
         let Some(stats) = meta.columns.iter().find(|c| &c.name == name) else { return true };
-        let order = |bound: &kalamdb_log::Value, edge: &serde_json::Value| json_order(&crate::columnar::value_json(bound), edge);
+        let order = |bound: &kalamdb_log::Value, edge: &serde_json::Value| {
+            json_order(&crate::columnar::value_json(bound), edge)
+        };
         if let (Some(low), Some(max)) = (&self.low, &stats.max)
             && order(low, max) == Some(std::cmp::Ordering::Greater)
         {

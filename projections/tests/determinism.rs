@@ -244,7 +244,11 @@ async fn flush_and_compaction_are_deterministic_and_exact() {
         .collect();
     assert_eq!(hot, vec![1, 10, 11, 12, 13, 14]);
     // A primary-key range reads only that part of the hot tier.
-    let range = kalamdb_projections::cold::PkRange { low: Some(Value::BigInt(11)), high: Some(Value::BigInt(13)), column: None };
+    let range = kalamdb_projections::cold::PkRange {
+        low: Some(Value::BigInt(11)),
+        high: Some(Value::BigInt(13)),
+        column: None,
+    };
     let part = reader.table_view(GroupId::SharedShard(0), 1, "", &range).unwrap();
     let keys: Vec<&Value> = part.hot.iter().map(|r| &r.values[0]).collect();
     assert_eq!(keys, vec![&Value::BigInt(11), &Value::BigInt(12), &Value::BigInt(13)]);
