@@ -30,6 +30,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -49,6 +50,10 @@ pub const ROW_GROUP_ROWS_MAX: usize = 128 * 1024;
 /// writer's default (20,000 rows or 1 MiB per page) a lookup among 100,000 flushed rows
 /// decoded all of them (443 lookups/s in benches/RESULTS.md).
 pub const PAGE_ROWS_MAX: usize = 4096;
+/// Bytes of one column's dictionary page in a row group; past it the column is written
+/// plainly. A point lookup reads the dictionary of every column it returns, so a large one
+/// (the writer's default is 1 MiB) costs more than the page itself.
+pub const DICTIONARY_PAGE_BYTES_MAX: usize = 64 * 1024;
 /// Rows converted to Arrow at a time while flushing.
 const CONVERT_ROWS_MAX: usize = 8192;
 /// Flush and compaction jobs remembered for `system.jobs`, per node.
@@ -271,7 +276,13 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// sharing a volume never write into each other's temp file), fsync, rename, fsync the
 /// directory. Same batches → same bytes; an existing file of that name is replaced by an
 /// identical one. Returns (bytes, sha256).
-fn write_parquet(root: &Path, rel: &str, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(u64, String)> {
+fn write_parquet(
+    root: &Path,
+    rel: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    pk_column: &str,
+) -> Result<(u64, String)> {
     let path = root.join(rel);
     let dir = path.parent().ok_or_else(|| Error::Storage(format!("bad file path {rel}")))?;
     std::fs::create_dir_all(dir)?;
@@ -282,6 +293,11 @@ fn write_parquet(root: &Path, rel: &str, schema: &SchemaRef, batches: &[RecordBa
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS_MAX))
         .set_data_page_row_count_limit(PAGE_ROWS_MAX)
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES_MAX)
+        // Unique in every file: a dictionary saves nothing, and reading any page of a
+        // dictionary-encoded column means reading and decoding the whole dictionary first.
+        .set_column_dictionary_enabled(ColumnPath::from(pk_column), false)
+        .set_column_dictionary_enabled(ColumnPath::from(crate::columnar::SEQ_COLUMN), false)
         .build();
     let out = HashingWriter { file: std::fs::File::create(&tmp)?, hasher: Sha256::new(), bytes: 0 };
     let (bytes, sha) = match encode_parquet(out, schema, props, batches) {
@@ -325,6 +341,108 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
         .build()
         .map_err(parquet_err)?;
     reader.map(|b| b.map_err(parquet_err)).collect()
+}
+
+/// Version `seq` of the row whose primary key is `key`, read from the live Parquet file whose
+/// log range holds `seq`'s entry. Only the row groups and data pages whose key statistics can
+/// hold `key` are decoded (files are sorted by key), so this costs one small read, not a scan.
+/// `None` when no live file holds that version (a compaction retired it after the caller's
+/// lookup); the caller then falls back to a scan.
+pub fn cold_row(
+    db: &DB,
+    storage_dir: &Path,
+    group: GroupId,
+    def: &TableDef,
+    scope: &str,
+    key: &kalamdb_log::Value,
+    seq: u64,
+) -> Result<Option<StoredRow>> {
+    let sp = table_scope_prefix(group, def.table_id, scope);
+    let log_index = seq >> crate::rows::SEQ_ORDINAL_BITS;
+    for meta in scope_files(db, &sp)? {
+        if meta.retired_at.is_some() || log_index < meta.log_start || log_index > meta.log_end {
+            continue;
+        }
+        if let Some(row) = find_in_file(&storage_dir.join(&meta.path), def, key, seq)? {
+            return Ok(Some(row));
+        }
+    }
+    Ok(None)
+}
+
+fn find_in_file(path: &Path, def: &TableDef, key: &kalamdb_log::Value, seq: u64) -> Result<Option<StoredRow>> {
+    use arrow::array::{Array, Datum};
+    use arrow::compute::kernels::cmp::{eq, gt_eq, lt_eq};
+    use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::Storage(format!("cannot open cold file {}: {e}", path.display())))?;
+    let options = ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(parquet_err)?;
+    let pk = def.pk_index();
+    let key_array = crate::columnar::build_array(def.columns[pk].data_type, std::iter::once(key), 1);
+    let key_scalar = arrow::array::Scalar::new(key_array);
+    // Whether each [min, max] can hold the key; a missing statistic (null) keeps its part.
+    let may_hold = |mins: &dyn Datum, maxes: &dyn Datum| -> Result<Vec<bool>> {
+        let low = lt_eq(mins, &key_scalar).map_err(parquet_err)?;
+        let high = gt_eq(maxes, &key_scalar).map_err(parquet_err)?;
+        Ok(low.iter().zip(high.iter()).map(|(l, h)| l.unwrap_or(true) && h.unwrap_or(true)).collect())
+    };
+    let meta = builder.metadata().clone();
+    let arrow_schema = builder.schema().clone();
+    let stats = StatisticsConverter::try_new(&def.columns[pk].name, &arrow_schema, meta.file_metadata().schema_descr())
+        .map_err(parquet_err)?;
+    let row_group_mins = stats.row_group_mins(meta.row_groups().iter()).map_err(parquet_err)?;
+    let row_group_maxes = stats.row_group_maxes(meta.row_groups().iter()).map_err(parquet_err)?;
+    let groups: Vec<usize> = may_hold(&row_group_mins, &row_group_maxes)?
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, keep)| keep.then_some(i))
+        .collect();
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = builder.with_row_groups(groups.clone()).with_batch_size(CONVERT_ROWS_MAX);
+    if let (Some(column_index), Some(offset_index)) = (meta.column_index(), meta.offset_index())
+        && let Some(counts) =
+            stats.data_page_row_counts(offset_index, meta.row_groups(), groups.iter()).map_err(parquet_err)?
+    {
+        let page_mins = stats.data_page_mins(column_index, offset_index, groups.iter()).map_err(parquet_err)?;
+        let page_maxes = stats.data_page_maxes(column_index, offset_index, groups.iter()).map_err(parquet_err)?;
+        let keep = may_hold(&page_mins, &page_maxes)?;
+        // Rows past the counted pages (none when every page was counted) are read, not lost.
+        let selectors: Vec<RowSelector> = counts
+            .iter()
+            .zip(keep)
+            .map(|(rows, keep)| {
+                let rows = rows.unwrap_or_default() as usize;
+                if keep { RowSelector::select(rows) } else { RowSelector::skip(rows) }
+            })
+            .collect();
+        let counted: usize = selectors.iter().map(|s| s.row_count).sum();
+        let total: usize = groups.iter().map(|g| meta.row_group(*g).num_rows() as usize).sum();
+        if counted == total {
+            builder = builder.with_row_selection(RowSelection::from(selectors));
+        }
+    }
+    for batch in builder.build().map_err(parquet_err)? {
+        let batch = batch.map_err(parquet_err)?;
+        let (seqs, deleted) = seq_deleted(&batch)?;
+        let same_key = eq(batch.column(pk), &key_scalar).map_err(parquet_err)?;
+        for row in 0..batch.num_rows() {
+            if same_key.value(row) && !same_key.is_null(row) && seqs.value(row) as u64 == seq {
+                let values = def
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| crate::columnar::value_at(batch.column(i), row, c.data_type))
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(Some(StoredRow { seq, deleted: deleted.value(row), values }));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Cold-storage work of one apply call on one group.
@@ -567,7 +685,8 @@ impl<'a> ColdApplier<'a> {
         for b in batches {
             stats.add(b)?;
         }
-        let (bytes, sha256) = write_parquet(&self.env.storage_dir, &path, schema, batches)?;
+        let pk_column = &def.columns[def.pk_index()].name;
+        let (bytes, sha256) = write_parquet(&self.env.storage_dir, &path, schema, batches, pk_column)?;
         Ok(FileMeta {
             file_no,
             path,

@@ -105,6 +105,19 @@ impl RowReader {
         })
     }
 
+    /// The cold version `seq` of a row (what [`RowReader::lookup`] answered `Cold` with), read
+    /// from its Parquet file; `None` when a concurrent compaction moved it.
+    pub fn cold_row(
+        &self,
+        group: GroupId,
+        def: &kalamdb_log::TableDef,
+        scope: &str,
+        pk: &Value,
+        seq: u64,
+    ) -> Result<Option<StoredRow>> {
+        crate::cold::cold_row(self.db(), &self.storage_dir, group, def, scope, pk, seq)
+    }
+
     pub fn db(&self) -> &Arc<DB> {
         self.log_db.db()
     }

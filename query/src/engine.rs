@@ -971,8 +971,12 @@ impl Engine {
         self.barrier(ctx, group).await?;
         let row = match self.rows.lookup(group, def.table_id, &scope, &key)? {
             Lookup::Hot(row) => Some(row),
-            // The newest version is in a Parquet file: the general path reads it.
-            Lookup::Cold(_) => return Ok(None),
+            // The newest version is in a Parquet file: read the pages that can hold it, or,
+            // if a compaction just moved it, let the general path scan for it.
+            Lookup::Cold(seq) => match self.rows.cold_row(group, &def, &scope, &key, seq)? {
+                Some(row) => Some(row),
+                None => return Ok(None),
+            },
             Lookup::Absent => None,
         };
         let mut rows = Vec::new();
