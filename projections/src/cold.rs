@@ -348,9 +348,11 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
 /// hold `key` are decoded (files are sorted by key), so this costs one small read, not a scan.
 /// `None` when no live file holds that version (a compaction retired it after the caller's
 /// lookup); the caller then falls back to a scan.
+#[allow(clippy::too_many_arguments)]
 pub fn cold_row(
     db: &DB,
     storage_dir: &Path,
+    metadata: &MetadataCache,
     group: GroupId,
     def: &TableDef,
     scope: &str,
@@ -363,23 +365,61 @@ pub fn cold_row(
         if meta.retired_at.is_some() || log_index < meta.log_start || log_index > meta.log_end {
             continue;
         }
-        if let Some(row) = find_in_file(&storage_dir.join(&meta.path), def, key, seq)? {
+        if let Some(row) = find_in_file(&storage_dir.join(&meta.path), metadata, def, key, seq)? {
             return Ok(Some(row));
         }
     }
     Ok(None)
 }
 
-fn find_in_file(path: &Path, def: &TableDef, key: &kalamdb_log::Value, seq: u64) -> Result<Option<StoredRow>> {
+/// Files whose parsed metadata [`MetadataCache`] keeps; past it the cache starts over.
+pub const METADATA_CACHE_FILES_MAX: usize = 1024;
+
+/// Parsed Parquet footers and page indexes by path. A file's bytes never change under its
+/// path (a rewrite of the same path writes the same bytes), so an entry never goes stale.
+#[derive(Default)]
+pub struct MetadataCache {
+    files: Mutex<HashMap<PathBuf, parquet::arrow::arrow_reader::ArrowReaderMetadata>>,
+}
+
+impl MetadataCache {
+    fn get_or_load(
+        &self,
+        path: &Path,
+        file: &std::fs::File,
+    ) -> Result<parquet::arrow::arrow_reader::ArrowReaderMetadata> {
+        use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+        if let Some(m) = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+            return Ok(m.clone());
+        }
+        let options =
+            ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
+        let loaded = ArrowReaderMetadata::load(file, options).map_err(parquet_err)?;
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if files.len() >= METADATA_CACHE_FILES_MAX {
+            files.clear();
+        }
+        files.insert(path.to_path_buf(), loaded.clone());
+        Ok(loaded)
+    }
+}
+
+fn find_in_file(
+    path: &Path,
+    cache: &MetadataCache,
+    def: &TableDef,
+    key: &kalamdb_log::Value,
+    seq: u64,
+) -> Result<Option<StoredRow>> {
     use arrow::array::{Array, Datum};
     use arrow::compute::kernels::cmp::{eq, gt_eq, lt_eq};
     use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
-    use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+    use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
     let file = std::fs::File::open(path)
         .map_err(|e| Error::Storage(format!("cannot open cold file {}: {e}", path.display())))?;
-    let options = ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(parquet_err)?;
+    let metadata = cache.get_or_load(path, &file)?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
     let pk = def.pk_index();
     let key_array = crate::columnar::build_array(def.columns[pk].data_type, std::iter::once(key), 1);
     let key_scalar = arrow::array::Scalar::new(key_array);

@@ -64,6 +64,8 @@ pub enum Lookup {
 pub struct RowReader {
     log_db: Arc<kalamdb_log::LogDb>,
     storage_dir: std::path::PathBuf,
+    /// Parsed footers and page indexes of Parquet files, for point lookups.
+    cold_metadata: Arc<crate::cold::MetadataCache>,
 }
 
 impl std::fmt::Debug for RowReader {
@@ -74,7 +76,7 @@ impl std::fmt::Debug for RowReader {
 
 impl RowReader {
     pub fn new(log_db: Arc<kalamdb_log::LogDb>, storage_dir: std::path::PathBuf) -> RowReader {
-        RowReader { log_db, storage_dir }
+        RowReader { log_db, storage_dir, cold_metadata: Arc::default() }
     }
 
     /// The live rows of a table scope right after log index `at` was applied (time travel).
@@ -115,7 +117,7 @@ impl RowReader {
         pk: &Value,
         seq: u64,
     ) -> Result<Option<StoredRow>> {
-        crate::cold::cold_row(self.db(), &self.storage_dir, group, def, scope, pk, seq)
+        crate::cold::cold_row(self.db(), &self.storage_dir, &self.cold_metadata, group, def, scope, pk, seq)
     }
 
     pub fn db(&self) -> &Arc<DB> {
