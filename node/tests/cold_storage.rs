@@ -327,6 +327,15 @@ async fn point_lookups_of_flushed_rows_read_one_file_and_one_page() {
     let r = s.sql_ok("SELECT id FROM app.orders WHERE id = 12345").await;
     assert_eq!(r["rows"], json!([]));
 
+    // A text key, through the same keyed read.
+    s.sql_ok("CREATE TABLE app.tags (name TEXT PRIMARY KEY, n BIGINT) WITH (TYPE = 'SHARED')").await;
+    s.sql_ok("INSERT INTO app.tags (name, n) VALUES ('b', 2), ('a', 1), ('c', 3)").await;
+    s.sql_ok("FLUSH TABLE app.tags").await;
+    let r = s.sql_ok("SELECT name, n FROM app.tags WHERE name = 'b'").await;
+    assert_eq!(r["rows"], json!([["b", 2]]));
+    let r = s.sql_ok("SELECT name, n FROM app.tags WHERE name = 'bb'").await;
+    assert_eq!(r["rows"], json!([]));
+
     let r = s.sql_ok("EXPLAIN ANALYZE SELECT id, category, amount FROM app.orders WHERE id = 12347").await;
     let plan = r["rows"].to_string();
     assert_eq!(plan.matches(".parquet").count(), 1, "only the file that can hold the key: {plan}");

@@ -971,11 +971,16 @@ impl Engine {
         self.barrier(ctx, group).await?;
         let row = match self.rows.lookup(group, def.table_id, &scope, &key)? {
             Lookup::Hot(row) => Some(row),
-            // The newest version is in a Parquet file: read the pages that can hold it, or,
-            // if a compaction just moved it, let the general path scan for it.
-            Lookup::Cold(seq) => match self.rows.cold_row(group, &def, &scope, &key, seq)? {
-                Some(row) => Some(row),
-                None => return Ok(None),
+            // The newest version is in a Parquet file: read the pages that can hold it. If a
+            // compaction just moved it, or the keyed read fails, the general path scans for it:
+            // this read is only a faster way to the same answer.
+            Lookup::Cold(seq) => match self.rows.cold_row(group, &def, &scope, &key, seq) {
+                Ok(Some(row)) => Some(row),
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    tracing::warn!(target: "kalamdb_sql", table_id = def.table_id, error = %e, "keyed read of a flushed row failed; scanning");
+                    return Ok(None);
+                }
             },
             Lookup::Absent => None,
         };
