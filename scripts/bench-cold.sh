@@ -3,20 +3,13 @@
 # them to Parquet (flush throughput, file sizes), times an aggregation and a selective filter
 # over HTTP, then runs DuckDB (PyPI `duckdb`, in a venv under ~/.cache) on the very same
 # Parquet files in the same run. Usage: scripts/bench-cold.sh [rows]   (default 10,000,000)
-# CLUSTER_SH_PROFILE=dev uses the debug build instead of release (numbers not comparable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kalamdb-target}"
 rows="${1:-10000000}"
 port=18480
-profile="${CLUSTER_SH_PROFILE:-release}"
-if [[ $profile == release ]]; then
-  cargo build --release --locked --bin kalamdb-server --bin kalamdb-cold
-  bin="$CARGO_TARGET_DIR/release"
-else
-  cargo build --locked --bin kalamdb-server --bin kalamdb-cold
-  bin="$CARGO_TARGET_DIR/debug"
-fi
+cargo build --release --locked --bin kalamdb-server --bin kalamdb-cold
+bin="$CARGO_TARGET_DIR/release"
 venv="$HOME/.cache/kalamdb-bench-venv"
 if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
   python3 -m venv "$venv"
@@ -27,7 +20,7 @@ fi
 export KALAMDB_LIMITS_WRITE_TIMEOUT_MS="${KALAMDB_LIMITS_WRITE_TIMEOUT_MS:-900000}"
 # shellcheck source=scripts/bench-server.sh
 source scripts/bench-server.sh
-echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null || echo nogit) profile=$profile rows=$rows"
+echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null || echo nogit) rows=$rows"
 ours="$("$bin/kalamdb-cold" --url "http://127.0.0.1:$port" --rows "$rows")"
 echo "$ours"
 du -sh "$data/storage" "$data/rocksdb" | sed 's/^/size /'

@@ -9,19 +9,14 @@
 #   (every flag goes to kalamdb-chaos; `--help` lists them). The default is the documented
 #   long run: 300 s, local processes on loopback. CI runs `--seconds 100`.
 #   --docker acts on the containers of `scripts/cluster.sh --docker` (started if not running).
-# CHAOS_PROFILE=dev (default: the test build, no extra compile) or release.
+# It runs the release build that scripts/test.sh made (one build serves tests, benchmarks,
+# chaos and the image: nothing is compiled when the suite ran first).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kalamdb-target}"
-profile="${CHAOS_PROFILE:-dev}"
-case "$profile" in
-  # The test build (what scripts/test.sh compiles): building through `cargo test` keeps its
-  # feature set, so nothing is compiled twice; it also builds the binaries of node and benches.
-  dev) cargo test --workspace --locked --no-run -q; out="$CARGO_TARGET_DIR/debug" ;;
-  release) cargo build --release --locked --bin kalamdb-server --bin kalamdb-chaos; out="$CARGO_TARGET_DIR/release" ;;
-  *) echo "CHAOS_PROFILE must be dev or release, not '$profile'" >&2; exit 2 ;;
-esac
+cargo build --release --locked --bin kalamdb-server --bin kalamdb-chaos
+out="$CARGO_TARGET_DIR/release"
 for a in "$@"; do
   if [[ "$a" == "--docker" ]]; then
     # The containers must be up; cluster.sh builds the image first if it is missing.

@@ -80,28 +80,15 @@ docker_build() {
   need_docker
   need_busybox
   command -v python3 >/dev/null 2>&1 || die "python3 is needed to read cargo metadata"
-  # CLUSTER_SH_PROFILE=dev reuses the test build's binaries (CI does, to stay inside its
-  # time budget on a clean machine); the default is the release build.
-  local profile="${CLUSTER_SH_PROFILE:-release}" outdir
-  case "$profile" in
-    release) outdir=release ;;
-    dev) outdir=debug ;;
-    *) die "CLUSTER_SH_PROFILE must be release or dev, not $profile" ;;
-  esac
   local bins
   mapfile -t bins < <(node_bins)
   [[ ${#bins[@]} -gt 0 ]] || die "cargo metadata lists no binaries for kalamdb-node"
-  echo "building ${bins[*]} ($profile profile) on the host"
+  echo "building ${bins[*]} (release profile) on the host"
   local bin_args=()
   for b in "${bins[@]}"; do bin_args+=(--bin "$b"); done
-  if [[ "$profile" == dev ]]; then
-    # The test build (scripts/test.sh) already made these binaries: building them through
-    # `cargo test` keeps its feature set, where `cargo build -p kalamdb-node` would compile
-    # DataFusion and its dependencies a second time with node's features alone.
-    (cd "$root" && cargo test --workspace --locked --no-run -q)
-  else
-    (cd "$root" && cargo build --profile "$profile" --locked -p kalamdb-node "${bin_args[@]}")
-  fi
+  # The release build is the one scripts/test.sh tests: after the suite this compiles nothing
+  # (deploy/workspace-hack keeps the feature sets equal), so the image holds the tested binaries.
+  (cd "$root" && cargo build --release --locked -p kalamdb-node "${bin_args[@]}")
 
   local stage="$CARGO_TARGET_DIR/docker-image"
   local rootfs="$stage/rootfs"
@@ -111,7 +98,7 @@ docker_build() {
 
   local elf=()
   for b in "${bins[@]}"; do
-    local src="$CARGO_TARGET_DIR/$outdir/$b"
+    local src="$CARGO_TARGET_DIR/release/$b"
     [[ -x "$src" ]] || die "cargo built no $src"
     # Symbols and line tables are not needed in the image (and would triple its size).
     strip -o "$rootfs/usr/local/bin/$b" "$src"

@@ -163,7 +163,7 @@ async fn automatic_flush_by_row_policy() {
     assert_eq!(r["rows"], json!([[60]]));
 }
 
-/// Kill the process at each step of a flush (the `failpoints` feature is on in test builds);
+/// Kill the process at each step of a flush (`KALAMDB_FAILPOINTS` arms one crash point);
 /// after a restart the flush entry is applied again and every row is there exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_every_flush_step_loses_and_duplicates_nothing() {

@@ -15,7 +15,7 @@ pub const ALPN: &[u8] = b"kalamdb-raft/1";
 pub const SERVER_NAME: &str = "kalamdb-node";
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 pub fn server_config() -> Result<rustls::ServerConfig> {

@@ -34,6 +34,10 @@ fn main() -> ExitCode {
     // Colours only on a terminal: `docker logs` and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
+    let armed = kalamdb_projections::failpoint::armed_points();
+    if !armed.is_empty() {
+        tracing::warn!(?armed, "crash points armed by KALAMDB_FAILPOINTS: this process aborts when it reaches them");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
