@@ -28,7 +28,8 @@ clippy-driver -V >/dev/null 2>&1 || { echo "clippy is not installed: rustup comp
 # (the `cargo clippy -- -D warnings` of before, without a second pass over the dependencies).
 build_log="$(mktemp /tmp/kalamdb-build.XXXXXX)"
 trap 'rm -f "$build_log"' EXIT
-cargo build --release --workspace --all-targets --locked 2>&1 | tee "$build_log"
+# KALAMDB_BUILD_TIMINGS=1 adds cargo's --timings report (target/cargo-timings/).
+cargo build --release --workspace --all-targets --locked ${KALAMDB_BUILD_TIMINGS:+--timings} 2>&1 | tee "$build_log"
 if grep -Eq '^warning(\[[^]]*\])?: ' "$build_log"; then
   echo "test.sh: the build printed warnings (clippy's included); fix them:" >&2
   grep -E '^warning(\[[^]]*\])?: ' "$build_log" | sort | uniq -c >&2
