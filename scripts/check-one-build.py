@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 
 def members():
@@ -34,8 +35,10 @@ def cases():
 
 def run(args):
     cmd = ["cargo", *args, "--locked", "--message-format=json"]
-    # A new process group, so stopping cargo also stops the compilers it started.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # stderr to a file, not a pipe: nobody reads it while stdout is read, and a full pipe would
+    # stall cargo. A new process group, so stopping cargo also stops the compilers it started.
+    errfile = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, text=True,
                             start_new_session=True)
     stale = None
     for line in proc.stdout:
@@ -47,8 +50,10 @@ def run(args):
             os.killpg(proc.pid, signal.SIGTERM)
             break
     proc.stdout.close()
-    err = proc.stderr.read()
     code = proc.wait()
+    errfile.seek(0)
+    err = errfile.read()
+    errfile.close()
     if stale is not None:
         print(f"check-one-build: `cargo {' '.join(args)}` compiled {stale} again", file=sys.stderr)
         return False
