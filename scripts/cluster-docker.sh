@@ -18,9 +18,16 @@ image_uid=10001
 docker_start_wait_secs=120
 chaos_wait_secs=90
 container() { echo "kalamdb-node$1"; }
+# The cluster secret, made on first start (see cluster_secret in cluster.sh); compose passes it
+# to the nodes as KALAMDB_CLUSTER_JWT_SECRET.
+secret_file="$root/deploy/.cluster-secret"
 
 # `docker compose` (v2 plugin) when present, else `docker-compose` (v1).
 compose() {
+  # Verbs other than start (logs, stop, clean) need no secret: an empty one is passed, which
+  # a node would refuse at startup with a message naming the fix.
+  KALAMDB_CLUSTER_SECRET="${CLUSTER_SH_SECRET:-$(cat "$secret_file" 2>/dev/null || true)}"
+  export KALAMDB_CLUSTER_SECRET
   if docker compose version >/dev/null 2>&1; then
     docker compose -p "$project" -f "$compose_file" "$@"
   elif command -v docker-compose >/dev/null 2>&1; then
@@ -171,6 +178,7 @@ docker_start() {
     echo "image $image not found: building it first"
     docker_build
   fi
+  cluster_secret "$secret_file" >/dev/null
   RUST_LOG="${RUST_LOG:-info}" compose up -d kalamdb-node1 kalamdb-node2 kalamdb-node3
   echo "waiting for the healthchecks of kalamdb-node1..3 (at most ${docker_start_wait_secs}s)"
   wait_healthy "${nodes[@]}" || die "cluster did not become healthy"
@@ -237,7 +245,9 @@ docker_stop() { need_docker; compose stop; }
 docker_clean() {
   need_docker
   compose down -v --remove-orphans
-  echo "removed containers, network $network and volumes"
+  # A new cluster, a new secret: the volumes that knew the old one are gone.
+  rm -f "$secret_file"
+  echo "removed containers, network $network, volumes and the cluster secret"
 }
 
 # --- chaos ------------------------------------------------------------------------------

@@ -33,6 +33,22 @@ usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 # ---------------------------------------------------------------------------------------
 # Shared by both modes: the nodes answer on the same host ports either way.
 
+# The cluster secret (the key of the peers' Hello HMAC): CLUSTER_SH_SECRET when set, else 32
+# random bytes in hex, made on first start and kept in the file $1 (mode 600) with the
+# cluster's files. Never committed: .cluster/ and deploy/.cluster-secret are gitignored.
+cluster_secret() {
+  local f=$1
+  if [[ -n "${CLUSTER_SH_SECRET:-}" ]]; then
+    echo "$CLUSTER_SH_SECRET"
+    return
+  fi
+  if [[ ! -s "$f" ]]; then
+    mkdir -p "$(dirname "$f")"
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$f")
+  fi
+  cat "$f"
+}
+
 healthy() { curl -sf -m 2 "http://127.0.0.1:$(http_port "$1")/v1/api/healthcheck" >/dev/null 2>&1; }
 
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1" 2>/dev/null || printf '"%s"' "$1"; }
@@ -147,7 +163,7 @@ write_config() {
     echo
     echo "[cluster]"
     echo "cluster_id = \"kalamdb-local-cluster\""
-    echo "jwt_secret = \"${CLUSTER_SH_SECRET:-local-cluster-secret-change-me}\""
+    echo "jwt_secret = \"$(cluster_secret "$dir/cluster.secret")\""
     echo "user_shards = 4"
     echo "shared_shards = 1"
     for m in "${nodes[@]}"; do

@@ -50,6 +50,11 @@ struct Args {
     /// Print one JSON object instead of the key=value line (for `scripts/bench-all.sh`).
     #[arg(long)]
     json: bool,
+    /// While the workload runs, one more client repeats this statement back to back: the
+    /// noisy neighbour of `scripts/bench-hostile.sh` (e.g. a query that only ends at the
+    /// server's deadline).
+    #[arg(long)]
+    hostile: Option<String>,
 }
 
 async fn post(client: &HttpClient, url: &str, sql: String) -> Result<(), String> {
@@ -139,6 +144,18 @@ async fn main() -> Result<(), String> {
             (lat_us, errors)
         }));
     }
+    let hostile = args.hostile.clone().map(|sql| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            let mut answered = 0u64;
+            while Instant::now() < stop_at {
+                // Errors are the expected answer (QUERY_TIMEOUT and the like): count answers.
+                let _ = post(&client, &url, sql.clone()).await;
+                answered += 1;
+            }
+            answered
+        })
+    });
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
@@ -150,6 +167,10 @@ async fn main() -> Result<(), String> {
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let hostile_answered = match hostile {
+        Some(h) => Some(h.await.map_err(|e| e.to_string())?),
+        None => None,
+    };
     all.sort_unstable();
     let ops = all.len() as f64 / elapsed;
     let rows_per_op = if matches!(args.workload, Workload::Bulk) { args.batch_rows as f64 } else { 1.0 };
@@ -165,12 +186,14 @@ async fn main() -> Result<(), String> {
             "p50_ms": percentile_ms(&all, 0.50),
             "p99_ms": percentile_ms(&all, 0.99),
             "p999_ms": percentile_ms(&all, 0.999),
+            "hostile_answered": hostile_answered,
         });
         println!("{v}");
         return Ok(());
     }
+    let hostile_note = hostile_answered.map(|n| format!(" hostile_answered={n}")).unwrap_or_default();
     println!(
-        "workload={:?} clients={} seconds={:.1} requests={} errors={} req/s={:.0} rows/s={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
+        "workload={:?} clients={} seconds={:.1} requests={} errors={} req/s={:.0} rows/s={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}{hostile_note}",
         args.workload,
         args.clients,
         elapsed,

@@ -97,7 +97,7 @@ pub struct Issued {
     pub identity: Identity,
 }
 
-fn unix_secs() -> u64 {
+pub(crate) fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -144,6 +144,13 @@ impl LoginLimiter {
             *entry = (now, 0);
         }
         entry.1 += 1;
+    }
+
+    /// Take back one counted attempt.
+    fn undo(&mut self, key: &str) {
+        if let Some(entry) = self.failures.get_mut(key) {
+            entry.1 = entry.1.saturating_sub(1);
+        }
     }
 
     fn clear(&mut self, key: &str) {
@@ -269,37 +276,53 @@ impl Auth {
             .map_err(|e| Error::Unavailable(e.to_string()))
     }
 
-    fn limited(&self, username: &str, client: IpAddr) -> Result<()> {
-        let now = Instant::now();
-        let lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        let wait = lim.blocked(&format!("u:{username}"), now).max(lim.blocked(&format!("a:{client}"), now));
-        match wait {
-            Some(retry_after_secs) => Err(Error::TooManyAttempts { retry_after_secs }),
-            None => Ok(()),
-        }
+    /// The limiter keys of a login: the user (failures from loopback counted apart, so remote
+    /// guessing cannot lock an operator out of the local login) and the client address.
+    fn limiter_keys(username: &str, client: IpAddr) -> [String; 2] {
+        let user = if client.is_loopback() { format!("ul:{username}") } else { format!("u:{username}") };
+        [user, format!("a:{client}")]
     }
 
-    fn record(&self, username: &str, client: IpAddr, ok: bool) {
+    /// Consult the limiter and count the attempt as a failure *before* any hashing, so a
+    /// burst of concurrent guesses is cut off at the limit, not after every guess was hashed.
+    fn begin_attempt(&self, keys: &[String; 2]) -> Result<()> {
         let now = Instant::now();
         let mut lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        if ok {
-            lim.clear(&format!("u:{username}"));
-        } else {
-            lim.fail(format!("u:{username}"), now);
-            lim.fail(format!("a:{client}"), now);
-            metrics::counter!("kalamdb_auth_failures_total").increment(1);
+        if let Some(retry_after_secs) = lim.blocked(&keys[0], now).max(lim.blocked(&keys[1], now)) {
+            return Err(Error::TooManyAttempts { retry_after_secs });
+        }
+        for k in keys {
+            lim.fail(k.clone(), now);
+        }
+        Ok(())
+    }
+
+    /// Settle a counted attempt: a success clears the user's failures and takes the attempt
+    /// back from the address; an attempt that never got an answer (busy, unavailable) is taken
+    /// back from both.
+    fn end_attempt(&self, keys: &[String; 2], result: &Result<Identity>) {
+        let mut lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => {
+                lim.clear(&keys[0]);
+                lim.undo(&keys[1]);
+            }
+            Err(Error::Unauthorized { .. }) => {
+                metrics::counter!("kalamdb_auth_failures_total").increment(1);
+            }
+            Err(_) => {
+                lim.undo(&keys[0]);
+                lim.undo(&keys[1]);
+            }
         }
     }
 
     /// Check a user name and password; rate-limited per user and per client address.
     pub async fn check_password(&self, username: &str, password: &str, client: IpAddr) -> Result<Identity> {
-        self.limited(username, client)?;
+        let keys = Self::limiter_keys(username, client);
+        self.begin_attempt(&keys)?;
         let result = self.verify_password(username, password, client).await;
-        match &result {
-            Ok(_) => self.record(username, client, true),
-            Err(Error::Unauthorized { .. }) => self.record(username, client, false),
-            Err(_) => {}
-        }
+        self.end_attempt(&keys, &result);
         result
     }
 
@@ -361,13 +384,28 @@ impl Auth {
 
     /// The identity behind a token: it must decrypt with this cluster's key, be unexpired,
     /// and name a user that still exists (with the role that user has now).
-    pub async fn verify_token(&self, token: &str) -> Result<Identity> {
+    fn claims(&self, token: &str) -> Result<Claims> {
         let untrusted = UntrustedToken::<Local, V4>::try_from(token)
             .map_err(|_| unauthorized("INVALID_TOKEN", "the token is not a PASETO v4.local token"))?;
         let trusted = LocalToken::decrypt(&self.key, &untrusted, None, Some(&self.implicit))
             .map_err(|_| unauthorized("INVALID_TOKEN", "the token was not issued by this cluster or was altered"))?;
-        let claims: Claims = serde_json::from_str(trusted.payload())
-            .map_err(|_| unauthorized("INVALID_TOKEN", "the token's claims are not readable"))?;
+        serde_json::from_str(trusted.payload())
+            .map_err(|_| unauthorized("INVALID_TOKEN", "the token's claims are not readable"))
+    }
+
+    /// When the bearer token of an `Authorization` header expires (Unix seconds); `None` for
+    /// other credentials. Long-lived requests (tail subscriptions) end then.
+    pub fn bearer_expiry(&self, authorization: Option<&[u8]>) -> Option<u64> {
+        let text = std::str::from_utf8(authorization?).ok()?.trim();
+        let (scheme, token) = text.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("Bearer") {
+            return None;
+        }
+        self.claims(token.trim()).ok().map(|c| c.exp)
+    }
+
+    pub async fn verify_token(&self, token: &str) -> Result<Identity> {
+        let claims = self.claims(token)?;
         if claims.exp <= unix_secs() {
             return Err(unauthorized("TOKEN_EXPIRED", "the token has expired; log in again"));
         }
@@ -476,11 +514,13 @@ impl Auth {
     }
 }
 
+/// A bounded argon2 check (see `kalamdb_query::password`): a flood waits briefly, then is
+/// refused as busy.
 async fn verify_blocking(password: &str, phc: &str) -> Result<bool> {
-    let (password, phc) = (password.to_string(), phc.to_string());
-    tokio::task::spawn_blocking(move || kalamdb_query::password::verify(&password, &phc))
-        .await
-        .map_err(|e| Error::Internal(format!("password check task failed: {e}")))
+    kalamdb_query::password::verify_blocking(password, phc).await.map_err(|e| match e {
+        kalamdb_query::Error::Busy(m) => Error::Busy(m),
+        other => Error::Internal(other.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -560,14 +600,41 @@ mod tests {
             let e = a.check_password("root", "wrong", remote()).await.unwrap_err();
             assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
         }
-        // Blocked now, even with the right password, from anywhere (per user) ...
-        let e = a.check_password("root", "the-right-password", loopback()).await.unwrap_err();
+        // Blocked now, even with the right password, from any remote address (per user) ...
+        let other_remote: IpAddr = "203.0.113.9".parse().unwrap();
+        let e = a.check_password("root", "the-right-password", other_remote).await.unwrap_err();
         assert!(matches!(e, Error::TooManyAttempts { retry_after_secs } if retry_after_secs <= LOGIN_WINDOW_SECS));
+        // ... but remote guessing does not lock the operator out of the loopback login ...
+        assert!(a.check_password("root", "the-right-password", loopback()).await.is_ok());
         // ... and that address is blocked for other users too (per address).
         let e = a.check_password("nobody", "x", remote()).await.unwrap_err();
         assert!(matches!(e, Error::TooManyAttempts { .. }), "{e}");
         let e = a.check_password("nobody", "x", loopback()).await.unwrap_err();
         assert!(matches!(e, Error::Unauthorized { .. }), "another address is not blocked: {e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_guesses_is_cut_off_before_hashing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arc::new(auth(&config(dir.path())));
+        let tries: Vec<_> = (0..40)
+            .map(|i| {
+                let a = a.clone();
+                tokio::spawn(async move { a.check_password("victim", &format!("guess-{i}"), remote()).await })
+            })
+            .collect();
+        let (mut refused, mut limited, mut busy) = (0, 0, 0);
+        for t in tries {
+            match t.await.unwrap().unwrap_err() {
+                Error::Unauthorized { .. } => refused += 1,
+                Error::TooManyAttempts { .. } => limited += 1,
+                Error::Busy(_) => busy += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+        // Attempts are counted when they start: only the first few reach argon2 at all.
+        assert!(refused <= LOGIN_FAILURES_MAX, "{refused} guesses were hashed");
+        assert_eq!(refused + limited + busy, 40);
     }
 
     #[tokio::test]

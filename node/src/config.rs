@@ -36,6 +36,8 @@ pub struct TailConfig {
     pub stall_ms: u64,
     /// Concurrent subscribers per node; more are refused with 503.
     pub subscribers_max: usize,
+    /// Concurrent subscribers of one user on one node; more are refused with 429.
+    pub subscribers_per_user_max: usize,
     /// Change records kept per group; older positions answer 410 Gone.
     pub retention_entries: u64,
 }
@@ -47,6 +49,7 @@ impl Default for TailConfig {
             subscriber_buffer_events: 4096,
             stall_ms: 10_000,
             subscribers_max: 1024,
+            subscribers_per_user_max: 16,
             retention_entries: 100_000,
         }
     }
@@ -182,6 +185,13 @@ pub struct ShardingConfig {
 pub struct LimitsConfig {
     /// Largest accepted HTTP request body.
     pub request_body_bytes_max: usize,
+    /// Open HTTP connections (streaming tails included); more are closed at once.
+    pub http_connections_max: usize,
+    /// Time a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open.
+    pub http_header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body.
+    pub http_body_read_timeout_ms: u64,
     /// How long a statement may wait for its log entry to commit and apply.
     pub write_timeout_ms: u64,
     /// Ops gathered into one log entry by group commit.
@@ -190,6 +200,48 @@ pub struct LimitsConfig {
     pub proposals_in_flight_max: usize,
     /// Requests waiting for group commit per group (bounded queue).
     pub proposal_queue_len_max: usize,
+    /// Memory pool shared by all running queries (default: a quarter of the machine's memory).
+    pub query_memory_bytes_max: usize,
+    /// Deadline of one statement; past it the statement is cancelled (`QUERY_TIMEOUT`).
+    pub query_timeout_ms: u64,
+    /// Rows one statement may return (`RESULT_TOO_LARGE` past it).
+    pub result_rows_max: usize,
+    /// Bytes (Arrow, in memory) one statement may return.
+    pub result_bytes_max: usize,
+    /// Statements in one request.
+    pub statements_per_request_max: usize,
+    /// Entries of one request's `params`.
+    pub params_max: usize,
+    /// Queries executing at once; more wait in a short queue, then get 503 `SERVER_BUSY`.
+    pub queries_concurrent_max: usize,
+    /// Queries waiting for a slot; more are refused at once.
+    pub query_queue_len_max: usize,
+    /// How long a query waits for a slot.
+    pub query_queue_wait_ms: u64,
+    /// Disk the spill files of running queries may use together (under `data_path/spill`).
+    pub query_spill_bytes_max: u64,
+    /// Worker threads of the query runtime (apart from the runtime serving Raft, the log and
+    /// HTTP); 0 = one per CPU but one (at least one).
+    pub query_threads: usize,
+}
+
+impl LimitsConfig {
+    /// The query engine's limits; spill files go under `data_path/spill`.
+    pub fn query_limits(&self, data_path: &Path) -> kalamdb_query::QueryLimits {
+        kalamdb_query::QueryLimits {
+            memory_bytes_max: self.query_memory_bytes_max,
+            timeout_ms: self.query_timeout_ms,
+            result_rows_max: self.result_rows_max,
+            result_bytes_max: self.result_bytes_max,
+            statements_per_request_max: self.statements_per_request_max,
+            params_max: self.params_max,
+            concurrent_max: self.queries_concurrent_max,
+            queued_max: self.query_queue_len_max,
+            queue_wait_ms: self.query_queue_wait_ms,
+            spill_path: Some(data_path.join("spill")),
+            spill_bytes_max: self.query_spill_bytes_max,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,12 +288,27 @@ impl Default for ShardingConfig {
 
 impl Default for LimitsConfig {
     fn default() -> LimitsConfig {
+        let q = kalamdb_query::QueryLimits::default();
         LimitsConfig {
             request_body_bytes_max: 10 << 20,
+            http_connections_max: 2_048,
+            http_header_read_timeout_ms: 10_000,
+            http_body_read_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
             batch_ops_max: 1024,
             proposals_in_flight_max: 4,
             proposal_queue_len_max: 16_384,
+            query_memory_bytes_max: q.memory_bytes_max,
+            query_timeout_ms: q.timeout_ms,
+            result_rows_max: q.result_rows_max,
+            result_bytes_max: q.result_bytes_max,
+            statements_per_request_max: q.statements_per_request_max,
+            params_max: q.params_max,
+            queries_concurrent_max: q.concurrent_max,
+            query_queue_len_max: q.queued_max,
+            query_queue_wait_ms: q.queue_wait_ms,
+            query_spill_bytes_max: q.spill_bytes_max,
+            query_threads: 0,
         }
     }
 }
@@ -272,8 +339,30 @@ pub const TOKEN_SECRET_BYTES_MIN: usize = 16;
 /// Longest token lifetime accepted (30 days).
 pub const TOKEN_TTL_SECS_MAX: u64 = 30 * 24 * 3600;
 
-/// The smallest accepted cluster secret.
-pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
+/// The smallest accepted cluster secret: 32 bytes, e.g. the 64 hex digits of
+/// `openssl rand -hex 32` (what scripts/cluster.sh generates).
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 32;
+/// Distinct characters a cluster secret must have (random hex has 16, base64 about 30).
+pub const CLUSTER_SECRET_DISTINCT_MIN: usize = 10;
+/// Words that mark a placeholder, not a random secret.
+const PLACEHOLDER_WORDS: [&str; 6] = ["changeme", "change-me", "change_me", "example", "secret", "password"];
+
+/// Why `secret` is too weak to guard the cluster, if it is. The peer Hello is an HMAC keyed by
+/// it: a guessable secret lets anyone who can reach the Raft port join the cluster.
+pub fn weak_cluster_secret(secret: &str) -> Option<String> {
+    if secret.len() < CLUSTER_SECRET_BYTES_MIN {
+        return Some(format!("{} bytes; at least {CLUSTER_SECRET_BYTES_MIN} are needed", secret.len()));
+    }
+    let distinct = secret.bytes().collect::<std::collections::BTreeSet<u8>>().len();
+    if distinct < CLUSTER_SECRET_DISTINCT_MIN {
+        return Some(format!("only {distinct} distinct characters"));
+    }
+    let lower = secret.to_ascii_lowercase();
+    if let Some(word) = PLACEHOLDER_WORDS.iter().find(|w| lower.contains(*w)) {
+        return Some(format!("it contains the placeholder word '{word}'"));
+    }
+    None
+}
 
 impl Config {
     /// Load from an optional TOML file, then apply `KALAMDB_*` overrides from `env`.
@@ -340,14 +429,27 @@ impl Config {
                 "limits: batch_ops_max, proposals_in_flight_max and proposal_queue_len_max must be positive".into()
             );
         }
+        if self.limits.http_connections_max == 0
+            || self.limits.http_header_read_timeout_ms == 0
+            || self.limits.http_body_read_timeout_ms == 0
+        {
+            return bad(
+                "limits: http_connections_max, http_header_read_timeout_ms and http_body_read_timeout_ms must be positive"
+                    .into(),
+            );
+        }
+        if let Err(e) = self.limits.query_limits(&self.storage.data_path).validate() {
+            return bad(format!("limits: {e}"));
+        }
         if self.tail.heartbeat_ms == 0
             || self.tail.stall_ms == 0
             || self.tail.subscriber_buffer_events == 0
             || self.tail.subscribers_max == 0
+            || self.tail.subscribers_per_user_max == 0
             || self.tail.retention_entries == 0
         {
             return bad(
-                "tail: heartbeat_ms, stall_ms, subscriber_buffer_events, subscribers_max and retention_entries must be positive"
+                "tail: heartbeat_ms, stall_ms, subscriber_buffer_events, subscribers_max, subscribers_per_user_max and retention_entries must be positive"
                     .into(),
             );
         }
@@ -367,8 +469,10 @@ impl Config {
             if c.cluster_id.trim().is_empty() {
                 return bad("cluster.cluster_id must not be empty".into());
             }
-            if c.jwt_secret.len() < CLUSTER_SECRET_BYTES_MIN {
-                return bad(format!("cluster.jwt_secret must be at least {CLUSTER_SECRET_BYTES_MIN} bytes"));
+            if let Some(why) = weak_cluster_secret(&c.jwt_secret) {
+                return bad(format!(
+                    "cluster.jwt_secret is too weak ({why}): use {CLUSTER_SECRET_BYTES_MIN} random bytes or more, e.g. `openssl rand -hex 32` (scripts/cluster.sh generates one)"
+                ));
             }
             let mut ids: Vec<u64> = c.members.iter().map(|m| m.node_id).collect();
             ids.sort_unstable();
@@ -476,7 +580,7 @@ node_id = 2
 
 [cluster]
 cluster_id = "c1"
-jwt_secret = "0123456789abcdef0123"
+jwt_secret = "9c41f07b2ad85e63c1b94f20e7d6a83f5b0c2e19d47a86f3e5c1b09a72d4f863"
 user_shards = 4
 shared_shards = 1
 
@@ -511,8 +615,11 @@ http_addr = "kalamdb-node2:8082"
     fn cluster_mistakes_are_named() {
         let not_member = CLUSTER.replace("node_id = 2\n\n[cluster]", "node_id = 3\n\n[cluster]");
         assert!(load_text(&not_member).unwrap_err().to_string().contains("does not list this node"));
-        let short = CLUSTER.replace("0123456789abcdef0123", "short");
-        assert!(load_text(&short).unwrap_err().to_string().contains("jwt_secret"));
+        let good = "9c41f07b2ad85e63c1b94f20e7d6a83f5b0c2e19d47a86f3e5c1b09a72d4f863";
+        for weak in ["short", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "kalamdb-docker-cluster-secret-0123456789"] {
+            let e = load_text(&CLUSTER.replace(good, weak)).unwrap_err().to_string();
+            assert!(e.contains("jwt_secret is too weak"), "{weak}: {e}");
+        }
         let dup = CLUSTER.replace("node_id = 1\nraft_addr", "node_id = 2\nraft_addr");
         assert!(load_text(&dup).unwrap_err().to_string().contains("unique"));
         let typo = CLUSTER.replace("user_shards = 4", "user_shard = 4");

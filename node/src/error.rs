@@ -20,6 +20,9 @@ pub enum Error {
     /// Too many failed logins for a user or a client address (HTTP 429).
     #[error("too many failed logins; try again in {retry_after_secs} s")]
     TooManyAttempts { retry_after_secs: u64 },
+    /// Too much work of this kind in progress (password checks): HTTP 503 with Retry-After.
+    #[error("{0}")]
+    Busy(String),
     /// The cluster could not answer in time (HTTP 503).
     #[error("{0}")]
     Unavailable(String),

@@ -26,11 +26,14 @@ pub struct App {
     pub groups: Arc<Groups>,
     pub auth: Arc<Auth>,
     pub body_bytes_max: usize,
+    pub body_read_timeout: std::time::Duration,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Serve `POST /v1/api/debug/isolate` (tests only).
     pub fault_injection: bool,
     pub tail: crate::config::TailConfig,
     pub tail_state: crate::tail::TailState,
+    /// One digest computation at a time per node: each hashes every projection.
+    pub digest_slot: tokio::sync::Semaphore,
 }
 
 pub(crate) struct NodeProposer<'a>(pub(crate) &'a Groups);
@@ -104,6 +107,11 @@ fn node_error_response(e: &crate::Error, start: Instant) -> Response {
             r
         }
         E::Unavailable(m) => error_response(StatusCode::SERVICE_UNAVAILABLE, "CLUSTER_UNAVAILABLE", m, start),
+        E::Busy(m) => {
+            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "SERVER_BUSY", m, start);
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(BUSY_RETRY_AFTER_SECS));
+            r
+        }
         other => error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", &other.to_string(), start),
     }
 }
@@ -151,9 +159,18 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     if declared.is_some_and(|n| n > app.body_bytes_max) {
         return Err(too_large());
     }
-    let bytes = match axum::body::to_bytes(body, app.body_bytes_max).await {
-        Ok(b) => b,
-        Err(_) => return Err(too_large()),
+    let bytes = match tokio::time::timeout(app.body_read_timeout, axum::body::to_bytes(body, app.body_bytes_max)).await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return Err(too_large()),
+        Err(_) => {
+            return Err(error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                &format!("the request body did not arrive within {} ms", app.body_read_timeout.as_millis()),
+                start,
+            ));
+        }
     };
     serde_json::from_slice(&bytes).map_err(|e| {
         error_response(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &format!("malformed JSON request: {e}"), start)
@@ -223,12 +240,25 @@ async fn me(State(app): State<Arc<App>>, ConnectInfo(client): ConnectInfo<Socket
 pub fn status_of(e: &kalamdb_query::Error) -> StatusCode {
     use kalamdb_query::Error as E;
     match e {
-        E::Unavailable(_) | E::NotLeader(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::Unavailable(_) | E::NotLeader(_) | E::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         E::Conflict(_) => StatusCode::CONFLICT,
         E::PermissionDenied(_) => StatusCode::FORBIDDEN,
         E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }
+}
+
+/// Seconds a busy node asks a client to wait before retrying.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
+
+/// The response to a query error; a busy node adds `Retry-After`.
+pub(crate) fn query_error_response(e: &kalamdb_query::Error, start: Instant) -> Response {
+    let mut r = error_response(status_of(e), e.code(), &e.to_string(), start);
+    if matches!(e, kalamdb_query::Error::Busy(_)) {
+        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(BUSY_RETRY_AFTER_SECS));
+    }
+    r
 }
 
 async fn sql(
@@ -274,7 +304,7 @@ async fn sql(
     let who = match &barrier {
         Some(b) if method != Method::Anonymous && who.user_id != crate::auth::ROOT_USER => {
             if let Err(e) = b.wait(kalamdb_log::GroupId::Meta(kalamdb_log::MetaGroup::Users)).await {
-                return error_response(status_of(&e), e.code(), &e.to_string(), start);
+                return query_error_response(&e, start);
             }
             match app.auth.confirm(who) {
                 Ok(w) => w,
@@ -284,8 +314,14 @@ async fn sql(
         _ => who,
     };
     tracing::debug!(target: "kalamdb_sql", user = %who.username, sql = %kalamdb_query::redact_passwords(&req.sql), linearizable, "statement");
-    let ctx =
-        ExecContext { user_id: who.user_id, role: who.role, namespace: req.namespace_id, params: req.params, barrier };
+    let ctx = ExecContext {
+        user_id: who.user_id,
+        role: who.role,
+        namespace: req.namespace_id,
+        params: req.params,
+        barrier,
+        impersonated_by: None,
+    };
     match app.engine.execute(&req.sql, &ctx, &NodeProposer(&app.groups)).await {
         Ok(results) => {
             for stmt in kalamdb_query::parse::split_statements(&req.sql).unwrap_or_default() {
@@ -294,7 +330,7 @@ async fn sql(
             }
             success_response(&results, start)
         }
-        Err(e) => error_response(status_of(&e), e.code(), &e.to_string(), start),
+        Err(e) => query_error_response(&e, start),
     }
 }
 
@@ -331,9 +367,27 @@ async fn cluster_health(
 }
 
 /// Per group: this node's applied index and a SHA-256 of its projection. Equal digests at
-/// equal applied indexes on every member mean the replicas hold the same bytes.
-async fn cluster_digest(State(app): State<Arc<App>>) -> Response {
+/// equal applied indexes on every member mean the replicas hold the same bytes. It reads every
+/// projection, so it is for operators (dba or system), one at a time.
+async fn cluster_digest(
+    State(app): State<Arc<App>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     let start = Instant::now();
+    let who = match identify(&app, &headers, client, start).await {
+        Ok((who, _)) => who,
+        Err(resp) => return resp,
+    };
+    if let Err(e) = kalamdb_query::access::require(who.role, kalamdb_log::Role::Dba, "the cluster digest") {
+        return query_error_response(&e, start);
+    }
+    let Ok(_slot) = app.digest_slot.try_acquire() else {
+        return node_error_response(
+            &crate::Error::Busy("a digest is already being computed; retry shortly".into()),
+            start,
+        );
+    };
     let groups = app.groups.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();

@@ -9,9 +9,12 @@ pub mod error;
 pub mod groups;
 pub mod http;
 pub mod metrics;
+pub mod query_runtime;
 pub mod retention;
+pub mod serve;
 pub mod storage;
 pub mod tail;
+pub mod tail_guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,9 +37,13 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     if !groups.wait_ready(Duration::from_millis(STARTUP_LEADER_WAIT_MS)).await {
         tracing::warn!(target: "kalamdb_raft", "not every group has a leader yet; serving anyway");
     }
+    let query_runtime = query_runtime::QueryRuntime::start(cfg.limits.query_threads)?;
+    query_runtime::clear_spill(&cfg.storage.data_path.join("spill"))?;
     let engine = kalamdb_query::Engine::new(groups.catalog.clone(), groups.rows.clone(), groups.layout, groups.node_id)
         .with_cluster(Arc::new(cluster::NodeCluster(groups.clone())))
-        .with_jobs(groups.storage.clone());
+        .with_jobs(groups.storage.clone())
+        .with_limits(cfg.limits.query_limits(&cfg.storage.data_path), Some(query_runtime.handle()))
+        .map_err(|e| Error::Config(format!("limits: {e}")))?;
     let flush_policy = kalamdb_query::FlushPolicy::parse(&cfg.storage.flush_policy)
         .map_err(|e| Error::Config(format!("storage.flush_policy: {e}")))?;
     tokio::spawn(storage::run_auto_flush(groups.clone(), flush_policy, cfg.storage.compact_files_min));
@@ -57,19 +64,26 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         groups: groups.clone(),
         auth,
         body_bytes_max: cfg.limits.request_body_bytes_max,
+        body_read_timeout: Duration::from_millis(cfg.limits.http_body_read_timeout_ms),
         metrics,
         fault_injection: cfg.debug.fault_injection,
         tail: cfg.tail.clone(),
         tail_state: tail::TailState::default(),
+        digest_slot: tokio::sync::Semaphore::new(1),
     });
     let addr: SocketAddr = format!("{}:{}", cfg.server.host, cfg.server.port)
         .parse()
         .map_err(|e| Error::Config(format!("server.host/port: {e}")))?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, node_id = cfg.server.node_id, data = %cfg.storage.data_path.display(), "KalamDB listening");
-    // Client addresses reach the handlers: root's loopback rule and the login rate limit.
-    let service = http::router(app).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service).with_graceful_shutdown(shutdown).await?;
+    // Client addresses reach the handlers (serve.rs puts them in each request): root's
+    // loopback rule and the login rate limit.
+    let limits = serve::HttpLimits {
+        connections_max: cfg.limits.http_connections_max,
+        header_read_timeout: Duration::from_millis(cfg.limits.http_header_read_timeout_ms),
+    };
+    serve::serve(listener, http::router(app), limits, shutdown).await?;
     groups.shutdown().await;
+    drop(query_runtime);
     Ok(())
 }

@@ -158,7 +158,7 @@ fn route_of(req: &Request) -> String {
 /// Count every request and time it (axum middleware).
 pub async fn track_http(req: Request, next: Next) -> Response {
     let route = route_of(&req);
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
@@ -167,6 +167,24 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     metrics::counter!("kalamdb_http_requests_total", "route" => route, "method" => method, "status" => status)
         .increment(1);
     resp
+}
+
+/// The method label: the standard methods by name, anything else as `other`, so junk methods
+/// cannot add series without bound.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::PATCH => "PATCH",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// The kind label of a statement, from its first keyword (a fixed set of values).

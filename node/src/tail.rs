@@ -17,7 +17,6 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -44,17 +43,22 @@ pub const EVENTS_PER_CHUNK_MAX: u64 = 64;
 pub const LAST_ROWS_MAX: u64 = 10_000;
 /// Attempts at reading `last_rows` with no write applied meanwhile (an exact snapshot).
 const LAST_ROWS_ATTEMPTS_MAX: usize = 5;
+/// Largest log index a position may name: far past any real log, and `index + 1` cannot
+/// overflow.
+pub const POSITION_INDEX_MAX: u64 = i64::MAX as u64;
 /// Longest `from` / `Last-Event-ID` accepted.
 pub const POSITION_BYTES_MAX: usize = 1024;
 
 /// Decoded change records kept for all subscribers of this node.
 pub const RECORD_CACHE_ENTRIES_MAX: usize = 8192;
+/// Bytes (estimated: values and rendered frames) the record cache may hold.
+pub const RECORD_CACHE_BYTES_MAX: usize = 64 << 20;
 
 /// Subscribers of this node (for the `subscribers_max` limit and the gauge), and the records
 /// they share: a hundred subscribers of one table decode and render each entry once.
 #[derive(Debug, Default)]
 pub struct TailState {
-    active: AtomicUsize,
+    slots: crate::tail_guard::Slots,
     cache: std::sync::Mutex<RecordCache>,
 }
 
@@ -64,6 +68,8 @@ pub struct TailState {
 #[derive(Debug)]
 struct CachedEntry {
     record: Option<ChangeEntry>,
+    /// What this entry counts against [`RECORD_CACHE_BYTES_MAX`].
+    cost_bytes: usize,
     frames: [Vec<std::sync::OnceLock<Bytes>>; 2],
 }
 
@@ -71,6 +77,7 @@ struct CachedEntry {
 struct RecordCache {
     map: std::collections::HashMap<(GroupId, u64), Arc<CachedEntry>>,
     order: std::collections::VecDeque<(GroupId, u64)>,
+    bytes: usize,
 }
 
 impl RecordCache {
@@ -80,13 +87,21 @@ impl RecordCache {
             (0..n).map(|_| std::sync::OnceLock::new()).collect(),
             (0..n).map(|_| std::sync::OnceLock::new()).collect(),
         ];
-        let e = Arc::new(CachedEntry { record, frames });
-        if self.map.insert(key, e.clone()).is_none() {
-            self.order.push_back(key);
+        let cost_bytes = crate::tail_guard::entry_cost_bytes(record.as_ref());
+        let e = Arc::new(CachedEntry { record, cost_bytes, frames });
+        self.bytes += cost_bytes;
+        match self.map.insert(key, e.clone()) {
+            None => self.order.push_back(key),
+            Some(replaced) => self.bytes -= replaced.cost_bytes,
         }
-        while self.order.len() > RECORD_CACHE_ENTRIES_MAX {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+        // Oldest first, by count and by bytes; the entry just added stays (its subscriber
+        // holds it anyway).
+        while self.order.len() > RECORD_CACHE_ENTRIES_MAX
+            || (self.bytes > RECORD_CACHE_BYTES_MAX && self.order.len() > 1)
+        {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(gone) = self.map.remove(&old) {
+                self.bytes -= gone.cost_bytes;
             }
         }
         e
@@ -180,7 +195,11 @@ pub fn parse_cursor(text: &str, groups: &[GroupId]) -> Result<Cursor, String> {
             Some((i, o)) => (i, Some(o.parse::<u32>().map_err(|_| format!("bad change offset in '{s}'"))?)),
             None => (s, None),
         };
-        Ok(Pos { index: index.parse().map_err(|_| format!("bad log index in '{s}'"))?, offset })
+        let index: u64 = index.parse().map_err(|_| format!("bad log index in '{s}'"))?;
+        if index > POSITION_INDEX_MAX {
+            return Err(format!("log index {index} in '{s}' is out of range (at most {POSITION_INDEX_MAX})"));
+        }
+        Ok(Pos { index, offset })
     };
     let mut c = Cursor::new();
     if !text.contains('@') {
@@ -234,9 +253,10 @@ enum Target {
 struct Subscription {
     app: Arc<App>,
     target: Target,
-    /// The caller, for access checks per event.
+    /// The caller, for access checks per event; `role` follows changes of the user's role.
     user_id: String,
     role: Role,
+    entitlement: crate::tail_guard::Entitlement,
     format: Format,
     cursor: Cursor,
 }
@@ -280,7 +300,7 @@ pub async fn tail(
     if groups.transport.is_some()
         && let Err(e) = groups.read_barrier(GroupId::Meta(MetaGroup::Catalog)).await
     {
-        return error_response(crate::http::status_of(&e), e.code(), &e.to_string(), start);
+        return crate::http::query_error_response(&e, start);
     }
     let chosen = [q.table.is_some(), q.namespace.is_some(), q.group.is_some()].iter().filter(|b| **b).count();
     if chosen != 1 {
@@ -358,7 +378,7 @@ pub async fn tail(
             let mut c = Cursor::new();
             for g in &group_ids {
                 match changes::floor(&db, *g) {
-                    Ok(f) => c.insert(*g, Pos { index: f - 1, offset: None }),
+                    Ok(f) => c.insert(*g, Pos { index: f.saturating_sub(1), offset: None }),
                     Err(e) => {
                         return error_response(
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -387,7 +407,7 @@ pub async fn tail(
     if !gone.is_empty() {
         let mut oldest = cursor.clone();
         for (g, floor) in &gone {
-            oldest.insert(*g, Pos { index: floor - 1, offset: None });
+            oldest.insert(*g, Pos { index: floor.saturating_sub(1), offset: None });
         }
         let oldest = format_cursor(&oldest);
         let what: Vec<String> = gone.iter().map(|(g, f)| format!("{g} keeps changes from index {f}")).collect();
@@ -407,18 +427,31 @@ pub async fn tail(
 
     let state = &app.tail_state;
     let cfg = app.tail.clone();
-    if state.active.fetch_add(1, Ordering::SeqCst) >= cfg.subscribers_max {
-        state.active.fetch_sub(1, Ordering::SeqCst);
-        metrics::counter!("kalamdb_tail_refused_total", "reason" => "limit").increment(1);
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "TOO_MANY_SUBSCRIBERS",
-            &format!("this node serves at most {} subscribers", cfg.subscribers_max),
-            start,
-        );
+    match state.slots.acquire(&who.user_id, cfg.subscribers_max, cfg.subscribers_per_user_max) {
+        Ok(()) => {}
+        Err(crate::tail_guard::Refusal::Node(max)) => {
+            metrics::counter!("kalamdb_tail_refused_total", "reason" => "limit").increment(1);
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TOO_MANY_SUBSCRIBERS",
+                &format!("this node serves at most {max} subscribers"),
+                start,
+            );
+        }
+        Err(crate::tail_guard::Refusal::User(max)) => {
+            metrics::counter!("kalamdb_tail_refused_total", "reason" => "user_limit").increment(1);
+            return error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_SUBSCRIBERS",
+                &format!(
+                    "a user may have at most {max} subscriptions open on one node (tail.subscribers_per_user_max)"
+                ),
+                start,
+            );
+        }
     }
-    let guard = ActiveGuard(app.clone());
-    metrics::gauge!("kalamdb_tail_subscribers").set(state.active.load(Ordering::SeqCst) as f64);
+    let guard = ActiveGuard(app.clone(), who.user_id.clone());
+    metrics::gauge!("kalamdb_tail_subscribers").set(state.slots.active() as f64);
 
     let chunks = (cfg.subscriber_buffer_events / EVENTS_PER_CHUNK_MAX as usize).max(1);
     let (tx, rx) = mpsc::channel::<Bytes>(chunks);
@@ -433,7 +466,19 @@ pub async fn tail(
             Err(resp) => return resp,
         }
     }
-    let sub = Subscription { app: app.clone(), target, user_id: who.user_id.clone(), role: who.role, format, cursor };
+    let entitlement = crate::tail_guard::Entitlement {
+        who: who.clone(),
+        expires_at_secs: app.auth.bearer_expiry(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())),
+    };
+    let sub = Subscription {
+        app: app.clone(),
+        target,
+        user_id: who.user_id.clone(),
+        role: who.role,
+        entitlement,
+        format,
+        cursor,
+    };
     tokio::spawn(async move {
         let _guard = guard;
         run(sub, tx, last_tx, initial, cfg).await;
@@ -459,11 +504,12 @@ pub async fn tail(
     resp
 }
 
-struct ActiveGuard(Arc<App>);
+/// The subscriber's slot (node and user caps), given back when the stream ends.
+struct ActiveGuard(Arc<App>, String);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        let left = self.0.tail_state.active.fetch_sub(1, Ordering::SeqCst) - 1;
+        let left = self.0.tail_state.slots.release(&self.1);
         metrics::gauge!("kalamdb_tail_subscribers").set(left as f64);
     }
 }
@@ -495,7 +541,14 @@ async fn last_rows(
         def.name,
         filter.map(|f| format!(" WHERE {}", f.text())).unwrap_or_default()
     );
-    let ctx = ExecContext { user_id: user_id.to_string(), role, namespace: None, params: Vec::new(), barrier: None };
+    let ctx = ExecContext {
+        user_id: user_id.to_string(),
+        role,
+        namespace: None,
+        params: Vec::new(),
+        barrier: None,
+        impersonated_by: None,
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -505,7 +558,7 @@ async fn last_rows(
         let results = match result {
             Ok(r) => r,
             Err(e) => {
-                return Err(error_response(crate::http::status_of(&e), e.code(), &e.to_string(), Instant::now()));
+                return Err(crate::http::query_error_response(&e, Instant::now()));
             }
         };
         // Nothing applied during the read: the rows are exactly the state at `before`.
@@ -532,6 +585,17 @@ async fn last_rows(
 }
 
 impl Subscription {
+    /// End the subscription if its caller may no longer follow it; else take up a changed role.
+    fn recheck(&mut self) -> Result<(), Stop> {
+        let (table, whole_group) = match &self.target {
+            Target::Table { def, .. } => (Some(def.as_ref()), false),
+            Target::Namespace { .. } => (None, false),
+            Target::Group => (None, true),
+        };
+        self.role = self.entitlement.recheck(&self.app.auth, table, whole_group).map_err(Stop::Revoked)?;
+        Ok(())
+    }
+
     /// May this subscriber see the change, and under which table name?
     fn visible(&self, group: GroupId, c: &Change) -> Option<Option<Arc<TableDef>>> {
         match &self.target {
@@ -659,6 +723,8 @@ enum Stop {
     Overflow,
     /// Records the subscriber still needs were trimmed.
     Gone(GroupId, u64),
+    /// The subscriber may no longer follow: user dropped, right lost, token expired.
+    Revoked(String),
 }
 
 /// Queue one frame; a channel that stays full for `stall` means the client fell behind.
@@ -720,6 +786,11 @@ async fn run(
             });
             let _ = last.send(sub.frame("gone", None, &body));
         }
+        Err(Stop::Revoked(why)) => {
+            metrics::counter!("kalamdb_tail_dropped_total", "reason" => "revoked").increment(1);
+            let body = json!({"type": "revoked", "message": why});
+            let _ = last.send(sub.frame("revoked", None, &body));
+        }
     }
 }
 
@@ -760,6 +831,7 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
     loop {
+        sub.recheck()?;
         for w in watches.iter_mut() {
             w.borrow_and_update();
         }
@@ -870,5 +942,9 @@ mod tests {
             Pos { index: 17, offset: None }
         );
         assert!(parse_cursor("shared:0@x", &groups[1..]).is_err());
+        // Every number from a client is checked: the largest u64 must not reach `index + 1`.
+        assert!(parse_cursor("18446744073709551615", &groups[1..]).unwrap_err().contains("out of range"));
+        assert!(parse_cursor("shared:0@18446744073709551615.0", &groups[1..]).is_err());
+        assert!(parse_cursor("18446744073709551616", &groups[1..]).is_err());
     }
 }

@@ -275,7 +275,11 @@ async fn a_node_with_the_wrong_secret_cannot_join() {
         format!(
             "[server]\nhost = \"127.0.0.1\"\nport = {http}\nnode_id = 1\n\n[storage]\ndata_path = \"{}\"\n\n{}",
             data.display(),
-            common::cluster::cluster_toml(&members_http, &members_raft, "the-wrong-secret-0123456789")
+            common::cluster::cluster_toml(
+                &members_http,
+                &members_raft,
+                "a7d04c9e1b36f85a2e0c7b941f3d68e5c2a9b07f4e1d35c86b2a9f0e7d41c358"
+            )
         ),
     )
     .unwrap();

@@ -13,7 +13,9 @@ use std::sync::OnceLock;
 /// The environment variable that arms crash points, comma-separated.
 pub const FAILPOINTS_ENV: &str = "KALAMDB_FAILPOINTS";
 
-fn armed() -> &'static [String] {
+/// The crash points armed in this process (empty in normal operation); the server logs them
+/// at startup so an armed production process is never a surprise.
+pub fn armed_points() -> &'static [String] {
     static ARMED: OnceLock<Vec<String>> = OnceLock::new();
     ARMED.get_or_init(|| {
         std::env::var(FAILPOINTS_ENV)
@@ -22,15 +24,9 @@ fn armed() -> &'static [String] {
     })
 }
 
-/// The crash points armed in this process (empty in normal operation); the server logs them
-/// at startup so an armed production process is never a surprise.
-pub fn armed_points() -> &'static [String] {
-    armed()
-}
-
 /// Abort the process (as a crash would: no unwinding, no destructors) if `name` is armed.
 pub fn hit(name: &str) {
-    if armed().iter().any(|a| a == name) {
+    if armed_points().iter().any(|a| a == name) {
         eprintln!("failpoint {name} hit: aborting");
         std::process::abort();
     }

@@ -12,6 +12,7 @@ use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::common::ScalarValue;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     self, AssignmentTarget, Expr, FromTable, ObjectName, SetExpr, TableFactor, TableObject, UnaryOperator,
@@ -29,6 +30,7 @@ use serde::Serialize;
 
 use crate::access::{self, ACCESS_LEVEL_OPTION, AccessLevel};
 use crate::error::{Error, Result};
+use crate::limits::{Executor, QueryLimits, collect_bounded};
 use crate::parse::{
     ParsedCreateTable, Statement, StorageTarget, TableName, UserChange, first_keyword, parse_statement,
     split_statements,
@@ -63,6 +65,9 @@ pub struct ExecContext {
     pub params: Vec<serde_json::Value>,
     /// Set for linearizable reads (the default); `None` reads the local projection as is.
     pub barrier: Option<Arc<dyn ReadBarrier>>,
+    /// The id of the user who sent the statement, when it runs `EXECUTE AS` another user:
+    /// rights that belong to a user over itself (changing its own password) are not lent.
+    pub impersonated_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -161,6 +166,8 @@ pub struct Engine {
     template: SessionState,
     cluster: Option<Arc<dyn ClusterView>>,
     jobs: Option<Arc<dyn JobSource>>,
+    limits: QueryLimits,
+    executor: Arc<Executor>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -375,14 +382,43 @@ fn point_select(sql: &str, params: &[serde_json::Value]) -> Option<PointSelect> 
     Some(PointSelect { table, columns, key_column, key })
 }
 
+/// The session every statement's session is built from: our settings and DataFusion's
+/// runtime (memory pool, spill folder).
+fn session_template(env: Arc<RuntimeEnv>) -> SessionState {
+    let config = SessionConfig::new()
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(false)
+        .with_target_partitions(2);
+    SessionStateBuilder::new().with_config(config).with_runtime_env(env).with_default_features().build()
+}
+
 impl Engine {
+    /// An engine with default limits, no spilling, running queries on the caller's runtime
+    /// (tests and tools); the node uses [`Engine::with_limits`].
     pub fn new(catalog: Arc<Catalog>, rows: RowReader, layout: GroupLayout, node_id: u64) -> Engine {
-        let config = SessionConfig::new()
-            .with_create_default_catalog_and_schema(false)
-            .with_information_schema(false)
-            .with_target_partitions(2);
-        let template = SessionStateBuilder::new().with_config(config).with_default_features().build();
-        Engine { catalog, rows, layout, ids: SnowflakeGen::new(node_id), template, cluster: None, jobs: None }
+        let limits = QueryLimits::default();
+        let env = limits.runtime_env().unwrap_or_else(|_| Arc::new(RuntimeEnv::default()));
+        Engine {
+            catalog,
+            rows,
+            layout,
+            ids: SnowflakeGen::new(node_id),
+            template: session_template(env),
+            cluster: None,
+            jobs: None,
+            executor: Arc::new(Executor::new(&limits, None)),
+            limits,
+        }
+    }
+
+    /// Bound what statements may cost, and run DataFusion work on `runtime` (the node's query
+    /// runtime, apart from the one serving Raft, the log and HTTP).
+    pub fn with_limits(mut self, limits: QueryLimits, runtime: Option<tokio::runtime::Handle>) -> Result<Engine> {
+        limits.validate().map_err(Error::Internal)?;
+        self.template = session_template(limits.runtime_env()?);
+        self.executor = Arc::new(Executor::new(&limits, runtime));
+        self.limits = limits;
+        Ok(self)
     }
 
     /// Serve `system.jobs` from `jobs` (the node's storage job log).
@@ -435,14 +471,38 @@ impl Engine {
     /// Run every statement of `sql` in order. Stops at the first error, reporting which
     /// statement failed; earlier statements keep their effects.
     pub async fn execute(&self, sql: &str, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<Vec<QueryResult>> {
+        if ctx.params.len() > self.limits.params_max {
+            return Err(Error::RequestTooLarge(format!(
+                "{} parameters given; at most {} are accepted (limits.params_max)",
+                ctx.params.len(),
+                self.limits.params_max
+            )));
+        }
         let statements = split_statements(sql)?;
         if statements.is_empty() {
             return Err(Error::InvalidSql("no SQL statement given".into()));
         }
+        if statements.len() > self.limits.statements_per_request_max {
+            return Err(Error::RequestTooLarge(format!(
+                "{} statements in one request; at most {} are accepted (limits.statements_per_request_max)",
+                statements.len(),
+                self.limits.statements_per_request_max
+            )));
+        }
         let many = statements.len() > 1;
         let mut results = Vec::with_capacity(statements.len());
         for (i, text) in statements.iter().enumerate() {
-            match self.execute_one(text, ctx, proposer).await {
+            // Dropping the statement at its deadline aborts its query task (see `limits`). A
+            // write already proposed may still commit, as after any lost answer.
+            let outcome = match tokio::time::timeout(self.limits.timeout(), self.execute_one(text, ctx, proposer)).await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Error::QueryTimeout(format!(
+                    "the statement ran longer than {} ms (limits.query_timeout_ms) and was cancelled",
+                    self.limits.timeout_ms
+                ))),
+            };
+            match outcome {
                 Ok(r) => results.push(r),
                 Err(e) if many => return Err(prefix_error(e, i + 1)),
                 Err(e) => return Err(e),
@@ -514,7 +574,12 @@ impl Engine {
                 target.role.name()
             )));
         }
-        let as_user = ExecContext { user_id: target.user_id.clone(), role: target.role, ..ctx.clone() };
+        let as_user = ExecContext {
+            user_id: target.user_id.clone(),
+            role: target.role,
+            impersonated_by: Some(ctx.user_id.clone()),
+            ..ctx.clone()
+        };
         Box::pin(self.execute_one(&statement, &as_user, proposer)).await
     }
 
@@ -559,7 +624,9 @@ impl Engine {
             Statement::AlterUser { username, change } => {
                 reserved_user(&username)?;
                 let target = self.existing_user(ctx, &username).await?;
-                let is_self = target.user_id == ctx.user_id;
+                // Under EXECUTE AS the caller is not the target: it may not change the
+                // target's password by borrowing the target's identity.
+                let is_self = target.user_id == ctx.user_id && ctx.impersonated_by.is_none();
                 let (password_hash, role) = match change {
                     UserChange::Password(p) => {
                         if !is_self {
@@ -674,6 +741,7 @@ impl Engine {
                     .tables
                     .values()
                     .filter(|t| namespace.as_ref().is_none_or(|ns| &t.namespace == ns))
+                    .filter(|t| access::can_read(ctx.role, t))
                     .map(|t| {
                         vec![
                             serde_json::Value::String(t.namespace.clone()),
@@ -691,6 +759,7 @@ impl Engine {
             }
             Statement::DescribeTable { table } => {
                 let def = self.resolve_table(&table, ctx)?;
+                access::check_read(ctx.role, &def)?;
                 let rows = def
                     .columns
                     .iter()
@@ -1056,15 +1125,18 @@ impl Engine {
         as_of: Arc<Vec<(String, String, u64)>>,
     ) -> Result<Vec<RecordBatch>> {
         let session = self.session(ctx, as_of);
-        let mut plan = match session.state().statement_to_plan(DfStatement::Statement(Box::new(stmt))).await {
-            Ok(p) => p,
-            Err(e) => return Err(self.refine_not_found(e.into())),
+        let params: Vec<ScalarValue> = ctx.params.iter().map(param_scalar).collect();
+        let (rows_max, bytes_max) = (self.limits.result_rows_max, self.limits.result_bytes_max);
+        // Planning runs on the query runtime too: table scans read the projections there.
+        let work = async move {
+            let mut plan = session.state().statement_to_plan(DfStatement::Statement(Box::new(stmt))).await?;
+            if !params.is_empty() {
+                plan = plan.with_param_values(params)?;
+            }
+            let df = session.execute_logical_plan(plan).await?;
+            collect_bounded(df.execute_stream().await?, rows_max, bytes_max).await
         };
-        if !ctx.params.is_empty() {
-            plan = plan.with_param_values(ctx.params.iter().map(param_scalar).collect::<Vec<_>>())?;
-        }
-        let df = session.execute_logical_plan(plan).await?;
-        Ok(df.collect().await?)
+        self.executor.run(work).await.map_err(|e| self.refine_not_found(e))
     }
 
     async fn query_sql(&self, sql: &str, ctx: &ExecContext) -> Result<Vec<RecordBatch>> {
@@ -1382,23 +1454,7 @@ fn first_words(s: &str) -> String {
 }
 
 fn prefix_error(e: Error, n: usize) -> Error {
-    let p = |m: String| format!("statement {n}: {m}");
-    match e {
-        Error::InvalidSql(m) => Error::InvalidSql(p(m)),
-        Error::NamespaceNotFound(m) => Error::NamespaceNotFound(p(m)),
-        Error::TableNotFound(m) => Error::TableNotFound(p(m)),
-        Error::AlreadyExists(m) => Error::AlreadyExists(p(m)),
-        Error::ConstraintViolation(m) => Error::ConstraintViolation(p(m)),
-        Error::NamespaceNotEmpty(m) => Error::NamespaceNotEmpty(p(m)),
-        Error::Execution(m) => Error::Execution(p(m)),
-        Error::Conflict(m) => Error::Conflict(p(m)),
-        Error::Unavailable(m) => Error::Unavailable(p(m)),
-        Error::NotLeader(m) => Error::NotLeader(p(m)),
-        Error::HistoryUnavailable(m) => Error::HistoryUnavailable(p(m)),
-        Error::PermissionDenied(m) => Error::PermissionDenied(p(m)),
-        Error::UserNotFound(m) => Error::UserNotFound(p(m)),
-        Error::Internal(m) => Error::Internal(p(m)),
-    }
+    e.map_message(|m| format!("statement {n}: {m}"))
 }
 
 /// Arrow batches to the API's schema + rows.

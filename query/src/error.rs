@@ -33,6 +33,21 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     UserNotFound(String),
+    /// The statement ran past `limits.query_timeout_ms` and was cancelled.
+    #[error("{0}")]
+    QueryTimeout(String),
+    /// The query needed more memory (or spill space) than it may have.
+    #[error("{0}")]
+    ResourcesExhausted(String),
+    /// The answer passed `limits.result_rows_max` or `limits.result_bytes_max`.
+    #[error("{0}")]
+    ResultTooLarge(String),
+    /// The request itself is over a limit (statements per request, parameters).
+    #[error("{0}")]
+    RequestTooLarge(String),
+    /// Every query slot is taken and the wait queue is full or timed out (HTTP 503, retry).
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -54,7 +69,37 @@ impl Error {
             Error::HistoryUnavailable(_) => "HISTORY_UNAVAILABLE",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
             Error::UserNotFound(_) => "USER_NOT_FOUND",
+            Error::QueryTimeout(_) => "QUERY_TIMEOUT",
+            Error::ResourcesExhausted(_) => "RESOURCES_EXHAUSTED",
+            Error::ResultTooLarge(_) => "RESULT_TOO_LARGE",
+            Error::RequestTooLarge(_) => "REQUEST_TOO_LARGE",
+            Error::Busy(_) => "SERVER_BUSY",
             Error::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    /// The same error with its message rewritten (e.g. to name the failing statement).
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Error {
+        match self {
+            Error::InvalidSql(m) => Error::InvalidSql(f(m)),
+            Error::NamespaceNotFound(m) => Error::NamespaceNotFound(f(m)),
+            Error::TableNotFound(m) => Error::TableNotFound(f(m)),
+            Error::AlreadyExists(m) => Error::AlreadyExists(f(m)),
+            Error::ConstraintViolation(m) => Error::ConstraintViolation(f(m)),
+            Error::NamespaceNotEmpty(m) => Error::NamespaceNotEmpty(f(m)),
+            Error::Execution(m) => Error::Execution(f(m)),
+            Error::Conflict(m) => Error::Conflict(f(m)),
+            Error::Unavailable(m) => Error::Unavailable(f(m)),
+            Error::NotLeader(m) => Error::NotLeader(f(m)),
+            Error::HistoryUnavailable(m) => Error::HistoryUnavailable(f(m)),
+            Error::PermissionDenied(m) => Error::PermissionDenied(f(m)),
+            Error::UserNotFound(m) => Error::UserNotFound(f(m)),
+            Error::QueryTimeout(m) => Error::QueryTimeout(f(m)),
+            Error::ResourcesExhausted(m) => Error::ResourcesExhausted(f(m)),
+            Error::ResultTooLarge(m) => Error::ResultTooLarge(f(m)),
+            Error::RequestTooLarge(m) => Error::RequestTooLarge(f(m)),
+            Error::Busy(m) => Error::Busy(f(m)),
+            Error::Internal(m) => Error::Internal(f(m)),
         }
     }
 }
@@ -62,6 +107,13 @@ impl Error {
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Error {
         use datafusion::error::DataFusionError as D;
+        // Running out of the memory pool or spill space may surface wrapped in arrow or shared
+        // errors from another partition: look at the root first.
+        if let D::ResourcesExhausted(m) = e.find_root() {
+            return Error::ResourcesExhausted(format!(
+                "the query needs more memory than it may use ({m}); limits.query_memory_bytes_max bounds all running queries"
+            ));
+        }
         // Planning errors arrive wrapped (diagnostics, context); classify by the root cause.
         let e = match e {
             D::Diagnostic(_, inner) => return Error::from(*inner),

@@ -38,11 +38,48 @@ pub fn verify(password: &str, phc: &str) -> bool {
     }
 }
 
-/// [`hash`] on tokio's blocking pool.
+/// argon2 runs at once, process-wide (each takes ~19 MiB and tens of milliseconds of CPU).
+pub const PASSWORD_HASHES_CONCURRENT_MAX: usize = 2;
+/// argon2 runs waiting for a slot; more are refused at once, so a login flood queues no memory.
+pub const PASSWORD_HASHES_QUEUED_MAX: usize = 32;
+/// How long an argon2 run waits for a slot before it is refused.
+pub const PASSWORD_HASH_WAIT_MS: u64 = 2_000;
+
+static HASH_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PASSWORD_HASHES_CONCURRENT_MAX);
+static HASHES_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Run `f` (an argon2 run) on tokio's blocking pool once one of the few hashing slots is
+/// free. Refused as [`Error::Busy`] when the queue is full or the wait too long.
+async fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    use std::sync::atomic::Ordering;
+    let busy = || Error::Busy("too many password checks in progress; retry shortly".into());
+    if HASHES_WAITING.fetch_add(1, Ordering::AcqRel) >= PASSWORD_HASHES_QUEUED_MAX {
+        HASHES_WAITING.fetch_sub(1, Ordering::AcqRel);
+        return Err(busy());
+    }
+    let slot =
+        tokio::time::timeout(std::time::Duration::from_millis(PASSWORD_HASH_WAIT_MS), HASH_SLOTS.acquire()).await;
+    HASHES_WAITING.fetch_sub(1, Ordering::AcqRel);
+    let _slot = match slot {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) | Err(_) => return Err(busy()),
+    };
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))
+}
+
+/// [`hash`] on tokio's blocking pool, bounded like every argon2 run.
 pub async fn hash_blocking(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || hash(&password))
-        .await
-        .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))?
+    bounded(move || hash(&password)).await?
+}
+
+/// [`verify`] on tokio's blocking pool, bounded like every argon2 run. A password longer than
+/// any accepted one never matches and costs no hashing.
+pub async fn verify_blocking(password: &str, phc: &str) -> Result<bool> {
+    if password.len() > PASSWORD_BYTES_MAX {
+        return Ok(false);
+    }
+    let (password, phc) = (password.to_string(), phc.to_string());
+    bounded(move || verify(&password, &phc)).await
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::access;
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder, UInt64Builder};
 use datafusion::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef};
@@ -432,7 +433,15 @@ impl SystemTable {
     }
 
     fn jobs_batch(&self) -> Result<RecordBatch, DataFusionError> {
-        let jobs = self.jobs.as_ref().map(|j| j.job_log().list()).unwrap_or_default();
+        let mut jobs = self.jobs.as_ref().map(|j| j.job_log().list()).unwrap_or_default();
+        // A job names its table: shown only to callers who may read that table.
+        jobs.retain(|j| {
+            self.viewer.role >= Role::Dba
+                || self
+                    .catalog
+                    .table(&j.namespace, &j.table_name)
+                    .is_some_and(|t| access::can_read(self.viewer.role, &t))
+        });
         let text = |f: &dyn Fn(&kalamdb_projections::JobRecord) -> String| {
             let mut b = StringBuilder::new();
             for j in &jobs {
@@ -566,7 +575,8 @@ impl SystemTable {
                     ts_builder(),
                     StringBuilder::new(),
                 );
-                for t in st.tables.values() {
+                // Only what the caller may read: the list of tables is itself information.
+                for t in st.tables.values().filter(|t| access::can_read(self.viewer.role, t)) {
                     id.append_value(t.table_id);
                     ns.append_value(&t.namespace);
                     name.append_value(&t.name);
@@ -596,7 +606,7 @@ impl SystemTable {
                     BooleanBuilder::new(),
                     StringBuilder::new(),
                 );
-                for t in st.tables.values() {
+                for t in st.tables.values().filter(|t| access::can_read(self.viewer.role, t)) {
                     for (i, c) in t.columns.iter().enumerate() {
                         ns.append_value(&t.namespace);
                         tn.append_value(&t.name);

@@ -1,7 +1,7 @@
 //! Peer authentication. Every connection starts with a Hello on its first stream: the
 //! sender's cluster id, node id and an HMAC-SHA256, keyed by the shared cluster secret, over
 //! those and TLS keying material exported from this very connection. The acceptor answers
-//! with its own proof. A proof cannot be replayed on another connection (the exported
+//! with its own proof once the dialer's has checked out, never before. A proof cannot be replayed on another connection (the exported
 //! material differs) and a node without the secret cannot produce one, so such a node can
 //! neither append nor vote. TLS certificates are per-process and self-signed; the HMAC is
 //! what authenticates.
@@ -10,6 +10,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::error::{Error, Result};
+use crate::quic::TransportConfig;
+use crate::wire::Hello;
+use kalamdb_log::types::NodeId;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -43,6 +46,50 @@ pub fn verify(secret: &[u8], role: u8, cluster_id: &str, node_id: u64, exported:
         .map_err(|_| Error::Auth(format!("node {node_id} did not prove the cluster secret")))
 }
 
+/// The acceptor's verdict on a dialer's Hello, and the answer to send (if any). Our proof is
+/// made only for a dialer whose own proof checked out: handing an HMAC of the secret to
+/// anyone who connects would let them guess the secret offline. A dialer of another cluster
+/// learns our cluster id (not secret, and its log can then say what differs) and nothing else.
+pub(crate) fn check_hello(
+    cfg: &TransportConfig,
+    incarnation: u64,
+    hello: &Hello,
+    ekm: &[u8],
+) -> (Result<NodeId>, Option<Hello>) {
+    let unproven = Hello {
+        cluster_id: cfg.cluster_id.clone(),
+        node_id: cfg.node_id,
+        incarnation,
+        layout: String::new(),
+        proof: Vec::new(),
+    };
+    if hello.cluster_id != cfg.cluster_id {
+        let why =
+            format!("node {} is in cluster '{}', this node in '{}'", hello.node_id, hello.cluster_id, cfg.cluster_id);
+        return (Err(Error::Auth(why)), Some(unproven));
+    }
+    if !cfg.members.contains_key(&hello.node_id) || hello.node_id == cfg.node_id {
+        return (Err(Error::Auth(format!("node {} is not in our member list", hello.node_id))), None);
+    }
+    if verify(&cfg.secret, ROLE_DIALER, &hello.cluster_id, hello.node_id, ekm, &hello.proof).is_err() {
+        return (Err(Error::Auth(format!("node {} does not know our jwt_secret", hello.node_id))), None);
+    }
+    let proof = match prove(&cfg.secret, ROLE_ACCEPTOR, &cfg.cluster_id, cfg.node_id, ekm) {
+        Ok(p) => p,
+        Err(e) => return (Err(e), None),
+    };
+    let ack = Hello { layout: cfg.layout.clone(), proof, ..unproven };
+    if hello.layout != cfg.layout {
+        // Authenticated, so it may learn our layout: its log then names the difference too.
+        let why = format!(
+            "node {} has a different cluster layout: theirs [{}], ours [{}]",
+            hello.node_id, hello.layout, cfg.layout
+        );
+        return (Err(Error::Auth(why)), Some(ack));
+    }
+    (Ok(hello.node_id), Some(ack))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +103,52 @@ mod tests {
         assert!(verify(b"s3cret", ROLE_DIALER, "c", 3, &[7; 32], &p).is_err());
         assert!(verify(b"s3cret", ROLE_DIALER, "d", 2, &[7; 32], &p).is_err());
         assert!(verify(b"s3cret", ROLE_DIALER, "c", 2, &[8; 32], &p).is_err());
+    }
+
+    fn cfg() -> TransportConfig {
+        TransportConfig {
+            node_id: 1,
+            cluster_id: "c".into(),
+            secret: b"an-example-secret-for-this-test-only".to_vec(),
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            members: [(1, "a:1".to_string()), (2, "b:2".to_string())].into_iter().collect(),
+            layout: "layout".into(),
+        }
+    }
+
+    fn hello(cfg: &TransportConfig, cluster: &str, node: NodeId, secret: &[u8], ekm: &[u8]) -> Hello {
+        Hello {
+            cluster_id: cluster.into(),
+            node_id: node,
+            incarnation: 9,
+            layout: cfg.layout.clone(),
+            proof: prove(secret, ROLE_DIALER, cluster, node, ekm).expect("prove"),
+        }
+    }
+
+    #[test]
+    fn the_acceptor_proves_the_secret_only_to_a_proven_dialer() {
+        let cfg = cfg();
+        let ekm = [7u8; 32];
+        // Another cluster id: our id comes back, no proof (nothing to guess the secret from).
+        let (verdict, answer) = check_hello(&cfg, 1, &hello(&cfg, "other", 2, &cfg.secret, &ekm), &ekm);
+        assert!(verdict.is_err());
+        let answer = answer.expect("the dialer learns which cluster it reached");
+        assert!(answer.proof.is_empty() && answer.layout.is_empty());
+        // Wrong secret, unknown node, or a proof for other keying material: no answer at all.
+        for (h, e) in [
+            (hello(&cfg, "c", 2, b"a-guess", &ekm), ekm),
+            (hello(&cfg, "c", 3, &cfg.secret, &ekm), ekm),
+            (hello(&cfg, "c", 2, &cfg.secret, &[8u8; 32]), ekm),
+        ] {
+            let (verdict, answer) = check_hello(&cfg, 1, &h, &e);
+            assert!(verdict.is_err());
+            assert!(answer.is_none(), "an unproven dialer gets no answer");
+        }
+        // A proven member gets our proof.
+        let (verdict, answer) = check_hello(&cfg, 1, &hello(&cfg, "c", 2, &cfg.secret, &ekm), &ekm);
+        assert_eq!(verdict.expect("accepted"), 2);
+        let answer = answer.expect("ack");
+        verify(&cfg.secret, ROLE_ACCEPTOR, "c", 1, &ekm, &answer.proof).expect("our proof checks out");
     }
 }

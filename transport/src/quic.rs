@@ -36,6 +36,9 @@ pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 /// Concurrent requests one peer may have open on a connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 512;
+/// Before its Hello is verified a dialer gets one stream and a small connection window: an
+/// unauthenticated party can make this node buffer no more than this.
+pub const PREAUTH_WINDOW_BYTES: u32 = 64 << 10;
 /// A peer silent this long (keep-alives included) is considered gone and its connection closed.
 pub const IDLE_TIMEOUT_MS: u32 = 5_000;
 pub const KEEP_ALIVE_MS: u64 = 1_000;
@@ -126,15 +129,17 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-/// `accept_streams`: the acceptor side serves requests; the dialer side never accepts a
-/// stream on its outgoing connection, so it grants none.
+/// `accept_streams`: the acceptor side serves requests, but grants one stream and a small
+/// window until the dialer's Hello is verified (then [`Transport::serve_connection`] opens
+/// them up); the dialer side never accepts a stream on its outgoing connection, so it grants
+/// none.
 fn transport_config(accept_streams: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    let streams = if accept_streams { STREAMS_PER_CONNECTION_MAX } else { 0 };
+    let (streams, window) = if accept_streams { (1, PREAUTH_WINDOW_BYTES) } else { (0, CONNECTION_WINDOW_BYTES) };
     t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW_BYTES));
-    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW_BYTES));
+    t.receive_window(VarInt::from_u32(window));
     t.send_window(u64::from(CONNECTION_WINDOW_BYTES));
     t.max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
     t.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_MS)));
@@ -461,6 +466,8 @@ impl Transport {
             }
         };
         tracing::debug!(target: "kalamdb_transport", %remote, peer, "peer authenticated");
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));
+        conn.set_receive_window(VarInt::from_u32(CONNECTION_WINDOW_BYTES));
         loop {
             match conn.accept_bi().await {
                 Ok((send, recv)) => {
@@ -483,37 +490,17 @@ impl Transport {
         }
         let hello: Hello = wire::from_bytes(&body)?;
         let ekm = exported(conn)?;
-        let ack = Hello {
-            cluster_id: self.cfg.cluster_id.clone(),
-            node_id: self.cfg.node_id,
-            incarnation: self.incarnation,
-            layout: self.cfg.layout.clone(),
-            proof: auth::prove(&self.cfg.secret, auth::ROLE_ACCEPTOR, &self.cfg.cluster_id, self.cfg.node_id, &ekm)?,
-        };
-        if hello.cluster_id != self.cfg.cluster_id {
-            // Answer with our cluster id (not secret) so the dialer's log can say what differs.
-            let _ = write_frame(&mut send, FrameKind::HelloAck, 0, 0, &wire::to_bytes(&ack)?).await;
-            return Err(Error::Auth(format!(
-                "node {} is in cluster '{}', this node in '{}'",
-                hello.node_id, hello.cluster_id, self.cfg.cluster_id
-            )));
+        let (verdict, answer) = auth::check_hello(&self.cfg, self.incarnation, &hello, &ekm);
+        if verdict.is_ok() {
+            self.forget_stale(hello.node_id, hello.incarnation);
         }
-        if !self.cfg.members.contains_key(&hello.node_id) || hello.node_id == self.cfg.node_id {
-            return Err(Error::Auth(format!("node {} is not in our member list", hello.node_id)));
+        if let Some(answer) = answer {
+            let written = write_frame(&mut send, FrameKind::HelloAck, 0, 0, &wire::to_bytes(&answer)?).await;
+            if verdict.is_ok() {
+                written?;
+            }
         }
-        auth::verify(&self.cfg.secret, auth::ROLE_DIALER, &hello.cluster_id, hello.node_id, &ekm, &hello.proof)
-            .map_err(|_| Error::Auth(format!("node {} does not know our jwt_secret", hello.node_id)))?;
-        if hello.layout != self.cfg.layout {
-            // Authenticated, so it may learn our layout: its log then names the difference too.
-            let _ = write_frame(&mut send, FrameKind::HelloAck, 0, 0, &wire::to_bytes(&ack)?).await;
-            return Err(Error::Auth(format!(
-                "node {} has a different cluster layout: theirs [{}], ours [{}]",
-                hello.node_id, hello.layout, self.cfg.layout
-            )));
-        }
-        self.forget_stale(hello.node_id, hello.incarnation);
-        write_frame(&mut send, FrameKind::HelloAck, 0, 0, &wire::to_bytes(&ack)?).await?;
-        Ok(hello.node_id)
+        verdict
     }
 
     /// A misconfigured member redials every few hundred milliseconds: say why it cannot

@@ -12,6 +12,8 @@ use super::api::{Api, Reply};
 use super::nemesis::Fault;
 
 pub const NODES: usize = 3;
+/// The local chaos cluster's secret: 32 random bytes in hex (a fixed test value, loopback only).
+const CHAOS_CLUSTER_SECRET: &str = "d2a6f81c04e97b35a8c1e60f2b9d47a3c58e1f06b7d2a94e3c0f85b16a7d9e42";
 /// Bound on waiting for a node to answer its healthcheck.
 pub const HEALTHY_WAIT: Duration = Duration::from_secs(60);
 /// Bound on waiting for every node to report the same applied index and digest per group.
@@ -82,9 +84,10 @@ impl Local {
             let text = format!(
                 "[server]\nhost = \"127.0.0.1\"\nport = {port}\nnode_id = {n}\n\n[storage]\ndata_path = \"{data}\"\n\n\
                  {extra}\n[debug]\nfault_injection = true\n\n\
-                 [cluster]\ncluster_id = \"chaos\"\njwt_secret = \"chaos-secret-0123456789abcdef\"\nuser_shards = 4\nshared_shards = 1\n{members}",
+                 [cluster]\ncluster_id = \"chaos\"\njwt_secret = \"{secret}\"\nuser_shards = 4\nshared_shards = 1\n{members}",
                 port = l.http[n - 1],
                 data = l.data(n).display(),
+                secret = CHAOS_CLUSTER_SECRET,
             );
             std::fs::write(l.config(n), text).map_err(|e| e.to_string())?;
         }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use super::Server;
 
 pub const NODES: usize = 3;
-pub const SECRET: &str = "test-cluster-secret-0123456789";
+/// A random 32-byte cluster secret (hex), as `openssl rand -hex 32` makes them.
+pub const SECRET: &str = "3e8b1f9a07c4d26e5a1b8c93f0d47e2a6c5b19f8e03d7a42b6c1e9f5082d4a7b";
 /// Bound on waiting for replicas to agree.
 pub const CONVERGE_WAIT: Duration = Duration::from_secs(60);
 

@@ -76,6 +76,27 @@ impl Server {
         Server { child: Some(child), port, data: data.to_path_buf(), client }
     }
 
+    /// The server process's id (for /proc readings: RSS, CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("the server is running")
+    }
+
+    /// POST a SQL body as root; also returns the `Retry-After` header.
+    pub async fn sql_with_headers(&self, body: serde_json::Value) -> (u16, serde_json::Value, Option<String>) {
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("http://127.0.0.1:{}/v1/api/sql", self.port))
+            .header("content-type", "application/json")
+            .header("authorization", ROOT_BASIC)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        let resp = self.client.request(req).await.expect("http request");
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null), retry_after)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -203,15 +224,34 @@ impl Drop for Server {
 
 /// One SQL request to the server on `port`, from any task (no `Server` borrow needed).
 pub async fn post_sql(port: u16, sql: &str) -> Result<(u16, serde_json::Value), String> {
+    post_sql_as(port, Some(ROOT_BASIC), &serde_json::json!({ "sql": sql })).await
+}
+
+/// One SQL request body with the given `Authorization` header, from any task.
+pub async fn post_sql_as(
+    port: u16,
+    authorization: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<(u16, serde_json::Value), String> {
+    post_path(port, "/v1/api/sql", authorization, body).await
+}
+
+/// POST a JSON body to `path` with the given `Authorization` header, from any task.
+pub async fn post_path(
+    port: u16,
+    path: &str,
+    authorization: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<(u16, serde_json::Value), String> {
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let body = serde_json::json!({ "sql": sql }).to_string();
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method("POST")
-        .uri(format!("http://127.0.0.1:{port}/v1/api/sql"))
-        .header("content-type", "application/json")
-        .header("authorization", ROOT_BASIC)
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/json");
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();

@@ -1,0 +1,59 @@
+//! The runtime that executes queries, apart from the one serving Raft, the log, HTTP and
+//! health checks, so a query that saturates its threads cannot delay a heartbeat.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Owns the query runtime. Dropping it from async code is allowed: it shuts the runtime down
+/// in the background (a plain `Runtime` panics when dropped inside another runtime).
+pub struct QueryRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for QueryRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryRuntime").finish_non_exhaustive()
+    }
+}
+
+impl QueryRuntime {
+    /// `threads` workers; 0: one per CPU but one, so a query saturating all of them still
+    /// leaves a core to Raft, the log and HTTP.
+    pub fn start(threads: usize) -> Result<QueryRuntime> {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = if threads == 0 { cpus.saturating_sub(1).max(1) } else { threads };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("kalamdb-query")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        Ok(QueryRuntime { runtime: Some(runtime), handle })
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(r) = self.runtime.take() {
+            r.shutdown_background();
+        }
+    }
+}
+
+/// Spill files are scratch space of queries that were running: whatever a killed process left
+/// behind is removed at startup.
+pub fn clear_spill(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Io(e)),
+    }
+    std::fs::create_dir_all(path)?;
+    Ok(())
+}
