@@ -433,6 +433,12 @@ impl Auth {
         }
     }
 
+    /// The stored password hash of a catalog user (not root, whose hash comes from config and
+    /// cannot change while the node runs).
+    pub fn password_hash_of(&self, user_id: &str) -> Option<String> {
+        self.catalog.users.by_id(user_id).map(|u| u.password_hash.clone())
+    }
+
     /// Basic credentials, remembered for a short while once verified (argon2 is slow on
     /// purpose; a client sending Basic on every request should not pay for it every time).
     async fn basic(&self, username: &str, password: &str, client: IpAddr) -> Result<Identity> {

@@ -5,6 +5,11 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// Blocking threads of the query runtime (table scans reading RocksDB, `AS OF` replays).
+/// Admission bounds the queries, and DataFusion plans a query's scans a few at a time, so
+/// this is a backstop against thread growth, not a queue anyone should reach.
+const QUERY_BLOCKING_THREADS_MAX: usize = 64;
+
 /// Owns the query runtime. Dropping it from async code is allowed: it shuts the runtime down
 /// in the background (a plain `Runtime` panics when dropped inside another runtime).
 pub struct QueryRuntime {
@@ -27,6 +32,7 @@ impl QueryRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("kalamdb-query")
+            .max_blocking_threads(QUERY_BLOCKING_THREADS_MAX)
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();

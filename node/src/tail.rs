@@ -466,9 +466,12 @@ pub async fn tail(
             Err(resp) => return resp,
         }
     }
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let basic = authorization.is_some_and(|a| a.len() > 6 && a[..6].eq_ignore_ascii_case(b"basic "));
     let entitlement = crate::tail_guard::Entitlement {
         who: who.clone(),
-        expires_at_secs: app.auth.bearer_expiry(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())),
+        expires_at_secs: app.auth.bearer_expiry(authorization),
+        basic_password_hash: if basic { app.auth.password_hash_of(&who.user_id) } else { None },
     };
     let sub = Subscription {
         app: app.clone(),

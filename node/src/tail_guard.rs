@@ -66,11 +66,15 @@ pub struct Entitlement {
     pub who: Identity,
     /// Expiry of the bearer token it was opened with (Unix seconds).
     pub expires_at_secs: Option<u64>,
+    /// The password hash that Basic credentials were checked against when it was opened:
+    /// a password change ends it, as it would refuse the same credentials on a new request.
+    pub basic_password_hash: Option<String>,
 }
 
 impl Entitlement {
-    /// The caller's role now, or why the subscription must end: the token expired, the user
-    /// was dropped (or dropped and re-created: another id), or it may no longer read `table`
+    /// The caller's role now, or why the subscription must end: the token expired, the
+    /// password its Basic credentials matched changed, the user was dropped (or dropped and
+    /// re-created: another id), or it may no longer read `table`
     /// (or tail a whole group, when `table` is `None` and `whole_group`).
     pub fn recheck(&self, auth: &Auth, table: Option<&TableDef>, whole_group: bool) -> Result<Role, String> {
         if self.expires_at_secs.is_some_and(|exp| exp <= crate::auth::unix_secs()) {
@@ -78,6 +82,11 @@ impl Entitlement {
         }
         let now =
             auth.confirm(self.who.clone()).map_err(|_| format!("user '{}' no longer exists", self.who.username))?;
+        if let Some(opened_with) = &self.basic_password_hash
+            && auth.password_hash_of(&self.who.user_id).as_ref() != Some(opened_with)
+        {
+            return Err(format!("the password of user '{}' changed; log in again and resume", self.who.username));
+        }
         if let Some(def) = table {
             kalamdb_query::access::check_read(now.role, def).map_err(|e| e.to_string())?;
         }

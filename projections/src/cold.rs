@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow::array::{BooleanArray, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use kalamdb_log::{GroupId, OpResult, TableDef};
 use parquet::arrow::ArrowWriter;
@@ -56,6 +56,8 @@ pub const PAGE_ROWS_MAX: usize = 4096;
 pub const DICTIONARY_PAGE_BYTES_MAX: usize = 64 * 1024;
 /// Rows converted to Arrow at a time while flushing.
 const CONVERT_ROWS_MAX: usize = 8192;
+// Compaction cuts files from whole merge batches.
+const _: () = assert!(FILE_ROWS_MAX.is_multiple_of(CONVERT_ROWS_MAX));
 /// Flush and compaction jobs remembered for `system.jobs`, per node.
 pub const JOBS_RETAINED_MAX: usize = 1024;
 /// Recorded as the Parquet `created_by`: fixed, so file bytes do not depend on the build.
@@ -653,42 +655,44 @@ impl<'a> ColdApplier<'a> {
             if live.len() <= 1 && superseded.is_empty() {
                 continue;
             }
-            let mut kept = Vec::new();
-            for f in &live {
-                for b in read_parquet(&self.env.storage_dir.join(&f.path))? {
-                    let (seq, _) = seq_deleted(&b)?;
-                    let mask: BooleanArray =
-                        seq.iter().map(|s| Some(!s.is_some_and(|s| superseded.contains(&s)))).collect();
-                    kept.push(arrow::compute::filter_record_batch(&b, &mask).map_err(parquet_err)?);
-                }
-            }
-            let all = arrow::compute::concat_batches(&schema, &kept).map_err(parquet_err)?;
-            // Files are written in primary-key order (flushes are), so row-group statistics
-            // on the key stay tight.
-            let order = arrow::compute::sort_to_indices(all.column(pk), None, None).map_err(parquet_err)?;
-            let sorted = arrow::compute::take_record_batch(&all, &order).map_err(parquet_err)?;
+            // Streamed: one batch per input file and one output file in memory at a time.
+            let paths: Vec<PathBuf> = live.iter().map(|f| self.env.storage_dir.join(&f.path)).collect();
+            let mut merge = crate::merge::Merge::open(&paths, schema.clone(), pk, &superseded, CONVERT_ROWS_MAX)?;
             let mut head = scope_head(self.db, &sp)?;
             let log_start = live.iter().map(|f| f.log_start).min().unwrap_or(index);
             let log_end = live.iter().map(|f| f.log_end).max().unwrap_or(index);
             let mut outcome = ScopeOutcome { scope: scope.clone(), log_start, files: 0, rows: 0, bytes: 0 };
-            let mut offset = 0;
-            while offset < sorted.num_rows() {
-                let len = FILE_ROWS_MAX.min(sorted.num_rows() - offset);
-                let part = sorted.slice(offset, len);
-                let mut chunks = Vec::new();
-                let mut at = 0;
-                while at < len {
-                    let n = CONVERT_ROWS_MAX.min(len - at);
-                    chunks.push(part.slice(at, n));
-                    at += n;
+            let mut chunks: Vec<RecordBatch> = Vec::new();
+            let mut chunk_rows = 0;
+            loop {
+                let next = merge.next_batch()?;
+                let done = next.is_none();
+                if let Some(b) = next {
+                    chunk_rows += b.num_rows();
+                    chunks.push(b);
                 }
-                let meta =
-                    self.write_file(def, &scope, &schema, &chunks, &mut head, index, "compact", (log_start, log_end))?;
-                batch.put_cf(cold, cold_key(&sp, KIND_FILE, &meta.file_no.to_be_bytes()), json(&meta)?);
-                outcome.files += 1;
-                outcome.rows += meta.rows;
-                outcome.bytes += meta.bytes;
-                offset += len;
+                // Files of FILE_ROWS_MAX rows (a multiple of the batch size), the last one shorter.
+                if chunk_rows >= FILE_ROWS_MAX || (done && chunk_rows > 0) {
+                    let meta = self.write_file(
+                        def,
+                        &scope,
+                        &schema,
+                        &chunks,
+                        &mut head,
+                        index,
+                        "compact",
+                        (log_start, log_end),
+                    )?;
+                    batch.put_cf(cold, cold_key(&sp, KIND_FILE, &meta.file_no.to_be_bytes()), json(&meta)?);
+                    outcome.files += 1;
+                    outcome.rows += meta.rows;
+                    outcome.bytes += meta.bytes;
+                    chunks.clear();
+                    chunk_rows = 0;
+                }
+                if done {
+                    break;
+                }
             }
             for f in &live {
                 let mut retired = (*f).clone();

@@ -11,6 +11,7 @@ pub mod failpoint;
 pub mod history;
 pub mod keys;
 pub mod machine;
+mod merge;
 pub mod rows;
 pub mod snapshot;
 pub mod users;

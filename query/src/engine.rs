@@ -389,7 +389,12 @@ fn session_template(env: Arc<RuntimeEnv>) -> SessionState {
         .with_create_default_catalog_and_schema(false)
         .with_information_schema(false)
         .with_target_partitions(2);
-    SessionStateBuilder::new().with_config(config).with_runtime_env(env).with_default_features().build()
+    SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(env)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(crate::limits::YieldAfterJoins))
+        .build()
 }
 
 impl Engine {
@@ -1091,6 +1096,7 @@ impl Engine {
             cluster: self.cluster.clone(),
             jobs: self.jobs.clone(),
             as_of,
+            held: Default::default(),
         };
         session.register_catalog(CATALOG_NAME, Arc::new(KalamCatalog { scope }));
         session

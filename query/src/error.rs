@@ -114,6 +114,12 @@ impl From<datafusion::error::DataFusionError> for Error {
                 "the query needs more memory than it may use ({m}); limits.query_memory_bytes_max bounds all running queries"
             ));
         }
+        if spill_space_exhausted(&e) {
+            return Error::ResourcesExhausted(
+                "the query needs more spill space than it may use; limits.query_spill_bytes_max bounds all running queries"
+                    .into(),
+            );
+        }
         // Planning errors arrive wrapped (diagnostics, context); classify by the root cause.
         let e = match e {
             D::Diagnostic(_, inner) => return Error::from(*inner),
@@ -142,6 +148,20 @@ impl From<datafusion::error::DataFusionError> for Error {
             other => Error::Execution(other.to_string()),
         }
     }
+}
+
+/// DataFusion's disk manager reports a full spill folder as a plain I/O error with a fixed
+/// text (no typed variant), wrapped in arrow's errors: recognise it anywhere in the chain.
+fn spill_space_exhausted(e: &datafusion::error::DataFusionError) -> bool {
+    const SPILL_LIMIT_MARKER: &str = "max_temp_directory_size";
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>().is_some_and(|io| io.to_string().contains(SPILL_LIMIT_MARKER)) {
+            return true;
+        }
+        cause = c.source();
+    }
+    e.to_string().contains(SPILL_LIMIT_MARKER)
 }
 
 impl From<kalamdb_projections::Error> for Error {

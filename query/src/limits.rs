@@ -247,3 +247,37 @@ pub(crate) async fn collect_bounded(
     }
     Ok(out)
 }
+
+/// Makes every join's output cooperative. A join can produce output for a long time without
+/// polling an input (a cross join emits left × right rows from one right batch), so nothing
+/// on the path reaches a yield point and an aborted query keeps its thread. Wrapped, each
+/// output batch consumes tokio's task budget and the task yields, and so can be cancelled.
+#[derive(Debug, Default)]
+pub(crate) struct YieldAfterJoins;
+
+impl datafusion::physical_optimizer::PhysicalOptimizerRule for YieldAfterJoins {
+    fn optimize(
+        &self,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        use datafusion::physical_plan::coop::CooperativeExec;
+        plan.transform_up(|p| {
+            if p.name().contains("Join") {
+                Ok(Transformed::yes(Arc::new(CooperativeExec::new(p)) as _))
+            } else {
+                Ok(Transformed::no(p))
+            }
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "YieldAfterJoins"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}

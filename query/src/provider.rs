@@ -16,6 +16,7 @@ use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFacto
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -64,6 +65,24 @@ pub struct KalamTable {
     barrier: Option<Arc<dyn ReadBarrier>>,
     /// Read the table as it was right after this log index of its group (time travel).
     pub as_of: Option<u64>,
+    /// Where the memory of rows this table's scans materialize stays accounted until the
+    /// query ends (the request's session holds it).
+    pub held: HeldMemory,
+}
+
+/// Reservations in the query memory pool for rows a scan materialized (hot rows, `AS OF`
+/// states): they are freed when the request that read them ends, not when planning does.
+#[derive(Debug, Default, Clone)]
+pub struct HeldMemory(Arc<std::sync::Mutex<Vec<MemoryReservation>>>);
+
+impl HeldMemory {
+    /// Account `bytes` more for `what`, or fail with DataFusion's resources-exhausted error.
+    fn hold(&self, pool: &Arc<dyn MemoryPool>, what: String, bytes: usize) -> Result<(), DataFusionError> {
+        let reservation = MemoryConsumer::new(what).register(pool);
+        reservation.try_grow(bytes)?;
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(reservation);
+        Ok(())
+    }
 }
 
 impl KalamTable {
@@ -76,7 +95,7 @@ impl KalamTable {
     ) -> KalamTable {
         let (group, scope) = table_location(&def, layout, user_id);
         let schema = table_schema(&def);
-        KalamTable { def, schema, rows, group, scope, barrier, as_of: None }
+        KalamTable { def, schema, rows, group, scope, barrier, as_of: None, held: HeldMemory::default() }
     }
 }
 
@@ -150,24 +169,34 @@ impl TableProvider for KalamTable {
         if let Some(b) = &self.barrier {
             b.wait(self.group).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
         }
-        let external =
-            |e: kalamdb_projections::Error| DataFusionError::External(Box::new(crate::error::Error::from(e)));
-        if let Some(at) = self.as_of {
-            let rows = self.rows.as_of(self.group, &self.def, &self.scope, at).map_err(external)?;
-            let batches = rows_to_batches(&self.def, &self.schema, &rows)?;
-            return MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())
-                .map(|p| p as Arc<dyn ExecutionPlan>);
-        }
-        let range = pk_range(&self.def, filters);
-        let mut view = self.rows.table_view(self.group, self.def.table_id, &self.scope, &range).map_err(external)?;
         let proj: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        let range = if self.as_of.is_some() { Default::default() } else { pk_range(&self.def, filters) };
         // Filters are re-applied above the scan, so a limit is only safe without them.
-        if let Some(l) = limit
-            && filters.is_empty()
-        {
-            view.hot.truncate(l);
-        }
-        let batches = rows_to_batches(&self.def, &self.schema, &view.hot)?;
+        let limit = limit.filter(|_| filters.is_empty());
+        // Reading RocksDB and replaying the log block: they run on a blocking thread, not on
+        // a thread of the query runtime, and what they materialize is charged to the pool.
+        let (def, schema, rows, group, scope, as_of) =
+            (self.def.clone(), self.schema.clone(), self.rows.clone(), self.group, self.scope.clone(), self.as_of);
+        let (batches, view) = tokio::task::spawn_blocking(move || {
+            let external =
+                |e: kalamdb_projections::Error| DataFusionError::External(Box::new(crate::error::Error::from(e)));
+            let mut view = match as_of {
+                Some(at) => {
+                    TableView { hot: rows.as_of(group, &def, &scope, at).map_err(external)?, ..Default::default() }
+                }
+                None => rows.table_view(group, def.table_id, &scope, &range).map_err(external)?,
+            };
+            if let Some(l) = limit {
+                view.hot.truncate(l);
+            }
+            let batches = rows_to_batches(&def, &schema, &std::mem::take(&mut view.hot))?;
+            Ok::<_, DataFusionError>((batches, view))
+        })
+        .await
+        .map_err(|e| DataFusionError::Execution(format!("table scan task failed: {e}")))??;
+        let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        let what = format!("scan {}.{}", self.def.namespace, self.def.name);
+        self.held.hold(&state.runtime_env().memory_pool, what, bytes)?;
         let hot = MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), Some(proj.clone()))?;
         if view.files.is_empty() {
             return Ok(hot);
@@ -677,6 +706,8 @@ pub struct ScanScope {
     pub jobs: Option<Arc<dyn JobSource>>,
     /// (namespace, table, log index) of tables read as of a past position.
     pub as_of: Arc<Vec<(String, String, u64)>>,
+    /// Memory the request's scans hold in the query pool.
+    pub held: HeldMemory,
 }
 
 impl std::fmt::Debug for ScanScope {
@@ -744,6 +775,7 @@ impl SchemaProvider for NamespaceSchema {
         crate::access::check_read(s.role, &def).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut table = KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id, s.barrier.clone());
         table.as_of = as_of;
+        table.held = s.held.clone();
         Ok(Some(Arc::new(table) as Arc<dyn TableProvider>))
     }
 
