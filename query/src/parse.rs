@@ -102,7 +102,7 @@ pub enum Statement {
     /// with the tail endpoint's URL for that subscription.
     Subscribe {
         table: TableName,
-        /// The filter's SQL text as tokenized; the engine parses and canonicalizes it.
+        /// The filter's SQL text as written; the engine parses and canonicalizes it.
         filter: Option<String>,
         last_rows: Option<u64>,
         from: Option<String>,
@@ -235,18 +235,77 @@ fn push_stmt(out: &mut Vec<String>, s: &str) {
     }
 }
 
+/// The tokens of `sql` (comments and whitespace included) and the byte offset where each one
+/// starts, plus `sql.len()` at the end: token `i` was written as `sql[starts[i]..starts[i + 1]]`.
+/// Text carried on from a statement (an `EXECUTE AS` body, a statement without its `AS OF`, a
+/// `SUBSCRIBE` filter) is cut from the source this way, never printed back from tokens:
+/// sqlparser prints a quoted string token without doubling its quotes, so `'it''s'` would come
+/// back as `'it's'` and a literal could be read as SQL.
+fn tokens_with_starts(sql: &str) -> Result<(Vec<Token>, Vec<usize>)> {
+    let dialect = GenericDialect {};
+    let located =
+        Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| Error::InvalidSql(e.to_string()))?;
+    // Locations are 1-based lines and 1-based columns counted in characters.
+    let line_starts: Vec<usize> = std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let mut tokens = Vec::with_capacity(located.len());
+    let mut starts = Vec::with_capacity(located.len() + 1);
+    for t in located {
+        let line = usize::try_from(t.span.start.line).unwrap_or(usize::MAX);
+        let column = usize::try_from(t.span.start.column).unwrap_or(usize::MAX);
+        let start = line
+            .checked_sub(1)
+            .and_then(|l| line_starts.get(l))
+            .and_then(|&ls| {
+                let rest = &sql[ls..];
+                match column.checked_sub(1)? {
+                    0 => Some(ls),
+                    n => rest
+                        .char_indices()
+                        .nth(n)
+                        .map(|(i, _)| ls + i)
+                        .or((rest.chars().count() == n).then_some(sql.len())),
+                }
+            })
+            .ok_or_else(|| Error::Internal(format!("token {} has no place in the statement", t.token)))?;
+        if starts.last().is_some_and(|&prev| start < prev) {
+            return Err(Error::Internal("tokens out of order".into()));
+        }
+        starts.push(start);
+        tokens.push(t.token);
+    }
+    starts.push(sql.len());
+    Ok((tokens, starts))
+}
+
 /// Token cursor for our own statements.
 struct Cursor {
     tokens: Vec<Token>,
+    /// Where each of `tokens` starts in `sql`, plus `sql.len()`.
+    starts: Vec<usize>,
+    sql: String,
     pos: usize,
 }
 
 impl Cursor {
     fn new(sql: &str) -> Result<Cursor> {
-        let dialect = GenericDialect {};
-        let tokens = Tokenizer::new(&dialect, sql).tokenize().map_err(|e| Error::InvalidSql(e.to_string()))?;
-        let tokens = tokens.into_iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
-        Ok(Cursor { tokens, pos: 0 })
+        let (all, all_starts) = tokens_with_starts(sql)?;
+        let mut tokens = Vec::with_capacity(all.len());
+        let mut starts = Vec::with_capacity(all.len() + 1);
+        for (t, start) in all.into_iter().zip(&all_starts) {
+            if !matches!(t, Token::Whitespace(_)) {
+                tokens.push(t);
+                starts.push(*start);
+            }
+        }
+        starts.push(sql.len());
+        Ok(Cursor { tokens, starts, sql: sql.to_string(), pos: 0 })
+    }
+
+    /// The source text of tokens `from..to`, as written (comments between them included).
+    fn source(&self, from: usize, to: usize) -> &str {
+        let end = self.starts[to.min(self.tokens.len())];
+        let start = self.starts[from.min(self.tokens.len())].min(end);
+        self.sql[start..end].trim()
     }
 
     fn peek(&self) -> Option<&Token> {
@@ -376,7 +435,7 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         return parse_standard(sql);
     }
     let mut c = Cursor::new(sql)?;
-    if let Some(stmt) = parse_user_statement(&mut c, sql)? {
+    if let Some(stmt) = parse_user_statement(&mut c)? {
         return Ok(stmt);
     }
     if c.eat_kw("CREATE") {
@@ -485,7 +544,7 @@ fn role(c: &mut Cursor) -> Result<Role> {
 }
 
 /// CREATE/ALTER/DROP USER and EXECUTE AS USER; `None` when the statement is none of them.
-fn parse_user_statement(c: &mut Cursor, sql: &str) -> Result<Option<Statement>> {
+fn parse_user_statement(c: &mut Cursor) -> Result<Option<Statement>> {
     if c.peek_kw("CREATE") && c.peek_kw_at(1, "USER") && !c.peek_kw_at(2, "TABLE") {
         c.pos += 2;
         let if_not_exists = c.eat_kws(&["IF", "NOT", "EXISTS"]);
@@ -553,19 +612,14 @@ fn parse_user_statement(c: &mut Cursor, sql: &str) -> Result<Option<Statement>> 
         let username = username(c)?;
         // The inner statement is the text between the first '(' after the name and the
         // statement's final ')', exactly as written.
-        let dialect = GenericDialect {};
-        let tokens = Tokenizer::new(&dialect, sql).tokenize().map_err(|e| Error::InvalidSql(e.to_string()))?;
-        let significant: Vec<usize> =
-            tokens.iter().enumerate().filter(|(_, t)| !matches!(t, Token::Whitespace(_))).map(|(i, _)| i).collect();
-        let open = significant.get(c.pos).copied();
-        let close = significant.last().copied();
-        match (open, close) {
-            (Some(o), Some(e)) if tokens[o] == Token::LParen && tokens[e] == Token::RParen && e > o + 1 => {
-                let statement: String = tokens[o + 1..e].iter().map(|t| t.to_string()).collect();
-                if statement.trim().is_empty() {
+        let (open, close) = (c.pos, c.tokens.len().checked_sub(1));
+        match (c.tokens.get(open), close) {
+            (Some(Token::LParen), Some(e)) if c.tokens[e] == Token::RParen && e > open + 1 => {
+                let statement = c.source(open + 1, e).to_string();
+                if statement.is_empty() {
                     return Err(Error::InvalidSql("EXECUTE AS USER needs a statement in parentheses".into()));
                 }
-                return Ok(Some(Statement::ExecuteAs { username, statement: statement.trim().to_string() }));
+                return Ok(Some(Statement::ExecuteAs { username, statement }));
             }
             _ => return Err(Error::InvalidSql("expected EXECUTE AS USER 'name' (<statement>)".into())),
         }
@@ -607,8 +661,7 @@ pub fn extract_as_of(sql: &str) -> Result<Option<(String, Vec<(TableName, u64)>)
     if !sql.to_ascii_uppercase().contains("OF") {
         return Ok(None);
     }
-    let dialect = GenericDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize().map_err(|e| Error::InvalidSql(e.to_string()))?;
+    let (tokens, starts) = tokens_with_starts(sql)?;
     let significant: Vec<usize> =
         tokens.iter().enumerate().filter(|(_, t)| !matches!(t, Token::Whitespace(_))).map(|(i, _)| i).collect();
     let is_kw = |i: usize, kw: &str| matches!(&tokens[i], Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw));
@@ -646,7 +699,19 @@ pub fn extract_as_of(sql: &str) -> Result<Option<(String, Vec<(TableName, u64)>)
     if found.is_empty() {
         return Ok(None);
     }
-    let text: String = tokens.iter().zip(&drop).filter(|(_, d)| !**d).map(|(t, _)| t.to_string()).collect();
+    // The statement as written, less the `AS OF n` tokens (a space keeps neighbours apart
+    // where none was written before them).
+    let mut text = String::with_capacity(sql.len());
+    for (i, dropped) in drop.iter().enumerate() {
+        if *dropped {
+            let starts_run = i == 0 || !drop[i - 1];
+            if starts_run && (i == 0 || !matches!(tokens[i - 1], Token::Whitespace(_))) {
+                text.push(' ');
+            }
+        } else {
+            text.push_str(&sql[starts[i]..starts[i + 1]]);
+        }
+    }
     Ok(Some((text, found)))
 }
 
@@ -841,16 +906,14 @@ fn parse_subscribe(c: &mut Cursor) -> Result<Statement> {
     let table = c.table_name()?;
     let mut filter = None;
     if c.eat_kw("WHERE") {
-        let mut parts = Vec::new();
+        let begin = c.pos;
         while !c.at_end() && !c.peek_kw("OPTIONS") {
-            if let Some(t) = c.next() {
-                parts.push(t.to_string());
-            }
+            c.pos += 1;
         }
-        if parts.is_empty() {
+        if c.pos == begin {
             return Err(Error::InvalidSql("SUBSCRIBE ... WHERE needs a condition".into()));
         }
-        filter = Some(parts.join(" "));
+        filter = Some(c.source(begin, c.pos).to_string());
     }
     let (mut last_rows, mut from) = (None, None);
     if c.eat_kw("OPTIONS") {
@@ -906,6 +969,41 @@ mod tests {
         assert!(extract_as_of("SELECT * FROM t AS OF -1").is_err());
         assert!(matches!(parse_statement("REBUILD PROJECTION a.b").unwrap(), Statement::Rebuild { .. }));
         assert!(parse_statement("REBUILD a.b").is_err());
+    }
+
+    /// Literals with quotes, `;`, comments and doubled quotes stay literals in every text a
+    /// statement carries on: the text is cut from the source, never printed from tokens.
+    #[test]
+    fn carried_text_keeps_literals_as_written() {
+        let nasty = [
+            "'it''s'",
+            "'a'' OR ''1''=''1'",
+            "'x''; DROP TABLE app.t; --'",
+            "'/* not a comment */'",
+            "'-- not a comment'",
+            "'é''ü''' ",
+        ];
+        for lit in nasty {
+            let lit = lit.trim();
+            let sql = format!("SELECT * FROM app.t AS OF 42 WHERE v = {lit} -- trailing\n");
+            let (text, _) = extract_as_of(&sql).unwrap().unwrap();
+            assert!(text.contains(&format!("v = {lit}")), "{text}");
+            let stmts = Parser::parse_sql(&GenericDialect {}, &text).unwrap();
+            assert_eq!(stmts.len(), 1, "{text}");
+
+            let sql = format!("EXECUTE AS USER 'bob' (INSERT INTO app.t (id, v) VALUES (1, {lit}))");
+            let Statement::ExecuteAs { statement, .. } = parse_statement(&sql).unwrap() else { panic!("{sql}") };
+            assert_eq!(statement, format!("INSERT INTO app.t (id, v) VALUES (1, {lit})"));
+
+            let sql = format!("SUBSCRIBE TO app.t WHERE v = {lit} OPTIONS (last_rows = 3)");
+            let Statement::Subscribe { filter, .. } = parse_statement(&sql).unwrap() else { panic!("{sql}") };
+            assert_eq!(filter.as_deref(), Some(format!("v = {lit}").as_str()));
+        }
+        // Quoted names keep their quotes and case, and the multi-line form works too.
+        let (text, found) =
+            extract_as_of("SELECT \"V\" FROM \"App\".\"T x\" AS OF 5\nWHERE \"V\" = 'a''b'").unwrap().unwrap();
+        assert_eq!(text, "SELECT \"V\" FROM \"App\".\"T x\" \nWHERE \"V\" = 'a''b'");
+        assert_eq!(found, vec![(TableName { namespace: Some("App".into()), name: "T x".into() }, 5)]);
     }
 
     #[test]
