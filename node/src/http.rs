@@ -324,9 +324,9 @@ async fn sql(
     };
     match app.engine.execute(&req.sql, &ctx, &NodeProposer(&app.groups)).await {
         Ok(results) => {
-            for stmt in kalamdb_query::parse::split_statements(&req.sql).unwrap_or_default() {
-                metrics::counter!("kalamdb_sql_statements_total", "kind" => crate::metrics::statement_kind(&stmt))
-                    .increment(1);
+            // Each result carries its statement's kind: the text is not split again here.
+            for r in &results {
+                metrics::counter!("kalamdb_sql_statements_total", "kind" => r.kind).increment(1);
             }
             success_response(&results, start)
         }

@@ -187,24 +187,6 @@ fn method_label(m: &axum::http::Method) -> &'static str {
     }
 }
 
-/// The kind label of a statement, from its first keyword (a fixed set of values).
-pub fn statement_kind(sql: &str) -> &'static str {
-    match kalamdb_query::parse::first_keyword(sql).as_str() {
-        "SELECT" | "WITH" | "VALUES" => "select",
-        "INSERT" => "insert",
-        "UPDATE" => "update",
-        "DELETE" => "delete",
-        "CREATE" => "create",
-        "DROP" => "drop",
-        "ALTER" => "alter",
-        "SHOW" | "DESCRIBE" | "DESC" | "EXPLAIN" => "show",
-        "FLUSH" | "STORAGE" | "REBUILD" => "storage",
-        "SUBSCRIBE" => "subscribe",
-        "EXECUTE" => "execute_as",
-        _ => "other",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     /// Every metric the shipped Grafana dashboard queries is one this module describes.
@@ -231,13 +213,5 @@ mod tests {
             }
         }
         assert!(checked > 20, "only {checked} metric references found");
-    }
-
-    #[test]
-    fn statement_kinds_are_a_fixed_set() {
-        assert_eq!(super::statement_kind("select 1"), "select");
-        assert_eq!(super::statement_kind("  INSERT INTO t VALUES (1)"), "insert");
-        assert_eq!(super::statement_kind("SUBSCRIBE TO a.b"), "subscribe");
-        assert_eq!(super::statement_kind("frobnicate"), "other");
     }
 }

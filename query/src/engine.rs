@@ -87,11 +87,14 @@ pub struct QueryResult {
     pub row_count: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The statement's kind (`statement_kind`), for metrics; not part of the answer.
+    #[serde(skip)]
+    pub kind: &'static str,
 }
 
 impl QueryResult {
     fn message(row_count: usize, message: String) -> QueryResult {
-        QueryResult { schema: None, rows: None, row_count, message: Some(message) }
+        QueryResult { schema: None, rows: None, row_count, message: Some(message), kind: "other" }
     }
 
     fn rows(columns: Vec<(String, String)>, rows: Vec<Vec<serde_json::Value>>) -> QueryResult {
@@ -100,7 +103,7 @@ impl QueryResult {
             .enumerate()
             .map(|(index, (name, data_type))| ColumnInfo { name, data_type, index })
             .collect();
-        QueryResult { schema: Some(schema), row_count: rows.len(), rows: Some(rows), message: None }
+        QueryResult { schema: Some(schema), row_count: rows.len(), rows: Some(rows), message: None, kind: "other" }
     }
 }
 
@@ -508,7 +511,10 @@ impl Engine {
                 ))),
             };
             match outcome {
-                Ok(r) => results.push(r),
+                Ok(mut r) => {
+                    r.kind = crate::parse::statement_kind(text);
+                    results.push(r);
+                }
                 Err(e) if many => return Err(prefix_error(e, i + 1)),
                 Err(e) => return Err(e),
             }

@@ -416,6 +416,24 @@ pub fn first_keyword(sql: &str) -> String {
     rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect::<String>().to_ascii_uppercase()
 }
 
+/// The kind of a statement, from its first keyword: a fixed set of values (a metrics label).
+pub fn statement_kind(sql: &str) -> &'static str {
+    match first_keyword(sql).as_str() {
+        "SELECT" | "WITH" | "VALUES" => "select",
+        "INSERT" => "insert",
+        "UPDATE" => "update",
+        "DELETE" => "delete",
+        "CREATE" => "create",
+        "DROP" => "drop",
+        "ALTER" => "alter",
+        "SHOW" | "DESCRIBE" | "DESC" | "EXPLAIN" => "show",
+        "FLUSH" | "STORAGE" | "REBUILD" => "storage",
+        "SUBSCRIBE" => "subscribe",
+        "EXECUTE" => "execute_as",
+        _ => "other",
+    }
+}
+
 /// Parse one statement (no `;`).
 pub fn parse_statement(sql: &str) -> Result<Statement> {
     if !matches!(
@@ -956,6 +974,14 @@ fn parse_subscribe(c: &mut Cursor) -> Result<Statement> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statement_kinds_are_a_fixed_set() {
+        assert_eq!(statement_kind("select 1"), "select");
+        assert_eq!(statement_kind("  INSERT INTO t VALUES (1)"), "insert");
+        assert_eq!(statement_kind("-- c\nSUBSCRIBE TO a.b"), "subscribe");
+        assert_eq!(statement_kind("frobnicate"), "other");
+    }
 
     #[test]
     fn extracts_as_of() {
