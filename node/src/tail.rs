@@ -32,7 +32,7 @@ use serde_json::{Map, Value as J, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::TailConfig;
-use crate::http::{App, NodeProposer, error_response};
+use crate::http::{App, error_response};
 
 /// Change records read from RocksDB per step of a subscriber.
 pub const READ_ENTRIES_MAX: usize = 256;
@@ -536,14 +536,6 @@ async fn last_rows(
             Instant::now(),
         ));
     };
-    let cols: Vec<String> = def.columns.iter().map(|c| format!("\"{}\"", c.name.replace('"', "\"\""))).collect();
-    let sql = format!(
-        "SELECT {}, _seq FROM \"{}\".\"{}\"{} ORDER BY _seq DESC LIMIT {n}",
-        cols.join(", "),
-        def.namespace,
-        def.name,
-        filter.map(|f| format!(" WHERE {}", f.text())).unwrap_or_default()
-    );
     let ctx = ExecContext {
         user_id: user_id.to_string(),
         role,
@@ -556,7 +548,7 @@ async fn last_rows(
     loop {
         attempt += 1;
         let before = *g.applied.borrow();
-        let result = app.engine.execute(&sql, &ctx, &NodeProposer(&app.groups)).await;
+        let result = app.engine.last_rows(def, filter, n, &ctx).await;
         let after = *g.applied.borrow();
         let results = match result {
             Ok(r) => r,
@@ -570,7 +562,7 @@ async fn last_rows(
         if before != after && attempt < LAST_ROWS_ATTEMPTS_MAX {
             continue;
         }
-        let rows = results.into_iter().next().and_then(|r| r.rows).unwrap_or_default();
+        let rows = results.rows.unwrap_or_default();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows.into_iter().rev() {
             let seq = row.last().and_then(J::as_u64).unwrap_or(0);

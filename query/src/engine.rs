@@ -1151,6 +1151,51 @@ impl Engine {
         self.executor.run(work).await.map_err(|e| self.refine_not_found(e))
     }
 
+    /// The newest `n` rows of a table in the caller's scope (matching `filter`), newest
+    /// first, each with its `_seq` last: a typed plan, no SQL text. Reads the table as a
+    /// query does (access check, memory pool, admission, deadline).
+    pub async fn last_rows(
+        &self,
+        def: &TableDef,
+        filter: Option<&crate::filter::RowFilter>,
+        n: u64,
+        ctx: &ExecContext,
+    ) -> Result<QueryResult> {
+        use datafusion::prelude::ident;
+        let n = usize::try_from(n).map_err(|_| Error::InvalidSql(format!("{n} rows is too many")))?;
+        self.barrier(ctx, GroupId::Meta(MetaGroup::Catalog)).await?;
+        let session = self.session(ctx, Arc::new(Vec::new()));
+        let reference = datafusion::common::TableReference::full(CATALOG_NAME, def.namespace.clone(), def.name.clone());
+        let mut columns: Vec<datafusion::logical_expr::Expr> =
+            def.columns.iter().map(|c| ident(c.name.clone())).collect();
+        columns.push(ident(crate::provider::SEQ_COLUMN));
+        let predicate = filter.map(|f| f.to_expr(def));
+        let (rows_max, bytes_max) = (self.limits.result_rows_max, self.limits.result_bytes_max);
+        let work = async move {
+            let mut df = session.table(reference).await?;
+            if let Some(p) = predicate {
+                df = df.filter(p)?;
+            }
+            let df = df
+                .sort(vec![ident(crate::provider::SEQ_COLUMN).sort(false, true)])?
+                .limit(0, Some(n))?
+                .select(columns)?;
+            collect_bounded(df.execute_stream().await?, rows_max, bytes_max).await
+        };
+        let batches = match tokio::time::timeout(self.limits.timeout(), self.executor.run(work)).await {
+            Ok(result) => result.map_err(|e| self.refine_not_found(e))?,
+            Err(_) => {
+                return Err(Error::QueryTimeout(format!(
+                    "reading the newest rows took longer than {} ms (limits.query_timeout_ms)",
+                    self.limits.timeout_ms
+                )));
+            }
+        };
+        let mut result = batches_to_result(&batches);
+        result.kind = "select";
+        Ok(result)
+    }
+
     async fn query_sql(&self, sql: &str, ctx: &ExecContext) -> Result<Vec<RecordBatch>> {
         let dialect = GenericDialect {};
         let mut stmts = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)

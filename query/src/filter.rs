@@ -70,9 +70,60 @@ impl RowFilter {
         &self.text
     }
 
+    /// The same predicate as a DataFusion expression over the table's columns, for reads
+    /// planned without SQL text (the tail's `last_rows`). NULL is unknown in both.
+    pub fn to_expr(&self, def: &TableDef) -> datafusion::logical_expr::Expr {
+        node_expr(&self.root, def)
+    }
+
     /// Does a row (values in table column order) pass? NULL compares as unknown (false).
     pub fn matches(&self, row: &[Value]) -> bool {
         eval(&self.root, row).unwrap_or(false)
+    }
+}
+
+fn node_expr(node: &Node, def: &TableDef) -> datafusion::logical_expr::Expr {
+    use datafusion::logical_expr::lit;
+    use datafusion::prelude::ident;
+    let column = |i: usize| ident(def.columns[i].name.clone());
+    match node {
+        Node::And(a, b) => node_expr(a, def).and(node_expr(b, def)),
+        Node::Or(a, b) => node_expr(a, def).or(node_expr(b, def)),
+        Node::Not(a) => !node_expr(a, def),
+        Node::Compare { column: c, op, value } => {
+            let (left, right) = (column(*c), lit(scalar(value)));
+            match op {
+                Cmp::Eq => left.eq(right),
+                Cmp::NotEq => left.not_eq(right),
+                Cmp::Lt => left.lt(right),
+                Cmp::LtEq => left.lt_eq(right),
+                Cmp::Gt => left.gt(right),
+                Cmp::GtEq => left.gt_eq(right),
+            }
+        }
+        Node::InList { column: c, values, negated } => {
+            column(*c).in_list(values.iter().map(|v| lit(scalar(v))).collect(), *negated)
+        }
+        Node::IsNull { column: c, negated: false } => column(*c).is_null(),
+        Node::IsNull { column: c, negated: true } => column(*c).is_not_null(),
+    }
+}
+
+/// A stored value as the scalar of its column's Arrow type (`columnar::arrow_type`).
+fn scalar(v: &Value) -> datafusion::common::ScalarValue {
+    use datafusion::common::ScalarValue as S;
+    match v {
+        Value::Null => S::Null,
+        Value::Boolean(b) => S::Boolean(Some(*b)),
+        Value::SmallInt(i) => S::Int16(Some(*i)),
+        Value::Int(i) => S::Int32(Some(*i)),
+        Value::BigInt(i) => S::Int64(Some(*i)),
+        Value::Float(f) => S::Float32(Some(*f)),
+        Value::Double(f) => S::Float64(Some(*f)),
+        Value::Text(t) | Value::Json(t) => S::Utf8(Some(t.clone())),
+        Value::Bytes(b) => S::Binary(Some(b.clone())),
+        Value::Timestamp(us) => S::TimestampMicrosecond(Some(*us), Some("UTC".into())),
+        Value::Date(d) => S::Date32(Some(*d)),
     }
 }
 
