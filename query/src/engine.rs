@@ -246,8 +246,32 @@ fn column_name(name: &ObjectName) -> Result<String> {
         .ok_or_else(|| Error::InvalidSql(format!("unsupported column name {name}")))
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
+/// `SELECT <projection> [FROM <from>] [WHERE <selection>]` as a syntax tree, from typed parts.
+/// The tree's shape comes from parsing a fixed text once; no caller text is parsed here.
+fn select_statement(
+    projection: Vec<ast::SelectItem>,
+    from: Option<ObjectName>,
+    selection: Option<Expr>,
+) -> Result<ast::Statement> {
+    let template = if from.is_some() { "SELECT 1 FROM t" } else { "SELECT 1" };
+    let mut stmts = datafusion::sql::sqlparser::parser::Parser::parse_sql(&GenericDialect {}, template)
+        .map_err(|e| Error::Internal(format!("select template: {e}")))?;
+    let mut stmt = stmts.pop().ok_or_else(|| Error::Internal("select template is empty".into()))?;
+    let ast::Statement::Query(query) = &mut stmt else {
+        return Err(Error::Internal("select template is not a query".into()));
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Err(Error::Internal("select template is not a SELECT".into()));
+    };
+    select.projection = projection;
+    select.selection = selection;
+    if let Some(name) = from {
+        match select.from.first_mut().map(|t| &mut t.relation) {
+            Some(TableFactor::Table { name: table, .. }) => *table = name,
+            _ => return Err(Error::Internal("select template has no table".into())),
+        }
+    }
+    Ok(stmt)
 }
 
 fn param_scalar(v: &serde_json::Value) -> ScalarValue {
@@ -1196,16 +1220,6 @@ impl Engine {
         Ok(result)
     }
 
-    async fn query_sql(&self, sql: &str, ctx: &ExecContext) -> Result<Vec<RecordBatch>> {
-        let dialect = GenericDialect {};
-        let mut stmts = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)
-            .map_err(|e| Error::InvalidSql(e.to_string()))?;
-        if stmts.len() != 1 {
-            return Err(Error::Internal("generated query is not one statement".into()));
-        }
-        self.run_query(stmts.remove(0), ctx).await
-    }
-
     async fn execute_sql(
         &self,
         stmt: ast::Statement,
@@ -1396,7 +1410,8 @@ impl Engine {
 
     /// Evaluate a non-literal expression (e.g. `NOW()`, `1 + 2`) through DataFusion.
     async fn eval_expr(&self, expr: &Expr, dt: DataType, ctx: &ExecContext) -> Result<Value> {
-        let batches = self.query_sql(&format!("SELECT {expr}"), ctx).await?;
+        let select = select_statement(vec![ast::SelectItem::UnnamedExpr(expr.clone())], None, None)?;
+        let batches = self.run_query(select, ctx).await?;
         let b = batches
             .iter()
             .find(|b| b.num_rows() > 0)
@@ -1427,24 +1442,25 @@ impl Engine {
             }
             set_cols.push((idx, expr.clone()));
         }
-        let mut select = String::from("SELECT ");
-        for c in &def.columns {
-            select.push_str(&quote_ident(&c.name));
-            select.push_str(", ");
-        }
-        select.push_str(SEQ_COLUMN);
+        // The read is built as a syntax tree from the statement's own parsed pieces; nothing is
+        // printed to SQL and parsed again.
+        let quoted = |name: &str| ast::Ident::with_quote('"', name);
+        let mut projection: Vec<ast::SelectItem> =
+            def.columns.iter().map(|c| ast::SelectItem::UnnamedExpr(Expr::Identifier(quoted(&c.name)))).collect();
+        projection.push(ast::SelectItem::UnnamedExpr(Expr::Identifier(ast::Ident::new(SEQ_COLUMN))));
         for (i, (_, expr)) in set_cols.iter().enumerate() {
-            select.push_str(&format!(", ({expr}) AS __kalam_set_{i}"));
+            projection.push(ast::SelectItem::ExprWithAlias {
+                expr: Expr::Nested(Box::new(expr.clone())),
+                alias: ast::Ident::new(format!("__kalam_set_{i}")),
+            });
         }
-        select.push_str(&format!(" FROM {}.{}", quote_ident(&def.namespace), quote_ident(&def.name)));
-        if let Some(sel) = selection {
-            select.push_str(&format!(" WHERE {sel}"));
-        }
+        let from = ObjectName::from(vec![quoted(&def.namespace), quoted(&def.name)]);
+        let select = select_statement(projection, Some(from), selection.cloned())?;
         let is_delete = sets.is_none();
         let verb = if is_delete { "Deleted" } else { "Updated" };
         let (group, scope) = table_location(&def, &self.layout, &ctx.user_id);
         for _attempt in 0..CONFLICT_RETRIES_MAX {
-            let batches = self.query_sql(&select, ctx).await?;
+            let batches = self.run_query(select.clone(), ctx).await?;
             let mut writes = Vec::new();
             for b in &batches {
                 for r in 0..b.num_rows() {
