@@ -335,14 +335,21 @@ fn encode_parquet(
 
 /// Read a whole Parquet file of the table schema.
 pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
+    open_parquet(path, CONVERT_ROWS_MAX)?.map(|b| b.map_err(parquet_err)).collect()
+}
+
+/// A reader of a Parquet file's batches, `batch_rows` rows at a time.
+pub(crate) fn open_parquet(
+    path: &Path,
+    batch_rows: usize,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::Storage(format!("cannot open cold file {}: {e}", path.display())))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(parquet_err)?
-        .with_batch_size(CONVERT_ROWS_MAX)
+        .with_batch_size(batch_rows)
         .build()
-        .map_err(parquet_err)?;
-    reader.map(|b| b.map_err(parquet_err)).collect()
+        .map_err(parquet_err)
 }
 
 /// Version `seq` of the row whose primary key is `key`, read from the live Parquet file whose

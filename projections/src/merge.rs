@@ -12,7 +12,7 @@ use std::path::Path;
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use crate::columnar::seq_deleted;
 use crate::error::{Error, Result};
@@ -71,14 +71,7 @@ impl<'a> Merge<'a> {
             empty: RecordBatch::new_empty(schema.clone()),
         };
         for path in paths {
-            let path = path.as_ref();
-            let file = std::fs::File::open(path)
-                .map_err(|e| Error::Storage(format!("cannot open cold file {}: {e}", path.display())))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(arrow_err)?
-                .with_batch_size(batch_rows)
-                .build()
-                .map_err(arrow_err)?;
+            let reader = crate::cold::open_parquet(path.as_ref(), batch_rows)?;
             let cursor = merge.advance(reader)?;
             merge.cursors.push(cursor);
         }
