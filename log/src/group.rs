@@ -120,6 +120,17 @@ impl GroupLayout {
     pub fn shared_shard(&self, table_id: u64) -> GroupId {
         GroupId::SharedShard((stable_hash(&table_id.to_be_bytes()) % u64::from(self.shared_shards)) as u16)
     }
+
+    /// Where a table's rows live for a caller: one group and one scope. A SHARED table lives
+    /// in its shared shard with no scope; USER and STREAM tables in the caller's user shard,
+    /// scoped by the caller's user id.
+    pub fn table_location(&self, def: &crate::command::TableDef, user_id: &str) -> (GroupId, String) {
+        use crate::command::TableType;
+        match def.table_type {
+            TableType::Shared => (self.shared_shard(def.table_id), String::new()),
+            TableType::User | TableType::Stream => (self.user_shard(user_id), user_id.to_string()),
+        }
+    }
 }
 
 /// FNV-1a: stable across processes, versions and platforms (std's hasher is not).

@@ -329,7 +329,7 @@ pub async fn tail(
             Ok(f) => f,
             Err(e) => return bad_request(e.code(), &e.to_string()),
         };
-        let (group, scope) = kalamdb_query::provider::table_location(&def, &groups.layout, &who.user_id);
+        let (group, scope) = groups.layout.table_location(&def, &who.user_id);
         (Target::Table { def, scope, filter }, vec![group])
     } else if let Some(ns) = &q.namespace {
         if !groups.catalog.namespace_exists(ns) {

@@ -37,7 +37,6 @@ use crate::parse::{
 };
 use crate::provider::{
     ClusterView, DELETED_COLUMN, JobSource, KalamCatalog, ReadBarrier, SEQ_COLUMN, SYSTEM_NAMESPACE, ScanScope,
-    table_location,
 };
 use crate::values::{Literal, api_type_name, cell_to_json, cell_to_value, coerce, value_to_json};
 
@@ -1071,7 +1070,7 @@ impl Engine {
             }
         }
         let Ok(key) = coerce(&ps.key, def.columns[pk].data_type) else { return Ok(None) };
-        let (group, scope) = table_location(&def, &self.layout, &ctx.user_id);
+        let (group, scope) = self.layout.table_location(&def, &ctx.user_id);
         self.barrier(ctx, group).await?;
         let row = match self.rows.lookup(group, def.table_id, &scope, &key)? {
             Lookup::Hot(row) => Some(row),
@@ -1346,7 +1345,7 @@ impl Engine {
         if writes.is_empty() {
             return Ok(QueryResult::message(0, "Inserted 0 row(s)".into()));
         }
-        let (group, scope) = table_location(&def, &self.layout, &ctx.user_id);
+        let (group, scope) = self.layout.table_location(&def, &ctx.user_id);
         let op = Op::Insert { table_id: def.table_id, scope, rows: writes };
         match self.propose_ok(proposer, group, op).await? {
             OpResult::Done { affected } => {
@@ -1458,7 +1457,7 @@ impl Engine {
         let select = select_statement(projection, Some(from), selection.cloned())?;
         let is_delete = sets.is_none();
         let verb = if is_delete { "Deleted" } else { "Updated" };
-        let (group, scope) = table_location(&def, &self.layout, &ctx.user_id);
+        let (group, scope) = self.layout.table_location(&def, &ctx.user_id);
         for _attempt in 0..CONFLICT_RETRIES_MAX {
             let batches = self.run_query(select.clone(), ctx).await?;
             let mut writes = Vec::new();

@@ -26,7 +26,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
-use kalamdb_log::{GroupId, GroupLayout, Role, TableDef, TableType};
+use kalamdb_log::{GroupId, GroupLayout, Role, TableDef};
 use kalamdb_projections::columnar::rows_to_batch;
 pub use kalamdb_projections::columnar::{DELETED_COLUMN, SEQ_COLUMN, table_schema};
 use kalamdb_projections::{Catalog, JobLog, RowReader, StoredRow, TableView};
@@ -34,14 +34,6 @@ use kalamdb_projections::{Catalog, JobLog, RowReader, StoredRow, TableView};
 pub const SYSTEM_NAMESPACE: &str = "system";
 /// Rows per Arrow batch produced by a table scan.
 pub const SCAN_BATCH_ROWS_MAX: usize = 8192;
-
-/// Where a table's rows live for a given caller: one group and one scope.
-pub fn table_location(def: &TableDef, layout: &GroupLayout, user_id: &str) -> (GroupId, String) {
-    match def.table_type {
-        TableType::Shared => (layout.shared_shard(def.table_id), String::new()),
-        TableType::User | TableType::Stream => (layout.user_shard(user_id), user_id.to_string()),
-    }
-}
 
 /// Turn stored rows into Arrow batches of the table schema.
 pub fn rows_to_batches(
@@ -93,7 +85,7 @@ impl KalamTable {
         user_id: &str,
         barrier: Option<Arc<dyn ReadBarrier>>,
     ) -> KalamTable {
-        let (group, scope) = table_location(&def, layout, user_id);
+        let (group, scope) = layout.table_location(&def, user_id);
         let schema = table_schema(&def);
         KalamTable { def, schema, rows, group, scope, barrier, as_of: None, held: HeldMemory::default() }
     }
