@@ -1214,9 +1214,7 @@ impl Engine {
                 )));
             }
         };
-        let mut result = batches_to_result(&batches);
-        result.kind = "select";
-        Ok(result)
+        Ok(batches_to_result(&batches))
     }
 
     async fn execute_sql(

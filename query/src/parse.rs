@@ -245,32 +245,27 @@ fn tokens_with_starts(sql: &str) -> Result<(Vec<Token>, Vec<usize>)> {
     let dialect = GenericDialect {};
     let located =
         Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| Error::InvalidSql(e.to_string()))?;
-    // Locations are 1-based lines and 1-based columns counted in characters.
-    let line_starts: Vec<usize> = std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    // Locations are 1-based lines and 1-based columns counted in characters, in order: one
+    // walk over the text finds every start (linear, however long a line is).
+    let mut chars = sql.char_indices();
+    let (mut line, mut column, mut at) = (1u64, 1u64, 0usize);
     let mut tokens = Vec::with_capacity(located.len());
     let mut starts = Vec::with_capacity(located.len() + 1);
     for t in located {
-        let line = usize::try_from(t.span.start.line).unwrap_or(usize::MAX);
-        let column = usize::try_from(t.span.start.column).unwrap_or(usize::MAX);
-        let start = line
-            .checked_sub(1)
-            .and_then(|l| line_starts.get(l))
-            .and_then(|&ls| {
-                let rest = &sql[ls..];
-                match column.checked_sub(1)? {
-                    0 => Some(ls),
-                    n => rest
-                        .char_indices()
-                        .nth(n)
-                        .map(|(i, _)| ls + i)
-                        .or((rest.chars().count() == n).then_some(sql.len())),
-                }
-            })
-            .ok_or_else(|| Error::Internal(format!("token {} has no place in the statement", t.token)))?;
-        if starts.last().is_some_and(|&prev| start < prev) {
-            return Err(Error::Internal("tokens out of order".into()));
+        let want = (t.span.start.line, t.span.start.column);
+        while (line, column) < want {
+            let Some((i, ch)) = chars.next() else { break };
+            at = i + ch.len_utf8();
+            if ch == '\n' {
+                (line, column) = (line + 1, 1);
+            } else {
+                column += 1;
+            }
         }
-        starts.push(start);
+        if (line, column) != want {
+            return Err(Error::Internal(format!("token {} has no place in the statement", t.token)));
+        }
+        starts.push(at);
         tokens.push(t.token);
     }
     starts.push(sql.len());
@@ -1025,6 +1020,10 @@ mod tests {
             let Statement::Subscribe { filter, .. } = parse_statement(&sql).unwrap() else { panic!("{sql}") };
             assert_eq!(filter.as_deref(), Some(format!("v = {lit}").as_str()));
         }
+        // A long one-line statement (near the 1 MiB SQL cap) is cut in one pass over its text.
+        let long = format!("SELECT * FROM t AS OF 3 WHERE v IN ({})", vec!["'é''x'"; 100_000].join(","));
+        let (text, _) = extract_as_of(&long).unwrap().unwrap();
+        assert_eq!(text, long.replacen("AS OF 3", "", 1));
         // Quoted names keep their quotes and case, and the multi-line form works too.
         let (text, found) =
             extract_as_of("SELECT \"V\" FROM \"App\".\"T x\" AS OF 5\nWHERE \"V\" = 'a''b'").unwrap().unwrap();
