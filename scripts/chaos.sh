@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Chaos run with a checker: a bounded workload (register reads, writes, creates and
-# compare-and-sets, list appends and reads; 16 clients by default) against a 3-node cluster
-# while a nemesis kills -9, partitions and pauses nodes on a schedule derived from a printed
-# seed. Then: linearizability per key (stateright), no lost acknowledged append, tail
-# subscribers without gaps or duplicates, equal projection digests on every node.
+# compare-and-sets, list appends and reads; 16 clients by default; plus 4 clients moving
+# amounts between accounts in BEGIN ... COMMIT batches) against a 3-node cluster while a
+# nemesis kills -9, partitions and pauses nodes on a schedule derived from a printed seed.
+# Then: linearizability per key (stateright), no lost acknowledged append, a conserved total
+# with every acknowledged transfer applied once, tail subscribers without gaps or duplicates,
+# equal projection digests on every node.
 #
 # Usage: scripts/chaos.sh [--docker] [--seconds N] [--seed S] [--concurrency N] [...]
 #   (every flag goes to kalamdb-chaos; `--help` lists them). The default is the documented

@@ -72,12 +72,13 @@ linked_libs() {
     $1 ~ /^\// { print $1 }'
 }
 
-# The binary targets of kalamdb-node (kalamdb-server, kalam-cli): all go into the image.
+# The binary targets of kalamdb-node (kalamdb-server) and kalamdb-cli (kalam-cli): all go into
+# the image.
 node_bins() {
   (cd "$root" && cargo metadata --format-version 1 --no-deps --locked) | python3 -c '
 import json, sys
 for p in json.load(sys.stdin)["packages"]:
-    if p["name"] == "kalamdb-node":
+    if p["name"] in ("kalamdb-node", "kalamdb-cli"):
         for t in p["targets"]:
             if "bin" in t["kind"]:
                 print(t["name"])'
@@ -89,13 +90,13 @@ docker_build() {
   command -v python3 >/dev/null 2>&1 || die "python3 is needed to read cargo metadata"
   local bins
   mapfile -t bins < <(node_bins)
-  [[ ${#bins[@]} -gt 0 ]] || die "cargo metadata lists no binaries for kalamdb-node"
+  [[ ${#bins[@]} -gt 0 ]] || die "cargo metadata lists no binaries for kalamdb-node and kalamdb-cli"
   echo "building ${bins[*]} (release profile) on the host"
   local bin_args=()
   for b in "${bins[@]}"; do bin_args+=(--bin "$b"); done
   # The release build is the one scripts/test.sh tests: after the suite this compiles nothing
   # (deploy/workspace-hack keeps the feature sets equal), so the image holds the tested binaries.
-  (cd "$root" && cargo build --release --locked -p kalamdb-node "${bin_args[@]}")
+  (cd "$root" && cargo build --release --locked -p kalamdb-node -p kalamdb-cli "${bin_args[@]}")
 
   local stage="$CARGO_TARGET_DIR/docker-image"
   local rootfs="$stage/rootfs"

@@ -186,6 +186,26 @@ pub struct RowWrite {
     pub expected_seq: Option<u64>,
 }
 
+/// What the rows of a [`TxWrite`] do.
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// New rows: no live row may hold the key.
+    Insert,
+    /// New versions of rows that must still be at their `expected_seq`.
+    Update,
+    /// Tombstones for rows that must still be at their `expected_seq`.
+    Delete,
+}
+
+/// One table scope's rows in an [`Op::Transaction`].
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TxWrite {
+    pub kind: WriteKind,
+    pub table_id: u64,
+    pub scope: String,
+    pub rows: Vec<RowWrite>,
+}
+
 #[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Op {
     CreateNamespace {
@@ -224,6 +244,13 @@ pub enum Op {
         table_id: u64,
         scope: String,
         rows: Vec<RowWrite>,
+    },
+    /// A `BEGIN ... COMMIT` batch: every write applies, or none does. Each key appears at most
+    /// once across the writes (the batch's net effect on that row); apply checks every
+    /// precondition before it writes anything and fails the whole op on the first that does
+    /// not hold.
+    Transaction {
+        writes: Vec<TxWrite>,
     },
     /// Remove every row of a dropped table from this group's projection.
     PurgeTable {
@@ -283,6 +310,7 @@ impl Op {
             Op::Insert { .. } => "insert",
             Op::Update { .. } => "update",
             Op::Delete { .. } => "delete",
+            Op::Transaction { .. } => "transaction",
             Op::PurgeTable { .. } => "purge_table",
             Op::Flush { .. } => "flush",
             Op::Compact { .. } => "compact",

@@ -1,20 +1,17 @@
 //! The KalamDB node: configuration, startup of every Raft group, the HTTP API, and the wiring
 //! of log, projections, transport and query. The only crate that knows all the others.
 
+pub mod api;
 pub mod auth;
-pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod groups;
-pub mod http;
 pub mod metrics;
 pub mod query_runtime;
 pub mod retention;
 pub mod serve;
 pub mod storage;
-pub mod tail;
-pub mod tail_guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,7 +56,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
             "root has no password: it may log in from loopback only (set auth.root_password or KALAMDB_ROOT_PASSWORD)"
         );
     }
-    let app = Arc::new(http::App {
+    let app = Arc::new(api::App {
         engine,
         groups: groups.clone(),
         auth,
@@ -68,7 +65,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         metrics,
         fault_injection: cfg.debug.fault_injection,
         tail: cfg.tail.clone(),
-        tail_state: tail::TailState::default(),
+        tail_state: api::tail::TailState::default(),
         digest_slot: tokio::sync::Semaphore::new(1),
     });
     let addr: SocketAddr = format!("{}:{}", cfg.server.host, cfg.server.port)
@@ -82,7 +79,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         connections_max: cfg.limits.http_connections_max,
         header_read_timeout: Duration::from_millis(cfg.limits.http_header_read_timeout_ms),
     };
-    serve::serve(listener, http::router(app), limits, shutdown).await?;
+    serve::serve(listener, api::router(app), limits, shutdown).await?;
     groups.shutdown().await;
     drop(query_runtime);
     Ok(())

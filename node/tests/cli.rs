@@ -14,8 +14,16 @@ struct Run {
     stderr: String,
 }
 
+/// `kalam-cli` is the binary of another package (`node/cli`): one workspace build puts it next
+/// to the server, which is where it is looked for.
+fn cli_bin() -> std::path::PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kalamdb-server")).with_file_name("kalam-cli");
+    assert!(bin.exists(), "{} is missing: build the whole workspace first (scripts/test.sh does)", bin.display());
+    bin
+}
+
 fn cli(port: u16, args: &[&str], stdin: Option<&str>) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kalam-cli"));
+    let mut cmd = Command::new(cli_bin());
     cmd.arg("-u").arg(format!("http://127.0.0.1:{port}")).args(args);
     cmd.env_remove("KALAM_USER").env_remove("KALAM_PASSWORD").env_remove("KALAM_TOKEN");
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
@@ -278,7 +286,7 @@ async fn the_interactive_shell_in_a_terminal() {
     // when SHELL is unset, as under CI) stays as the parent in the terminal's foreground process
     // group. Ctrl-C then killed that shell and script exited 130 while the shell itself, which
     // catches SIGINT, was still running.
-    let cmd = format!("exec {} -u http://127.0.0.1:{}", env!("CARGO_BIN_EXE_kalam-cli"), s.port);
+    let cmd = format!("exec {} -u http://127.0.0.1:{}", cli_bin().display(), s.port);
     let hist = history.clone();
     let port = s.port;
     let (status, text) = tokio::task::spawn_blocking(move || {

@@ -1,6 +1,7 @@
 //! Golden SQL tests: every `tests/slt/*.slt` file runs through the `sqllogictest` crate
 //! against a real server over HTTP. Errors surface as `CODE: message`, so files can assert
-//! codes with `statement error TABLE_NOT_FOUND`.
+//! codes with `statement error TABLE_NOT_FOUND`. A record of several statements is one request;
+//! it answers with its last result that has rows, else its last result.
 
 mod common;
 
@@ -48,7 +49,11 @@ impl sqllogictest::AsyncDB for HttpDb {
                 body["error"]["message"].as_str().unwrap_or("?")
             )));
         }
-        let result = &body["results"][0];
+        // A request of several statements answers with its last result that has rows (a
+        // SELECT inside `BEGIN ... COMMIT`), else its last result.
+        let results = body["results"].as_array().cloned().unwrap_or_default();
+        let result =
+            results.iter().rev().find(|r| r.get("schema").is_some()).or(results.last()).cloned().unwrap_or_default();
         match result.get("schema") {
             Some(schema) => {
                 let types = schema

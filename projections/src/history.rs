@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
-use kalamdb_log::{GroupId, LogDb, LogStore, Op, OpResult, RowWrite, TableDef, Value};
+use kalamdb_log::{GroupId, LogDb, LogStore, Op, OpResult, RowWrite, TableDef, Value, WriteKind};
 use openraft::EntryPayload;
 use rocksdb::{DB, WriteBatch};
 
@@ -171,6 +171,13 @@ fn load_base(db: &DB, storage_dir: &Path, def: &TableDef, sp: &[u8], at: u64) ->
     Ok(state)
 }
 
+/// Did apply reject the transaction op at (`index`, first row `ordinal`)?
+fn transaction_aborted(log_db: &LogDb, group: GroupId, index: u64, ordinal: u64) -> Result<bool> {
+    let db = log_db.db();
+    let cf = db.cf_handle(crate::CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+    Ok(db.get_pinned_cf(cf, crate::machine::aborted_key(group, index, ordinal))?.is_some())
+}
+
 /// Replay the group's log in `(from, to]` for one table into per-scope states (created with
 /// `new_scope` when a scope first appears); a scope ignores entries at or before its own base.
 /// Fails if the log no longer holds the range.
@@ -204,10 +211,24 @@ fn replay(
             let cmd = encoded.decode()?;
             let mut ordinal = 0u64;
             for op in &cmd.ops {
-                let (table_id, scope, rows, kind) = match op {
-                    Op::Insert { table_id, scope, rows } => (*table_id, scope.as_str(), rows, 0),
-                    Op::Update { table_id, scope, rows } => (*table_id, scope.as_str(), rows, 1),
-                    Op::Delete { table_id, scope, rows } => (*table_id, scope.as_str(), rows, 2),
+                // Row ops as (kind, table, scope, rows, first ordinal); everything else is
+                // handled (or skipped) here.
+                let mut row_ops: Vec<(WriteKind, u64, &str, &[RowWrite], u64)> = Vec::new();
+                match op {
+                    Op::Insert { table_id, scope, rows } => {
+                        row_ops.push((WriteKind::Insert, *table_id, scope, rows, 0))
+                    }
+                    Op::Update { table_id, scope, rows } => {
+                        row_ops.push((WriteKind::Update, *table_id, scope, rows, 0))
+                    }
+                    Op::Delete { table_id, scope, rows } => {
+                        row_ops.push((WriteKind::Delete, *table_id, scope, rows, 0))
+                    }
+                    Op::Transaction { writes } => {
+                        row_ops.extend(
+                            writes.iter().map(|w| (w.kind, w.table_id, w.scope.as_str(), w.rows.as_slice(), 0)),
+                        );
+                    }
                     Op::Flush { table, scope } if table.table_id == def.table_id => {
                         for (name, state) in states.iter_mut() {
                             if scope.as_deref().is_none_or(|s| s == name) && index > state.base_index {
@@ -225,23 +246,33 @@ fn replay(
                         continue;
                     }
                     _ => continue,
-                };
-                let first = ordinal;
-                ordinal += rows.len() as u64;
-                if table_id != def.table_id || only_scope.is_some_and(|s| s != scope) {
+                }
+                let start = ordinal;
+                for row_op in &mut row_ops {
+                    row_op.4 = ordinal;
+                    ordinal += row_op.3.len() as u64;
+                }
+                // A transaction whose preconditions failed applied none of its writes; apply
+                // left a marker, as the preconditions may concern other tables.
+                if matches!(op, Op::Transaction { .. }) && transaction_aborted(log_db, group, index, start)? {
                     continue;
                 }
-                if !states.contains_key(scope) {
-                    states.insert(scope.to_string(), new_scope(scope)?);
-                }
-                let state = states.get_mut(scope).expect("inserted above");
-                if index <= state.base_index {
-                    continue;
-                }
-                match kind {
-                    0 => state.insert(rows, index, first),
-                    1 => state.rewrite(rows, false, index, first),
-                    _ => state.rewrite(rows, true, index, first),
+                for (kind, table_id, scope, rows, first) in row_ops {
+                    if table_id != def.table_id || only_scope.is_some_and(|s| s != scope) {
+                        continue;
+                    }
+                    if !states.contains_key(scope) {
+                        states.insert(scope.to_string(), new_scope(scope)?);
+                    }
+                    let state = states.get_mut(scope).expect("inserted above");
+                    if index <= state.base_index {
+                        continue;
+                    }
+                    match kind {
+                        WriteKind::Insert => state.insert(rows, index, first),
+                        WriteKind::Update => state.rewrite(rows, false, index, first),
+                        WriteKind::Delete => state.rewrite(rows, true, index, first),
+                    }
                 }
             }
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
-use kalamdb_log::{ApplyResponse, GroupId, LogDb, MetaGroup, Op, OpResult, TypeConfig};
+use kalamdb_log::{ApplyResponse, GroupId, LogDb, MetaGroup, Op, OpResult, TypeConfig, WriteKind};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use rocksdb::{DB, WriteBatch};
@@ -24,6 +24,17 @@ use crate::snapshot::{export_group, import_group};
 
 const KEY_APPLIED: u8 = b'a';
 const KEY_MEMBERSHIP: u8 = b'm';
+
+const KEY_ABORTED: u8 = b't';
+
+/// Marks the transaction op at (`log_index`, first row `ordinal`) as not applied.
+pub(crate) fn aborted_key(group: GroupId, log_index: u64, ordinal: u64) -> [u8; 21] {
+    let mut k = [0u8; 21];
+    k[..5].copy_from_slice(&sm_key(group, KEY_ABORTED));
+    k[5..13].copy_from_slice(&log_index.to_be_bytes());
+    k[13..].copy_from_slice(&ordinal.to_be_bytes());
+    k
+}
 
 fn sm_key(group: GroupId, what: u8) -> [u8; 5] {
     let mut k = [0u8; 5];
@@ -177,6 +188,40 @@ impl Projection {
                 )?;
                 self.count_hot(*table_id, &r);
                 Ok(r)
+            }
+            Op::Transaction { writes } if is_data => {
+                // Ordinals are taken for every write whether the transaction applies or not, as
+                // for any row op, so later ops' `_seq`s do not depend on the outcome.
+                let firsts: Vec<u64> = writes.iter().map(|w| take_ordinals(ordinal, w.rows.len())).collect();
+                if let Some(failure) = rows.check_transaction(writes)? {
+                    // History replay (AS OF, REBUILD) reads this to skip the transaction: it
+                    // cannot re-check preconditions on tables other than the one it rebuilds.
+                    let cf = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+                    batch.put_cf(
+                        cf,
+                        aborted_key(self.group, log_index, firsts.first().copied().unwrap_or(*ordinal)),
+                        [],
+                    );
+                    return Ok(failure);
+                }
+                let mut affected = 0;
+                for (w, first) in writes.iter().zip(firsts) {
+                    let r = match w.kind {
+                        WriteKind::Insert => rows.insert(batch, w.table_id, &w.scope, &w.rows, log_index, first)?,
+                        WriteKind::Update => {
+                            rows.rewrite(batch, w.table_id, &w.scope, &w.rows, false, log_index, first)?
+                        }
+                        WriteKind::Delete => {
+                            rows.rewrite(batch, w.table_id, &w.scope, &w.rows, true, log_index, first)?
+                        }
+                    };
+                    let OpResult::Done { affected: n } = r else {
+                        panic!("group {}: transaction write failed after its check passed: {r:?}", self.group);
+                    };
+                    self.count_hot(w.table_id, &r);
+                    affected += n;
+                }
+                Ok(OpResult::Done { affected })
             }
             Op::PurgeTable { table_id } if is_data => {
                 ColdApplier::new(db, self.group, &self.env).purge(batch, *table_id)?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kalamdb_log::command::ApplyErrorCode;
-use kalamdb_log::{GroupId, OpResult, RowWrite, Value};
+use kalamdb_log::{GroupId, OpResult, RowWrite, TxWrite, Value, WriteKind};
 use rkyv::{Archive, Deserialize as RDeserialize, Serialize as RSerialize};
 use rocksdb::{DB, ReadOptions, WriteBatch};
 
@@ -272,6 +272,46 @@ impl<'a> RowApplier<'a> {
         let affected = staged.len() as u64;
         self.commit(batch, staged, log_index)?;
         Ok(OpResult::Done { affected })
+    }
+
+    /// The first precondition of a transaction that does not hold, as the op's failure;
+    /// `None` when every write would apply. It tests exactly what [`RowApplier::insert`] and
+    /// [`RowApplier::rewrite`] test, on keys that must all be distinct, so a transaction that
+    /// passes applies whole and one that fails stages nothing.
+    pub fn check_transaction(&self, writes: &[TxWrite]) -> Result<Option<OpResult>> {
+        let mut seen = std::collections::HashSet::new();
+        for w in writes {
+            for r in &w.rows {
+                let key = row_key(self.group, w.table_id, &w.scope, &r.pk);
+                let newest = self.newest(&key)?;
+                if !seen.insert(key) {
+                    return Ok(Some(failed(
+                        ApplyErrorCode::ConstraintViolation,
+                        format!("a transaction writes row {} twice", pk_display(&r.pk)),
+                    )));
+                }
+                let holds = match w.kind {
+                    WriteKind::Insert => newest.as_ref().is_none_or(|(row, _)| row.deleted),
+                    WriteKind::Update | WriteKind::Delete => matches!(
+                        (&newest, r.expected_seq),
+                        (Some((row, _)), Some(expected)) if !row.deleted && row.seq == expected
+                    ),
+                };
+                if !holds {
+                    return Ok(Some(match w.kind {
+                        WriteKind::Insert => failed(
+                            ApplyErrorCode::ConstraintViolation,
+                            format!("Primary key violation: a row with key {} already exists", pk_display(&r.pk)),
+                        ),
+                        _ => failed(
+                            ApplyErrorCode::Conflict,
+                            format!("row {} changed since it was read", pk_display(&r.pk)),
+                        ),
+                    }));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Expire a STREAM table's rows in this group: remove every version (tombstones too) whose

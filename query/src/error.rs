@@ -48,6 +48,9 @@ pub enum Error {
     /// Every query slot is taken and the wait queue is full or timed out (HTTP 503, retry).
     #[error("{0}")]
     Busy(String),
+    /// A `BEGIN ... COMMIT` batch would write to more than one Raft group.
+    #[error("{0}")]
+    CrossGroupTransaction(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -74,6 +77,7 @@ impl Error {
             Error::ResultTooLarge(_) => "RESULT_TOO_LARGE",
             Error::RequestTooLarge(_) => "REQUEST_TOO_LARGE",
             Error::Busy(_) => "SERVER_BUSY",
+            Error::CrossGroupTransaction(_) => "CROSS_GROUP_TRANSACTION",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -99,6 +103,7 @@ impl Error {
             Error::ResultTooLarge(m) => Error::ResultTooLarge(f(m)),
             Error::RequestTooLarge(m) => Error::RequestTooLarge(f(m)),
             Error::Busy(m) => Error::Busy(f(m)),
+            Error::CrossGroupTransaction(m) => Error::CrossGroupTransaction(f(m)),
             Error::Internal(m) => Error::Internal(f(m)),
         }
     }

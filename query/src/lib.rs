@@ -9,12 +9,13 @@ pub mod filter;
 pub mod limits;
 pub mod parse;
 pub mod password;
+pub mod ports;
 pub mod provider;
 pub mod values;
 
-pub use engine::{Engine, ExecContext, Proposer, QueryResult, StorageJob, ttl_secs, url_component};
+pub use engine::{Engine, ExecContext, QueryResult, StorageJob, Subscription, ttl_secs};
 pub use error::Error;
 pub use filter::RowFilter;
 pub use limits::QueryLimits;
 pub use parse::{FlushPolicy, redact_passwords};
-pub use provider::{ClusterGroup, ClusterNode, ClusterView, ReadBarrier};
+pub use ports::{ClusterGroup, ClusterNode, ClusterView, JobSource, Proposer, ReadBarrier};

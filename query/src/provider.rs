@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use crate::access;
+use crate::engine::{Batch, Pending};
+use crate::ports::{ClusterView, JobSource, ReadBarrier};
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder, UInt64Builder};
 use datafusion::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef};
@@ -60,6 +62,8 @@ pub struct KalamTable {
     /// Where the memory of rows this table's scans materialize stays accounted until the
     /// query ends (the request's session holds it).
     pub held: HeldMemory,
+    /// The pending writes of the batch the reading statement runs in, laid over the stored rows.
+    pub batch: Option<Arc<Batch>>,
 }
 
 /// Reservations in the query memory pool for rows a scan materialized (hot rows, `AS OF`
@@ -87,47 +91,8 @@ impl KalamTable {
     ) -> KalamTable {
         let (group, scope) = layout.table_location(&def, user_id);
         let schema = table_schema(&def);
-        KalamTable { def, schema, rows, group, scope, barrier, as_of: None, held: HeldMemory::default() }
+        KalamTable { def, schema, rows, group, scope, barrier, as_of: None, held: HeldMemory::default(), batch: None }
     }
-}
-
-/// Makes a read linearizable: returns once this node's projection of `group` has applied
-/// everything committed before the call (ReadIndex). The node implements it.
-#[async_trait]
-pub trait ReadBarrier: Send + Sync + std::fmt::Debug {
-    async fn wait(&self, group: GroupId) -> crate::error::Result<()>;
-}
-
-/// A row of `system.cluster`.
-#[derive(Debug, Clone)]
-pub struct ClusterNode {
-    pub node_id: u64,
-    pub raft_addr: String,
-    pub http_addr: String,
-    /// "leader" when the node leads the catalog group, else "follower".
-    pub role: String,
-    pub groups_led: u64,
-    pub reachable: bool,
-    pub is_self: bool,
-}
-
-/// A row of `system.cluster_groups`.
-#[derive(Debug, Clone)]
-pub struct ClusterGroup {
-    pub group: String,
-    pub leader: Option<u64>,
-    pub term: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub last_log_index: u64,
-}
-
-/// The cluster state behind `system.cluster` and `system.cluster_groups`; the node
-/// implements it (a single node reports itself and its groups).
-#[async_trait]
-pub trait ClusterView: Send + Sync + std::fmt::Debug {
-    async fn nodes(&self) -> Vec<ClusterNode>;
-    async fn groups(&self) -> Vec<ClusterGroup>;
 }
 
 #[async_trait]
@@ -163,8 +128,13 @@ impl TableProvider for KalamTable {
         }
         let proj: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
         let range = if self.as_of.is_some() { Default::default() } else { pk_range(&self.def, filters) };
+        // The batch's own writes, unless the table is read as of the past.
+        let pending = match (&self.batch, self.as_of) {
+            (Some(b), None) => b.overlay(self.def.table_id, &self.scope),
+            _ => Vec::new(),
+        };
         // Filters are re-applied above the scan, so a limit is only safe without them.
-        let limit = limit.filter(|_| filters.is_empty());
+        let limit = limit.filter(|_| filters.is_empty() && pending.is_empty());
         // Reading RocksDB and replaying the log block: they run on a blocking thread, not on
         // a thread of the query runtime, and what they materialize is charged to the pool.
         let (def, schema, rows, group, scope, as_of) =
@@ -178,6 +148,7 @@ impl TableProvider for KalamTable {
                 }
                 None => rows.table_view(group, def.table_id, &scope, &range).map_err(external)?,
             };
+            overlay(&mut view, pending);
             if let Some(l) = limit {
                 view.hot.truncate(l);
             }
@@ -195,6 +166,23 @@ impl TableProvider for KalamTable {
         }
         let cold = self.cold_plan(state, &proj, filters, &view)?;
         UnionExec::try_new(vec![hot, cold])
+    }
+}
+
+/// Lay a batch's pending rows over a table view: the stored version of each pending row
+/// disappears (hot rows by `_seq`, file rows as superseded) and what the batch left of it, if
+/// anything, joins the hot rows.
+fn overlay(view: &mut TableView, pending: Vec<Pending>) {
+    if pending.is_empty() {
+        return;
+    }
+    let hidden: std::collections::HashSet<u64> = pending.iter().filter_map(|p| p.base_seq).collect();
+    view.hot.retain(|r| !hidden.contains(&r.seq));
+    view.superseded.extend(hidden);
+    for p in pending {
+        if let Some(values) = p.row {
+            view.hot.push(StoredRow { seq: p.base_seq.unwrap_or(0), deleted: false, values });
+        }
     }
 }
 
@@ -311,11 +299,6 @@ pub struct SystemTable {
     cluster: Option<Arc<dyn ClusterView>>,
     jobs: Option<Arc<dyn JobSource>>,
     viewer: Viewer,
-}
-
-/// Where `system.jobs` comes from: the node's storage job log.
-pub trait JobSource: Send + Sync + std::fmt::Debug {
-    fn job_log(&self) -> &JobLog;
 }
 
 impl JobSource for kalamdb_projections::StorageEnv {
@@ -700,6 +683,8 @@ pub struct ScanScope {
     pub as_of: Arc<Vec<(String, String, u64)>>,
     /// Memory the request's scans hold in the query pool.
     pub held: HeldMemory,
+    /// The writes of the `BEGIN ... COMMIT` batch the statement runs in, which its scans see.
+    pub batch: Option<Arc<Batch>>,
 }
 
 impl std::fmt::Debug for ScanScope {
@@ -767,6 +752,7 @@ impl SchemaProvider for NamespaceSchema {
         crate::access::check_read(s.role, &def).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut table = KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id, s.barrier.clone());
         table.as_of = as_of;
+        table.batch = s.batch.clone();
         table.held = s.held.clone();
         Ok(Some(Arc::new(table) as Arc<dyn TableProvider>))
     }

@@ -1,8 +1,9 @@
 //! `kalamdb-chaos`: a bounded workload of register reads, writes, creates and compare-and-sets
-//! plus list appends and reads against a 3-node cluster, while a nemesis derived from `--seed`
-//! kills -9, partitions and pauses nodes. Afterwards: linearizability per key (stateright),
-//! no lost acknowledged append, tail subscribers without gaps or duplicates, and equal
-//! projection digests on every node. Exit code 0 only when every check passed.
+//! plus list appends and reads, and transfers between accounts in `BEGIN ... COMMIT` batches,
+//! against a 3-node cluster, while a nemesis derived from `--seed` kills -9, partitions and
+//! pauses nodes. Afterwards: linearizability per key (stateright), no lost acknowledged append,
+//! a conserved total (every read and the end) with every acknowledged transfer applied once,
+//! tail subscribers without gaps or duplicates, and equal projection digests on every node. Exit code 0 only when every check passed.
 //!
 //! Local mode starts its own three `kalamdb-server` processes on loopback; `--docker` acts on
 //! the containers of `scripts/cluster.sh --docker start`.
@@ -20,6 +21,7 @@ use kalamdb_benches::chaos::check::{self, LinReport, List, Register, Verdict};
 use kalamdb_benches::chaos::cluster::{Cluster, Local, NODES};
 use kalamdb_benches::chaos::nemesis;
 use kalamdb_benches::chaos::tail::Subscriber;
+use kalamdb_benches::chaos::transfers::Transfers;
 use kalamdb_benches::chaos::workload::{LIST_KEY_SHIFT, Tables, Workload};
 
 /// A client gives up on a request after this long (the server's own write timeout is 10 s,
@@ -53,6 +55,10 @@ struct Args {
     /// search for a linearization grows steeply with a key's operations of unknown outcome.
     #[arg(long, default_value_t = 30)]
     ops_per_key: u64,
+    /// Clients moving amounts between accounts in `BEGIN ... COMMIT` batches (and reading
+    /// the total, which must never change), besides the `concurrency` clients.
+    #[arg(long, default_value_t = 4)]
+    transfer_clients: u64,
     /// Tail subscribers following the list table (spread over the nodes).
     #[arg(long, default_value_t = 3)]
     subscribers: usize,
@@ -194,13 +200,19 @@ async fn run(args: Args) -> Result<bool, String> {
         api.sql_until_ok(&urls, &sql, SETUP_WAIT).await?;
     }
 
+    let transfers = Arc::new(Transfers::new(api.clone(), urls.clone(), format!("chaos.accounts_{suffix}")));
+    for sql in transfers.create_sql() {
+        api.sql_until_ok(&urls, &sql, SETUP_WAIT).await?;
+    }
+
     let sub_stop = Arc::new(AtomicBool::new(false));
     let subs: Vec<Subscriber> = (0..args.subscribers)
         .map(|i| Subscriber::spawn(urls.clone(), i, lists_table.clone(), !args.docker, sub_stop.clone()))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> =
+    let mut clients: Vec<_> =
         (0..args.concurrency).map(|w| tokio::spawn(workload.clone().client(w, seed, stop.clone()))).collect();
+    clients.extend((0..args.transfer_clients).map(|w| tokio::spawn(transfers.clone().client(w, seed, stop.clone()))));
 
     // The nemesis runs here, on the schedule's clock.
     let started = Instant::now();
@@ -263,6 +275,20 @@ async fn run(args: Args) -> Result<bool, String> {
             Vec::new()
         }
     };
+    let sql = format!("SELECT sum(bal), count(*), sum(moves) FROM {}", transfers.table);
+    let verdict = match api.sql_until_ok(&urls, &sql, SETUP_WAIT).await {
+        Ok(v) => match rows(&v).first() {
+            Some(r) => transfers.check_final(
+                r[0].as_i64().unwrap_or(i64::MIN),
+                r[1].as_u64().unwrap_or(0),
+                r[2].as_u64().unwrap_or(u64::MAX),
+            ),
+            None => Err(format!("no row in {v}")),
+        },
+        Err(e) => Err(e),
+    };
+    checks.record("transfers", verdict);
+
     let (attempted, acked) = workload.appends().await;
     let a = check::check_appends(&acked, &attempted, &present);
     checks.record(

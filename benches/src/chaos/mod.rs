@@ -6,4 +6,5 @@ pub mod check;
 pub mod cluster;
 pub mod nemesis;
 pub mod tail;
+pub mod transfers;
 pub mod workload;

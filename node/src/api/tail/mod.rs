@@ -12,6 +12,8 @@
 //! for `tail.stall_ms` has fallen behind: the events already queued are delivered, then a
 //! final `overflow` event with the cursor to resume from, and the stream ends.
 
+pub mod guard;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -26,13 +28,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kalamdb_log::{GroupId, MetaGroup, Role, TableDef, TableType};
 use kalamdb_projections::changes::{self, Change, ChangeEntry, ChangeKind};
-use kalamdb_query::{ExecContext, RowFilter, access};
+use kalamdb_query::{ExecContext, QueryResult, RowFilter, access};
 use serde::Deserialize;
 use serde_json::{Map, Value as J, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::api::{App, error_response};
 use crate::config::TailConfig;
-use crate::http::{App, error_response};
 
 /// Change records read from RocksDB per step of a subscriber.
 pub const READ_ENTRIES_MAX: usize = 256;
@@ -58,7 +60,7 @@ pub const RECORD_CACHE_BYTES_MAX: usize = 64 << 20;
 /// they share: a hundred subscribers of one table decode and render each entry once.
 #[derive(Debug, Default)]
 pub struct TailState {
-    slots: crate::tail_guard::Slots,
+    slots: guard::Slots,
     cache: std::sync::Mutex<RecordCache>,
 }
 
@@ -87,7 +89,7 @@ impl RecordCache {
             (0..n).map(|_| std::sync::OnceLock::new()).collect(),
             (0..n).map(|_| std::sync::OnceLock::new()).collect(),
         ];
-        let cost_bytes = crate::tail_guard::entry_cost_bytes(record.as_ref());
+        let cost_bytes = guard::entry_cost_bytes(record.as_ref());
         let e = Arc::new(CachedEntry { record, cost_bytes, frames });
         self.bytes += cost_bytes;
         match self.map.insert(key, e.clone()) {
@@ -256,9 +258,37 @@ struct Subscription {
     /// The caller, for access checks per event; `role` follows changes of the user's role.
     user_id: String,
     role: Role,
-    entitlement: crate::tail_guard::Entitlement,
+    entitlement: guard::Entitlement,
     format: Format,
     cursor: Cursor,
+}
+
+/// Query-component characters kept as they are: RFC 3986's unreserved set.
+const URL_COMPONENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Percent-encode a URL query component (everything but RFC 3986 unreserved characters).
+pub fn url_component(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, URL_COMPONENT).to_string()
+}
+
+/// A `SUBSCRIBE TO` answer in the API's shape: the URL of this endpoint for the subscription,
+/// the table and the filter.
+pub fn subscription_result(sub: &kalamdb_query::Subscription) -> QueryResult {
+    let mut url = format!("/v1/api/tail?table={}", url_component(&sub.table));
+    if let Some(f) = &sub.filter {
+        url.push_str(&format!("&where={}", url_component(f)));
+    }
+    if let Some(n) = sub.last_rows {
+        url.push_str(&format!("&last_rows={n}"));
+    }
+    if let Some(f) = &sub.from {
+        url.push_str(&format!("&from={}", url_component(f)));
+    }
+    let cols =
+        vec![("stream_url".into(), "Text".into()), ("table".into(), "Text".into()), ("filter".into(), "Text".into())];
+    let row = vec![J::String(url), J::String(sub.table.clone()), sub.filter.clone().map_or(J::Null, J::String)];
+    QueryResult::rows(cols, vec![row])
 }
 
 fn bad_request(code: &str, message: &str) -> Response {
@@ -273,7 +303,7 @@ pub async fn tail(
     uri: Uri,
 ) -> Response {
     let start = Instant::now();
-    let (who, _) = match crate::http::identify(&app, &headers, client, start).await {
+    let (who, _) = match crate::api::identify(&app, &headers, client, start).await {
         Ok(w) => w,
         Err(resp) => return resp,
     };
@@ -297,10 +327,10 @@ pub async fn tail(
     let groups = &app.groups;
     // A table created through another node a moment ago exists here too: the catalog is read
     // at (at least) its committed position, as a linearizable SELECT would.
-    if groups.transport.is_some()
+    if groups.is_cluster()
         && let Err(e) = groups.read_barrier(GroupId::Meta(MetaGroup::Catalog)).await
     {
-        return crate::http::query_error_response(&e, start);
+        return crate::api::query_error_response(&e, start);
     }
     let chosen = [q.table.is_some(), q.namespace.is_some(), q.group.is_some()].iter().filter(|b| **b).count();
     if chosen != 1 {
@@ -429,7 +459,7 @@ pub async fn tail(
     let cfg = app.tail.clone();
     match state.slots.acquire(&who.user_id, cfg.subscribers_max, cfg.subscribers_per_user_max) {
         Ok(()) => {}
-        Err(crate::tail_guard::Refusal::Node(max)) => {
+        Err(guard::Refusal::Node(max)) => {
             metrics::counter!("kalamdb_tail_refused_total", "reason" => "limit").increment(1);
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -438,7 +468,7 @@ pub async fn tail(
                 start,
             );
         }
-        Err(crate::tail_guard::Refusal::User(max)) => {
+        Err(guard::Refusal::User(max)) => {
             metrics::counter!("kalamdb_tail_refused_total", "reason" => "user_limit").increment(1);
             return error_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -468,7 +498,7 @@ pub async fn tail(
     }
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let basic = authorization.is_some_and(|a| a.len() > 6 && a[..6].eq_ignore_ascii_case(b"basic "));
-    let entitlement = crate::tail_guard::Entitlement {
+    let entitlement = guard::Entitlement {
         who: who.clone(),
         expires_at_secs: app.auth.bearer_expiry(authorization),
         basic_password_hash: if basic { app.auth.password_hash_of(&who.user_id) } else { None },
@@ -528,7 +558,7 @@ async fn last_rows(
     role: Role,
     group: GroupId,
 ) -> Result<(u64, Vec<J>), Response> {
-    let Some(g) = app.groups.groups.get(&group) else {
+    let Some(applied) = app.groups.applied_watch(group) else {
         return Err(error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL_ERROR",
@@ -543,17 +573,18 @@ async fn last_rows(
         params: Vec::new(),
         barrier: None,
         impersonated_by: None,
+        batch: None,
     };
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let before = *g.applied.borrow();
+        let before = *applied.borrow();
         let result = app.engine.last_rows(def, filter, n, &ctx).await;
-        let after = *g.applied.borrow();
+        let after = *applied.borrow();
         let results = match result {
             Ok(r) => r,
             Err(e) => {
-                return Err(crate::http::query_error_response(&e, Instant::now()));
+                return Err(crate::api::query_error_response(&e, Instant::now()));
             }
         };
         // Nothing applied during the read: the rows are exactly the state at `before`.
@@ -648,7 +679,7 @@ impl Subscription {
     }
 
     fn applied(&self, g: GroupId) -> u64 {
-        self.app.groups.groups.get(&g).map_or(0, |x| *x.applied.borrow())
+        self.app.groups.applied_index(g)
     }
 }
 
@@ -816,7 +847,7 @@ async fn send_chunk(
 async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConfig) -> Result<(), Stop> {
     let groups: Vec<GroupId> = sub.cursor.keys().copied().collect();
     let mut watches: Vec<watch::Receiver<u64>> =
-        groups.iter().filter_map(|g| sub.app.groups.groups.get(g).map(|x| x.applied.clone())).collect();
+        groups.iter().filter_map(|g| sub.app.groups.applied_watch(*g)).collect();
     if watches.is_empty() {
         return Ok(());
     }

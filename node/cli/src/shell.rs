@@ -220,9 +220,9 @@ impl Session {
             Some((t, f)) => (t, Some(f.trim())),
             None => (arg, None),
         };
-        let mut path = format!("/v1/api/tail?table={}", kalamdb_query::url_component(table));
+        let mut path = format!("/v1/api/tail?table={}", url_component(table));
         if let Some(f) = filter.filter(|f| !f.is_empty()) {
-            path.push_str(&format!("&where={}", kalamdb_query::url_component(f)));
+            path.push_str(&format!("&where={}", url_component(f)));
         }
         let client = &self.client;
         self.rt.block_on(async {
@@ -346,4 +346,13 @@ fn print_event(v: &Value) {
         Some("overflow") | Some("gone") => eprintln!("{}", v["message"].as_str().unwrap_or_default()),
         _ => {}
     }
+}
+
+/// Query-component characters kept as they are: RFC 3986's unreserved set.
+const URL_COMPONENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Percent-encode a URL query component for the tail endpoint.
+fn url_component(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, URL_COMPONENT).to_string()
 }

@@ -1,0 +1,369 @@
+//! The node's Raft groups: one openraft instance per group over the shared RocksDB log and
+//! projections; group commit (client ops queue per group and are proposed as one log entry,
+//! one append and one fsync per batch, with a bounded number of entries in flight); routing
+//! of writes to the group leader, and linearizable read barriers.
+//!
+//! By concern: `propose` (group commit and forwarding to the leader), `read_index` (read
+//! barriers, batched per group), `peers` (what this node answers its peers over QUIC); this
+//! file starts the groups and answers questions about them.
+
+mod peers;
+mod propose;
+mod read_index;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use kalamdb_log::types::{NodeAddr, NodeId, Raft};
+use kalamdb_log::{EncodedCommand, GroupId, GroupLayout, LogCommand, LogDb, LogStore, Op, OpResult, Value};
+use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader, StorageEnv};
+use kalamdb_query::Error as QueryError;
+use kalamdb_transport::wire::{ForwardResponse, GroupStatus, ReadIndexResponse, RemoteError, StatusResponse};
+use kalamdb_transport::{GroupNetwork, Transport, TransportConfig};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use peers::*;
+use propose::*;
+use read_index::*;
+
+/// Rows one log entry may carry in total, below the projection's `_seq` packing limit.
+pub const BATCH_ROWS_MAX: usize = (kalamdb_projections::rows::ENTRY_ROWS_MAX / 4) as usize;
+/// Estimated bytes one log entry may carry; keeps every entry inside one AppendEntries frame
+/// (`kalamdb_transport::network::APPEND_BYTES_MAX`).
+pub const BATCH_BYTES_MAX: usize = 4 << 20;
+/// Pause between attempts while a group has no (reachable) leader.
+pub const LEADER_RETRY_MS: u64 = 20;
+/// Time one read-index round (local quorum check or request to the leader) may take before
+/// it is retried.
+pub const PEER_REQUEST_TIMEOUT_MS: u64 = 1_000;
+/// Reads answered by one read-index round at most.
+pub const READS_PER_ROUND_MAX: usize = 4096;
+/// How long a flush or compaction may take to commit and apply before its outcome is unknown.
+pub const STORAGE_JOB_TIMEOUT_MS: u64 = 600_000;
+/// openraft snapshot chunk size: one chunk per QUIC frame.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
+pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
+
+/// One running group.
+pub struct Group {
+    pub id: GroupId,
+    pub raft: Raft,
+    pub applied: watch::Receiver<u64>,
+    queue: mpsc::Sender<Proposal>,
+    read_queue: mpsc::Sender<ReadIndexWaiter>,
+}
+
+/// All groups of this node.
+pub struct Groups {
+    pub node_id: NodeId,
+    pub layout: GroupLayout,
+    pub groups: HashMap<GroupId, Group>,
+    pub catalog: Arc<Catalog>,
+    pub rows: RowReader,
+    /// Cold storage root and the per-node job log and write counters.
+    pub storage: Arc<StorageEnv>,
+    /// Every member, this node included (one entry in a single-node layout).
+    pub members: BTreeMap<NodeId, NodeAddr>,
+    pub cluster_id: Option<String>,
+    pub transport: Option<Arc<Transport>>,
+    write_timeout: Duration,
+}
+
+fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>> {
+    let c = openraft::Config {
+        cluster_name: "kalamdb".into(),
+        heartbeat_interval: cfg.raft.heartbeat_interval_ms,
+        election_timeout_min: cfg.raft.election_timeout_min_ms,
+        election_timeout_max: cfg.raft.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: cfg.raft.logs_to_keep,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        // Per snapshot chunk; openraft's 200 ms default is short for 4 MiB on a busy machine.
+        install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate().map_err(|e| Error::Raft(e.to_string()))?))
+}
+
+fn unavailable(group: GroupId, why: &str) -> QueryError {
+    QueryError::Unavailable(format!("group {group}: {why}"))
+}
+
+/// One group's projection digest on this node (`GET /v1/api/cluster/digest`).
+#[derive(Debug, Clone)]
+pub struct GroupDigest {
+    pub group: GroupId,
+    pub applied_index: u64,
+    /// The applied index did not move while the digest was computed.
+    pub stable: bool,
+    pub digest: String,
+}
+
+impl Groups {
+    /// Open storage, start every group, and initialize each group once: the lowest member id
+    /// does it with the whole member list (a single node with itself). Initializing an
+    /// initialized group is a no-op, so restarts in any order need no manual step.
+    pub async fn start(cfg: &Config) -> Result<Arc<Groups>> {
+        let (user_shards, shared_shards) = cfg.shards();
+        let layout = GroupLayout::new(user_shards, shared_shards);
+        std::fs::create_dir_all(&cfg.storage.data_path)?;
+        let log_db = LogDb::open(&cfg.rocksdb_path(), &PROJECTION_CFS)?;
+        let storage_path = cfg.storage_path();
+        std::fs::create_dir_all(&storage_path)?;
+        // Absolute: DataFusion addresses files by absolute path.
+        let storage = StorageEnv::new(cfg.snapshot_path(), std::fs::canonicalize(&storage_path)?);
+        let catalog = Catalog::new();
+        let raft_cfg = raft_config(cfg)?;
+        let node_id = cfg.server.node_id;
+        let http_me = format!("{}:{}", cfg.server.host, cfg.server.port);
+        let members: BTreeMap<NodeId, NodeAddr> = match &cfg.cluster {
+            None => BTreeMap::from([(node_id, NodeAddr { raft_addr: String::new(), http_addr: http_me })]),
+            Some(c) => c
+                .members
+                .iter()
+                .map(|m| (m.node_id, NodeAddr { raft_addr: m.raft_addr.clone(), http_addr: m.http_addr.clone() }))
+                .collect(),
+        };
+        let transport = match (&cfg.cluster, cfg.me()) {
+            (Some(c), Some(me)) => {
+                let bind = match &c.raft_bind {
+                    Some(b) => b.clone(),
+                    None => {
+                        let port = me.raft_addr.rsplit(':').next().unwrap_or_default();
+                        format!("0.0.0.0:{port}")
+                    }
+                };
+                let bind =
+                    bind.parse().map_err(|e| Error::Config(format!("cluster raft bind address '{bind}': {e}")))?;
+                Some(Transport::bind(TransportConfig {
+                    node_id,
+                    cluster_id: c.cluster_id.clone(),
+                    secret: c.jwt_secret.as_bytes().to_vec(),
+                    bind,
+                    members: members.iter().map(|(id, a)| (*id, a.raft_addr.clone())).collect(),
+                    layout: cluster_layout(&members, user_shards, shared_shards),
+                })?)
+            }
+            _ => None,
+        };
+        let initializer = members.keys().next().copied() == Some(node_id);
+        let mut groups = HashMap::new();
+        for id in layout.all() {
+            let log_store = LogStore::new(log_db.clone(), id)?;
+            let sm = Projection::open(log_db.clone(), id, catalog.clone(), storage.clone())?;
+            let applied = sm.applied_watch();
+            let raft = match &transport {
+                Some(t) => {
+                    Raft::new(
+                        node_id,
+                        raft_cfg.clone(),
+                        GroupNetwork { transport: t.clone(), group: id },
+                        log_store,
+                        sm,
+                    )
+                    .await
+                }
+                None => Raft::new(node_id, raft_cfg.clone(), kalamdb_transport::NoPeers, log_store, sm).await,
+            }
+            .map_err(|e| Error::Raft(format!("group {id}: {e}")))?;
+            if initializer {
+                match raft.initialize(members.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(target: "kalamdb_raft", group = %id, members = ?members.keys().collect::<Vec<_>>(), "group initialized")
+                    }
+                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                        tracing::debug!(target: "kalamdb_raft", group = %id, "group already initialized");
+                    }
+                    Err(e) => return Err(Error::Raft(format!("initialize group {id}: {e}"))),
+                }
+            }
+            let (queue, rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
+            tokio::spawn(run_batcher(
+                id,
+                raft.clone(),
+                rx,
+                cfg.limits.batch_ops_max,
+                cfg.limits.proposals_in_flight_max,
+            ));
+            tokio::spawn(watch_leadership(id, raft.clone()));
+            let (read_queue, read_rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
+            tokio::spawn(run_read_index_batcher(id, node_id, raft.clone(), transport.clone(), read_rx));
+            groups.insert(id, Group { id, raft, applied, queue, read_queue });
+        }
+        let rows = RowReader::new(log_db.clone(), storage.storage_dir.clone());
+        let me = Arc::new(Groups {
+            node_id,
+            layout,
+            groups,
+            catalog,
+            rows,
+            storage,
+            members,
+            cluster_id: cfg.cluster.as_ref().map(|c| c.cluster_id.clone()),
+            transport: transport.clone(),
+            write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
+        });
+        if let Some(t) = &transport {
+            t.serve(Arc::new(PeerService(Arc::downgrade(&me))));
+        }
+        Ok(me)
+    }
+
+    /// Whether this node is a member of a cluster (it has peers and a transport).
+    pub fn is_cluster(&self) -> bool {
+        self.transport.is_some()
+    }
+
+    /// Test-only fault switch: cut this node off the cluster network, or reconnect it. False
+    /// on a single node (nothing to cut).
+    pub fn set_isolated(&self, isolated: bool) -> bool {
+        match &self.transport {
+            Some(t) => {
+                t.set_isolated(isolated);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The last index this node applied in `group` (0 for a group it does not host).
+    pub fn applied_index(&self, group: GroupId) -> u64 {
+        self.groups.get(&group).map_or(0, |g| *g.applied.borrow())
+    }
+
+    /// A watch of `group`'s applied index; `None` for a group this node does not host.
+    pub fn applied_watch(&self, group: GroupId) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.groups.get(&group).map(|g| g.applied.clone())
+    }
+
+    /// Per group: the applied index, whether it stayed the same while the digest was computed,
+    /// and the SHA-256 of the projection. Reads every projection: call it off the async runtime.
+    pub fn digests(&self) -> std::result::Result<Vec<GroupDigest>, kalamdb_projections::Error> {
+        let mut out = Vec::new();
+        for id in self.layout.all() {
+            let Some(g) = self.groups.get(&id) else { continue };
+            let before = *g.applied.borrow();
+            let digest = kalamdb_projections::digest_group(self.rows.db(), id)?;
+            let applied_index = *g.applied.borrow();
+            out.push(GroupDigest { group: id, applied_index, stable: before == applied_index, digest });
+        }
+        Ok(out)
+    }
+
+    /// True once every group has a leader (this node can serve reads and writes).
+    pub fn all_have_leader(&self) -> bool {
+        self.groups.values().all(|g| g.raft.metrics().borrow().current_leader.is_some())
+    }
+
+    /// Wait (bounded) until every group has a leader.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.all_have_leader() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    fn group(&self, group: GroupId) -> std::result::Result<&Group, QueryError> {
+        self.groups.get(&group).ok_or_else(|| QueryError::Internal(format!("unknown group {group}")))
+    }
+
+    fn leader_of(&self, group: &Group) -> Option<NodeId> {
+        group.raft.metrics().borrow().current_leader
+    }
+
+    /// Does this node lead `group` right now?
+    pub fn leads(&self, group: GroupId) -> bool {
+        self.groups.get(&group).is_some_and(|g| self.leader_of(g) == Some(self.node_id))
+    }
+
+    /// This node's view of every group; the leader's view adds per-member progress.
+    pub fn local_status(&self) -> StatusResponse {
+        let mut out = Vec::with_capacity(self.groups.len());
+        for id in self.layout.all() {
+            let Some(g) = self.groups.get(&id) else { continue };
+            let m = g.raft.metrics().borrow().clone();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let last = m.last_log_index.unwrap_or(0);
+            let mut matched: Vec<(u64, u64)> = Vec::new();
+            let mut commit = applied;
+            if let Some(rep) = &m.replication {
+                for (node, l) in rep.iter() {
+                    matched.push((*node, l.map_or(0, |l| l.index)));
+                }
+                if !matched.iter().any(|(n, _)| *n == self.node_id) {
+                    matched.push((self.node_id, last));
+                }
+                // Committed = the highest index a majority of voters has.
+                let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+                let mut idx: Vec<u64> = matched.iter().filter(|(n, _)| voters.contains(n)).map(|(_, i)| *i).collect();
+                idx.sort_unstable_by(|a, b| b.cmp(a));
+                if let Some(i) = idx.get(voters.len() / 2) {
+                    commit = commit.max(*i);
+                }
+                matched.sort_unstable();
+            }
+            out.push(GroupStatus {
+                group: id.to_u32(),
+                leader: m.current_leader,
+                term: m.current_term,
+                last_log_index: last,
+                commit_index: commit,
+                applied_index: applied,
+                matched,
+            });
+        }
+        StatusResponse { node_id: self.node_id, groups: out }
+    }
+
+    pub async fn shutdown(&self) {
+        for g in self.groups.values() {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(target: "kalamdb_raft", group = %g.id, error = %e, "shutdown failed");
+            }
+        }
+        if let Some(t) = &self.transport {
+            t.close();
+        }
+    }
+}
+
+/// What every member must agree on, as text peers compare in Hello: the member list (ids
+/// and Raft addresses) and the shard counts, which fix the set of Raft groups.
+fn cluster_layout(members: &BTreeMap<NodeId, NodeAddr>, user_shards: u16, shared_shards: u16) -> String {
+    let list: Vec<String> = members.iter().map(|(id, a)| format!("{id}={}", a.raft_addr)).collect();
+    format!("members {}; user_shards {user_shards}; shared_shards {shared_shards}", list.join(","))
+}
+
+/// Log leader, term and membership changes of a group under the `kalamdb_raft` target.
+async fn watch_leadership(group: GroupId, raft: Raft) {
+    let mut metrics = raft.metrics();
+    let mut last: (Option<NodeId>, u64) = (None, 0);
+    let mut last_membership = None;
+    loop {
+        let (leader, term, state, membership) = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.current_term, format!("{:?}", m.state), m.membership_config.log_id().map(|l| l.index))
+        };
+        if (leader, term) != last {
+            tracing::info!(target: "kalamdb_raft", group = %group, ?leader, term, state, "leadership changed");
+            last = (leader, term);
+        }
+        if membership != last_membership {
+            let voters: Vec<NodeId> = metrics.borrow().membership_config.membership().voter_ids().collect();
+            tracing::debug!(target: "kalamdb_raft", group = %group, ?voters, log_index = ?membership, "membership");
+            last_membership = membership;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! What this node answers its peers over QUIC: Raft messages, writes forwarded to the groups it
+//! leads, read-index requests and its status.
+
+use super::*;
+
+/// Rebuild a query error from the code a remote node reported.
+pub(super) fn query_error_from(code: &str, message: String) -> QueryError {
+    match code {
+        "INVALID_SQL" => QueryError::InvalidSql(message),
+        "WRITE_CONFLICT" => QueryError::Conflict(message),
+        "INTERNAL_ERROR" => QueryError::Internal(message),
+        "NOT_LEADER" => QueryError::NotLeader(message),
+        _ => QueryError::Unavailable(message),
+    }
+}
+
+pub(super) fn remote_failure(e: &QueryError) -> RemoteError {
+    RemoteError::Failed { code: e.code().to_string(), message: e.to_string() }
+}
+
+/// What peers may ask of this node. Holds a weak reference: the groups own the transport.
+pub(super) struct PeerService(pub(super) std::sync::Weak<Groups>);
+#[async_trait]
+impl kalamdb_transport::Handler for PeerService {
+    fn raft(&self, group: GroupId) -> Option<Raft> {
+        self.0.upgrade()?.groups.get(&group).map(|g| g.raft.clone())
+    }
+
+    async fn forward(&self, group: GroupId, command: EncodedCommand) -> ForwardResponse {
+        let Some(groups) = self.0.upgrade() else {
+            return ForwardResponse::Err(RemoteError::NotLeader { leader: None });
+        };
+        let Ok(g) = groups.group(group) else {
+            return ForwardResponse::Err(RemoteError::Failed {
+                code: "INTERNAL_ERROR".into(),
+                message: format!("group {group} is not hosted here"),
+            });
+        };
+        let mut cmd = match command.decode() {
+            Ok(c) => c,
+            Err(e) => {
+                return ForwardResponse::Err(RemoteError::Failed {
+                    code: "INTERNAL_ERROR".into(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let Some(op) = cmd.ops.pop().filter(|_| cmd.ops.is_empty()) else {
+            return ForwardResponse::Err(RemoteError::Failed {
+                code: "INTERNAL_ERROR".into(),
+                message: "a forwarded write carries exactly one op".into(),
+            });
+        };
+        let leader = groups.leader_of(g);
+        if leader != Some(groups.node_id) {
+            return ForwardResponse::Err(RemoteError::NotLeader { leader });
+        }
+        let deadline = Instant::now() + groups.write_timeout;
+        match groups.propose_local(g, op, deadline).await {
+            Ok((result, index)) => ForwardResponse::Ok { results: vec![result], index },
+            Err(ProposeError::NotLeader(leader)) => ForwardResponse::Err(RemoteError::NotLeader { leader }),
+            Err(ProposeError::Query(e)) => ForwardResponse::Err(remote_failure(&e)),
+        }
+    }
+
+    async fn read_index(&self, group: GroupId) -> ReadIndexResponse {
+        let Some(groups) = self.0.upgrade() else {
+            return ReadIndexResponse::Err(RemoteError::NotLeader { leader: None });
+        };
+        let Ok(g) = groups.group(group) else {
+            return ReadIndexResponse::Err(RemoteError::NotLeader { leader: None });
+        };
+        let leader = groups.leader_of(g);
+        if leader != Some(groups.node_id) {
+            return ReadIndexResponse::Err(RemoteError::NotLeader { leader });
+        }
+        // Through the group's read-index batcher: one quorum round for many followers' reads.
+        let (reply, rx) = oneshot::channel();
+        if g.read_queue.send(reply).await.is_err() {
+            return ReadIndexResponse::Err(RemoteError::NotLeader { leader: None });
+        }
+        match rx.await {
+            Ok(Ok(index)) => ReadIndexResponse::Ok { index },
+            Ok(Err(ReadIndexError::Failed { code, message })) => {
+                ReadIndexResponse::Err(RemoteError::Failed { code, message })
+            }
+            Ok(Err(ReadIndexError::Retry)) | Err(_) => ReadIndexResponse::Err(RemoteError::NotLeader { leader: None }),
+        }
+    }
+
+    fn status(&self) -> StatusResponse {
+        match self.0.upgrade() {
+            Some(g) => g.local_status(),
+            None => StatusResponse { node_id: 0, groups: Vec::new() },
+        }
+    }
+}

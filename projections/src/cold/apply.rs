@@ -1,0 +1,384 @@
+//! Flush, compaction and purge of cold storage, run inside apply: file names and contents are
+//! a function of the log.
+
+use super::*;
+
+/// Rows converted to Arrow at a time while flushing.
+pub(super) const CONVERT_ROWS_MAX: usize = 8192;
+
+const _: () = assert!(FILE_ROWS_MAX.is_multiple_of(CONVERT_ROWS_MAX));
+
+/// Cold-storage work of one apply call on one group.
+pub struct ColdApplier<'a> {
+    db: &'a DB,
+    group: GroupId,
+    env: &'a StorageEnv,
+}
+
+/// Result of flushing or compacting one scope.
+pub(super) struct ScopeOutcome {
+    scope: String,
+    log_start: u64,
+    files: u64,
+    rows: u64,
+    bytes: u64,
+}
+
+/// Scopes of a table in a group that have cold files, in key order.
+pub(super) fn scopes_with_files(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<String>> {
+    let cold = cf(db, CF_COLD)?;
+    let mut out: Vec<String> = Vec::new();
+    for item in iter_prefix(db, cold, &table_prefix(group, table_id)) {
+        let (k, _) = item?;
+        let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
+        if rest.first() == Some(&KIND_HEAD) && out.last().is_none_or(|s| s != scope) {
+            out.push(scope.to_string());
+        }
+    }
+    Ok(out)
+}
+
+impl<'a> ColdApplier<'a> {
+    pub fn new(db: &'a DB, group: GroupId, env: &'a StorageEnv) -> ColdApplier<'a> {
+        ColdApplier { db, group, env }
+    }
+
+    /// Flush the table's hot rows (all scopes, or one) into Parquet, stage the manifest, the
+    /// key stubs and the removal of the flushed hot rows into `batch`.
+    pub fn flush(&self, batch: &mut WriteBatch, def: &TableDef, scope: Option<&str>, index: u64) -> Result<OpResult> {
+        let started = Instant::now();
+        let started_at = crate::now_micros();
+        let rows_cf = cf(self.db, CF_ROWS)?;
+        let prefix = match scope {
+            Some(s) => table_scope_prefix(self.group, def.table_id, s),
+            None => table_prefix(self.group, def.table_id),
+        };
+        let schema = table_schema(def);
+        let mut outcomes = Vec::new();
+        let mut current: Option<ScopeFlush> = None;
+        for item in iter_prefix(self.db, rows_cf, &prefix) {
+            let (key, value) = item?;
+            let (row_scope, _) = split_scope(&key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
+            if current.as_ref().is_none_or(|c| c.scope != row_scope) {
+                if let Some(done) = current.take() {
+                    outcomes.push(done.finish(self, batch, def, &schema, index)?);
+                }
+                current = Some(ScopeFlush::start(self, def, row_scope)?);
+            }
+            let flush = current.as_mut().expect("scope flush started above");
+            flush.push(self, batch, def, &schema, &key, StoredRow::decode(&value)?, index)?;
+        }
+        if let Some(done) = current.take() {
+            outcomes.push(done.finish(self, batch, def, &schema, index)?);
+        }
+        self.env.hot.reset(self.group, def.table_id);
+        let rows: u64 = outcomes.iter().map(|o| o.rows).sum();
+        self.report("flush", def, &outcomes, index, started, started_at);
+        Ok(OpResult::Done { affected: rows })
+    }
+
+    fn report(
+        &self,
+        job_type: &'static str,
+        def: &TableDef,
+        outcomes: &[ScopeOutcome],
+        index: u64,
+        started: Instant,
+        started_at_micros: i64,
+    ) {
+        let duration_ms = started.elapsed().as_millis() as u64;
+        metrics::histogram!("kalamdb_storage_job_seconds", "job" => job_type).record(started.elapsed().as_secs_f64());
+        for o in outcomes {
+            metrics::counter!("kalamdb_storage_jobs_total", "job" => job_type).increment(1);
+            metrics::counter!("kalamdb_storage_job_rows_total", "job" => job_type).increment(o.rows);
+            metrics::counter!("kalamdb_storage_job_bytes_total", "job" => job_type).increment(o.bytes);
+            metrics::counter!("kalamdb_storage_job_files_total", "job" => job_type).increment(o.files);
+            self.env.jobs.push(JobRecord {
+                job_id: format!("{job_type}-{}-{index}-{}", self.group, o.scope),
+                job_type,
+                namespace: def.namespace.clone(),
+                table_name: def.name.clone(),
+                group: self.group.to_string(),
+                scope: o.scope.clone(),
+                log_start: o.log_start,
+                log_end: index,
+                files: o.files,
+                rows: o.rows,
+                bytes: o.bytes,
+                state: "completed",
+                started_at_micros,
+                duration_ms,
+                message: String::new(),
+            });
+            tracing::info!(target: "kalamdb_storage", group = %self.group, table = %format!("{}.{}", def.namespace, def.name),
+                scope = %o.scope, job_type, rows = o.rows, files = o.files, bytes = o.bytes, duration_ms, "storage job done");
+        }
+    }
+
+    /// Merge each scope's live files into as few as possible, without superseded versions.
+    pub fn compact(&self, batch: &mut WriteBatch, def: &TableDef, scope: Option<&str>, index: u64) -> Result<OpResult> {
+        let started = Instant::now();
+        let started_at = crate::now_micros();
+        let cold = cf(self.db, CF_COLD)?;
+        let schema = table_schema(def);
+        let scopes = match scope {
+            Some(s) => vec![s.to_string()],
+            None => scopes_with_files(self.db, self.group, def.table_id)?,
+        };
+        let pk = def.pk_index();
+        let mut outcomes = Vec::new();
+        for scope in scopes {
+            let sp = table_scope_prefix(self.group, def.table_id, &scope);
+            let files = scope_files(self.db, &sp)?;
+            let superseded: HashSet<i64> = iter_prefix(self.db, cold, &cold_key(&sp, KIND_SUPERSEDED, &[]))
+                .map(|item| {
+                    let (k, _) = item?;
+                    let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
+                    Ok(u64::from_be_bytes(b) as i64)
+                })
+                .collect::<Result<_>>()?;
+            let live: Vec<&FileMeta> = files.iter().filter(|f| f.retired_at.is_none()).collect();
+            // Files retired by an earlier compaction have been out of every manifest since;
+            // they go now.
+            for f in files.iter().filter(|f| f.retired_at.is_some()) {
+                match std::fs::remove_file(self.env.storage_dir.join(&f.path)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+                batch.delete_cf(cold, cold_key(&sp, KIND_FILE, &f.file_no.to_be_bytes()));
+            }
+            if live.len() <= 1 && superseded.is_empty() {
+                continue;
+            }
+            // Streamed: one batch per input file and one output file in memory at a time.
+            let paths: Vec<PathBuf> = live.iter().map(|f| self.env.storage_dir.join(&f.path)).collect();
+            let mut merge = crate::merge::Merge::open(&paths, schema.clone(), pk, &superseded, CONVERT_ROWS_MAX)?;
+            let mut head = scope_head(self.db, &sp)?;
+            let log_start = live.iter().map(|f| f.log_start).min().unwrap_or(index);
+            let log_end = live.iter().map(|f| f.log_end).max().unwrap_or(index);
+            let mut outcome = ScopeOutcome { scope: scope.clone(), log_start, files: 0, rows: 0, bytes: 0 };
+            let mut chunks: Vec<RecordBatch> = Vec::new();
+            let mut chunk_rows = 0;
+            loop {
+                let next = merge.next_batch()?;
+                let done = next.is_none();
+                if let Some(b) = next {
+                    chunk_rows += b.num_rows();
+                    chunks.push(b);
+                }
+                // Files of FILE_ROWS_MAX rows (a multiple of the batch size), the last one shorter.
+                if chunk_rows >= FILE_ROWS_MAX || (done && chunk_rows > 0) {
+                    let meta = self.write_file(
+                        def,
+                        &scope,
+                        &schema,
+                        &chunks,
+                        &mut head,
+                        index,
+                        "compact",
+                        (log_start, log_end),
+                    )?;
+                    batch.put_cf(cold, cold_key(&sp, KIND_FILE, &meta.file_no.to_be_bytes()), json(&meta)?);
+                    outcome.files += 1;
+                    outcome.rows += meta.rows;
+                    outcome.bytes += meta.bytes;
+                    chunks.clear();
+                    chunk_rows = 0;
+                }
+                if done {
+                    break;
+                }
+            }
+            for f in &live {
+                let mut retired = (*f).clone();
+                retired.retired_at = Some(index);
+                batch.put_cf(cold, cold_key(&sp, KIND_FILE, &f.file_no.to_be_bytes()), json(&retired)?);
+            }
+            let markers = cold_key(&sp, KIND_SUPERSEDED, &[]);
+            batch.delete_range_cf(cold, markers.clone(), prefix_end(&markers));
+            head.last_compact_index = index;
+            batch.put_cf(cold, cold_key(&sp, KIND_HEAD, &[]), json(&head)?);
+            outcomes.push(outcome);
+        }
+        let rows: u64 = outcomes.iter().map(|o| o.rows).sum();
+        self.report("compact", def, &outcomes, index, started, started_at);
+        Ok(OpResult::Done { affected: rows })
+    }
+
+    /// Write one file of a scope and return its manifest record.
+    fn write_file(
+        &self,
+        def: &TableDef,
+        scope: &str,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        head: &mut ScopeHead,
+        index: u64,
+        written_by: &str,
+        log_range: (u64, u64),
+    ) -> Result<FileMeta> {
+        let file_no = head.next_file_no;
+        head.next_file_no += 1;
+        let path = format!("{}/{}-{:020}-{:06}.parquet", scope_dir(def, scope), written_by, index, file_no);
+        let mut stats = StatsBuilder::new(def);
+        for b in batches {
+            stats.add(b)?;
+        }
+        let pk_column = &def.columns[def.pk_index()].name;
+        let (bytes, sha256) = write_parquet(&self.env.storage_dir, &path, schema, batches, pk_column)?;
+        Ok(FileMeta {
+            file_no,
+            path,
+            log_start: log_range.0,
+            log_end: log_range.1,
+            created_at: index,
+            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            bytes,
+            sha256,
+            written_by: written_by.to_string(),
+            retired_at: None,
+            columns: stats.finish(),
+        })
+    }
+
+    /// Remove every cold record and file of a dropped table in this group.
+    pub fn purge(&self, batch: &mut WriteBatch, table_id: u64) -> Result<()> {
+        let cold = cf(self.db, CF_COLD)?;
+        let prefix = table_prefix(self.group, table_id);
+        for item in iter_prefix(self.db, cold, &prefix) {
+            let (k, v) = item?;
+            let (_, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
+            if rest.first() == Some(&KIND_FILE) {
+                let meta: FileMeta = unjson(&v)?;
+                match std::fs::remove_file(self.env.storage_dir.join(&meta.path)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        batch.delete_range_cf(cold, prefix.clone(), prefix_end(&prefix));
+        Ok(())
+    }
+}
+
+/// The flush of one scope in progress: rows are converted in chunks and written in files of
+/// at most [`FILE_ROWS_MAX`] rows.
+pub(super) struct ScopeFlush {
+    scope: String,
+    scope_prefix: Vec<u8>,
+    head: ScopeHead,
+    log_start: u64,
+    pending: Vec<StoredRow>,
+    file_batches: Vec<RecordBatch>,
+    file_rows: usize,
+    metas: Vec<FileMeta>,
+    rows: u64,
+}
+
+impl ScopeFlush {
+    fn start(c: &ColdApplier<'_>, def: &TableDef, scope: &str) -> Result<ScopeFlush> {
+        let scope_prefix = table_scope_prefix(c.group, def.table_id, scope);
+        let head = scope_head(c.db, &scope_prefix)?;
+        Ok(ScopeFlush {
+            scope: scope.to_string(),
+            log_start: head.last_flush_index + 1,
+            scope_prefix,
+            head,
+            pending: Vec::new(),
+            file_batches: Vec::new(),
+            file_rows: 0,
+            metas: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    fn push(
+        &mut self,
+        c: &ColdApplier<'_>,
+        batch: &mut WriteBatch,
+        def: &TableDef,
+        schema: &SchemaRef,
+        row_key: &[u8],
+        row: StoredRow,
+        index: u64,
+    ) -> Result<()> {
+        let cold = cf(c.db, CF_COLD)?;
+        let stub = stub_key_of(row_key)?;
+        if row.deleted {
+            // A tombstone shadows nothing once flushed: the version it deleted was marked
+            // superseded when the delete was applied. Only the stub of that version goes.
+            batch.delete_cf(cold, stub);
+            return Ok(());
+        }
+        batch.put_cf(cold, stub, row.seq.to_be_bytes());
+        self.pending.push(row);
+        self.rows += 1;
+        if self.pending.len() == CONVERT_ROWS_MAX {
+            self.convert(def, schema)?;
+        }
+        if self.file_rows + self.pending.len() >= FILE_ROWS_MAX {
+            self.convert(def, schema)?;
+            self.write(c, def, schema, index)?;
+        }
+        Ok(())
+    }
+
+    fn convert(&mut self, def: &TableDef, schema: &SchemaRef) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.file_rows += self.pending.len();
+        self.file_batches.push(rows_to_batch(def, schema, &self.pending)?);
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn write(&mut self, c: &ColdApplier<'_>, def: &TableDef, schema: &SchemaRef, index: u64) -> Result<()> {
+        if self.file_batches.is_empty() {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut self.file_batches);
+        self.file_rows = 0;
+        let meta =
+            c.write_file(def, &self.scope, schema, &batches, &mut self.head, index, "flush", (self.log_start, index))?;
+        self.metas.push(meta);
+        Ok(())
+    }
+
+    fn finish(
+        mut self,
+        c: &ColdApplier<'_>,
+        batch: &mut WriteBatch,
+        def: &TableDef,
+        schema: &SchemaRef,
+        index: u64,
+    ) -> Result<ScopeOutcome> {
+        self.convert(def, schema)?;
+        self.write(c, def, schema, index)?;
+        let cold = cf(c.db, CF_COLD)?;
+        let rows_cf = cf(c.db, CF_ROWS)?;
+        for meta in &self.metas {
+            batch.put_cf(cold, cold_key(&self.scope_prefix, KIND_FILE, &meta.file_no.to_be_bytes()), json(meta)?);
+        }
+        self.head.last_flush_index = index;
+        batch.put_cf(cold, cold_key(&self.scope_prefix, KIND_HEAD, &[]), json(&self.head)?);
+        // Every hot row of the scope was flushed (or was a tombstone): the range goes at once.
+        batch.delete_range_cf(rows_cf, self.scope_prefix.clone(), prefix_end(&self.scope_prefix));
+        // The manifest as a file beside the data, for tools that read the Parquet files
+        // directly. Named by log index, so it is never rewritten with other content.
+        let mut manifest = scope_files(c.db, &self.scope_prefix)?;
+        manifest.retain(|f| f.retired_at.is_none());
+        manifest.extend(self.metas.iter().cloned());
+        let manifest_rel = format!("{}/manifest-{index:020}.json", scope_dir(def, &self.scope));
+        write_small_file(&c.env.storage_dir.join(manifest_rel), &json(&manifest)?)?;
+        Ok(ScopeOutcome {
+            scope: self.scope,
+            log_start: self.log_start,
+            files: self.metas.len() as u64,
+            rows: self.rows,
+            bytes: self.metas.iter().map(|m| m.bytes).sum(),
+        })
+    }
+}

@@ -1,0 +1,137 @@
+//! Parquet files of cold storage: written under a temporary name, fsynced, renamed, the
+//! directory fsynced; read whole or in batches.
+
+use super::*;
+
+/// Recorded as the Parquet `created_by`: fixed, so file bytes do not depend on the build.
+pub(super) const PARQUET_CREATED_BY: &str = "kalamdb";
+
+pub(super) fn parquet_err(e: impl std::fmt::Display) -> Error {
+    Error::Storage(e.to_string())
+}
+
+/// A `Write` that hashes and counts what goes to the file, so the manifest's checksum costs
+/// no second read.
+pub(super) struct HashingWriter {
+    file: std::fs::File,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Write `batches` as the Parquet file `root/rel`: temp name (unique per writer, so nodes
+/// sharing a volume never write into each other's temp file), fsync, rename, fsync the
+/// directory. Same batches → same bytes; an existing file of that name is replaced by an
+/// identical one. Returns (bytes, sha256).
+pub(super) fn write_parquet(
+    root: &Path,
+    rel: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    pk_column: &str,
+) -> Result<(u64, String)> {
+    let path = root.join(rel);
+    let dir = path.parent().ok_or_else(|| Error::Storage(format!("bad file path {rel}")))?;
+    std::fs::create_dir_all(dir)?;
+    crate::failpoint::hit("flush-before-write");
+    let tmp = path.with_extension(format!("parquet.tmp-{:016x}", fastrand::u64(..)));
+    let props = WriterProperties::builder()
+        .set_created_by(PARQUET_CREATED_BY.into())
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS_MAX))
+        .set_data_page_row_count_limit(PAGE_ROWS_MAX)
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES_MAX)
+        // Unique in every file: a dictionary saves nothing, and reading any page of a
+        // dictionary-encoded column means reading and decoding the whole dictionary first.
+        .set_column_dictionary_enabled(ColumnPath::from(pk_column), false)
+        .set_column_dictionary_enabled(ColumnPath::from(crate::columnar::SEQ_COLUMN), false)
+        .build();
+    let out = HashingWriter { file: std::fs::File::create(&tmp)?, hasher: Sha256::new(), bytes: 0 };
+    let (bytes, sha) = match encode_parquet(out, schema, props, batches) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    crate::failpoint::hit("flush-after-temp");
+    std::fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    crate::failpoint::hit("flush-after-rename");
+    Ok((bytes, sha))
+}
+
+/// Encode `batches` into `out` and fsync it; returns (bytes, sha256).
+pub(super) fn encode_parquet(
+    out: HashingWriter,
+    schema: &SchemaRef,
+    props: WriterProperties,
+    batches: &[RecordBatch],
+) -> Result<(u64, String)> {
+    let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(parquet_err)?;
+    for b in batches {
+        writer.write(b).map_err(parquet_err)?;
+    }
+    let mut out = writer.into_inner().map_err(parquet_err)?;
+    out.flush()?;
+    out.file.sync_all()?;
+    Ok((out.bytes, hex::encode(out.hasher.finalize())))
+}
+
+/// Read a whole Parquet file of the table schema.
+pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
+    open_parquet(path, CONVERT_ROWS_MAX)?.map(|b| b.map_err(parquet_err)).collect()
+}
+
+/// A reader of a Parquet file's batches, `batch_rows` rows at a time.
+pub(crate) fn open_parquet(
+    path: &Path,
+    batch_rows: usize,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::Storage(format!("cannot open cold file {}: {e}", path.display())))?;
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet_err)?
+        .with_batch_size(batch_rows)
+        .build()
+        .map_err(parquet_err)
+}
+
+/// Temp name, fsync, rename, fsync dir.
+pub(super) fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| Error::Storage("bad path".into()))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp-{:016x}", fastrand::u64(..)));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+/// Write a file received in a snapshot (same path and bytes as on the sender).
+pub fn install_file(storage_dir: &Path, rel: &str, bytes: &[u8]) -> Result<()> {
+    if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(Error::Snapshot(format!("bad file path in snapshot: {rel}")));
+    }
+    write_small_file(&storage_dir.join(rel), bytes)
+}

@@ -1,0 +1,255 @@
+//! Cold storage: a table's rows flushed out of RocksDB into Parquet files, the manifest that
+//! lists those files, the key index that keeps primary-key checks exact without reading a
+//! file, and compaction. Everything here runs inside `apply` (a `Flush` or `Compact` op), so
+//! file names and contents are a function of the log: every node writes the same bytes.
+//!
+//! Keys of the `cold` column family, after `group | table_id | scope_len | scope`:
+//! - `K | pk` → `seq u64 BE`: the key's newest flushed version, which is live (flush drops
+//!   tombstones). A hot row in `rows` with the same key is newer and wins.
+//! - `F | file_no u64 BE` → [`FileMeta`] JSON: the manifest, one record per file.
+//! - `X | seq u64 BE` → `index u64 BE`: a flushed version that a newer version superseded at
+//!   that log index. Queries skip it, compaction drops it, time travel reads the index.
+//! - `H` → [`ScopeHead`] JSON: next file number and the last flush's log index.
+//!
+//! The manifest lives in RocksDB, in the same write batch as the stubs, the removal of the hot
+//! rows and the applied log id, so a reader (who reads under one RocksDB snapshot) sees a flush
+//! entirely or not at all. Files are written first (temp name, fsync, rename, fsync dir), so a
+//! crash anywhere before the batch commits leaves the entry unapplied and re-applying it writes
+//! the same file again.
+//!
+//! The code is split by concern: `files` (writing and reading files, fsynced), `apply` (flush,
+//! compaction and purge inside apply), `lookup` (the keyed read of one flushed row, with its
+//! footer cache), `view` (what a reader sees: live files, superseded versions, key ranges);
+//! this file holds the manifest records and their keys.
+
+mod apply;
+mod files;
+mod lookup;
+mod view;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use kalamdb_log::{GroupId, OpResult, TableDef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::columnar::{ColumnStats, StatsBuilder, rows_to_batch, seq_deleted, table_schema};
+use crate::error::{Error, Result};
+use crate::keys::{prefix_end, split_scope, table_prefix, table_scope_prefix};
+use crate::rows::StoredRow;
+use crate::{CF_COLD, CF_ROWS};
+
+pub use apply::*;
+pub use files::*;
+pub use lookup::*;
+pub use view::*;
+
+/// Rows in one Parquet file; a larger flush writes several files.
+pub const FILE_ROWS_MAX: usize = 1 << 20;
+/// Rows in one Parquet row group: the unit of statistics-based pruning and of parallel reads.
+pub const ROW_GROUP_ROWS_MAX: usize = 128 * 1024;
+/// Rows in one Parquet data page. Files are sorted by primary key, so a point lookup uses the
+/// page index to decode one page per column instead of the whole row group: with the
+/// writer's default (20,000 rows or 1 MiB per page) a lookup among 100,000 flushed rows
+/// decoded all of them (443 lookups/s in benches/RESULTS.md).
+pub const PAGE_ROWS_MAX: usize = 4096;
+/// Bytes of one column's dictionary page in a row group; past it the column is written
+/// plainly. A point lookup reads the dictionary of every column it returns, so a large one
+/// (the writer's default is 1 MiB) costs more than the page itself.
+pub const DICTIONARY_PAGE_BYTES_MAX: usize = 64 * 1024;
+// Compaction cuts files from whole merge batches.
+/// Flush and compaction jobs remembered for `system.jobs`, per node.
+pub const JOBS_RETAINED_MAX: usize = 1024;
+
+pub(crate) const KIND_STUB: u8 = b'K';
+pub(crate) const KIND_FILE: u8 = b'F';
+pub(crate) const KIND_SUPERSEDED: u8 = b'X';
+pub(crate) const KIND_HEAD: u8 = b'H';
+
+/// One Parquet file of a table scope, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub file_no: u64,
+    /// Relative to the storage root, `/`-separated.
+    pub path: String,
+    /// The log range whose writes the file holds (first and last index, inclusive).
+    pub log_start: u64,
+    pub log_end: u64,
+    /// Log index of the flush or compaction that wrote the file.
+    pub created_at: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+    /// `flush` or `compact`.
+    pub written_by: String,
+    /// Log index of the compaction that replaced this file; the file stays on disk until the
+    /// next compaction of the scope, so queries already reading it can finish.
+    pub retired_at: Option<u64>,
+    pub columns: Vec<ColumnStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScopeHead {
+    pub next_file_no: u64,
+    pub last_flush_index: u64,
+    /// Log index of the last compaction that rewrote files (0: none). Time travel reaches no
+    /// further back: compaction drops the superseded versions older positions need.
+    pub last_compact_index: u64,
+}
+
+/// What a scan needs from cold storage for one table scope, read under one RocksDB snapshot
+/// together with the hot rows.
+#[derive(Debug, Clone, Default)]
+pub struct TableView {
+    /// Live hot rows (newest versions still in RocksDB), in primary-key order.
+    pub hot: Vec<StoredRow>,
+    /// Live files: absolute path and size in bytes.
+    pub files: Vec<(PathBuf, u64)>,
+    /// `_seq`s of file rows that a newer version superseded.
+    pub superseded: Vec<u64>,
+}
+
+/// One flush or compaction as `system.jobs` shows it. Kept in memory per node: durations and
+/// wall-clock times are not part of the replicated state.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub job_type: &'static str,
+    pub namespace: String,
+    pub table_name: String,
+    pub group: String,
+    pub scope: String,
+    pub log_start: u64,
+    pub log_end: u64,
+    pub files: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub state: &'static str,
+    pub started_at_micros: i64,
+    pub duration_ms: u64,
+    pub message: String,
+}
+
+/// The node's recent storage jobs, newest last, bounded by [`JOBS_RETAINED_MAX`].
+#[derive(Debug, Default)]
+pub struct JobLog {
+    records: Mutex<VecDeque<JobRecord>>,
+}
+
+impl JobLog {
+    pub fn push(&self, record: JobRecord) {
+        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() == JOBS_RETAINED_MAX {
+            r.pop_front();
+        }
+        r.push_back(record);
+    }
+
+    pub fn list(&self) -> Vec<JobRecord> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+}
+
+/// Rows written per (group, table) since its last flush on this node: what the automatic
+/// flush policy looks at. Approximate by design (counts writes, resets on restart).
+#[derive(Debug, Default)]
+pub struct HotStats {
+    map: Mutex<HashMap<(u32, u64), (u64, Instant)>>,
+}
+
+impl HotStats {
+    pub fn record(&self, group: GroupId, table_id: u64, rows: u64) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry((group.to_u32(), table_id)).or_insert((0, Instant::now())).0 += rows;
+    }
+
+    pub fn reset(&self, group: GroupId, table_id: u64) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert((group.to_u32(), table_id), (0, Instant::now()));
+    }
+
+    /// (group, table_id, rows written since the last flush, time since the last flush).
+    pub fn list(&self) -> Vec<(GroupId, u64, u64, std::time::Duration)> {
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .filter_map(|((g, t), (rows, since))| GroupId::from_u32(*g).map(|g| (g, *t, *rows, since.elapsed())))
+            .collect()
+    }
+}
+
+/// Where a node keeps files, and the per-node registries storage jobs report to.
+#[derive(Debug)]
+pub struct StorageEnv {
+    pub snapshot_dir: PathBuf,
+    /// Root of the Parquet files; may be one volume shared by every node.
+    pub storage_dir: PathBuf,
+    pub jobs: JobLog,
+    pub hot: HotStats,
+}
+
+impl StorageEnv {
+    pub fn new(snapshot_dir: PathBuf, storage_dir: PathBuf) -> Arc<StorageEnv> {
+        Arc::new(StorageEnv { snapshot_dir, storage_dir, jobs: JobLog::default(), hot: HotStats::default() })
+    }
+}
+
+pub(crate) fn cold_key(scope_prefix: &[u8], kind: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(scope_prefix.len() + 1 + rest.len());
+    k.extend_from_slice(scope_prefix);
+    k.push(kind);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// The stub key of a row key (`group | table | scope | pk` → same with `K` before the pk).
+pub fn stub_key_of(row_key: &[u8]) -> Result<Vec<u8>> {
+    let (scope, pk) = split_scope(row_key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
+    let prefix_len = row_key.len() - pk.len();
+    debug_assert!(prefix_len == 12 + 2 + scope.len());
+    Ok(cold_key(&row_key[..prefix_len], KIND_STUB, pk))
+}
+
+/// The marker key recording that the flushed version `seq` of a row key is superseded.
+pub fn superseded_key_of(row_key: &[u8], seq: u64) -> Result<Vec<u8>> {
+    let (_, pk) = split_scope(row_key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
+    Ok(cold_key(&row_key[..row_key.len() - pk.len()], KIND_SUPERSEDED, &seq.to_be_bytes()))
+}
+
+/// A path component made only of `[A-Za-z0-9_-]`; anything else is hex-encoded, so no name can
+/// climb out of the storage root or collide with another.
+fn path_component(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain { name.to_string() } else { format!("x{}", hex::encode(name.as_bytes())) }
+}
+
+/// `ns/table-t<id>/<scope>`: the directory of one table scope under the storage root.
+pub fn scope_dir(def: &TableDef, scope: &str) -> String {
+    let scope_part = if scope.is_empty() { "shared".to_string() } else { format!("u_{}", path_component(scope)) };
+    format!("{}/{}-t{}/{}", path_component(&def.namespace), path_component(&def.name), def.table_id, scope_part)
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("no {name} cf")))
+}
+
+pub(crate) fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn unjson<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| Error::Corrupt(e.to_string()))
+}

@@ -1,0 +1,168 @@
+//! What a reader sees of cold storage: the live files of a table scope, the superseded
+//! versions to skip, and the files a primary-key range can touch.
+
+use super::*;
+
+pub(crate) fn iter_prefix<'a>(
+    db: &'a DB,
+    cf: &rocksdb::ColumnFamily,
+    prefix: &[u8],
+) -> impl Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a {
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(prefix_end(prefix));
+    db.iterator_cf_opt(cf, opts, IteratorMode::From(prefix, Direction::Forward))
+}
+
+/// The manifest of one scope: every file record, in file-number order.
+pub fn scope_files(db: &DB, scope_prefix: &[u8]) -> Result<Vec<FileMeta>> {
+    let cold = cf(db, CF_COLD)?;
+    let prefix = cold_key(scope_prefix, KIND_FILE, &[]);
+    iter_prefix(db, cold, &prefix).map(|item| unjson::<FileMeta>(&item?.1)).collect()
+}
+
+pub fn scope_head(db: &DB, scope_prefix: &[u8]) -> Result<ScopeHead> {
+    let cold = cf(db, CF_COLD)?;
+    match db.get_pinned_cf(cold, cold_key(scope_prefix, KIND_HEAD, &[]))? {
+        Some(b) => unjson(&b),
+        None => Ok(ScopeHead::default()),
+    }
+}
+
+/// Bounds on the primary key for a hot-tier scan: encoded keys, both inclusive. Callers may
+/// pass looser bounds than their filter (the filter is applied again above the scan).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PkRange {
+    pub low: Option<kalamdb_log::Value>,
+    pub high: Option<kalamdb_log::Value>,
+    /// The key column's name: with it, files whose recorded key range misses the bounds are
+    /// left out of the view, so a lookup does not open every file of the scope.
+    pub column: Option<String>,
+}
+
+impl PkRange {
+    /// Whether `meta`'s recorded minimum and maximum of the key column can hold a key within
+    /// the bounds. Conservative: missing statistics or values that do not compare keep the file.
+    fn may_hold(&self, meta: &FileMeta) -> bool {
+        let Some(name) = &self.column else { return true };
+        let Some(stats) = meta.columns.iter().find(|c| &c.name == name) else { return true };
+        let order = |bound: &kalamdb_log::Value, edge: &serde_json::Value| {
+            json_order(&crate::columnar::value_json(bound), edge)
+        };
+        if let (Some(low), Some(max)) = (&self.low, &stats.max)
+            && order(low, max) == Some(std::cmp::Ordering::Greater)
+        {
+            return false;
+        }
+        if let (Some(high), Some(min)) = (&self.high, &stats.min)
+            && order(high, min) == Some(std::cmp::Ordering::Less)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// The order of two statistics values as the manifest records them (numbers, text, booleans,
+/// hex bytes, whose text order is their byte order); `None` when they do not compare.
+pub(super) fn json_order(a: &serde_json::Value, b: &serde_json::Value) -> Option<std::cmp::Ordering> {
+    use serde_json::Value as J;
+    match (a, b) {
+        (J::Number(x), J::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => Some(x.cmp(&y)),
+            _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        },
+        (J::String(x), J::String(y)) => Some(x.cmp(y)),
+        (J::Bool(x), J::Bool(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+/// Hot rows, live files and superseded versions of one table scope under one snapshot; hot
+/// rows only within `range` (a RocksDB range scan).
+pub fn table_view(
+    db: &DB,
+    storage_dir: &Path,
+    group: GroupId,
+    table_id: u64,
+    scope: &str,
+    range: &PkRange,
+) -> Result<TableView> {
+    let snap = db.snapshot();
+    let rows_cf = cf(db, CF_ROWS)?;
+    let cold = cf(db, CF_COLD)?;
+    let sp = table_scope_prefix(group, table_id, scope);
+    let read = |cf: &rocksdb::ColumnFamily, prefix: &[u8]| {
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&snap);
+        opts.set_iterate_upper_bound(prefix_end(prefix));
+        db.iterator_cf_opt(cf, opts, IteratorMode::From(prefix, Direction::Forward))
+    };
+    let mut view = TableView::default();
+    let mut start = sp.clone();
+    if let Some(low) = &range.low {
+        crate::keys::encode_pk(low, &mut start);
+    }
+    let end = match &range.high {
+        Some(high) => {
+            let mut k = sp.clone();
+            crate::keys::encode_pk(high, &mut k);
+            prefix_end(&k)
+        }
+        None => prefix_end(&sp),
+    };
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&snap);
+    opts.set_iterate_upper_bound(end);
+    for item in db.iterator_cf_opt(rows_cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+        let (_, v) = item?;
+        let row = StoredRow::decode(&v)?;
+        if !row.deleted {
+            view.hot.push(row);
+        }
+    }
+    for item in read(cold, &cold_key(&sp, KIND_FILE, &[])) {
+        let (_, v) = item?;
+        let meta: FileMeta = unjson(&v)?;
+        if meta.retired_at.is_none() && range.may_hold(&meta) {
+            view.files.push((storage_dir.join(&meta.path), meta.bytes));
+        }
+    }
+    for item in read(cold, &cold_key(&sp, KIND_SUPERSEDED, &[])) {
+        let (k, _) = item?;
+        let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
+        view.superseded.push(u64::from_be_bytes(b));
+    }
+    Ok(view)
+}
+
+/// Live file count per scope of a table in a group (for the automatic compaction policy).
+pub fn live_file_counts(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<(String, u64)>> {
+    let cold = cf(db, CF_COLD)?;
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for item in iter_prefix(db, cold, &table_prefix(group, table_id)) {
+        let (k, v) = item?;
+        let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
+        if rest.first() != Some(&KIND_FILE) || unjson::<FileMeta>(&v)?.retired_at.is_some() {
+            continue;
+        }
+        match out.last_mut() {
+            Some((s, n)) if s == scope => *n += 1,
+            _ => out.push((scope.to_string(), 1)),
+        }
+    }
+    Ok(out)
+}
+
+/// Every file record of a group (live and retired), for snapshots.
+pub fn group_files(db: &DB, group: GroupId) -> Result<Vec<FileMeta>> {
+    let cold = cf(db, CF_COLD)?;
+    let mut out = Vec::new();
+    for item in iter_prefix(db, cold, &group.prefix()) {
+        let (k, v) = item?;
+        let (_, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
+        if rest.first() == Some(&KIND_FILE) {
+            out.push(unjson(&v)?);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,143 @@
+//! Storage and stream statements: FLUSH, STORAGE COMPACT, REBUILD PROJECTION (one op per
+//! group that may hold the table's rows) and SUBSCRIBE (answered with typed data; the node
+//! turns it into the tail URL).
+
+use std::sync::Arc;
+
+use kalamdb_log::{GroupId, Op, OpResult, Role, TableDef, TableType};
+
+use super::{Engine, ExecContext, QueryResult, StorageJob, Subscription};
+use crate::access;
+use crate::error::{Error, Result};
+use crate::parse::{Statement, StorageTarget};
+use crate::ports::Proposer;
+
+impl Engine {
+    /// FLUSH, STORAGE COMPACT, REBUILD PROJECTION or SUBSCRIBE.
+    pub(super) async fn admin_statement(
+        &self,
+        statement: Statement,
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+    ) -> Result<QueryResult> {
+        match &statement {
+            Statement::Storage { compact: false, .. } => access::require(ctx.role, Role::Dba, "FLUSH")?,
+            Statement::Storage { compact: true, .. } => access::require(ctx.role, Role::Dba, "STORAGE COMPACT")?,
+            Statement::Rebuild { .. } => access::require(ctx.role, Role::Dba, "REBUILD PROJECTION")?,
+            _ => {}
+        }
+        match statement {
+            Statement::Storage { compact, target } => {
+                let tables: Vec<Arc<TableDef>> = match target {
+                    StorageTarget::Table(t) => {
+                        let def = self.resolve_table(&t, ctx)?;
+                        if def.table_type == TableType::Stream {
+                            return Err(Error::InvalidSql(format!(
+                                "{}.{} is a STREAM table: its rows expire by TTL and are never flushed to Parquet",
+                                def.namespace, def.name
+                            )));
+                        }
+                        vec![def]
+                    }
+                    StorageTarget::All { namespace } => {
+                        let st = self.catalog.read();
+                        if let Some(ns) = &namespace
+                            && !st.namespaces.contains_key(ns)
+                        {
+                            return Err(Error::NamespaceNotFound(format!("Namespace '{ns}' does not exist")));
+                        }
+                        st.tables
+                            .values()
+                            .filter(|t| namespace.as_ref().is_none_or(|ns| &t.namespace == ns))
+                            .filter(|t| t.table_type != TableType::Stream)
+                            .cloned()
+                            .collect()
+                    }
+                };
+                let job = if compact { StorageJob::Compact } else { StorageJob::Flush };
+                let mut rows = 0;
+                for def in &tables {
+                    rows += self.storage_job(def, job, proposer).await?;
+                }
+                let (verb, what) = if compact { ("Compacted", "kept") } else { ("Flushed", "written") };
+                let names: Vec<String> = tables.iter().map(|t| format!("{}.{}", t.namespace, t.name)).collect();
+                Ok(QueryResult::message(
+                    tables.len(),
+                    format!("{verb} {} table(s) [{}]: {rows} row(s) {what} to Parquet", tables.len(), names.join(", ")),
+                ))
+            }
+            Statement::Rebuild { table } => {
+                let def = self.resolve_table(&table, ctx)?;
+                let rows = self.storage_job(&def, StorageJob::Rebuild, proposer).await?;
+                Ok(QueryResult::message(
+                    1,
+                    format!(
+                        "Rebuilt projection of {}.{}: {rows} hot row version(s) re-derived from the log",
+                        def.namespace, def.name
+                    ),
+                ))
+            }
+            Statement::Subscribe { table, filter, last_rows, from } => {
+                let def = self.resolve_table(&table, ctx)?;
+                access::check_read(ctx.role, &def)?;
+                let filter = filter.map(|f| crate::filter::RowFilter::parse(&f, &def)).transpose()?;
+                let subscription = Subscription {
+                    table: format!("{}.{}", def.namespace, def.name),
+                    filter: filter.map(|f| f.text().to_string()),
+                    last_rows,
+                    from,
+                };
+                Ok(QueryResult {
+                    schema: None,
+                    rows: None,
+                    row_count: 1,
+                    message: None,
+                    kind: "other",
+                    subscription: Some(subscription),
+                })
+            }
+            other => Err(Error::Internal(format!("not a storage statement: {other:?}"))),
+        }
+    }
+
+    /// Flush, compact or rebuild one table in every group that may hold its rows; returns the
+    /// rows written. Each group's op is one log entry.
+    pub async fn storage_job(&self, def: &TableDef, job: StorageJob, proposer: &dyn Proposer) -> Result<u64> {
+        let groups: Vec<GroupId> = match def.table_type {
+            TableType::Shared => vec![self.layout.shared_shard(def.table_id)],
+            TableType::User | TableType::Stream => {
+                self.layout.all().into_iter().filter(|g| matches!(g, GroupId::UserShard(_))).collect()
+            }
+        };
+        let op = || {
+            let table = def.clone();
+            match job {
+                StorageJob::Flush => Op::Flush { table, scope: None },
+                StorageJob::Compact => Op::Compact { table, scope: None },
+                StorageJob::Rebuild => Op::Rebuild { table },
+            }
+        };
+        let futures = groups.iter().map(|g| self.propose_ok(proposer, *g, op()));
+        let mut rows = 0;
+        for r in futures::future::join_all(futures).await {
+            if let OpResult::Done { affected } = r? {
+                rows += affected;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Remove dropped tables' rows from every data group. Best effort: rows of a dropped table
+    /// are unreachable anyway (table ids are never reused), so a failure only wastes space.
+    pub(super) async fn purge_tables(&self, proposer: &dyn Proposer, table_ids: &[u64]) {
+        let groups: Vec<GroupId> = self.layout.all().into_iter().filter(|g| !matches!(g, GroupId::Meta(_))).collect();
+        for table_id in table_ids {
+            let futures = groups.iter().map(|g| proposer.propose(*g, Op::PurgeTable { table_id: *table_id }));
+            for (g, r) in groups.iter().zip(futures::future::join_all(futures).await) {
+                if let Err(e) = r {
+                    tracing::warn!(target: "kalamdb_sql", table_id, group = %g, error = %e, "purge of dropped table failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Reads: the point-select fast path, DataFusion sessions bound to the caller's scope,
+//! queries (also `AS OF` a past log index), and the tail's typed `last_rows` read.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::catalog::MemoryCatalogProviderList;
+use datafusion::common::ScalarValue;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{self, Expr, ObjectName, SetExpr, TableFactor};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use kalamdb_log::{TableDef, Value};
+use kalamdb_projections::rows::Lookup;
+
+use super::{CATALOG_NAME, DEFAULT_NAMESPACE, Engine, ExecContext, QueryResult, batches_to_result};
+use crate::access;
+use crate::error::{Error, Result};
+use crate::limits::collect_bounded;
+use crate::parse::{PointKey, PointSelect};
+use crate::provider::{DELETED_COLUMN, KalamCatalog, SEQ_COLUMN, SYSTEM_NAMESPACE, ScanScope};
+use crate::values::{Literal, coerce, value_to_json};
+
+/// `SELECT <projection> [FROM <from>] [WHERE <selection>]` as a syntax tree, from typed parts.
+/// The tree's shape comes from parsing a fixed text once; no caller text is parsed here.
+pub(super) fn select_statement(
+    projection: Vec<ast::SelectItem>,
+    from: Option<ObjectName>,
+    selection: Option<Expr>,
+) -> Result<ast::Statement> {
+    let template = if from.is_some() { "SELECT 1 FROM t" } else { "SELECT 1" };
+    let mut stmts = datafusion::sql::sqlparser::parser::Parser::parse_sql(&GenericDialect {}, template)
+        .map_err(|e| Error::Internal(format!("select template: {e}")))?;
+    let mut stmt = stmts.pop().ok_or_else(|| Error::Internal("select template is empty".into()))?;
+    let ast::Statement::Query(query) = &mut stmt else {
+        return Err(Error::Internal("select template is not a query".into()));
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Err(Error::Internal("select template is not a SELECT".into()));
+    };
+    select.projection = projection;
+    select.selection = selection;
+    if let Some(name) = from {
+        match select.from.first_mut().map(|t| &mut t.relation) {
+            Some(TableFactor::Table { name: table, .. }) => *table = name,
+            _ => return Err(Error::Internal("select template has no table".into())),
+        }
+    }
+    Ok(stmt)
+}
+
+fn param_scalar(v: &serde_json::Value) -> ScalarValue {
+    match v {
+        serde_json::Value::Null => ScalarValue::Null,
+        serde_json::Value::Bool(b) => ScalarValue::Boolean(Some(*b)),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => ScalarValue::Int64(Some(i)),
+            None => ScalarValue::Float64(n.as_f64()),
+        },
+        serde_json::Value::String(s) => ScalarValue::Utf8(Some(s.clone())),
+        other => ScalarValue::Utf8(Some(other.to_string())),
+    }
+}
+
+/// The session every statement's session is built from: our settings and DataFusion's
+/// runtime (memory pool, spill folder).
+pub(super) fn session_template(env: Arc<RuntimeEnv>) -> SessionState {
+    let config = SessionConfig::new()
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(false)
+        .with_target_partitions(2);
+    SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(env)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(crate::limits::YieldAfterJoins))
+        .build()
+}
+
+impl Engine {
+    pub(super) async fn try_point_select(&self, ps: &PointSelect, ctx: &ExecContext) -> Result<Option<QueryResult>> {
+        let ns = self.namespace_of(&ps.table, ctx);
+        let Some(def) = self.catalog.table(&ns, &ps.table.name) else {
+            return Ok(None);
+        };
+        access::check_read(ctx.role, &def)?;
+        let pk = def.pk_index();
+        if def.columns[pk].name != ps.key_column {
+            return Ok(None);
+        }
+        // Resolve the output columns; anything unknown goes the general path for its error.
+        let mut out: Vec<(String, String, Option<usize>)> = Vec::new();
+        match &ps.columns {
+            None => {
+                for (i, c) in def.columns.iter().enumerate() {
+                    out.push((c.name.clone(), c.data_type.api_name().to_string(), Some(i)));
+                }
+                out.push((SEQ_COLUMN.into(), "BigInt".into(), None));
+                out.push((DELETED_COLUMN.into(), "Boolean".into(), None));
+            }
+            Some(cols) => {
+                for name in cols {
+                    if name == SEQ_COLUMN {
+                        out.push((name.clone(), "BigInt".into(), None));
+                    } else if name == DELETED_COLUMN {
+                        out.push((name.clone(), "Boolean".into(), None));
+                    } else {
+                        let Some(i) = def.column_index(name) else { return Ok(None) };
+                        out.push((name.clone(), def.columns[i].data_type.api_name().to_string(), Some(i)));
+                    }
+                }
+            }
+        }
+        let key = match &ps.key {
+            PointKey::Literal(literal) => literal.clone(),
+            PointKey::Param(n) => match ctx.params.get(n - 1) {
+                Some(v) => Literal::from_json(v),
+                None => return Ok(None),
+            },
+        };
+        let Ok(key) = coerce(&key, def.columns[pk].data_type) else { return Ok(None) };
+        let (group, scope) = self.layout.table_location(&def, &ctx.user_id);
+        self.barrier(ctx, group).await?;
+        let row = match self.rows.lookup(group, def.table_id, &scope, &key)? {
+            Lookup::Hot(row) => Some(row),
+            // The newest version is in a Parquet file: read the pages that can hold it. If a
+            // compaction just moved it, or the keyed read fails, the general path scans for it:
+            // this read is only a faster way to the same answer.
+            Lookup::Cold(seq) => match self.rows.cold_row(group, &def, &scope, &key, seq) {
+                Ok(Some(row)) => Some(row),
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    tracing::warn!(target: "kalamdb_sql", table_id = def.table_id, error = %e, "keyed read of a flushed row failed; scanning");
+                    return Ok(None);
+                }
+            },
+            Lookup::Absent => None,
+        };
+        let mut rows = Vec::new();
+        if let Some(row) = row.filter(|r| !r.deleted) {
+            let cells = out
+                .iter()
+                .map(|(name, _, idx)| match idx {
+                    Some(i) => value_to_json(row.values.get(*i).unwrap_or(&Value::Null)),
+                    None if name == SEQ_COLUMN => serde_json::Value::from(row.seq as i64),
+                    None => serde_json::Value::Bool(row.deleted),
+                })
+                .collect();
+            rows.push(cells);
+        }
+        Ok(Some(QueryResult::rows(out.into_iter().map(|(n, t, _)| (n, t)).collect(), rows)))
+    }
+
+    fn session(&self, ctx: &ExecContext, as_of: Arc<Vec<(String, String, u64)>>) -> SessionContext {
+        let ns = ctx.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        let config = SessionConfig::new()
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(false)
+            .with_target_partitions(2)
+            .with_default_catalog_and_schema(CATALOG_NAME, ns);
+        // A fresh catalog list per request: catalogs are bound to the caller's scope.
+        let state = SessionStateBuilder::new_from_existing(self.template.clone())
+            .with_config(config)
+            .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+            .build();
+        let session = SessionContext::new_with_state(state);
+        let scope = ScanScope {
+            catalog: self.catalog.clone(),
+            rows: self.rows.clone(),
+            layout: self.layout,
+            user_id: ctx.user_id.clone(),
+            role: ctx.role,
+            barrier: ctx.barrier.clone(),
+            cluster: self.cluster.clone(),
+            jobs: self.jobs.clone(),
+            as_of,
+            held: Default::default(),
+            batch: ctx.batch.clone(),
+        };
+        session.register_catalog(CATALOG_NAME, Arc::new(KalamCatalog { scope }));
+        session
+    }
+
+    /// DataFusion reports `table 'kalam.ns.t' not found`; say which part is missing, in our words.
+    fn refine_not_found(&self, e: Error) -> Error {
+        let Error::TableNotFound(m) = &e else { return e };
+        let Some(name) = m.split('\'').nth(1) else { return e };
+        let parts: Vec<&str> = name.split('.').collect();
+        let (ns, table) = match parts.as_slice() {
+            [_, ns, t] | [ns, t] => (*ns, *t),
+            _ => return e,
+        };
+        if ns != SYSTEM_NAMESPACE && !self.catalog.namespace_exists(ns) {
+            Error::NamespaceNotFound(format!("Namespace '{ns}' does not exist"))
+        } else {
+            Error::TableNotFound(format!("Table '{ns}.{table}' does not exist"))
+        }
+    }
+
+    /// Run a query through DataFusion and collect its batches.
+    pub(super) async fn run_query(&self, stmt: ast::Statement, ctx: &ExecContext) -> Result<Vec<RecordBatch>> {
+        self.run_query_as_of(stmt, ctx, Arc::new(Vec::new())).await
+    }
+
+    /// Run a query with some tables read as of a past log position (time travel).
+    pub(super) async fn run_query_as_of(
+        &self,
+        stmt: ast::Statement,
+        ctx: &ExecContext,
+        as_of: Arc<Vec<(String, String, u64)>>,
+    ) -> Result<Vec<RecordBatch>> {
+        let session = self.session(ctx, as_of);
+        let params: Vec<ScalarValue> = ctx.params.iter().map(param_scalar).collect();
+        let (rows_max, bytes_max) = (self.limits.result_rows_max, self.limits.result_bytes_max);
+        // Planning runs on the query runtime too: table scans read the projections there.
+        let work = async move {
+            let mut plan = session.state().statement_to_plan(DfStatement::Statement(Box::new(stmt))).await?;
+            if !params.is_empty() {
+                plan = plan.with_param_values(params)?;
+            }
+            let df = session.execute_logical_plan(plan).await?;
+            collect_bounded(df.execute_stream().await?, rows_max, bytes_max).await
+        };
+        self.executor.run(work).await.map_err(|e| self.refine_not_found(e))
+    }
+
+    /// The newest `n` rows of a table in the caller's scope (matching `filter`), newest
+    /// first, each with its `_seq` last: a typed plan, no SQL text. Reads the table as a
+    /// query does (access check, memory pool, admission, deadline).
+    pub async fn last_rows(
+        &self,
+        def: &TableDef,
+        filter: Option<&crate::filter::RowFilter>,
+        n: u64,
+        ctx: &ExecContext,
+    ) -> Result<QueryResult> {
+        use datafusion::prelude::ident;
+        let n = usize::try_from(n).map_err(|_| Error::InvalidSql(format!("{n} rows is too many")))?;
+        self.barrier(ctx, super::catalog_group()).await?;
+        let session = self.session(ctx, Arc::new(Vec::new()));
+        let reference = datafusion::common::TableReference::full(CATALOG_NAME, def.namespace.clone(), def.name.clone());
+        let mut columns: Vec<datafusion::logical_expr::Expr> =
+            def.columns.iter().map(|c| ident(c.name.clone())).collect();
+        columns.push(ident(crate::provider::SEQ_COLUMN));
+        let predicate = filter.map(|f| f.to_expr(def));
+        let (rows_max, bytes_max) = (self.limits.result_rows_max, self.limits.result_bytes_max);
+        let work = async move {
+            let mut df = session.table(reference).await?;
+            if let Some(p) = predicate {
+                df = df.filter(p)?;
+            }
+            let df = df
+                .sort(vec![ident(crate::provider::SEQ_COLUMN).sort(false, true)])?
+                .limit(0, Some(n))?
+                .select(columns)?;
+            collect_bounded(df.execute_stream().await?, rows_max, bytes_max).await
+        };
+        let batches = self
+            .with_deadline("reading the newest rows", self.executor.run(work))
+            .await
+            .map_err(|e| self.refine_not_found(e))?;
+        Ok(batches_to_result(&batches))
+    }
+}

@@ -1,0 +1,60 @@
+//! What `query` needs from the node, as traits the node implements: proposing ops to the
+//! log, read barriers for linearizable reads, the cluster view behind `system.cluster*`, and
+//! the storage job log behind `system.jobs`. `query` itself never writes and never talks to
+//! peers; everything it asks of the outside goes through here.
+
+use async_trait::async_trait;
+use kalamdb_log::{GroupId, Op, OpResult};
+use kalamdb_projections::JobLog;
+
+use crate::error::Result;
+
+/// The node side of a write: put an op in the given group's log and return its apply result.
+#[async_trait]
+pub trait Proposer: Send + Sync {
+    async fn propose(&self, group: GroupId, op: Op) -> Result<OpResult>;
+}
+
+/// Makes a read linearizable: returns once this node's projection of `group` has applied
+/// everything committed before the call (ReadIndex). The node implements it.
+#[async_trait]
+pub trait ReadBarrier: Send + Sync + std::fmt::Debug {
+    async fn wait(&self, group: GroupId) -> Result<()>;
+}
+
+/// A row of `system.cluster`.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub node_id: u64,
+    pub raft_addr: String,
+    pub http_addr: String,
+    /// "leader" when the node leads the catalog group, else "follower".
+    pub role: String,
+    pub groups_led: u64,
+    pub reachable: bool,
+    pub is_self: bool,
+}
+
+/// A row of `system.cluster_groups`.
+#[derive(Debug, Clone)]
+pub struct ClusterGroup {
+    pub group: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+}
+
+/// The cluster state behind `system.cluster` and `system.cluster_groups`; the node
+/// implements it (a single node reports itself and its groups).
+#[async_trait]
+pub trait ClusterView: Send + Sync + std::fmt::Debug {
+    async fn nodes(&self) -> Vec<ClusterNode>;
+    async fn groups(&self) -> Vec<ClusterGroup>;
+}
+
+/// Where `system.jobs` comes from: the node's storage job log.
+pub trait JobSource: Send + Sync + std::fmt::Debug {
+    fn job_log(&self) -> &JobLog;
+}
