@@ -161,6 +161,30 @@ pub struct TableDef {
     /// `WITH (...)` options other than TYPE, upper-cased keys, in statement order.
     pub options: Vec<(String, String)>,
     pub created_at_micros: i64,
+    /// The table's schema versions, oldest first: version 1 is its creation. Set by the
+    /// catalog projection when it applies CREATE and ALTER TABLE; empty inside a command.
+    #[serde(default)]
+    pub versions: Vec<SchemaVersion>,
+}
+
+/// One version of a table's definition: which change made it, at which log index of the
+/// catalog group.
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SchemaVersion {
+    pub version: u32,
+    pub log_index: u64,
+    /// The change, for people: `CREATE TABLE`, `SET (FLUSH_POLICY = 'rows:10')`, ...
+    pub change: String,
+    pub at_micros: i64,
+}
+
+/// What one `ALTER TABLE` changes.
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum TableChange {
+    /// Set table options (upper-cased keys), replacing a key's earlier value.
+    SetOptions { options: Vec<(String, String)> },
+    /// Set (`Some`) or drop (`None`) a column's default.
+    SetDefault { column: String, default: Option<DefaultExpr> },
 }
 
 impl TableDef {
@@ -226,6 +250,15 @@ pub enum Op {
         namespace: String,
         name: String,
         if_exists: bool,
+    },
+    /// Change a table's definition (catalog group); `description` is what its new schema
+    /// version records.
+    AlterTable {
+        namespace: String,
+        name: String,
+        change: TableChange,
+        description: String,
+        altered_at_micros: i64,
     },
     /// Insert new rows; fails whole if any primary key already holds a live row.
     Insert {
@@ -307,6 +340,7 @@ impl Op {
             Op::DropNamespace { .. } => "drop_namespace",
             Op::CreateTable { .. } => "create_table",
             Op::DropTable { .. } => "drop_table",
+            Op::AlterTable { .. } => "alter_table",
             Op::Insert { .. } => "insert",
             Op::Update { .. } => "update",
             Op::Delete { .. } => "delete",

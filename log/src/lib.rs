@@ -10,7 +10,7 @@ pub mod types;
 
 pub use command::{
     ApplyResponse, ColumnDef, DataType, DefaultExpr, EncodedCommand, LogCommand, Op, OpResult, Role, RowWrite,
-    TableDef, TableType, TxWrite, UserDef, Value, WriteKind,
+    SchemaVersion, TableChange, TableDef, TableType, TxWrite, UserDef, Value, WriteKind,
 };
 pub use error::Error;
 pub use group::{GroupId, GroupLayout, MetaGroup};

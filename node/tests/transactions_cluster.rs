@@ -1,6 +1,7 @@
 //! `BEGIN ... COMMIT` batches on a 3-node cluster of real processes: transfers sent to every
 //! node at once (followers forward the one `Op::Transaction` to the leader), across a flush,
-//! then the total read through every node and the projections' digests compared.
+//! then the total read through every node, a schema change through a follower, and the
+//! projections' digests compared.
 
 mod common;
 
@@ -58,7 +59,11 @@ async fn batches_through_every_node_conserve_the_total_and_converge() {
     committed += transfers_through_every_node(&c, 1).await;
     assert!(committed > 0, "no transfer committed");
 
+    // A schema change through a follower: every node's catalog records the same version.
+    c.node(2).sql_ok("ALTER TABLE bank.acct ALTER COLUMN moves SET DEFAULT 0").await;
     for n in 1..=3 {
+        let r = c.node(n).sql_ok("DESCRIBE TABLE bank.acct HISTORY").await;
+        assert_eq!(r["rows"].as_array().map(Vec::len), Some(2), "node {n}: {r}");
         let r = c.node(n).sql_ok("SELECT sum(bal), sum(moves), count(*) FROM bank.acct").await;
         assert_eq!(r["rows"], json!([[ACCOUNTS * 100, 2 * committed, ACCOUNTS]]), "node {n}: {committed} committed");
     }

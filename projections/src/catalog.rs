@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use kalamdb_log::command::ApplyErrorCode;
-use kalamdb_log::{GroupId, OpResult, TableDef};
+use kalamdb_log::{GroupId, OpResult, SchemaVersion, TableChange, TableDef};
 use rocksdb::{DB, WriteBatch};
 use serde::{Deserialize, Serialize};
 
@@ -190,6 +190,7 @@ impl Catalog {
         group: GroupId,
         table: &TableDef,
         if_not_exists: bool,
+        log_index: u64,
     ) -> Result<OpResult> {
         let mut st = self.write();
         if !st.namespaces.contains_key(&table.namespace) {
@@ -212,6 +213,12 @@ impl Catalog {
         let table_id = st.next_table_id.max(1);
         let mut def = table.clone();
         def.table_id = table_id;
+        def.versions = vec![SchemaVersion {
+            version: 1,
+            log_index,
+            change: "CREATE TABLE".into(),
+            at_micros: table.created_at_micros,
+        }];
         let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
         let bytes = serde_json::to_vec(&def).map_err(|e| Error::Corrupt(e.to_string()))?;
         batch.put_cf(cf, table_key(group, &def.namespace, &def.name), bytes);
@@ -248,4 +255,71 @@ impl Catalog {
         batch.delete_cf(cf, table_key(group, ns, name));
         Ok(OpResult::Dropped { table_ids: vec![def.table_id] })
     }
+
+    /// Apply one `ALTER TABLE`: the changed definition replaces the old one and records a new
+    /// schema version at `log_index`. Checked again here (the proposer checked it against the
+    /// catalog it saw), so every replica refuses or applies the same change.
+    pub fn alter_table(
+        &self,
+        db: &DB,
+        batch: &mut WriteBatch,
+        group: GroupId,
+        alter: AlterTable<'_>,
+        log_index: u64,
+    ) -> Result<OpResult> {
+        let mut st = self.write();
+        let key = (alter.namespace.to_string(), alter.name.to_string());
+        let Some(current) = st.tables.get(&key) else {
+            let (ns, name) = (alter.namespace, alter.name);
+            return Ok(if !st.namespaces.contains_key(ns) {
+                failed(ApplyErrorCode::NamespaceNotFound, format!("Namespace '{ns}' does not exist"))
+            } else {
+                failed(ApplyErrorCode::TableNotFound, format!("Table '{ns}.{name}' does not exist"))
+            });
+        };
+        let mut def = TableDef::clone(current);
+        match alter.change {
+            TableChange::SetOptions { options } => {
+                for (k, v) in options {
+                    match def.options.iter_mut().find(|(key, _)| key == k) {
+                        Some(slot) => slot.1 = v.clone(),
+                        None => def.options.push((k.clone(), v.clone())),
+                    }
+                }
+            }
+            TableChange::SetDefault { column, default } => {
+                let Some(c) = def.columns.iter_mut().find(|c| &c.name == column) else {
+                    return Ok(failed(
+                        ApplyErrorCode::ConstraintViolation,
+                        format!("column '{column}' does not exist in {}.{}", def.namespace, def.name),
+                    ));
+                };
+                c.default = default.clone();
+            }
+        }
+        let version = def.versions.last().map_or(1, |v| v.version) + 1;
+        def.versions.push(SchemaVersion {
+            version,
+            log_index,
+            change: alter.description.to_string(),
+            at_micros: alter.altered_at_micros,
+        });
+        let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
+        let bytes = serde_json::to_vec(&def).map_err(|e| Error::Corrupt(e.to_string()))?;
+        batch.put_cf(cf, table_key(group, &def.namespace, &def.name), bytes);
+        let def = Arc::new(def);
+        st.by_id.insert(def.table_id, def.clone());
+        st.tables.insert(key, def);
+        Ok(OpResult::Done { affected: 1 })
+    }
+}
+
+/// The parts of an `Op::AlterTable` the catalog applies.
+#[derive(Debug, Clone, Copy)]
+pub struct AlterTable<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub change: &'a TableChange,
+    pub description: &'a str,
+    pub altered_at_micros: i64,
 }

@@ -152,7 +152,17 @@ impl Projection {
                 self.catalog.drop_namespace(db, batch, self.group, name, *if_exists, *cascade)
             }
             Op::CreateTable { table, if_not_exists } if is_catalog => {
-                self.catalog.create_table(db, batch, self.group, table, *if_not_exists)
+                self.catalog.create_table(db, batch, self.group, table, *if_not_exists, log_index)
+            }
+            Op::AlterTable { namespace, name, change, description, altered_at_micros } if is_catalog => {
+                let alter = crate::catalog::AlterTable {
+                    namespace,
+                    name,
+                    change,
+                    description,
+                    altered_at_micros: *altered_at_micros,
+                };
+                self.catalog.alter_table(db, batch, self.group, alter, log_index)
             }
             Op::DropTable { namespace, name, if_exists } if is_catalog => {
                 self.catalog.drop_table(db, batch, self.group, namespace, name, *if_exists)
@@ -331,7 +341,7 @@ impl RaftStateMachine<TypeConfig> for Projection {
                             .apply_op(&mut batch, &mut rows, op, index, &mut ordinal)
                             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
                         record.changes.append(&mut rows.changes);
-                        record.changes.extend(op_change(op, &result));
+                        record.changes.extend(op_change(op, &result, &self.catalog));
                         response.results.push(result);
                     }
                     crate::changes::stage(&db, &mut batch, self.group, index, &record)
@@ -475,7 +485,7 @@ fn read_snapshot_file(path: &Path) -> Result<Option<Snapshot>> {
 
 /// The change an op makes beyond rows (those the row applier records): DDL and storage jobs.
 /// Failed and skipped ops change nothing.
-fn op_change(op: &Op, result: &OpResult) -> Option<Change> {
+fn op_change(op: &Op, result: &OpResult, catalog: &Catalog) -> Option<Change> {
     let done = matches!(result, OpResult::Done { .. } | OpResult::TableCreated { .. } | OpResult::Dropped { .. });
     if !done {
         return None;
@@ -508,6 +518,10 @@ fn op_change(op: &Op, result: &OpResult) -> Option<Change> {
                 _ => 0,
             };
             Some(Change::ddl(table_id, namespace, format!("DROP TABLE {namespace}.{name}")))
+        }
+        Op::AlterTable { namespace, name, description, .. } => {
+            let table_id = catalog.table(namespace, name).map_or(0, |t| t.table_id);
+            Some(Change::ddl(table_id, namespace, format!("ALTER TABLE {namespace}.{name} {description}")))
         }
         Op::PurgeTable { table_id } => Some(Change::ddl(*table_id, "", "table dropped: rows purged".into())),
         Op::Flush { table, scope } | Op::Compact { table, scope } => {

@@ -51,6 +51,7 @@ fn table_def() -> TableDef {
         ],
         options: vec![],
         created_at_micros: 42,
+        versions: Vec::new(),
     }
 }
 

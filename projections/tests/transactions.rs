@@ -43,6 +43,7 @@ fn def(table_id: u64) -> TableDef {
         columns: vec![col("id", DataType::BigInt, true), col("v", DataType::Text, false)],
         options: vec![],
         created_at_micros: 1,
+        versions: Vec::new(),
     }
 }
 

@@ -129,6 +129,7 @@ mod tests {
             }],
             options: level.map(|l| vec![(ACCESS_LEVEL_OPTION.to_string(), l.to_string())]).unwrap_or_default(),
             created_at_micros: 0,
+            versions: Vec::new(),
         }
     }
 

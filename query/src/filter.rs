@@ -274,6 +274,7 @@ mod tests {
             columns: vec![col("id", DataType::BigInt, true), col("room", DataType::Text, false)],
             options: Vec::new(),
             created_at_micros: 0,
+            versions: Vec::new(),
         }
     }
 

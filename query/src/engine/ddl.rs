@@ -90,7 +90,9 @@ impl Engine {
                 ];
                 Ok(QueryResult::rows(cols, rows))
             }
-            Statement::DescribeTable { table } => {
+            Statement::AlterTable { table, action } => self.alter_table(table, action, ctx, proposer).await,
+            Statement::DescribeTable { table, history: true } => self.describe_history(table, ctx),
+            Statement::DescribeTable { table, history: false } => {
                 let def = self.resolve_table(&table, ctx)?;
                 access::check_read(ctx.role, &def)?;
                 let rows = def
@@ -214,6 +216,7 @@ impl Engine {
             columns,
             options,
             created_at_micros: now_micros(),
+            versions: Vec::new(),
         };
         let op = Op::CreateTable { table: def, if_not_exists: ct.if_not_exists };
         match self.propose_ok(proposer, catalog_group(), op).await? {
@@ -249,7 +252,7 @@ pub fn ttl_secs(def: &TableDef) -> Option<u64> {
 }
 
 /// STREAM tables take `TTL_SECONDS` and never flush; other tables take no TTL.
-fn check_stream_options(table_type: TableType, options: &[(String, String)]) -> Result<()> {
+pub(super) fn check_stream_options(table_type: TableType, options: &[(String, String)]) -> Result<()> {
     for (k, v) in options {
         match (table_type, k.as_str()) {
             (TableType::Stream, TTL_OPTION) => match v.trim().parse::<u64>() {

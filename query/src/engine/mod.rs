@@ -4,6 +4,7 @@
 //! (the node), which puts them in the log. This crate never writes a projection itself.
 
 mod admin;
+mod alter;
 mod batch;
 mod ddl;
 mod dml;
@@ -465,7 +466,8 @@ impl Engine {
             | Statement::CreateTable(_)
             | Statement::DropTable { .. }
             | Statement::ShowTables { .. }
-            | Statement::DescribeTable { .. }) => self.ddl_statement(s, ctx, proposer).await,
+            | Statement::DescribeTable { .. }
+            | Statement::AlterTable { .. }) => self.ddl_statement(s, ctx, proposer).await,
             s @ (Statement::Storage { .. } | Statement::Rebuild { .. } | Statement::Subscribe { .. }) => {
                 self.admin_statement(s, ctx, proposer).await
             }

@@ -5,7 +5,7 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 use kalamdb_log::{DataType, DefaultExpr, TableType, Value};
 
 use super::source::Cursor;
-use super::{ParsedColumn, ParsedCreateTable, Statement, StorageTarget};
+use super::{AlterAction, ParsedColumn, ParsedCreateTable, Statement, StorageTarget};
 use crate::error::{Error, Result};
 
 /// One of our own statements; `None` when the tokens are standard SQL for sqlparser.
@@ -76,11 +76,15 @@ pub(super) fn parse_own(c: &mut Cursor<'_, '_>) -> Result<Option<Statement>> {
         return Ok(Some(Statement::Rebuild { table }));
     } else if c.eat_kw("SUBSCRIBE") {
         return parse_subscribe(c).map(Some);
+    } else if c.peek_kw("ALTER") && c.peek_kw_at(1, "TABLE") {
+        c.pos += 2;
+        return parse_alter_table(c).map(Some);
     } else if c.eat_kw("DESCRIBE") || c.eat_kw("DESC") {
         let _ = c.eat_kw("TABLE");
         let table = c.table_name()?;
+        let history = c.eat_kw("HISTORY");
         c.expect_end()?;
-        return Ok(Some(Statement::DescribeTable { table }));
+        return Ok(Some(Statement::DescribeTable { table, history }));
     }
     Ok(None)
 }
@@ -253,28 +257,7 @@ fn parse_create_table(c: &mut Cursor<'_, '_>, table_type: Option<TableType>) -> 
             .ok_or_else(|| Error::InvalidSql(format!("PRIMARY KEY names unknown column {pk}")))?;
         col.primary_key = true;
     }
-    let mut options = Vec::new();
-    if c.eat_kw("WITH") {
-        c.expect(&Token::LParen)?;
-        loop {
-            let key = match c.next() {
-                Some(Token::Word(w)) => w.value.to_ascii_uppercase(),
-                _ => return Err(Error::InvalidSql("expected an option name in WITH (...)".into())),
-            };
-            c.expect(&Token::Eq)?;
-            let value = match c.next() {
-                Some(Token::SingleQuotedString(s)) | Some(Token::Number(s, _)) => s,
-                Some(Token::Word(w)) => w.value,
-                _ => return Err(Error::InvalidSql(format!("expected a value for option {key}"))),
-            };
-            options.push((key, value));
-            if c.eat(&Token::Comma) {
-                continue;
-            }
-            c.expect(&Token::RParen)?;
-            break;
-        }
-    }
+    let options = if c.eat_kw("WITH") { parse_options(c)? } else { Vec::new() };
     c.expect_end()?;
     Ok(ParsedCreateTable { table, table_type, if_not_exists, columns, options })
 }
@@ -332,4 +315,71 @@ fn parse_subscribe(c: &mut Cursor<'_, '_>) -> Result<Statement> {
     }
     c.expect_end()?;
     Ok(Statement::Subscribe { table, filter, last_rows, from })
+}
+
+/// `(KEY = value, ...)`: table options, keys upper-cased, in statement order.
+fn parse_options(c: &mut Cursor<'_, '_>) -> Result<Vec<(String, String)>> {
+    c.expect(&Token::LParen)?;
+    let mut options = Vec::new();
+    loop {
+        let key = match c.next() {
+            Some(Token::Word(w)) => w.value.to_ascii_uppercase(),
+            _ => return Err(Error::InvalidSql("expected an option name in (...)".into())),
+        };
+        c.expect(&Token::Eq)?;
+        options.push((key.clone(), option_value(c, &key)?));
+        if c.eat(&Token::Comma) {
+            continue;
+        }
+        c.expect(&Token::RParen)?;
+        return Ok(options);
+    }
+}
+
+/// An option's value: a quoted string, a number or a bare word.
+fn option_value(c: &mut Cursor<'_, '_>, key: &str) -> Result<String> {
+    match c.next() {
+        Some(Token::SingleQuotedString(s)) | Some(Token::Number(s, _)) => Ok(s),
+        Some(Token::Word(w)) => Ok(w.value),
+        _ => Err(Error::InvalidSql(format!("expected a value for option {key}"))),
+    }
+}
+
+/// After `ALTER TABLE`: `t SET ACCESS_LEVEL x`, `t SET (KEY = value, ...)`, `t ALTER [COLUMN] c
+/// SET DEFAULT expr | DROP DEFAULT`.
+fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
+    let table = c.table_name()?;
+    let action = if c.eat_kw("SET") {
+        if c.eat_kw("ACCESS_LEVEL") {
+            let _ = c.eat(&Token::Eq);
+            AlterAction::SetOptions(vec![("ACCESS_LEVEL".to_string(), option_value(c, "ACCESS_LEVEL")?)])
+        } else if c.peek() == Some(&Token::LParen) {
+            AlterAction::SetOptions(parse_options(c)?)
+        } else {
+            return Err(c.unexpected("ACCESS_LEVEL or (option = value, ...)"));
+        }
+    } else if c.eat_kw("ALTER") {
+        let _ = c.eat_kw("COLUMN");
+        let column = c.ident()?;
+        if c.eat_kws(&["SET", "DEFAULT"]) {
+            AlterAction::SetDefault { column, default: Some(parse_default(c)?) }
+        } else if c.eat_kws(&["DROP", "DEFAULT"]) {
+            AlterAction::SetDefault { column, default: None }
+        } else if c.peek_kw("SET") || c.peek_kw("DROP") || c.peek_kw("TYPE") {
+            return Err(not_yet("ALTER COLUMN ... SET/DROP NOT NULL and TYPE"));
+        } else {
+            return Err(c.unexpected("SET DEFAULT or DROP DEFAULT"));
+        }
+    } else if c.peek_kw("ADD") || c.peek_kw("DROP") || c.peek_kw("RENAME") {
+        return Err(not_yet("ALTER TABLE ... ADD, DROP and RENAME COLUMN"));
+    } else {
+        return Err(c.unexpected("SET or ALTER COLUMN"));
+    };
+    c.expect_end()?;
+    Ok(Statement::AlterTable { table, action })
+}
+
+/// ALTER TABLE forms that need stable column ids, which the storage does not have yet.
+fn not_yet(what: &str) -> Error {
+    Error::InvalidSql(format!("{what} are not supported yet: they need stable column ids (issue 18)"))
 }

@@ -83,8 +83,15 @@ pub enum Statement {
     ShowTables {
         namespace: Option<String>,
     },
+    /// `DESCRIBE [TABLE] t [HISTORY]`: the columns, or the schema versions.
     DescribeTable {
         table: TableName,
+        history: bool,
+    },
+    /// `ALTER TABLE t ...`.
+    AlterTable {
+        table: TableName,
+        action: AlterAction,
     },
     /// `FLUSH TABLE t`, `FLUSH ALL TABLES [IN ns]`, `STORAGE FLUSH TABLE t`, `STORAGE FLUSH ALL
     /// [IN ns]`; with `compact`, `STORAGE COMPACT TABLE t` / `STORAGE COMPACT ALL [IN ns]`.
@@ -161,6 +168,15 @@ impl Unparsed {
     pub fn parse(self) -> Result<ast::Statement> {
         query::parse_standard(self.0)
     }
+}
+
+/// What `ALTER TABLE` changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlterAction {
+    /// `SET ACCESS_LEVEL x` or `SET (KEY = value, ...)`: keys upper-cased.
+    SetOptions(Vec<(String, String)>),
+    /// `ALTER [COLUMN] c SET DEFAULT expr` (`Some`) or `DROP DEFAULT` (`None`).
+    SetDefault { column: String, default: Option<DefaultExpr> },
 }
 
 /// What `ALTER USER` changes.

@@ -1,0 +1,137 @@
+//! `ALTER TABLE` (one `Op::AlterTable` in the catalog group's log, checked here against the
+//! catalog and again when applied) and `DESCRIBE TABLE ... HISTORY` (the schema versions the
+//! catalog recorded, each with the log index of its change).
+
+use kalamdb_log::{DefaultExpr, Op, TableChange, TableDef, TableType, Value};
+
+use super::ddl::{check_stream_options, default_literal};
+use super::{Engine, ExecContext, QueryResult, catalog_group, now_micros};
+use crate::access::{self, ACCESS_LEVEL_OPTION, AccessLevel};
+use crate::error::{Error, Result};
+use crate::parse::{AlterAction, FlushPolicy, TableName};
+use crate::ports::Proposer;
+use crate::values::{coerce, value_to_json};
+
+/// A default as written back for the schema history (display only; never parsed again).
+fn default_text(d: &DefaultExpr) -> String {
+    match d {
+        DefaultExpr::Literal(Value::Text(s)) => format!("'{}'", s.replace('\'', "''")),
+        DefaultExpr::Literal(v) => value_to_json(v).to_string(),
+        DefaultExpr::SnowflakeId => "SNOWFLAKE_ID()".into(),
+        DefaultExpr::Now => "NOW()".into(),
+    }
+}
+
+impl Engine {
+    pub(super) async fn alter_table(
+        &self,
+        table: TableName,
+        action: AlterAction,
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+    ) -> Result<QueryResult> {
+        let def = self.resolve_table(&table, ctx)?;
+        let (change, description) = match action {
+            AlterAction::SetOptions(options) => set_options(&def, options)?,
+            AlterAction::SetDefault { column, default } => {
+                let Some(c) = def.columns.iter().find(|c| c.name == column) else {
+                    return Err(Error::InvalidSql(format!(
+                        "column '{column}' does not exist in {}.{}",
+                        def.namespace, def.name
+                    )));
+                };
+                if let Some(DefaultExpr::Literal(v)) = &default {
+                    // Checked against the column type now, not at the next insert.
+                    coerce(&default_literal(v), c.data_type)?;
+                }
+                let description = match &default {
+                    Some(d) => format!("ALTER COLUMN {column} SET DEFAULT {}", default_text(d)),
+                    None => format!("ALTER COLUMN {column} DROP DEFAULT"),
+                };
+                (TableChange::SetDefault { column, default }, description)
+            }
+        };
+        let op = Op::AlterTable {
+            namespace: def.namespace.clone(),
+            name: def.name.clone(),
+            change,
+            description,
+            altered_at_micros: now_micros(),
+        };
+        self.propose_ok(proposer, catalog_group(), op).await?;
+        Ok(QueryResult::message(1, format!("Table '{}.{}' altered", def.namespace, def.name)))
+    }
+
+    pub(super) fn describe_history(&self, table: TableName, ctx: &ExecContext) -> Result<QueryResult> {
+        let def = self.resolve_table(&table, ctx)?;
+        access::check_read(ctx.role, &def)?;
+        let rows = def
+            .versions
+            .iter()
+            .map(|v| {
+                vec![
+                    serde_json::Value::from(v.version),
+                    serde_json::Value::from(v.log_index),
+                    serde_json::Value::String(v.change.clone()),
+                    value_to_json(&Value::Timestamp(v.at_micros)),
+                ]
+            })
+            .collect();
+        let cols = vec![
+            ("version".into(), "BigInt".into()),
+            ("log_index".into(), "BigInt".into()),
+            ("change".into(), "Text".into()),
+            ("changed_at".into(), "Timestamp".into()),
+        ];
+        Ok(QueryResult::rows(cols, rows))
+    }
+}
+
+/// `SET ACCESS_LEVEL x` / `SET (KEY = value, ...)`: each option checked as CREATE TABLE checks
+/// it, and the table's options as they would be afterwards checked together.
+fn set_options(def: &TableDef, options: Vec<(String, String)>) -> Result<(TableChange, String)> {
+    if options.is_empty() {
+        return Err(Error::InvalidSql("ALTER TABLE ... SET needs at least one option".into()));
+    }
+    let mut checked = Vec::with_capacity(options.len());
+    for (key, value) in options {
+        let value = match key.as_str() {
+            "TYPE" => {
+                return Err(Error::InvalidSql(format!(
+                    "a table's TYPE cannot change ({}.{} is {})",
+                    def.namespace,
+                    def.name,
+                    def.table_type.api_name()
+                )));
+            }
+            ACCESS_LEVEL_OPTION => {
+                if def.table_type != TableType::Shared {
+                    return Err(Error::InvalidSql(
+                        "ACCESS_LEVEL applies to SHARED tables; USER and STREAM tables are private to each user".into(),
+                    ));
+                }
+                AccessLevel::parse(&value)?.name().to_string()
+            }
+            "FLUSH_POLICY" => {
+                FlushPolicy::parse(&value)?;
+                value
+            }
+            _ => value,
+        };
+        if checked.iter().any(|(k, _): &(String, String)| *k == key) {
+            return Err(Error::InvalidSql(format!("option {key} given twice")));
+        }
+        checked.push((key, value));
+    }
+    let mut after = def.options.clone();
+    for (k, v) in &checked {
+        match after.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => after.push((k.clone(), v.clone())),
+        }
+    }
+    check_stream_options(def.table_type, &after)?;
+    let list: Vec<String> = checked.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect();
+    let description = format!("SET ({})", list.join(", "));
+    Ok((TableChange::SetOptions { options: checked }, description))
+}
