@@ -148,6 +148,18 @@ pub struct ColumnDef {
     pub nullable: bool,
     pub primary_key: bool,
     pub default: Option<DefaultExpr>,
+    /// The column's name in Parquet files and their statistics, when it differs from `name`
+    /// (after a `RENAME COLUMN`); empty otherwise. Files are never rewritten for a rename, so
+    /// this name stays for the life of the column.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stored_as: String,
+}
+
+impl ColumnDef {
+    /// The column's name in storage (Parquet files, file statistics).
+    pub fn storage_name(&self) -> &str {
+        if self.stored_as.is_empty() { &self.name } else { &self.stored_as }
+    }
 }
 
 #[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -185,6 +197,8 @@ pub enum TableChange {
     SetOptions { options: Vec<(String, String)> },
     /// Set (`Some`) or drop (`None`) a column's default.
     SetDefault { column: String, default: Option<DefaultExpr> },
+    /// Rename a column; its storage name stays.
+    RenameColumn { from: String, to: String },
 }
 
 impl TableDef {

@@ -296,6 +296,28 @@ impl Catalog {
                 };
                 c.default = default.clone();
             }
+            TableChange::RenameColumn { from, to } => {
+                if def.columns.iter().any(|c| &c.name == to) {
+                    return Ok(failed(
+                        ApplyErrorCode::AlreadyExists,
+                        format!("column '{to}' already exists in {}.{}", def.namespace, def.name),
+                    ));
+                }
+                let Some(c) = def.columns.iter_mut().find(|c| &c.name == from) else {
+                    return Ok(failed(
+                        ApplyErrorCode::ConstraintViolation,
+                        format!("column '{from}' does not exist in {}.{}", def.namespace, def.name),
+                    ));
+                };
+                // The name files know it by stays: they are never rewritten for a rename.
+                if c.stored_as.is_empty() {
+                    c.stored_as = c.name.clone();
+                }
+                c.name = to.clone();
+                if c.stored_as == c.name {
+                    c.stored_as.clear();
+                }
+            }
         }
         let version = def.versions.last().map_or(1, |v| v.version) + 1;
         def.versions.push(SchemaVersion {

@@ -40,6 +40,7 @@ fn table_def() -> TableDef {
                 nullable: false,
                 primary_key: true,
                 default: Some(DefaultExpr::SnowflakeId),
+                stored_as: String::new(),
             },
             ColumnDef {
                 name: "v".into(),
@@ -47,6 +48,7 @@ fn table_def() -> TableDef {
                 nullable: true,
                 primary_key: false,
                 default: None,
+                stored_as: String::new(),
             },
         ],
         options: vec![],

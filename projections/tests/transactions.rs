@@ -34,6 +34,7 @@ fn def(table_id: u64) -> TableDef {
         nullable: !primary_key,
         primary_key,
         default: None,
+        stored_as: String::new(),
     };
     TableDef {
         table_id,

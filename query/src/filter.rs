@@ -265,6 +265,7 @@ mod tests {
             nullable: !primary_key,
             primary_key,
             default: None,
+            stored_as: String::new(),
         };
         TableDef {
             table_id: 1,

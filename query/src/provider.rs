@@ -30,7 +30,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use kalamdb_log::{GroupId, GroupLayout, Role, TableDef};
 use kalamdb_projections::columnar::rows_to_batch;
-pub use kalamdb_projections::columnar::{DELETED_COLUMN, SEQ_COLUMN, table_schema};
+pub use kalamdb_projections::columnar::{DELETED_COLUMN, SEQ_COLUMN, storage_schema, table_schema};
 use kalamdb_projections::{Catalog, JobLog, RowReader, StoredRow, TableView};
 
 pub const SYSTEM_NAMESPACE: &str = "system";
@@ -52,7 +52,11 @@ pub fn rows_to_batches(
 #[derive(Debug)]
 pub struct KalamTable {
     def: Arc<TableDef>,
+    /// What queries see: columns by their names.
     schema: SchemaRef,
+    /// What storage holds: the same fields named as in Parquet files (a renamed column keeps its
+    /// storage name). Scans run on it and rename at the top.
+    storage: SchemaRef,
     rows: RowReader,
     group: GroupId,
     scope: String,
@@ -91,7 +95,19 @@ impl KalamTable {
     ) -> KalamTable {
         let (group, scope) = layout.table_location(&def, user_id);
         let schema = table_schema(&def);
-        KalamTable { def, schema, rows, group, scope, barrier, as_of: None, held: HeldMemory::default(), batch: None }
+        let storage = storage_schema(&def);
+        KalamTable {
+            def,
+            schema,
+            storage,
+            rows,
+            group,
+            scope,
+            barrier,
+            as_of: None,
+            held: HeldMemory::default(),
+            batch: None,
+        }
     }
 }
 
@@ -138,7 +154,7 @@ impl TableProvider for KalamTable {
         // Reading RocksDB and replaying the log block: they run on a blocking thread, not on
         // a thread of the query runtime, and what they materialize is charged to the pool.
         let (def, schema, rows, group, scope, as_of) =
-            (self.def.clone(), self.schema.clone(), self.rows.clone(), self.group, self.scope.clone(), self.as_of);
+            (self.def.clone(), self.storage.clone(), self.rows.clone(), self.group, self.scope.clone(), self.as_of);
         let (batches, view) = tokio::task::spawn_blocking(move || {
             let external =
                 |e: kalamdb_projections::Error| DataFusionError::External(Box::new(crate::error::Error::from(e)));
@@ -160,12 +176,62 @@ impl TableProvider for KalamTable {
         let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
         let what = format!("scan {}.{}", self.def.namespace, self.def.name);
         self.held.hold(&state.runtime_env().memory_pool, what, bytes)?;
-        let hot = MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), Some(proj.clone()))?;
-        if view.files.is_empty() {
-            return Ok(hot);
+        let hot = MemorySourceConfig::try_new_exec(&[batches], self.storage.clone(), Some(proj.clone()))?;
+        let plan = if view.files.is_empty() {
+            hot
+        } else {
+            let cold = self.cold_plan(state, &proj, filters, &view)?;
+            UnionExec::try_new(vec![hot, cold])?
+        };
+        self.named(plan, &proj)
+    }
+}
+
+impl KalamTable {
+    /// The scan's output under the names queries use: a projection that renames the columns
+    /// whose storage name differs (none, unless a column was renamed).
+    fn named(&self, plan: Arc<dyn ExecutionPlan>, proj: &[usize]) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        let renamed = proj.iter().any(|&i| self.schema.field(i).name() != self.storage.field(i).name());
+        if !renamed {
+            return Ok(plan);
         }
-        let cold = self.cold_plan(state, &proj, filters, &view)?;
-        UnionExec::try_new(vec![hot, cold])
+        let input = plan.schema();
+        let exprs = proj
+            .iter()
+            .map(|&i| Ok((col(self.storage.field(i).name(), &input)?, self.schema.field(i).name().clone())))
+            .collect::<Result<Vec<(Arc<dyn PhysicalExpr>, String)>, DataFusionError>>()?;
+        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+    }
+
+    /// Filters as the Parquet scan sees them: column names replaced by storage names.
+    fn storage_filters(&self, filters: &[Expr]) -> Result<Vec<Expr>, DataFusionError> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        let names: std::collections::HashMap<&str, &str> = self
+            .def
+            .columns
+            .iter()
+            .filter(|c| c.name != c.storage_name())
+            .map(|c| (c.name.as_str(), c.storage_name()))
+            .collect();
+        if names.is_empty() {
+            return Ok(filters.to_vec());
+        }
+        filters
+            .iter()
+            .map(|f| {
+                f.clone()
+                    .transform(|e| match &e {
+                        Expr::Column(c) => match names.get(c.name.as_str()) {
+                            Some(stored) => {
+                                Ok(Transformed::yes(Expr::Column(datafusion::common::Column::from_name(*stored))))
+                            }
+                            None => Ok(Transformed::no(e)),
+                        },
+                        _ => Ok(Transformed::no(e)),
+                    })
+                    .map(|t| t.data)
+            })
+            .collect()
     }
 }
 
@@ -192,7 +258,9 @@ fn overlay(view: &mut TableView, pending: Vec<Pending>) {
 fn pk_range(def: &TableDef, filters: &[Expr]) -> kalamdb_projections::cold::PkRange {
     use datafusion::logical_expr::{BinaryExpr, Operator};
     let pk = &def.columns[def.pk_index()];
-    let mut range = kalamdb_projections::cold::PkRange { column: Some(pk.name.clone()), ..Default::default() };
+    // File statistics are keyed by storage name; filters name the column as queries do.
+    let mut range =
+        kalamdb_projections::cold::PkRange { column: Some(pk.storage_name().to_string()), ..Default::default() };
     for f in filters {
         let Expr::BinaryExpr(BinaryExpr { left, op, right }) = f else { continue };
         let (op, literal) = match (left.as_ref(), right.as_ref()) {
@@ -236,7 +304,7 @@ impl KalamTable {
         filters: &[Expr],
         view: &TableView,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        let seq_idx = self.schema.fields().len() - 2;
+        let seq_idx = self.storage.fields().len() - 2;
         let mut read = proj.to_vec();
         if !view.superseded.is_empty() && !read.contains(&seq_idx) {
             read.push(seq_idx);
@@ -246,10 +314,10 @@ impl KalamTable {
         // path (a rewrite of the same path holds the same bytes), so a cached entry stays right.
         let store = state.runtime_env().object_store(ObjectStoreUrl::local_filesystem())?;
         let metadata = state.runtime_env().cache_manager.get_file_metadata_cache();
-        let mut source = ParquetSource::new(self.schema.clone())
+        let mut source = ParquetSource::new(self.storage.clone())
             .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(store, metadata)));
-        if let Some(filter) = conjunction(filters.iter().cloned()) {
-            let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+        if let Some(filter) = conjunction(self.storage_filters(filters)?) {
+            let df_schema = DFSchema::try_from(self.storage.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(filter, &df_schema)?);
         }
         // One file group per partition (round robin), so the files are scanned in parallel
@@ -274,7 +342,7 @@ impl KalamTable {
         let exprs = proj
             .iter()
             .map(|&i| {
-                let name = self.schema.field(i).name();
+                let name = self.storage.field(i).name();
                 Ok((col(name, &s)?, name.clone()))
             })
             .collect::<Result<Vec<(Arc<dyn PhysicalExpr>, String)>, DataFusionError>>()?;

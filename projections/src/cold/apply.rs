@@ -53,7 +53,7 @@ impl<'a> ColdApplier<'a> {
             Some(s) => table_scope_prefix(self.group, def.table_id, s),
             None => table_prefix(self.group, def.table_id),
         };
-        let schema = table_schema(def);
+        let schema = storage_schema(def);
         let mut outcomes = Vec::new();
         let mut current: Option<ScopeFlush> = None;
         for item in iter_prefix(self.db, rows_cf, &prefix) {
@@ -120,7 +120,7 @@ impl<'a> ColdApplier<'a> {
         let started = Instant::now();
         let started_at = crate::now_micros();
         let cold = cf(self.db, CF_COLD)?;
-        let schema = table_schema(def);
+        let schema = storage_schema(def);
         let scopes = match scope {
             Some(s) => vec![s.to_string()],
             None => scopes_with_files(self.db, self.group, def.table_id)?,
@@ -225,7 +225,7 @@ impl<'a> ColdApplier<'a> {
         for b in batches {
             stats.add(b)?;
         }
-        let pk_column = &def.columns[def.pk_index()].name;
+        let pk_column = def.columns[def.pk_index()].storage_name();
         let (bytes, sha256) = write_parquet(&self.env.storage_dir, &path, schema, batches, pk_column)?;
         Ok(FileMeta {
             file_no,

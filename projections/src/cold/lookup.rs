@@ -91,8 +91,12 @@ pub(super) fn find_in_file(
     };
     let meta = builder.metadata().clone();
     let arrow_schema = builder.schema().clone();
-    let stats = StatisticsConverter::try_new(&def.columns[pk].name, &arrow_schema, meta.file_metadata().schema_descr())
-        .map_err(parquet_err)?;
+    let stats = StatisticsConverter::try_new(
+        def.columns[pk].storage_name(),
+        &arrow_schema,
+        meta.file_metadata().schema_descr(),
+    )
+    .map_err(parquet_err)?;
     let row_group_mins = stats.row_group_mins(meta.row_groups().iter()).map_err(parquet_err)?;
     let row_group_maxes = stats.row_group_maxes(meta.row_groups().iter()).map_err(parquet_err)?;
     let groups: Vec<usize> = may_hold(&row_group_mins, &row_group_maxes)?

@@ -50,6 +50,27 @@ impl Engine {
                 };
                 (TableChange::SetDefault { column, default }, description)
             }
+            AlterAction::RenameColumn { from, to } => {
+                if !def.columns.iter().any(|c| c.name == from) {
+                    return Err(Error::InvalidSql(format!(
+                        "column '{from}' does not exist in {}.{}",
+                        def.namespace, def.name
+                    )));
+                }
+                if to.starts_with('_') {
+                    return Err(Error::InvalidSql(format!(
+                        "column name '{to}' is reserved: names starting with '_' are system columns"
+                    )));
+                }
+                if def.columns.iter().any(|c| c.name == to) {
+                    return Err(Error::AlreadyExists(format!(
+                        "column '{to}' already exists in {}.{}",
+                        def.namespace, def.name
+                    )));
+                }
+                let description = format!("RENAME COLUMN {from} TO {to}");
+                (TableChange::RenameColumn { from, to }, description)
+            }
         };
         let op = Op::AlterTable {
             namespace: def.namespace.clone(),

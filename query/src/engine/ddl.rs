@@ -181,6 +181,7 @@ impl Engine {
                 nullable: !c.not_null && !c.primary_key,
                 primary_key: c.primary_key,
                 default: c.default.clone(),
+                stored_as: String::new(),
             });
         }
         match columns.iter().filter(|c| c.primary_key).count() {
@@ -195,6 +196,7 @@ impl Engine {
                         nullable: false,
                         primary_key: true,
                         default: Some(DefaultExpr::SnowflakeId),
+                        stored_as: String::new(),
                     },
                 );
             }

@@ -346,7 +346,7 @@ fn option_value(c: &mut Cursor<'_, '_>, key: &str) -> Result<String> {
 }
 
 /// After `ALTER TABLE`: `t SET ACCESS_LEVEL x`, `t SET (KEY = value, ...)`, `t ALTER [COLUMN] c
-/// SET DEFAULT expr | DROP DEFAULT`.
+/// SET DEFAULT expr | DROP DEFAULT`, `t RENAME [COLUMN] a TO b`.
 fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
     let table = c.table_name()?;
     let action = if c.eat_kw("SET") {
@@ -370,10 +370,17 @@ fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
         } else {
             return Err(c.unexpected("SET DEFAULT or DROP DEFAULT"));
         }
-    } else if c.peek_kw("ADD") || c.peek_kw("DROP") || c.peek_kw("RENAME") {
-        return Err(not_yet("ALTER TABLE ... ADD, DROP and RENAME COLUMN"));
+    } else if c.eat_kw("RENAME") {
+        let _ = c.eat_kw("COLUMN");
+        let from = c.ident()?;
+        if !c.eat_kw("TO") {
+            return Err(c.unexpected("TO"));
+        }
+        AlterAction::RenameColumn { from, to: c.ident()? }
+    } else if c.peek_kw("ADD") || c.peek_kw("DROP") {
+        return Err(not_yet("ALTER TABLE ... ADD and DROP COLUMN"));
     } else {
-        return Err(c.unexpected("SET or ALTER COLUMN"));
+        return Err(c.unexpected("SET, ALTER COLUMN or RENAME COLUMN"));
     };
     c.expect_end()?;
     Ok(Statement::AlterTable { table, action })

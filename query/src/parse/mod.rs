@@ -177,6 +177,8 @@ pub enum AlterAction {
     SetOptions(Vec<(String, String)>),
     /// `ALTER [COLUMN] c SET DEFAULT expr` (`Some`) or `DROP DEFAULT` (`None`).
     SetDefault { column: String, default: Option<DefaultExpr> },
+    /// `RENAME [COLUMN] a TO b`.
+    RenameColumn { from: String, to: String },
 }
 
 /// What `ALTER USER` changes.
