@@ -153,6 +153,11 @@ pub struct ColumnDef {
     /// this name stays for the life of the column.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stored_as: String,
+    /// For a column added by `ALTER TABLE ... ADD COLUMN`: the value rows written before it
+    /// existed read (its default when it was added, else NULL). Files and rows of that time
+    /// are never rewritten for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<Value>,
 }
 
 impl ColumnDef {
@@ -199,6 +204,8 @@ pub enum TableChange {
     SetDefault { column: String, default: Option<DefaultExpr> },
     /// Rename a column; its storage name stays.
     RenameColumn { from: String, to: String },
+    /// Append a column (its storage name unused by any column of the table).
+    AddColumn { column: ColumnDef },
 }
 
 impl TableDef {

@@ -318,6 +318,17 @@ impl Catalog {
                     c.stored_as.clear();
                 }
             }
+            TableChange::AddColumn { column } => {
+                let taken = def.columns.iter().any(|c| c.name == column.name);
+                let stored = def.columns.iter().any(|c| c.storage_name() == column.storage_name());
+                if taken || stored {
+                    return Ok(failed(
+                        ApplyErrorCode::AlreadyExists,
+                        format!("column '{}' already exists in {}.{}", column.name, def.namespace, def.name),
+                    ));
+                }
+                def.columns.push(column.clone());
+            }
         }
         let version = def.versions.last().map_or(1, |v| v.version) + 1;
         def.versions.push(SchemaVersion {

@@ -118,7 +118,9 @@ fn schema_with_names(def: &TableDef, name: impl Fn(&kalamdb_log::ColumnDef) -> &
 pub fn rows_to_batch(def: &TableDef, schema: &SchemaRef, rows: &[StoredRow]) -> Result<RecordBatch> {
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(def.columns.len() + 2);
     for (i, c) in def.columns.iter().enumerate() {
-        cols.push(build_array(c.data_type, rows.iter().map(|r| r.values.get(i).unwrap_or(&Value::Null)), rows.len()));
+        // A row written before the column was added is shorter: it reads the backfill.
+        let missing = c.backfill.as_ref().unwrap_or(&Value::Null);
+        cols.push(build_array(c.data_type, rows.iter().map(|r| r.values.get(i).unwrap_or(missing)), rows.len()));
     }
     let mut seq = Int64Builder::with_capacity(rows.len());
     let mut del = BooleanBuilder::with_capacity(rows.len());
@@ -129,6 +131,33 @@ pub fn rows_to_batch(def: &TableDef, schema: &SchemaRef, rows: &[StoredRow]) -> 
     cols.push(Arc::new(seq.finish()));
     cols.push(Arc::new(del.finish()));
     RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Corrupt(format!("row batch: {e}")))
+}
+
+/// A batch read from a Parquet file, in the table's storage schema now: columns found by
+/// storage name, and a column the file predates (added later) filled with its backfill. Files
+/// are never rewritten for a schema change; this is how they are read after one.
+pub fn conform(def: &TableDef, target: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
+    if batch.schema().fields() == target.fields() {
+        return Ok(batch);
+    }
+    let rows = batch.num_rows();
+    let file = batch.schema();
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+    for (i, c) in def.columns.iter().enumerate() {
+        let name = target.field(i).name();
+        match file.index_of(name) {
+            Ok(at) => cols.push(batch.column(at).clone()),
+            Err(_) => {
+                let fill = c.backfill.as_ref().unwrap_or(&Value::Null);
+                cols.push(build_array(c.data_type, std::iter::repeat_n(fill, rows), rows));
+            }
+        }
+    }
+    for name in [SEQ_COLUMN, DELETED_COLUMN] {
+        let at = file.index_of(name).map_err(|_| Error::Corrupt(format!("file batch without {name}")))?;
+        cols.push(batch.column(at).clone());
+    }
+    RecordBatch::try_new(target.clone(), cols).map_err(|e| Error::Corrupt(format!("conformed batch: {e}")))
 }
 
 fn downcast<T: 'static>(a: &ArrayRef) -> Result<&T> {

@@ -147,8 +147,10 @@ fn load_base(db: &DB, storage_dir: &Path, def: &TableDef, sp: &[u8], at: u64) ->
     let live_then = |f: &&FileMeta| f.created_at <= base && f.retired_at.is_none_or(|r| r > base);
     let pk = def.pk_index();
     let mut state = ScopeReplay { base_index: base, ..ScopeReplay::default() };
+    let storage = crate::columnar::storage_schema(def);
     for f in files.iter().filter(live_then) {
         for b in read_parquet(&storage_dir.join(&f.path))? {
+            let b = crate::columnar::conform(def, &storage, b)?;
             let (seq, _) = seq_deleted(&b)?;
             for row in 0..b.num_rows() {
                 let s = seq.value(row);

@@ -16,6 +16,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use crate::columnar::seq_deleted;
 use crate::error::{Error, Result};
+use kalamdb_log::TableDef;
 
 fn arrow_err(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
@@ -37,6 +38,9 @@ pub(crate) struct Merge<'a> {
     pk: usize,
     superseded: &'a HashSet<i64>,
     schema: SchemaRef,
+    /// The table, when files may predate a schema change: their batches are conformed to
+    /// `schema` as they are read (see `columnar::conform`).
+    def: Option<&'a TableDef>,
     batch_rows: usize,
     /// Rows picked from the cursors' current batches, not yet copied out: (cursor, row).
     picked: Vec<(usize, usize)>,
@@ -53,6 +57,7 @@ impl<'a> Merge<'a> {
         schema: SchemaRef,
         pk: usize,
         superseded: &'a HashSet<i64>,
+        def: Option<&'a TableDef>,
         batch_rows: usize,
     ) -> Result<Merge<'a>> {
         assert!(batch_rows > 0, "merge batches need at least one row");
@@ -64,6 +69,7 @@ impl<'a> Merge<'a> {
             pk,
             superseded,
             schema: schema.clone(),
+            def,
             batch_rows,
             picked: Vec::new(),
             pending: Vec::new(),
@@ -83,6 +89,10 @@ impl<'a> Merge<'a> {
     fn advance(&self, mut reader: ParquetRecordBatchReader) -> Result<Option<Cursor>> {
         for batch in reader.by_ref() {
             let batch = batch.map_err(arrow_err)?;
+            let batch = match self.def {
+                Some(def) => crate::columnar::conform(def, &self.schema, batch)?,
+                None => batch,
+            };
             let (seq, _) = seq_deleted(&batch)?;
             let mask: BooleanArray =
                 seq.iter().map(|s| Some(!s.is_some_and(|s| self.superseded.contains(&s)))).collect();
@@ -230,7 +240,7 @@ mod tests {
             }
             let superseded: HashSet<i64> =
                 all.iter().flat_map(|b| seq_deleted(b).unwrap().0.values().to_vec()).filter(|s| s % superseded_every == 0).collect();
-            let mut merge = Merge::open(&paths, schema(), 0, &superseded, batch_rows).unwrap();
+            let mut merge = Merge::open(&paths, schema(), 0, &superseded, None, batch_rows).unwrap();
             let mut got = Vec::new();
             while let Some(b) = merge.next_batch().unwrap() {
                 got.push(b);

@@ -41,6 +41,7 @@ fn table_def() -> TableDef {
                 primary_key: true,
                 default: Some(DefaultExpr::SnowflakeId),
                 stored_as: String::new(),
+                backfill: None,
             },
             ColumnDef {
                 name: "v".into(),
@@ -49,6 +50,7 @@ fn table_def() -> TableDef {
                 primary_key: false,
                 default: None,
                 stored_as: String::new(),
+                backfill: None,
             },
         ],
         options: vec![],

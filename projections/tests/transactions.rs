@@ -35,6 +35,7 @@ fn def(table_id: u64) -> TableDef {
         primary_key,
         default: None,
         stored_as: String::new(),
+        backfill: None,
     };
     TableDef {
         table_id,

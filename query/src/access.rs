@@ -127,6 +127,7 @@ mod tests {
                 primary_key: true,
                 default: None,
                 stored_as: String::new(),
+                backfill: None,
             }],
             options: level.map(|l| vec![(ACCESS_LEVEL_OPTION.to_string(), l.to_string())]).unwrap_or_default(),
             created_at_micros: 0,

@@ -44,6 +44,8 @@ pub struct RowFilter {
     root: Node,
     /// Canonical SQL text of the expression (safe to embed in a statement or a URL).
     text: String,
+    /// Per column, what a row written before the column was added holds (its backfill).
+    fills: Vec<Value>,
 }
 
 fn invalid(m: String) -> Error {
@@ -63,7 +65,8 @@ impl RowFilter {
         }
         let mut nodes = 0usize;
         let root = build(&expr, def, &mut nodes)?;
-        Ok(RowFilter { root, text: expr.to_string() })
+        let fills = def.columns.iter().map(|c| c.backfill.clone().unwrap_or(Value::Null)).collect();
+        Ok(RowFilter { root, text: expr.to_string(), fills })
     }
 
     pub fn text(&self) -> &str {
@@ -78,6 +81,12 @@ impl RowFilter {
 
     /// Does a row (values in table column order) pass? NULL compares as unknown (false).
     pub fn matches(&self, row: &[Value]) -> bool {
+        if row.len() < self.fills.len() {
+            // Written before columns were added: those read their backfill.
+            let mut full = row.to_vec();
+            full.extend_from_slice(&self.fills[row.len()..]);
+            return eval(&self.root, &full).unwrap_or(false);
+        }
         eval(&self.root, row).unwrap_or(false)
     }
 }
@@ -266,6 +275,7 @@ mod tests {
             primary_key,
             default: None,
             stored_as: String::new(),
+            backfill: None,
         };
         TableDef {
             table_id: 1,

@@ -297,6 +297,8 @@ fn pk_range(def: &TableDef, filters: &[Expr]) -> kalamdb_projections::cold::PkRa
 impl KalamTable {
     /// The Parquet side of a scan: only the projected columns are read, filters prune row
     /// groups and pages by their statistics, superseded versions are filtered out by `_seq`.
+    /// Files written before a column was added (with a backfill value) are scanned apart,
+    /// without it, and the backfill stands in for it.
     fn cold_plan(
         &self,
         state: &dyn Session,
@@ -304,49 +306,107 @@ impl KalamTable {
         filters: &[Expr],
         view: &TableView,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        let seq_idx = self.storage.fields().len() - 2;
-        let mut read = proj.to_vec();
-        if !view.superseded.is_empty() && !read.contains(&seq_idx) {
-            read.push(seq_idx);
+        let mut groups: std::collections::BTreeMap<Vec<usize>, Vec<(std::path::PathBuf, u64)>> = Default::default();
+        for (i, file) in view.files.iter().enumerate() {
+            let held = view.file_columns.get(i);
+            let missing = self
+                .def
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.backfill.is_some() && held.is_some_and(|h| !h.iter().any(|n| n == c.storage_name())))
+                .map(|(j, _)| j)
+                .collect();
+            groups.entry(missing).or_default().push(file.clone());
         }
+        let mut plans = Vec::with_capacity(groups.len());
+        for (missing, files) in groups {
+            plans.push(self.cold_files(state, proj, filters, &files, &view.superseded, &missing)?);
+        }
+        match plans.len() {
+            1 => Ok(plans.remove(0)),
+            _ => UnionExec::try_new(plans),
+        }
+    }
+
+    /// One scan over files that all lack the same added columns (`missing`, indexes into the
+    /// storage schema; usually none).
+    fn cold_files(
+        &self,
+        state: &dyn Session,
+        proj: &[usize],
+        filters: &[Expr],
+        files: &[(std::path::PathBuf, u64)],
+        superseded: &[u64],
+        missing: &[usize],
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        // These files' schema: the storage schema less the columns they predate.
+        let kept: Vec<usize> = (0..self.storage.fields().len()).filter(|i| !missing.contains(i)).collect();
+        let schema = Arc::new(self.storage.project(&kept)?);
+        let seq_idx = self.storage.fields().len() - 2;
+        let mut wanted: Vec<usize> = proj.iter().copied().filter(|i| !missing.contains(i)).collect();
+        if !superseded.is_empty() && !wanted.contains(&seq_idx) {
+            wanted.push(seq_idx);
+        }
+        let read: Vec<usize> = wanted.iter().filter_map(|i| kept.iter().position(|k| k == i)).collect::<Vec<usize>>();
         // Footers and page indexes come from the runtime's bounded metadata cache, so a point
         // lookup does not parse them again on every query. Files are immutable under their
         // path (a rewrite of the same path holds the same bytes), so a cached entry stays right.
         let store = state.runtime_env().object_store(ObjectStoreUrl::local_filesystem())?;
         let metadata = state.runtime_env().cache_manager.get_file_metadata_cache();
-        let mut source = ParquetSource::new(self.storage.clone())
+        let mut source = ParquetSource::new(schema.clone())
             .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(store, metadata)));
-        if let Some(filter) = conjunction(self.storage_filters(filters)?) {
-            let df_schema = DFSchema::try_from(self.storage.as_ref().clone())?;
+        // Files that predate a column have no statistics for it: they are not pruned here (the
+        // filters still apply to their rows above the scan).
+        if missing.is_empty()
+            && let Some(filter) = conjunction(self.storage_filters(filters)?)
+        {
+            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(filter, &df_schema)?);
         }
         // One file group per partition (round robin), so the files are scanned in parallel
         // rather than one after another by a single partition.
-        let partitions = state.config_options().execution.target_partitions.clamp(1, view.files.len().max(1));
-        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
-        for (i, (path, size)) in view.files.iter().enumerate() {
-            groups[i % partitions].push(PartitionedFile::new(path.to_string_lossy(), *size));
+        let partitions = state.config_options().execution.target_partitions.clamp(1, files.len().max(1));
+        let mut file_groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
+        for (i, (path, size)) in files.iter().enumerate() {
+            file_groups[i % partitions].push(PartitionedFile::new(path.to_string_lossy(), *size));
         }
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_file_groups(file_groups.into_iter().map(FileGroup::new).collect())
             .with_projection_indices(Some(read.clone()))?
             .build();
         let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
-        if view.superseded.is_empty() && read.len() == proj.len() {
+        if superseded.is_empty() && missing.is_empty() && read.len() == proj.len() {
             return Ok(scan);
         }
         let s = scan.schema();
-        let list = view.superseded.iter().map(|q| lit(*q as i64)).collect();
-        let keep = in_list(col(SEQ_COLUMN, &s)?, list, &true, &s)?;
-        let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(keep, scan)?);
+        let input: Arc<dyn ExecutionPlan> = if superseded.is_empty() {
+            scan
+        } else {
+            let list = superseded.iter().map(|q| lit(*q as i64)).collect();
+            let keep = in_list(col(SEQ_COLUMN, &s)?, list, &true, &s)?;
+            Arc::new(FilterExec::try_new(keep, scan)?)
+        };
         let exprs = proj
             .iter()
             .map(|&i| {
                 let name = self.storage.field(i).name();
-                Ok((col(name, &s)?, name.clone()))
+                if missing.contains(&i) {
+                    Ok((lit(self.backfill_scalar(i)?), name.clone()))
+                } else {
+                    Ok((col(name, &s)?, name.clone()))
+                }
             })
             .collect::<Result<Vec<(Arc<dyn PhysicalExpr>, String)>, DataFusionError>>()?;
-        Ok(Arc::new(ProjectionExec::try_new(exprs, filtered)?))
+        Ok(Arc::new(ProjectionExec::try_new(exprs, input)?))
+    }
+
+    /// The backfill of column `i` as a value of its storage type.
+    fn backfill_scalar(&self, i: usize) -> Result<datafusion::common::ScalarValue, DataFusionError> {
+        let c = &self.def.columns[i];
+        let v = c.backfill.clone().unwrap_or(kalamdb_log::Value::Null);
+        let array = kalamdb_projections::columnar::build_array(c.data_type, std::iter::once(&v), 1);
+        datafusion::common::ScalarValue::try_from_array(&array, 0)
     }
 }
 

@@ -130,8 +130,9 @@ pub(super) fn find_in_file(
             builder = builder.with_row_selection(RowSelection::from(selectors));
         }
     }
+    let storage = crate::columnar::storage_schema(def);
     for batch in builder.build().map_err(parquet_err)? {
-        let batch = batch.map_err(parquet_err)?;
+        let batch = crate::columnar::conform(def, &storage, batch.map_err(parquet_err)?)?;
         let (seqs, deleted) = seq_deleted(&batch)?;
         let same_key = eq(batch.column(pk), &key_scalar).map_err(parquet_err)?;
         for row in 0..batch.num_rows() {

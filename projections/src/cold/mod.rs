@@ -117,6 +117,9 @@ pub struct TableView {
     pub hot: Vec<StoredRow>,
     /// Live files: absolute path and size in bytes.
     pub files: Vec<(PathBuf, u64)>,
+    /// Per live file (same order), the storage names of the columns it holds: a file written
+    /// before a column was added lacks it.
+    pub file_columns: Vec<Vec<String>>,
     /// `_seq`s of file rows that a newer version superseded.
     pub superseded: Vec<u64>,
 }

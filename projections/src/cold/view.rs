@@ -125,6 +125,7 @@ pub fn table_view(
         let meta: FileMeta = unjson(&v)?;
         if meta.retired_at.is_none() && range.may_hold(&meta) {
             view.files.push((storage_dir.join(&meta.path), meta.bytes));
+            view.file_columns.push(meta.columns.iter().map(|c| c.name.clone()).collect());
         }
     }
     for item in read(cold, &cold_key(&sp, KIND_SUPERSEDED, &[])) {

@@ -2,13 +2,13 @@
 //! catalog and again when applied) and `DESCRIBE TABLE ... HISTORY` (the schema versions the
 //! catalog recorded, each with the log index of its change).
 
-use kalamdb_log::{DefaultExpr, Op, TableChange, TableDef, TableType, Value};
+use kalamdb_log::{ColumnDef, DataType, DefaultExpr, Op, TableChange, TableDef, TableType, Value};
 
 use super::ddl::{check_stream_options, default_literal};
-use super::{Engine, ExecContext, QueryResult, catalog_group, now_micros};
+use super::{Engine, ExecContext, QueryResult, TABLE_COLUMNS_MAX, catalog_group, now_micros};
 use crate::access::{self, ACCESS_LEVEL_OPTION, AccessLevel};
 use crate::error::{Error, Result};
-use crate::parse::{AlterAction, FlushPolicy, TableName};
+use crate::parse::{AlterAction, FlushPolicy, ParsedColumn, TableName};
 use crate::ports::Proposer;
 use crate::values::{coerce, value_to_json};
 
@@ -71,6 +71,7 @@ impl Engine {
                 let description = format!("RENAME COLUMN {from} TO {to}");
                 (TableChange::RenameColumn { from, to }, description)
             }
+            AlterAction::AddColumn(col) => add_column(&def, col)?,
         };
         let op = Op::AlterTable {
             namespace: def.namespace.clone(),
@@ -155,4 +156,76 @@ fn set_options(def: &TableDef, options: Vec<(String, String)>) -> Result<(TableC
     let list: Vec<String> = checked.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect();
     let description = format!("SET ({})", list.join(", "));
     Ok((TableChange::SetOptions { options: checked }, description))
+}
+
+/// `ADD COLUMN`: appended after the table's columns. Rows and files written before it read
+/// its default at this moment (the backfill, evaluated here, before the log), or NULL.
+fn add_column(def: &TableDef, col: ParsedColumn) -> Result<(TableChange, String)> {
+    let table = format!("{}.{}", def.namespace, def.name);
+    if col.primary_key {
+        return Err(Error::InvalidSql(format!("{table} has its primary key; ADD COLUMN cannot add another")));
+    }
+    if col.name.starts_with('_') {
+        return Err(Error::InvalidSql(format!(
+            "column name '{}' is reserved: names starting with '_' are system columns",
+            col.name
+        )));
+    }
+    if def.columns.iter().any(|c| c.name == col.name) {
+        return Err(Error::AlreadyExists(format!("column '{}' already exists in {table}", col.name)));
+    }
+    if def.columns.len() >= TABLE_COLUMNS_MAX {
+        return Err(Error::InvalidSql(format!("a table has at most {TABLE_COLUMNS_MAX} columns")));
+    }
+    let backfill = match &col.default {
+        None if col.not_null => {
+            return Err(Error::InvalidSql(format!(
+                "ADD COLUMN {} ... NOT NULL needs a DEFAULT: the rows {table} already has need a value",
+                col.name
+            )));
+        }
+        None => None,
+        Some(DefaultExpr::Literal(v)) => Some(coerce(&default_literal(v), col.data_type)?),
+        Some(DefaultExpr::Now) => Some(match col.data_type {
+            DataType::Timestamp => Value::Timestamp(now_micros()),
+            DataType::BigInt => Value::BigInt(now_micros() / 1000),
+            other => return Err(Error::InvalidSql(format!("NOW() default on a {} column", other.api_name()))),
+        }),
+        Some(DefaultExpr::SnowflakeId) => {
+            return Err(Error::InvalidSql(
+                "ADD COLUMN ... DEFAULT SNOWFLAKE_ID(): the existing rows would all get the same id".into(),
+            ));
+        }
+    };
+    let backfill = backfill.filter(|v| !v.is_null());
+    if col.not_null && backfill.is_none() {
+        return Err(Error::InvalidSql(format!("ADD COLUMN {} ... NOT NULL DEFAULT NULL contradicts itself", col.name)));
+    }
+    // Its name in files must be new to the table: files of a column renamed away may still
+    // hold the name.
+    let mut stored_as = String::new();
+    if def.columns.iter().any(|c| c.storage_name() == col.name) {
+        let mut n = def.columns.len();
+        while def.columns.iter().any(|c| c.storage_name() == format!("{}__{n}", col.name)) {
+            n += 1;
+        }
+        stored_as = format!("{}__{n}", col.name);
+    }
+    let mut description = format!("ADD COLUMN {} {}", col.name, col.data_type.api_name());
+    if col.not_null {
+        description.push_str(" NOT NULL");
+    }
+    if let Some(d) = &col.default {
+        description.push_str(&format!(" DEFAULT {}", default_text(d)));
+    }
+    let column = ColumnDef {
+        name: col.name,
+        data_type: col.data_type,
+        nullable: !col.not_null,
+        primary_key: false,
+        default: col.default,
+        stored_as,
+        backfill,
+    };
+    Ok((TableChange::AddColumn { column }, description))
 }

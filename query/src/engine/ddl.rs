@@ -182,6 +182,7 @@ impl Engine {
                 primary_key: c.primary_key,
                 default: c.default.clone(),
                 stored_as: String::new(),
+                backfill: None,
             });
         }
         match columns.iter().filter(|c| c.primary_key).count() {
@@ -197,6 +198,7 @@ impl Engine {
                         primary_key: true,
                         default: Some(DefaultExpr::SnowflakeId),
                         stored_as: String::new(),
+                        backfill: None,
                     },
                 );
             }

@@ -143,7 +143,10 @@ impl Engine {
             let cells = out
                 .iter()
                 .map(|(name, _, idx)| match idx {
-                    Some(i) => value_to_json(row.values.get(*i).unwrap_or(&Value::Null)),
+                    // A row written before the column was added reads its backfill.
+                    Some(i) => {
+                        value_to_json(row.values.get(*i).or(def.columns[*i].backfill.as_ref()).unwrap_or(&Value::Null))
+                    }
                     None if name == SEQ_COLUMN => serde_json::Value::from(row.seq as i64),
                     None => serde_json::Value::Bool(row.deleted),
                 })

@@ -224,25 +224,7 @@ fn parse_create_table(c: &mut Cursor<'_, '_>, table_type: Option<TableType>) -> 
             }
             table_pk = Some(col);
         } else {
-            let name = c.ident()?;
-            let data_type = parse_data_type(c)?;
-            let mut col = ParsedColumn { name, data_type, not_null: false, primary_key: false, default: None };
-            loop {
-                if c.eat_kws(&["NOT", "NULL"]) {
-                    col.not_null = true;
-                } else if c.eat_kw("NULL") {
-                    col.not_null = false;
-                } else if c.eat_kws(&["PRIMARY", "KEY"]) {
-                    col.primary_key = true;
-                } else if c.eat_kw("DEFAULT") {
-                    col.default = Some(parse_default(c)?);
-                } else if c.peek_kw("UNIQUE") || c.peek_kw("REFERENCES") || c.peek_kw("CHECK") {
-                    return Err(c.unexpected("a supported column option (NOT NULL, DEFAULT, PRIMARY KEY)"));
-                } else {
-                    break;
-                }
-            }
-            columns.push(col);
+            columns.push(parse_column(c)?);
         }
         if c.eat(&Token::Comma) {
             continue;
@@ -346,7 +328,7 @@ fn option_value(c: &mut Cursor<'_, '_>, key: &str) -> Result<String> {
 }
 
 /// After `ALTER TABLE`: `t SET ACCESS_LEVEL x`, `t SET (KEY = value, ...)`, `t ALTER [COLUMN] c
-/// SET DEFAULT expr | DROP DEFAULT`, `t RENAME [COLUMN] a TO b`.
+/// SET DEFAULT expr | DROP DEFAULT`, `t RENAME [COLUMN] a TO b`, `t ADD [COLUMN] c TYPE ...`.
 fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
     let table = c.table_name()?;
     let action = if c.eat_kw("SET") {
@@ -366,7 +348,7 @@ fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
         } else if c.eat_kws(&["DROP", "DEFAULT"]) {
             AlterAction::SetDefault { column, default: None }
         } else if c.peek_kw("SET") || c.peek_kw("DROP") || c.peek_kw("TYPE") {
-            return Err(not_yet("ALTER COLUMN ... SET/DROP NOT NULL and TYPE"));
+            return Err(not_yet("ALTER COLUMN ... SET/DROP NOT NULL or TYPE"));
         } else {
             return Err(c.unexpected("SET DEFAULT or DROP DEFAULT"));
         }
@@ -377,10 +359,13 @@ fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
             return Err(c.unexpected("TO"));
         }
         AlterAction::RenameColumn { from, to: c.ident()? }
-    } else if c.peek_kw("ADD") || c.peek_kw("DROP") {
-        return Err(not_yet("ALTER TABLE ... ADD and DROP COLUMN"));
+    } else if c.eat_kw("ADD") {
+        let _ = c.eat_kw("COLUMN");
+        AlterAction::AddColumn(parse_column(c)?)
+    } else if c.peek_kw("DROP") {
+        return Err(not_yet("ALTER TABLE ... DROP COLUMN"));
     } else {
-        return Err(c.unexpected("SET, ALTER COLUMN or RENAME COLUMN"));
+        return Err(c.unexpected("SET, ALTER COLUMN, RENAME COLUMN or ADD COLUMN"));
     };
     c.expect_end()?;
     Ok(Statement::AlterTable { table, action })
@@ -388,5 +373,27 @@ fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
 
 /// ALTER TABLE forms that need stable column ids, which the storage does not have yet.
 fn not_yet(what: &str) -> Error {
-    Error::InvalidSql(format!("{what} are not supported yet: they need stable column ids (issue 18)"))
+    Error::InvalidSql(format!("{what} is not supported yet (issue 18)"))
+}
+
+/// `name TYPE [NOT NULL | NULL] [DEFAULT expr] [PRIMARY KEY]`, options in any order.
+fn parse_column(c: &mut Cursor<'_, '_>) -> Result<ParsedColumn> {
+    let name = c.ident()?;
+    let data_type = parse_data_type(c)?;
+    let mut col = ParsedColumn { name, data_type, not_null: false, primary_key: false, default: None };
+    loop {
+        if c.eat_kws(&["NOT", "NULL"]) {
+            col.not_null = true;
+        } else if c.eat_kw("NULL") {
+            col.not_null = false;
+        } else if c.eat_kws(&["PRIMARY", "KEY"]) {
+            col.primary_key = true;
+        } else if c.eat_kw("DEFAULT") {
+            col.default = Some(parse_default(c)?);
+        } else if c.peek_kw("UNIQUE") || c.peek_kw("REFERENCES") || c.peek_kw("CHECK") {
+            return Err(c.unexpected("a supported column option (NOT NULL, DEFAULT, PRIMARY KEY)"));
+        } else {
+            return Ok(col);
+        }
+    }
 }

@@ -179,6 +179,8 @@ pub enum AlterAction {
     SetDefault { column: String, default: Option<DefaultExpr> },
     /// `RENAME [COLUMN] a TO b`.
     RenameColumn { from: String, to: String },
+    /// `ADD [COLUMN] c TYPE [NOT NULL] [DEFAULT expr]`.
+    AddColumn(ParsedColumn),
 }
 
 /// What `ALTER USER` changes.

@@ -693,6 +693,11 @@ fn row_json(def: Option<&TableDef>, values: &[kalamdb_log::Value]) -> J {
         let name = def.and_then(|d| d.columns.get(i)).map_or_else(|| format!("column{}", i + 1), |c| c.name.clone());
         obj.insert(name, kalamdb_query::values::value_to_json(v));
     }
+    // A row written before columns were added: they read their backfill.
+    for c in def.map_or(&[][..], |d| d.columns.get(values.len()..).unwrap_or_default()) {
+        let v = c.backfill.as_ref().unwrap_or(&kalamdb_log::Value::Null);
+        obj.insert(c.name.clone(), kalamdb_query::values::value_to_json(v));
+    }
     J::Object(obj)
 }
 
