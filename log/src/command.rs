@@ -158,6 +158,10 @@ pub struct ColumnDef {
     /// are never rewritten for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<Value>,
+    /// Dropped by `ALTER TABLE ... DROP COLUMN`: no statement sees it again (its name is free),
+    /// but it keeps its place in stored rows and files, which are never rewritten for a drop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
 }
 
 impl ColumnDef {
@@ -206,6 +210,8 @@ pub enum TableChange {
     RenameColumn { from: String, to: String },
     /// Append a column (its storage name unused by any column of the table).
     AddColumn { column: ColumnDef },
+    /// Drop a column (not the primary key): hidden for good, its data left in place.
+    DropColumn { column: String },
 }
 
 impl TableDef {
@@ -215,8 +221,14 @@ impl TableDef {
         idx.expect("table without primary key column: the planner always adds one")
     }
 
+    /// The position (in stored rows) of the column statements know as `name`.
     pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name == name)
+        self.columns.iter().position(|c| !c.dropped && c.name == name)
+    }
+
+    /// The columns statements see, with their positions in stored rows.
+    pub fn visible_columns(&self) -> impl Iterator<Item = (usize, &ColumnDef)> {
+        self.columns.iter().enumerate().filter(|(_, c)| !c.dropped)
     }
 }
 

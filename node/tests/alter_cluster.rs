@@ -1,5 +1,5 @@
 //! Schema changes on a 3-node cluster of real processes: a table with rows in both tiers gets
-//! a column added and another renamed (through different nodes), is written, flushed and
+//! columns added, renamed and dropped (through different nodes), is written, flushed and
 //! compacted across the change, read `AS OF` before and after it, survives a kill -9 and
 //! restart of a node, and every replica ends with the same projection digests (issue 18).
 
@@ -28,6 +28,8 @@ async fn altered_tables_read_alike_everywhere_in_both_tiers_and_in_the_past() {
 
     c.node(2).sql_ok("ALTER TABLE app.t ADD COLUMN n INT NOT NULL DEFAULT 7").await;
     c.node(3).sql_ok("ALTER TABLE app.t RENAME COLUMN v TO label").await;
+    c.node(1).sql_ok("ALTER TABLE app.t ADD COLUMN tmp TEXT DEFAULT 'z'").await;
+    c.node(2).sql_ok("ALTER TABLE app.t DROP COLUMN tmp").await;
     c.node(1).sql_ok("INSERT INTO app.t (id, label, n) VALUES (31, 'new', 9)").await;
     c.node(2).sql_ok("UPDATE app.t SET n = n + 1 WHERE id IN (1, 25)").await;
     c.node(3).sql_ok("FLUSH TABLE app.t").await;
@@ -60,7 +62,9 @@ async fn altered_tables_read_alike_everywhere_in_both_tiers_and_in_the_past() {
             "node {n}"
         );
         let history = rows(&c, n, "DESCRIBE TABLE app.t HISTORY").await;
-        assert_eq!(history.as_array().map(Vec::len), Some(3), "node {n}: {history}");
+        assert_eq!(history.as_array().map(Vec::len), Some(5), "node {n}: {history}");
+        let (status, _) = c.node(n).sql("SELECT tmp FROM app.t").await;
+        assert_eq!(status, 400, "node {n}: a dropped column is gone");
     }
     c.assert_converged().await;
 }

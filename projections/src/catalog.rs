@@ -288,7 +288,7 @@ impl Catalog {
                 }
             }
             TableChange::SetDefault { column, default } => {
-                let Some(c) = def.columns.iter_mut().find(|c| &c.name == column) else {
+                let Some(c) = def.columns.iter_mut().find(|c| !c.dropped && &c.name == column) else {
                     return Ok(failed(
                         ApplyErrorCode::ConstraintViolation,
                         format!("column '{column}' does not exist in {}.{}", def.namespace, def.name),
@@ -297,13 +297,13 @@ impl Catalog {
                 c.default = default.clone();
             }
             TableChange::RenameColumn { from, to } => {
-                if def.columns.iter().any(|c| &c.name == to) {
+                if def.column_index(to).is_some() {
                     return Ok(failed(
                         ApplyErrorCode::AlreadyExists,
                         format!("column '{to}' already exists in {}.{}", def.namespace, def.name),
                     ));
                 }
-                let Some(c) = def.columns.iter_mut().find(|c| &c.name == from) else {
+                let Some(c) = def.columns.iter_mut().find(|c| !c.dropped && &c.name == from) else {
                     return Ok(failed(
                         ApplyErrorCode::ConstraintViolation,
                         format!("column '{from}' does not exist in {}.{}", def.namespace, def.name),
@@ -319,7 +319,7 @@ impl Catalog {
                 }
             }
             TableChange::AddColumn { column } => {
-                let taken = def.columns.iter().any(|c| c.name == column.name);
+                let taken = def.column_index(&column.name).is_some();
                 let stored = def.columns.iter().any(|c| c.storage_name() == column.storage_name());
                 if taken || stored {
                     return Ok(failed(
@@ -328,6 +328,21 @@ impl Catalog {
                     ));
                 }
                 def.columns.push(column.clone());
+            }
+            TableChange::DropColumn { column } => {
+                let Some(c) = def.columns.iter_mut().find(|c| !c.dropped && &c.name == column) else {
+                    return Ok(failed(
+                        ApplyErrorCode::ConstraintViolation,
+                        format!("column '{column}' does not exist in {}.{}", def.namespace, def.name),
+                    ));
+                };
+                if c.primary_key {
+                    return Ok(failed(
+                        ApplyErrorCode::ConstraintViolation,
+                        format!("column '{column}' is the primary key and cannot be dropped"),
+                    ));
+                }
+                c.dropped = true;
             }
         }
         let version = def.versions.last().map_or(1, |v| v.version) + 1;

@@ -96,19 +96,22 @@ pub fn build_array<'a>(dt: DataType, values: impl Iterator<Item = &'a Value>, le
 /// The schema of a table's rows as queries see them: its columns by name, then `_seq` and
 /// `_deleted`.
 pub fn table_schema(def: &TableDef) -> SchemaRef {
-    schema_with_names(def, |c| &c.name)
-}
-
-/// The schema of a table's rows as storage holds them (Parquet files, hot row batches): the
-/// same fields in the same order as [`table_schema`], named by each column's storage name, which
-/// a rename does not change.
-pub fn storage_schema(def: &TableDef) -> SchemaRef {
-    schema_with_names(def, |c| c.storage_name())
-}
-
-fn schema_with_names(def: &TableDef, name: impl Fn(&kalamdb_log::ColumnDef) -> &str) -> SchemaRef {
     let mut fields: Vec<Field> =
-        def.columns.iter().map(|c| arrow_field(name(c), c.data_type, c.nullable && !c.primary_key)).collect();
+        def.visible_columns().map(|(_, c)| arrow_field(&c.name, c.data_type, c.nullable && !c.primary_key)).collect();
+    fields.push(Field::new(SEQ_COLUMN, ArrowType::Int64, false));
+    fields.push(Field::new(DELETED_COLUMN, ArrowType::Boolean, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// The schema of a table's rows as storage holds them (Parquet files, hot row batches): every
+/// column, dropped ones included, in stored order, named by each column's storage name (which
+/// a rename does not change), then `_seq` and `_deleted`.
+pub fn storage_schema(def: &TableDef) -> SchemaRef {
+    let mut fields: Vec<Field> = def
+        .columns
+        .iter()
+        .map(|c| arrow_field(c.storage_name(), c.data_type, (c.nullable || c.dropped) && !c.primary_key))
+        .collect();
     fields.push(Field::new(SEQ_COLUMN, ArrowType::Int64, false));
     fields.push(Field::new(DELETED_COLUMN, ArrowType::Boolean, false));
     Arc::new(Schema::new(fields))

@@ -42,6 +42,7 @@ fn table_def() -> TableDef {
                 default: Some(DefaultExpr::SnowflakeId),
                 stored_as: String::new(),
                 backfill: None,
+                dropped: false,
             },
             ColumnDef {
                 name: "v".into(),
@@ -51,6 +52,7 @@ fn table_def() -> TableDef {
                 default: None,
                 stored_as: String::new(),
                 backfill: None,
+                dropped: false,
             },
         ],
         options: vec![],

@@ -36,6 +36,7 @@ fn def(table_id: u64) -> TableDef {
         default: None,
         stored_as: String::new(),
         backfill: None,
+        dropped: false,
     };
     TableDef {
         table_id,

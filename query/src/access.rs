@@ -128,6 +128,7 @@ mod tests {
                 default: None,
                 stored_as: String::new(),
                 backfill: None,
+                dropped: false,
             }],
             options: level.map(|l| vec![(ACCESS_LEVEL_OPTION.to_string(), l.to_string())]).unwrap_or_default(),
             created_at_micros: 0,

@@ -276,6 +276,7 @@ mod tests {
             default: None,
             stored_as: String::new(),
             backfill: None,
+            dropped: false,
         };
         TableDef {
             table_id: 1,

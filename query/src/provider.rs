@@ -54,9 +54,11 @@ pub struct KalamTable {
     def: Arc<TableDef>,
     /// What queries see: columns by their names.
     schema: SchemaRef,
-    /// What storage holds: the same fields named as in Parquet files (a renamed column keeps its
-    /// storage name). Scans run on it and rename at the top.
+    /// What storage holds: every column (dropped ones too) named as in Parquet files (a renamed
+    /// column keeps its storage name). Scans run on it and rename at the top.
     storage: SchemaRef,
+    /// For each field of `schema`, the index of the same field in `storage`.
+    to_storage: Vec<usize>,
     rows: RowReader,
     group: GroupId,
     scope: String,
@@ -96,10 +98,13 @@ impl KalamTable {
         let (group, scope) = layout.table_location(&def, user_id);
         let schema = table_schema(&def);
         let storage = storage_schema(&def);
+        let mut to_storage: Vec<usize> = def.visible_columns().map(|(i, _)| i).collect();
+        to_storage.extend([def.columns.len(), def.columns.len() + 1]);
         KalamTable {
             def,
             schema,
             storage,
+            to_storage,
             rows,
             group,
             scope,
@@ -142,7 +147,9 @@ impl TableProvider for KalamTable {
         if let Some(b) = &self.barrier {
             b.wait(self.group).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
         }
-        let proj: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        let shown: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        // The same fields as indexes into the storage schema, which the scan reads.
+        let proj: Vec<usize> = shown.iter().map(|&i| self.to_storage[i]).collect();
         let range = if self.as_of.is_some() { Default::default() } else { pk_range(&self.def, filters) };
         // The batch's own writes, unless the table is read as of the past.
         let pending = match (&self.batch, self.as_of) {
@@ -183,22 +190,23 @@ impl TableProvider for KalamTable {
             let cold = self.cold_plan(state, &proj, filters, &view)?;
             UnionExec::try_new(vec![hot, cold])?
         };
-        self.named(plan, &proj)
+        self.named(plan, &shown)
     }
 }
 
 impl KalamTable {
     /// The scan's output under the names queries use: a projection that renames the columns
     /// whose storage name differs (none, unless a column was renamed).
-    fn named(&self, plan: Arc<dyn ExecutionPlan>, proj: &[usize]) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        let renamed = proj.iter().any(|&i| self.schema.field(i).name() != self.storage.field(i).name());
+    fn named(&self, plan: Arc<dyn ExecutionPlan>, shown: &[usize]) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        let stored = |i: usize| self.storage.field(self.to_storage[i]).name();
+        let renamed = shown.iter().any(|&i| self.schema.field(i).name() != stored(i));
         if !renamed {
             return Ok(plan);
         }
         let input = plan.schema();
-        let exprs = proj
+        let exprs = shown
             .iter()
-            .map(|&i| Ok((col(self.storage.field(i).name(), &input)?, self.schema.field(i).name().clone())))
+            .map(|&i| Ok((col(stored(i), &input)?, self.schema.field(i).name().clone())))
             .collect::<Result<Vec<(Arc<dyn PhysicalExpr>, String)>, DataFusionError>>()?;
         Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
     }
@@ -208,8 +216,8 @@ impl KalamTable {
         use datafusion::common::tree_node::{Transformed, TreeNode};
         let names: std::collections::HashMap<&str, &str> = self
             .def
-            .columns
-            .iter()
+            .visible_columns()
+            .map(|(_, c)| c)
             .filter(|c| c.name != c.storage_name())
             .map(|c| (c.name.as_str(), c.storage_name()))
             .collect();
@@ -739,7 +747,7 @@ impl SystemTable {
                     StringBuilder::new(),
                 );
                 for t in st.tables.values().filter(|t| access::can_read(self.viewer.role, t)) {
-                    for (i, c) in t.columns.iter().enumerate() {
+                    for (i, (_, c)) in t.visible_columns().enumerate() {
                         ns.append_value(&t.namespace);
                         tn.append_value(&t.name);
                         cn.append_value(&c.name);

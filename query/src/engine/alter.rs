@@ -34,7 +34,7 @@ impl Engine {
         let (change, description) = match action {
             AlterAction::SetOptions(options) => set_options(&def, options)?,
             AlterAction::SetDefault { column, default } => {
-                let Some(c) = def.columns.iter().find(|c| c.name == column) else {
+                let Some(c) = def.column_index(&column).map(|i| &def.columns[i]) else {
                     return Err(Error::InvalidSql(format!(
                         "column '{column}' does not exist in {}.{}",
                         def.namespace, def.name
@@ -51,7 +51,7 @@ impl Engine {
                 (TableChange::SetDefault { column, default }, description)
             }
             AlterAction::RenameColumn { from, to } => {
-                if !def.columns.iter().any(|c| c.name == from) {
+                if def.column_index(&from).is_none() {
                     return Err(Error::InvalidSql(format!(
                         "column '{from}' does not exist in {}.{}",
                         def.namespace, def.name
@@ -62,7 +62,7 @@ impl Engine {
                         "column name '{to}' is reserved: names starting with '_' are system columns"
                     )));
                 }
-                if def.columns.iter().any(|c| c.name == to) {
+                if def.column_index(&to).is_some() {
                     return Err(Error::AlreadyExists(format!(
                         "column '{to}' already exists in {}.{}",
                         def.namespace, def.name
@@ -72,6 +72,22 @@ impl Engine {
                 (TableChange::RenameColumn { from, to }, description)
             }
             AlterAction::AddColumn(col) => add_column(&def, col)?,
+            AlterAction::DropColumn(column) => {
+                let Some(i) = def.column_index(&column) else {
+                    return Err(Error::InvalidSql(format!(
+                        "column '{column}' does not exist in {}.{}",
+                        def.namespace, def.name
+                    )));
+                };
+                if def.columns[i].primary_key {
+                    return Err(Error::InvalidSql(format!(
+                        "column '{column}' is the primary key of {}.{} and cannot be dropped",
+                        def.namespace, def.name
+                    )));
+                }
+                let description = format!("DROP COLUMN {column}");
+                (TableChange::DropColumn { column }, description)
+            }
         };
         let op = Op::AlterTable {
             namespace: def.namespace.clone(),
@@ -171,7 +187,7 @@ fn add_column(def: &TableDef, col: ParsedColumn) -> Result<(TableChange, String)
             col.name
         )));
     }
-    if def.columns.iter().any(|c| c.name == col.name) {
+    if def.column_index(&col.name).is_some() {
         return Err(Error::AlreadyExists(format!("column '{}' already exists in {table}", col.name)));
     }
     if def.columns.len() >= TABLE_COLUMNS_MAX {
@@ -226,6 +242,7 @@ fn add_column(def: &TableDef, col: ParsedColumn) -> Result<(TableChange, String)
         default: col.default,
         stored_as,
         backfill,
+        dropped: false,
     };
     Ok((TableChange::AddColumn { column }, description))
 }

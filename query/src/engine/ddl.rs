@@ -96,10 +96,9 @@ impl Engine {
                 let def = self.resolve_table(&table, ctx)?;
                 access::check_read(ctx.role, &def)?;
                 let rows = def
-                    .columns
-                    .iter()
+                    .visible_columns()
                     .enumerate()
-                    .map(|(i, c)| {
+                    .map(|(i, (_, c))| {
                         vec![
                             serde_json::Value::String(c.name.clone()),
                             serde_json::Value::String(c.data_type.api_name().into()),
@@ -183,6 +182,7 @@ impl Engine {
                 default: c.default.clone(),
                 stored_as: String::new(),
                 backfill: None,
+                dropped: false,
             });
         }
         match columns.iter().filter(|c| c.primary_key).count() {
@@ -199,6 +199,7 @@ impl Engine {
                         default: Some(DefaultExpr::SnowflakeId),
                         stored_as: String::new(),
                         backfill: None,
+                        dropped: false,
                     },
                 );
             }

@@ -167,7 +167,7 @@ impl Engine {
         if !explicit.is_empty() {
             return Ok(explicit.to_vec());
         }
-        let all: Vec<usize> = (0..def.columns.len()).collect();
+        let all: Vec<usize> = def.visible_columns().map(|(i, _)| i).collect();
         if width == all.len() {
             return Ok(all);
         }
@@ -187,6 +187,11 @@ impl Engine {
     fn complete_row(&self, def: &TableDef, given: Vec<Option<Value>>) -> Result<Vec<Value>> {
         let mut values = Vec::with_capacity(def.columns.len());
         for (c, v) in def.columns.iter().zip(given) {
+            if c.dropped {
+                // Dropped columns keep their place in stored rows, empty from now on.
+                values.push(Value::Null);
+                continue;
+            }
             let v = match v {
                 Some(v) => v,
                 None => match &c.default {
@@ -250,8 +255,11 @@ impl Engine {
         // The read is built as a syntax tree from the statement's own parsed pieces; nothing is
         // printed to SQL and parsed again.
         let quoted = |name: &str| ast::Ident::with_quote('"', name);
-        let mut projection: Vec<ast::SelectItem> =
-            def.columns.iter().map(|c| ast::SelectItem::UnnamedExpr(Expr::Identifier(quoted(&c.name)))).collect();
+        let shown: Vec<usize> = def.visible_columns().map(|(i, _)| i).collect();
+        let mut projection: Vec<ast::SelectItem> = shown
+            .iter()
+            .map(|&i| ast::SelectItem::UnnamedExpr(Expr::Identifier(quoted(&def.columns[i].name))))
+            .collect();
         projection.push(ast::SelectItem::UnnamedExpr(Expr::Identifier(ast::Ident::new(SEQ_COLUMN))));
         for (i, (_, expr)) in set_cols.iter().enumerate() {
             projection.push(ast::SelectItem::ExprWithAlias {
@@ -269,15 +277,16 @@ impl Engine {
             let mut writes = Vec::new();
             for b in &batches {
                 for r in 0..b.num_rows() {
-                    let mut values = Vec::with_capacity(def.columns.len());
-                    for (i, c) in def.columns.iter().enumerate() {
-                        values.push(cell_to_value(b.column(i), r, c.data_type)?);
+                    // The row in stored order: read columns in place, dropped ones empty.
+                    let mut values = vec![Value::Null; def.columns.len()];
+                    for (k, &i) in shown.iter().enumerate() {
+                        values[i] = cell_to_value(b.column(k), r, def.columns[i].data_type)?;
                     }
-                    let seq = cell_to_value(b.column(def.columns.len()), r, DataType::BigInt)?;
+                    let seq = cell_to_value(b.column(shown.len()), r, DataType::BigInt)?;
                     let Value::BigInt(seq) = seq else { return Err(Error::Internal("row without _seq".into())) };
                     for (k, (idx, _)) in set_cols.iter().enumerate() {
                         let c = &def.columns[*idx];
-                        let v = cell_to_value(b.column(def.columns.len() + 1 + k), r, c.data_type)?;
+                        let v = cell_to_value(b.column(shown.len() + 1 + k), r, c.data_type)?;
                         if v.is_null() && !c.nullable {
                             return Err(Error::ConstraintViolation(format!("column '{}' is NOT NULL", c.name)));
                         }

@@ -94,7 +94,7 @@ impl Engine {
         let mut out: Vec<(String, String, Option<usize>)> = Vec::new();
         match &ps.columns {
             None => {
-                for (i, c) in def.columns.iter().enumerate() {
+                for (i, c) in def.visible_columns() {
                     out.push((c.name.clone(), c.data_type.api_name().to_string(), Some(i)));
                 }
                 out.push((SEQ_COLUMN.into(), "BigInt".into(), None));
@@ -245,7 +245,7 @@ impl Engine {
         let session = self.session(ctx, Arc::new(Vec::new()));
         let reference = datafusion::common::TableReference::full(CATALOG_NAME, def.namespace.clone(), def.name.clone());
         let mut columns: Vec<datafusion::logical_expr::Expr> =
-            def.columns.iter().map(|c| ident(c.name.clone())).collect();
+            def.visible_columns().map(|(_, c)| ident(c.name.clone())).collect();
         columns.push(ident(crate::provider::SEQ_COLUMN));
         let predicate = filter.map(|f| f.to_expr(def));
         let (rows_max, bytes_max) = (self.limits.result_rows_max, self.limits.result_bytes_max);

@@ -362,8 +362,9 @@ fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
     } else if c.eat_kw("ADD") {
         let _ = c.eat_kw("COLUMN");
         AlterAction::AddColumn(parse_column(c)?)
-    } else if c.peek_kw("DROP") {
-        return Err(not_yet("ALTER TABLE ... DROP COLUMN"));
+    } else if c.eat_kw("DROP") {
+        let _ = c.eat_kw("COLUMN");
+        AlterAction::DropColumn(c.ident()?)
     } else {
         return Err(c.unexpected("SET, ALTER COLUMN, RENAME COLUMN or ADD COLUMN"));
     };

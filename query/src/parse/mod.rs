@@ -181,6 +181,8 @@ pub enum AlterAction {
     RenameColumn { from: String, to: String },
     /// `ADD [COLUMN] c TYPE [NOT NULL] [DEFAULT expr]`.
     AddColumn(ParsedColumn),
+    /// `DROP [COLUMN] c`.
+    DropColumn(String),
 }
 
 /// What `ALTER USER` changes.

@@ -601,7 +601,7 @@ async fn last_rows(
                 continue;
             }
             let mut obj = Map::new();
-            for (c, v) in def.columns.iter().zip(row) {
+            for ((_, c), v) in def.visible_columns().zip(row) {
                 obj.insert(c.name.clone(), v);
             }
             out.push(json!({"type": "initial", "table": format!("{}.{}", def.namespace, def.name), "op": "initial", "row": obj, "_seq": seq}));
@@ -690,11 +690,15 @@ fn is_row_change(c: &Change) -> bool {
 fn row_json(def: Option<&TableDef>, values: &[kalamdb_log::Value]) -> J {
     let mut obj = Map::new();
     for (i, v) in values.iter().enumerate() {
-        let name = def.and_then(|d| d.columns.get(i)).map_or_else(|| format!("column{}", i + 1), |c| c.name.clone());
+        let column = def.and_then(|d| d.columns.get(i));
+        if column.is_some_and(|c| c.dropped) {
+            continue;
+        }
+        let name = column.map_or_else(|| format!("column{}", i + 1), |c| c.name.clone());
         obj.insert(name, kalamdb_query::values::value_to_json(v));
     }
     // A row written before columns were added: they read their backfill.
-    for c in def.map_or(&[][..], |d| d.columns.get(values.len()..).unwrap_or_default()) {
+    for c in def.map_or(&[][..], |d| d.columns.get(values.len()..).unwrap_or_default()).iter().filter(|c| !c.dropped) {
         let v = c.backfill.as_ref().unwrap_or(&kalamdb_log::Value::Null);
         obj.insert(c.name.clone(), kalamdb_query::values::value_to_json(v));
     }
