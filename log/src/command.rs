@@ -51,6 +51,13 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// Whether every value of `self` is a value of `to` (a lossless widening): SMALLINT → INT →
+    /// BIGINT, FLOAT → DOUBLE. The only type changes `ALTER TABLE` allows.
+    pub fn widens_to(self, to: DataType) -> bool {
+        use DataType as D;
+        matches!((self, to), (D::SmallInt, D::Int | D::BigInt) | (D::Int, D::BigInt) | (D::Float, D::Double))
+    }
+
     pub fn api_name(self) -> &'static str {
         match self {
             DataType::Boolean => "Boolean",
@@ -212,6 +219,8 @@ pub enum TableChange {
     AddColumn { column: ColumnDef },
     /// Drop a column (not the primary key): hidden for good, its data left in place.
     DropColumn { column: String },
+    /// Widen a column's type (see [`DataType::widens_to`]); stored values are read widened.
+    SetType { column: String, data_type: DataType },
 }
 
 impl TableDef {

@@ -344,6 +344,21 @@ impl Catalog {
                 }
                 c.dropped = true;
             }
+            TableChange::SetType { column, data_type } => {
+                let Some(c) = def.columns.iter_mut().find(|c| !c.dropped && &c.name == column) else {
+                    return Ok(failed(
+                        ApplyErrorCode::ConstraintViolation,
+                        format!("column '{column}' does not exist in {}.{}", def.namespace, def.name),
+                    ));
+                };
+                if c.primary_key || !c.data_type.widens_to(*data_type) {
+                    return Ok(failed(
+                        ApplyErrorCode::ConstraintViolation,
+                        format!("column '{column}' cannot change from {:?} to {data_type:?}", c.data_type),
+                    ));
+                }
+                c.data_type = *data_type;
+            }
         }
         let version = def.versions.last().map_or(1, |v| v.version) + 1;
         def.versions.push(SchemaVersion {

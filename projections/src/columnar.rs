@@ -62,11 +62,21 @@ pub fn build_array<'a>(dt: DataType, values: impl Iterator<Item = &'a Value>, le
     }
     match dt {
         DataType::Boolean => build!(BooleanBuilder::with_capacity(len), Value::Boolean(x) => *x),
+        // Values stored before a column was widened (ALTER ... TYPE) are read widened.
         DataType::SmallInt => build!(Int16Builder::with_capacity(len), Value::SmallInt(x) => *x),
-        DataType::Int => build!(Int32Builder::with_capacity(len), Value::Int(x) => *x),
-        DataType::BigInt => build!(Int64Builder::with_capacity(len), Value::BigInt(x) => *x),
+        DataType::Int => {
+            build!(Int32Builder::with_capacity(len), Value::Int(x) => *x, Value::SmallInt(x) => i32::from(*x))
+        }
+        DataType::BigInt => build!(
+            Int64Builder::with_capacity(len),
+            Value::BigInt(x) => *x,
+            Value::Int(x) => i64::from(*x),
+            Value::SmallInt(x) => i64::from(*x)
+        ),
         DataType::Float => build!(Float32Builder::with_capacity(len), Value::Float(x) => *x),
-        DataType::Double => build!(Float64Builder::with_capacity(len), Value::Double(x) => *x),
+        DataType::Double => {
+            build!(Float64Builder::with_capacity(len), Value::Double(x) => *x, Value::Float(x) => f64::from(*x))
+        }
         DataType::Text => build!(StringBuilder::with_capacity(len, len * 16), Value::Text(x) => x),
         DataType::Json => build!(StringBuilder::with_capacity(len, len * 16), Value::Json(x) => x),
         DataType::Bytes => {
@@ -149,6 +159,11 @@ pub fn conform(def: &TableDef, target: &SchemaRef, batch: RecordBatch) -> Result
     for (i, c) in def.columns.iter().enumerate() {
         let name = target.field(i).name();
         match file.index_of(name) {
+            // Written before the column was widened: cast losslessly to its type now.
+            Ok(at) if batch.column(at).data_type() != target.field(i).data_type() => cols.push(
+                arrow::compute::cast(batch.column(at), target.field(i).data_type())
+                    .map_err(|e| Error::Corrupt(format!("widening {name}: {e}")))?,
+            ),
             Ok(at) => cols.push(batch.column(at).clone()),
             Err(_) => {
                 let fill = c.backfill.as_ref().unwrap_or(&Value::Null);

@@ -221,6 +221,21 @@ fn compare(a: &Value, b: &Value) -> Option<Ordering> {
         (V::Double(x), V::Double(y)) => x.partial_cmp(y),
         (V::Text(x), V::Text(y)) | (V::Json(x), V::Json(y)) => Some(x.cmp(y)),
         (V::Bytes(x), V::Bytes(y)) => Some(x.cmp(y)),
+        // A value stored before its column was widened (ALTER ... TYPE).
+        (V::SmallInt(_) | V::Int(_) | V::BigInt(_), V::SmallInt(_) | V::Int(_) | V::BigInt(_)) => {
+            Some(as_i64(a)?.cmp(&as_i64(b)?))
+        }
+        (V::Float(x), V::Double(y)) => f64::from(*x).partial_cmp(y),
+        (V::Double(x), V::Float(y)) => x.partial_cmp(&f64::from(*y)),
+        _ => None,
+    }
+}
+
+fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::SmallInt(x) => Some(i64::from(*x)),
+        Value::Int(x) => Some(i64::from(*x)),
+        Value::BigInt(x) => Some(*x),
         _ => None,
     }
 }

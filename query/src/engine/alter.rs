@@ -88,6 +88,31 @@ impl Engine {
                 let description = format!("DROP COLUMN {column}");
                 (TableChange::DropColumn { column }, description)
             }
+            AlterAction::SetType { column, data_type } => {
+                let Some(i) = def.column_index(&column) else {
+                    return Err(Error::InvalidSql(format!(
+                        "column '{column}' does not exist in {}.{}",
+                        def.namespace, def.name
+                    )));
+                };
+                let c = &def.columns[i];
+                if c.primary_key {
+                    return Err(Error::InvalidSql(format!(
+                        "column '{column}' is the primary key of {}.{}: its type cannot change",
+                        def.namespace, def.name
+                    )));
+                }
+                if !c.data_type.widens_to(data_type) {
+                    return Err(Error::InvalidSql(format!(
+                        "column '{column}' cannot change from {} to {}: only widening is allowed \
+                         (SMALLINT to INT or BIGINT, INT to BIGINT, FLOAT to DOUBLE)",
+                        c.data_type.api_name(),
+                        data_type.api_name()
+                    )));
+                }
+                let description = format!("ALTER COLUMN {column} TYPE {}", data_type.api_name());
+                (TableChange::SetType { column, data_type }, description)
+            }
         };
         let op = Op::AlterTable {
             namespace: def.namespace.clone(),

@@ -183,6 +183,8 @@ pub enum AlterAction {
     AddColumn(ParsedColumn),
     /// `DROP [COLUMN] c`.
     DropColumn(String),
+    /// `ALTER [COLUMN] c TYPE t` / `SET DATA TYPE t`.
+    SetType { column: String, data_type: DataType },
 }
 
 /// What `ALTER USER` changes.
