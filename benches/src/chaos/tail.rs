@@ -167,7 +167,16 @@ async fn stream_once(
                     }
                     return Err("overflow".into());
                 }
-                Some("gone") => return Err(format!("fatal: gone: {v}")),
+                // This node no longer has the changes the cursor needs (it caught up through a
+                // snapshot while the stream was open): like a 410, another node must have them.
+                Some("gone") => {
+                    let mut o = out.lock().await;
+                    o.events.append(&mut batch);
+                    if last_id.is_some() {
+                        o.cursor = last_id;
+                    }
+                    return Err(format!("gone: {v}"));
+                }
                 _ => {}
             }
         }
