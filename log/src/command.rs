@@ -221,6 +221,8 @@ pub enum TableChange {
     DropColumn { column: String },
     /// Widen a column's type (see [`DataType::widens_to`]); stored values are read widened.
     SetType { column: String, data_type: DataType },
+    /// Let a column hold NULL from now on (`DROP NOT NULL`).
+    DropNotNull { column: String },
 }
 
 impl TableDef {

@@ -359,6 +359,21 @@ impl Catalog {
                 }
                 c.data_type = *data_type;
             }
+            TableChange::DropNotNull { column } => {
+                let Some(c) = def.columns.iter_mut().find(|c| !c.dropped && &c.name == column) else {
+                    return Ok(failed(
+                        ApplyErrorCode::ConstraintViolation,
+                        format!("column '{column}' does not exist in {}.{}", def.namespace, def.name),
+                    ));
+                };
+                if c.primary_key {
+                    return Ok(failed(
+                        ApplyErrorCode::ConstraintViolation,
+                        format!("column '{column}' is the primary key and is always NOT NULL"),
+                    ));
+                }
+                c.nullable = true;
+            }
         }
         let version = def.versions.last().map_or(1, |v| v.version) + 1;
         def.versions.push(SchemaVersion {

@@ -113,6 +113,22 @@ impl Engine {
                 let description = format!("ALTER COLUMN {column} TYPE {}", data_type.api_name());
                 (TableChange::SetType { column, data_type }, description)
             }
+            AlterAction::DropNotNull(column) => {
+                let Some(i) = def.column_index(&column) else {
+                    return Err(Error::InvalidSql(format!(
+                        "column '{column}' does not exist in {}.{}",
+                        def.namespace, def.name
+                    )));
+                };
+                if def.columns[i].primary_key {
+                    return Err(Error::InvalidSql(format!(
+                        "column '{column}' is the primary key of {}.{} and is always NOT NULL",
+                        def.namespace, def.name
+                    )));
+                }
+                let description = format!("ALTER COLUMN {column} DROP NOT NULL");
+                (TableChange::DropNotNull { column }, description)
+            }
         };
         let op = Op::AlterTable {
             namespace: def.namespace.clone(),

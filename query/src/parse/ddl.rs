@@ -349,8 +349,10 @@ fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
             AlterAction::SetDefault { column, default: None }
         } else if c.eat_kw("TYPE") || c.eat_kws(&["SET", "DATA", "TYPE"]) {
             AlterAction::SetType { column, data_type: parse_data_type(c)? }
-        } else if c.peek_kw("SET") || c.peek_kw("DROP") {
-            return Err(not_yet("ALTER COLUMN ... SET/DROP NOT NULL"));
+        } else if c.eat_kws(&["DROP", "NOT", "NULL"]) {
+            AlterAction::DropNotNull(column)
+        } else if c.peek_kws(&["SET", "NOT", "NULL"]) {
+            return Err(not_yet("ALTER COLUMN ... SET NOT NULL"));
         } else {
             return Err(c.unexpected("SET DEFAULT or DROP DEFAULT"));
         }

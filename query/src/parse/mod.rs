@@ -185,6 +185,8 @@ pub enum AlterAction {
     DropColumn(String),
     /// `ALTER [COLUMN] c TYPE t` / `SET DATA TYPE t`.
     SetType { column: String, data_type: DataType },
+    /// `ALTER [COLUMN] c DROP NOT NULL`.
+    DropNotNull(String),
 }
 
 /// What `ALTER USER` changes.

@@ -178,8 +178,13 @@ impl<'s, 'a> Cursor<'s, 'a> {
         }
     }
 
+    /// Are the next tokens these keywords?
+    pub(super) fn peek_kws(&self, kws: &[&str]) -> bool {
+        kws.iter().enumerate().all(|(i, k)| self.peek_kw_at(i, k))
+    }
+
     pub(super) fn eat_kws(&mut self, kws: &[&str]) -> bool {
-        if kws.iter().enumerate().all(|(i, k)| self.peek_kw_at(i, k)) {
+        if self.peek_kws(kws) {
             self.pos += kws.len();
             true
         } else {
