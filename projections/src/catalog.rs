@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use kalamdb_log::command::ApplyErrorCode;
-use kalamdb_log::{GroupId, OpResult, SchemaVersion, TableChange, TableDef};
+use kalamdb_log::{ColumnDef, GroupId, OpResult, SchemaVersion, TableChange, TableDef};
 use rocksdb::{DB, WriteBatch};
 use serde::{Deserialize, Serialize};
 
@@ -288,11 +288,9 @@ impl Catalog {
                 }
             }
             TableChange::SetDefault { column, default } => {
-                let Some(c) = def.columns.iter_mut().find(|c| !c.dropped && &c.name == column) else {
-                    return Ok(failed(
-                        ApplyErrorCode::ConstraintViolation,
-                        format!("column '{column}' does not exist in {}.{}", def.namespace, def.name),
-                    ));
+                let c = match visible_mut(&mut def, column) {
+                    Ok(c) => c,
+                    Err(failure) => return Ok(failure),
                 };
                 c.default = default.clone();
             }
@@ -303,11 +301,9 @@ impl Catalog {
                         format!("column '{to}' already exists in {}.{}", def.namespace, def.name),
                     ));
                 }
-                let Some(c) = def.columns.iter_mut().find(|c| !c.dropped && &c.name == from) else {
-                    return Ok(failed(
-                        ApplyErrorCode::ConstraintViolation,
-                        format!("column '{from}' does not exist in {}.{}", def.namespace, def.name),
-                    ));
+                let c = match visible_mut(&mut def, from) {
+                    Ok(c) => c,
+                    Err(failure) => return Ok(failure),
                 };
                 // The name files know it by stays: they are never rewritten for a rename.
                 if c.stored_as.is_empty() {
@@ -330,11 +326,9 @@ impl Catalog {
                 def.columns.push(column.clone());
             }
             TableChange::DropColumn { column } => {
-                let Some(c) = def.columns.iter_mut().find(|c| !c.dropped && &c.name == column) else {
-                    return Ok(failed(
-                        ApplyErrorCode::ConstraintViolation,
-                        format!("column '{column}' does not exist in {}.{}", def.namespace, def.name),
-                    ));
+                let c = match visible_mut(&mut def, column) {
+                    Ok(c) => c,
+                    Err(failure) => return Ok(failure),
                 };
                 if c.primary_key {
                     return Ok(failed(
@@ -345,11 +339,9 @@ impl Catalog {
                 c.dropped = true;
             }
             TableChange::SetType { column, data_type } => {
-                let Some(c) = def.columns.iter_mut().find(|c| !c.dropped && &c.name == column) else {
-                    return Ok(failed(
-                        ApplyErrorCode::ConstraintViolation,
-                        format!("column '{column}' does not exist in {}.{}", def.namespace, def.name),
-                    ));
+                let c = match visible_mut(&mut def, column) {
+                    Ok(c) => c,
+                    Err(failure) => return Ok(failure),
                 };
                 if c.primary_key || !c.data_type.widens_to(*data_type) {
                     return Ok(failed(
@@ -360,11 +352,9 @@ impl Catalog {
                 c.data_type = *data_type;
             }
             TableChange::DropNotNull { column } => {
-                let Some(c) = def.columns.iter_mut().find(|c| !c.dropped && &c.name == column) else {
-                    return Ok(failed(
-                        ApplyErrorCode::ConstraintViolation,
-                        format!("column '{column}' does not exist in {}.{}", def.namespace, def.name),
-                    ));
+                let c = match visible_mut(&mut def, column) {
+                    Ok(c) => c,
+                    Err(failure) => return Ok(failure),
                 };
                 if c.primary_key {
                     return Ok(failed(
@@ -390,6 +380,14 @@ impl Catalog {
         st.tables.insert(key, def);
         Ok(OpResult::Done { affected: 1 })
     }
+}
+
+/// The column statements call `name`, for a change; or the op's failure.
+fn visible_mut<'a>(def: &'a mut TableDef, name: &str) -> std::result::Result<&'a mut ColumnDef, OpResult> {
+    let table = format!("{}.{}", def.namespace, def.name);
+    def.columns.iter_mut().find(|c| !c.dropped && c.name == name).ok_or_else(|| {
+        failed(ApplyErrorCode::ConstraintViolation, format!("column '{name}' does not exist in {table}"))
+    })
 }
 
 /// The parts of an `Op::AlterTable` the catalog applies.

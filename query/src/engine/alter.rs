@@ -34,12 +34,7 @@ impl Engine {
         let (change, description) = match action {
             AlterAction::SetOptions(options) => set_options(&def, options)?,
             AlterAction::SetDefault { column, default } => {
-                let Some(c) = def.column_index(&column).map(|i| &def.columns[i]) else {
-                    return Err(Error::InvalidSql(format!(
-                        "column '{column}' does not exist in {}.{}",
-                        def.namespace, def.name
-                    )));
-                };
+                let c = &def.columns[column_of(&def, &column)?];
                 if let Some(DefaultExpr::Literal(v)) = &default {
                     // Checked against the column type now, not at the next insert.
                     coerce(&default_literal(v), c.data_type)?;
@@ -51,12 +46,7 @@ impl Engine {
                 (TableChange::SetDefault { column, default }, description)
             }
             AlterAction::RenameColumn { from, to } => {
-                if def.column_index(&from).is_none() {
-                    return Err(Error::InvalidSql(format!(
-                        "column '{from}' does not exist in {}.{}",
-                        def.namespace, def.name
-                    )));
-                }
+                column_of(&def, &from)?;
                 if to.starts_with('_') {
                     return Err(Error::InvalidSql(format!(
                         "column name '{to}' is reserved: names starting with '_' are system columns"
@@ -73,12 +63,7 @@ impl Engine {
             }
             AlterAction::AddColumn(col) => add_column(&def, col)?,
             AlterAction::DropColumn(column) => {
-                let Some(i) = def.column_index(&column) else {
-                    return Err(Error::InvalidSql(format!(
-                        "column '{column}' does not exist in {}.{}",
-                        def.namespace, def.name
-                    )));
-                };
+                let i = column_of(&def, &column)?;
                 if def.columns[i].primary_key {
                     return Err(Error::InvalidSql(format!(
                         "column '{column}' is the primary key of {}.{} and cannot be dropped",
@@ -89,12 +74,7 @@ impl Engine {
                 (TableChange::DropColumn { column }, description)
             }
             AlterAction::SetType { column, data_type } => {
-                let Some(i) = def.column_index(&column) else {
-                    return Err(Error::InvalidSql(format!(
-                        "column '{column}' does not exist in {}.{}",
-                        def.namespace, def.name
-                    )));
-                };
+                let i = column_of(&def, &column)?;
                 let c = &def.columns[i];
                 if c.primary_key {
                     return Err(Error::InvalidSql(format!(
@@ -114,12 +94,7 @@ impl Engine {
                 (TableChange::SetType { column, data_type }, description)
             }
             AlterAction::DropNotNull(column) => {
-                let Some(i) = def.column_index(&column) else {
-                    return Err(Error::InvalidSql(format!(
-                        "column '{column}' does not exist in {}.{}",
-                        def.namespace, def.name
-                    )));
-                };
+                let i = column_of(&def, &column)?;
                 if def.columns[i].primary_key {
                     return Err(Error::InvalidSql(format!(
                         "column '{column}' is the primary key of {}.{} and is always NOT NULL",
@@ -286,4 +261,10 @@ fn add_column(def: &TableDef, col: ParsedColumn) -> Result<(TableChange, String)
         dropped: false,
     };
     Ok((TableChange::AddColumn { column }, description))
+}
+
+/// The stored position of the column statements call `name`, or the error naming the table.
+fn column_of(def: &TableDef, name: &str) -> Result<usize> {
+    def.column_index(name)
+        .ok_or_else(|| Error::InvalidSql(format!("column '{name}' does not exist in {}.{}", def.namespace, def.name)))
 }
