@@ -325,19 +325,10 @@ impl Catalog {
                 }
                 def.columns.push(column.clone());
             }
-            TableChange::DropColumn { column } => {
-                let c = match visible_mut(&mut def, column) {
-                    Ok(c) => c,
-                    Err(failure) => return Ok(failure),
-                };
-                if c.primary_key {
-                    return Ok(failed(
-                        ApplyErrorCode::ConstraintViolation,
-                        format!("column '{column}' is the primary key and cannot be dropped"),
-                    ));
-                }
-                c.dropped = true;
-            }
+            TableChange::DropColumn { column } => match non_key_mut(&mut def, column, "cannot be dropped") {
+                Ok(c) => c.dropped = true,
+                Err(failure) => return Ok(failure),
+            },
             TableChange::SetType { column, data_type } => {
                 let c = match visible_mut(&mut def, column) {
                     Ok(c) => c,
@@ -351,19 +342,10 @@ impl Catalog {
                 }
                 c.data_type = *data_type;
             }
-            TableChange::DropNotNull { column } => {
-                let c = match visible_mut(&mut def, column) {
-                    Ok(c) => c,
-                    Err(failure) => return Ok(failure),
-                };
-                if c.primary_key {
-                    return Ok(failed(
-                        ApplyErrorCode::ConstraintViolation,
-                        format!("column '{column}' is the primary key and is always NOT NULL"),
-                    ));
-                }
-                c.nullable = true;
-            }
+            TableChange::DropNotNull { column } => match non_key_mut(&mut def, column, "is always NOT NULL") {
+                Ok(c) => c.nullable = true,
+                Err(failure) => return Ok(failure),
+            },
         }
         let version = def.versions.last().map_or(1, |v| v.version) + 1;
         def.versions.push(SchemaVersion {
@@ -388,6 +370,18 @@ fn visible_mut<'a>(def: &'a mut TableDef, name: &str) -> std::result::Result<&'a
     def.columns.iter_mut().find(|c| !c.dropped && c.name == name).ok_or_else(|| {
         failed(ApplyErrorCode::ConstraintViolation, format!("column '{name}' does not exist in {table}"))
     })
+}
+
+/// Like [`visible_mut`], for changes the primary key refuses: `why` ends the refusal.
+fn non_key_mut<'a>(def: &'a mut TableDef, name: &str, why: &str) -> std::result::Result<&'a mut ColumnDef, OpResult> {
+    let c = visible_mut(def, name)?;
+    if c.primary_key {
+        return Err(failed(
+            ApplyErrorCode::ConstraintViolation,
+            format!("column '{name}' is the primary key and {why}"),
+        ));
+    }
+    Ok(c)
 }
 
 /// The parts of an `Op::AlterTable` the catalog applies.

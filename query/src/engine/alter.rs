@@ -63,25 +63,12 @@ impl Engine {
             }
             AlterAction::AddColumn(col) => add_column(&def, col)?,
             AlterAction::DropColumn(column) => {
-                let i = column_of(&def, &column)?;
-                if def.columns[i].primary_key {
-                    return Err(Error::InvalidSql(format!(
-                        "column '{column}' is the primary key of {}.{} and cannot be dropped",
-                        def.namespace, def.name
-                    )));
-                }
+                non_key_column(&def, &column, " and cannot be dropped")?;
                 let description = format!("DROP COLUMN {column}");
                 (TableChange::DropColumn { column }, description)
             }
             AlterAction::SetType { column, data_type } => {
-                let i = column_of(&def, &column)?;
-                let c = &def.columns[i];
-                if c.primary_key {
-                    return Err(Error::InvalidSql(format!(
-                        "column '{column}' is the primary key of {}.{}: its type cannot change",
-                        def.namespace, def.name
-                    )));
-                }
+                let c = &def.columns[non_key_column(&def, &column, ": its type cannot change")?];
                 if !c.data_type.widens_to(data_type) {
                     return Err(Error::InvalidSql(format!(
                         "column '{column}' cannot change from {} to {}: only widening is allowed \
@@ -94,13 +81,7 @@ impl Engine {
                 (TableChange::SetType { column, data_type }, description)
             }
             AlterAction::DropNotNull(column) => {
-                let i = column_of(&def, &column)?;
-                if def.columns[i].primary_key {
-                    return Err(Error::InvalidSql(format!(
-                        "column '{column}' is the primary key of {}.{} and is always NOT NULL",
-                        def.namespace, def.name
-                    )));
-                }
+                non_key_column(&def, &column, " and is always NOT NULL")?;
                 let description = format!("ALTER COLUMN {column} DROP NOT NULL");
                 (TableChange::DropNotNull { column }, description)
             }
@@ -261,6 +242,19 @@ fn add_column(def: &TableDef, col: ParsedColumn) -> Result<(TableChange, String)
         dropped: false,
     };
     Ok((TableChange::AddColumn { column }, description))
+}
+
+/// Like [`column_of`], for changes the primary key refuses: `why` ends the refusal (with
+/// its leading space or colon).
+fn non_key_column(def: &TableDef, name: &str, why: &str) -> Result<usize> {
+    let i = column_of(def, name)?;
+    if def.columns[i].primary_key {
+        return Err(Error::InvalidSql(format!(
+            "column '{name}' is the primary key of {}.{}{why}",
+            def.namespace, def.name
+        )));
+    }
+    Ok(i)
 }
 
 /// The stored position of the column statements call `name`, or the error naming the table.

@@ -45,22 +45,27 @@ pub fn split_request(sql: &str) -> Result<Vec<Source<'_>>> {
     }
     let (tokens, starts) = tokens_with_starts(sql)?;
     let mut out = Vec::new();
-    let mut begin = 0;
-    for (i, t) in tokens.iter().enumerate() {
+    // The tokens move into their statements (a large INSERT is not copied).
+    let (mut current, mut current_starts) = (Vec::new(), Vec::new());
+    for (t, &start) in tokens.into_iter().zip(&starts) {
+        current_starts.push(start);
         if t.token == Token::SemiColon {
-            push_statement(&mut out, sql, &tokens[begin..i], &starts[begin..=i])?;
-            begin = i + 1;
+            // The `;` ends the statement: its start is where the last token ends.
+            push_statement(&mut out, sql, std::mem::take(&mut current), std::mem::take(&mut current_starts))?;
+        } else {
+            current.push(t);
         }
     }
-    push_statement(&mut out, sql, &tokens[begin..], &starts[begin..])?;
+    current_starts.push(sql.len());
+    push_statement(&mut out, sql, current, current_starts)?;
     Ok(out)
 }
 
 fn push_statement<'a>(
     out: &mut Vec<Source<'a>>,
     sql: &'a str,
-    tokens: &[TokenWithSpan],
-    starts: &[usize],
+    tokens: Vec<TokenWithSpan>,
+    starts: Vec<usize>,
 ) -> Result<()> {
     if tokens.iter().all(|t| is_trivia(&t.token)) {
         return Ok(());
@@ -68,7 +73,7 @@ fn push_statement<'a>(
     if out.len() == STATEMENTS_MAX {
         return Err(Error::InvalidSql(format!("more than {STATEMENTS_MAX} statements in one request")));
     }
-    out.push(Source { sql, tokens: tokens.to_vec(), starts: starts.to_vec() });
+    out.push(Source { sql, tokens, starts });
     Ok(())
 }
 
