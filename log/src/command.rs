@@ -204,6 +204,19 @@ pub struct SchemaVersion {
     /// The change, for people: `CREATE TABLE`, `SET (FLUSH_POLICY = 'rows:10')`, ...
     pub change: String,
     pub at_micros: i64,
+    /// The column this change altered, as it was before (`AS OF` reads the past through it).
+    /// `None` for changes that leave every column as it was (table options).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<PriorColumn>,
+}
+
+/// A column before a schema change: what undoing the change restores.
+#[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PriorColumn {
+    /// The column's position in stored rows.
+    pub slot: u32,
+    /// The column before the change; `None` when the change added it.
+    pub column: Option<ColumnDef>,
 }
 
 /// What one `ALTER TABLE` changes.
@@ -223,6 +236,9 @@ pub enum TableChange {
     SetType { column: String, data_type: DataType },
     /// Let a column hold NULL from now on (`DROP NOT NULL`).
     DropNotNull { column: String },
+    /// Refuse NULL in a column from now on (`SET NOT NULL`). Proposed only after every data
+    /// group holding the table fenced the column and found no NULL in it.
+    SetNotNull { column: String },
 }
 
 impl TableDef {
@@ -240,6 +256,35 @@ impl TableDef {
     /// The columns statements see, with their positions in stored rows.
     pub fn visible_columns(&self) -> impl Iterator<Item = (usize, &ColumnDef)> {
         self.columns.iter().enumerate().filter(|(_, c)| !c.dropped)
+    }
+
+    /// The version in effect at `micros` (a log entry's commit time): the newest made at or
+    /// before it; version 1 (creation) for anything earlier.
+    pub fn version_at(&self, micros: i64) -> u32 {
+        self.versions.iter().filter(|v| v.at_micros <= micros).map(|v| v.version).max().unwrap_or(1)
+    }
+
+    /// The table as schema `version` defined it: the columns' names, defaults, nullability,
+    /// and which existed and were dropped then, found by undoing the later changes. Types
+    /// stay today's: a column's type only ever widens, and every stored value reads widened.
+    pub fn at_version(&self, version: u32) -> TableDef {
+        let mut def = self.clone();
+        for v in self.versions.iter().rev().take_while(|v| v.version > version) {
+            let Some(prior) = &v.prior else { continue };
+            let slot = prior.slot as usize;
+            match &prior.column {
+                // Columns are only ever appended, so the one a change added is the last slot
+                // once every later change is undone.
+                None => def.columns.truncate(slot),
+                Some(before) if slot < def.columns.len() => {
+                    let data_type = def.columns[slot].data_type;
+                    def.columns[slot] = ColumnDef { data_type, ..before.clone() };
+                }
+                Some(_) => {}
+            }
+        }
+        def.versions.retain(|v| v.version <= version);
+        def
     }
 }
 
@@ -351,6 +396,16 @@ pub enum Op {
     Rebuild {
         table: TableDef,
     },
+    /// Fence a column against NULL in this group (`required`), or lift the fence. Fencing
+    /// first checks every live row of the table here, hot and cold, and fails if one holds
+    /// NULL in the column; once fenced, every write that would store NULL there fails. This
+    /// is what makes `SET NOT NULL` race-free: the check and the writes are ordered by this
+    /// group's log. `slot` is the column's position in stored rows.
+    RequireNotNull {
+        table: TableDef,
+        slot: u32,
+        required: bool,
+    },
     /// Add a user (users meta group).
     CreateUser {
         user: UserDef,
@@ -393,6 +448,7 @@ impl Op {
             Op::Flush { .. } => "flush",
             Op::Compact { .. } => "compact",
             Op::Rebuild { .. } => "rebuild",
+            Op::RequireNotNull { .. } => "require_not_null",
             Op::CreateUser { .. } => "create_user",
             Op::AlterUser { .. } => "alter_user",
             Op::DropUser { .. } => "drop_user",
@@ -400,10 +456,11 @@ impl Op {
         }
     }
 
-    /// Ops that rewrite cold storage are applied in a write batch of their own, so they see
-    /// (and their files agree with) everything applied before them.
+    /// Ops that rewrite cold storage (or read all of a table's rows, hot and cold) are applied
+    /// in a write batch of their own, so they see (and their files agree with) everything
+    /// applied before them.
     pub fn is_storage_job(&self) -> bool {
-        matches!(self, Op::Flush { .. } | Op::Compact { .. } | Op::Rebuild { .. })
+        matches!(self, Op::Flush { .. } | Op::Compact { .. } | Op::Rebuild { .. } | Op::RequireNotNull { .. })
     }
 }
 
@@ -538,4 +595,61 @@ pub enum OpResult {
 pub struct ApplyResponse {
     /// One result per op of a normal entry; empty for blank and membership entries.
     pub results: Vec<OpResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, data_type: DataType) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            data_type,
+            nullable: true,
+            primary_key: false,
+            default: None,
+            stored_as: String::new(),
+            backfill: None,
+            dropped: false,
+        }
+    }
+
+    fn version(version: u32, at_micros: i64, prior: Option<PriorColumn>) -> SchemaVersion {
+        SchemaVersion { version, log_index: u64::from(version), change: String::new(), at_micros, prior }
+    }
+
+    /// Undoing later changes gives back each earlier schema: added columns disappear, dropped
+    /// and renamed ones return as they were, and types stay today's (they only widen).
+    #[test]
+    fn earlier_schema_versions_are_recovered_by_undoing_later_changes() {
+        let mut id = col("id", DataType::BigInt);
+        id.primary_key = true;
+        let v = col("v", DataType::Int);
+        let renamed =
+            ColumnDef { name: "label".into(), stored_as: "v".into(), data_type: DataType::BigInt, ..v.clone() };
+        let added = ColumnDef { dropped: true, ..col("tmp", DataType::Text) };
+        let now = TableDef {
+            table_id: 1,
+            namespace: "ns".into(),
+            name: "t".into(),
+            table_type: TableType::Shared,
+            columns: vec![id.clone(), renamed.clone(), added.clone()],
+            options: Vec::new(),
+            created_at_micros: 0,
+            versions: vec![
+                version(1, 100, None),
+                version(2, 200, Some(PriorColumn { slot: 1, column: Some(v.clone()) })),
+                version(3, 300, Some(PriorColumn { slot: 2, column: None })),
+                version(4, 400, Some(PriorColumn { slot: 2, column: Some(col("tmp", DataType::Text)) })),
+            ],
+        };
+        assert_eq!(now.version_at(50), 1);
+        assert_eq!(now.version_at(250), 2);
+        assert_eq!(now.version_at(400), 4);
+        let first = now.at_version(1);
+        assert_eq!(first.columns, vec![id.clone(), ColumnDef { data_type: DataType::BigInt, ..v }]);
+        assert_eq!(first.versions.len(), 1);
+        assert_eq!(now.at_version(3).columns, vec![id.clone(), renamed.clone(), col("tmp", DataType::Text)]);
+        assert_eq!(now.at_version(4), now);
+    }
 }

@@ -131,6 +131,15 @@ impl GroupLayout {
             TableType::User | TableType::Stream => (self.user_shard(user_id), user_id.to_string()),
         }
     }
+
+    /// Every group that may hold rows of a table: its shared shard, or all user shards.
+    pub fn table_groups(&self, def: &crate::command::TableDef) -> Vec<GroupId> {
+        use crate::command::TableType;
+        match def.table_type {
+            TableType::Shared => vec![self.shared_shard(def.table_id)],
+            TableType::User | TableType::Stream => (0..self.user_shards).map(GroupId::UserShard).collect(),
+        }
+    }
 }
 
 /// FNV-1a: stable across processes, versions and platforms (std's hasher is not).

@@ -9,8 +9,8 @@ pub mod storage;
 pub mod types;
 
 pub use command::{
-    ApplyResponse, ColumnDef, DataType, DefaultExpr, EncodedCommand, LogCommand, Op, OpResult, Role, RowWrite,
-    SchemaVersion, TableChange, TableDef, TableType, TxWrite, UserDef, Value, WriteKind,
+    ApplyResponse, ColumnDef, DataType, DefaultExpr, EncodedCommand, LogCommand, Op, OpResult, PriorColumn, Role,
+    RowWrite, SchemaVersion, TableChange, TableDef, TableType, TxWrite, UserDef, Value, WriteKind,
 };
 pub use error::Error;
 pub use group::{GroupId, GroupLayout, MetaGroup};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kalamdb_log::{GroupId, Op, OpResult};
 use kalamdb_projections::changes;
-use kalamdb_projections::rows::make_seq;
+use kalamdb_projections::stored::make_seq;
 
 use crate::groups::Groups;
 

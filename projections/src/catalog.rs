@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use kalamdb_log::command::ApplyErrorCode;
-use kalamdb_log::{ColumnDef, GroupId, OpResult, SchemaVersion, TableChange, TableDef};
+use kalamdb_log::{ColumnDef, GroupId, OpResult, PriorColumn, SchemaVersion, TableChange, TableDef};
 use rocksdb::{DB, WriteBatch};
 use serde::{Deserialize, Serialize};
 
@@ -218,6 +218,7 @@ impl Catalog {
             log_index,
             change: "CREATE TABLE".into(),
             at_micros: table.created_at_micros,
+            prior: None,
         }];
         let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
         let bytes = serde_json::to_vec(&def).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -346,6 +347,10 @@ impl Catalog {
                 Ok(c) => c.nullable = true,
                 Err(failure) => return Ok(failure),
             },
+            TableChange::SetNotNull { column } => match non_key_mut(&mut def, column, "is always NOT NULL") {
+                Ok(c) => c.nullable = false,
+                Err(failure) => return Ok(failure),
+            },
         }
         let version = def.versions.last().map_or(1, |v| v.version) + 1;
         def.versions.push(SchemaVersion {
@@ -353,6 +358,7 @@ impl Catalog {
             log_index,
             change: alter.description.to_string(),
             at_micros: alter.altered_at_micros,
+            prior: prior_column(current, &def),
         });
         let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
         let bytes = serde_json::to_vec(&def).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -362,6 +368,16 @@ impl Catalog {
         st.tables.insert(key, def);
         Ok(OpResult::Done { affected: 1 })
     }
+}
+
+/// The column a change altered, as `before` had it: the first slot that differs, or the
+/// appended one. At most one column changes per `ALTER TABLE`.
+fn prior_column(before: &TableDef, after: &TableDef) -> Option<PriorColumn> {
+    if after.columns.len() > before.columns.len() {
+        return Some(PriorColumn { slot: before.columns.len() as u32, column: None });
+    }
+    let slot = before.columns.iter().zip(&after.columns).position(|(b, a)| b != a)?;
+    Some(PriorColumn { slot: slot as u32, column: Some(before.columns[slot].clone()) })
 }
 
 /// The column statements call `name`, for a change; or the op's failure.

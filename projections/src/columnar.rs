@@ -15,7 +15,7 @@ use kalamdb_log::{DataType, TableDef, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::rows::StoredRow;
+use crate::stored::StoredRow;
 
 pub const SEQ_COLUMN: &str = "_seq";
 pub const DELETED_COLUMN: &str = "_deleted";
@@ -106,8 +106,11 @@ pub fn build_array<'a>(dt: DataType, values: impl Iterator<Item = &'a Value>, le
 /// The schema of a table's rows as queries see them: its columns by name, then `_seq` and
 /// `_deleted`.
 pub fn table_schema(def: &TableDef) -> SchemaRef {
+    // Every column but the key is nullable here, whatever the catalog says: files and rows
+    // written under an older schema (before `SET NOT NULL`) may hold NULL in superseded
+    // versions, which scans read before they drop them. NOT NULL is enforced on writes.
     let mut fields: Vec<Field> =
-        def.visible_columns().map(|(_, c)| arrow_field(&c.name, c.data_type, c.nullable && !c.primary_key)).collect();
+        def.visible_columns().map(|(_, c)| arrow_field(&c.name, c.data_type, !c.primary_key)).collect();
     fields.push(Field::new(SEQ_COLUMN, ArrowType::Int64, false));
     fields.push(Field::new(DELETED_COLUMN, ArrowType::Boolean, false));
     Arc::new(Schema::new(fields))
@@ -115,12 +118,13 @@ pub fn table_schema(def: &TableDef) -> SchemaRef {
 
 /// The schema of a table's rows as storage holds them (Parquet files, hot row batches): every
 /// column, dropped ones included, in stored order, named by each column's storage name (which
-/// a rename does not change), then `_seq` and `_deleted`.
+/// a rename does not change), then `_seq` and `_deleted`. Nullable but for the key, as the
+/// query schema is.
 pub fn storage_schema(def: &TableDef) -> SchemaRef {
     let mut fields: Vec<Field> = def
         .columns
         .iter()
-        .map(|c| arrow_field(c.storage_name(), c.data_type, (c.nullable || c.dropped) && !c.primary_key))
+        .map(|c| arrow_field(c.storage_name(), c.data_type, !c.primary_key))
         .collect();
     fields.push(Field::new(SEQ_COLUMN, ArrowType::Int64, false));
     fields.push(Field::new(DELETED_COLUMN, ArrowType::Boolean, false));

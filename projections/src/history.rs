@@ -15,12 +15,12 @@ use openraft::EntryPayload;
 use rocksdb::{DB, WriteBatch};
 
 use crate::cold::{
-    FileMeta, KIND_STUB, KIND_SUPERSEDED, cf, cold_key, iter_prefix, read_parquet, scope_files, scope_head,
+    ColdGroup, FileMeta, KIND_STUB, KIND_SUPERSEDED, cf, cold_key, iter_prefix, read_parquet, scope_files, scope_head,
 };
 use crate::columnar::{seq_deleted, value_at};
 use crate::error::{Error, Result};
 use crate::keys::{encode_pk, prefix_end, split_scope, table_prefix, table_scope_prefix};
-use crate::rows::{StoredRow, make_seq};
+use crate::stored::{StoredRow, make_seq};
 use crate::{CF_COLD, CF_ROWS};
 
 /// Log entries read from the log store at a time while replaying.
@@ -173,13 +173,6 @@ fn load_base(db: &DB, storage_dir: &Path, def: &TableDef, sp: &[u8], at: u64) ->
     Ok(state)
 }
 
-/// Did apply reject the transaction op at (`index`, first row `ordinal`)?
-fn transaction_aborted(log_db: &LogDb, group: GroupId, index: u64, ordinal: u64) -> Result<bool> {
-    let db = log_db.db();
-    let cf = db.cf_handle(crate::CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
-    Ok(db.get_pinned_cf(cf, crate::machine::aborted_key(group, index, ordinal))?.is_some())
-}
-
 /// Replay the group's log in `(from, to]` for one table into per-scope states (created with
 /// `new_scope` when a scope first appears); a scope ignores entries at or before its own base.
 /// Fails if the log no longer holds the range.
@@ -254,9 +247,12 @@ fn replay(
                     row_op.4 = ordinal;
                     ordinal += row_op.3.len() as u64;
                 }
-                // A transaction whose preconditions failed applied none of its writes; apply
-                // left a marker, as the preconditions may concern other tables.
-                if matches!(op, Op::Transaction { .. }) && transaction_aborted(log_db, group, index, start)? {
+                // A transaction whose preconditions failed, or a row op a NOT NULL fence
+                // refused, applied none of its writes; apply left a marker, as the reasons
+                // may concern other tables or scopes.
+                if row_ops.iter().any(|r| r.1 == def.table_id)
+                    && crate::refused::was_refused(log_db.db(), group, index, start)?
+                {
                     continue;
                 }
                 for (kind, table_id, scope, rows, first) in row_ops {
@@ -283,12 +279,32 @@ fn replay(
     Ok(())
 }
 
+/// Normal entries looked at, back from a position, for the commit time that dates it.
+const SCHEMA_DATING_ENTRIES_MAX: u64 = 64;
+
+/// The table's definition as it stood when log index `at` of its group committed: the schema
+/// version made at or before that entry's commit time (the catalog lives in another group, so
+/// commit times are what relates the two logs). A position that is a blank or membership
+/// entry is dated by the nearest normal entry before it; one the log no longer holds (or that
+/// has none near it) reads through today's schema.
+pub fn schema_as_of(log_db: &std::sync::Arc<LogDb>, group: GroupId, def: &TableDef, at: u64) -> Result<TableDef> {
+    let store = LogStore::new(log_db.clone(), group)?;
+    let from = at.saturating_sub(SCHEMA_DATING_ENTRIES_MAX - 1).max(1);
+    let entries = store.read_range(from, at + 1)?;
+    for entry in entries.iter().rev() {
+        if let EntryPayload::Normal(encoded) = &entry.payload {
+            let micros = encoded.decode()?.committed_at_micros;
+            return Ok(def.at_version(def.version_at(micros)));
+        }
+    }
+    Ok(def.clone())
+}
+
 /// The live rows of one table scope as they were right after log index `at` was applied.
 /// `applied` is the group's applied index now (`at` must not pass it).
 pub fn scope_as_of(
     log_db: &std::sync::Arc<LogDb>,
-    storage_dir: &Path,
-    group: GroupId,
+    cold: ColdGroup<'_>,
     def: &TableDef,
     scope: &str,
     at: u64,
@@ -297,7 +313,7 @@ pub fn scope_as_of(
     if at > applied {
         return Err(unavailable(format!("position {at} is not applied yet here (applied: {applied})")));
     }
-    let db = log_db.db();
+    let ColdGroup { db, storage_dir, group } = cold;
     let sp = table_scope_prefix(group, def.table_id, scope);
     let mut states = HashMap::from([(scope.to_string(), load_base(db, storage_dir, def, &sp, at)?)]);
     let base = states[scope].base_index;
@@ -310,13 +326,12 @@ pub fn scope_as_of(
 /// `batch`. On a correct projection this changes nothing (a test compares digests).
 pub fn rebuild_table(
     log_db: &std::sync::Arc<LogDb>,
-    storage_dir: &Path,
+    cold: ColdGroup<'_>,
     batch: &mut WriteBatch,
-    group: GroupId,
     def: &TableDef,
     index: u64,
 ) -> Result<OpResult> {
-    let db = log_db.db();
+    let ColdGroup { db, storage_dir, group } = cold;
     let at = index - 1;
     // Every scope the group holds for the table, hot or cold.
     let mut scopes: BTreeSet<String> = BTreeSet::new();

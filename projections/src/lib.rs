@@ -8,12 +8,15 @@ pub mod cold;
 pub mod columnar;
 pub mod error;
 pub mod failpoint;
+pub mod fences;
 pub mod history;
 pub mod keys;
 pub mod machine;
-mod merge;
+pub mod refused;
 pub mod rows;
+pub mod sm;
 pub mod snapshot;
+pub mod stored;
 pub mod users;
 
 pub use catalog::{Catalog, NamespaceRecord};

@@ -17,31 +17,11 @@ use tokio::sync::watch;
 use crate::CF_SM;
 use crate::catalog::Catalog;
 use crate::changes::{Change, ChangeEntry, ChangeKind};
-use crate::cold::{ColdApplier, StorageEnv};
+use crate::cold::{ColdApplier, ColdGroup, StorageEnv};
 use crate::error::{Error, Result};
 use crate::rows::RowApplier;
+use crate::sm::{KEY_APPLIED, KEY_MEMBERSHIP, sm_key};
 use crate::snapshot::{export_group, import_group};
-
-const KEY_APPLIED: u8 = b'a';
-const KEY_MEMBERSHIP: u8 = b'm';
-
-const KEY_ABORTED: u8 = b't';
-
-/// Marks the transaction op at (`log_index`, first row `ordinal`) as not applied.
-pub(crate) fn aborted_key(group: GroupId, log_index: u64, ordinal: u64) -> [u8; 21] {
-    let mut k = [0u8; 21];
-    k[..5].copy_from_slice(&sm_key(group, KEY_ABORTED));
-    k[5..13].copy_from_slice(&log_index.to_be_bytes());
-    k[13..].copy_from_slice(&ordinal.to_be_bytes());
-    k
-}
-
-fn sm_key(group: GroupId, what: u8) -> [u8; 5] {
-    let mut k = [0u8; 5];
-    k[..4].copy_from_slice(&group.prefix());
-    k[4] = what;
-    k
-}
 
 /// Reserve `n` ordinals of the entry for one row op; returns the first.
 fn take_ordinals(ordinal: &mut u64, n: usize) -> u64 {
@@ -56,16 +36,6 @@ fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError 
 
 fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
-}
-
-/// The applied log index of a group as last committed to RocksDB.
-pub fn applied_index(db: &DB, group: GroupId) -> Result<u64> {
-    let cf = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
-    let applied: Option<LogId> = match db.get_pinned_cf(cf, sm_key(group, KEY_APPLIED))? {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt(e.to_string()))?,
-        None => None,
-    };
-    Ok(applied.map_or(0, |l| l.index))
 }
 
 /// One group's state machine.
@@ -113,6 +83,10 @@ impl Projection {
 
     fn db(&self) -> &DB {
         self.log_db.db()
+    }
+
+    fn cold(&self) -> ColdGroup<'_> {
+        ColdGroup { db: self.db(), storage_dir: &self.env.storage_dir, group: self.group }
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -206,12 +180,8 @@ impl Projection {
                 if let Some(failure) = rows.check_transaction(writes)? {
                     // History replay (AS OF, REBUILD) reads this to skip the transaction: it
                     // cannot re-check preconditions on tables other than the one it rebuilds.
-                    let cf = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
-                    batch.put_cf(
-                        cf,
-                        aborted_key(self.group, log_index, firsts.first().copied().unwrap_or(*ordinal)),
-                        [],
-                    );
+                    let first = firsts.first().copied().unwrap_or(*ordinal);
+                    crate::refused::mark(db, batch, self.group, log_index, first)?;
                     return Ok(failure);
                 }
                 let mut affected = 0;
@@ -244,19 +214,15 @@ impl Projection {
                 ColdApplier::new(db, self.group, &self.env).compact(batch, table, scope.as_deref(), log_index)
             }
             Op::Rebuild { table } if is_data => {
-                match crate::history::rebuild_table(
-                    &self.log_db,
-                    &self.env.storage_dir,
-                    batch,
-                    self.group,
-                    table,
-                    log_index,
-                ) {
+                match crate::history::rebuild_table(&self.log_db, self.cold(), batch, table, log_index) {
                     Err(Error::History(message)) => {
                         Ok(OpResult::Failed { code: ApplyErrorCode::HistoryUnavailable, message })
                     }
                     other => other,
                 }
+            }
+            Op::RequireNotNull { table, slot, required } if is_data => {
+                rows.require_not_null(batch, &self.env.storage_dir, table, *slot, *required)
             }
             Op::CreateUser { user, if_not_exists } if is_users => {
                 self.catalog.users.create(db, batch, self.group, user, *if_not_exists)
@@ -367,7 +333,7 @@ impl RaftStateMachine<TypeConfig> for Projection {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
         // Exported here, while `&mut self` excludes apply, so data and position agree.
-        let data = export_group(self.db(), self.group, &self.env.storage_dir);
+        let data = export_group(self.cold());
         ProjectionSnapshotBuilder {
             group: self.group,
             applied: self.applied,
@@ -390,8 +356,7 @@ impl RaftStateMachine<TypeConfig> for Projection {
         let data = snapshot.into_inner();
         let db = self.log_db.db().clone();
         let mut batch = WriteBatch::default();
-        import_group(&db, self.group, &data, &mut batch, &self.env.storage_dir)
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        import_group(self.cold(), &data, &mut batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         // The entries the snapshot covers were never applied here: their change records
         // cannot exist, so the tail of this node starts after the snapshot.
         let new_floor = meta.last_log_id.map_or(0, |l| l.index) + 1;

@@ -5,49 +5,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kalamdb_log::command::ApplyErrorCode;
-use kalamdb_log::{GroupId, OpResult, RowWrite, TxWrite, Value, WriteKind};
-use rkyv::{Archive, Deserialize as RDeserialize, Serialize as RSerialize};
+use kalamdb_log::{GroupId, OpResult, RowWrite, TableDef, TxWrite, Value, WriteKind};
 use rocksdb::{DB, ReadOptions, WriteBatch};
 
 use crate::changes::{Change, ChangeKind};
-use crate::cold::{PkRange, TableView, stub_seq, superseded_key_of, table_view};
+use crate::cold::{ColdGroup, PkRange, TableView, stub_seq, superseded_key_of, table_view};
 use crate::error::{Error, Result};
+use crate::fences::{self, Fence};
 use crate::keys::{prefix_end, row_key, split_scope, table_prefix};
+pub use crate::stored::StoredRow;
+use crate::stored::make_seq;
 use crate::{CF_COLD, CF_ROWS};
-
-/// Rows one log entry may write: `_seq` packs the entry's log index with the row's ordinal.
-pub const ENTRY_ROWS_MAX: u64 = 1 << SEQ_ORDINAL_BITS;
-/// Low bits of `_seq` that hold the row's ordinal within its entry.
-pub const SEQ_ORDINAL_BITS: u32 = 20;
-
-/// `_seq` of the `ordinal`-th row written by the entry at `log_index`: monotonic in log order.
-/// Every row op of an entry takes `rows.len()` ordinals whether it succeeds or not, so a row's
-/// `_seq` depends only on the entry's ops, never on other tables' state (time travel and
-/// rebuild replay one table's ops alone).
-pub fn make_seq(log_index: u64, ordinal: u64) -> u64 {
-    assert!(ordinal < ENTRY_ROWS_MAX, "entry writes more than ENTRY_ROWS_MAX rows");
-    assert!(log_index < (1 << (63 - SEQ_ORDINAL_BITS)), "log index overflows _seq");
-    (log_index << SEQ_ORDINAL_BITS) | ordinal
-}
-
-/// The newest version of a row.
-#[derive(Archive, RSerialize, RDeserialize, Debug, Clone, PartialEq)]
-pub struct StoredRow {
-    pub seq: u64,
-    pub deleted: bool,
-    /// Column values in table order; empty for a tombstone.
-    pub values: Vec<Value>,
-}
-
-impl StoredRow {
-    pub fn encode(&self) -> Vec<u8> {
-        rkyv::to_bytes::<rkyv::rancor::Error>(self).map(|v| v.into_vec()).expect("row encoding cannot fail")
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<StoredRow> {
-        rkyv::from_bytes::<StoredRow, rkyv::rancor::Error>(bytes).map_err(|e| Error::Corrupt(e.to_string()))
-    }
-}
 
 /// Where a row's newest version is.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,14 +49,20 @@ impl RowReader {
 
     /// The live rows of a table scope right after log index `at` was applied (time travel).
     pub fn as_of(&self, group: GroupId, def: &kalamdb_log::TableDef, scope: &str, at: u64) -> Result<Vec<StoredRow>> {
-        let applied = crate::machine::applied_index(self.db(), group)?;
-        crate::history::scope_as_of(&self.log_db, &self.storage_dir, group, def, scope, at, applied)
+        let applied = crate::sm::applied_index(self.db(), group)?;
+        crate::history::scope_as_of(&self.log_db, self.cold(group), def, scope, at, applied)
+    }
+
+    /// The table's definition when log index `at` of `group` committed (what `AS OF` reads
+    /// the past through).
+    pub fn schema_as_of(&self, group: GroupId, def: &kalamdb_log::TableDef, at: u64) -> Result<kalamdb_log::TableDef> {
+        crate::history::schema_as_of(&self.log_db, group, def, at)
     }
 
     /// Hot rows, live Parquet files and superseded versions of one table scope, all read
     /// under one RocksDB snapshot (so a concurrent flush is seen entirely or not at all).
     pub fn table_view(&self, group: GroupId, table_id: u64, scope: &str, range: &PkRange) -> Result<TableView> {
-        table_view(self.db(), &self.storage_dir, group, table_id, scope, range)
+        table_view(self.cold(group), table_id, scope, range)
     }
 
     /// The newest version of a row when it is hot; `Cold` when it lives in a Parquet file.
@@ -117,11 +91,15 @@ impl RowReader {
         pk: &Value,
         seq: u64,
     ) -> Result<Option<StoredRow>> {
-        crate::cold::cold_row(self.db(), &self.storage_dir, &self.cold_metadata, group, def, scope, pk, seq)
+        crate::cold::cold_row(self.cold(group), &self.cold_metadata, def, scope, pk, seq)
     }
 
     pub fn db(&self) -> &Arc<DB> {
         self.log_db.db()
+    }
+
+    fn cold(&self, group: GroupId) -> crate::cold::ColdGroup<'_> {
+        crate::cold::ColdGroup { db: self.db(), storage_dir: &self.storage_dir, group }
     }
 
     fn cf(&self) -> Result<&rocksdb::ColumnFamily> {
@@ -139,6 +117,8 @@ pub struct RowApplier<'a> {
     /// What the ops applied so far changed, for the entry's change record; the caller takes it
     /// after each entry.
     pub changes: Vec<Change>,
+    /// NOT NULL fences of the tables written so far, as committed or staged by this applier.
+    fences: HashMap<u64, Vec<Fence>>,
 }
 
 fn failed(code: ApplyErrorCode, message: String) -> OpResult {
@@ -154,7 +134,7 @@ fn pk_display(v: &Value) -> String {
 
 impl<'a> RowApplier<'a> {
     pub fn new(db: &'a DB, group: GroupId) -> RowApplier<'a> {
-        RowApplier { db, group, overlay: HashMap::new(), changes: Vec::new() }
+        RowApplier { db, group, overlay: HashMap::new(), changes: Vec::new(), fences: HashMap::new() }
     }
 
     fn current(&self, key: &[u8]) -> Result<Option<StoredRow>> {
@@ -207,6 +187,9 @@ impl<'a> RowApplier<'a> {
         log_index: u64,
         first_ordinal: u64,
     ) -> Result<OpResult> {
+        if let Some(refusal) = self.fence_refusal(batch, table_id, rows, log_index, first_ordinal)? {
+            return Ok(refusal);
+        }
         let mut staged: Vec<(Vec<u8>, StoredRow, Option<u64>)> = Vec::with_capacity(rows.len());
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
@@ -244,6 +227,9 @@ impl<'a> RowApplier<'a> {
         log_index: u64,
         first_ordinal: u64,
     ) -> Result<OpResult> {
+        if !delete && let Some(refusal) = self.fence_refusal(batch, table_id, rows, log_index, first_ordinal)? {
+            return Ok(refusal);
+        }
         let mut staged: Vec<(Vec<u8>, StoredRow, Option<u64>)> = Vec::with_capacity(rows.len());
         let mut old = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
@@ -278,9 +264,14 @@ impl<'a> RowApplier<'a> {
     /// `None` when every write would apply. It tests exactly what [`RowApplier::insert`] and
     /// [`RowApplier::rewrite`] test, on keys that must all be distinct, so a transaction that
     /// passes applies whole and one that fails stages nothing.
-    pub fn check_transaction(&self, writes: &[TxWrite]) -> Result<Option<OpResult>> {
+    pub fn check_transaction(&mut self, writes: &[TxWrite]) -> Result<Option<OpResult>> {
         let mut seen = std::collections::HashSet::new();
         for w in writes {
+            if w.kind != WriteKind::Delete
+                && let Some((row, column)) = fences::refused(self.fences_of(w.table_id)?, &w.rows)
+            {
+                return Ok(Some(null_refused(column, row)));
+            }
             for r in &w.rows {
                 let key = row_key(self.group, w.table_id, &w.scope, &r.pk);
                 let newest = self.newest(&key)?;
@@ -312,6 +303,66 @@ impl<'a> RowApplier<'a> {
             }
         }
         Ok(None)
+    }
+
+    /// The table's fences as committed or staged by this applier.
+    fn fences_of(&mut self, table_id: u64) -> Result<&Vec<Fence>> {
+        if !self.fences.contains_key(&table_id) {
+            self.fences.insert(table_id, fences::load(self.db, self.group, table_id)?);
+        }
+        Ok(&self.fences[&table_id])
+    }
+
+    /// The failure of a row op that would store NULL in a fenced column (`None` if none
+    /// would). A refused op leaves the marker history replay skips it by: replaying one table
+    /// alone cannot re-derive the fences, which depend on all of the table's rows.
+    fn fence_refusal(
+        &mut self,
+        batch: &mut WriteBatch,
+        table_id: u64,
+        rows: &[RowWrite],
+        log_index: u64,
+        first_ordinal: u64,
+    ) -> Result<Option<OpResult>> {
+        let Some((row, column)) = fences::refused(self.fences_of(table_id)?, rows) else { return Ok(None) };
+        let refusal = null_refused(column, row);
+        crate::refused::mark(self.db, batch, self.group, log_index, first_ordinal)?;
+        Ok(Some(refusal))
+    }
+
+    /// Fence the column at `slot` of `def` against NULL in this group, after checking that no
+    /// live row holds NULL there (`required`); or lift the fence. See [`crate::fences`].
+    pub fn require_not_null(
+        &mut self,
+        batch: &mut WriteBatch,
+        storage_dir: &std::path::Path,
+        def: &TableDef,
+        slot: u32,
+        required: bool,
+    ) -> Result<OpResult> {
+        let table = format!("{}.{}", def.namespace, def.name);
+        let Some(column) = def.columns.get(slot as usize).filter(|c| !c.dropped && !c.primary_key) else {
+            return Ok(failed(ApplyErrorCode::ConstraintViolation, format!("no such nullable column in {table}")));
+        };
+        let mut fences: Vec<Fence> = self.fences_of(def.table_id)?.iter().filter(|f| f.slot != slot).cloned().collect();
+        if required {
+            let nulls = fences::count_nulls(
+                ColdGroup { db: self.db, storage_dir, group: self.group },
+                def,
+                slot as usize,
+                &self.overlay,
+            )?;
+            if nulls > 0 {
+                return Ok(failed(
+                    ApplyErrorCode::ConstraintViolation,
+                    format!("column '{}' of {table} holds NULL in {nulls} row(s) of group {}", column.name, self.group),
+                ));
+            }
+            fences.push(Fence { slot, column: column.name.clone(), backfill_null: column.backfill.is_none() });
+        }
+        fences::stage(self.db, batch, self.group, def.table_id, &fences)?;
+        self.fences.insert(def.table_id, fences);
+        Ok(OpResult::Done { affected: 0 })
     }
 
     /// Expire a STREAM table's rows in this group: remove every version (tombstones too) whose
@@ -365,8 +416,14 @@ impl<'a> RowApplier<'a> {
         let prefix = table_prefix(self.group, table_id);
         batch.delete_range_cf(cf, prefix.clone(), prefix_end(&prefix));
         self.overlay.retain(|k, _| !k.starts_with(&prefix));
+        fences::stage(self.db, batch, self.group, table_id, &[])?;
+        self.fences.remove(&table_id);
         Ok(OpResult::Done { affected: 0 })
     }
+}
+
+fn null_refused(column: &str, row: usize) -> OpResult {
+    failed(ApplyErrorCode::ConstraintViolation, format!("NULL in NOT NULL column '{column}' (row {row})"))
 }
 
 /// The change record of one row version written by an insert, update or delete.

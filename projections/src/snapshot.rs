@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use kalamdb_log::GroupId;
 
-use crate::cold::{group_files, install_file};
+use crate::cold::{ColdGroup, group_files, install_file};
 use crate::error::{Error, Result};
 use crate::keys::prefix_end;
 use crate::{CF_CATALOG, CF_COLD, CF_ROWS};
@@ -50,7 +50,8 @@ fn put_record(out: &mut Vec<u8>, tag: u8, key: &[u8], val: &[u8]) {
 }
 
 /// The group's projection as a canonical byte stream, followed by its cold files.
-pub fn export_group(db: &DB, group: GroupId, storage_dir: &std::path::Path) -> Result<Vec<u8>> {
+pub fn export_group(at: ColdGroup<'_>) -> Result<Vec<u8>> {
+    let ColdGroup { db, storage_dir, group } = at;
     let mut out = MAGIC.to_vec();
     visit_group(db, group, |tag, k, v| put_record(&mut out, tag, k, v))?;
     for meta in group_files(db, group)? {
@@ -95,13 +96,8 @@ fn take_len(data: &mut &[u8], max: usize) -> Result<usize> {
 /// Stage, into `batch`, the replacement of the group's projection by the snapshot stream. The
 /// whole stream is validated first, and the caller commits the batch together with the new
 /// applied log id: a crash mid-install leaves either the old state or the new one, never a mix.
-pub fn import_group(
-    db: &DB,
-    group: GroupId,
-    data: &[u8],
-    batch: &mut WriteBatch,
-    storage_dir: &std::path::Path,
-) -> Result<()> {
+pub fn import_group(at: ColdGroup<'_>, data: &[u8], batch: &mut WriteBatch) -> Result<()> {
+    let ColdGroup { db, storage_dir, group } = at;
     let mut records = Vec::new();
     let mut files = Vec::new();
     let mut rest = data;

@@ -886,6 +886,16 @@ impl SchemaProvider for NamespaceSchema {
         // Every read of a table (joins, subqueries, INSERT ... SELECT, time travel) resolves
         // it here, so this one check covers them all.
         crate::access::check_read(s.role, &def).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // The past reads through the schema of its time: the columns that existed then,
+        // under the names they had.
+        let def = match as_of {
+            Some(at) => {
+                let (group, _) = s.layout.table_location(&def, &s.user_id);
+                let then = s.rows.schema_as_of(group, &def, at);
+                Arc::new(then.map_err(|e| DataFusionError::External(Box::new(crate::error::Error::from(e))))?)
+            }
+            None => def,
+        };
         let mut table = KalamTable::new(def, s.rows.clone(), &s.layout, &s.user_id, s.barrier.clone());
         table.as_of = as_of;
         table.batch = s.batch.clone();

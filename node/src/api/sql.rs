@@ -24,7 +24,7 @@ pub(crate) struct NodeProposer<'a>(pub(crate) &'a Groups);
 #[async_trait]
 impl Proposer for NodeProposer<'_> {
     async fn propose(&self, group: GroupId, op: Op) -> Result<OpResult, kalamdb_query::Error> {
-        self.0.propose(group, op).await
+        Ok(self.0.propose(group, op).await?)
     }
 }
 

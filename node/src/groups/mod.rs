@@ -7,6 +7,7 @@
 //! barriers, batched per group), `peers` (what this node answers its peers over QUIC); this
 //! file starts the groups and answers questions about them.
 
+mod error;
 mod peers;
 mod propose;
 mod read_index;
@@ -14,10 +15,10 @@ mod read_index;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
+pub use error::GroupError;
 use kalamdb_log::types::{NodeAddr, NodeId, Raft};
 use kalamdb_log::{EncodedCommand, GroupId, GroupLayout, LogCommand, LogDb, LogStore, Op, OpResult, Value};
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader, StorageEnv};
-use kalamdb_query::Error as QueryError;
 use kalamdb_transport::wire::{ForwardResponse, GroupStatus, ReadIndexResponse, RemoteError, StatusResponse};
 use kalamdb_transport::{GroupNetwork, Transport, TransportConfig};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
@@ -32,7 +33,7 @@ use propose::*;
 use read_index::*;
 
 /// Rows one log entry may carry in total, below the projection's `_seq` packing limit.
-pub const BATCH_ROWS_MAX: usize = (kalamdb_projections::rows::ENTRY_ROWS_MAX / 4) as usize;
+pub const BATCH_ROWS_MAX: usize = (kalamdb_projections::stored::ENTRY_ROWS_MAX / 4) as usize;
 /// Estimated bytes one log entry may carry; keeps every entry inside one AppendEntries frame
 /// (`kalamdb_transport::network::APPEND_BYTES_MAX`).
 pub const BATCH_BYTES_MAX: usize = 4 << 20;
@@ -90,8 +91,8 @@ fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>> {
     Ok(Arc::new(c.validate().map_err(|e| Error::Raft(e.to_string()))?))
 }
 
-fn unavailable(group: GroupId, why: &str) -> QueryError {
-    QueryError::Unavailable(format!("group {group}: {why}"))
+fn unavailable(group: GroupId, why: &str) -> GroupError {
+    GroupError::Unavailable(format!("group {group}: {why}"))
 }
 
 /// One group's projection digest on this node (`GET /v1/api/cluster/digest`).
@@ -272,8 +273,8 @@ impl Groups {
         false
     }
 
-    fn group(&self, group: GroupId) -> std::result::Result<&Group, QueryError> {
-        self.groups.get(&group).ok_or_else(|| QueryError::Internal(format!("unknown group {group}")))
+    fn group(&self, group: GroupId) -> std::result::Result<&Group, GroupError> {
+        self.groups.get(&group).ok_or_else(|| GroupError::Internal(format!("unknown group {group}")))
     }
 
     fn leader_of(&self, group: &Group) -> Option<NodeId> {

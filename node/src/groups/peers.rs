@@ -3,18 +3,7 @@
 
 use super::*;
 
-/// Rebuild a query error from the code a remote node reported.
-pub(super) fn query_error_from(code: &str, message: String) -> QueryError {
-    match code {
-        "INVALID_SQL" => QueryError::InvalidSql(message),
-        "WRITE_CONFLICT" => QueryError::Conflict(message),
-        "INTERNAL_ERROR" => QueryError::Internal(message),
-        "NOT_LEADER" => QueryError::NotLeader(message),
-        _ => QueryError::Unavailable(message),
-    }
-}
-
-pub(super) fn remote_failure(e: &QueryError) -> RemoteError {
+pub(super) fn remote_failure(e: &GroupError) -> RemoteError {
     RemoteError::Failed { code: e.code().to_string(), message: e.to_string() }
 }
 
@@ -59,7 +48,7 @@ impl kalamdb_transport::Handler for PeerService {
         match groups.propose_local(g, op, deadline).await {
             Ok((result, index)) => ForwardResponse::Ok { results: vec![result], index },
             Err(ProposeError::NotLeader(leader)) => ForwardResponse::Err(RemoteError::NotLeader { leader }),
-            Err(ProposeError::Query(e)) => ForwardResponse::Err(remote_failure(&e)),
+            Err(ProposeError::Failed(e)) => ForwardResponse::Err(remote_failure(&e)),
         }
     }
 

@@ -8,7 +8,7 @@ use super::*;
 pub(super) enum ProposeError {
     /// This node does not lead the group; nothing was proposed.
     NotLeader(Option<NodeId>),
-    Query(QueryError),
+    Failed(GroupError),
 }
 
 pub(super) type ProposeResult = std::result::Result<(OpResult, u64), ProposeError>;
@@ -53,7 +53,7 @@ impl Groups {
     /// Propose an op: through this node's group commit if it leads the group, otherwise
     /// forwarded over QUIC to the leader. Leader changes are retried until the write timeout;
     /// a retry only happens when the failed attempt certainly proposed nothing.
-    pub async fn propose(&self, group: GroupId, op: Op) -> std::result::Result<OpResult, QueryError> {
+    pub async fn propose(&self, group: GroupId, op: Op) -> std::result::Result<OpResult, GroupError> {
         let g = self.group(group)?;
         // A flush or compaction writes files inside apply: allow it far longer than a row write.
         let timeout = if op.is_storage_job() {
@@ -78,7 +78,7 @@ impl Groups {
                     }
                     return Ok(result);
                 }
-                Err(ProposeError::Query(e)) => return Err(e),
+                Err(ProposeError::Failed(e)) => return Err(e),
                 Err(ProposeError::NotLeader(hint)) => {
                     last_leader = hint.or(leader);
                     if Instant::now() >= deadline {
@@ -89,10 +89,10 @@ impl Groups {
             }
         }
         Err(match last_leader {
-            Some(l) => QueryError::NotLeader(format!(
+            Some(l) => GroupError::NotLeader(format!(
                 "group {group}: leader (last known: node {l}) not reachable within the write timeout"
             )),
-            None => QueryError::Unavailable(format!(
+            None => GroupError::Unavailable(format!(
                 "group {group} has no leader (no quorum reachable from node {})",
                 self.node_id
             )),
@@ -102,13 +102,13 @@ impl Groups {
     pub(super) async fn propose_local(&self, g: &Group, op: Op, deadline: Instant) -> ProposeResult {
         let rows = op_rows(&op);
         if rows > BATCH_ROWS_MAX {
-            return Err(ProposeError::Query(QueryError::InvalidSql(format!(
+            return Err(ProposeError::Failed(GroupError::TooLarge(format!(
                 "a statement writes at most {BATCH_ROWS_MAX} rows"
             ))));
         }
         let bytes = op_bytes(&op);
         if bytes > BATCH_BYTES_MAX {
-            return Err(ProposeError::Query(QueryError::InvalidSql(format!(
+            return Err(ProposeError::Failed(GroupError::TooLarge(format!(
                 "a statement writes at most {BATCH_BYTES_MAX} bytes of row data"
             ))));
         }
@@ -116,37 +116,37 @@ impl Groups {
         let group = g.id;
         tokio::time::timeout_at(deadline, g.queue.send(Proposal { op, rows, bytes, reply }))
             .await
-            .map_err(|_| ProposeError::Query(unavailable(group, "write queue is full")))?
-            .map_err(|_| ProposeError::Query(unavailable(group, "shutting down")))?;
+            .map_err(|_| ProposeError::Failed(unavailable(group, "write queue is full")))?
+            .map_err(|_| ProposeError::Failed(unavailable(group, "shutting down")))?;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(ProposeError::Query(unavailable(group, "the write was dropped"))),
+            Ok(Err(_)) => Err(ProposeError::Failed(unavailable(group, "the write was dropped"))),
             // The write may still commit; the client must treat the outcome as unknown.
-            Err(_) => Err(ProposeError::Query(unavailable(group, "write timed out; its outcome is unknown"))),
+            Err(_) => Err(ProposeError::Failed(unavailable(group, "write timed out; its outcome is unknown"))),
         }
     }
 
     pub(super) async fn propose_remote(&self, g: &Group, leader: NodeId, op: &Op, deadline: Instant) -> ProposeResult {
         let Some(t) = &self.transport else { return Err(ProposeError::NotLeader(None)) };
         let cmd = EncodedCommand::encode(&LogCommand::now(vec![op.clone()]))
-            .map_err(|e| ProposeError::Query(QueryError::Internal(e.to_string())))?;
+            .map_err(|e| ProposeError::Failed(GroupError::Internal(e.to_string())))?;
         let timeout = deadline.saturating_duration_since(Instant::now());
         tracing::debug!(target: "kalamdb_raft", group = %g.id, leader, "forwarding write");
         match t.forward(leader, g.id, &cmd, timeout).await {
             Ok(ForwardResponse::Ok { mut results, index }) if results.len() == 1 => {
                 Ok((results.pop().unwrap_or(OpResult::Skipped), index))
             }
-            Ok(ForwardResponse::Ok { results, .. }) => Err(ProposeError::Query(QueryError::Internal(format!(
+            Ok(ForwardResponse::Ok { results, .. }) => Err(ProposeError::Failed(GroupError::Internal(format!(
                 "leader returned {} results for one op",
                 results.len()
             )))),
             Ok(ForwardResponse::Err(RemoteError::NotLeader { leader })) => Err(ProposeError::NotLeader(leader)),
             Ok(ForwardResponse::Err(RemoteError::Failed { code, message })) => {
-                Err(ProposeError::Query(query_error_from(&code, message)))
+                Err(ProposeError::Failed(GroupError::from_remote(&code, message)))
             }
             // Nothing was sent: safe to retry (maybe with a new leader).
             Err(kalamdb_transport::Error::Unreachable { .. }) => Err(ProposeError::NotLeader(None)),
-            Err(e) => Err(ProposeError::Query(unavailable(g.id, &format!("forwarding failed, outcome unknown: {e}")))),
+            Err(e) => Err(ProposeError::Failed(unavailable(g.id, &format!("forwarding failed, outcome unknown: {e}")))),
         }
     }
 
@@ -211,7 +211,7 @@ pub(super) async fn propose_batch(
         Ok(e) => e,
         Err(e) => {
             for reply in replies {
-                let _ = reply.send(Err(ProposeError::Query(QueryError::Internal(format!("encode command: {e}")))));
+                let _ = reply.send(Err(ProposeError::Failed(GroupError::Internal(format!("encode command: {e}")))));
             }
             return;
         }
@@ -235,14 +235,14 @@ pub(super) async fn propose_batch(
                 f.leader_id
             );
             for reply in replies {
-                let _ = reply.send(Err(ProposeError::Query(QueryError::NotLeader(message.clone()))));
+                let _ = reply.send(Err(ProposeError::Failed(GroupError::NotLeader(message.clone()))));
             }
         }
         Err(e) => {
             tracing::warn!(target: "kalamdb_raft", group = %group, error = %e, "proposal failed");
             let message = format!("group {group}: {e}");
             for reply in replies {
-                let _ = reply.send(Err(ProposeError::Query(QueryError::Unavailable(message.clone()))));
+                let _ = reply.send(Err(ProposeError::Failed(GroupError::Unavailable(message.clone()))));
             }
         }
     }

@@ -20,7 +20,7 @@ pub(super) type ReadIndexWaiter = oneshot::Sender<std::result::Result<u64, ReadI
 impl Groups {
     /// Linearizable read barrier (ReadIndex): learn the leader's commit index after it has
     /// confirmed leadership with a quorum, then wait until this node has applied it.
-    pub async fn read_barrier(&self, group: GroupId) -> std::result::Result<(), QueryError> {
+    pub async fn read_barrier(&self, group: GroupId) -> std::result::Result<(), GroupError> {
         let g = self.group(group)?;
         let deadline = Instant::now() + self.write_timeout;
         loop {
@@ -37,7 +37,9 @@ impl Groups {
                     }
                     return Err(unavailable(group, "this node is too far behind to serve a linearizable read"));
                 }
-                Ok(Ok(Err(ReadIndexError::Failed { code, message }))) => return Err(query_error_from(&code, message)),
+                Ok(Ok(Err(ReadIndexError::Failed { code, message }))) => {
+                    return Err(GroupError::from_remote(&code, message));
+                }
                 Ok(Ok(Err(ReadIndexError::Retry))) | Ok(Err(_)) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(LEADER_RETRY_MS)).await;
                 }

@@ -154,7 +154,7 @@ impl<'a> ColdApplier<'a> {
             // Streamed: one batch per input file and one output file in memory at a time.
             let paths: Vec<PathBuf> = live.iter().map(|f| self.env.storage_dir.join(&f.path)).collect();
             let mut merge =
-                crate::merge::Merge::open(&paths, schema.clone(), pk, &superseded, Some(def), CONVERT_ROWS_MAX)?;
+                super::merge::Merge::open(&paths, schema.clone(), pk, &superseded, Some(def), CONVERT_ROWS_MAX)?;
             let mut head = scope_head(self.db, &sp)?;
             let log_start = live.iter().map(|f| f.log_start).min().unwrap_or(index);
             let log_end = live.iter().map(|f| f.log_end).max().unwrap_or(index);

@@ -8,24 +8,21 @@ use super::*;
 /// hold `key` are decoded (files are sorted by key), so this costs one small read, not a scan.
 /// `None` when no live file holds that version (a compaction retired it after the caller's
 /// lookup); the caller then falls back to a scan.
-#[allow(clippy::too_many_arguments)]
 pub fn cold_row(
-    db: &DB,
-    storage_dir: &Path,
+    at: ColdGroup<'_>,
     metadata: &MetadataCache,
-    group: GroupId,
     def: &TableDef,
     scope: &str,
     key: &kalamdb_log::Value,
     seq: u64,
 ) -> Result<Option<StoredRow>> {
-    let sp = table_scope_prefix(group, def.table_id, scope);
-    let log_index = seq >> crate::rows::SEQ_ORDINAL_BITS;
-    for meta in scope_files(db, &sp)? {
+    let sp = table_scope_prefix(at.group, def.table_id, scope);
+    let log_index = seq >> crate::stored::SEQ_ORDINAL_BITS;
+    for meta in scope_files(at.db, &sp)? {
         if meta.retired_at.is_some() || log_index < meta.log_start || log_index > meta.log_end {
             continue;
         }
-        if let Some(row) = find_in_file(&storage_dir.join(&meta.path), metadata, def, key, seq)? {
+        if let Some(row) = find_in_file(&at.storage_dir.join(&meta.path), metadata, def, key, seq)? {
             return Ok(Some(row));
         }
     }

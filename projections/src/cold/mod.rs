@@ -25,6 +25,7 @@
 mod apply;
 mod files;
 mod lookup;
+mod merge;
 mod view;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -48,7 +49,7 @@ use sha2::{Digest, Sha256};
 use crate::columnar::{ColumnStats, StatsBuilder, rows_to_batch, seq_deleted, storage_schema};
 use crate::error::{Error, Result};
 use crate::keys::{prefix_end, split_scope, table_prefix, table_scope_prefix};
-use crate::rows::StoredRow;
+use crate::stored::StoredRow;
 use crate::{CF_COLD, CF_ROWS};
 
 pub use apply::*;
@@ -206,6 +207,15 @@ impl StorageEnv {
     pub fn new(snapshot_dir: PathBuf, storage_dir: PathBuf) -> Arc<StorageEnv> {
         Arc::new(StorageEnv { snapshot_dir, storage_dir, jobs: JobLog::default(), hot: HotStats::default() })
     }
+}
+
+/// One group's cold storage as readers and apply address it: the projection database that
+/// holds its manifests, the storage root its files live under, and the group.
+#[derive(Clone, Copy)]
+pub struct ColdGroup<'a> {
+    pub db: &'a DB,
+    pub storage_dir: &'a Path,
+    pub group: GroupId,
 }
 
 pub(crate) fn cold_key(scope_prefix: &[u8], kind: u8, rest: &[u8]) -> Vec<u8> {

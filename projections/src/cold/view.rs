@@ -79,14 +79,8 @@ pub(super) fn json_order(a: &serde_json::Value, b: &serde_json::Value) -> Option
 
 /// Hot rows, live files and superseded versions of one table scope under one snapshot; hot
 /// rows only within `range` (a RocksDB range scan).
-pub fn table_view(
-    db: &DB,
-    storage_dir: &Path,
-    group: GroupId,
-    table_id: u64,
-    scope: &str,
-    range: &PkRange,
-) -> Result<TableView> {
+pub fn table_view(at: ColdGroup<'_>, table_id: u64, scope: &str, range: &PkRange) -> Result<TableView> {
+    let ColdGroup { db, storage_dir, group } = at;
     let snap = db.snapshot();
     let rows_cf = cf(db, CF_ROWS)?;
     let cold = cf(db, CF_COLD)?;
@@ -166,4 +160,29 @@ pub fn group_files(db: &DB, group: GroupId) -> Result<Vec<FileMeta>> {
         }
     }
     Ok(out)
+}
+
+/// The live files of every scope of a table in a group, with the `_seq`s of file rows a newer
+/// version superseded (a `_seq` is unique within a group, so one set serves every scope).
+pub fn table_files(db: &DB, group: GroupId, table_id: u64) -> Result<(Vec<(String, FileMeta)>, HashSet<u64>)> {
+    let cold = cf(db, CF_COLD)?;
+    let (mut files, mut superseded) = (Vec::new(), HashSet::new());
+    for item in iter_prefix(db, cold, &table_prefix(group, table_id)) {
+        let (k, v) = item?;
+        let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
+        match rest.first() {
+            Some(&KIND_FILE) => {
+                let meta: FileMeta = unjson(&v)?;
+                if meta.retired_at.is_none() {
+                    files.push((scope.to_string(), meta));
+                }
+            }
+            Some(&KIND_SUPERSEDED) => {
+                let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
+                superseded.insert(u64::from_be_bytes(b));
+            }
+            _ => {}
+        }
+    }
+    Ok((files, superseded))
 }

@@ -103,12 +103,7 @@ impl Engine {
     /// Flush, compact or rebuild one table in every group that may hold its rows; returns the
     /// rows written. Each group's op is one log entry.
     pub async fn storage_job(&self, def: &TableDef, job: StorageJob, proposer: &dyn Proposer) -> Result<u64> {
-        let groups: Vec<GroupId> = match def.table_type {
-            TableType::Shared => vec![self.layout.shared_shard(def.table_id)],
-            TableType::User | TableType::Stream => {
-                self.layout.all().into_iter().filter(|g| matches!(g, GroupId::UserShard(_))).collect()
-            }
-        };
+        let groups = self.layout.table_groups(def);
         let op = || {
             let table = def.clone();
             match job {

@@ -31,6 +31,8 @@ impl Engine {
         proposer: &dyn Proposer,
     ) -> Result<QueryResult> {
         let def = self.resolve_table(&table, ctx)?;
+        // The column SET NOT NULL fenced, to lift again if the catalog refuses the change.
+        let mut fenced = None;
         let (change, description) = match action {
             AlterAction::SetOptions(options) => set_options(&def, options)?,
             AlterAction::SetDefault { column, default } => {
@@ -63,7 +65,9 @@ impl Engine {
             }
             AlterAction::AddColumn(col) => add_column(&def, col)?,
             AlterAction::DropColumn(column) => {
-                non_key_column(&def, &column, " and cannot be dropped")?;
+                let slot = non_key_column(&def, &column, " and cannot be dropped")?;
+                // Its fence goes first: rows written after the drop store NULL there.
+                self.lift_not_null(&def, slot, proposer).await?;
                 let description = format!("DROP COLUMN {column}");
                 (TableChange::DropColumn { column }, description)
             }
@@ -81,9 +85,22 @@ impl Engine {
                 (TableChange::SetType { column, data_type }, description)
             }
             AlterAction::DropNotNull(column) => {
-                non_key_column(&def, &column, " and is always NOT NULL")?;
+                let slot = non_key_column(&def, &column, " and is always NOT NULL")?;
+                // Fences go before the catalog says NULL is fine, so no write the catalog
+                // allows is refused in between.
+                self.lift_not_null(&def, slot, proposer).await?;
                 let description = format!("ALTER COLUMN {column} DROP NOT NULL");
                 (TableChange::DropNotNull { column }, description)
+            }
+            AlterAction::SetNotNull(column) => {
+                let slot = non_key_column(&def, &column, " and is always NOT NULL")?;
+                if !def.columns[slot].nullable {
+                    return Ok(QueryResult::message(0, format!("Column '{column}' is already NOT NULL")));
+                }
+                self.fence_not_null(&def, slot, proposer).await?;
+                fenced = Some(slot);
+                let description = format!("ALTER COLUMN {column} SET NOT NULL");
+                (TableChange::SetNotNull { column }, description)
             }
         };
         let op = Op::AlterTable {
@@ -93,8 +110,43 @@ impl Engine {
             description,
             altered_at_micros: now_micros(),
         };
-        self.propose_ok(proposer, catalog_group(), op).await?;
+        if let Err(e) = self.propose_ok(proposer, catalog_group(), op).await {
+            if let Some(slot) = fenced {
+                // The catalog refused (the column changed meanwhile): the fences go again.
+                let _ = self.lift_not_null(&def, slot, proposer).await;
+            }
+            return Err(e);
+        }
         Ok(QueryResult::message(1, format!("Table '{}.{}' altered", def.namespace, def.name)))
+    }
+
+    /// Fence the column against NULL in every group holding the table, each after checking
+    /// its rows (see `kalamdb_projections::fences`). If one group finds a NULL (or fails), the
+    /// fences already set are lifted again and its refusal is the statement's error.
+    async fn fence_not_null(&self, def: &TableDef, slot: usize, proposer: &dyn Proposer) -> Result<()> {
+        let groups = self.layout.table_groups(def);
+        let op = |required| Op::RequireNotNull { table: def.clone(), slot: slot as u32, required };
+        let results = futures::future::join_all(groups.iter().map(|g| self.propose_ok(proposer, *g, op(true)))).await;
+        let Some(failure) = results.iter().position(Result::is_err) else { return Ok(()) };
+        let fenced = groups.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(g, _)| *g);
+        // Best effort: a fence left behind only refuses NULLs the catalog refuses too, until
+        // the next SET or DROP NOT NULL of the column sets every group straight.
+        let _ = futures::future::join_all(fenced.map(|g| proposer.propose(g, op(false)))).await;
+        results.into_iter().nth(failure).expect("position found above").map(|_| ())
+    }
+
+    /// Lift the column's NOT NULL fences in every group holding the table; a column that
+    /// allows NULL has none.
+    async fn lift_not_null(&self, def: &TableDef, slot: usize, proposer: &dyn Proposer) -> Result<()> {
+        if def.columns[slot].nullable {
+            return Ok(());
+        }
+        let groups = self.layout.table_groups(def);
+        let op = || Op::RequireNotNull { table: def.clone(), slot: slot as u32, required: false };
+        for r in futures::future::join_all(groups.iter().map(|g| self.propose_ok(proposer, *g, op()))).await {
+            r?;
+        }
+        Ok(())
     }
 
     pub(super) fn describe_history(&self, table: TableName, ctx: &ExecContext) -> Result<QueryResult> {

@@ -328,7 +328,8 @@ fn option_value(c: &mut Cursor<'_, '_>, key: &str) -> Result<String> {
 }
 
 /// After `ALTER TABLE`: `t SET ACCESS_LEVEL x`, `t SET (KEY = value, ...)`, `t ALTER [COLUMN] c
-/// SET DEFAULT expr | DROP DEFAULT`, `t RENAME [COLUMN] a TO b`, `t ADD [COLUMN] c TYPE ...`.
+/// SET DEFAULT expr | DROP DEFAULT | [SET DATA] TYPE type | SET NOT NULL | DROP NOT NULL`,
+/// `t RENAME [COLUMN] a TO b`, `t ADD [COLUMN] c TYPE ...`, `t DROP [COLUMN] c`.
 fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
     let table = c.table_name()?;
     let action = if c.eat_kw("SET") {
@@ -351,10 +352,10 @@ fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
             AlterAction::SetType { column, data_type: parse_data_type(c)? }
         } else if c.eat_kws(&["DROP", "NOT", "NULL"]) {
             AlterAction::DropNotNull(column)
-        } else if c.peek_kws(&["SET", "NOT", "NULL"]) {
-            return Err(not_yet("ALTER COLUMN ... SET NOT NULL"));
+        } else if c.eat_kws(&["SET", "NOT", "NULL"]) {
+            AlterAction::SetNotNull(column)
         } else {
-            return Err(c.unexpected("SET DEFAULT or DROP DEFAULT"));
+            return Err(c.unexpected("SET DEFAULT, DROP DEFAULT, TYPE, SET NOT NULL or DROP NOT NULL"));
         }
     } else if c.eat_kw("RENAME") {
         let _ = c.eat_kw("COLUMN");
@@ -374,11 +375,6 @@ fn parse_alter_table(c: &mut Cursor<'_, '_>) -> Result<Statement> {
     };
     c.expect_end()?;
     Ok(Statement::AlterTable { table, action })
-}
-
-/// ALTER TABLE forms that need stable column ids, which the storage does not have yet.
-fn not_yet(what: &str) -> Error {
-    Error::InvalidSql(format!("{what} is not supported yet (issue 18)"))
 }
 
 /// `name TYPE [NOT NULL | NULL] [DEFAULT expr] [PRIMARY KEY]`, options in any order.

@@ -187,6 +187,8 @@ pub enum AlterAction {
     SetType { column: String, data_type: DataType },
     /// `ALTER [COLUMN] c DROP NOT NULL`.
     DropNotNull(String),
+    /// `ALTER [COLUMN] c SET NOT NULL`.
+    SetNotNull(String),
 }
 
 /// What `ALTER USER` changes.

@@ -330,7 +330,7 @@ pub async fn tail(
     if groups.is_cluster()
         && let Err(e) = groups.read_barrier(GroupId::Meta(MetaGroup::Catalog)).await
     {
-        return crate::api::query_error_response(&e, start);
+        return crate::api::query_error_response(&kalamdb_query::Error::from(e), start);
     }
     let chosen = [q.table.is_some(), q.namespace.is_some(), q.group.is_some()].iter().filter(|b| **b).count();
     if chosen != 1 {
@@ -597,7 +597,7 @@ async fn last_rows(
         let mut out = Vec::with_capacity(rows.len());
         for row in rows.into_iter().rev() {
             let seq = row.last().and_then(J::as_u64).unwrap_or(0);
-            if seq >> kalamdb_projections::rows::SEQ_ORDINAL_BITS > before {
+            if seq >> kalamdb_projections::stored::SEQ_ORDINAL_BITS > before {
                 continue;
             }
             let mut obj = Map::new();

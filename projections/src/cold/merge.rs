@@ -77,7 +77,7 @@ impl<'a> Merge<'a> {
             empty: RecordBatch::new_empty(schema.clone()),
         };
         for path in paths {
-            let reader = crate::cold::open_parquet(path.as_ref(), batch_rows)?;
+            let reader = super::files::open_parquet(path.as_ref(), batch_rows)?;
             let cursor = merge.advance(reader)?;
             merge.cursors.push(cursor);
         }

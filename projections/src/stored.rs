@@ -1,0 +1,41 @@
+//! The stored form of a row version and its `_seq` (log index and ordinal packed into one
+//! number): the bottom of the row projection, shared by hot rows, files and history.
+
+use kalamdb_log::Value;
+use rkyv::{Archive, Deserialize as RDeserialize, Serialize as RSerialize};
+
+use crate::error::{Error, Result};
+
+/// Rows one log entry may write: `_seq` packs the entry's log index with the row's ordinal.
+pub const ENTRY_ROWS_MAX: u64 = 1 << SEQ_ORDINAL_BITS;
+/// Low bits of `_seq` that hold the row's ordinal within its entry.
+pub const SEQ_ORDINAL_BITS: u32 = 20;
+
+/// `_seq` of the `ordinal`-th row written by the entry at `log_index`: monotonic in log order.
+/// Every row op of an entry takes `rows.len()` ordinals whether it succeeds or not, so a row's
+/// `_seq` depends only on the entry's ops, never on other tables' state (time travel and
+/// rebuild replay one table's ops alone).
+pub fn make_seq(log_index: u64, ordinal: u64) -> u64 {
+    assert!(ordinal < ENTRY_ROWS_MAX, "entry writes more than ENTRY_ROWS_MAX rows");
+    assert!(log_index < (1 << (63 - SEQ_ORDINAL_BITS)), "log index overflows _seq");
+    (log_index << SEQ_ORDINAL_BITS) | ordinal
+}
+
+/// The newest version of a row.
+#[derive(Archive, RSerialize, RDeserialize, Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    pub seq: u64,
+    pub deleted: bool,
+    /// Column values in table order; empty for a tombstone.
+    pub values: Vec<Value>,
+}
+
+impl StoredRow {
+    pub fn encode(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self).map(|v| v.into_vec()).expect("row encoding cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<StoredRow> {
+        rkyv::from_bytes::<StoredRow, rkyv::rancor::Error>(bytes).map_err(|e| Error::Corrupt(e.to_string()))
+    }
+}
