@@ -396,6 +396,14 @@ pub enum Op {
     Rebuild {
         table: TableDef,
     },
+    /// Delete the files retired (by a compaction or a dropped table) at or before log index
+    /// `upto`: their records and their bytes. The group's leader proposes it only once every
+    /// member has applied past `upto`, so no member can still need them (to apply the entry
+    /// that retired them, or to read them); with one storage folder shared by every node, the
+    /// first node to apply it unlinks for all.
+    DeleteRetired {
+        upto: u64,
+    },
     /// Fence a column against NULL in this group (`required`), or lift the fence. Fencing
     /// first checks every live row of the table here, hot and cold, and fails if one holds
     /// NULL in the column; once fenced, every write that would store NULL there fails. This
@@ -449,6 +457,7 @@ impl Op {
             Op::Compact { .. } => "compact",
             Op::Rebuild { .. } => "rebuild",
             Op::RequireNotNull { .. } => "require_not_null",
+            Op::DeleteRetired { .. } => "delete_retired",
             Op::CreateUser { .. } => "create_user",
             Op::AlterUser { .. } => "alter_user",
             Op::DropUser { .. } => "drop_user",
@@ -460,7 +469,14 @@ impl Op {
     /// in a write batch of their own, so they see (and their files agree with) everything
     /// applied before them.
     pub fn is_storage_job(&self) -> bool {
-        matches!(self, Op::Flush { .. } | Op::Compact { .. } | Op::Rebuild { .. } | Op::RequireNotNull { .. })
+        matches!(
+            self,
+            Op::Flush { .. }
+                | Op::Compact { .. }
+                | Op::Rebuild { .. }
+                | Op::RequireNotNull { .. }
+                | Op::DeleteRetired { .. }
+        )
     }
 }
 

@@ -171,6 +171,10 @@ pub struct StorageConfig {
     pub flush_policy: String,
     /// A table scope with at least this many Parquet files is compacted after an automatic flush.
     pub compact_files_min: u64,
+    /// How long a retired Parquet file (replaced by a compaction, or of a dropped table) stays
+    /// on disk after every member has applied past its retirement, so queries that were
+    /// already reading it can finish.
+    pub retired_file_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -276,6 +280,7 @@ impl Default for StorageConfig {
             storage_path: None,
             flush_policy: "rows:100000,interval:600".into(),
             compact_files_min: 8,
+            retired_file_grace_secs: 300,
         }
     }
 }
@@ -336,6 +341,9 @@ const SECTIONS: [&str; 10] =
 
 /// Shortest `auth.jwt_secret` accepted.
 pub const TOKEN_SECRET_BYTES_MIN: usize = 16;
+/// Longest `storage.retired_file_grace_secs`: a week (files wait longer only for members
+/// behind).
+pub const RETIRED_FILE_GRACE_SECS_MAX: u64 = 7 * 24 * 3600;
 /// Longest token lifetime accepted (30 days).
 pub const TOKEN_TTL_SECS_MAX: u64 = 30 * 24 * 3600;
 
@@ -420,6 +428,9 @@ impl Config {
         }
         if self.storage.compact_files_min < 2 {
             return bad("storage.compact_files_min must be at least 2".into());
+        }
+        if self.storage.retired_file_grace_secs > RETIRED_FILE_GRACE_SECS_MAX {
+            return bad(format!("storage.retired_file_grace_secs must be at most {RETIRED_FILE_GRACE_SECS_MAX}"));
         }
         if self.limits.batch_ops_max == 0
             || self.limits.proposals_in_flight_max == 0

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod file_retirement;
 pub mod groups;
 pub mod metrics;
 pub mod query_runtime;
@@ -44,6 +45,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let flush_policy = kalamdb_query::FlushPolicy::parse(&cfg.storage.flush_policy)
         .map_err(|e| Error::Config(format!("storage.flush_policy: {e}")))?;
     tokio::spawn(storage::run_auto_flush(groups.clone(), flush_policy, cfg.storage.compact_files_min));
+    let grace = std::time::Duration::from_secs(cfg.storage.retired_file_grace_secs);
+    tokio::spawn(file_retirement::run(groups.clone(), grace));
     let auth = Arc::new(auth::Auth::new(&cfg, groups.catalog.clone(), Some(groups.clone()))?);
     if let Some(role) = auth.anonymous_role() {
         tracing::warn!(

@@ -45,7 +45,7 @@ fn parquet_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn flush_query_rewrite_compact_restart() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let s = Server::start_on(dir.path(), port).await;
+    let s = Server::start_with(dir.path(), port, &[("KALAMDB_STORAGE_RETIRED_FILE_GRACE_SECS", "1")]).await;
     load(&s).await;
     let sum: f64 = (0..ROWS).map(|i| i as f64 + 0.5).sum();
     assert_eq!(totals(&s).await, json!([ROWS, ROWS, sum]));
@@ -92,9 +92,14 @@ async fn flush_query_rewrite_compact_restart() {
     let r = s.sql_ok("STORAGE COMPACT TABLE app.orders").await;
     assert!(r["message"].as_str().unwrap().contains(&format!("{} row(s) kept", ROWS - 9)), "{r}");
     assert_eq!(totals(&s).await, expected);
-    // Retired files stay until the next compaction (a running query may still read them).
+    // Retired files stay (a running query may still read them) until every member applied
+    // past the compaction and the grace period passed (1 s here), then a log entry deletes them.
     s.sql_ok("STORAGE COMPACT TABLE app.orders").await;
-    assert_eq!(parquet_files(dir.path()).len(), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while parquet_files(dir.path()).len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "retired files stayed: {:?}", parquet_files(dir.path()));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert_eq!(totals(&s).await, expected);
 
     let r = s

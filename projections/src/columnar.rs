@@ -121,11 +121,8 @@ pub fn table_schema(def: &TableDef) -> SchemaRef {
 /// a rename does not change), then `_seq` and `_deleted`. Nullable but for the key, as the
 /// query schema is.
 pub fn storage_schema(def: &TableDef) -> SchemaRef {
-    let mut fields: Vec<Field> = def
-        .columns
-        .iter()
-        .map(|c| arrow_field(c.storage_name(), c.data_type, !c.primary_key))
-        .collect();
+    let mut fields: Vec<Field> =
+        def.columns.iter().map(|c| arrow_field(c.storage_name(), c.data_type, !c.primary_key)).collect();
     fields.push(Field::new(SEQ_COLUMN, ArrowType::Int64, false));
     fields.push(Field::new(DELETED_COLUMN, ArrowType::Boolean, false));
     Arc::new(Schema::new(fields))

@@ -290,7 +290,7 @@ const SCHEMA_DATING_ENTRIES_MAX: u64 = 64;
 pub fn schema_as_of(log_db: &std::sync::Arc<LogDb>, group: GroupId, def: &TableDef, at: u64) -> Result<TableDef> {
     let store = LogStore::new(log_db.clone(), group)?;
     let from = at.saturating_sub(SCHEMA_DATING_ENTRIES_MAX - 1).max(1);
-    let entries = store.read_range(from, at + 1)?;
+    let entries = store.read_range(from, at.saturating_add(1))?;
     for entry in entries.iter().rev() {
         if let EntryPayload::Normal(encoded) = &entry.payload {
             let micros = encoded.decode()?.committed_at_micros;

@@ -204,7 +204,7 @@ impl Projection {
                 Ok(OpResult::Done { affected })
             }
             Op::PurgeTable { table_id } if is_data => {
-                ColdApplier::new(db, self.group, &self.env).purge(batch, *table_id)?;
+                ColdApplier::new(db, self.group, &self.env).purge(batch, *table_id, log_index)?;
                 rows.purge_table(batch, *table_id)
             }
             Op::Flush { table, scope } if is_data => {
@@ -220,6 +220,9 @@ impl Projection {
                     }
                     other => other,
                 }
+            }
+            Op::DeleteRetired { upto } if is_data => {
+                ColdApplier::new(db, self.group, &self.env).delete_retired(batch, *upto)
             }
             Op::RequireNotNull { table, slot, required } if is_data => {
                 rows.require_not_null(batch, &self.env.storage_dir, table, *slot, *required)

@@ -54,7 +54,9 @@ pub fn export_group(at: ColdGroup<'_>) -> Result<Vec<u8>> {
     let ColdGroup { db, storage_dir, group } = at;
     let mut out = MAGIC.to_vec();
     visit_group(db, group, |tag, k, v| put_record(&mut out, tag, k, v))?;
-    for meta in group_files(db, group)? {
+    // Retired files are not sent: no reader needs them, and the receiver's delete of them is
+    // idempotent (see `cold::retire`).
+    for meta in group_files(db, group)?.into_iter().filter(|m| m.retired_at.is_none()) {
         let bytes = std::fs::read(storage_dir.join(&meta.path))
             .map_err(|e| Error::Snapshot(format!("cold file {} for the snapshot: {e}", meta.path)))?;
         put_record(&mut out, FILE_TAG, meta.path.as_bytes(), &bytes);

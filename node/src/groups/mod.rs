@@ -237,6 +237,13 @@ impl Groups {
         self.groups.get(&group).map_or(0, |g| *g.applied.borrow())
     }
 
+    /// Every member of `group` (voters and learners) in this node's view of its membership.
+    pub fn members_of(&self, group: GroupId) -> Vec<NodeId> {
+        self.groups.get(&group).map_or_else(Vec::new, |g| {
+            g.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect()
+        })
+    }
+
     /// A watch of `group`'s applied index; `None` for a group this node does not host.
     pub fn applied_watch(&self, group: GroupId) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.groups.get(&group).map(|g| g.applied.clone())

@@ -10,9 +10,9 @@ const _: () = assert!(FILE_ROWS_MAX.is_multiple_of(CONVERT_ROWS_MAX));
 
 /// Cold-storage work of one apply call on one group.
 pub struct ColdApplier<'a> {
-    db: &'a DB,
-    group: GroupId,
-    env: &'a StorageEnv,
+    pub(super) db: &'a DB,
+    pub(super) group: GroupId,
+    pub(super) env: &'a StorageEnv,
 }
 
 /// Result of flushing or compacting one scope.
@@ -137,17 +137,8 @@ impl<'a> ColdApplier<'a> {
                     Ok(u64::from_be_bytes(b) as i64)
                 })
                 .collect::<Result<_>>()?;
+            // Files retired by earlier compactions stay until `Op::DeleteRetired` (see `retire`).
             let live: Vec<&FileMeta> = files.iter().filter(|f| f.retired_at.is_none()).collect();
-            // Files retired by an earlier compaction have been out of every manifest since;
-            // they go now.
-            for f in files.iter().filter(|f| f.retired_at.is_some()) {
-                match std::fs::remove_file(self.env.storage_dir.join(&f.path)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-                batch.delete_cf(cold, cold_key(&sp, KIND_FILE, &f.file_no.to_be_bytes()));
-            }
             if live.len() <= 1 && superseded.is_empty() {
                 continue;
             }
@@ -194,7 +185,9 @@ impl<'a> ColdApplier<'a> {
             for f in &live {
                 let mut retired = (*f).clone();
                 retired.retired_at = Some(index);
-                batch.put_cf(cold, cold_key(&sp, KIND_FILE, &f.file_no.to_be_bytes()), json(&retired)?);
+                let record = cold_key(&sp, KIND_FILE, &f.file_no.to_be_bytes());
+                batch.put_cf(cold, &record, json(&retired)?);
+                super::retire::stage_retired(self.db, batch, self.group, index, &record, &f.path)?;
             }
             let markers = cold_key(&sp, KIND_SUPERSEDED, &[]);
             batch.delete_range_cf(cold, markers.clone(), prefix_end(&markers));
@@ -243,8 +236,10 @@ impl<'a> ColdApplier<'a> {
         })
     }
 
-    /// Remove every cold record and file of a dropped table in this group.
-    pub fn purge(&self, batch: &mut WriteBatch, table_id: u64) -> Result<()> {
+    /// Remove every cold record of a dropped table in this group; its files not retired yet
+    /// are retired at `index` (deleted by a later `Op::DeleteRetired`, as a member behind may
+    /// still apply a compaction of the table that reads them).
+    pub fn purge(&self, batch: &mut WriteBatch, table_id: u64, index: u64) -> Result<()> {
         let cold = cf(self.db, CF_COLD)?;
         let prefix = table_prefix(self.group, table_id);
         for item in iter_prefix(self.db, cold, &prefix) {
@@ -252,10 +247,8 @@ impl<'a> ColdApplier<'a> {
             let (_, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
             if rest.first() == Some(&KIND_FILE) {
                 let meta: FileMeta = unjson(&v)?;
-                match std::fs::remove_file(self.env.storage_dir.join(&meta.path)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
+                if meta.retired_at.is_none() {
+                    super::retire::stage_retired(self.db, batch, self.group, index, &k, &meta.path)?;
                 }
             }
         }

@@ -26,6 +26,7 @@ mod apply;
 mod files;
 mod lookup;
 mod merge;
+mod retire;
 mod view;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -55,6 +56,7 @@ use crate::{CF_COLD, CF_ROWS};
 pub use apply::*;
 pub use files::*;
 pub use lookup::*;
+pub use retire::oldest_retired;
 pub use view::*;
 
 /// Rows in one Parquet file; a larger flush writes several files.

@@ -1,0 +1,130 @@
+//! Retired Parquet files on storage every node shares (issue 19): a node that was down while
+//! the others flushed and compacted comes back and replays (or installs a snapshot, when the
+//! log was purged past it) without missing a file; retired files are deleted only after every
+//! member applied past their retirement; a kill -9 of the whole cluster, also right between a
+//! compaction and the delete of what it replaced, loses nothing.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use serde_json::json;
+
+/// Rounds of insert + flush while node 3 is down; every second round also compacts.
+const ROUNDS: usize = 4;
+/// Rows inserted per round.
+const ROUND_ROWS: usize = 25;
+/// How long retired files may take to go once every member caught up.
+const DELETE_WAIT: Duration = Duration::from_secs(30);
+
+fn parquet_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Wait until exactly `n` Parquet files are left under `dir`.
+async fn wait_files(dir: &Path, n: usize) {
+    let deadline = Instant::now() + DELETE_WAIT;
+    loop {
+        let files = parquet_files(dir);
+        if files.len() == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "expected {n} files under {}, found {files:#?}", dir.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn count(c: &Cluster, n: usize) -> serde_json::Value {
+    c.node(n).sql_ok("SELECT count(*), sum(v) FROM app.t").await["rows"].clone()
+}
+
+async fn lagging_node_catches_up(purge_log: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared-storage");
+    let shared_text = shared.display().to_string();
+    let mut env =
+        vec![("KALAMDB_STORAGE_STORAGE_PATH", shared_text.as_str()), ("KALAMDB_STORAGE_RETIRED_FILE_GRACE_SECS", "1")];
+    if purge_log {
+        env.extend([("KALAMDB_RAFT_SNAPSHOT_LOGS_SINCE_LAST", "20"), ("KALAMDB_RAFT_LOGS_TO_KEEP", "5")]);
+    }
+    let mut c = Cluster::start(dir.path(), &env).await;
+    c.node(1).sql_ok("CREATE NAMESPACE app").await;
+    c.node(1).sql_ok("CREATE TABLE app.t (id BIGINT PRIMARY KEY, v BIGINT) WITH (TYPE = 'SHARED')").await;
+
+    c.kill9(3);
+    let mut next = 0;
+    for round in 1..=ROUNDS {
+        let values: Vec<String> = (0..ROUND_ROWS).map(|i| format!("({}, {})", next + i, next + i)).collect();
+        next += ROUND_ROWS;
+        c.node(1).sql_ok(&format!("INSERT INTO app.t (id, v) VALUES {}", values.join(", "))).await;
+        // Some rows change after their flush, so compactions drop superseded versions.
+        c.node(2).sql_ok(&format!("UPDATE app.t SET v = v + 1 WHERE id = {}", next - ROUND_ROWS)).await;
+        c.node(2).sql_ok("FLUSH TABLE app.t").await;
+        if round % 2 == 0 {
+            c.node(1).sql_ok("STORAGE COMPACT TABLE app.t").await;
+        }
+        if purge_log {
+            // Enough entries for a snapshot and a purge past node 3's position.
+            for i in 0..25 {
+                c.node(1).sql_ok(&format!("UPDATE app.t SET v = v WHERE id = {i}")).await;
+            }
+        }
+    }
+    let expected = count(&c, 1).await;
+    let n = (ROUNDS * ROUND_ROWS) as i64;
+    let sum = n * (n - 1) / 2 + ROUNDS as i64;
+    assert_eq!(expected, json!([[n, sum]]));
+    // Node 3 is a member that did not apply the compactions: nothing they retired may go.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(parquet_files(&shared).len() > 1, "retired files went while node 3 was behind");
+
+    c.restart(3).await;
+    assert_eq!(count(&c, 3).await, expected, "node 3 after catching up");
+    c.assert_converged().await;
+    // Everyone is past every retirement: the last round compacted, so its one file is left.
+    wait_files(&shared, 1).await;
+
+    // A compaction, then kill -9 of every node before its retired files can go.
+    c.node(1).sql_ok("INSERT INTO app.t (id, v) VALUES (1000, 1)").await;
+    c.node(1).sql_ok("FLUSH TABLE app.t").await;
+    c.node(2).sql_ok("STORAGE COMPACT TABLE app.t").await;
+    for i in 1..=3 {
+        c.kill9(i);
+    }
+    c.restart_all(&[1, 2, 3]).await;
+    let after = json!([[n + 1, sum + 1]]);
+    for i in 1..=3 {
+        assert_eq!(count(&c, i).await, after, "node {i} after the whole cluster restarted");
+    }
+    c.assert_converged().await;
+    wait_files(&shared, 1).await;
+    for i in 1..=3 {
+        assert_eq!(count(&c, i).await, after, "node {i} after the retired files went");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_replays_compactions_on_shared_storage() {
+    lagging_node_catches_up(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_purged_log_installs_a_snapshot_on_shared_storage() {
+    lagging_node_catches_up(true).await;
+}
