@@ -256,9 +256,27 @@ pub fn ttl_secs(def: &TableDef) -> Option<u64> {
     def.options.iter().find(|(k, _)| k == TTL_OPTION).and_then(|(_, v)| v.trim().parse().ok())
 }
 
+/// Table options `WITH (...)` and `ALTER TABLE ... SET (...)` accept (besides `TYPE`).
+pub const TABLE_OPTIONS: [&str; 3] = [ACCESS_LEVEL_OPTION, "FLUSH_POLICY", TTL_OPTION];
+
+/// Refuse an option this server does not implement: one accepted and ignored would let a user
+/// believe a table has a property it has not.
+pub(super) fn check_option_name(key: &str) -> Result<()> {
+    if TABLE_OPTIONS.contains(&key) {
+        return Ok(());
+    }
+    Err(Error::InvalidSql(match key {
+        "STORAGE_ID" | "USE_USER_STORAGE" => format!(
+            "table option {key} is not supported: every table's files live under the node's storage.storage_path"
+        ),
+        _ => format!("unknown table option '{key}' (known: TYPE, {})", TABLE_OPTIONS.join(", ")),
+    }))
+}
+
 /// STREAM tables take `TTL_SECONDS` and never flush; other tables take no TTL.
 pub(super) fn check_stream_options(table_type: TableType, options: &[(String, String)]) -> Result<()> {
     for (k, v) in options {
+        check_option_name(k)?;
         match (table_type, k.as_str()) {
             (TableType::Stream, TTL_OPTION) => match v.trim().parse::<u64>() {
                 Ok(n) if (1..=TTL_SECONDS_MAX).contains(&n) => {}
