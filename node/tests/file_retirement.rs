@@ -1,8 +1,9 @@
 //! Retired Parquet files on storage every node shares (issue 19): a node that was down while
 //! the others flushed and compacted comes back and replays (or installs a snapshot, when the
 //! log was purged past it) without missing a file; retired files are deleted only after every
-//! member applied past their retirement; a kill -9 of the whole cluster, also right between a
-//! compaction and the delete of what it replaced, loses nothing.
+//! member applied past their retirement; a kill -9 of the whole cluster right between a
+//! compaction and the delete of what it replaced, or a crash in the middle of that delete,
+//! loses nothing.
 
 mod common;
 
@@ -127,4 +128,37 @@ async fn a_node_behind_replays_compactions_on_shared_storage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_a_purged_log_installs_a_snapshot_on_shared_storage() {
     lagging_node_catches_up(true).await;
+}
+
+/// A crash in the middle of deleting retired files (after the unlink, before the batch that
+/// drops their records commits): the delete is applied again after the restart, finds the
+/// files gone, drops the records, and every row is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_deleting_retired_files_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let env = [("KALAMDB_FAILPOINTS", "delete-retired-after-unlink"), ("KALAMDB_STORAGE_RETIRED_FILE_GRACE_SECS", "1")];
+    let mut s = common::Server::start_with(dir.path(), port, &env).await;
+    s.sql_ok("CREATE NAMESPACE app").await;
+    s.sql_ok("CREATE TABLE app.t (id BIGINT PRIMARY KEY, v BIGINT) WITH (TYPE = 'SHARED')").await;
+    for round in 0..3i64 {
+        let values: Vec<String> = (0..10).map(|i| format!("({}, 1)", round * 10 + i)).collect();
+        s.sql_ok(&format!("INSERT INTO app.t (id, v) VALUES {}", values.join(", "))).await;
+        s.sql_ok("FLUSH TABLE app.t").await;
+    }
+    s.sql_ok("STORAGE COMPACT TABLE app.t").await;
+    // The retirement task proposes the delete within a few seconds; applying it aborts.
+    let deadline = Instant::now() + DELETE_WAIT;
+    while common::post_sql(port, "SELECT 1").await.is_ok() {
+        assert!(Instant::now() < deadline, "the server did not reach the crash point");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.kill9();
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(log.contains("failpoint delete-retired-after-unlink hit"), "crash point not reached:\n{log}");
+
+    let s = common::Server::start_with(dir.path(), port, &[("KALAMDB_STORAGE_RETIRED_FILE_GRACE_SECS", "1")]).await;
+    assert_eq!(s.sql_ok("SELECT count(*), sum(v) FROM app.t").await["rows"], json!([[30, 30]]));
+    wait_files(dir.path(), 1).await;
+    assert_eq!(s.sql_ok("SELECT count(*), sum(v) FROM app.t WHERE id >= 0").await["rows"], json!([[30, 30]]));
 }
