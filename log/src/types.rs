@@ -1,7 +1,6 @@
 //! The openraft type configuration shared by every Raft group of a node.
 
 use std::fmt;
-use std::io::Cursor;
 
 use crate::command::{ApplyResponse, EncodedCommand};
 
@@ -28,7 +27,9 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        // A file: snapshots are built, sent, received and installed in chunks, never whole
+        // in memory.
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

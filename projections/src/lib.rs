@@ -16,6 +16,7 @@ pub mod refused;
 pub mod rows;
 pub mod sm;
 pub mod snapshot;
+pub mod snapshot_store;
 pub mod stored;
 pub mod users;
 

@@ -2,8 +2,7 @@
 //! catalog and row column families in one write batch per `apply` call, with the last-applied
 //! log id and membership in that same batch, so the projection and its position never diverge.
 
-use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use kalamdb_log::command::ApplyErrorCode;
@@ -22,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::rows::RowApplier;
 use crate::sm::{KEY_APPLIED, KEY_MEMBERSHIP, sm_key};
 use crate::snapshot::{export_group, import_group};
+use crate::snapshot_store::SnapshotStore;
 
 /// Reserve `n` ordinals of the entry for one row op; returns the first.
 fn take_ordinals(ordinal: &mut u64, n: usize) -> u64 {
@@ -48,6 +48,8 @@ pub struct Projection {
     membership: StoredMembership,
     applied_tx: watch::Sender<u64>,
     snapshot_seq: u64,
+    /// The file the snapshot being received is written to (by openraft, chunk by chunk).
+    receiving: Option<PathBuf>,
 }
 
 impl Projection {
@@ -73,7 +75,17 @@ impl Projection {
             catalog.users.load(&db, group)?;
         }
         let (applied_tx, _) = watch::channel(applied.map_or(0, |l| l.index));
-        Ok(Projection { log_db, group, catalog, env, applied, membership, applied_tx, snapshot_seq: 0 })
+        Ok(Projection {
+            log_db,
+            group,
+            catalog,
+            env,
+            applied,
+            membership,
+            applied_tx,
+            snapshot_seq: 0,
+            receiving: None,
+        })
     }
 
     /// Subscribe to the last applied index (for read-your-writes and linearizable reads).
@@ -89,8 +101,8 @@ impl Projection {
         ColdGroup { db: self.db(), storage_dir: &self.env.storage_dir, group: self.group }
     }
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.env.snapshot_dir.join(format!("group-{:08x}.snap", self.group.to_u32()))
+    fn snapshots(&self) -> SnapshotStore {
+        SnapshotStore::new(&self.env.snapshot_dir, self.group)
     }
 
     fn stage_position(&self, batch: &mut WriteBatch) -> Result<()> {
@@ -335,31 +347,52 @@ impl RaftStateMachine<TypeConfig> for Projection {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
-        // Exported here, while `&mut self` excludes apply, so data and position agree.
-        let data = export_group(self.cold());
+        // Exported here, while `&mut self` excludes apply, so data and position agree. The
+        // stream goes to a file as it is produced.
+        let store = self.snapshots();
+        let data = store.building().and_then(|path| {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            export_group(self.cold(), &mut out)?;
+            out.into_inner().map_err(|e| Error::Snapshot(format!("snapshot file: {e}")))?;
+            Ok(path)
+        });
         ProjectionSnapshotBuilder {
             group: self.group,
             applied: self.applied,
             membership: self.membership.clone(),
             data,
-            path: self.snapshot_path(),
+            store,
             seq: self.snapshot_seq,
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snapshots().receiving().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.receiving = Some(path);
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        use std::io::{Seek, SeekFrom};
+        let mut file = snapshot.into_std().await;
         let db = self.log_db.db().clone();
         let mut batch = WriteBatch::default();
-        import_group(self.cold(), &data, &mut batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let bytes = file.seek(SeekFrom::End(0)).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        file.seek(SeekFrom::Start(0)).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        // Streamed from the received file: records into the batch, cold files to disk.
+        let mut input = std::io::BufReader::new(&mut file);
+        import_group(self.cold(), &mut input, &mut batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         // The entries the snapshot covers were never applied here: their change records
         // cannot exist, so the tail of this node starts after the snapshot.
         let new_floor = meta.last_log_id.map_or(0, |l| l.index) + 1;
@@ -379,76 +412,56 @@ impl RaftStateMachine<TypeConfig> for Projection {
         if self.group == GroupId::Meta(MetaGroup::Users) {
             self.catalog.users.load(&db, self.group).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         }
-        write_snapshot_file(&self.snapshot_path(), meta, &data).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        // The received file becomes this node's current snapshot as it is; a snapshot handed
+        // over without `begin_receiving_snapshot` is copied (streamed) into a file of its own.
+        let received = match self.receiving.take() {
+            Some(path) => path,
+            None => {
+                let path = self.snapshots().receiving().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                file.seek(SeekFrom::Start(0)).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                let mut copy = std::fs::File::create(&path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                std::io::copy(&mut file, &mut copy).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                path
+            }
+        };
+        self.snapshots().publish(&received, meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.applied_tx.send_replace(self.applied.map_or(0, |l| l.index));
-        tracing::info!(target: "kalamdb_raft", group = %self.group, last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot installed");
+        tracing::info!(target: "kalamdb_raft", group = %self.group, last_log_id = ?meta.last_log_id, bytes, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        read_snapshot_file(&self.snapshot_path()).map_err(|e| snap_err(ErrorVerb::Read, e))
+        let Some((meta, path)) = self.snapshots().current().map_err(|e| snap_err(ErrorVerb::Read, e))? else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
     }
 }
 
-/// Builds the snapshot file from data exported when the builder was created.
+/// Turns the file exported when the builder was created into the current snapshot.
 pub struct ProjectionSnapshotBuilder {
     group: GroupId,
     applied: Option<LogId>,
     membership: StoredMembership,
-    data: Result<Vec<u8>>,
-    path: PathBuf,
+    data: Result<PathBuf>,
+    store: SnapshotStore,
     seq: u64,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ProjectionSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let data = match std::mem::replace(&mut self.data, Ok(Vec::new())) {
-            Ok(d) => d,
-            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
-        };
+        let built = std::mem::replace(&mut self.data, Err(Error::Snapshot("snapshot already built".into())));
+        let built = built.map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let snapshot_id = match self.applied {
             Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.seq),
             None => format!("{}-0-0-{}", self.group, self.seq),
         };
         let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
-        write_snapshot_file(&self.path, &meta, &data).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let path = self.store.publish(&built, &meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
-}
-
-/// `meta_len u32 BE | meta JSON | data`, written to a temp file, fsynced, then renamed.
-fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let meta_bytes = serde_json::to_vec(meta).map_err(|e| Error::Snapshot(e.to_string()))?;
-    let tmp = path.with_extension("snap.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
-        f.write_all(&meta_bytes)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-fn read_snapshot_file(path: &Path) -> Result<Option<Snapshot>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    if bytes.len() < 4 {
-        return Err(Error::Snapshot("snapshot file too short".into()));
-    }
-    let meta_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-    let meta_bytes = bytes.get(4..4 + meta_len).ok_or_else(|| Error::Snapshot("snapshot meta truncated".into()))?;
-    let meta: SnapshotMeta = serde_json::from_slice(meta_bytes).map_err(|e| Error::Snapshot(e.to_string()))?;
-    let data = bytes[4 + meta_len..].to_vec();
-    Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
 }
 
 /// The change an op makes beyond rows (those the row applier records): DDL and storage jobs.

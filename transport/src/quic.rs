@@ -121,6 +121,10 @@ pub struct Transport {
     incarnation: u64,
     /// Last refusal logged at error level, and when (see `REFUSAL_LOG_INTERVAL_MS`).
     refusal_logged: Mutex<HashMap<String, Instant>>,
+    /// Per group: the snapshot being received (its meta, as sent) and the offset of the next
+    /// byte expected. openraft writes a chunk wherever its offset says; a chunk that does not
+    /// continue what has arrived is refused here, so a received snapshot has no holes.
+    snapshot_offsets: Mutex<HashMap<u32, (Vec<u8>, u64)>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -216,6 +220,7 @@ impl Transport {
             handler: OnceLock::new(),
             incarnation: fastrand::u64(1..),
             refusal_logged: Mutex::new(HashMap::new()),
+            snapshot_offsets: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -572,6 +577,25 @@ impl Transport {
         }
     }
 
+    /// Accept a snapshot chunk only if it starts a snapshot (offset 0) or continues the one
+    /// being received exactly where the bytes so far end.
+    fn check_snapshot_chunk(&self, group: u32, req: &wire::SnapshotRequest) -> std::result::Result<(), String> {
+        let mut offsets = self.snapshot_offsets.lock().unwrap_or_else(|p| p.into_inner());
+        let expected = match offsets.get(&group) {
+            Some((meta, next)) if *meta == req.meta_json => *next,
+            _ => 0,
+        };
+        if req.offset != 0 && req.offset != expected {
+            return Err(format!("snapshot chunk at offset {} for group {group}; expected {expected}", req.offset));
+        }
+        if req.done {
+            offsets.remove(&group);
+        } else {
+            offsets.insert(group, (req.meta_json.clone(), req.offset + req.data.len() as u64));
+        }
+        Ok(())
+    }
+
     async fn dispatch(&self, header: Header, body: Bytes) -> Result<Vec<u8>> {
         let handler = self.handler.get().ok_or_else(|| Error::Setup("not serving yet".into()))?;
         let group = GroupId::from_u32(header.group).ok_or_else(|| Error::Frame(format!("bad group {}", header.group)));
@@ -596,6 +620,9 @@ impl Transport {
                 let req: wire::SnapshotRequest = wire::from_bytes(&body)?;
                 let resp = match handler.raft(group?) {
                     None => wire::SnapshotResponse::Error(format!("group {} is not hosted here", header.group)),
+                    Some(_) if let Err(e) = self.check_snapshot_chunk(header.group, &req) => {
+                        wire::SnapshotResponse::Error(e)
+                    }
                     Some(raft) => match crate::network::snapshot_request(req) {
                         Ok(req) => crate::network::snapshot_response(raft.install_snapshot(req).await),
                         Err(e) => wire::SnapshotResponse::Error(e.to_string()),

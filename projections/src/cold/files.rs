@@ -128,10 +128,26 @@ pub(super) fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
-/// Write a file received in a snapshot (same path and bytes as on the sender).
-pub fn install_file(storage_dir: &Path, rel: &str, bytes: &[u8]) -> Result<()> {
+/// Write a file received in a snapshot (same path and bytes as on the sender): `len` bytes
+/// copied from `src` to a temp name, fsynced, renamed, directory fsynced.
+pub fn install_file(storage_dir: &Path, rel: &str, src: &mut impl std::io::Read, len: u64) -> Result<()> {
     if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
         return Err(Error::Snapshot(format!("bad file path in snapshot: {rel}")));
     }
-    write_small_file(&storage_dir.join(rel), bytes)
+    let path = storage_dir.join(rel);
+    let dir = path.parent().ok_or_else(|| Error::Storage("bad path".into()))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp-{:016x}", fastrand::u64(..)));
+    let copied = {
+        let mut f = std::fs::File::create(&tmp)?;
+        let copied = std::io::copy(src, &mut f)?;
+        f.sync_all()?;
+        copied
+    };
+    if copied != len {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::Snapshot(format!("snapshot ended inside cold file {rel} ({copied} of {len} bytes)")));
+    }
+    std::fs::rename(&tmp, &path)?;
+    sync_dir(dir)
 }
