@@ -56,13 +56,12 @@ fn put_record(out: &mut impl Write, tag: u8, key: &[u8], val: &[u8]) -> std::io:
 }
 
 /// Write the group's projection as a canonical byte stream, followed by its live cold files,
-/// to `out`; returns the bytes written. Records are written as they are iterated and files
+/// to `out`. Records are written as they are iterated and files
 /// copied through a small buffer, so memory stays bounded whatever the group's size.
-pub fn export_group(at: ColdGroup<'_>, out: &mut impl Write) -> Result<u64> {
+pub fn export_group(at: ColdGroup<'_>, out: &mut impl Write) -> Result<()> {
     let ColdGroup { db, storage_dir, group } = at;
-    let mut out = CountingWriter { inner: out, bytes: 0 };
     out.write_all(MAGIC)?;
-    visit_group(db, group, |tag, k, v| Ok(put_record(&mut out, tag, k, v)?))?;
+    visit_group(db, group, |tag, k, v| Ok(put_record(out, tag, k, v)?))?;
     // Retired files are not sent: no reader needs them, and the receiver's delete of them is
     // idempotent (see `cold::retire`).
     for meta in group_files(db, group)?.into_iter().filter(|m| m.retired_at.is_none()) {
@@ -73,32 +72,14 @@ pub fn export_group(at: ColdGroup<'_>, out: &mut impl Write) -> Result<u64> {
         if len > FILE_RECORD_BYTES_MAX as u64 {
             return Err(Error::Snapshot(format!("cold file {} exceeds {FILE_RECORD_BYTES_MAX} bytes", meta.path)));
         }
-        put_header(&mut out, FILE_TAG, meta.path.as_bytes(), len as usize)?;
-        let copied = std::io::copy(&mut (&mut file).take(len), &mut out).map_err(cold_err)?;
+        put_header(out, FILE_TAG, meta.path.as_bytes(), len as usize)?;
+        let copied = std::io::copy(&mut (&mut file).take(len), out).map_err(cold_err)?;
         if copied != len {
             return Err(Error::Snapshot(format!("cold file {} shrank while being read", meta.path)));
         }
     }
     out.flush()?;
-    Ok(out.bytes)
-}
-
-/// A writer that counts what passes through it.
-struct CountingWriter<'a, W: Write> {
-    inner: &'a mut W,
-    bytes: u64,
-}
-
-impl<W: Write> Write for CountingWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
+    Ok(())
 }
 
 /// SHA-256 of the group's canonical byte stream, hex encoded.
@@ -131,11 +112,10 @@ fn read_exact_or_end(r: &mut impl Read, buf: &mut [u8]) -> Result<bool> {
 }
 
 fn read_exact(r: &mut impl Read, buf: &mut [u8]) -> Result<()> {
-    if read_exact_or_end(r, buf)? || buf.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Snapshot("truncated snapshot record".into()))
-    }
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Error::Snapshot("truncated snapshot record".into()),
+        _ => e.into(),
+    })
 }
 
 fn read_len(r: &mut impl Read, max: usize) -> Result<usize> {

@@ -91,15 +91,7 @@ impl SnapshotStore {
             .to_string();
         let json = serde_json::to_vec(&CurrentSnapshot { meta: meta.clone(), file })
             .map_err(|e| Error::Snapshot(e.to_string()))?;
-        let tmp = self.meta_path().with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, self.meta_path())?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        crate::cold::write_small_file(&self.meta_path(), &json)?;
         self.remove_all(DATA_KIND, Some(&final_path))?;
         Ok(final_path)
     }

@@ -115,26 +115,15 @@ pub(crate) fn open_parquet(
 }
 
 /// Temp name, fsync, rename, fsync dir.
-pub(super) fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::Storage("bad path".into()))?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp-{:016x}", fastrand::u64(..)));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(dir)
+pub(crate) fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let len = bytes.len() as u64;
+    write_atomically(path, &mut &bytes[..], len).map(|_| ())
 }
 
-/// Write a file received in a snapshot (same path and bytes as on the sender): `len` bytes
-/// copied from `src` to a temp name, fsynced, renamed, directory fsynced.
-pub fn install_file(storage_dir: &Path, rel: &str, src: &mut impl std::io::Read, len: u64) -> Result<()> {
-    if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Err(Error::Snapshot(format!("bad file path in snapshot: {rel}")));
-    }
-    let path = storage_dir.join(rel);
+/// Copy `src` to `path` through a temp name (fsync, rename, fsync dir), but only if exactly
+/// `len` bytes came: a short source never replaces a file, which may be shared by every node.
+/// Returns the bytes copied.
+fn write_atomically(path: &Path, src: &mut impl std::io::Read, len: u64) -> Result<u64> {
     let dir = path.parent().ok_or_else(|| Error::Storage("bad path".into()))?;
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension(format!("tmp-{:016x}", fastrand::u64(..)));
@@ -146,8 +135,22 @@ pub fn install_file(storage_dir: &Path, rel: &str, src: &mut impl std::io::Read,
     };
     if copied != len {
         let _ = std::fs::remove_file(&tmp);
+        return Ok(copied);
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)?;
+    Ok(copied)
+}
+
+/// Write a file received in a snapshot (same path and bytes as on the sender): `len` bytes
+/// copied from `src`.
+pub fn install_file(storage_dir: &Path, rel: &str, src: &mut impl std::io::Read, len: u64) -> Result<()> {
+    if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(Error::Snapshot(format!("bad file path in snapshot: {rel}")));
+    }
+    let copied = write_atomically(&storage_dir.join(rel), src, len)?;
+    if copied != len {
         return Err(Error::Snapshot(format!("snapshot ended inside cold file {rel} ({copied} of {len} bytes)")));
     }
-    std::fs::rename(&tmp, &path)?;
-    sync_dir(dir)
+    Ok(())
 }
