@@ -10,6 +10,8 @@ pub enum Error {
     Codec(String),
     #[error("unknown raft group id {0}")]
     UnknownGroup(u32),
+    #[error("group {0} already has a log: restore needs an empty node")]
+    NotEmpty(String),
     #[error("log writer has stopped")]
     WriterStopped,
 }

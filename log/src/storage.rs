@@ -194,6 +194,22 @@ impl LogStore {
         Ok(())
     }
 
+    /// Start an empty group's log after `last`, the position of a state restored from a backup:
+    /// the log counts as purged up to it, and `vote` (this node, in `last`'s term, not
+    /// committed) makes the first election run in a later term, so new entries never carry a
+    /// lower term than the restored position. Synced. Refuses a group that has a vote or
+    /// entries: restore never merges into a live log.
+    pub fn seed_restored(&mut self, last: LogId, vote: &Vote) -> Result<()> {
+        let (purged, present) = self.read_log_state()?;
+        if purged.is_some() || present.is_some() || self.get_json::<Vote>(KEY_VOTE)?.is_some() {
+            return Err(Error::NotEmpty(self.group.to_string()));
+        }
+        self.put_json(KEY_VOTE, vote, true)?;
+        self.put_json(KEY_PURGED, &last, true)?;
+        self.last_index = Some(last.index);
+        Ok(())
+    }
+
     /// (last purged, last present) log ids of this group.
     fn read_log_state(&self) -> Result<(Option<LogId>, Option<LogId>)> {
         let purged: Option<LogId> = self.get_json(KEY_PURGED)?;

@@ -208,3 +208,26 @@ impl ReadBarrier for RequestBarrier {
         Ok(())
     }
 }
+
+/// The barrier of a `consistency: local` request and of a single node: no round trip, but a
+/// group whose projection a snapshot install is replacing right now is refused rather than
+/// read half replaced.
+pub struct LocalBarrier(pub Arc<Groups>);
+
+impl std::fmt::Debug for LocalBarrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalBarrier")
+    }
+}
+
+#[async_trait]
+impl ReadBarrier for LocalBarrier {
+    async fn wait(&self, group: GroupId) -> kalamdb_query::error::Result<()> {
+        if self.0.storage.installing.contains(group) {
+            return Err(kalamdb_query::Error::Unavailable(format!(
+                "group {group} is installing a snapshot on this node; retry, or read with linearizable consistency"
+            )));
+        }
+        Ok(())
+    }
+}

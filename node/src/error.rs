@@ -26,6 +26,9 @@ pub enum Error {
     /// The cluster could not answer in time (HTTP 503).
     #[error("{0}")]
     Unavailable(String),
+    /// A backup could not be written, or a backup to restore is missing, damaged or foreign.
+    #[error("backup: {0}")]
+    Backup(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -16,8 +16,9 @@ use crate::groups::Groups;
 /// How often retired files are looked at.
 pub const FILE_RETIREMENT_TICK_MS: u64 = 2000;
 
-/// The lowest applied index of `group` over its members, from the gathered statuses; `None`
-/// when a member did not answer.
+/// The lowest applied index of `group` over its members, from the gathered statuses, lowered
+/// to any index whose files a member still copies (`files_needed_from`); `None` when a member
+/// did not answer.
 fn lowest_applied(
     groups: &Groups,
     group: GroupId,
@@ -26,8 +27,8 @@ fn lowest_applied(
     let mut lowest = u64::MAX;
     for member in groups.members_of(group) {
         let status = statuses.iter().find(|s| s.node_id == member)?;
-        let applied = status.groups.iter().find(|g| g.group == group.to_u32())?.applied_index;
-        lowest = lowest.min(applied);
+        let g = status.groups.iter().find(|g| g.group == group.to_u32())?;
+        lowest = lowest.min(g.applied_index).min(g.files_needed_from);
     }
     (lowest != u64::MAX).then_some(lowest)
 }

@@ -3,7 +3,7 @@
 //! log was purged past it) without missing a file; retired files are deleted only after every
 //! member applied past their retirement; a kill -9 of the whole cluster right between a
 //! compaction and the delete of what it replaced, or a crash in the middle of that delete,
-//! loses nothing.
+//! loses nothing; nor does a crash in the middle of installing a snapshot.
 
 mod common;
 
@@ -95,7 +95,17 @@ async fn lagging_node_catches_up(purge_log: bool) {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(parquet_files(&shared).len() > 1, "retired files went while node 3 was behind");
 
+    if purge_log {
+        // A crash in the middle of installing a snapshot (records written, position not yet):
+        // the restart finishes the install from the snapshot published before it began.
+        c.spawn_with(3, &[("KALAMDB_FAILPOINTS", "install-before-commit")]);
+        assert!(c.node_mut(3).wait_exit(Duration::from_secs(60)).await, "node 3 did not reach the crash point");
+        assert!(c.log(3).contains("failpoint install-before-commit hit"), "{}", c.log(3));
+    }
     c.restart(3).await;
+    if purge_log {
+        assert!(c.log(3).contains("finishing a state install a crash interrupted"), "{}", c.log(3));
+    }
     assert_eq!(count(&c, 3).await, expected, "node 3 after catching up");
     c.assert_converged().await;
     // Everyone is past every retirement: the last round compacted, so its one file is left.

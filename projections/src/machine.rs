@@ -13,14 +13,13 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use rocksdb::{DB, WriteBatch};
 use tokio::sync::watch;
 
-use crate::CF_SM;
 use crate::catalog::Catalog;
 use crate::changes::{Change, ChangeEntry, ChangeKind};
 use crate::cold::{ColdApplier, ColdGroup, StorageEnv};
 use crate::error::{Error, Result};
+use crate::install::Installer;
 use crate::rows::RowApplier;
-use crate::sm::{KEY_APPLIED, KEY_MEMBERSHIP, sm_key};
-use crate::snapshot::{export_group, import_group};
+use crate::snapshot::export_group;
 use crate::snapshot_store::SnapshotStore;
 
 /// Reserve `n` ordinals of the entry for one row op; returns the first.
@@ -58,16 +57,9 @@ impl Projection {
     pub fn open(log_db: Arc<LogDb>, group: GroupId, catalog: Arc<Catalog>, env: Arc<StorageEnv>) -> Result<Projection> {
         std::fs::create_dir_all(&env.snapshot_dir)?;
         std::fs::create_dir_all(&env.storage_dir)?;
+        Installer { log_db: &log_db, env: &env, catalog: &catalog, group }.recover()?;
         let db = log_db.db().clone();
-        let cf = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
-        let applied: Option<LogId> = match db.get_pinned_cf(cf, sm_key(group, KEY_APPLIED))? {
-            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt(e.to_string()))?,
-            None => None,
-        };
-        let membership: StoredMembership = match db.get_pinned_cf(cf, sm_key(group, KEY_MEMBERSHIP))? {
-            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt(e.to_string()))?,
-            None => StoredMembership::default(),
-        };
+        let (applied, membership) = crate::sm::position_at(&db, None, group)?;
         if group == GroupId::Meta(MetaGroup::Catalog) {
             catalog.load(&db, group)?;
         }
@@ -106,12 +98,11 @@ impl Projection {
     }
 
     fn stage_position(&self, batch: &mut WriteBatch) -> Result<()> {
-        let cf = self.db().cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
-        let applied = serde_json::to_vec(&self.applied).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let membership = serde_json::to_vec(&self.membership).map_err(|e| Error::Corrupt(e.to_string()))?;
-        batch.put_cf(cf, sm_key(self.group, KEY_APPLIED), applied);
-        batch.put_cf(cf, sm_key(self.group, KEY_MEMBERSHIP), membership);
-        Ok(())
+        crate::sm::stage_position(self.db(), self.group, &self.applied, &self.membership, batch)
+    }
+
+    fn installer(&self) -> Installer<'_> {
+        Installer { log_db: &self.log_db, env: &self.env, catalog: &self.catalog, group: self.group }
     }
 
     fn apply_op(
@@ -265,6 +256,21 @@ impl Projection {
         }
     }
 
+    /// Replace the group's projection by the state stream in `file` at position `last` (restore
+    /// from a backup; see `crate::install`). Blocking.
+    pub fn install_state(
+        &mut self,
+        file: &mut std::fs::File,
+        last: Option<LogId>,
+        membership: StoredMembership,
+    ) -> Result<()> {
+        self.installer().install(file, last, membership.clone(), || Ok(()))?;
+        self.applied = last;
+        self.membership = membership;
+        self.applied_tx.send_replace(self.applied.map_or(0, |l| l.index));
+        Ok(())
+    }
+
     /// Write a batch with the current applied position in it, and publish the position.
     fn commit(&self, mut batch: WriteBatch) -> Result<()> {
         self.stage_position(&mut batch)?;
@@ -347,21 +353,10 @@ impl RaftStateMachine<TypeConfig> for Projection {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
-        // Exported here, while `&mut self` excludes apply, so data and position agree. The
-        // stream goes to a file as it is produced.
-        let store = self.snapshots();
-        let data = store.building().and_then(|path| {
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
-            export_group(self.cold(), &mut out)?;
-            out.into_inner().map_err(|e| Error::Snapshot(format!("snapshot file: {e}")))?;
-            Ok(path)
-        });
         ProjectionSnapshotBuilder {
+            log_db: self.log_db.clone(),
+            env: self.env.clone(),
             group: self.group,
-            applied: self.applied,
-            membership: self.membership.clone(),
-            data,
-            store,
             seq: self.snapshot_seq,
         }
     }
@@ -384,47 +379,38 @@ impl RaftStateMachine<TypeConfig> for Projection {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        use std::io::{Seek, SeekFrom};
-        let mut file = snapshot.into_std().await;
-        let db = self.log_db.db().clone();
-        let mut batch = WriteBatch::default();
-        let bytes = file.seek(SeekFrom::End(0)).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        file.seek(SeekFrom::Start(0)).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        // Streamed from the received file: records into the batch, cold files to disk.
-        let mut input = std::io::BufReader::new(&mut file);
-        import_group(self.cold(), &mut input, &mut batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        // The entries the snapshot covers were never applied here: their change records
-        // cannot exist, so the tail of this node starts after the snapshot.
-        let new_floor = meta.last_log_id.map_or(0, |l| l.index) + 1;
-        let floor = crate::changes::floor(&db, self.group).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        if new_floor > floor {
-            crate::changes::stage_trim(&db, &mut batch, self.group, new_floor)
-                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        }
+        let file = snapshot.into_std().await;
+        let received = self.receiving.take();
+        let (log_db, env, catalog, group, owned_meta) =
+            (self.log_db.clone(), self.env.clone(), self.catalog.clone(), self.group, meta.clone());
+        // Off the async runtime: checking and writing a large state takes a while.
+        let installed = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut file = file;
+            let store = SnapshotStore::new(&env.snapshot_dir, group);
+            // The received file becomes this node's current snapshot as it is; a snapshot handed
+            // over without `begin_receiving_snapshot` is copied into a file of its own first.
+            let received = match received {
+                Some(path) => path,
+                None => {
+                    use std::io::{Seek, SeekFrom};
+                    let path = store.receiving()?;
+                    file.seek(SeekFrom::Start(0))?;
+                    std::io::copy(&mut file, &mut std::fs::File::create(&path)?)?;
+                    path
+                }
+            };
+            let bytes = file.metadata()?.len();
+            let installer = Installer { log_db: &log_db, env: &env, catalog: &catalog, group };
+            installer.install(&mut file, owned_meta.last_log_id, owned_meta.last_membership.clone(), || {
+                store.publish(&received, &owned_meta).map(|_| ())
+            })?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?;
+        let bytes = installed.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        self.stage_position(&mut batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        db.write(batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.log_db.sync_wal().map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        if self.group == GroupId::Meta(MetaGroup::Catalog) {
-            self.catalog.load(&db, self.group).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        }
-        if self.group == GroupId::Meta(MetaGroup::Users) {
-            self.catalog.users.load(&db, self.group).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        }
-        // The received file becomes this node's current snapshot as it is; a snapshot handed
-        // over without `begin_receiving_snapshot` is copied (streamed) into a file of its own.
-        let received = match self.receiving.take() {
-            Some(path) => path,
-            None => {
-                let path = self.snapshots().receiving().map_err(|e| snap_err(ErrorVerb::Write, e))?;
-                file.seek(SeekFrom::Start(0)).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                let mut copy = std::fs::File::create(&path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-                std::io::copy(&mut file, &mut copy).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-                path
-            }
-        };
-        self.snapshots().publish(&received, meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.applied_tx.send_replace(self.applied.map_or(0, |l| l.index));
         tracing::info!(target: "kalamdb_raft", group = %self.group, last_log_id = ?meta.last_log_id, bytes, "snapshot installed");
         Ok(())
@@ -439,26 +425,48 @@ impl RaftStateMachine<TypeConfig> for Projection {
     }
 }
 
-/// Turns the file exported when the builder was created into the current snapshot.
+/// Builds a snapshot beside apply: from a RocksDB snapshot (records and the position they were
+/// applied at read together), on a blocking thread, with the group's files pinned meanwhile.
 pub struct ProjectionSnapshotBuilder {
+    log_db: Arc<LogDb>,
+    env: Arc<StorageEnv>,
     group: GroupId,
-    applied: Option<LogId>,
-    membership: StoredMembership,
-    data: Result<PathBuf>,
-    store: SnapshotStore,
     seq: u64,
+}
+
+impl ProjectionSnapshotBuilder {
+    fn build_file(&self) -> Result<(SnapshotMeta, PathBuf)> {
+        let db = self.log_db.db();
+        let _pin = self.env.pins.pin(self.group, crate::sm::applied_index(db, self.group)?);
+        let snap = db.snapshot();
+        let (applied, membership) = crate::sm::position_at(db, Some(&snap), self.group)?;
+        let store = SnapshotStore::new(&self.env.snapshot_dir, self.group);
+        let path = store.building()?;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let at = ColdGroup { db, storage_dir: &self.env.storage_dir, group: self.group };
+        export_group(at, &snap, &mut out)?;
+        out.into_inner().map_err(|e| Error::Snapshot(format!("snapshot file: {e}")))?;
+        let snapshot_id = match applied {
+            Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.seq),
+            None => format!("{}-0-0-{}", self.group, self.seq),
+        };
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+        store.publish(&path, &meta)
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ProjectionSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let built = std::mem::replace(&mut self.data, Err(Error::Snapshot("snapshot already built".into())));
-        let built = built.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let snapshot_id = match self.applied {
-            Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.seq),
-            None => format!("{}-0-0-{}", self.group, self.seq),
+        let builder = ProjectionSnapshotBuilder {
+            log_db: self.log_db.clone(),
+            env: self.env.clone(),
+            group: self.group,
+            seq: self.seq,
         };
-        let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
-        let path = self.store.publish(&built, &meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let built = tokio::task::spawn_blocking(move || builder.build_file())
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?;
+        let (meta, path) = built.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }

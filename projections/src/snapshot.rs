@@ -9,12 +9,12 @@
 
 use std::io::{Read, Write};
 
-use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions, Snapshot, WriteBatch};
 use sha2::{Digest, Sha256};
 
 use kalamdb_log::GroupId;
 
-use crate::cold::{ColdGroup, group_files, install_file};
+use crate::cold::{ColdGroup, FileMeta, install_file, live_files_at};
 use crate::error::{Error, Result};
 use crate::keys::prefix_end;
 use crate::{CF_CATALOG, CF_COLD, CF_ROWS};
@@ -29,13 +29,19 @@ const RECORD_BYTES_MAX: usize = 64 << 20;
 /// Largest cold file a snapshot record may carry.
 const FILE_RECORD_BYTES_MAX: usize = 1 << 30;
 
-fn visit_group(db: &DB, group: GroupId, mut f: impl FnMut(u8, &[u8], &[u8]) -> Result<()>) -> Result<()> {
+/// Visit every record of the group as the RocksDB snapshot `snap` of `db` holds it.
+fn visit_group(
+    db: &DB,
+    snap: &Snapshot<'_>,
+    group: GroupId,
+    mut f: impl FnMut(u8, &[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
     let prefix = group.prefix();
     for (tag, name) in SNAPSHOT_CFS {
         let cf = db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("no cf {name}")))?;
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(prefix_end(&prefix));
-        for item in db.iterator_cf_opt(cf, opts, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in snap.iterator_cf_opt(cf, opts, IteratorMode::From(&prefix, Direction::Forward)) {
             let (k, v) = item?;
             f(tag, &k[prefix.len()..], &v)?;
         }
@@ -55,16 +61,25 @@ fn put_record(out: &mut impl Write, tag: u8, key: &[u8], val: &[u8]) -> std::io:
     out.write_all(val)
 }
 
-/// Write the group's projection as a canonical byte stream, followed by its live cold files,
-/// to `out`. Records are written as they are iterated and files
-/// copied through a small buffer, so memory stays bounded whatever the group's size.
-pub fn export_group(at: ColdGroup<'_>, out: &mut impl Write) -> Result<()> {
-    let ColdGroup { db, storage_dir, group } = at;
+/// Write the group's records, as the RocksDB snapshot `snap` holds them, as the canonical byte
+/// stream (magic and records, no files) to `out`: a backup's state file, and the first part of
+/// a snapshot. Its SHA-256 is the group's digest at that position.
+pub fn export_records(db: &DB, snap: &Snapshot<'_>, group: GroupId, out: &mut impl Write) -> Result<()> {
     out.write_all(MAGIC)?;
-    visit_group(db, group, |tag, k, v| Ok(put_record(out, tag, k, v)?))?;
+    visit_group(db, snap, group, |tag, k, v| Ok(put_record(out, tag, k, v)?))
+}
+
+/// Write the group's projection as the RocksDB snapshot `snap` holds it, followed by the live
+/// cold files it names, to `out`. Records are written as they are iterated and files copied
+/// through a small buffer, so memory stays bounded whatever the group's size; apply goes on
+/// meanwhile (the caller pins the files, see [`crate::cold::FilePins`]). Returns the files.
+pub fn export_group(at: ColdGroup<'_>, snap: &Snapshot<'_>, out: &mut impl Write) -> Result<Vec<FileMeta>> {
+    let ColdGroup { db, storage_dir, group } = at;
+    export_records(db, snap, group, out)?;
     // Retired files are not sent: no reader needs them, and the receiver's delete of them is
     // idempotent (see `cold::retire`).
-    for meta in group_files(db, group)?.into_iter().filter(|m| m.retired_at.is_none()) {
+    let files = live_files_at(db, snap, group)?;
+    for meta in &files {
         let path = storage_dir.join(&meta.path);
         let cold_err = |e: std::io::Error| Error::Snapshot(format!("cold file {} for the snapshot: {e}", meta.path));
         let mut file = std::fs::File::open(&path).map_err(cold_err)?;
@@ -79,7 +94,7 @@ pub fn export_group(at: ColdGroup<'_>, out: &mut impl Write) -> Result<()> {
         }
     }
     out.flush()?;
-    Ok(())
+    Ok(files)
 }
 
 /// SHA-256 of the group's canonical byte stream, hex encoded.
@@ -87,7 +102,8 @@ pub fn digest_group(db: &DB, group: GroupId) -> Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(MAGIC);
     let mut scratch = Vec::new();
-    visit_group(db, group, |tag, k, v| {
+    let snap = db.snapshot();
+    visit_group(db, &snap, group, |tag, k, v| {
         scratch.clear();
         put_record(&mut scratch, tag, k, v)?;
         hasher.update(&scratch);
@@ -95,6 +111,10 @@ pub fn digest_group(db: &DB, group: GroupId) -> Result<String> {
     })?;
     Ok(hex::encode(hasher.finalize()))
 }
+
+/// Bytes of records one install batch stages before it is written: what bounds an install's
+/// memory, whatever the group's size.
+pub const INSTALL_BATCH_BYTES_MAX: usize = 8 << 20;
 
 /// Fill `buf` from `r`; `Ok(false)` at a clean end of stream before the first byte.
 fn read_exact_or_end(r: &mut impl Read, buf: &mut [u8]) -> Result<bool> {
@@ -128,50 +148,116 @@ fn read_len(r: &mut impl Read, max: usize) -> Result<usize> {
     Ok(n)
 }
 
-/// Stage, into `batch`, the replacement of the group's projection by the snapshot stream read
-/// from `input`; cold files are written to the storage root as they arrive (before the batch
-/// that names them commits). The caller commits the batch together with the new applied log
-/// id: a crash mid-install leaves either the old state or the new one, never a mix. A stream
-/// that ends early or breaks a limit fails before anything is committed.
-pub fn import_group(at: ColdGroup<'_>, input: &mut impl Read, batch: &mut WriteBatch) -> Result<()> {
-    let ColdGroup { db, storage_dir, group } = at;
-    let mut magic = [0u8; 8];
-    if !read_exact_or_end(input, &mut magic)? || &magic != MAGIC {
-        return Err(Error::Snapshot("bad snapshot magic".into()));
+/// One item of a state stream.
+enum Item {
+    /// A record of column family `cf`: key (without the group prefix) and value in the reader.
+    Record { cf: &'static str },
+    /// A cold file: its path; its `len` bytes follow in the input and must be consumed before
+    /// the next item is read.
+    File { path: String, len: u64 },
+}
+
+/// Reads a state stream item by item, checking framing, tags and limits.
+struct StreamReader<R> {
+    input: R,
+    key: Vec<u8>,
+    val: Vec<u8>,
+}
+
+impl<R: Read> StreamReader<R> {
+    fn open(mut input: R) -> Result<StreamReader<R>> {
+        let mut magic = [0u8; 8];
+        if !read_exact_or_end(&mut input, &mut magic)? || &magic != MAGIC {
+            return Err(Error::Snapshot("bad snapshot magic".into()));
+        }
+        Ok(StreamReader { input, key: Vec::new(), val: Vec::new() })
     }
+
+    fn next(&mut self) -> Result<Option<Item>> {
+        let mut tag = [0u8; 1];
+        if !read_exact_or_end(&mut self.input, &mut tag)? {
+            return Ok(None);
+        }
+        let tag = tag[0];
+        let klen = read_len(&mut self.input, RECORD_BYTES_MAX)?;
+        self.key.resize(klen, 0);
+        read_exact(&mut self.input, &mut self.key)?;
+        if tag == FILE_TAG {
+            let len = read_len(&mut self.input, FILE_RECORD_BYTES_MAX)? as u64;
+            let path = String::from_utf8(self.key.clone())
+                .map_err(|_| Error::Snapshot("cold file path is not UTF-8".into()))?;
+            return Ok(Some(Item::File { path, len }));
+        }
+        let cf = SNAPSHOT_CFS
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, name)| *name)
+            .ok_or_else(|| Error::Snapshot(format!("unknown snapshot record tag {tag}")))?;
+        let vlen = read_len(&mut self.input, RECORD_BYTES_MAX)?;
+        self.val.resize(vlen, 0);
+        read_exact(&mut self.input, &mut self.val)?;
+        Ok(Some(Item::Record { cf }))
+    }
+}
+
+/// Read the state stream `input` to its end, checking framing, tags, limits and that every
+/// cold file is whole, without writing anything: an install checks its stream first, so the
+/// only failures left once it starts writing are the machine's own. Returns the records.
+pub fn check_stream(input: &mut impl Read) -> Result<u64> {
+    let mut reader = StreamReader::open(input)?;
+    let mut records = 0u64;
+    while let Some(item) = reader.next()? {
+        match item {
+            Item::Record { .. } => records += 1,
+            Item::File { path, len } => {
+                let copied = std::io::copy(&mut (&mut reader.input).take(len), &mut std::io::sink())?;
+                if copied != len {
+                    return Err(Error::Snapshot(format!(
+                        "snapshot ends inside cold file {path} ({copied} of {len} bytes)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Replace the group's projection by the state stream `input`, in batches of at most
+/// [`INSTALL_BATCH_BYTES_MAX`] handed to `write` in order (the first one deletes the group's
+/// records); cold files are written to the storage root as they arrive, before any batch that
+/// names them. Returns the last batch unwritten, for the caller to commit together with the new
+/// position. The group is half installed until then: callers check the stream first
+/// ([`check_stream`]) and mark the install so a crash in between redoes it.
+pub fn import_group(
+    at: ColdGroup<'_>,
+    input: &mut impl Read,
+    mut write: impl FnMut(WriteBatch) -> Result<()>,
+) -> Result<WriteBatch> {
+    let ColdGroup { db, storage_dir, group } = at;
+    let mut reader = StreamReader::open(input)?;
     let prefix = group.prefix();
+    let mut batch = WriteBatch::default();
     for (_, name) in SNAPSHOT_CFS {
         let cf = db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("no cf {name}")))?;
         batch.delete_range_cf(cf, prefix.to_vec(), prefix_end(&prefix));
     }
     let mut key = Vec::new();
-    let mut val = Vec::new();
-    loop {
-        let mut tag = [0u8; 1];
-        if !read_exact_or_end(input, &mut tag)? {
-            return Ok(());
+    while let Some(item) = reader.next()? {
+        match item {
+            Item::File { path, len } => {
+                install_file(storage_dir, &path, &mut (&mut reader.input).take(len), len)?;
+            }
+            Item::Record { cf } => {
+                let cf = db.cf_handle(cf).ok_or_else(|| Error::Corrupt(format!("no cf {cf}")))?;
+                key.clear();
+                key.extend_from_slice(&prefix);
+                key.extend_from_slice(&reader.key);
+                batch.put_cf(cf, &key, &reader.val);
+                if batch.size_in_bytes() >= INSTALL_BATCH_BYTES_MAX {
+                    write(std::mem::take(&mut batch))?;
+                }
+            }
         }
-        let tag = tag[0];
-        let klen = read_len(input, RECORD_BYTES_MAX)?;
-        key.clear();
-        key.extend_from_slice(&prefix);
-        key.resize(prefix.len() + klen, 0);
-        read_exact(input, &mut key[prefix.len()..])?;
-        let vlen = read_len(input, if tag == FILE_TAG { FILE_RECORD_BYTES_MAX } else { RECORD_BYTES_MAX })?;
-        if tag == FILE_TAG {
-            let path = std::str::from_utf8(&key[prefix.len()..])
-                .map_err(|_| Error::Snapshot("cold file path is not UTF-8".into()))?;
-            install_file(storage_dir, path, &mut input.take(vlen as u64), vlen as u64)?;
-            continue;
-        }
-        let name = SNAPSHOT_CFS
-            .iter()
-            .find(|(t, _)| *t == tag)
-            .map(|(_, name)| *name)
-            .ok_or_else(|| Error::Snapshot(format!("unknown snapshot record tag {tag}")))?;
-        val.resize(vlen, 0);
-        read_exact(input, &mut val)?;
-        let cf = db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("no cf {name}")))?;
-        batch.put_cf(cf, &key, &val);
     }
+    Ok(batch)
 }

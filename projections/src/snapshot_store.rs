@@ -19,6 +19,9 @@ const RECEIVING_KIND: &str = "recv";
 /// Data files being built.
 const BUILDING_KIND: &str = "build";
 
+/// Publishing compares with the current snapshot, then replaces it: one publish at a time.
+static PUBLISH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[derive(Serialize, Deserialize)]
 struct CurrentSnapshot {
     meta: SnapshotMeta,
@@ -79,8 +82,17 @@ impl SnapshotStore {
 
     /// Make the complete data file `data` (built or received) the current snapshot with `meta`:
     /// fsync it, give it its final name, then commit the meta file naming it. Older data files
-    /// go (a reader that opened one keeps reading it). Returns the data file's final path.
-    pub fn publish(&self, data: &Path, meta: &SnapshotMeta) -> Result<PathBuf> {
+    /// go (a reader that opened one keeps reading it). A build runs beside apply and snapshot
+    /// installs, so it may finish behind the current snapshot: then the current one stays and
+    /// `data` goes. Returns the current snapshot's meta and data file.
+    pub fn publish(&self, data: &Path, meta: &SnapshotMeta) -> Result<(SnapshotMeta, PathBuf)> {
+        let _one_at_a_time = PUBLISH.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((current, path)) = self.current()?
+            && current.last_log_id > meta.last_log_id
+        {
+            std::fs::remove_file(data)?;
+            return Ok((current, path));
+        }
         std::fs::File::open(data)?.sync_all()?;
         let final_path = self.fresh(DATA_KIND);
         std::fs::rename(data, &final_path)?;
@@ -93,7 +105,7 @@ impl SnapshotStore {
             .map_err(|e| Error::Snapshot(e.to_string()))?;
         crate::cold::write_small_file(&self.meta_path(), &json)?;
         self.remove_all(DATA_KIND, Some(&final_path))?;
-        Ok(final_path)
+        Ok((meta.clone(), final_path))
     }
 
     /// The current snapshot's meta and data file, if there is one.

@@ -51,6 +51,12 @@ pub enum Error {
     /// A `BEGIN ... COMMIT` batch would write to more than one Raft group.
     #[error("{0}")]
     CrossGroupTransaction(String),
+    /// A feature this build does not have yet (e.g. an object-storage backup destination).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A job of that kind already runs on this node (one backup at a time).
+    #[error("{0}")]
+    JobRunning(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -78,6 +84,8 @@ impl Error {
             Error::RequestTooLarge(_) => "REQUEST_TOO_LARGE",
             Error::Busy(_) => "SERVER_BUSY",
             Error::CrossGroupTransaction(_) => "CROSS_GROUP_TRANSACTION",
+            Error::Unsupported(_) => "NOT_SUPPORTED",
+            Error::JobRunning(_) => "JOB_IN_PROGRESS",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -104,6 +112,8 @@ impl Error {
             Error::RequestTooLarge(m) => Error::RequestTooLarge(f(m)),
             Error::Busy(m) => Error::Busy(f(m)),
             Error::CrossGroupTransaction(m) => Error::CrossGroupTransaction(f(m)),
+            Error::Unsupported(m) => Error::Unsupported(f(m)),
+            Error::JobRunning(m) => Error::JobRunning(f(m)),
             Error::Internal(m) => Error::Internal(f(m)),
         }
     }

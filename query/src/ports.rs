@@ -1,6 +1,6 @@
 //! What `query` needs from the node, as traits the node implements: proposing ops to the
 //! log, read barriers for linearizable reads, the cluster view behind `system.cluster*`, and
-//! the storage job log behind `system.jobs`. `query` itself never writes and never talks to
+//! the storage job log behind `system.jobs`, and the backup runner behind `BACKUP DATABASE`. `query` itself never writes and never talks to
 //! peers; everything it asks of the outside goes through here.
 
 use async_trait::async_trait;
@@ -57,4 +57,11 @@ pub trait ClusterView: Send + Sync + std::fmt::Debug {
 /// Where `system.jobs` comes from: the node's storage job log.
 pub trait JobSource: Send + Sync + std::fmt::Debug {
     fn job_log(&self) -> &JobLog;
+}
+
+/// Runs `BACKUP DATABASE TO '<destination>'`: the node copies every group's state and files as
+/// a job (shown in `system.jobs`) and answers at once with the job's id.
+#[async_trait]
+pub trait BackupRunner: Send + Sync + std::fmt::Debug {
+    async fn start_backup(&self, destination: &str) -> Result<String>;
 }

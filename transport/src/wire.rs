@@ -130,6 +130,9 @@ pub struct GroupStatus {
     pub last_log_index: u64,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// The lowest applied index whose files a reader on this node still copies (a snapshot
+    /// being built, a backup); `u64::MAX` when none. No file retired after it may be deleted.
+    pub files_needed_from: u64,
     /// (member, matched log index) as known by the leader.
     pub matched: Vec<(u64, u64)>,
 }
@@ -360,7 +363,7 @@ mod tests {
             let r = ReadIndexResponse::Err(RemoteError::Failed { code: msg.clone(), message: msg.clone() });
             prop_assert_eq!(round_trip(&r), r);
             let st = StatusResponse { node_id: off, groups: vec![GroupStatus { group: 1, leader, term: off, last_log_index: 1,
-                commit_index: 2, applied_index: 3, matched: vec![(1, 2)] }] };
+                commit_index: 2, applied_index: 3, files_needed_from: off, matched: vec![(1, 2)] }] };
             prop_assert_eq!(round_trip(&st), st);
             let fr = ForwardRequest { command: data.clone() };
             prop_assert_eq!(round_trip(&fr), fr);

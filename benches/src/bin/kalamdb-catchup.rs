@@ -1,9 +1,11 @@
 //! `kalamdb-catchup`: how long a follower takes to catch up, and each node's memory. Starts a
 //! local 3-node cluster (default config), measures idle RSS, stops node 3 with kill -9, writes
-//! `--writes` single-row INSERTs through nodes 1 and 2 (group commit packs concurrent ones into
-//! fewer log entries; both counts are reported), measures their RSS under that load, restarts
-//! node 3 and times it until it has applied every entry the leader had committed. Loopback
-//! only; bounded by `--writes` and `CATCH_UP_WAIT`.
+//! `--writes` rows through nodes 1 and 2 in INSERTs of `--rows-per-insert` rows (group commit
+//! packs concurrent ones into fewer log entries; both counts are reported), measures their RSS
+//! under that load, restarts node 3 and times it until it has applied every entry the leader had
+//! committed, reporting each node's peak RSS during the catch-up. `--purge-log` keeps little log
+//! so node 3 catches up by installing a snapshot. Loopback only; bounded by `--writes` and
+//! `CATCH_UP_WAIT`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use kalamdb_benches::chaos::cluster::{Cluster, Local, NODES};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on the restarted node's catch-up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(900);
+/// Largest `--rows-per-insert` (a statement's text stays far below the request body limit).
+const ROWS_PER_INSERT_MAX: u64 = 5000;
 /// The group every row of a SHARED table goes to (one shared shard).
 const GROUP: &str = "shared:0";
 
@@ -28,6 +32,12 @@ struct Args {
     writes: u64,
     #[arg(long, default_value_t = 64)]
     clients: u64,
+    /// Rows per INSERT statement.
+    #[arg(long, default_value_t = 1)]
+    rows_per_insert: u64,
+    /// Snapshot every 1,000 entries and keep 100, so node 3 installs a snapshot.
+    #[arg(long)]
+    purge_log: bool,
     #[arg(long)]
     server_bin: PathBuf,
     #[arg(long)]
@@ -54,7 +64,11 @@ async fn main() -> Result<(), String> {
     if args.dir.exists() {
         std::fs::remove_dir_all(&args.dir).map_err(|e| e.to_string())?;
     }
-    let mut local = Local::create(&args.dir, &args.server_bin, "")?;
+    if !(1..=ROWS_PER_INSERT_MAX).contains(&args.rows_per_insert) {
+        return Err(format!("--rows-per-insert must be 1..={ROWS_PER_INSERT_MAX}"));
+    }
+    let extra = if args.purge_log { "[raft]\nsnapshot_logs_since_last = 1000\nlogs_to_keep = 100\n" } else { "" };
+    let mut local = Local::create(&args.dir, &args.server_bin, extra)?;
     for n in 1..=NODES {
         local.start(n)?;
     }
@@ -85,12 +99,14 @@ async fn main() -> Result<(), String> {
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let (api, url) = (api.clone(), urls[(c % 2) as usize].clone());
-        let (next, acked, failed, entries) = (next.clone(), acked.clone(), failed.clone(), args.writes);
+        let (next, acked, failed, rows, per) =
+            (next.clone(), acked.clone(), failed.clone(), args.writes, args.rows_per_insert);
         tasks.push(tokio::spawn(async move {
-            while acked.load(Ordering::Relaxed) < entries {
-                let id = next.fetch_add(1, Ordering::Relaxed);
-                match api.sql(&url, &format!("INSERT INTO {table} (id, v) VALUES ({id}, {id})"), false).await {
-                    Reply::Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
+            while acked.load(Ordering::Relaxed) < rows {
+                let first = next.fetch_add(per, Ordering::Relaxed);
+                let values: Vec<String> = (first..first + per).map(|id| format!("({id}, {id})")).collect();
+                match api.sql(&url, &format!("INSERT INTO {table} (id, v) VALUES {}", values.join(", ")), false).await {
+                    Reply::Ok(_) => acked.fetch_add(per, Ordering::Relaxed),
                     _ => failed.fetch_add(1, Ordering::Relaxed),
                 };
             }
@@ -110,6 +126,9 @@ async fn main() -> Result<(), String> {
 
     let (_, target) = indexes(&api, &urls[0]).await.ok_or("node 1 health")?;
     let log_entries = target.saturating_sub(index_before);
+    for n in 1..=2 {
+        local.reset_peak_rss(n)?;
+    }
     let t0 = Instant::now();
     local.start(3)?;
     let mut applied = 0;
@@ -124,8 +143,9 @@ async fn main() -> Result<(), String> {
     let log = std::fs::read_to_string(local.log_path(3)).unwrap_or_default();
     let via = if log.contains("snapshot installed") { "snapshot install + log" } else { "log replication" };
     let after: Vec<f64> = (1..=NODES).map(|n| mib(local.rss_bytes(n))).collect();
+    let peak: Vec<f64> = (1..=NODES).map(|n| mib(local.peak_rss_bytes(n))).collect();
     println!(
-        "node 3 caught up {log_entries} log entries ({GROUP} index {target}) in {catch_up_s:.2} s ({via}); RSS MiB after: {after:.1?}"
+        "node 3 caught up {log_entries} log entries ({GROUP} index {target}) in {catch_up_s:.2} s ({via}); RSS MiB after: {after:.1?}; peak RSS MiB during catch-up: {peak:.1?}"
     );
     if args.json {
         let v = serde_json::json!({
@@ -138,6 +158,8 @@ async fn main() -> Result<(), String> {
             "idle_rss_mib": idle,
             "loaded_rss_mib": loaded,
             "after_rss_mib": after,
+            "catch_up_peak_rss_mib": peak,
+            "rows_per_insert": args.rows_per_insert,
         });
         println!("{v}");
     }

@@ -137,9 +137,24 @@ impl Local {
 
     /// The resident set of node `n` (`VmRSS`), in bytes.
     pub fn rss_bytes(&self, n: usize) -> Option<u64> {
+        self.status_kb(n, "VmRSS:").map(|kb| kb * 1024)
+    }
+
+    /// The peak resident set of node `n` (`VmHWM`) since it started or since
+    /// [`Local::reset_peak_rss`], in bytes.
+    pub fn peak_rss_bytes(&self, n: usize) -> Option<u64> {
+        self.status_kb(n, "VmHWM:").map(|kb| kb * 1024)
+    }
+
+    /// Start measuring node `n`'s peak resident set afresh (Linux: `5` into `clear_refs`).
+    pub fn reset_peak_rss(&self, n: usize) -> Result<(), String> {
+        let pid = self.pid(n)?;
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").map_err(|e| format!("reset peak RSS of node {n}: {e}"))
+    }
+
+    fn status_kb(&self, n: usize, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(n).ok()?)).ok()?;
-        let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
+        status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
     }
 
     pub fn tail_of_log(&self, n: usize, lines: usize) -> String {

@@ -73,15 +73,16 @@ pub(super) async fn sql(
     };
     // A single node applies every write before acknowledging it: local reads are already
     // linearizable there, so only cluster members pay for the barrier.
-    let barrier: Option<Arc<dyn kalamdb_query::ReadBarrier>> = if linearizable && app.groups.is_cluster() {
+    let with_round_trip = linearizable && app.groups.is_cluster();
+    let barrier: Option<Arc<dyn kalamdb_query::ReadBarrier>> = if with_round_trip {
         Some(Arc::new(crate::cluster::RequestBarrier::new(app.groups.clone())))
     } else {
-        None
+        Some(Arc::new(crate::cluster::LocalBarrier(app.groups.clone())))
     };
     // A linearizable request also sees every user change committed before it: a user
     // dropped (or demoted) through another node a moment ago is refused (or demoted) here.
     let who = match &barrier {
-        Some(b) if method != Method::Anonymous && who.user_id != crate::auth::ROOT_USER => {
+        Some(b) if with_round_trip && method != Method::Anonymous && who.user_id != crate::auth::ROOT_USER => {
             if let Err(e) = b.wait(kalamdb_log::GroupId::Meta(kalamdb_log::MetaGroup::Users)).await {
                 return query_error_response(&e, start);
             }

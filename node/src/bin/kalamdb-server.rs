@@ -1,5 +1,7 @@
 //! `kalamdb-server`: runs one node. With no arguments it serves 127.0.0.1:8080 with data in
 //! `./data`; `--config server.toml` reads a config file; `KALAMDB_*` variables override it.
+//! `kalamdb-server restore --from <backup folder> --config server.toml` rebuilds the node from
+//! a backup before its first start.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +12,46 @@ use clap::Parser;
 #[command(name = "kalamdb-server", version, about = "KalamDB server node")]
 struct Args {
     /// Path to a TOML config file (see README for keys).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Rebuild this node from a backup written by `BACKUP DATABASE TO '<folder>'`, before the
+    /// node first starts. Run it on every node of the new cluster, then start them.
+    Restore {
+        /// The backup folder.
+        #[arg(long)]
+        from: PathBuf,
+        /// Which backup of the folder (default: the newest, named by its LATEST file).
+        #[arg(long)]
+        backup: Option<String>,
+    },
+}
+
+fn run_restore(cfg: &kalamdb_node::Config, from: &std::path::Path, backup: Option<&str>) -> ExitCode {
+    match kalamdb_node::backup::restore::restore(cfg, from, backup) {
+        Ok(r) => {
+            println!(
+                "restored backup {} into {}: {} group(s), {} file(s)",
+                r.backup_id,
+                cfg.storage.data_path.display(),
+                r.groups.len(),
+                r.files
+            );
+            for (group, index) in &r.groups {
+                println!("  {group} at log index {index}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kalamdb-server restore: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -23,6 +63,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Restore { from, backup }) = &args.command {
+        return run_restore(&cfg, from, backup.as_deref());
+    }
     // Our targets (kalamdb_raft, kalamdb_transport, kalamdb_sql) are the interface; openraft's
     // own info logs (every vote and snapshot chunk) only appear when asked for by name.
     let mut directives = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.logging.level.clone());

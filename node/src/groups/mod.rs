@@ -105,6 +105,21 @@ pub struct GroupDigest {
     pub digest: String,
 }
 
+/// The members every group starts with: the configured cluster, or this node alone.
+pub fn initial_members(cfg: &Config) -> BTreeMap<NodeId, NodeAddr> {
+    match &cfg.cluster {
+        None => {
+            let http_me = format!("{}:{}", cfg.server.host, cfg.server.port);
+            BTreeMap::from([(cfg.server.node_id, NodeAddr { raft_addr: String::new(), http_addr: http_me })])
+        }
+        Some(c) => c
+            .members
+            .iter()
+            .map(|m| (m.node_id, NodeAddr { raft_addr: m.raft_addr.clone(), http_addr: m.http_addr.clone() }))
+            .collect(),
+    }
+}
+
 impl Groups {
     /// Open storage, start every group, and initialize each group once: the lowest member id
     /// does it with the whole member list (a single node with itself). Initializing an
@@ -121,15 +136,7 @@ impl Groups {
         let catalog = Catalog::new();
         let raft_cfg = raft_config(cfg)?;
         let node_id = cfg.server.node_id;
-        let http_me = format!("{}:{}", cfg.server.host, cfg.server.port);
-        let members: BTreeMap<NodeId, NodeAddr> = match &cfg.cluster {
-            None => BTreeMap::from([(node_id, NodeAddr { raft_addr: String::new(), http_addr: http_me })]),
-            Some(c) => c
-                .members
-                .iter()
-                .map(|m| (m.node_id, NodeAddr { raft_addr: m.raft_addr.clone(), http_addr: m.http_addr.clone() }))
-                .collect(),
-        };
+        let members = initial_members(cfg);
         let transport = match (&cfg.cluster, cfg.me()) {
             (Some(c), Some(me)) => {
                 let bind = match &c.raft_bind {
@@ -326,6 +333,7 @@ impl Groups {
                 last_log_index: last,
                 commit_index: commit,
                 applied_index: applied,
+                files_needed_from: self.storage.pins.lowest(id).unwrap_or(u64::MAX),
                 matched,
             });
         }

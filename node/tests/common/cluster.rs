@@ -45,21 +45,35 @@ pub fn cluster_toml(http: &[u16], raft: &[u16], secret: &str) -> String {
 impl Cluster {
     /// Start 3 nodes and wait until each is healthy (every group has a leader).
     pub async fn start(dir: &Path, env: &[(&str, &str)]) -> Cluster {
+        let mut c = Cluster::configure(dir, env);
+        c.start_configured().await;
+        c
+    }
+
+    /// Write the 3 nodes' configs (fresh ports) without starting them: for steps that run on a
+    /// node before its first start (restore).
+    pub fn configure(dir: &Path, env: &[(&str, &str)]) -> Cluster {
         let http: Vec<u16> = (0..NODES).map(|_| super::free_port()).collect();
         let raft: Vec<u16> = (0..NODES).map(|_| free_udp_port()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut c = Cluster { dir: dir.to_path_buf(), http, raft, nodes: Vec::new(), env };
+        let c = Cluster { dir: dir.to_path_buf(), http, raft, nodes: Vec::new(), env };
+        std::fs::create_dir_all(dir).expect("create cluster dir");
         for i in 1..=NODES {
             c.write_config(i, SECRET);
         }
+        c
+    }
+
+    /// Start every configured node and wait until each is healthy.
+    pub async fn start_configured(&mut self) {
+        assert!(self.nodes.is_empty(), "already started");
         for i in 1..=NODES {
-            let s = c.spawn(i);
-            c.nodes.push(s);
+            let s = self.spawn(i);
+            self.nodes.push(s);
         }
-        for s in &c.nodes {
+        for s in &self.nodes {
             s.wait_healthy().await;
         }
-        c
     }
 
     pub fn config_path(&self, i: usize) -> PathBuf {
@@ -103,6 +117,17 @@ impl Cluster {
         let s = self.spawn(i);
         s.wait_healthy().await;
         self.nodes[i - 1] = s;
+    }
+
+    /// Start node `i` with extra environment (e.g. crash points), without waiting for it.
+    pub fn spawn_with(&mut self, i: usize, extra: &[(&str, &str)]) {
+        let mut env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend_from_slice(extra);
+        self.nodes[i - 1] = Server::spawn(Some(&self.config_path(i)), &self.data_path(i), self.http[i - 1], &env);
+    }
+
+    pub fn node_mut(&mut self, i: usize) -> &mut Server {
+        &mut self.nodes[i - 1]
     }
 
     /// Start every stopped node, in `order`, without waiting in between (a lone node cannot

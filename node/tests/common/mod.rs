@@ -113,6 +113,21 @@ impl Server {
         panic!("server on port {} did not become healthy; log:\n{log}", self.port);
     }
 
+    /// Wait until the process ends by itself (a crash point), at most `within`; reaps it.
+    pub async fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && c.try_wait().expect("poll server").is_some()
+            {
+                self.child = None;
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// SIGKILL: no shutdown code runs, exactly like a crash.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -10,24 +10,35 @@ pub(super) fn parquet_err(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
 }
 
-/// A `Write` that hashes and counts what goes to the file, so the manifest's checksum costs
-/// no second read.
-pub(super) struct HashingWriter {
-    file: std::fs::File,
+/// A `Write` that hashes and counts what passes through to `inner`, so a checksum costs no
+/// second read (the manifest's, a backup's).
+pub struct HashingWriter<W> {
+    inner: W,
     hasher: Sha256,
     bytes: u64,
 }
 
-impl Write for HashingWriter {
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> HashingWriter<W> {
+        HashingWriter { inner, hasher: Sha256::new(), bytes: 0 }
+    }
+
+    /// The writer, the bytes written and their SHA-256 (hex).
+    pub fn finish(self) -> (W, u64, String) {
+        (self.inner, self.bytes, hex::encode(self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
+        let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+        self.inner.flush()
     }
 }
 
@@ -63,7 +74,7 @@ pub(super) fn write_parquet(
         .set_column_dictionary_enabled(ColumnPath::from(pk_column), false)
         .set_column_dictionary_enabled(ColumnPath::from(crate::columnar::SEQ_COLUMN), false)
         .build();
-    let out = HashingWriter { file: std::fs::File::create(&tmp)?, hasher: Sha256::new(), bytes: 0 };
+    let out = HashingWriter::new(std::fs::File::create(&tmp)?);
     let (bytes, sha) = match encode_parquet(out, schema, props, batches) {
         Ok(r) => r,
         Err(e) => {
@@ -80,7 +91,7 @@ pub(super) fn write_parquet(
 
 /// Encode `batches` into `out` and fsync it; returns (bytes, sha256).
 pub(super) fn encode_parquet(
-    out: HashingWriter,
+    out: HashingWriter<std::fs::File>,
     schema: &SchemaRef,
     props: WriterProperties,
     batches: &[RecordBatch],
@@ -91,8 +102,9 @@ pub(super) fn encode_parquet(
     }
     let mut out = writer.into_inner().map_err(parquet_err)?;
     out.flush()?;
-    out.file.sync_all()?;
-    Ok((out.bytes, hex::encode(out.hasher.finalize())))
+    let (file, bytes, sha) = out.finish();
+    file.sync_all()?;
+    Ok((bytes, sha))
 }
 
 /// Read a whole Parquet file of the table schema.

@@ -166,6 +166,14 @@ impl JobLog {
     pub fn list(&self) -> Vec<JobRecord> {
         self.records.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
+
+    /// Change the record of a running job (a no-op once it has aged out of the log).
+    pub fn update(&self, job_id: &str, change: impl FnOnce(&mut JobRecord)) {
+        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = r.iter_mut().rev().find(|j| j.job_id == job_id) {
+            change(job);
+        }
+    }
 }
 
 /// Rows written per (group, table) since its last flush on this node: what the automatic
@@ -195,6 +203,67 @@ impl HotStats {
     }
 }
 
+/// Readers on this node that copy a group's files as of some applied index (a snapshot being
+/// built, a backup): while one holds a pin, this node reports that index as the lowest whose
+/// files it needs, and the group's leader deletes no file retired after it
+/// (`node/src/file_retirement.rs`). Apply goes on meanwhile.
+#[derive(Debug, Default)]
+pub struct FilePins {
+    pins: Mutex<HashMap<u64, (GroupId, u64)>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// Holds a pin until dropped.
+#[derive(Debug)]
+pub struct FilePin<'a> {
+    pins: &'a FilePins,
+    id: u64,
+}
+
+impl Drop for FilePin<'_> {
+    fn drop(&mut self) {
+        self.pins.pins.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+impl FilePins {
+    /// Pin the files of `group` live at `applied` (the group's applied index, read before the
+    /// reader takes its RocksDB snapshot, so the snapshot is at or after it).
+    pub fn pin(&self, group: GroupId, applied: u64) -> FilePin<'_> {
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pins.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (group, applied));
+        FilePin { pins: self, id }
+    }
+
+    /// The lowest pinned index of `group`, if any reader holds one.
+    pub fn lowest(&self, group: GroupId) -> Option<u64> {
+        let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        pins.values().filter(|(g, _)| *g == group).map(|(_, i)| *i).min()
+    }
+}
+
+/// The groups whose projection a state install is replacing right now: local reads of them
+/// are refused meanwhile (see `crate::install`).
+#[derive(Debug, Default)]
+pub struct Installing {
+    groups: Mutex<HashSet<u32>>,
+}
+
+impl Installing {
+    pub fn set(&self, group: GroupId, installing: bool) {
+        let mut g = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if installing {
+            g.insert(group.to_u32());
+        } else {
+            g.remove(&group.to_u32());
+        }
+    }
+
+    pub fn contains(&self, group: GroupId) -> bool {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).contains(&group.to_u32())
+    }
+}
+
 /// Where a node keeps files, and the per-node registries storage jobs report to.
 #[derive(Debug)]
 pub struct StorageEnv {
@@ -203,11 +272,20 @@ pub struct StorageEnv {
     pub storage_dir: PathBuf,
     pub jobs: JobLog,
     pub hot: HotStats,
+    pub pins: FilePins,
+    pub installing: Installing,
 }
 
 impl StorageEnv {
     pub fn new(snapshot_dir: PathBuf, storage_dir: PathBuf) -> Arc<StorageEnv> {
-        Arc::new(StorageEnv { snapshot_dir, storage_dir, jobs: JobLog::default(), hot: HotStats::default() })
+        Arc::new(StorageEnv {
+            snapshot_dir,
+            storage_dir,
+            jobs: JobLog::default(),
+            hot: HotStats::default(),
+            pins: FilePins::default(),
+            installing: Installing::default(),
+        })
     }
 }
 

@@ -149,14 +149,22 @@ pub fn live_file_counts(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<(S
 }
 
 /// Every file record of a group (live and retired), for snapshots.
-pub fn group_files(db: &DB, group: GroupId) -> Result<Vec<FileMeta>> {
+/// The live (not retired) files of every scope of a group, as the RocksDB snapshot `snap` holds
+/// them.
+pub fn live_files_at(db: &DB, snap: &rocksdb::Snapshot<'_>, group: GroupId) -> Result<Vec<FileMeta>> {
     let cold = cf(db, CF_COLD)?;
+    let prefix = group.prefix();
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(prefix_end(&prefix));
     let mut out = Vec::new();
-    for item in iter_prefix(db, cold, &group.prefix()) {
+    for item in snap.iterator_cf_opt(cold, opts, IteratorMode::From(&prefix, Direction::Forward)) {
         let (k, v) = item?;
         let (_, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
         if rest.first() == Some(&KIND_FILE) {
-            out.push(unjson(&v)?);
+            let meta: FileMeta = unjson(&v)?;
+            if meta.retired_at.is_none() {
+                out.push(meta);
+            }
         }
     }
     Ok(out)

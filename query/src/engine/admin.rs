@@ -1,6 +1,6 @@
 //! Storage and stream statements: FLUSH, STORAGE COMPACT, REBUILD PROJECTION (one op per
-//! group that may hold the table's rows) and SUBSCRIBE (answered with typed data; the node
-//! turns it into the tail URL).
+//! group that may hold the table's rows), SUBSCRIBE (answered with typed data; the node
+//! turns it into the tail URL) and BACKUP DATABASE (handed to the node's backup runner).
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use crate::parse::{Statement, StorageTarget};
 use crate::ports::Proposer;
 
 impl Engine {
-    /// FLUSH, STORAGE COMPACT, REBUILD PROJECTION or SUBSCRIBE.
+    /// FLUSH, STORAGE COMPACT, REBUILD PROJECTION, SUBSCRIBE or BACKUP DATABASE.
     pub(super) async fn admin_statement(
         &self,
         statement: Statement,
@@ -24,6 +24,7 @@ impl Engine {
             Statement::Storage { compact: false, .. } => access::require(ctx.role, Role::Dba, "FLUSH")?,
             Statement::Storage { compact: true, .. } => access::require(ctx.role, Role::Dba, "STORAGE COMPACT")?,
             Statement::Rebuild { .. } => access::require(ctx.role, Role::Dba, "REBUILD PROJECTION")?,
+            Statement::Backup { .. } => access::require(ctx.role, Role::Dba, "BACKUP DATABASE")?,
             _ => {}
         }
         match statement {
@@ -95,6 +96,19 @@ impl Engine {
                     kind: "other",
                     subscription: Some(subscription),
                 })
+            }
+            Statement::Backup { destination } => {
+                let runner = self
+                    .backups
+                    .as_ref()
+                    .ok_or_else(|| Error::Unsupported("BACKUP DATABASE needs a server node".into()))?;
+                let job_id = runner.start_backup(&destination).await?;
+                let mut result = QueryResult::rows(
+                    vec![("job_id".into(), "Utf8".into()), ("destination".into(), "Utf8".into())],
+                    vec![vec![serde_json::Value::String(job_id.clone()), serde_json::Value::String(destination)]],
+                );
+                result.message = Some(format!("Backup job {job_id} started; its progress is in system.jobs"));
+                Ok(result)
             }
             other => Err(Error::Internal(format!("not a storage statement: {other:?}"))),
         }

@@ -30,7 +30,7 @@ pub use ddl::{TTL_OPTION, TTL_SECONDS_MAX, ttl_secs};
 use crate::error::{Error, Result};
 use crate::limits::{Executor, QueryLimits};
 use crate::parse::{Parsed, Statement, TableName, parse, split_request};
-use crate::ports::{ClusterView, JobSource, Proposer, ReadBarrier};
+use crate::ports::{BackupRunner, ClusterView, JobSource, Proposer, ReadBarrier};
 use crate::values::{Literal, api_type_name, cell_to_json};
 
 /// Rows one INSERT, UPDATE or DELETE statement may write (well under the log's per-entry cap).
@@ -182,6 +182,7 @@ pub struct Engine {
     template: SessionState,
     cluster: Option<Arc<dyn ClusterView>>,
     jobs: Option<Arc<dyn JobSource>>,
+    backups: Option<Arc<dyn BackupRunner>>,
     limits: QueryLimits,
     executor: Arc<Executor>,
 }
@@ -297,6 +298,7 @@ impl Engine {
             template: select::session_template(env),
             cluster: None,
             jobs: None,
+            backups: None,
             executor: Arc::new(Executor::new(&limits, None)),
             limits,
         }
@@ -315,6 +317,12 @@ impl Engine {
     /// Serve `system.jobs` from `jobs` (the node's storage job log).
     pub fn with_jobs(mut self, jobs: Arc<dyn JobSource>) -> Engine {
         self.jobs = Some(jobs);
+        self
+    }
+
+    /// Run `BACKUP DATABASE` through `runner` (the node's backup jobs).
+    pub fn with_backups(mut self, runner: Arc<dyn BackupRunner>) -> Engine {
+        self.backups = Some(runner);
         self
     }
 
@@ -468,9 +476,10 @@ impl Engine {
             | Statement::ShowTables { .. }
             | Statement::DescribeTable { .. }
             | Statement::AlterTable { .. }) => self.ddl_statement(s, ctx, proposer).await,
-            s @ (Statement::Storage { .. } | Statement::Rebuild { .. } | Statement::Subscribe { .. }) => {
-                self.admin_statement(s, ctx, proposer).await
-            }
+            s @ (Statement::Storage { .. }
+            | Statement::Rebuild { .. }
+            | Statement::Subscribe { .. }
+            | Statement::Backup { .. }) => self.admin_statement(s, ctx, proposer).await,
             // Inside a batch the lookup would miss the batch's own writes: scan instead.
             Statement::PointSelect { rest, .. } if ctx.batch.is_some() => {
                 self.execute_sql(rest.parse()?, ctx, proposer).await

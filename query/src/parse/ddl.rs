@@ -76,6 +76,19 @@ pub(super) fn parse_own(c: &mut Cursor<'_, '_>) -> Result<Option<Statement>> {
         return Ok(Some(Statement::Rebuild { table }));
     } else if c.eat_kw("SUBSCRIBE") {
         return parse_subscribe(c).map(Some);
+    } else if c.eat_kw("BACKUP") {
+        if !c.eat_kw("DATABASE") {
+            return Err(c.unexpected("DATABASE"));
+        }
+        if !c.eat_kw("TO") {
+            return Err(c.unexpected("TO"));
+        }
+        let destination = match c.next() {
+            Some(Token::SingleQuotedString(s)) => s,
+            _ => return Err(Error::InvalidSql("BACKUP DATABASE TO takes a single-quoted folder path or URL".into())),
+        };
+        c.expect_end()?;
+        return Ok(Some(Statement::Backup { destination }));
     } else if c.peek_kw("ALTER") && c.peek_kw_at(1, "TABLE") {
         c.pos += 2;
         return parse_alter_table(c).map(Some);

@@ -137,6 +137,10 @@ pub enum Statement {
         last_rows: Option<u64>,
         from: Option<String>,
     },
+    /// `BACKUP DATABASE TO '<destination>'`: a backup of the whole database, run by the node.
+    Backup {
+        destination: String,
+    },
     /// `BEGIN [TRANSACTION | WORK]` / `START TRANSACTION`: the request's writes up to `COMMIT`
     /// apply all or nothing.
     Begin,
@@ -257,6 +261,7 @@ fn kind_of(first: &str) -> &'static str {
         "SHOW" | "DESCRIBE" | "DESC" | "EXPLAIN" => "show",
         "FLUSH" | "STORAGE" | "REBUILD" => "storage",
         "SUBSCRIBE" => "subscribe",
+        "BACKUP" => "backup",
         "EXECUTE" => "execute_as",
         "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" => "transaction",
         _ => "other",
@@ -273,7 +278,7 @@ pub fn parse(src: Source<'_>) -> Result<Parsed> {
     let kind = kind_of(&first);
     let statement = match first.as_str() {
         "CREATE" | "DROP" | "SHOW" | "DESCRIBE" | "DESC" | "FLUSH" | "STORAGE" | "REBUILD" | "ALTER" | "SUBSCRIBE"
-        | "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" => {
+        | "BACKUP" | "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" => {
             let mut c = c;
             match ddl::parse_own(&mut c)? {
                 Some(stmt) => stmt,

@@ -245,3 +245,16 @@ fn redacts_passwords_for_logs() {
     assert!(!r.contains("hunter2") && r.contains("'***'") && r.contains("ROLE dba"), "{r}");
     assert_eq!(redact_passwords("SELECT 1"), "SELECT 1");
 }
+
+#[test]
+fn backup_takes_one_quoted_destination() {
+    let parsed = parse_statement("backup database to '/srv/backups/it''s'").unwrap();
+    assert!(matches!(&parsed, Statement::Backup { destination } if destination == "/srv/backups/it's"), "{parsed:?}");
+    let kind = |sql: &str| parse(split_request(sql).unwrap().remove(0)).unwrap().kind;
+    assert_eq!(kind("BACKUP DATABASE TO '/b'"), "backup");
+    for bad in
+        ["BACKUP DATABASE '/b'", "BACKUP TABLE t TO '/b'", "BACKUP DATABASE TO /b", "BACKUP DATABASE TO '/b' NOW"]
+    {
+        assert!(matches!(parse_statement(bad), Err(Error::InvalidSql(_))), "{bad}");
+    }
+}

@@ -1,0 +1,117 @@
+//! `kalamdb-server restore --from <folder> --config <server.toml>`: rebuild this node from a
+//! backup, offline, before it first starts. Everything in the backup is checked against the
+//! manifest (sizes and SHA-256s) before anything is written, so a damaged backup leaves the node
+//! untouched. Each group's state is installed at the backup's position with the *configured*
+//! members as its membership, and its log starts after that position; run it on every node of
+//! the new cluster with the same backup, then start them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use kalamdb_log::types::{LogId, NodeAddr, NodeId, StoredMembership, Vote};
+use kalamdb_log::{GroupId, LogDb, LogStore};
+use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, StorageEnv};
+
+use super::{Manifest, checked_rel, copy_verified, read_manifest, verify_file};
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// What a restore did, for the operator.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub backup_id: String,
+    /// (group, restored log index).
+    pub groups: Vec<(String, u64)>,
+    pub files: u64,
+}
+
+/// Check every file the manifest names, before anything is written.
+fn verify_backup(from: &Path, manifest: &Manifest) -> Result<()> {
+    for g in &manifest.groups {
+        for entry in std::iter::once(&g.state).chain(&g.files) {
+            verify_file(&from.join(checked_rel(&entry.path)?), entry.bytes, &entry.sha256)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `dir` is missing or an empty directory.
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Restore the node configured by `cfg` from backup `backup_id` (the newest if `None`) in
+/// `from`.
+pub fn restore(cfg: &Config, from: &Path, backup_id: Option<&str>) -> Result<Restored> {
+    let manifest = read_manifest(from, backup_id)?;
+    let (user_shards, shared_shards) = cfg.shards();
+    if (manifest.user_shards, manifest.shared_shards) != (user_shards, shared_shards) {
+        return Err(Error::Backup(format!(
+            "backup {} has {} user and {} shared shard(s); this node is configured with {user_shards} and {shared_shards}",
+            manifest.backup_id, manifest.user_shards, manifest.shared_shards
+        )));
+    }
+    let layout = kalamdb_log::GroupLayout::new(user_shards, shared_shards);
+    let mut expected: Vec<u32> = layout.all().iter().map(|g| g.to_u32()).collect();
+    let mut present: Vec<u32> = manifest.groups.iter().map(|g| g.group_id).collect();
+    expected.sort_unstable();
+    present.sort_unstable();
+    if expected != present {
+        return Err(Error::Backup(format!("backup {} does not hold every group of the layout", manifest.backup_id)));
+    }
+    let rocksdb_path = cfg.rocksdb_path();
+    if !is_empty_dir(&rocksdb_path)? {
+        return Err(Error::Backup(format!(
+            "{} already holds a database: restore needs a node that has never started (move it away first)",
+            rocksdb_path.display()
+        )));
+    }
+    verify_backup(from, &manifest)?;
+
+    std::fs::create_dir_all(&cfg.storage.data_path)?;
+    let storage_path = cfg.storage_path();
+    std::fs::create_dir_all(&storage_path)?;
+    let env = StorageEnv::new(cfg.snapshot_path(), std::fs::canonicalize(&storage_path)?);
+    let log_db = LogDb::open(&rocksdb_path, &PROJECTION_CFS)?;
+    let catalog = Catalog::new();
+    let members = crate::groups::initial_members(cfg);
+    let mut restored = Restored { backup_id: manifest.backup_id.clone(), groups: Vec::new(), files: 0 };
+    for part in &manifest.groups {
+        let group = GroupId::from_u32(part.group_id)
+            .ok_or_else(|| Error::Backup(format!("manifest names unknown group {}", part.group_id)))?;
+        for file in &part.files {
+            // `files/<path under the storage root>`, as the job wrote it.
+            let rel = checked_rel(&file.path)?
+                .strip_prefix("files/")
+                .ok_or_else(|| Error::Backup(format!("manifest names a file outside files/: {}", file.path)))?;
+            let target = env.storage_dir.join(rel);
+            // A storage root shared by the nodes may have it already (same name, same bytes).
+            if !std::fs::metadata(&target).is_ok_and(|m| m.len() == file.bytes) {
+                copy_verified(&from.join(&file.path), &target, file.bytes, &file.sha256)?;
+            }
+            restored.files += 1;
+        }
+        let mut projection = Projection::open(log_db.clone(), group, catalog.clone(), env.clone())?;
+        let membership = restored_membership(part.last_log_id, &members);
+        let mut state = std::fs::File::open(from.join(checked_rel(&part.state.path)?))?;
+        projection.install_state(&mut state, part.last_log_id, membership)?;
+        if let Some(last) = part.last_log_id {
+            let vote = Vote::new(last.leader_id.term, cfg.server.node_id);
+            LogStore::new(log_db.clone(), group)?.seed_restored(last, &vote)?;
+        }
+        restored.groups.push((group.to_string(), part.last_log_id.map_or(0, |l| l.index)));
+    }
+    log_db.sync_wal()?;
+    Ok(restored)
+}
+
+/// The configured members as the membership in effect at `last`: every node restored from the
+/// same backup with the same cluster config holds the same one.
+fn restored_membership(last: Option<LogId>, members: &BTreeMap<NodeId, NodeAddr>) -> StoredMembership {
+    let voters: BTreeSet<NodeId> = members.keys().copied().collect();
+    StoredMembership::new(last, openraft::Membership::new(vec![voters], members.clone()))
+}

@@ -1,0 +1,114 @@
+//! Installing a group's state from a state stream (a received snapshot, a backup's state
+//! file). The stream is checked whole first; then an *installing* marker is written (synced),
+//! the records go in bounded batches and the last batch sets the new position and removes the
+//! marker. Memory stays bounded whatever the group's size, and a restart that finds the marker
+//! redoes the install from the current snapshot (published before the marker), so a crash
+//! mid-install never leaves a half-replaced projection in use. While an install runs, local
+//! reads of the group are refused (`StorageEnv::installing`); linearizable reads wait anyway,
+//! as the applied index moves only with the last batch.
+
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+
+use kalamdb_log::types::{LogId, StoredMembership};
+use kalamdb_log::{GroupId, LogDb, MetaGroup};
+use rocksdb::{WriteBatch, WriteOptions};
+
+use crate::CF_SM;
+use crate::catalog::Catalog;
+use crate::cold::{ColdGroup, StorageEnv};
+use crate::error::{Error, Result};
+use crate::sm::{KEY_INSTALLING, sm_key, stage_position};
+use crate::snapshot::{check_stream, import_group};
+use crate::snapshot_store::SnapshotStore;
+
+/// What an install touches: the node's database, storage and catalog, and the group.
+pub(crate) struct Installer<'a> {
+    pub log_db: &'a LogDb,
+    pub env: &'a StorageEnv,
+    pub catalog: &'a Catalog,
+    pub group: GroupId,
+}
+
+impl Installer<'_> {
+    /// Check the stream in `file`, run `before` (a snapshot install publishes the received file
+    /// there, so a crash from then on redoes the install from it), mark the install and write
+    /// it.
+    pub fn install(
+        &self,
+        file: &mut File,
+        last: Option<LogId>,
+        membership: StoredMembership,
+        before: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        file.seek(SeekFrom::Start(0))?;
+        check_stream(&mut BufReader::new(&mut *file))?;
+        before()?;
+        let db = self.log_db.db();
+        let sm = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+        let marker = serde_json::to_vec(&last).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+        db.put_cf_opt(sm, sm_key(self.group, KEY_INSTALLING), marker, &synced)?;
+        file.seek(SeekFrom::Start(0))?;
+        self.install_marked(file, last, membership)
+    }
+
+    /// Write the (checked) stream in `file` over the group, the marker being set.
+    fn install_marked(&self, file: &mut File, last: Option<LogId>, membership: StoredMembership) -> Result<()> {
+        // Stays set if this fails: the group is half installed until a restart redoes it.
+        self.env.installing.set(self.group, true);
+        let db = self.log_db.db();
+        let at = ColdGroup { db, storage_dir: &self.env.storage_dir, group: self.group };
+        let mut input = BufReader::new(file);
+        let mut batch = import_group(at, &mut input, |b: WriteBatch| {
+            db.write(b)?;
+            crate::failpoint::hit("install-after-batch");
+            Ok(())
+        })?;
+        // The entries the state covers were never applied here: their change records cannot
+        // exist, so the tail of this node starts after it.
+        let new_floor = last.map_or(0, |l| l.index) + 1;
+        if new_floor > crate::changes::floor(db, self.group)? {
+            crate::changes::stage_trim(db, &mut batch, self.group, new_floor)?;
+        }
+        stage_position(db, self.group, &last, &membership, &mut batch)?;
+        let sm = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+        batch.delete_cf(sm, sm_key(self.group, KEY_INSTALLING));
+        crate::failpoint::hit("install-before-commit");
+        db.write(batch)?;
+        self.log_db.sync_wal()?;
+        if self.group == GroupId::Meta(MetaGroup::Catalog) {
+            self.catalog.load(db, self.group)?;
+        }
+        if self.group == GroupId::Meta(MetaGroup::Users) {
+            self.catalog.users.load(db, self.group)?;
+        }
+        self.env.installing.set(self.group, false);
+        Ok(())
+    }
+
+    /// At open: finish an install a crash interrupted, from the current snapshot, which was
+    /// published before the marker. Returns whether there was one.
+    pub fn recover(&self) -> Result<bool> {
+        let db = self.log_db.db();
+        let sm = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+        let Some(bytes) = db.get_pinned_cf(sm, sm_key(self.group, KEY_INSTALLING))? else {
+            return Ok(false);
+        };
+        let target: Option<LogId> = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+        match SnapshotStore::new(&self.env.snapshot_dir, self.group).current()? {
+            Some((meta, path)) if meta.last_log_id == target => {
+                tracing::warn!(target: "kalamdb_raft", group = %self.group, last_log_id = ?target, "finishing a state install a crash interrupted");
+                let mut file = File::open(path)?;
+                self.install_marked(&mut file, meta.last_log_id, meta.last_membership)?;
+                Ok(true)
+            }
+            _ => Err(Error::Snapshot(format!(
+                "group {}: installing the state at {target:?} did not finish and no snapshot holds it; \
+                 restore this node again into an empty data folder",
+                self.group
+            ))),
+        }
+    }
+}
