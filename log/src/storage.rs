@@ -27,6 +27,11 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 pub const CF_LOG: &str = "log";
 pub const CF_RAFT: &str = "raft";
 
+/// Bytes of the memtables of every column family together: past it RocksDB flushes the largest
+/// one. Without a shared bound each of the 7 column families could hold two 64 MiB memtables,
+/// and a node that ingests or installs 10M rows grew past 800 MiB (benches/RESULTS.md).
+pub const MEMTABLES_BYTES_MAX: usize = 128 << 20;
+
 /// Flush callbacks waiting for the syncer. Bounded: a full queue makes `append` wait.
 pub const SYNC_QUEUE_LEN_MAX: usize = 8192;
 
@@ -63,6 +68,7 @@ impl LogDb {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Background work shares two cores with the server; keep it modest but concurrent.
         opts.increase_parallelism(2);
+        opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
         let mut cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, Options::default()),
             ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
@@ -82,6 +88,16 @@ impl LogDb {
 
     pub fn db(&self) -> &Arc<DB> {
         &self.db
+    }
+
+    /// The last purged log id of `group`: the log holds nothing at or below it.
+    pub fn last_purged(&self, group: GroupId) -> Result<Option<LogId>> {
+        let cf =
+            self.db.cf_handle(CF_RAFT).ok_or_else(|| Error::Corrupt(format!("missing column family {CF_RAFT}")))?;
+        match self.db.get_pinned_cf(cf, raft_key(group, KEY_PURGED))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(e.to_string())),
+        }
     }
 
     /// Fsync the WAL now (used before acknowledging anything that bypasses `append`).

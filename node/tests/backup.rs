@@ -204,6 +204,8 @@ async fn damaged_backups_and_used_nodes_are_refused() {
     assert_eq!((status, r["error"]["code"].as_str()), (403, Some("PERMISSION_DENIED")), "{r}");
     let (status, r) = node.sql("BACKUP DATABASE TO 'relative/folder'").await;
     assert_eq!((status, r["error"]["code"].as_str()), (400, Some("INVALID_SQL")), "{r}");
+    let (status, r) = node.sql(&format!("BACKUP DATABASE TO '{}'", node.data.display())).await;
+    assert_eq!((status, r["error"]["code"].as_str()), (400, Some("INVALID_SQL")), "a folder with other files: {r}");
     let (status, r) = node.sql("BACKUP DATABASE TO 's3://bucket/prefix'").await;
     assert_eq!((status, r["error"]["code"].as_str()), (501, Some("NOT_SUPPORTED")), "{r}");
 

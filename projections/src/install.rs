@@ -18,7 +18,7 @@ use crate::CF_SM;
 use crate::catalog::Catalog;
 use crate::cold::{ColdGroup, StorageEnv};
 use crate::error::{Error, Result};
-use crate::sm::{KEY_INSTALLING, sm_key, stage_position};
+use crate::sm::{KEY_INSTALLING, position_at, sm_key, stage_position};
 use crate::snapshot::{check_stream, import_group};
 use crate::snapshot_store::SnapshotStore;
 
@@ -31,9 +31,10 @@ pub(crate) struct Installer<'a> {
 }
 
 impl Installer<'_> {
-    /// Check the stream in `file`, run `before` (a snapshot install publishes the received file
-    /// there, so a crash from then on redoes the install from it), mark the install and write
-    /// it.
+    /// Run `before` (a snapshot install publishes the received file there, as early as it can:
+    /// openraft may purge the log up to the new snapshot before the install is done, and a
+    /// restart then redoes the install from it, see [`Installer::recover`]), check the stream in
+    /// `file`, mark the install and write it.
     pub fn install(
         &self,
         file: &mut File,
@@ -41,17 +42,23 @@ impl Installer<'_> {
         membership: StoredMembership,
         before: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
+        before()?;
         file.seek(SeekFrom::Start(0))?;
         check_stream(&mut BufReader::new(&mut *file))?;
-        before()?;
+        self.mark(last)?;
+        file.seek(SeekFrom::Start(0))?;
+        self.install_marked(file, last, membership)
+    }
+
+    /// Write the installing marker for `last`, synced.
+    fn mark(&self, last: Option<LogId>) -> Result<()> {
         let db = self.log_db.db();
         let sm = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
         let marker = serde_json::to_vec(&last).map_err(|e| Error::Corrupt(e.to_string()))?;
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
         db.put_cf_opt(sm, sm_key(self.group, KEY_INSTALLING), marker, &synced)?;
-        file.seek(SeekFrom::Start(0))?;
-        self.install_marked(file, last, membership)
+        Ok(())
     }
 
     /// Write the (checked) stream in `file` over the group, the marker being set.
@@ -68,7 +75,7 @@ impl Installer<'_> {
         })?;
         // The entries the state covers were never applied here: their change records cannot
         // exist, so the tail of this node starts after it.
-        let new_floor = last.map_or(0, |l| l.index) + 1;
+        let new_floor = last.map_or(0, |l| l.index).saturating_add(1);
         if new_floor > crate::changes::floor(db, self.group)? {
             crate::changes::stage_trim(db, &mut batch, self.group, new_floor)?;
         }
@@ -88,27 +95,51 @@ impl Installer<'_> {
         Ok(())
     }
 
-    /// At open: finish an install a crash interrupted, from the current snapshot, which was
-    /// published before the marker. Returns whether there was one.
+    /// At open: finish an install a crash interrupted, from the current snapshot. Either the
+    /// marker names it, or there is no marker yet but openraft already purged the log past the
+    /// applied position (it purges as it hands the install over); the current snapshot was
+    /// published before either. Returns whether there was one.
     pub fn recover(&self) -> Result<bool> {
         let db = self.log_db.db();
         let sm = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
-        let Some(bytes) = db.get_pinned_cf(sm, sm_key(self.group, KEY_INSTALLING))? else {
-            return Ok(false);
+        let marker: Option<Option<LogId>> = match db.get_pinned_cf(sm, sm_key(self.group, KEY_INSTALLING))? {
+            Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?),
+            None => None,
         };
-        let target: Option<LogId> = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
-        match SnapshotStore::new(&self.env.snapshot_dir, self.group).current()? {
-            Some((meta, path)) if meta.last_log_id == target => {
-                tracing::warn!(target: "kalamdb_raft", group = %self.group, last_log_id = ?target, "finishing a state install a crash interrupted");
-                let mut file = File::open(path)?;
-                self.install_marked(&mut file, meta.last_log_id, meta.last_membership)?;
-                Ok(true)
-            }
-            _ => Err(Error::Snapshot(format!(
-                "group {}: installing the state at {target:?} did not finish and no snapshot holds it; \
-                 restore this node again into an empty data folder",
-                self.group
-            ))),
+        let (applied, _) = position_at(db, None, self.group)?;
+        let purged = self.log_db.last_purged(self.group)?;
+        let index = |l: Option<LogId>| l.map(|l| l.index);
+        let behind_purge = index(purged) > index(applied);
+        if marker.is_none() && !behind_purge {
+            return Ok(false);
         }
+        let current = SnapshotStore::new(&self.env.snapshot_dir, self.group).current()?;
+        let usable = match (&current, marker) {
+            (Some((meta, _)), Some(target)) => meta.last_log_id == target,
+            (Some((meta, _)), None) => index(meta.last_log_id) >= index(purged),
+            (None, _) => false,
+        };
+        let Some((meta, path)) = current.filter(|_| usable) else {
+            return Err(Error::Snapshot(format!(
+                "group {}: its projection is at {applied:?}, an install of {marker:?} did not finish and the log is \
+                 purged to {purged:?}, but no snapshot covers it; move this node's data folder away and let it \
+                 rejoin (or restore it again)",
+                self.group
+            )));
+        };
+        tracing::warn!(target: "kalamdb_raft", group = %self.group, last_log_id = ?meta.last_log_id, "finishing a state install a crash interrupted");
+        if marker.is_none() {
+            self.mark(meta.last_log_id)?;
+        }
+        let mut file = File::open(path)?;
+        self.install_marked(&mut file, meta.last_log_id, meta.last_membership)?;
+        Ok(true)
     }
+}
+
+/// Whether the RocksDB snapshot `snap` holds a half-installed state of `group` (a reader of
+/// whole groups, a snapshot build or a backup, must not copy it).
+pub fn installing_at(db: &rocksdb::DB, snap: &rocksdb::Snapshot<'_>, group: GroupId) -> Result<bool> {
+    let sm = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+    Ok(snap.get_pinned_cf(sm, sm_key(group, KEY_INSTALLING))?.is_some())
 }

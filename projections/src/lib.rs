@@ -10,7 +10,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fences;
 pub mod history;
-mod install;
+pub mod install;
 pub mod keys;
 pub mod machine;
 pub mod refused;

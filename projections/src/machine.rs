@@ -402,7 +402,14 @@ impl RaftStateMachine<TypeConfig> for Projection {
             let bytes = file.metadata()?.len();
             let installer = Installer { log_db: &log_db, env: &env, catalog: &catalog, group };
             installer.install(&mut file, owned_meta.last_log_id, owned_meta.last_membership.clone(), || {
-                store.publish(&received, &owned_meta).map(|_| ())
+                let (current, _) = store.publish(&received, &owned_meta)?;
+                if current.last_log_id != owned_meta.last_log_id {
+                    return Err(Error::Snapshot(format!(
+                        "a snapshot at {:?} is current; refusing to install the older one at {:?}",
+                        current.last_log_id, owned_meta.last_log_id
+                    )));
+                }
+                Ok(())
             })?;
             Ok(bytes)
         })
@@ -425,6 +432,9 @@ impl RaftStateMachine<TypeConfig> for Projection {
     }
 }
 
+/// How long a snapshot build waits for a state install of its group to finish.
+const INSTALL_WAIT: std::time::Duration = std::time::Duration::from_secs(1800);
+
 /// Builds a snapshot beside apply: from a RocksDB snapshot (records and the position they were
 /// applied at read together), on a blocking thread, with the group's files pinned meanwhile.
 pub struct ProjectionSnapshotBuilder {
@@ -438,7 +448,19 @@ impl ProjectionSnapshotBuilder {
     fn build_file(&self) -> Result<(SnapshotMeta, PathBuf)> {
         let db = self.log_db.db();
         let _pin = self.env.pins.pin(self.group, crate::sm::applied_index(db, self.group)?);
-        let snap = db.snapshot();
+        // A state install may be half done (its batches are not one write): wait it out.
+        let deadline = std::time::Instant::now() + INSTALL_WAIT;
+        let snap = loop {
+            let snap = db.snapshot();
+            if !crate::install::installing_at(db, &snap, self.group)? {
+                break snap;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Snapshot(format!("group {} is still installing a state", self.group)));
+            }
+            drop(snap);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
         let (applied, membership) = crate::sm::position_at(db, Some(&snap), self.group)?;
         let store = SnapshotStore::new(&self.env.snapshot_dir, self.group);
         let path = store.building()?;

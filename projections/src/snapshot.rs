@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use kalamdb_log::GroupId;
 
-use crate::cold::{ColdGroup, FileMeta, install_file, live_files_at};
+use crate::cold::{ColdGroup, FileMeta, check_received_path, install_file, live_files_at};
 use crate::error::{Error, Result};
 use crate::keys::prefix_end;
 use crate::{CF_CATALOG, CF_COLD, CF_ROWS};
@@ -210,6 +210,7 @@ pub fn check_stream(input: &mut impl Read) -> Result<u64> {
         match item {
             Item::Record { .. } => records += 1,
             Item::File { path, len } => {
+                check_received_path(&path)?;
                 let copied = std::io::copy(&mut (&mut reader.input).take(len), &mut std::io::sink())?;
                 if copied != len {
                     return Err(Error::Snapshot(format!(
@@ -224,10 +225,11 @@ pub fn check_stream(input: &mut impl Read) -> Result<u64> {
 
 /// Replace the group's projection by the state stream `input`, in batches of at most
 /// [`INSTALL_BATCH_BYTES_MAX`] handed to `write` in order (the first one deletes the group's
-/// records); cold files are written to the storage root as they arrive, before any batch that
-/// names them. Returns the last batch unwritten, for the caller to commit together with the new
-/// position. The group is half installed until then: callers check the stream first
-/// ([`check_stream`]) and mark the install so a crash in between redoes it.
+/// records); cold files are written to the storage root as they arrive (after the records that
+/// name them: the stream carries files last). Returns the last batch unwritten, for the caller
+/// to commit together with the new position. The group is half installed until then and must
+/// not be read: callers check the stream first ([`check_stream`]) and mark the install so a
+/// crash in between redoes it, and readers of whole groups refuse a marked one.
 pub fn import_group(
     at: ColdGroup<'_>,
     input: &mut impl Read,

@@ -50,6 +50,7 @@ fn now_micros() -> i64 {
 impl kalamdb_query::ports::BackupRunner for Backups {
     async fn start_backup(&self, destination: &str) -> std::result::Result<String, kalamdb_query::Error> {
         let dest = super::parse_destination(destination)?;
+        super::check_destination_folder(&dest)?;
         let running = self.running.clone().try_lock_owned().map_err(|_| {
             kalamdb_query::Error::JobRunning("a backup is already running on this node; see system.jobs".into())
         })?;
@@ -134,6 +135,11 @@ fn write_backup(groups: &Groups, dest: &Path, backup_id: &str, started: i64) -> 
     let mut written = Written::default();
     let mut parts = Vec::with_capacity(all.len());
     for group in all {
+        if kalamdb_projections::install::installing_at(db, &snap, group)? {
+            return Err(Error::Backup(format!(
+                "group {group} is installing a snapshot on this node; run the backup again shortly"
+            )));
+        }
         let (last_log_id, _) = sm::position_at(db, Some(&snap), group)?;
         let state_rel = format!("backups/{backup_id}/group-{:08x}.state", group.to_u32());
         let (bytes, sha256) = write_verified(&dest.join(&state_rel), None, |out| {
@@ -144,10 +150,12 @@ fn write_backup(groups: &Groups, dest: &Path, backup_id: &str, started: i64) -> 
         for meta in cold::live_files_at(db, &snap, group)? {
             let rel = format!("files/{}", super::checked_rel(&meta.path)?);
             let target = dest.join(&rel);
-            // Names are unique per content (group, log index, file number) and land complete
-            // (temp name, rename), so a file of that name and size is this file.
-            let present = std::fs::metadata(&target).is_ok_and(|m| m.len() == meta.bytes);
-            if present {
+            // Names repeat across cluster histories (a restored cluster reuses them), so a file
+            // already there counts only if its bytes are this file's; a different one is never
+            // overwritten, as earlier backups may name it.
+            if target.exists() {
+                super::verify_file(&target, meta.bytes, &meta.sha256)
+                    .map_err(|e| Error::Backup(format!("the backup folder holds another file under this name: {e}")))?;
                 written.files_present += 1;
             } else {
                 copy_verified(&env.storage_dir.join(&meta.path), &target, meta.bytes, &meta.sha256)?;

@@ -86,6 +86,25 @@ pub fn parse_destination(text: &str) -> std::result::Result<PathBuf, kalamdb_que
     Ok(path.to_path_buf())
 }
 
+/// A destination folder is new, empty, or a backup folder already (`LATEST` or `backups/` in
+/// it): a backup never writes into a folder that holds something else.
+pub fn check_destination_folder(dest: &Path) -> std::result::Result<(), kalamdb_query::Error> {
+    let refuse =
+        |why: String| kalamdb_query::Error::InvalidSql(format!("backup destination {}: {why}", dest.display()));
+    match std::fs::read_dir(dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(refuse(e.to_string())),
+        Ok(mut entries) => {
+            let is_backup = dest.join(LATEST).is_file() || dest.join("backups").is_dir();
+            if is_backup || entries.next().is_none() {
+                Ok(())
+            } else {
+                Err(refuse("it holds other files; give a new or empty folder, or one with earlier backups".into()))
+            }
+        }
+    }
+}
+
 /// Distinct per call within a process and between processes (nodes may share a folder).
 pub(crate) fn unique_suffix() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -108,10 +127,15 @@ pub(crate) fn write_verified(
     fill: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<(u64, String)> {
     let dir = path.parent().ok_or_else(|| Error::Backup(format!("bad path {}", path.display())))?;
-    std::fs::create_dir_all(dir)?;
+    kalamdb_projections::cold::create_dir_all_synced(dir)?;
     let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
     let result = (|| {
-        let file = std::fs::File::create(&tmp)?;
+        // Owner-only: a backup holds every row and the users' password hashes.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&tmp)?;
         let mut out = HashingWriter::new(std::io::BufWriter::new(file));
         fill(&mut out)?;
         out.flush()?;

@@ -16,6 +16,9 @@ use super::{Manifest, checked_rel, copy_verified, read_manifest, verify_file};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
+/// Largest log index or term a manifest may name.
+const LOG_INDEX_MAX: u64 = 1 << 62;
+
 /// What a restore did, for the operator.
 #[derive(Debug, Clone)]
 pub struct Restored {
@@ -64,11 +67,19 @@ pub fn restore(cfg: &Config, from: &Path, backup_id: Option<&str>) -> Result<Res
         return Err(Error::Backup(format!("backup {} does not hold every group of the layout", manifest.backup_id)));
     }
     let rocksdb_path = cfg.rocksdb_path();
-    if !is_empty_dir(&rocksdb_path)? {
-        return Err(Error::Backup(format!(
-            "{} already holds a database: restore needs a node that has never started (move it away first)",
-            rocksdb_path.display()
-        )));
+    for (dir, what) in [(&rocksdb_path, "a database"), (&cfg.snapshot_path(), "snapshots")] {
+        if !is_empty_dir(dir)? {
+            return Err(Error::Backup(format!(
+                "{} already holds {what}: restore needs a node that has never started (move its data folder away first)",
+                dir.display()
+            )));
+        }
+    }
+    for g in &manifest.groups {
+        // Positions far past anything a log reaches are not from a backup we wrote.
+        if g.last_log_id.is_some_and(|l| l.index > LOG_INDEX_MAX || l.leader_id.term > LOG_INDEX_MAX) {
+            return Err(Error::Backup(format!("manifest gives group {} an impossible position", g.group)));
+        }
     }
     verify_backup(from, &manifest)?;
 
@@ -89,8 +100,12 @@ pub fn restore(cfg: &Config, from: &Path, backup_id: Option<&str>) -> Result<Res
                 .strip_prefix("files/")
                 .ok_or_else(|| Error::Backup(format!("manifest names a file outside files/: {}", file.path)))?;
             let target = env.storage_dir.join(rel);
-            // A storage root shared by the nodes may have it already (same name, same bytes).
-            if !std::fs::metadata(&target).is_ok_and(|m| m.len() == file.bytes) {
+            // A storage root shared by the nodes may have it already (same name, same bytes);
+            // another file under that name belongs to some other history and stays untouched.
+            if target.exists() {
+                verify_file(&target, file.bytes, &file.sha256)
+                    .map_err(|e| Error::Backup(format!("the storage root holds another file under this name: {e}")))?;
+            } else {
                 copy_verified(&from.join(&file.path), &target, file.bytes, &file.sha256)?;
             }
             restored.files += 1;

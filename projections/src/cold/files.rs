@@ -47,6 +47,27 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `create_dir_all`, with every directory it creates made durable (its parent fsynced), so a
+/// file fsynced inside a new directory cannot lose its path to a power cut.
+pub fn create_dir_all_synced(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all_synced(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        // Another writer (a node sharing the volume) made it meanwhile.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// Write `batches` as the Parquet file `root/rel`: temp name (unique per writer, so nodes
 /// sharing a volume never write into each other's temp file), fsync, rename, fsync the
 /// directory. Same batches → same bytes; an existing file of that name is replaced by an
@@ -60,7 +81,7 @@ pub(super) fn write_parquet(
 ) -> Result<(u64, String)> {
     let path = root.join(rel);
     let dir = path.parent().ok_or_else(|| Error::Storage(format!("bad file path {rel}")))?;
-    std::fs::create_dir_all(dir)?;
+    create_dir_all_synced(dir)?;
     crate::failpoint::hit("flush-before-write");
     let tmp = path.with_extension(format!("parquet.tmp-{:016x}", fastrand::u64(..)));
     let props = WriterProperties::builder()
@@ -137,7 +158,7 @@ pub(crate) fn write_small_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Returns the bytes copied.
 fn write_atomically(path: &Path, src: &mut impl std::io::Read, len: u64) -> Result<u64> {
     let dir = path.parent().ok_or_else(|| Error::Storage("bad path".into()))?;
-    std::fs::create_dir_all(dir)?;
+    create_dir_all_synced(dir)?;
     let tmp = path.with_extension(format!("tmp-{:016x}", fastrand::u64(..)));
     let copied = {
         let mut f = std::fs::File::create(&tmp)?;
@@ -154,12 +175,19 @@ fn write_atomically(path: &Path, src: &mut impl std::io::Read, len: u64) -> Resu
     Ok(copied)
 }
 
+/// A cold file path from a snapshot: relative, plain components only, so it cannot reach
+/// outside the storage root.
+pub fn check_received_path(rel: &str) -> Result<()> {
+    if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(Error::Snapshot(format!("bad file path in snapshot: {rel}")));
+    }
+    Ok(())
+}
+
 /// Write a file received in a snapshot (same path and bytes as on the sender): `len` bytes
 /// copied from `src`.
 pub fn install_file(storage_dir: &Path, rel: &str, src: &mut impl std::io::Read, len: u64) -> Result<()> {
-    if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Err(Error::Snapshot(format!("bad file path in snapshot: {rel}")));
-    }
+    check_received_path(rel)?;
     let copied = write_atomically(&storage_dir.join(rel), src, len)?;
     if copied != len {
         return Err(Error::Snapshot(format!("snapshot ended inside cold file {rel} ({copied} of {len} bytes)")));
