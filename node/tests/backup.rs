@@ -268,3 +268,29 @@ async fn damaged_backups_and_used_nodes_are_refused() {
     node.sql_ok("INSERT INTO app.t (id, v) VALUES (5000, 1)").await;
     assert_eq!(ids(&node).await.len() as u64, BASE_ROWS + 1);
 }
+
+/// Restore one node of a new cluster and start the other two empty: the restored node leads,
+/// builds a snapshot of the restored state at startup and the empty ones install it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_restored_node_seeds_empty_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("backups");
+    let source = Cluster::start(&dir.path().join("a"), &[]).await;
+    seed(source.node(1)).await;
+    let (job, _, _) = backup(source.node(1), &dest).await;
+    let expected = manifest_digests(&dest, &job);
+    let rows = ids(source.node(1)).await;
+    drop(source);
+
+    let mut restored = Cluster::configure(&dir.path().join("b"), &[]);
+    let cfg = restored.config_path(1);
+    let (ok, out) = restore(&["--from", dest.to_str().unwrap(), "--config", cfg.to_str().unwrap()], &[]);
+    assert!(ok, "{out}");
+    restored.start_configured().await;
+    assert_eq!(restored.assert_converged().await, expected, "the empty members took the restored state");
+    for i in 1..=3 {
+        assert_eq!(ids(restored.node(i)).await, rows, "node {i}");
+    }
+    restored.node(2).sql_ok("INSERT INTO app.t (id, v) VALUES (777777, 1)").await;
+    assert_eq!(ids(restored.node(3)).await.len(), rows.len() + 1);
+}
