@@ -124,12 +124,15 @@ async fn backup_under_writes_restores_into_a_fresh_cluster() {
     assert_eq!(expected.len(), 3 + 4 + 1, "every group is in the manifest");
     drop(source);
 
-    // A fresh cluster on other ports and folders, each node restored from the first backup.
-    let mut restored = Cluster::configure(&dir.path().join("b"), &[]);
+    // A fresh cluster on other ports and folders, each node restored from the first backup; its
+    // nodes share one storage root, so the second and third restore find the files in place.
+    let shared = dir.path().join("b-shared-storage").display().to_string();
+    let shared_env = [("KALAMDB_STORAGE_STORAGE_PATH", shared.as_str())];
+    let mut restored = Cluster::configure(&dir.path().join("b"), &shared_env);
     for i in 1..=3 {
         let cfg = restored.config_path(i);
-        let (ok, out) =
-            restore(&["--from", dest.to_str().unwrap(), "--backup", &first, "--config", cfg.to_str().unwrap()], &[]);
+        let args = ["--from", dest.to_str().unwrap(), "--backup", &first, "--config", cfg.to_str().unwrap()];
+        let (ok, out) = restore(&args, &shared_env);
         assert!(ok, "restore of node {i} failed: {out}");
         assert!(out.contains(&format!("restored backup {first}")), "{out}");
     }
