@@ -423,6 +423,17 @@ impl Config {
         {
             return bad("raft: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into());
         }
+        // A URL would otherwise become a local folder named "s3:" and hold the files silently.
+        for (key, path) in [
+            ("storage.data_path", Some(&self.storage.data_path)),
+            ("storage.storage_path", self.storage.storage_path.as_ref()),
+        ] {
+            if let Some(text) = path.and_then(|p| p.to_str()).filter(|t| t.contains("://")) {
+                return bad(format!(
+                    "{key} '{text}': object storage URLs are not supported in this build; give a folder (it may be a volume every node shares)"
+                ));
+            }
+        }
         if let Err(e) = kalamdb_query::FlushPolicy::parse(&self.storage.flush_policy) {
             return bad(format!("storage.flush_policy: {e}"));
         }
@@ -551,6 +562,15 @@ mod tests {
         std::fs::write(&p, "[server]\nport = 9000\nbogus_key = 1\n").unwrap();
         let e = Config::load(Some(&p), Vec::new()).unwrap_err().to_string();
         assert!(e.contains("bogus_key"), "{e}");
+    }
+
+    #[test]
+    fn storage_urls_are_refused_not_made_folders() {
+        let env = vec![("KALAMDB_STORAGE_STORAGE_PATH".to_string(), "s3://bucket/prefix".to_string())];
+        let e = Config::load(None, env).unwrap_err().to_string();
+        assert!(e.contains("storage.storage_path 's3://bucket/prefix'") && e.contains("not supported"), "{e}");
+        let env = vec![("KALAMDB_STORAGE_STORAGE_PATH".to_string(), "/mnt/shared/storage".to_string())];
+        assert!(Config::load(None, env).is_ok());
     }
 
     #[test]
