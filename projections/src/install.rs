@@ -14,11 +14,10 @@ use kalamdb_log::types::{LogId, StoredMembership};
 use kalamdb_log::{GroupId, LogDb, MetaGroup};
 use rocksdb::{WriteBatch, WriteOptions};
 
-use crate::CF_SM;
 use crate::catalog::Catalog;
 use crate::cold::{ColdGroup, StorageEnv};
 use crate::error::{Error, Result};
-use crate::sm::{KEY_INSTALLING, position_at, sm_key, stage_position};
+use crate::sm::{KEY_INSTALLING, position_at, sm_cf, sm_key, stage_position};
 use crate::snapshot::{check_stream, import_group};
 use crate::snapshot_store::SnapshotStore;
 
@@ -53,7 +52,7 @@ impl Installer<'_> {
     /// Write the installing marker for `last`, synced.
     fn mark(&self, last: Option<LogId>) -> Result<()> {
         let db = self.log_db.db();
-        let sm = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+        let sm = sm_cf(db)?;
         let marker = serde_json::to_vec(&last).map_err(|e| Error::Corrupt(e.to_string()))?;
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
@@ -80,7 +79,7 @@ impl Installer<'_> {
             crate::changes::stage_trim(db, &mut batch, self.group, new_floor)?;
         }
         stage_position(db, self.group, &last, &membership, &mut batch)?;
-        let sm = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+        let sm = sm_cf(db)?;
         batch.delete_cf(sm, sm_key(self.group, KEY_INSTALLING));
         crate::failpoint::hit("install-before-commit");
         db.write(batch)?;
@@ -101,7 +100,7 @@ impl Installer<'_> {
     /// published before either. Returns whether there was one.
     pub fn recover(&self) -> Result<bool> {
         let db = self.log_db.db();
-        let sm = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+        let sm = sm_cf(db)?;
         let marker: Option<Option<LogId>> = match db.get_pinned_cf(sm, sm_key(self.group, KEY_INSTALLING))? {
             Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?),
             None => None,
@@ -140,6 +139,6 @@ impl Installer<'_> {
 /// Whether the RocksDB snapshot `snap` holds a half-installed state of `group` (a reader of
 /// whole groups, a snapshot build or a backup, must not copy it).
 pub fn installing_at(db: &rocksdb::DB, snap: &rocksdb::Snapshot<'_>, group: GroupId) -> Result<bool> {
-    let sm = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+    let sm = sm_cf(db)?;
     Ok(snap.get_pinned_cf(sm, sm_key(group, KEY_INSTALLING))?.is_some())
 }

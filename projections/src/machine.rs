@@ -437,6 +437,7 @@ const INSTALL_WAIT: std::time::Duration = std::time::Duration::from_secs(1800);
 
 /// Builds a snapshot beside apply: from a RocksDB snapshot (records and the position they were
 /// applied at read together), on a blocking thread, with the group's files pinned meanwhile.
+#[derive(Clone)]
 pub struct ProjectionSnapshotBuilder {
     log_db: Arc<LogDb>,
     env: Arc<StorageEnv>,
@@ -479,12 +480,7 @@ impl ProjectionSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for ProjectionSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let builder = ProjectionSnapshotBuilder {
-            log_db: self.log_db.clone(),
-            env: self.env.clone(),
-            group: self.group,
-            seq: self.seq,
-        };
+        let builder = self.clone();
         let built = tokio::task::spawn_blocking(move || builder.build_file())
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?;

@@ -19,6 +19,11 @@ pub(crate) fn sm_key(group: GroupId, what: u8) -> [u8; 5] {
     k
 }
 
+/// The `sm` column family.
+pub(crate) fn sm_cf(db: &DB) -> Result<&rocksdb::ColumnFamily> {
+    db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))
+}
+
 /// Decode a stored JSON value; absent is the default.
 fn decode<T: serde::de::DeserializeOwned + Default>(bytes: Option<impl AsRef<[u8]>>) -> Result<T> {
     match bytes {
@@ -31,7 +36,7 @@ fn decode<T: serde::de::DeserializeOwned + Default>(bytes: Option<impl AsRef<[u8
 /// RocksDB snapshot `snap` holds them (the position of the records read under the same
 /// snapshot: every apply batch carries both).
 pub fn position_at(db: &DB, snap: Option<&Snapshot<'_>>, group: GroupId) -> Result<(Option<LogId>, StoredMembership)> {
-    let cf = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+    let cf = sm_cf(db)?;
     let get = |what: u8| match snap {
         Some(s) => s.get_pinned_cf(cf, sm_key(group, what)),
         None => db.get_pinned_cf(cf, sm_key(group, what)),
@@ -52,7 +57,7 @@ pub(crate) fn stage_position(
     membership: &StoredMembership,
     batch: &mut WriteBatch,
 ) -> Result<()> {
-    let cf = db.cf_handle(CF_SM).ok_or_else(|| Error::Corrupt("no sm cf".into()))?;
+    let cf = sm_cf(db)?;
     let applied = serde_json::to_vec(applied).map_err(|e| Error::Corrupt(e.to_string()))?;
     let membership = serde_json::to_vec(membership).map_err(|e| Error::Corrupt(e.to_string()))?;
     batch.put_cf(cf, sm_key(group, KEY_APPLIED), applied);
