@@ -2,7 +2,8 @@
 # The whole test suite: formatting, script and config linters, one release build that also
 # runs clippy's lints on our crates (scripts/lint-wrapper.sh), a check that building any
 # package alone compiles nothing new, then every test (unit, storage conformance, golden SQL
-# against a real server, crash durability, clusters) with cargo-nextest on that same build.
+# against a real server, crash durability, clusters, cold storage on a folder and on a real S3
+# server) with cargo-nextest on that same build.
 # Arguments go to `cargo nextest run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +40,7 @@ fi
 # dependencies above. If a dependency would be compiled again (feature sets differ; run
 # `cargo hakari generate` after changing dependencies), this stops at the first one.
 scripts/check-one-build.py
+# The object-storage tests run against a real S3 server on loopback (moto, from PyPI).
+KALAMDB_MOTO_SERVER="${KALAMDB_MOTO_SERVER:-$(scripts/install-test-tools.sh)}"
+export KALAMDB_MOTO_SERVER
 cargo nextest run --workspace --release --locked --no-fail-fast "$@"

@@ -165,8 +165,22 @@ pub struct StorageConfig {
     /// Root of everything the node stores: `rocksdb/`, `snapshots/`, `storage/`.
     pub data_path: PathBuf,
     /// Root of the Parquet files; `data_path/storage` when unset. May be one volume shared by
-    /// every node: file names and contents are deterministic.
+    /// every node (file names and contents are deterministic), or a bucket,
+    /// `s3://bucket/prefix`, that every node may share too; files are then cached under
+    /// `data_path/storage-cache`.
     pub storage_path: Option<PathBuf>,
+    /// With an `s3://` storage path: the S3 endpoint (`http://127.0.0.1:9000` for a local
+    /// server; `http://` is allowed only when given here). Unset: AWS_ENDPOINT, else AWS.
+    pub s3_endpoint: Option<String>,
+    /// Unset: AWS_REGION / AWS_DEFAULT_REGION, else `us-east-1`.
+    pub s3_region: Option<String>,
+    /// Unset: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and the other ways the AWS
+    /// environment gives credentials).
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    /// Bytes of bucket files this node keeps cached on local disk. Files not uploaded yet are
+    /// never evicted and may take it past this budget while the bucket is unreachable.
+    pub cache_bytes_max: u64,
     /// Automatic flush of tables without a `FLUSH_POLICY` option: `rows:N`, `interval:S` or both.
     pub flush_policy: String,
     /// A table scope with at least this many Parquet files is compacted after an automatic flush.
@@ -281,6 +295,11 @@ impl Default for StorageConfig {
             flush_policy: "rows:100000,interval:600".into(),
             compact_files_min: 8,
             retired_file_grace_secs: 300,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            cache_bytes_max: 10 << 30,
         }
     }
 }
@@ -392,7 +411,7 @@ impl Config {
             let field = &rest[section.len() + 1..];
             // Numbers and booleans keep their type; anything else is a string. Secrets are
             // always strings (a numeric password must not become an integer).
-            let secret = matches!(field, "root_password" | "jwt_secret");
+            let secret = matches!(field, "root_password" | "jwt_secret" | "s3_secret_access_key" | "s3_access_key_id");
             let typed = if secret { None } else { format!("v = {value}").parse::<toml::Table>().ok() };
             let parsed = typed.and_then(|mut t| t.remove("v")).unwrap_or(toml::Value::String(value.clone()));
             let table = doc
@@ -424,15 +443,23 @@ impl Config {
             return bad("raft: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into());
         }
         // A URL would otherwise become a local folder named "s3:" and hold the files silently.
-        for (key, path) in [
-            ("storage.data_path", Some(&self.storage.data_path)),
-            ("storage.storage_path", self.storage.storage_path.as_ref()),
-        ] {
-            if let Some(text) = path.and_then(|p| p.to_str()).filter(|t| t.contains("://")) {
-                return bad(format!(
-                    "{key} '{text}': object storage URLs are not supported in this build; give a folder (it may be a volume every node shares)"
-                ));
+        if let Some(text) = self.storage.data_path.to_str().filter(|t| t.contains("://")) {
+            return bad(format!("storage.data_path '{text}' must be a local folder, not a URL"));
+        }
+        if let Some(text) = self.storage.storage_path.as_ref().and_then(|p| p.to_str()).filter(|t| t.contains("://")) {
+            if let Err(e) = crate::bucket::BucketUrl::parse(text) {
+                return bad(format!("storage.storage_path '{text}': {e}"));
             }
+        } else if self.storage.s3_endpoint.is_some() {
+            return bad("storage.s3_endpoint is set but storage.storage_path is not an s3:// URL".into());
+        }
+        if let Some(endpoint) = &self.storage.s3_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return bad(format!("storage.s3_endpoint '{endpoint}' must start with http:// or https://"));
+        }
+        if self.storage.s3_access_key_id.is_some() != self.storage.s3_secret_access_key.is_some() {
+            return bad("storage.s3_access_key_id and storage.s3_secret_access_key go together".into());
         }
         if let Err(e) = kalamdb_query::FlushPolicy::parse(&self.storage.flush_policy) {
             return bad(format!("storage.flush_policy: {e}"));
@@ -538,8 +565,18 @@ impl Config {
         self.storage.data_path.join("snapshots")
     }
 
+    /// The local folder of the Parquet files: the storage path, or with a bucket its cache.
     pub fn storage_path(&self) -> PathBuf {
-        self.storage.storage_path.clone().unwrap_or_else(|| self.storage.data_path.join("storage"))
+        match (&self.storage.storage_path, self.storage_url()) {
+            (_, Some(_)) => self.storage.data_path.join("storage-cache"),
+            (Some(p), None) => p.clone(),
+            (None, None) => self.storage.data_path.join("storage"),
+        }
+    }
+
+    /// The bucket files live in, when `storage.storage_path` is an `s3://` URL.
+    pub fn storage_url(&self) -> Option<&str> {
+        self.storage.storage_path.as_ref()?.to_str().filter(|t| t.contains("://"))
     }
 }
 
@@ -565,12 +602,32 @@ mod tests {
     }
 
     #[test]
-    fn storage_urls_are_refused_not_made_folders() {
-        let env = vec![("KALAMDB_STORAGE_STORAGE_PATH".to_string(), "s3://bucket/prefix".to_string())];
-        let e = Config::load(None, env).unwrap_err().to_string();
-        assert!(e.contains("storage.storage_path 's3://bucket/prefix'") && e.contains("not supported"), "{e}");
-        let env = vec![("KALAMDB_STORAGE_STORAGE_PATH".to_string(), "/mnt/shared/storage".to_string())];
-        assert!(Config::load(None, env).is_ok());
+    fn storage_urls_are_buckets_or_refused() {
+        let load = |pairs: &[(&str, &str)]| {
+            Config::load(None, pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())
+        };
+        let c = load(&[("KALAMDB_STORAGE_STORAGE_PATH", "s3://bucket/some/prefix")]).unwrap();
+        assert_eq!(c.storage_url(), Some("s3://bucket/some/prefix"));
+        assert_eq!(c.storage_path(), PathBuf::from("./data/storage-cache"));
+        for (url, why) in [
+            ("gs://bucket/x", "only s3://"),
+            ("s3://", "no bucket"),
+            ("s3://Bad_Bucket", "bucket name"),
+            ("s3://bucket/../x", "prefix"),
+        ] {
+            let e = load(&[("KALAMDB_STORAGE_STORAGE_PATH", url)]).unwrap_err().to_string();
+            assert!(e.contains(&format!("storage.storage_path '{url}'")) && e.contains(why), "{url}: {e}");
+        }
+        let e = load(&[("KALAMDB_STORAGE_DATA_PATH", "s3://bucket/x")]).unwrap_err().to_string();
+        assert!(e.contains("must be a local folder"), "{e}");
+        let e = load(&[("KALAMDB_STORAGE_S3_ENDPOINT", "http://127.0.0.1:9000")]).unwrap_err().to_string();
+        assert!(e.contains("not an s3:// URL"), "{e}");
+        let e = load(&[("KALAMDB_STORAGE_STORAGE_PATH", "s3://b/p"), ("KALAMDB_STORAGE_S3_ACCESS_KEY_ID", "123")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("go together"), "{e}");
+        let c = load(&[("KALAMDB_STORAGE_STORAGE_PATH", "/mnt/shared/storage")]).unwrap();
+        assert_eq!((c.storage_url(), c.storage_path()), (None, PathBuf::from("/mnt/shared/storage")));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod bucket;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -12,6 +12,8 @@ use crate::groups::Groups;
 
 /// How often the policy is checked.
 pub const AUTO_FLUSH_TICK_MS: u64 = 1000;
+/// While the bucket is unreachable every due flush fails its check: warn once this often.
+pub const STORAGE_DOWN_WARN_SECS: u64 = 60;
 
 /// The table's policy: its `FLUSH_POLICY` option, else the node default.
 fn policy_of(def: &TableDef, default: FlushPolicy) -> FlushPolicy {
@@ -30,6 +32,7 @@ fn due(policy: FlushPolicy, rows: u64, since: Duration) -> bool {
 pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_files_min: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(AUTO_FLUSH_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut storage_down_warned: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
         for (group, table_id, rows, since) in groups.storage.hot.list() {
@@ -51,6 +54,14 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
                 }
                 Ok(other) => {
                     tracing::warn!(target: "kalamdb_storage", group = %group, result = ?other, "automatic flush refused")
+                }
+                Err(crate::groups::GroupError::StorageUnavailable(e)) => {
+                    // Rows stay hot; the next tick tries again.
+                    if storage_down_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(STORAGE_DOWN_WARN_SECS)) {
+                        tracing::warn!(target: "kalamdb_storage", error = %e, "automatic flushes wait for the bucket");
+                        storage_down_warned = Some(std::time::Instant::now());
+                    }
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(target: "kalamdb_storage", group = %group, error = %e, "automatic flush failed")

@@ -1,11 +1,108 @@
 //! Cold storage through the real server: FLUSH moves rows into Parquet, queries see hot and
 //! cold rows as one table, UPDATE/DELETE of flushed rows work, compaction keeps the same rows,
-//! and a crash between any two steps of a flush loses and duplicates nothing.
+//! and a crash between any two steps of a flush loses and duplicates nothing. Every test runs
+//! twice: with the files in the server's data folder, and in a bucket of a real S3 server
+//! (moto, on loopback; see `common::s3`), where the node keeps a local cache.
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use common::Server;
+use common::s3::S3Server;
 use serde_json::json;
+
+/// Where the server under test keeps its cold files.
+enum Backend {
+    Folder,
+    Bucket(S3Server),
+}
+
+const BUCKET: &str = "cold";
+const PREFIX: &str = "kalam/test";
+
+impl Backend {
+    async fn new(bucket: bool) -> Backend {
+        if !bucket {
+            return Backend::Folder;
+        }
+        let s3 = S3Server::start().await;
+        s3.create_bucket(BUCKET).await;
+        Backend::Bucket(s3)
+    }
+
+    /// Config overrides for the server, plus `extra`.
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if let Backend::Bucket(s3) = self {
+            env.extend(s3.env(BUCKET, PREFIX));
+        }
+        env
+    }
+
+    async fn start(&self, data: &Path, port: u16, extra: &[(&str, &str)]) -> Server {
+        let env = self.env(extra);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Server::start_with(data, port, &env).await
+    }
+
+    /// The local folder of the Parquet files (the bucket's cache with a bucket).
+    fn files_dir(&self, data: &Path) -> PathBuf {
+        match self {
+            Backend::Folder => data.join("storage"),
+            Backend::Bucket(_) => data.join("storage-cache"),
+        }
+    }
+
+    /// With a bucket: wait until it holds exactly the Parquet files the node has locally
+    /// (same paths and sizes), i.e. every flush and compaction was uploaded and every retired
+    /// file deleted there too.
+    async fn assert_mirrored(&self, data: &Path) {
+        let Backend::Bucket(s3) = self else { return };
+        let root = self.files_dir(data);
+        let local: Vec<(String, u64)> = parquet_files_in(&root)
+            .iter()
+            .map(|p| {
+                let rel = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+                (format!("{PREFIX}/{rel}"), std::fs::metadata(p).unwrap().len())
+            })
+            .collect();
+        let parquet = |l: &[(String, u64)]| l.iter().filter(|(k, _)| k.ends_with(".parquet")).cloned().collect::<Vec<_>>();
+        let listed = s3.wait_for(BUCKET, PREFIX, Duration::from_secs(30), |l| parquet(l) == local).await;
+        assert_eq!(parquet(&listed), local, "bucket and local files differ");
+    }
+}
+
+/// Run each listed test once per backend: `folder::name` and `bucket::name`.
+macro_rules! on_folder_and_bucket {
+    ($($name:ident),* $(,)?) => {
+        mod folder {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::new(false).await).await
+                }
+            )*
+        }
+        mod bucket {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::new(true).await).await
+                }
+            )*
+        }
+    };
+}
+
+on_folder_and_bucket!(
+    flush_query_rewrite_compact_restart,
+    automatic_flush_by_row_policy,
+    crash_at_every_flush_step_loses_and_duplicates_nothing,
+    time_travel_and_rebuild,
+    point_lookups_of_flushed_rows_read_one_file_and_one_page,
+);
 
 /// Rows of the test table; small enough to keep each restart quick.
 const ROWS: i64 = 200;
@@ -24,9 +121,13 @@ async fn totals(s: &Server) -> serde_json::Value {
     r["rows"][0].clone()
 }
 
-fn parquet_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+fn parquet_files(b: &Backend, data: &Path) -> Vec<PathBuf> {
+    parquet_files_in(&b.files_dir(data))
+}
+
+fn parquet_files_in(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut stack = vec![data.join("storage")];
+    let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let p = e.path();
@@ -41,18 +142,17 @@ fn parquet_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flush_query_rewrite_compact_restart() {
+async fn flush_query_rewrite_compact_restart(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let s = Server::start_with(dir.path(), port, &[("KALAMDB_STORAGE_RETIRED_FILE_GRACE_SECS", "1")]).await;
+    let s = b.start(dir.path(), port, &[("KALAMDB_STORAGE_RETIRED_FILE_GRACE_SECS", "1")]).await;
     load(&s).await;
     let sum: f64 = (0..ROWS).map(|i| i as f64 + 0.5).sum();
     assert_eq!(totals(&s).await, json!([ROWS, ROWS, sum]));
 
     let r = s.sql_ok("FLUSH TABLE app.orders").await;
     assert!(r["message"].as_str().unwrap().contains(&format!("{ROWS} row(s) written")), "{r}");
-    let files = parquet_files(dir.path());
+    let files = parquet_files(&b, dir.path());
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].to_string_lossy().contains("app/orders-t1/shared/"), "{files:?}");
     // Everything is cold now and reads the same, through DataFusion and the point lookup.
@@ -88,7 +188,7 @@ async fn flush_query_rewrite_compact_restart() {
     // KalamDB's spelling, a second file, then compaction down to one file with the same rows.
     s.sql_ok("STORAGE FLUSH TABLE app.orders").await;
     assert_eq!(totals(&s).await, expected);
-    assert_eq!(parquet_files(dir.path()).len(), 2);
+    assert_eq!(parquet_files(&b, dir.path()).len(), 2);
     let r = s.sql_ok("STORAGE COMPACT TABLE app.orders").await;
     assert!(r["message"].as_str().unwrap().contains(&format!("{} row(s) kept", ROWS - 9)), "{r}");
     assert_eq!(totals(&s).await, expected);
@@ -96,8 +196,8 @@ async fn flush_query_rewrite_compact_restart() {
     // past the compaction and the grace period passed (1 s here), then a log entry deletes them.
     s.sql_ok("STORAGE COMPACT TABLE app.orders").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while parquet_files(dir.path()).len() != 1 {
-        assert!(std::time::Instant::now() < deadline, "retired files stayed: {:?}", parquet_files(dir.path()));
+    while parquet_files(&b, dir.path()).len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "retired files stayed: {:?}", parquet_files(&b, dir.path()));
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(totals(&s).await, expected);
@@ -135,18 +235,22 @@ async fn flush_query_rewrite_compact_restart() {
     assert_eq!(r["rows"], json!([[1, "one"], [2, "two"], [3, "three"]]));
 
     // Everything survives kill -9.
+    b.assert_mirrored(dir.path()).await;
     let mut s = s;
     s.kill9();
-    let s = Server::start_on(dir.path(), port).await;
+    if let Backend::Bucket(_) = &b {
+        // A node whose cache is lost reads every file back from the bucket.
+        std::fs::remove_dir_all(b.files_dir(dir.path())).unwrap();
+    }
+    let s = b.start(dir.path(), port, &[]).await;
     assert_eq!(totals(&s).await, expected);
     let r = s.sql_ok("SELECT id, body FROM app.notes ORDER BY id").await;
     assert_eq!(r["rows"], json!([[1, "one"], [2, "two"], [3, "three"]]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn automatic_flush_by_row_policy() {
+async fn automatic_flush_by_row_policy(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path()).await;
+    let s = b.start(dir.path(), common::free_port(), &[]).await;
     s.sql_ok("CREATE NAMESPACE app").await;
     s.sql_ok("CREATE TABLE app.ev (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED', FLUSH_POLICY = 'rows:50')")
         .await;
@@ -163,22 +267,22 @@ async fn automatic_flush_by_row_policy() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(flushed, "no automatic flush");
-    assert_eq!(parquet_files(dir.path()).len(), 1);
+    assert_eq!(parquet_files(&b, dir.path()).len(), 1);
     let r = s.sql_ok("SELECT count(*) FROM app.ev").await;
     assert_eq!(r["rows"], json!([[60]]));
+    b.assert_mirrored(dir.path()).await;
 }
 
 /// Kill the process at each step of a flush (`KALAMDB_FAILPOINTS` arms one crash point);
 /// after a restart the flush entry is applied again and every row is there exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_at_every_flush_step_loses_and_duplicates_nothing() {
+async fn crash_at_every_flush_step_loses_and_duplicates_nothing(b: Backend) {
     let sum: f64 = (0..ROWS).map(|i| i as f64 + 0.5).sum();
     for point in
         ["flush-before-write", "flush-after-temp", "flush-after-rename", "flush-before-commit", "flush-after-commit"]
     {
         let dir = tempfile::tempdir().unwrap();
         let port = common::free_port();
-        let mut s = Server::start_with(dir.path(), port, &[("KALAMDB_FAILPOINTS", point)]).await;
+        let mut s = b.start(dir.path(), port, &[("KALAMDB_FAILPOINTS", point)]).await;
         load(&s).await;
         // The server aborts while applying the flush: the request fails or times out.
         let answer =
@@ -196,10 +300,10 @@ async fn crash_at_every_flush_step_loses_and_duplicates_nothing() {
         let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
         assert!(log.contains(&format!("failpoint {point} hit")), "{point} not reached:\n{log}");
 
-        let s = Server::start_on(dir.path(), port).await;
+        let s = b.start(dir.path(), port, &[]).await;
         assert_eq!(totals(&s).await, json!([ROWS, ROWS, sum]), "{point}");
         // The flush entry was applied exactly once: one file, and the rows are cold.
-        let files = parquet_files(dir.path());
+        let files = parquet_files(&b, dir.path());
         assert_eq!(files.len(), 1, "{point}: {files:?}");
         let leftovers: Vec<_> = std::fs::read_dir(files[0].parent().unwrap())
             .unwrap()
@@ -209,6 +313,7 @@ async fn crash_at_every_flush_step_loses_and_duplicates_nothing() {
         assert!(leftovers.len() <= 1, "{point}: temp files {leftovers:?}");
         s.sql_ok("FLUSH TABLE app.orders").await;
         assert_eq!(totals(&s).await, json!([ROWS, ROWS, sum]), "{point}");
+        b.assert_mirrored(dir.path()).await;
     }
 }
 
@@ -225,10 +330,9 @@ async fn shared_digest(s: &Server) -> String {
     g["digest"].as_str().unwrap().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn time_travel_and_rebuild() {
+async fn time_travel_and_rebuild(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path()).await;
+    let s = b.start(dir.path(), common::free_port(), &[]).await;
     s.sql_ok("CREATE NAMESPACE app").await;
     s.sql_ok("CREATE TABLE app.t (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')").await;
     let values: Vec<String> = (0..10).map(|i| format!("({i}, 'a')")).collect();
@@ -282,11 +386,10 @@ async fn time_travel_and_rebuild() {
 /// A point lookup of a flushed row opens only the files whose recorded key range can hold
 /// the key, and decodes one data page per column there rather than the whole row group
 /// (benches/RESULTS.md: 443 lookups/s before, when every lookup decoded every flushed row).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn point_lookups_of_flushed_rows_read_one_file_and_one_page() {
+async fn point_lookups_of_flushed_rows_read_one_file_and_one_page(b: Backend) {
     const BIG_ROWS: i64 = 20_000;
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("n")).await;
+    let s = b.start(&dir.path().join("n"), common::free_port(), &[]).await;
     s.sql_ok("CREATE NAMESPACE app").await;
     s.sql_ok("CREATE TABLE app.orders (id BIGINT PRIMARY KEY, category TEXT, amount DOUBLE) WITH (TYPE = 'SHARED')")
         .await;
@@ -298,7 +401,7 @@ async fn point_lookups_of_flushed_rows_read_one_file_and_one_page() {
     // A second file with keys above the first one's.
     s.sql_ok("INSERT INTO app.orders (id, category, amount) VALUES (50000, 'late', 1.0), (50001, 'late', 2.0)").await;
     s.sql_ok("FLUSH TABLE app.orders").await;
-    assert_eq!(parquet_files(&dir.path().join("n")).len(), 2);
+    assert_eq!(parquet_files(&b, &dir.path().join("n")).len(), 2);
     let r = s.sql_ok("SELECT id, category FROM app.orders WHERE id = 50001").await;
     assert_eq!(r["rows"], json!([[50001, "late"]]));
 

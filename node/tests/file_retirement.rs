@@ -11,7 +11,49 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
+use common::s3::S3Server;
 use serde_json::json;
+
+/// Where the cluster keeps cold files: one folder every node shares, or one bucket (no
+/// shared volume; each node caches on its own disk).
+enum Shared {
+    Folder(std::path::PathBuf),
+    Bucket(S3Server),
+}
+
+const BUCKET: &str = "cluster";
+
+impl Shared {
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Shared::Folder(p) => vec![("KALAMDB_STORAGE_STORAGE_PATH".into(), p.display().to_string())],
+            Shared::Bucket(s3) => s3.env(BUCKET, "prod"),
+        }
+    }
+
+    /// Parquet files in the shared storage now.
+    async fn files(&self) -> Vec<String> {
+        match self {
+            Shared::Folder(p) => parquet_files(p),
+            Shared::Bucket(s3) => {
+                s3.list(BUCKET, "prod").await.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect()
+            }
+        }
+    }
+
+    /// Wait until exactly `n` Parquet files are left.
+    async fn wait_files(&self, n: usize) {
+        let deadline = Instant::now() + DELETE_WAIT;
+        loop {
+            let files = self.files().await;
+            if files.len() == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "expected {n} files in the shared storage, found {files:#?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
 
 /// Rounds of insert + flush while node 3 is down; every second round also compacts.
 const ROUNDS: usize = 4;
@@ -38,32 +80,26 @@ fn parquet_files(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Wait until exactly `n` Parquet files are left under `dir`.
-async fn wait_files(dir: &Path, n: usize) {
-    let deadline = Instant::now() + DELETE_WAIT;
-    loop {
-        let files = parquet_files(dir);
-        if files.len() == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "expected {n} files under {}, found {files:#?}", dir.display());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn count(c: &Cluster, n: usize) -> serde_json::Value {
     c.node(n).sql_ok("SELECT count(*), sum(v) FROM app.t").await["rows"].clone()
 }
 
-async fn lagging_node_catches_up(purge_log: bool) {
+async fn lagging_node_catches_up(purge_log: bool, bucket: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared-storage");
-    let shared_text = shared.display().to_string();
-    let mut env =
-        vec![("KALAMDB_STORAGE_STORAGE_PATH", shared_text.as_str()), ("KALAMDB_STORAGE_RETIRED_FILE_GRACE_SECS", "1")];
+    let shared = if bucket {
+        let s3 = S3Server::start().await;
+        s3.create_bucket(BUCKET).await;
+        Shared::Bucket(s3)
+    } else {
+        Shared::Folder(dir.path().join("shared-storage"))
+    };
+    let mut env = shared.env();
+    env.push(("KALAMDB_STORAGE_RETIRED_FILE_GRACE_SECS".into(), "1".into()));
     if purge_log {
-        env.extend([("KALAMDB_RAFT_SNAPSHOT_LOGS_SINCE_LAST", "20"), ("KALAMDB_RAFT_LOGS_TO_KEEP", "5")]);
+        env.push(("KALAMDB_RAFT_SNAPSHOT_LOGS_SINCE_LAST".into(), "20".into()));
+        env.push(("KALAMDB_RAFT_LOGS_TO_KEEP".into(), "5".into()));
     }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut c = Cluster::start(dir.path(), &env).await;
     c.node(1).sql_ok("CREATE NAMESPACE app").await;
     c.node(1).sql_ok("CREATE TABLE app.t (id BIGINT PRIMARY KEY, v BIGINT) WITH (TYPE = 'SHARED')").await;
@@ -93,7 +129,7 @@ async fn lagging_node_catches_up(purge_log: bool) {
     assert_eq!(expected, json!([[n, sum]]));
     // Node 3 is a member that did not apply the compactions: nothing they retired may go.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(parquet_files(&shared).len() > 1, "retired files went while node 3 was behind");
+    assert!(shared.files().await.len() > 1, "retired files went while node 3 was behind");
 
     if purge_log {
         // A crash in the middle of installing a snapshot (records written, position not yet):
@@ -109,7 +145,7 @@ async fn lagging_node_catches_up(purge_log: bool) {
     assert_eq!(count(&c, 3).await, expected, "node 3 after catching up");
     c.assert_converged().await;
     // Everyone is past every retirement: the last round compacted, so its one file is left.
-    wait_files(&shared, 1).await;
+    shared.wait_files(1).await;
 
     // A compaction, then kill -9 of every node before its retired files can go.
     c.node(1).sql_ok("INSERT INTO app.t (id, v) VALUES (1000, 1)").await;
@@ -124,7 +160,7 @@ async fn lagging_node_catches_up(purge_log: bool) {
         assert_eq!(count(&c, i).await, after, "node {i} after the whole cluster restarted");
     }
     c.assert_converged().await;
-    wait_files(&shared, 1).await;
+    shared.wait_files(1).await;
     for i in 1..=3 {
         assert_eq!(count(&c, i).await, after, "node {i} after the retired files went");
     }
@@ -132,12 +168,20 @@ async fn lagging_node_catches_up(purge_log: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_replays_compactions_on_shared_storage() {
-    lagging_node_catches_up(false).await;
+    lagging_node_catches_up(false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_a_purged_log_installs_a_snapshot_on_shared_storage() {
-    lagging_node_catches_up(true).await;
+    lagging_node_catches_up(true, false).await;
+}
+
+/// The same with one bucket and no shared volume: every node writes its own copy of each
+/// file (same name, same bytes) and uploads it unless the bucket has it; the node that was
+/// down catches up by snapshot, and retired files leave the bucket once all are past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_purged_log_catches_up_on_one_bucket() {
+    lagging_node_catches_up(true, true).await;
 }
 
 /// A crash in the middle of deleting retired files (after the unlink, before the batch that

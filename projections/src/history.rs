@@ -120,7 +120,7 @@ fn unavailable(what: String) -> Error {
 /// The base for `at`: the newest flush or compaction point ≤ `at` of the scope that is still
 /// fully on disk (none older than the last compaction), or the empty table at index 0 when
 /// the scope never compacted.
-fn load_base(db: &DB, storage_dir: &Path, def: &TableDef, sp: &[u8], at: u64) -> Result<ScopeReplay> {
+fn load_base(db: &DB, files: &FileStore, def: &TableDef, sp: &[u8], at: u64) -> Result<ScopeReplay> {
     let head = scope_head(db, sp)?;
     let files = scope_files(db, sp)?;
     let mut points: Vec<u64> = files.iter().map(|f| f.created_at).filter(|c| *c >= head.last_compact_index).collect();
@@ -149,7 +149,7 @@ fn load_base(db: &DB, storage_dir: &Path, def: &TableDef, sp: &[u8], at: u64) ->
     let mut state = ScopeReplay { base_index: base, ..ScopeReplay::default() };
     let storage = crate::columnar::storage_schema(def);
     for f in files.iter().filter(live_then) {
-        for b in read_parquet(&storage_dir.join(&f.path))? {
+        for b in read_parquet(&files.local(&f.path, f.bytes, &f.sha256)?)? {
             let b = crate::columnar::conform(def, &storage, b)?;
             let (seq, _) = seq_deleted(&b)?;
             for row in 0..b.num_rows() {
@@ -313,9 +313,9 @@ pub fn scope_as_of(
     if at > applied {
         return Err(unavailable(format!("position {at} is not applied yet here (applied: {applied})")));
     }
-    let ColdGroup { db, storage_dir, group } = cold;
+    let ColdGroup { db, files, group } = cold;
     let sp = table_scope_prefix(group, def.table_id, scope);
-    let mut states = HashMap::from([(scope.to_string(), load_base(db, storage_dir, def, &sp, at)?)]);
+    let mut states = HashMap::from([(scope.to_string(), load_base(db, files, def, &sp, at)?)]);
     let base = states[scope].base_index;
     replay(log_db, group, def, Some(scope), base, at, &mut states, |_| Ok(ScopeReplay::default()))?;
     Ok(states.remove(scope).map(|s| s.live().cloned().collect()).unwrap_or_default())
@@ -331,7 +331,7 @@ pub fn rebuild_table(
     def: &TableDef,
     index: u64,
 ) -> Result<OpResult> {
-    let ColdGroup { db, storage_dir, group } = cold;
+    let ColdGroup { db, files, group } = cold;
     let at = index - 1;
     // Every scope the group holds for the table, hot or cold.
     let mut scopes: BTreeSet<String> = BTreeSet::new();
@@ -346,7 +346,7 @@ pub fn rebuild_table(
     let mut base_min = at;
     for scope in &scopes {
         let sp = table_scope_prefix(group, def.table_id, scope);
-        let state = load_base(db, storage_dir, def, &sp, at)?;
+        let state = load_base(db, files, def, &sp, at)?;
         base_min = base_min.min(state.base_index);
         states.insert(scope.clone(), state);
     }

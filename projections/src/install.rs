@@ -65,7 +65,7 @@ impl Installer<'_> {
         // Stays set if this fails: the group is half installed until a restart redoes it.
         self.env.installing.set(self.group, true);
         let db = self.log_db.db();
-        let at = ColdGroup { db, storage_dir: &self.env.storage_dir, group: self.group };
+        let at = ColdGroup { db, files: &self.env.files, group: self.group };
         let mut input = BufReader::new(file);
         let mut batch = import_group(at, &mut input, |b: WriteBatch| {
             db.write(b)?;

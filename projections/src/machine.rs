@@ -56,7 +56,7 @@ impl Projection {
     /// catalog group) from the database.
     pub fn open(log_db: Arc<LogDb>, group: GroupId, catalog: Arc<Catalog>, env: Arc<StorageEnv>) -> Result<Projection> {
         std::fs::create_dir_all(&env.snapshot_dir)?;
-        std::fs::create_dir_all(&env.storage_dir)?;
+        std::fs::create_dir_all(env.files.root())?;
         Installer { log_db: &log_db, env: &env, catalog: &catalog, group }.recover()?;
         let db = log_db.db().clone();
         let (applied, membership) = crate::sm::position_at(&db, None, group)?;
@@ -90,7 +90,7 @@ impl Projection {
     }
 
     fn cold(&self) -> ColdGroup<'_> {
-        ColdGroup { db: self.db(), storage_dir: &self.env.storage_dir, group: self.group }
+        ColdGroup { db: self.db(), files: &self.env.files, group: self.group }
     }
 
     fn snapshots(&self) -> SnapshotStore {
@@ -228,7 +228,7 @@ impl Projection {
                 ColdApplier::new(db, self.group, &self.env).delete_retired(batch, *upto)
             }
             Op::RequireNotNull { table, slot, required } if is_data => {
-                rows.require_not_null(batch, &self.env.storage_dir, table, *slot, *required)
+                rows.require_not_null(batch, &self.env.files, table, *slot, *required)
             }
             Op::CreateUser { user, if_not_exists } if is_users => {
                 self.catalog.users.create(db, batch, self.group, user, *if_not_exists)
@@ -466,7 +466,7 @@ impl ProjectionSnapshotBuilder {
         let store = SnapshotStore::new(&self.env.snapshot_dir, self.group);
         let path = store.building()?;
         let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
-        let at = ColdGroup { db, storage_dir: &self.env.storage_dir, group: self.group };
+        let at = ColdGroup { db, files: &self.env.files, group: self.group };
         export_group(at, &snap, &mut out)?;
         out.into_inner().map_err(|e| Error::Snapshot(format!("snapshot file: {e}")))?;
         let snapshot_id = match applied {

@@ -31,7 +31,7 @@ pub enum Lookup {
 #[derive(Clone)]
 pub struct RowReader {
     log_db: Arc<kalamdb_log::LogDb>,
-    storage_dir: std::path::PathBuf,
+    files: Arc<crate::cold::FileStore>,
     /// Parsed footers and page indexes of Parquet files, for point lookups.
     cold_metadata: Arc<crate::cold::MetadataCache>,
 }
@@ -43,8 +43,8 @@ impl std::fmt::Debug for RowReader {
 }
 
 impl RowReader {
-    pub fn new(log_db: Arc<kalamdb_log::LogDb>, storage_dir: std::path::PathBuf) -> RowReader {
-        RowReader { log_db, storage_dir, cold_metadata: Arc::default() }
+    pub fn new(log_db: Arc<kalamdb_log::LogDb>, files: Arc<crate::cold::FileStore>) -> RowReader {
+        RowReader { log_db, files, cold_metadata: Arc::default() }
     }
 
     /// The live rows of a table scope right after log index `at` was applied (time travel).
@@ -99,7 +99,7 @@ impl RowReader {
     }
 
     fn cold(&self, group: GroupId) -> crate::cold::ColdGroup<'_> {
-        crate::cold::ColdGroup { db: self.db(), storage_dir: &self.storage_dir, group }
+        crate::cold::ColdGroup { db: self.db(), files: &self.files, group }
     }
 
     fn cf(&self) -> Result<&rocksdb::ColumnFamily> {
@@ -335,7 +335,7 @@ impl<'a> RowApplier<'a> {
     pub fn require_not_null(
         &mut self,
         batch: &mut WriteBatch,
-        storage_dir: &std::path::Path,
+        files: &crate::cold::FileStore,
         def: &TableDef,
         slot: u32,
         required: bool,
@@ -347,7 +347,7 @@ impl<'a> RowApplier<'a> {
         let mut fences: Vec<Fence> = self.fences_of(def.table_id)?.iter().filter(|f| f.slot != slot).cloned().collect();
         if required {
             let nulls = fences::count_nulls(
-                ColdGroup { db: self.db, storage_dir, group: self.group },
+                ColdGroup { db: self.db, files, group: self.group },
                 def,
                 slot as usize,
                 &self.overlay,

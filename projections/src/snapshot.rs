@@ -74,13 +74,13 @@ pub fn export_records(db: &DB, snap: &Snapshot<'_>, group: GroupId, out: &mut im
 /// through a small buffer, so memory stays bounded whatever the group's size; apply goes on
 /// meanwhile (the caller pins the files, see [`crate::cold::FilePins`]). Returns the files.
 pub fn export_group(at: ColdGroup<'_>, snap: &Snapshot<'_>, out: &mut impl Write) -> Result<Vec<FileMeta>> {
-    let ColdGroup { db, storage_dir, group } = at;
+    let ColdGroup { db, files: store, group } = at;
     export_records(db, snap, group, out)?;
     // Retired files are not sent: no reader needs them, and the receiver's delete of them is
     // idempotent (see `cold::retire`).
     let files = live_files_at(db, snap, group)?;
     for meta in &files {
-        let path = storage_dir.join(&meta.path);
+        let path = store.local(&meta.path, meta.bytes, &meta.sha256)?;
         let cold_err = |e: std::io::Error| Error::Snapshot(format!("cold file {} for the snapshot: {e}", meta.path));
         let mut file = std::fs::File::open(&path).map_err(cold_err)?;
         let len = file.metadata().map_err(cold_err)?.len();
@@ -235,7 +235,7 @@ pub fn import_group(
     input: &mut impl Read,
     mut write: impl FnMut(WriteBatch) -> Result<()>,
 ) -> Result<WriteBatch> {
-    let ColdGroup { db, storage_dir, group } = at;
+    let ColdGroup { db, files, group } = at;
     let mut reader = StreamReader::open(input)?;
     let prefix = group.prefix();
     let mut batch = WriteBatch::default();
@@ -247,7 +247,7 @@ pub fn import_group(
     while let Some(item) = reader.next()? {
         match item {
             Item::File { path, len } => {
-                install_file(storage_dir, &path, &mut (&mut reader.input).take(len), len)?;
+                install_file(files, &path, &mut (&mut reader.input).take(len), len)?;
             }
             Item::Record { cf } => {
                 let cf = db.cf_handle(cf).ok_or_else(|| Error::Corrupt(format!("no cf {cf}")))?;

@@ -12,6 +12,7 @@ use kalamdb_log::{
 use std::path::Path;
 use std::sync::Arc;
 
+use kalamdb_projections::cold::FileStore;
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader, StorageEnv, digest_group};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
@@ -239,7 +240,7 @@ async fn flush_and_compaction_are_deterministic_and_exact() {
     assert_eq!(results[6], vec![OpResult::Done { affected: 1 }], "a deleted flushed key can be inserted again");
 
     // What a query sees: hot 1 and 10..14, one live file with 0 and 2..9, nothing superseded.
-    let reader = RowReader::new(db_a.clone(), a.path().join("storage"));
+    let reader = RowReader::new(db_a.clone(), Arc::new(FileStore::folder(a.path().join("storage"))));
     let view = reader.table_view(GroupId::SharedShard(0), 1, "", &Default::default()).unwrap();
     let hot: Vec<i64> = view
         .hot
@@ -281,7 +282,7 @@ async fn flush_and_compaction_are_deterministic_and_exact() {
     let mut sm_c = Projection::open(db_c.clone(), GroupId::SharedShard(0), Catalog::new(), env(c.path())).unwrap();
     sm_c.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
     assert_eq!(digest_group(db_c.db(), GroupId::SharedShard(0)).unwrap(), digest_a);
-    let reader_c = RowReader::new(db_c.clone(), c.path().join("storage"));
+    let reader_c = RowReader::new(db_c.clone(), Arc::new(FileStore::folder(c.path().join("storage"))));
     let view_c = reader_c.table_view(GroupId::SharedShard(0), 1, "", &Default::default()).unwrap();
     assert_eq!(view_c.files.len(), 1);
     assert_eq!(std::fs::read(&view_c.files[0].0).unwrap(), std::fs::read(&view.files[0].0).unwrap());

@@ -57,6 +57,10 @@ pub enum Error {
     /// A job of that kind already runs on this node (one backup at a time).
     #[error("{0}")]
     JobRunning(String),
+    /// The object store that holds cold files refused or could not be reached; nothing was
+    /// proposed (a flush's rows stay hot).
+    #[error("{0}")]
+    StorageUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -86,6 +90,7 @@ impl Error {
             Error::CrossGroupTransaction(_) => "CROSS_GROUP_TRANSACTION",
             Error::Unsupported(_) => "NOT_SUPPORTED",
             Error::JobRunning(_) => "JOB_IN_PROGRESS",
+            Error::StorageUnavailable(_) => "STORAGE_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -114,6 +119,7 @@ impl Error {
             Error::CrossGroupTransaction(m) => Error::CrossGroupTransaction(f(m)),
             Error::Unsupported(m) => Error::Unsupported(f(m)),
             Error::JobRunning(m) => Error::JobRunning(f(m)),
+            Error::StorageUnavailable(m) => Error::StorageUnavailable(f(m)),
             Error::Internal(m) => Error::Internal(f(m)),
         }
     }

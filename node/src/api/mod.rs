@@ -165,7 +165,7 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
 pub fn status_of(e: &kalamdb_query::Error) -> StatusCode {
     use kalamdb_query::Error as E;
     match e {
-        E::Unavailable(_) | E::NotLeader(_) | E::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::Unavailable(_) | E::NotLeader(_) | E::Busy(_) | E::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         E::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         E::Conflict(_) | E::JobRunning(_) => StatusCode::CONFLICT,
         E::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,

@@ -84,9 +84,9 @@ pub fn restore(cfg: &Config, from: &Path, backup_id: Option<&str>) -> Result<Res
     verify_backup(from, &manifest)?;
 
     std::fs::create_dir_all(&cfg.storage.data_path)?;
-    let storage_path = cfg.storage_path();
-    std::fs::create_dir_all(&storage_path)?;
-    let env = StorageEnv::new(cfg.snapshot_path(), std::fs::canonicalize(&storage_path)?);
+    // With a bucket, restored files are queued for upload and go there when the server starts.
+    let (files, _bucket) = crate::bucket::open_files(cfg)?;
+    let env = StorageEnv::with_files(cfg.snapshot_path(), files);
     let log_db = LogDb::open(&rocksdb_path, &PROJECTION_CFS)?;
     let catalog = Catalog::new();
     let members = crate::groups::initial_members(cfg);
@@ -99,13 +99,14 @@ pub fn restore(cfg: &Config, from: &Path, backup_id: Option<&str>) -> Result<Res
             let rel = checked_rel(&file.path)?
                 .strip_prefix("files/")
                 .ok_or_else(|| Error::Backup(format!("manifest names a file outside files/: {}", file.path)))?;
-            let target = env.storage_dir.join(rel);
+            let target = env.files.path(rel);
             // A storage root shared by the nodes may have it already (same name, same bytes);
             // another file under that name belongs to some other history and stays untouched.
             if target.exists() {
                 verify_file(&target, file.bytes, &file.sha256)
                     .map_err(|e| Error::Backup(format!("the storage root holds another file under this name: {e}")))?;
             } else {
+                env.files.will_write(rel)?;
                 copy_verified(&from.join(&file.path), &target, file.bytes, &file.sha256)?;
             }
             restored.files += 1;

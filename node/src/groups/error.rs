@@ -18,6 +18,9 @@ pub enum GroupError {
     /// A remote leader reported a write conflict.
     #[error("{0}")]
     Conflict(String),
+    /// The object store behind cold files failed its check before a flush or compaction.
+    #[error("{0}")]
+    StorageUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -31,6 +34,7 @@ impl GroupError {
             GroupError::NotLeader(_) => "NOT_LEADER",
             GroupError::TooLarge(_) => "INVALID_SQL",
             GroupError::Conflict(_) => "WRITE_CONFLICT",
+            GroupError::StorageUnavailable(_) => "STORAGE_UNAVAILABLE",
             GroupError::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -42,6 +46,7 @@ impl GroupError {
             "WRITE_CONFLICT" => GroupError::Conflict(message),
             "INTERNAL_ERROR" => GroupError::Internal(message),
             "NOT_LEADER" => GroupError::NotLeader(message),
+            "STORAGE_UNAVAILABLE" => GroupError::StorageUnavailable(message),
             _ => GroupError::Unavailable(message),
         }
     }
@@ -55,6 +60,7 @@ impl From<GroupError> for kalamdb_query::Error {
             GroupError::NotLeader(m) => Q::NotLeader(m),
             GroupError::TooLarge(m) => Q::InvalidSql(m),
             GroupError::Conflict(m) => Q::Conflict(m),
+            GroupError::StorageUnavailable(m) => Q::StorageUnavailable(m),
             GroupError::Internal(m) => Q::Internal(m),
         }
     }

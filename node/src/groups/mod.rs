@@ -68,6 +68,8 @@ pub struct Groups {
     pub rows: RowReader,
     /// Cold storage root and the per-node job log and write counters.
     pub storage: Arc<StorageEnv>,
+    /// The bucket cold files live in, when the storage path is an `s3://` URL.
+    pub bucket: Option<Arc<crate::bucket::Bucket>>,
     /// Every member, this node included (one entry in a single-node layout).
     pub members: BTreeMap<NodeId, NodeAddr>,
     pub cluster_id: Option<String>,
@@ -129,10 +131,11 @@ impl Groups {
         let layout = GroupLayout::new(user_shards, shared_shards);
         std::fs::create_dir_all(&cfg.storage.data_path)?;
         let log_db = LogDb::open(&cfg.rocksdb_path(), &PROJECTION_CFS)?;
-        let storage_path = cfg.storage_path();
-        std::fs::create_dir_all(&storage_path)?;
-        // Absolute: DataFusion addresses files by absolute path.
-        let storage = StorageEnv::new(cfg.snapshot_path(), std::fs::canonicalize(&storage_path)?);
+        let (files, bucket) = crate::bucket::open_files(cfg)?;
+        if let Some(b) = &bucket {
+            b.start_uploader(files.clone(), cfg.storage.cache_bytes_max);
+        }
+        let storage = StorageEnv::with_files(cfg.snapshot_path(), files);
         let catalog = Catalog::new();
         let raft_cfg = raft_config(cfg)?;
         let node_id = cfg.server.node_id;
@@ -203,7 +206,7 @@ impl Groups {
             tokio::spawn(run_read_index_batcher(id, node_id, raft.clone(), transport.clone(), read_rx));
             groups.insert(id, Group { id, raft, applied, queue, read_queue });
         }
-        let rows = RowReader::new(log_db.clone(), storage.storage_dir.clone());
+        let rows = RowReader::new(log_db.clone(), storage.files.clone());
         let me = Arc::new(Groups {
             node_id,
             layout,
@@ -211,6 +214,7 @@ impl Groups {
             catalog,
             rows,
             storage,
+            bucket,
             members,
             cluster_id: cfg.cluster.as_ref().map(|c| c.cluster_id.clone()),
             transport: transport.clone(),

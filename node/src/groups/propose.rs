@@ -55,6 +55,13 @@ impl Groups {
     /// a retry only happens when the failed attempt certainly proposed nothing.
     pub async fn propose(&self, group: GroupId, op: Op) -> std::result::Result<OpResult, GroupError> {
         let g = self.group(group)?;
+        // Files of a flush or compaction go to the bucket after apply: while it cannot take
+        // them, rows stay hot rather than pile up on local disk.
+        if let (Some(bucket), Op::Flush { .. } | Op::Compact { .. }) = (&self.bucket, &op) {
+            bucket.check().await.map_err(|e| {
+                GroupError::StorageUnavailable(format!("cold storage is unavailable, nothing was flushed: {e}"))
+            })?;
+        }
         // A flush or compaction writes files inside apply: allow it far longer than a row write.
         let timeout = if op.is_storage_job() {
             self.write_timeout.max(Duration::from_millis(STORAGE_JOB_TIMEOUT_MS))

@@ -143,7 +143,8 @@ impl<'a> ColdApplier<'a> {
                 continue;
             }
             // Streamed: one batch per input file and one output file in memory at a time.
-            let paths: Vec<PathBuf> = live.iter().map(|f| self.env.storage_dir.join(&f.path)).collect();
+            let paths: Vec<PathBuf> =
+                live.iter().map(|f| self.env.files.local(&f.path, f.bytes, &f.sha256)).collect::<Result<_>>()?;
             let mut merge =
                 super::merge::Merge::open(&paths, schema.clone(), pk, &superseded, Some(def), CONVERT_ROWS_MAX)?;
             let mut head = scope_head(self.db, &sp)?;
@@ -220,7 +221,7 @@ impl<'a> ColdApplier<'a> {
             stats.add(b)?;
         }
         let pk_column = def.columns[def.pk_index()].storage_name();
-        let (bytes, sha256) = write_parquet(&self.env.storage_dir, &path, schema, batches, pk_column)?;
+        let (bytes, sha256) = write_parquet(&self.env.files, &path, schema, batches, pk_column)?;
         Ok(FileMeta {
             file_no,
             path,
@@ -366,7 +367,8 @@ impl ScopeFlush {
         manifest.retain(|f| f.retired_at.is_none());
         manifest.extend(self.metas.iter().cloned());
         let manifest_rel = format!("{}/manifest-{index:020}.json", scope_dir(def, &self.scope));
-        write_small_file(&c.env.storage_dir.join(manifest_rel), &json(&manifest)?)?;
+        c.env.files.will_write(&manifest_rel)?;
+        write_small_file(&c.env.files.path(&manifest_rel), &json(&manifest)?)?;
         Ok(ScopeOutcome {
             scope: self.scope,
             log_start: self.log_start,

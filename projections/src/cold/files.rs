@@ -73,16 +73,17 @@ pub fn create_dir_all_synced(dir: &Path) -> Result<()> {
 /// directory. Same batches → same bytes; an existing file of that name is replaced by an
 /// identical one. Returns (bytes, sha256).
 pub(super) fn write_parquet(
-    root: &Path,
+    store: &FileStore,
     rel: &str,
     schema: &SchemaRef,
     batches: &[RecordBatch],
     pk_column: &str,
 ) -> Result<(u64, String)> {
-    let path = root.join(rel);
+    let path = store.path(rel);
     let dir = path.parent().ok_or_else(|| Error::Storage(format!("bad file path {rel}")))?;
     create_dir_all_synced(dir)?;
     crate::failpoint::hit("flush-before-write");
+    store.will_write(rel)?;
     let tmp = path.with_extension(format!("parquet.tmp-{:016x}", fastrand::u64(..)));
     let props = WriterProperties::builder()
         .set_created_by(PARQUET_CREATED_BY.into())
@@ -186,9 +187,10 @@ pub fn check_received_path(rel: &str) -> Result<()> {
 
 /// Write a file received in a snapshot (same path and bytes as on the sender): `len` bytes
 /// copied from `src`.
-pub fn install_file(storage_dir: &Path, rel: &str, src: &mut impl std::io::Read, len: u64) -> Result<()> {
+pub fn install_file(store: &FileStore, rel: &str, src: &mut impl std::io::Read, len: u64) -> Result<()> {
     check_received_path(rel)?;
-    let copied = write_atomically(&storage_dir.join(rel), src, len)?;
+    store.will_write(rel)?;
+    let copied = write_atomically(&store.path(rel), src, len)?;
     if copied != len {
         return Err(Error::Snapshot(format!("snapshot ended inside cold file {rel} ({copied} of {len} bytes)")));
     }

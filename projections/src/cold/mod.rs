@@ -27,6 +27,7 @@ mod files;
 mod lookup;
 mod merge;
 mod retire;
+mod store;
 mod view;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -57,6 +58,7 @@ pub use apply::*;
 pub use files::*;
 pub use lookup::*;
 pub use retire::oldest_retired;
+pub use store::*;
 pub use view::*;
 
 /// Rows in one Parquet file; a larger flush writes several files.
@@ -268,8 +270,9 @@ impl Installing {
 #[derive(Debug)]
 pub struct StorageEnv {
     pub snapshot_dir: PathBuf,
-    /// Root of the Parquet files; may be one volume shared by every node.
-    pub storage_dir: PathBuf,
+    /// The Parquet files: a folder (may be one volume shared by every node) or a bucket's
+    /// local cache.
+    pub files: Arc<FileStore>,
     pub jobs: JobLog,
     pub hot: HotStats,
     pub pins: FilePins,
@@ -277,10 +280,15 @@ pub struct StorageEnv {
 }
 
 impl StorageEnv {
+    /// Files kept in the folder `storage_dir`.
     pub fn new(snapshot_dir: PathBuf, storage_dir: PathBuf) -> Arc<StorageEnv> {
+        StorageEnv::with_files(snapshot_dir, Arc::new(FileStore::folder(storage_dir)))
+    }
+
+    pub fn with_files(snapshot_dir: PathBuf, files: Arc<FileStore>) -> Arc<StorageEnv> {
         Arc::new(StorageEnv {
             snapshot_dir,
-            storage_dir,
+            files,
             jobs: JobLog::default(),
             hot: HotStats::default(),
             pins: FilePins::default(),
@@ -290,11 +298,11 @@ impl StorageEnv {
 }
 
 /// One group's cold storage as readers and apply address it: the projection database that
-/// holds its manifests, the storage root its files live under, and the group.
+/// holds its manifests, the store its files live in, and the group.
 #[derive(Clone, Copy)]
 pub struct ColdGroup<'a> {
     pub db: &'a DB,
-    pub storage_dir: &'a Path,
+    pub files: &'a FileStore,
     pub group: GroupId,
 }
 

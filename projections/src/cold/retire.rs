@@ -90,11 +90,7 @@ impl ColdApplier<'_> {
         // crash can never leave a live manifest record naming a missing file.
         self.db.flush_wal(true)?;
         for (key, file) in &doomed {
-            match std::fs::remove_file(self.env.storage_dir.join(&file.path)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.env.files.remove(&file.path)?;
             batch.delete_cf(catalog, key);
             batch.delete_cf(cold, &file.record);
         }

@@ -80,7 +80,7 @@ pub(super) fn json_order(a: &serde_json::Value, b: &serde_json::Value) -> Option
 /// Hot rows, live files and superseded versions of one table scope under one snapshot; hot
 /// rows only within `range` (a RocksDB range scan).
 pub fn table_view(at: ColdGroup<'_>, table_id: u64, scope: &str, range: &PkRange) -> Result<TableView> {
-    let ColdGroup { db, storage_dir, group } = at;
+    let ColdGroup { db, files, group } = at;
     let snap = db.snapshot();
     let rows_cf = cf(db, CF_ROWS)?;
     let cold = cf(db, CF_COLD)?;
@@ -118,7 +118,7 @@ pub fn table_view(at: ColdGroup<'_>, table_id: u64, scope: &str, range: &PkRange
         let (_, v) = item?;
         let meta: FileMeta = unjson(&v)?;
         if meta.retired_at.is_none() && range.may_hold(&meta) {
-            view.files.push((storage_dir.join(&meta.path), meta.bytes));
+            view.files.push((files.local(&meta.path, meta.bytes, &meta.sha256)?, meta.bytes));
             view.file_columns.push(meta.columns.iter().map(|c| c.name.clone()).collect());
         }
     }
