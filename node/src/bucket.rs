@@ -32,8 +32,9 @@ pub const UPLOAD_PART_BYTES: usize = 8 << 20;
 pub const UPLOAD_PARTS_IN_FLIGHT_MAX: usize = 2;
 /// Chunks of a fetched object buffered between the network and the reader.
 pub const FETCH_CHUNKS_IN_FLIGHT_MAX: usize = 4;
-/// Time one request may take (a part of at most [`UPLOAD_PART_BYTES`]).
-pub const REQUEST_TIMEOUT_SECS: u64 = 60;
+/// Time one request may take, body included: a part of at most [`UPLOAD_PART_BYTES`], or a
+/// whole file fetched (at most `FILE_ROWS_MAX` rows, tens of MB).
+pub const REQUEST_TIMEOUT_SECS: u64 = 300;
 pub const CONNECT_TIMEOUT_SECS: u64 = 5;
 /// Retries of one request by the client, and the time they may take in all.
 pub const REQUEST_RETRIES_MAX: usize = 3;
@@ -72,7 +73,10 @@ impl BucketUrl {
         }
         let prefix = prefix.trim_end_matches('/');
         let plain = |c: &str| {
-            !c.is_empty() && c != "." && c != ".." && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
         };
         if !prefix.is_empty() && !prefix.split('/').all(plain) {
             return Err(format!("prefix '{prefix}' must be plain path components (A-Z, a-z, 0-9, '-', '_', '.')"));
@@ -107,8 +111,11 @@ fn describe(url: &str, e: &object_store::Error) -> String {
 fn bucket_runtime() -> Result<tokio::runtime::Handle> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("kalamdb-bucket".into()).spawn(move || {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("kalamdb-bucket").enable_all().build();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kalamdb-bucket")
+            .enable_all()
+            .build();
         match runtime {
             Ok(rt) => {
                 let _ = tx.send(Ok(rt.handle().clone()));
@@ -129,7 +136,7 @@ impl Bucket {
         let s = &cfg.storage;
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&parsed.bucket);
         if let Some(endpoint) = &s.s3_endpoint {
-            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+            builder = builder.with_endpoint(endpoint);
         }
         if let Some(region) = &s.s3_region {
             builder = builder.with_region(region);
@@ -144,7 +151,11 @@ impl Bucket {
             retry_timeout: Duration::from_secs(REQUEST_RETRY_TIMEOUT_SECS),
             ..RetryConfig::default()
         };
+        // One set of client options: `with_client_options` replaces what `with_allow_http`
+        // would have set on the builder.
+        let allow_http = s.s3_endpoint.as_ref().is_some_and(|e| e.starts_with("http://"));
         let client = ClientOptions::new()
+            .with_allow_http(allow_http)
             .with_timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS))
             .with_connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS));
         let s3 = builder
@@ -259,9 +270,8 @@ impl Bucket {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Its apply is still writing it, or never finished (see `ORPHAN_MARKER_AGE`).
-                if files.orphaned(q) {
-                    tracing::warn!(target: "kalamdb_storage", file = %q.rel, "dropping the upload of a file that was never written");
-                    files.done(q).map_err(|e| e.to_string())?;
+                if files.drop_orphan(q).map_err(|e| e.to_string())? {
+                    tracing::warn!(target: "kalamdb_storage", file = %q.rel, "dropped the upload of a file that was never written");
                 }
                 return Ok(());
             }
@@ -360,6 +370,15 @@ pub fn open_files(cfg: &Config) -> Result<(Arc<FileStore>, Option<Arc<Bucket>>)>
     match cfg.storage_url() {
         None => Ok((Arc::new(FileStore::folder(root)), None)),
         Some(url) => {
+            // A node that kept its files in the default folder until now: they are in neither
+            // the cache nor the bucket, and starting would lose them from every read.
+            let folder = cfg.storage.data_path.join("storage");
+            if std::fs::read_dir(&folder).is_ok_and(|mut d| d.next().is_some()) {
+                return Err(Error::Config(format!(
+                    "storage.storage_path is {url}, but {} still holds cold files: copy them into the bucket under the same relative paths, then remove the folder",
+                    folder.display()
+                )));
+            }
             let bucket = Bucket::open(cfg, url)?;
             Ok((Arc::new(FileStore::cached(root, bucket.clone())), Some(bucket)))
         }
@@ -375,8 +394,16 @@ mod tests {
         let ok = BucketUrl::parse("s3://my-bucket/kalam/prod/").unwrap();
         assert_eq!(ok, BucketUrl { bucket: "my-bucket".into(), prefix: "kalam/prod".into() });
         assert_eq!(BucketUrl::parse("s3://abc").unwrap().prefix, "");
-        for bad in ["s3:/x", "http://abc/x", "s3:///x", "s3://ab", "s3://UPPER", "s3://-abc", "s3://abc/a//b", "s3://abc/a/../b"]
-        {
+        for bad in [
+            "s3:/x",
+            "http://abc/x",
+            "s3:///x",
+            "s3://ab",
+            "s3://UPPER",
+            "s3://-abc",
+            "s3://abc/a//b",
+            "s3://abc/a/../b",
+        ] {
             assert!(BucketUrl::parse(bad).is_err(), "{bad}");
         }
     }

@@ -622,7 +622,7 @@ mod tests {
         assert!(e.contains("must be a local folder"), "{e}");
         let e = load(&[("KALAMDB_STORAGE_S3_ENDPOINT", "http://127.0.0.1:9000")]).unwrap_err().to_string();
         assert!(e.contains("not an s3:// URL"), "{e}");
-        let e = load(&[("KALAMDB_STORAGE_STORAGE_PATH", "s3://b/p"), ("KALAMDB_STORAGE_S3_ACCESS_KEY_ID", "123")])
+        let e = load(&[("KALAMDB_STORAGE_STORAGE_PATH", "s3://bucket/p"), ("KALAMDB_STORAGE_S3_ACCESS_KEY_ID", "123")])
             .unwrap_err()
             .to_string();
         assert!(e.contains("go together"), "{e}");

@@ -79,7 +79,10 @@ fn describe() {
     describe_counter!("kalamdb_storage_job_files_total", "Parquet files written by flush and compaction jobs.");
     describe_histogram!("kalamdb_storage_job_seconds", Unit::Seconds, "Duration of applying a flush or compaction.");
     describe_counter!("kalamdb_storage_uploaded_bytes_total", Unit::Bytes, "Cold file bytes uploaded to the bucket.");
-    describe_counter!("kalamdb_storage_upload_errors_total", "Failed passes of the bucket uploader (files stay queued).");
+    describe_counter!(
+        "kalamdb_storage_upload_errors_total",
+        "Failed passes of the bucket uploader (files stay queued)."
+    );
     describe_gauge!("kalamdb_storage_upload_queue_files", "Cold files written locally and not yet in the bucket.");
     describe_gauge!("kalamdb_storage_cache_bytes", Unit::Bytes, "Bytes of bucket files cached on this node.");
     describe_counter!("kalamdb_storage_cache_fetches_total", "Cold files fetched from the bucket into the cache.");

@@ -68,7 +68,8 @@ impl Backend {
                 (format!("{PREFIX}/{rel}"), std::fs::metadata(p).unwrap().len())
             })
             .collect();
-        let parquet = |l: &[(String, u64)]| l.iter().filter(|(k, _)| k.ends_with(".parquet")).cloned().collect::<Vec<_>>();
+        let parquet =
+            |l: &[(String, u64)]| l.iter().filter(|(k, _)| k.ends_with(".parquet")).cloned().collect::<Vec<_>>();
         let listed = s3.wait_for(BUCKET, PREFIX, Duration::from_secs(30), |l| parquet(l) == local).await;
         assert_eq!(parquet(&listed), local, "bucket and local files differ");
     }

@@ -213,6 +213,6 @@ async fn a_crash_while_deleting_retired_files_loses_nothing() {
 
     let s = common::Server::start_with(dir.path(), port, &[("KALAMDB_STORAGE_RETIRED_FILE_GRACE_SECS", "1")]).await;
     assert_eq!(s.sql_ok("SELECT count(*), sum(v) FROM app.t").await["rows"], json!([[30, 30]]));
-    wait_files(dir.path(), 1).await;
+    Shared::Folder(dir.path().join("storage")).wait_files(1).await;
     assert_eq!(s.sql_ok("SELECT count(*), sum(v) FROM app.t WHERE id >= 0").await["rows"], json!([[30, 30]]));
 }

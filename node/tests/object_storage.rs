@@ -17,8 +17,17 @@ const BUCKET: &str = "kalam-errors";
 const PREFIX: &str = "node";
 
 async fn flushed_jobs(s: &Server, table: &str) -> usize {
-    let r = s.sql_ok(&format!("SELECT job_id FROM system.jobs WHERE table_name = '{table}' AND job_type = 'flush'")).await;
+    let r =
+        s.sql_ok(&format!("SELECT job_id FROM system.jobs WHERE table_name = '{table}' AND job_type = 'flush'")).await;
     r["rows"].as_array().unwrap().len()
+}
+
+/// Upload markers waiting (their temp files, which have an extension, are not markers).
+fn queued_uploads(data: &std::path::Path) -> usize {
+    let entries = std::fs::read_dir(data.join("storage-cache/.upload"));
+    entries
+        .map(|d| d.flatten().filter(|e| std::path::Path::new(&e.file_name()).extension().is_none()).count())
+        .unwrap_or(0)
 }
 
 fn parquet_objects(listing: &[(String, u64)]) -> usize {
@@ -84,8 +93,28 @@ async fn store_errors_keep_rows_hot_until_a_flush_succeeds() {
     s.sql_ok("FLUSH TABLE app.t").await;
     let listing = s3.wait_for(BUCKET, PREFIX, Duration::from_secs(30), |l| parquet_objects(l) == 3).await;
     assert_eq!(parquet_objects(&listing), 3, "{listing:?}");
-    let r = s.sql_ok("SELECT count(*), count(*) FILTER (WHERE v = 'new') FROM app.t").await;
-    assert_eq!(r["rows"], json!([[51, 5]]));
+    let totals = "SELECT count(*), count(*) FILTER (WHERE v = 'new') FROM app.t";
+    assert_eq!(s.sql_ok(totals).await["rows"], json!([[51, 5]]));
+
+    // A node that lost its cache while the endpoint is down: reads that need a file answer
+    // 503 STORAGE_UNAVAILABLE, and work again once it is back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queued_uploads(dir.path()) > 0 {
+        assert!(Instant::now() < deadline, "uploads stayed queued");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let port = s.port;
+    let mut s = s;
+    s.kill9();
+    std::fs::remove_dir_all(dir.path().join("storage-cache")).unwrap();
+    s3.set_reachable(false);
+    let s = Server::start_with(dir.path(), port, &env).await;
+    let (status, body) = s.sql(totals).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("STORAGE_UNAVAILABLE")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("cannot fetch cold file"), "{body}");
+    s3.set_reachable(true);
+    assert_eq!(s.sql_ok(totals).await["rows"], json!([[51, 5]]));
+    assert_eq!(s.sql_ok("SELECT v FROM app.t WHERE id = 30").await["rows"], json!([["v30"]]));
 }
 
 /// Files written while the endpoint is down stay queued on local disk and reach the bucket
@@ -110,7 +139,7 @@ async fn uploads_queued_while_the_endpoint_is_down_survive_a_crash() {
     });
     s3.set_reachable(false);
     let answer = flush.await.unwrap();
-    let queued = std::fs::read_dir(dir.path().join("storage-cache/.upload")).map(|d| d.count()).unwrap_or(0);
+    let queued = queued_uploads(dir.path());
     match answer {
         // Flushed locally, and the upload is queued (unless it raced through first).
         Ok((200, _)) => assert!(queued > 0 || parquet_objects(&s3.list(BUCKET, PREFIX).await) > 0),
@@ -124,7 +153,7 @@ async fn uploads_queued_while_the_endpoint_is_down_survive_a_crash() {
     let listing = s3.wait_for(BUCKET, PREFIX, Duration::from_secs(30), |l| parquet_objects(l) >= 1).await;
     assert!(parquet_objects(&listing) >= 1, "{listing:?}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_dir(dir.path().join("storage-cache/.upload")).map(|d| d.count()).unwrap_or(0) > 0 {
+    while queued_uploads(dir.path()) > 0 {
         assert!(Instant::now() < deadline, "uploads stayed queued");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

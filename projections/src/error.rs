@@ -15,6 +15,9 @@ pub enum Error {
     History(String),
     #[error("cold storage: {0}")]
     Storage(String),
+    /// The bucket behind the file cache could not be read (a passing fault, unlike `Storage`).
+    #[error("cold storage unavailable: {0}")]
+    StoreUnavailable(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -90,7 +90,7 @@ pub fn count_nulls(
     slot: usize,
     staged: &HashMap<Vec<u8>, Option<StoredRow>>,
 ) -> Result<u64> {
-    let ColdGroup { db, files, group } = at;
+    let ColdGroup { db, files: store, group } = at;
     let fence = Fence { slot: slot as u32, column: String::new(), backfill_null: def.columns[slot].backfill.is_none() };
     let prefix = table_prefix(group, def.table_id);
     let mut nulls = 0u64;
@@ -120,7 +120,7 @@ pub fn count_nulls(
             None if !fence.backfill_null => continue,
             _ => {}
         }
-        for batch in open_parquet(&files.local(&meta.path, meta.bytes, &meta.sha256)?, CHECK_BATCH_ROWS)? {
+        for batch in open_parquet(&store.local(&meta.path, meta.bytes, &meta.sha256)?, CHECK_BATCH_ROWS)? {
             let batch = batch.map_err(|e| Error::Storage(format!("reading {}: {e}", meta.path)))?;
             let batch = conform(def, &storage, batch)?;
             let (seq, deleted) = seq_deleted(&batch)?;

@@ -8,14 +8,14 @@
 //! superseded versions), and so are positions whose log tail was purged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
 
 use kalamdb_log::{GroupId, LogDb, LogStore, Op, OpResult, RowWrite, TableDef, Value, WriteKind};
 use openraft::EntryPayload;
 use rocksdb::{DB, WriteBatch};
 
 use crate::cold::{
-    ColdGroup, FileMeta, KIND_STUB, KIND_SUPERSEDED, cf, cold_key, iter_prefix, read_parquet, scope_files, scope_head,
+    ColdGroup, FileMeta, FileStore, KIND_STUB, KIND_SUPERSEDED, cf, cold_key, iter_prefix, read_parquet, scope_files,
+    scope_head,
 };
 use crate::columnar::{seq_deleted, value_at};
 use crate::error::{Error, Result};
@@ -120,7 +120,7 @@ fn unavailable(what: String) -> Error {
 /// The base for `at`: the newest flush or compaction point ≤ `at` of the scope that is still
 /// fully on disk (none older than the last compaction), or the empty table at index 0 when
 /// the scope never compacted.
-fn load_base(db: &DB, files: &FileStore, def: &TableDef, sp: &[u8], at: u64) -> Result<ScopeReplay> {
+fn load_base(db: &DB, store: &FileStore, def: &TableDef, sp: &[u8], at: u64) -> Result<ScopeReplay> {
     let head = scope_head(db, sp)?;
     let files = scope_files(db, sp)?;
     let mut points: Vec<u64> = files.iter().map(|f| f.created_at).filter(|c| *c >= head.last_compact_index).collect();
@@ -149,7 +149,7 @@ fn load_base(db: &DB, files: &FileStore, def: &TableDef, sp: &[u8], at: u64) -> 
     let mut state = ScopeReplay { base_index: base, ..ScopeReplay::default() };
     let storage = crate::columnar::storage_schema(def);
     for f in files.iter().filter(live_then) {
-        for b in read_parquet(&files.local(&f.path, f.bytes, &f.sha256)?)? {
+        for b in read_parquet(&store.local(&f.path, f.bytes, &f.sha256)?)? {
             let b = crate::columnar::conform(def, &storage, b)?;
             let (seq, _) = seq_deleted(&b)?;
             for row in 0..b.num_rows() {

@@ -98,6 +98,12 @@ impl RowReader {
         self.log_db.db()
     }
 
+    /// Whether cold files may have to come over the network (a bucket behind a cache): reads
+    /// of them then belong on a blocking thread.
+    pub fn cold_files_remote(&self) -> bool {
+        self.files.remote().is_some()
+    }
+
     fn cold(&self, group: GroupId) -> crate::cold::ColdGroup<'_> {
         crate::cold::ColdGroup { db: self.db(), files: &self.files, group }
     }

@@ -137,7 +137,11 @@ async fn apply(dir: &Path, chunk: usize) -> (Vec<Vec<OpResult>>, String, RowRead
         rest = tail;
     }
     let digest = digest_group(db.db(), GROUP).unwrap();
-    (results, digest, RowReader::new(db, std::sync::Arc::new(kalamdb_projections::cold::FileStore::folder(dir.join("storage")))))
+    (
+        results,
+        digest,
+        RowReader::new(db, std::sync::Arc::new(kalamdb_projections::cold::FileStore::folder(dir.join("storage")))),
+    )
 }
 
 fn live(rows: &[kalamdb_projections::StoredRow]) -> Vec<(Value, Value, u64)> {

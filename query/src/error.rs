@@ -189,6 +189,7 @@ impl From<kalamdb_projections::Error> for Error {
     fn from(e: kalamdb_projections::Error) -> Error {
         match e {
             kalamdb_projections::Error::History(m) => Error::HistoryUnavailable(m),
+            e @ kalamdb_projections::Error::StoreUnavailable(_) => Error::StorageUnavailable(e.to_string()),
             other => Error::Internal(other.to_string()),
         }
     }

@@ -157,7 +157,12 @@ fn write_backup(groups: &Groups, dest: &Path, backup_id: &str, started: i64) -> 
                     .map_err(|e| Error::Backup(format!("the backup folder holds another file under this name: {e}")))?;
                 written.files_present += 1;
             } else {
-                copy_verified(&env.files.local(&meta.path, meta.bytes, &meta.sha256)?, &target, meta.bytes, &meta.sha256)?;
+                copy_verified(
+                    &env.files.local(&meta.path, meta.bytes, &meta.sha256)?,
+                    &target,
+                    meta.bytes,
+                    &meta.sha256,
+                )?;
                 written.files_copied += 1;
                 written.bytes_copied += meta.bytes;
             }

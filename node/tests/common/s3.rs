@@ -72,7 +72,10 @@ impl S3Server {
     pub async fn create_bucket(&self, bucket: &str) {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect moto");
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let req = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port);
+        let req = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
         stream.write_all(req.as_bytes()).await.expect("send");
         let mut resp = Vec::new();
         stream.read_to_end(&mut resp).await.expect("read");

@@ -22,7 +22,9 @@ pub fn cold_row(
         if meta.retired_at.is_some() || log_index < meta.log_start || log_index > meta.log_end {
             continue;
         }
-        if let Some(row) = find_in_file(&at.files.local(&meta.path, meta.bytes, &meta.sha256)?, metadata, def, key, seq)? {
+        if let Some(row) =
+            find_in_file(&at.files.local(&meta.path, meta.bytes, &meta.sha256)?, metadata, def, key, seq)?
+        {
             return Ok(Some(row));
         }
     }

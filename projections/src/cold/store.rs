@@ -22,7 +22,12 @@ const UPLOAD_DIR: &str = ".upload";
 const DELETE_DIR: &str = ".delete";
 /// An upload marker whose file has been missing this long belonged to an apply that never
 /// finished (a crash before its batch, then a snapshot replaced the state): it is dropped.
+/// Temp files of writes and fetches that a crash interrupted are swept after the same time.
 pub const ORPHAN_MARKER_AGE: Duration = Duration::from_secs(600);
+/// Attempts to fetch one file (each with the client's own retries), one second apart and then
+/// doubling: apply reads compaction inputs through the cache, and a failed read there stops
+/// the group on this node until it restarts.
+pub const FETCH_ATTEMPTS_MAX: u32 = 4;
 
 /// The object store behind a cache, as apply and readers need it. Implemented by the node
 /// (`node/src/bucket.rs`), which owns the network client.
@@ -64,10 +69,6 @@ fn marker_name(rel: &str) -> String {
     hex::encode(Sha256::digest(rel.as_bytes()))
 }
 
-fn storage_err(what: &str, rel: &str, e: impl std::fmt::Display) -> Error {
-    Error::Storage(format!("{what} {rel}: {e}"))
-}
-
 impl FileStore {
     /// Files kept in `root` and nowhere else.
     pub fn folder(root: PathBuf) -> FileStore {
@@ -107,7 +108,8 @@ impl FileStore {
         let Some(remote) = &self.remote else { return Ok(()) };
         let _queue = self.lock();
         match std::fs::remove_file(self.marker(DELETE_DIR, rel)) {
-            Ok(()) => {}
+            // Durably gone, or a power cut could bring the delete back next to the upload.
+            Ok(()) => sync_dir(&self.root.join(DELETE_DIR))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
@@ -149,13 +151,35 @@ impl FileStore {
         }
         let dir = path.parent().ok_or_else(|| Error::Storage(format!("bad file path {rel}")))?;
         create_dir_all_synced(dir)?;
+        let mut wait = Duration::from_secs(1);
+        for attempt in 1.. {
+            match self.fetch(remote.as_ref(), rel, &path, bytes, sha256) {
+                Ok(()) => break,
+                // Other bytes under the name are not a passing fault: no point asking again.
+                Err(e) if attempt >= FETCH_ATTEMPTS_MAX || matches!(e, Error::Corrupt(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(target: "kalamdb_storage", file = rel, error = %e, attempt, "cannot fetch a cold file; retrying");
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+            }
+        }
+        metrics::counter!("kalamdb_storage_cache_fetches_total").increment(1);
+        metrics::counter!("kalamdb_storage_cache_fetched_bytes_total").increment(bytes);
+        Ok(path)
+    }
+
+    /// One fetch of `rel` into `path`: temp name, checked, fsynced, renamed.
+    fn fetch(&self, remote: &dyn Remote, rel: &str, path: &Path, bytes: u64, sha256: &str) -> Result<()> {
         let tmp = path.with_extension(format!("fetch-{:016x}", fastrand::u64(..)));
         let fetched = (|| {
             let mut out = HashingWriter::new(std::fs::File::create(&tmp)?);
-            remote.fetch(rel, &mut out).map_err(|e| storage_err("cannot fetch cold file", rel, e))?;
+            remote
+                .fetch(rel, &mut out)
+                .map_err(|e| Error::StoreUnavailable(format!("cannot fetch cold file {rel}: {e}")))?;
             let (file, got_bytes, got_sha) = out.finish();
             if got_bytes != bytes || got_sha != sha256 {
-                return Err(Error::Storage(format!(
+                return Err(Error::Corrupt(format!(
                     "cold file {rel} in {} does not match the manifest ({got_bytes} bytes, sha256 {got_sha}; expected {bytes} bytes, {sha256})",
                     remote.url()
                 )));
@@ -167,10 +191,8 @@ impl FileStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, &path)?;
-        metrics::counter!("kalamdb_storage_cache_fetches_total").increment(1);
-        metrics::counter!("kalamdb_storage_cache_fetched_bytes_total").increment(bytes);
-        Ok(path)
+        std::fs::rename(&tmp, path)?;
+        Ok(())
     }
 
     fn queued(&self, dir: &str) -> Result<Vec<Queued>> {
@@ -188,7 +210,10 @@ impl FileStore {
             }
             match std::fs::read_to_string(&marker) {
                 Ok(rel) if check_received_path(&rel).is_ok() => out.push(Queued { marker, rel }),
-                Ok(rel) => return Err(Error::Corrupt(format!("bad path {rel:?} in {}", marker.display()))),
+                // Not one of ours (we write only checked paths): leave it, do not stall the rest.
+                Ok(rel) => {
+                    tracing::warn!(target: "kalamdb_storage", marker = %marker.display(), path = ?rel, "ignoring a queue marker with a bad path");
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
@@ -217,11 +242,29 @@ impl FileStore {
         }
     }
 
-    /// Whether a queued upload's file is gone for good: missing, and its marker older than
-    /// [`ORPHAN_MARKER_AGE`] (a fresh marker may precede its file by a moment).
-    pub fn orphaned(&self, q: &Queued) -> bool {
+    /// Drop a queued upload whose file is gone for good: missing, and its marker older than
+    /// [`ORPHAN_MARKER_AGE`] (a fresh marker may precede its file by a moment). Checked under
+    /// the queue lock, so a `will_write` of the same path meanwhile keeps its marker. Returns
+    /// whether it was dropped.
+    pub fn drop_orphan(&self, q: &Queued) -> Result<bool> {
+        let _queue = self.lock();
         let age = std::fs::metadata(&q.marker).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-        !self.path(&q.rel).exists() && age.is_some_and(|a| a >= ORPHAN_MARKER_AGE)
+        if self.path(&q.rel).exists() || age.is_none_or(|a| a < ORPHAN_MARKER_AGE) {
+            return Ok(false);
+        }
+        match std::fs::remove_file(&q.marker) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Remove temp files that crashed writes and fetches left, and those of markers.
+    fn sweep_temp(&self, path: &Path, name: &str, modified: SystemTime) {
+        let temp = name.contains(".tmp-") || name.contains(".fetch-");
+        if temp && modified.elapsed().is_ok_and(|a| a >= ORPHAN_MARKER_AGE) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Evict cached files, least recently used first, until at most `bytes_max` remain; only
@@ -243,7 +286,12 @@ impl FileStore {
             for entry in entries {
                 let entry = entry?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') {
+                if name == UPLOAD_DIR || name == DELETE_DIR {
+                    for marker in std::fs::read_dir(entry.path())?.flatten() {
+                        if let Ok(m) = marker.metadata().and_then(|m| m.modified()) {
+                            self.sweep_temp(&marker.path(), &marker.file_name().to_string_lossy(), m);
+                        }
+                    }
                     continue;
                 }
                 let rel = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
@@ -254,6 +302,8 @@ impl FileStore {
                 };
                 if meta.is_dir() {
                     stack.push((entry.path(), rel));
+                } else if name.contains(".tmp-") || name.contains(".fetch-") {
+                    self.sweep_temp(&entry.path(), &name, meta.modified()?);
                 } else if name.ends_with(".parquet") || name.ends_with(".json") {
                     report.cached_files += 1;
                     report.cached_bytes += meta.len();
@@ -272,7 +322,10 @@ impl FileStore {
                 continue;
             }
             let _queue = self.lock();
-            if self.marker(UPLOAD_DIR, &rel).exists() {
+            // Read again under the lock: a reader may have just been handed this file.
+            let used_now = std::fs::metadata(self.path(&rel)).and_then(|m| m.modified());
+            let recently_used = used_now.is_ok_and(|t| now.duration_since(t).unwrap_or_default() < idle);
+            if recently_used || self.marker(UPLOAD_DIR, &rel).exists() {
                 continue;
             }
             match std::fs::remove_file(self.path(&rel)) {

@@ -80,6 +80,26 @@ pub(super) fn session_template(env: Arc<RuntimeEnv>) -> SessionState {
 }
 
 impl Engine {
+    /// The flushed version `seq` of a row, read from its file: in place when files are local,
+    /// on a blocking thread when the file may have to be fetched from a bucket first.
+    async fn cold_row(
+        &self,
+        group: kalamdb_log::GroupId,
+        def: &Arc<TableDef>,
+        scope: &str,
+        key: &Value,
+        seq: u64,
+    ) -> std::result::Result<Option<kalamdb_projections::StoredRow>, String> {
+        if !self.rows.cold_files_remote() {
+            return self.rows.cold_row(group, def, scope, key, seq).map_err(|e| e.to_string());
+        }
+        let (rows, def, scope, key) = (self.rows.clone(), def.clone(), scope.to_string(), key.clone());
+        tokio::task::spawn_blocking(move || rows.cold_row(group, &def, &scope, &key, seq))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
     pub(super) async fn try_point_select(&self, ps: &PointSelect, ctx: &ExecContext) -> Result<Option<QueryResult>> {
         let ns = self.namespace_of(&ps.table, ctx);
         let Some(def) = self.catalog.table(&ns, &ps.table.name) else {
@@ -128,7 +148,7 @@ impl Engine {
             // The newest version is in a Parquet file: read the pages that can hold it. If a
             // compaction just moved it, or the keyed read fails, the general path scans for it:
             // this read is only a faster way to the same answer.
-            Lookup::Cold(seq) => match self.rows.cold_row(group, &def, &scope, &key, seq) {
+            Lookup::Cold(seq) => match self.cold_row(group, &def, &scope, &key, seq).await {
                 Ok(Some(row)) => Some(row),
                 Ok(None) => return Ok(None),
                 Err(e) => {
