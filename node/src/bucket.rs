@@ -194,6 +194,52 @@ impl Bucket {
         call.await.map_err(|e| format!("{}: {e}", self.url))?
     }
 
+    /// Run `call` on the bucket's runtime and wait for it, from any thread.
+    fn block<T: Send + 'static>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<T, String>> + Send + 'static,
+    ) -> std::result::Result<T, String> {
+        futures::executor::block_on(self.runtime.spawn(call)).map_err(|e| format!("{}: {e}", self.url))?
+    }
+
+    /// The size of the object at `rel`, if there is one. Blocking.
+    pub fn size_of(&self, rel: &str) -> std::result::Result<Option<u64>, String> {
+        let (store, url, location) = (self.store.clone(), self.url.clone(), ObjectPath::from(rel));
+        self.block(async move {
+            match store.head(&location).await {
+                Ok(meta) => Ok(Some(meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(describe(&url, &e)),
+            }
+        })
+    }
+
+    /// Store the local file `path` as `rel`. Blocking.
+    pub fn put_path(&self, rel: &str, path: &std::path::Path) -> std::result::Result<(), String> {
+        let len = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+        let (store, url, location, path) =
+            (self.store.clone(), self.url.clone(), ObjectPath::from(rel), path.to_path_buf());
+        self.block(async move { put_file(store.as_ref(), &url, &location, &path, len).await })
+    }
+
+    /// Store `bytes` as `rel`. Blocking.
+    pub fn put_bytes(&self, rel: &str, bytes: Vec<u8>) -> std::result::Result<(), String> {
+        let (store, url, location) = (self.store.clone(), self.url.clone(), ObjectPath::from(rel));
+        self.block(async move { store.put(&location, bytes.into()).await.map(|_| ()).map_err(|e| describe(&url, &e)) })
+    }
+
+    /// The first object key under the bucket's prefix, if any (relative to it). Blocking.
+    pub fn first_key(&self) -> std::result::Result<Option<String>, String> {
+        let (store, url) = (self.store.clone(), self.url.clone());
+        self.block(async move {
+            match store.list(None).next().await {
+                None => Ok(None),
+                Some(Ok(meta)) => Ok(Some(meta.location.to_string())),
+                Some(Err(e)) => Err(describe(&url, &e)),
+            }
+        })
+    }
+
     /// Start draining `files`' queue into the bucket and evicting its cache down to
     /// `cache_bytes_max`; runs as long as the process.
     pub fn start_uploader(self: &Arc<Self>, files: Arc<FileStore>, cache_bytes_max: u64) {
@@ -283,39 +329,49 @@ impl Bucket {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(describe(&self.url, &e)),
         }
-        let read_err = |e: std::io::Error| format!("{}: {e}", path.display());
-        if len as usize <= UPLOAD_PART_BYTES {
-            let bytes = tokio::fs::read(&path).await.map_err(read_err)?;
-            self.store.put(&location, bytes.into()).await.map_err(|e| describe(&self.url, &e))?;
-        } else {
-            let upload = self.store.put_multipart(&location).await.map_err(|e| describe(&self.url, &e))?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
-            let mut file = tokio::fs::File::open(&path).await.map_err(read_err)?;
-            let mut buf = vec![0u8; 1 << 20];
-            let sent: std::result::Result<(), String> = async {
-                loop {
-                    writer.wait_for_capacity(UPLOAD_PARTS_IN_FLIGHT_MAX).await.map_err(|e| describe(&self.url, &e))?;
-                    let n = file.read(&mut buf).await.map_err(read_err)?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    writer.write(&buf[..n]);
-                }
-            }
-            .await;
-            match sent {
-                Ok(()) => {
-                    writer.finish().await.map_err(|e| describe(&self.url, &e))?;
-                }
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(e);
-                }
-            }
-        }
+        put_file(self.store.as_ref(), &self.url, &location, &path, len).await?;
         metrics::counter!("kalamdb_storage_uploaded_bytes_total").increment(len);
         tracing::debug!(target: "kalamdb_storage", file = %q.rel, bytes = len, "uploaded to the bucket");
         files.done(q).map_err(|e| e.to_string())
+    }
+}
+
+/// Upload the local file `path` (`len` bytes) as `location`: one PUT up to
+/// [`UPLOAD_PART_BYTES`], else a multipart upload with bounded parts in flight.
+async fn put_file(
+    store: &dyn ObjectStore,
+    url: &str,
+    location: &ObjectPath,
+    path: &std::path::Path,
+    len: u64,
+) -> std::result::Result<(), String> {
+    let read_err = |e: std::io::Error| format!("{}: {e}", path.display());
+    if len as usize <= UPLOAD_PART_BYTES {
+        let bytes = tokio::fs::read(path).await.map_err(read_err)?;
+        store.put(location, bytes.into()).await.map_err(|e| describe(url, &e))?;
+        return Ok(());
+    }
+    let upload = store.put_multipart(location).await.map_err(|e| describe(url, &e))?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
+    let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let sent: std::result::Result<(), String> = async {
+        loop {
+            writer.wait_for_capacity(UPLOAD_PARTS_IN_FLIGHT_MAX).await.map_err(|e| describe(url, &e))?;
+            let n = file.read(&mut buf).await.map_err(read_err)?;
+            if n == 0 {
+                return Ok(());
+            }
+            writer.write(&buf[..n]);
+        }
+    }
+    .await;
+    match sent {
+        Ok(()) => writer.finish().await.map(|_| ()).map_err(|e| describe(url, &e)),
+        Err(e) => {
+            let _ = writer.abort().await;
+            Err(e)
+        }
     }
 }
 

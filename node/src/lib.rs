@@ -42,7 +42,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let engine = kalamdb_query::Engine::new(groups.catalog.clone(), groups.rows.clone(), groups.layout, groups.node_id)
         .with_cluster(Arc::new(cluster::NodeCluster(groups.clone())))
         .with_jobs(groups.storage.clone())
-        .with_backups(Arc::new(backup::Backups::new(groups.clone())))
+        .with_backups(Arc::new(backup::Backups::new(groups.clone(), cfg.clone())))
         .with_limits(cfg.limits.query_limits(&cfg.storage.data_path), Some(query_runtime.handle()))
         .map_err(|e| Error::Config(format!("limits: {e}")))?;
     let flush_policy = kalamdb_query::FlushPolicy::parse(&cfg.storage.flush_policy)

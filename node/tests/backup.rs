@@ -1,7 +1,8 @@
 //! Backup and restore (issue 19): `BACKUP DATABASE TO '<folder>'` while a writer runs, a second
 //! backup that copies no file twice, `kalamdb-server restore` into a fresh 3-node cluster whose
 //! digests equal the backup's and which takes writes; a damaged or truncated backup is refused
-//! before anything is written, and so is a restore over a node that already has data.
+//! before anything is written, and so is a restore over a node that already has data; the same
+//! with backups in a bucket of a real S3 server (moto on loopback).
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::Server;
 use common::cluster::Cluster;
+use common::s3::S3Server;
 
 /// How long a backup job may take here.
 const JOB_WAIT: Duration = Duration::from_secs(60);
@@ -23,7 +25,11 @@ const BASE_ROWS: u64 = 200;
 /// Run `BACKUP DATABASE` on `node`, wait for its job to finish, and return (job id, files
 /// copied, message).
 async fn backup(node: &Server, dest: &Path) -> (String, u64, String) {
-    let r = node.sql_ok(&format!("BACKUP DATABASE TO '{}'", dest.display())).await;
+    backup_to(node, &dest.display().to_string()).await
+}
+
+async fn backup_to(node: &Server, dest: &str) -> (String, u64, String) {
+    let r = node.sql_ok(&format!("BACKUP DATABASE TO '{dest}'")).await;
     let job_id = r["rows"][0][0].as_str().expect("job id").to_string();
     let deadline = Instant::now() + JOB_WAIT;
     loop {
@@ -209,8 +215,8 @@ async fn damaged_backups_and_used_nodes_are_refused() {
     assert_eq!((status, r["error"]["code"].as_str()), (400, Some("INVALID_SQL")), "{r}");
     let (status, r) = node.sql(&format!("BACKUP DATABASE TO '{}'", node.data.display())).await;
     assert_eq!((status, r["error"]["code"].as_str()), (400, Some("INVALID_SQL")), "a folder with other files: {r}");
-    let (status, r) = node.sql("BACKUP DATABASE TO 's3://bucket/prefix'").await;
-    assert_eq!((status, r["error"]["code"].as_str()), (501, Some("NOT_SUPPORTED")), "{r}");
+    let (status, r) = node.sql("BACKUP DATABASE TO 'gs://bucket/prefix'").await;
+    assert_eq!((status, r["error"]["code"].as_str()), (400, Some("INVALID_SQL")), "{r}");
 
     let (job, _, _) = backup(&node, &dest).await;
     let before = ids(&node).await;
@@ -296,4 +302,81 @@ async fn one_restored_node_seeds_empty_members() {
     }
     restored.node(2).sql_ok("INSERT INTO app.t (id, v) VALUES (777777, 1)").await;
     assert_eq!(ids(restored.node(3)).await.len(), rows.len() + 1);
+}
+
+/// Backups to a bucket (`s3://`), of a node whose own files live in a bucket: the layout is the
+/// folder's, a second backup uploads no Parquet file twice, `restore --from s3://...` rebuilds
+/// a fresh node (downloading and checking every file), and a damaged object is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_in_a_bucket_restore_a_fresh_node() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket("data").await;
+    s3.create_bucket("bk").await;
+    let dir = tempfile::tempdir().unwrap();
+    let env_of = |prefix: &str, data: &Path, port: u16| -> Vec<(String, String)> {
+        let mut env = s3.env("data", prefix);
+        env.push(("KALAMDB_STORAGE_DATA_PATH".into(), data.display().to_string()));
+        env.push(("KALAMDB_SHARDING_USER_SHARDS".into(), "4".into()));
+        env.push(("KALAMDB_SERVER_PORT".into(), port.to_string()));
+        env
+    };
+    let port = common::free_port();
+    let env = env_of("a", &dir.path().join("a"), port);
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let node = Server::start_with(&dir.path().join("a"), port, &env_refs).await;
+    seed(&node).await;
+
+    // Another prefix's objects are not a backup: refused, nothing written.
+    let (status, r) = node.sql("BACKUP DATABASE TO 's3://data/a'").await;
+    assert_eq!((status, r["error"]["code"].as_str()), (400, Some("INVALID_SQL")), "{r}");
+
+    let (job, copied, message) = backup_to(&node, "s3://bk/nightly").await;
+    assert!(copied > 0, "{message}");
+    let keys: Vec<String> = s3.list("bk", "nightly").await.into_iter().map(|(k, _)| k).collect();
+    assert!(keys.contains(&"nightly/LATEST".to_string()), "{keys:?}");
+    assert!(keys.contains(&format!("nightly/backups/{job}/manifest.json")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with(".state")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("nightly/files/") && k.ends_with(".parquet")), "{keys:?}");
+    node.sql_ok("INSERT INTO app.t (id, v) VALUES (9000, 1)").await;
+    let (job2, copied2, message2) = backup_to(&node, "s3://bk/nightly").await;
+    assert_eq!(copied2, 0, "the second backup uploads no Parquet file twice: {message2}");
+    let rows = ids(&node).await;
+    drop(node);
+
+    let run = |env: Vec<(String, String)>, backup: Option<&str>| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut args = vec!["--from", "s3://bk/nightly"];
+        if let Some(b) = backup {
+            args.extend(["--backup", b]);
+        }
+        restore(&args, &env)
+    };
+    // Restored into a fresh node whose files go to another prefix of the data bucket.
+    let fresh = dir.path().join("b");
+    let (ok, out) = run(env_of("b", &fresh, port), None);
+    assert!(ok && out.contains(&job2), "{out}");
+    assert!(!fresh.join("restore-staging").exists(), "the staging folder is removed");
+    let env = env_of("b", &fresh, port);
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let node = Server::start_with(&fresh, port, &env_refs).await;
+    assert_eq!(ids(&node).await, rows);
+    node.sql_ok("INSERT INTO app.t (id, v) VALUES (9001, 1)").await;
+    node.sql_ok("FLUSH TABLE app.t").await;
+    assert_eq!(ids(&node).await.len(), rows.len() + 1);
+    drop(node);
+
+    // The first backup, by id; then one damaged object (same size, other bytes) is refused.
+    let (ok, out) = run(env_of("c", &dir.path().join("c"), port), Some(&job));
+    assert!(ok && out.contains(&job), "{out}");
+    let state = s3
+        .list("bk", &format!("nightly/backups/{job2}"))
+        .await
+        .into_iter()
+        .find(|(k, _)| k.ends_with(".state"))
+        .unwrap();
+    s3.put("bk", &state.0, vec![b'x'; state.1 as usize]).await;
+    let fresh = dir.path().join("d");
+    let (ok, out) = run(env_of("d", &fresh, port), None);
+    assert!(!ok && out.contains("does not match its record"), "{out}");
+    assert!(!fresh.join("rocksdb").exists(), "nothing is written from a damaged backup");
 }

@@ -1,10 +1,9 @@
-//! The `BACKUP DATABASE TO '<folder>'` job: after a linearizable read barrier on every group
+//! The `BACKUP DATABASE TO '<folder or s3 URL>'` job: after a linearizable read barrier on every group
 //! (so every write acknowledged before the statement is in the backup), it pins the groups'
 //! files, reads every group under one RocksDB snapshot and writes each group's state, the
 //! Parquet files the folder lacks, the manifest and then `LATEST`. Writes go on meanwhile; one
 //! backup runs at a time per node. Progress and outcome are rows of `system.jobs`.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +11,9 @@ use async_trait::async_trait;
 use kalamdb_log::GroupId;
 use kalamdb_projections::{JobRecord, cold, sm, snapshot};
 
-use super::{BACKUP_FORMAT, FileEntry, GroupBackup, LATEST, Manifest, copy_verified, manifest_path, write_verified};
+use super::sink::Sink;
+use super::{BACKUP_FORMAT, FileEntry, GroupBackup, LATEST, Manifest, manifest_rel};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::groups::Groups;
 
@@ -27,6 +28,8 @@ struct Written {
 /// The node's backup runner: at most one backup at a time.
 pub struct Backups {
     groups: Arc<Groups>,
+    /// For bucket destinations: the `storage.s3_*` settings and the staging folder.
+    cfg: Arc<Config>,
     running: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -37,8 +40,8 @@ impl std::fmt::Debug for Backups {
 }
 
 impl Backups {
-    pub fn new(groups: Arc<Groups>) -> Backups {
-        Backups { groups, running: Arc::new(tokio::sync::Mutex::new(())) }
+    pub fn new(groups: Arc<Groups>, cfg: Config) -> Backups {
+        Backups { groups, cfg: Arc::new(cfg), running: Arc::new(tokio::sync::Mutex::new(())) }
     }
 }
 
@@ -50,7 +53,10 @@ fn now_micros() -> i64 {
 impl kalamdb_query::ports::BackupRunner for Backups {
     async fn start_backup(&self, destination: &str) -> std::result::Result<String, kalamdb_query::Error> {
         let dest = super::parse_destination(destination)?;
-        super::check_destination_folder(&dest)?;
+        let (cfg, opening) = (self.cfg.clone(), dest.clone());
+        let sink = tokio::task::spawn_blocking(move || Sink::open(&cfg, &opening))
+            .await
+            .map_err(|e| kalamdb_query::Error::Internal(e.to_string()))??;
         let running = self.running.clone().try_lock_owned().map_err(|_| {
             kalamdb_query::Error::JobRunning("a backup is already running on this node; see system.jobs".into())
         })?;
@@ -65,7 +71,7 @@ impl kalamdb_query::ports::BackupRunner for Backups {
             namespace: String::new(),
             table_name: String::new(),
             group: "all".into(),
-            scope: dest.display().to_string(),
+            scope: dest.to_string(),
             log_start: 0,
             log_end: 0,
             files: 0,
@@ -74,24 +80,24 @@ impl kalamdb_query::ports::BackupRunner for Backups {
             state: "running",
             started_at_micros: started,
             duration_ms: 0,
-            message: format!("backing up to {}", dest.display()),
+            message: format!("backing up to {dest}"),
         });
         let groups = self.groups.clone();
         let id = backup_id.clone();
         tokio::task::spawn_blocking(move || {
             let _one_at_a_time = running;
             let clock = Instant::now();
-            let outcome = write_backup(&groups, &dest, &id, started);
+            let outcome = write_backup(&groups, &sink, &id, started);
             let duration_ms = clock.elapsed().as_millis() as u64;
             match &outcome {
                 Ok(w) => {
-                    tracing::info!(target: "kalamdb_storage", backup = %id, dest = %dest.display(), files_copied = w.files_copied, files_present = w.files_present, bytes = w.bytes_copied, duration_ms, "backup written")
+                    tracing::info!(target: "kalamdb_storage", backup = %id, dest = %dest, files_copied = w.files_copied, files_present = w.files_present, bytes = w.bytes_copied, duration_ms, "backup written")
                 }
                 Err(e) => {
-                    tracing::warn!(target: "kalamdb_storage", backup = %id, dest = %dest.display(), error = %e, "backup failed");
+                    tracing::warn!(target: "kalamdb_storage", backup = %id, dest = %dest, error = %e, "backup failed");
                     // Its state files are of no use without a manifest; copied Parquet files
                     // stay for the next backup.
-                    let _ = std::fs::remove_dir_all(dest.join("backups").join(&id));
+                    sink.discard(&id);
                 }
             }
             groups.storage.jobs.update(&id, |job| {
@@ -102,10 +108,8 @@ impl kalamdb_query::ports::BackupRunner for Backups {
                         job.files = w.files_copied;
                         job.bytes = w.bytes_copied;
                         job.message = format!(
-                            "backup written to {}: {} file(s) copied, {} already there",
-                            dest.display(),
-                            w.files_copied,
-                            w.files_present
+                            "backup written to {dest}: {} file(s) copied, {} already there",
+                            w.files_copied, w.files_present
                         );
                     }
                     Err(e) => {
@@ -119,8 +123,8 @@ impl kalamdb_query::ports::BackupRunner for Backups {
     }
 }
 
-/// Write backup `backup_id` of every group into `dest`. Runs on a blocking thread.
-fn write_backup(groups: &Groups, dest: &Path, backup_id: &str, started: i64) -> Result<Written> {
+/// Write backup `backup_id` of every group into `sink`. Runs on a blocking thread.
+fn write_backup(groups: &Groups, sink: &Sink, backup_id: &str, started: i64) -> Result<Written> {
     let db = groups.rows.db();
     let env = &groups.storage;
     let all: Vec<GroupId> = groups.layout.all();
@@ -141,28 +145,20 @@ fn write_backup(groups: &Groups, dest: &Path, backup_id: &str, started: i64) -> 
         }
         let (last_log_id, _) = sm::position_at(db, Some(&snap), group)?;
         let state_rel = format!("backups/{backup_id}/group-{:08x}.state", group.to_u32());
-        let (bytes, sha256) = write_verified(&dest.join(&state_rel), None, |out| {
+        let (bytes, sha256) = sink.write(&state_rel, |out| {
             snapshot::export_records(db, &snap, group, &mut &mut *out)?;
             Ok(())
         })?;
         let mut files = Vec::new();
         for meta in cold::live_files_at(db, &snap, group)? {
             let rel = format!("files/{}", super::checked_rel(&meta.path)?);
-            let target = dest.join(&rel);
             // Names repeat across cluster histories (a restored cluster reuses them), so a file
             // already there counts only if its bytes are this file's; a different one is never
             // overwritten, as earlier backups may name it.
-            if target.exists() {
-                super::verify_file(&target, meta.bytes, &meta.sha256)
-                    .map_err(|e| Error::Backup(format!("the backup folder holds another file under this name: {e}")))?;
+            if sink.has_file(&rel, meta.bytes, &meta.sha256)? {
                 written.files_present += 1;
             } else {
-                copy_verified(
-                    &env.files.local(&meta.path, meta.bytes, &meta.sha256)?,
-                    &target,
-                    meta.bytes,
-                    &meta.sha256,
-                )?;
+                sink.copy_in(&rel, &env.files.local(&meta.path, meta.bytes, &meta.sha256)?, meta.bytes, &meta.sha256)?;
                 written.files_copied += 1;
                 written.bytes_copied += meta.bytes;
             }
@@ -191,7 +187,7 @@ fn write_backup(groups: &Groups, dest: &Path, backup_id: &str, started: i64) -> 
         groups: parts,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Backup(e.to_string()))?;
-    write_verified(&manifest_path(dest, backup_id), None, |out| Ok(out.write_all(&json)?))?;
-    write_verified(&dest.join(LATEST), None, |out| Ok(out.write_all(backup_id.as_bytes())?))?;
+    sink.write(&manifest_rel(backup_id), |out| Ok(out.write_all(&json)?))?;
+    sink.write(LATEST, |out| Ok(out.write_all(backup_id.as_bytes())?))?;
     Ok(written)
 }

@@ -2,7 +2,8 @@
 //! the layout of a backup folder, and verified file copies. `job.rs` writes a backup (the
 //! `BACKUP DATABASE` job), `restore.rs` rebuilds a node from one (`kalamdb-server restore`).
 //!
-//! A backup folder holds any number of backups that share their Parquet files:
+//! A backup folder (or a bucket prefix, `s3://bucket/prefix`: the same layout as object keys)
+//! holds any number of backups that share their Parquet files:
 //! - `files/<path under the storage root>`: cold files, immutable and named by the log (same name,
 //!   same bytes), so a later backup copies only the files the folder lacks;
 //! - `backups/<id>/<group>.state`: one group's records at one applied index, the canonical stream
@@ -12,6 +13,7 @@
 
 pub mod job;
 pub mod restore;
+mod sink;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -69,13 +71,30 @@ pub struct Manifest {
     pub groups: Vec<GroupBackup>,
 }
 
-/// A backup destination: a folder on this node's file system (shared or mounted for a
-/// cluster). Object-storage URLs are refused until object storage lands.
-pub fn parse_destination(text: &str) -> std::result::Result<PathBuf, kalamdb_query::Error> {
+/// Where a backup goes, or comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    /// A folder on this node's file system (shared or mounted for a cluster).
+    Folder(PathBuf),
+    /// `s3://bucket/prefix`, reached with the `storage.s3_*` settings.
+    Bucket(String),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Folder(p) => write!(f, "{}", p.display()),
+            Destination::Bucket(url) => f.write_str(url),
+        }
+    }
+}
+
+/// A backup destination: an absolute folder, or an `s3://` URL.
+pub fn parse_destination(text: &str) -> std::result::Result<Destination, kalamdb_query::Error> {
     if text.contains("://") {
-        return Err(kalamdb_query::Error::Unsupported(format!(
-            "backup destination '{text}': only folders are supported in this build, not URLs"
-        )));
+        crate::bucket::BucketUrl::parse(text)
+            .map_err(|e| kalamdb_query::Error::InvalidSql(format!("backup destination '{text}': {e}")))?;
+        return Ok(Destination::Bucket(text.trim_end_matches('/').to_string()));
     }
     let path = Path::new(text);
     if !path.is_absolute() || text.len() > 4096 || path.components().any(|c| c.as_os_str() == "..") {
@@ -83,7 +102,7 @@ pub fn parse_destination(text: &str) -> std::result::Result<PathBuf, kalamdb_que
             "backup destination '{text}' must be an absolute folder path without '..'"
         )));
     }
-    Ok(path.to_path_buf())
+    Ok(Destination::Folder(path.to_path_buf()))
 }
 
 /// A destination folder is new, empty, or a backup folder already (`LATEST` or `backups/` in
@@ -219,8 +238,20 @@ pub(crate) fn checked_rel(rel: &str) -> Result<&str> {
     Ok(rel)
 }
 
+fn manifest_rel(backup_id: &str) -> String {
+    format!("backups/{backup_id}/{MANIFEST}")
+}
+
 fn manifest_path(dest: &Path, backup_id: &str) -> PathBuf {
-    dest.join("backups").join(backup_id).join(MANIFEST)
+    dest.join(manifest_rel(backup_id))
+}
+
+/// A backup id as the job makes them: checked before it becomes part of a path.
+fn check_backup_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > BACKUP_ID_BYTES_MAX || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(Error::Backup(format!("bad backup id {id:?}")));
+    }
+    Ok(())
 }
 
 /// Read the manifest of backup `backup_id` in `dest`, or of the newest one (`LATEST`).
@@ -235,9 +266,7 @@ pub fn read_manifest(dest: &Path, backup_id: Option<&str>) -> Result<Manifest> {
             text.trim().to_string()
         }
     };
-    if id.is_empty() || id.len() > BACKUP_ID_BYTES_MAX || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(Error::Backup(format!("bad backup id {id:?}")));
-    }
+    check_backup_id(&id)?;
     let path = manifest_path(dest, &id);
     let file = std::fs::File::open(&path).map_err(|e| Error::Backup(format!("cannot open {}: {e}", path.display())))?;
     let mut text = Vec::new();
@@ -265,10 +294,12 @@ mod tests {
 
     #[test]
     fn destinations_are_absolute_folders() {
-        assert!(parse_destination("/backups/nightly").is_ok());
+        assert_eq!(parse_destination("/backups/nightly").unwrap(), Destination::Folder("/backups/nightly".into()));
         assert!(matches!(parse_destination("relative/dir"), Err(kalamdb_query::Error::InvalidSql(_))));
         assert!(matches!(parse_destination("/a/../b"), Err(kalamdb_query::Error::InvalidSql(_))));
-        assert!(matches!(parse_destination("s3://bucket/x"), Err(kalamdb_query::Error::Unsupported(_))));
+        assert_eq!(parse_destination("s3://bucket/x/").unwrap(), Destination::Bucket("s3://bucket/x".into()));
+        assert!(matches!(parse_destination("gs://bucket/x"), Err(kalamdb_query::Error::InvalidSql(_))));
+        assert!(matches!(parse_destination("s3://b/x"), Err(kalamdb_query::Error::InvalidSql(_))));
     }
 
     #[test]

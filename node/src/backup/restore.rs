@@ -1,5 +1,6 @@
-//! `kalamdb-server restore --from <folder> --config <server.toml>`: rebuild this node from a
-//! backup, offline, before it first starts. Everything in the backup is checked against the
+//! `kalamdb-server restore --from <folder or s3 URL> --config <server.toml>`: rebuild this
+//! node from a backup, offline, before it first starts. A backup in a bucket is first
+//! downloaded into a staging folder under the data path, each file checked on the way. Everything in the backup is checked against the
 //! manifest (sizes and SHA-256s) before anything is written, so a damaged backup leaves the node
 //! untouched. Each group's state is installed at the backup's position with the *configured*
 //! members as its membership, and its log starts after that position; run it on every node of
@@ -12,7 +13,12 @@ use kalamdb_log::types::{LogId, NodeAddr, NodeId, StoredMembership, Vote};
 use kalamdb_log::{GroupId, LogDb, LogStore};
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, StorageEnv};
 
-use super::{Manifest, checked_rel, copy_verified, read_manifest, verify_file};
+use kalamdb_projections::cold::Remote;
+
+use super::{
+    LATEST, MANIFEST_BYTES_MAX, Manifest, check_backup_id, checked_rel, copy_verified, manifest_rel, read_manifest,
+    verify_file, write_verified,
+};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -130,4 +136,63 @@ pub fn restore(cfg: &Config, from: &Path, backup_id: Option<&str>) -> Result<Res
 fn restored_membership(last: Option<LogId>, members: &BTreeMap<NodeId, NodeAddr>) -> StoredMembership {
     let voters: BTreeSet<NodeId> = members.keys().copied().collect();
     StoredMembership::new(last, openraft::Membership::new(vec![voters], members.clone()))
+}
+
+/// Restore from backup `backup_id` (the newest if `None`) under the bucket prefix `url`: the
+/// backup is downloaded into `<data_path>/restore-staging` (removed afterwards, whatever
+/// happens), every file checked against the manifest, then restored as from a folder.
+pub fn restore_from_bucket(cfg: &Config, url: &str, backup_id: Option<&str>) -> Result<Restored> {
+    let bucket = crate::bucket::Bucket::open(cfg, url)?;
+    let staging = cfg.storage.data_path.join("restore-staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = stage(&bucket, &staging, backup_id).and_then(|id| restore(cfg, &staging, Some(&id)));
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// A `Write` that refuses to take more than `limit` bytes.
+struct Bounded {
+    buf: Vec<u8>,
+    limit: u64,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() as u64 + b.len() as u64 > self.limit {
+            return Err(std::io::Error::other(format!("larger than {} bytes", self.limit)));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn fetch_small(bucket: &crate::bucket::Bucket, rel: &str) -> Result<Vec<u8>> {
+    let mut out = Bounded { buf: Vec::new(), limit: MANIFEST_BYTES_MAX };
+    bucket.fetch(rel, &mut out).map_err(|e| Error::Backup(format!("cannot read {rel} of the backup: {e}")))?;
+    Ok(out.buf)
+}
+
+/// Download backup `backup_id` (or the newest) into `staging`; returns its id.
+fn stage(bucket: &crate::bucket::Bucket, staging: &Path, backup_id: Option<&str>) -> Result<String> {
+    let id = match backup_id {
+        Some(id) => id.to_string(),
+        None => String::from_utf8_lossy(&fetch_small(bucket, LATEST)?).trim().to_string(),
+    };
+    check_backup_id(&id)?;
+    let manifest = fetch_small(bucket, &manifest_rel(&id))?;
+    write_verified(&staging.join(manifest_rel(&id)), None, |out| Ok(out.write_all(&manifest)?))?;
+    let manifest = read_manifest(staging, Some(&id))?;
+    for g in &manifest.groups {
+        for entry in std::iter::once(&g.state).chain(&g.files) {
+            let rel = checked_rel(&entry.path)?;
+            write_verified(&staging.join(rel), Some((entry.bytes, &entry.sha256)), |out| {
+                bucket.fetch(rel, out).map_err(|e| Error::Backup(format!("cannot download {rel}: {e}")))?;
+                Ok(())
+            })?;
+        }
+    }
+    Ok(id)
 }

@@ -23,7 +23,7 @@ enum Command {
     /// Rebuild this node from a backup written by `BACKUP DATABASE TO '<folder>'`, before the
     /// node first starts. Run it on every node of the new cluster, then start them.
     Restore {
-        /// The backup folder.
+        /// The backup folder, or `s3://bucket/prefix` (reached with the `storage.s3_*` settings).
         #[arg(long)]
         from: PathBuf,
         /// Which backup of the folder (default: the newest, named by its LATEST file).
@@ -33,7 +33,11 @@ enum Command {
 }
 
 fn run_restore(cfg: &kalamdb_node::Config, from: &std::path::Path, backup: Option<&str>) -> ExitCode {
-    match kalamdb_node::backup::restore::restore(cfg, from, backup) {
+    let restored = match from.to_str().filter(|t| t.contains("://")) {
+        Some(url) => kalamdb_node::backup::restore::restore_from_bucket(cfg, url, backup),
+        None => kalamdb_node::backup::restore::restore(cfg, from, backup),
+    };
+    match restored {
         Ok(r) => {
             println!(
                 "restored backup {} into {}: {} group(s), {} file(s)",

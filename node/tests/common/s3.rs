@@ -84,8 +84,8 @@ impl S3Server {
     }
 
     /// Every object key under `prefix` of `bucket`, sorted (straight to moto, not the relay).
-    pub async fn list(&self, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
-        let store = AmazonS3Builder::new()
+    fn client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_endpoint(format!("http://127.0.0.1:{}", self.port))
             .with_allow_http(true)
@@ -93,7 +93,11 @@ impl S3Server {
             .with_access_key_id(ACCESS_KEY)
             .with_secret_access_key(SECRET_KEY)
             .build()
-            .expect("test client");
+            .expect("test client")
+    }
+
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
+        let store = self.client(bucket);
         let prefix = object_store::path::Path::from(prefix);
         let mut out: Vec<(String, u64)> = store
             .list(Some(&prefix))
@@ -105,6 +109,13 @@ impl S3Server {
             .await;
         out.sort();
         out
+    }
+
+    /// Write an object straight to moto (to damage a backup).
+    pub async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
+        use object_store::ObjectStoreExt;
+        let store = self.client(bucket);
+        store.put(&object_store::path::Path::from(key), bytes.into()).await.expect("put object");
     }
 
     /// Poll `list` until `pred` holds, at most `within`; returns the last listing.
