@@ -311,7 +311,7 @@ async fn one_restored_node_seeds_empty_members() {
 async fn backups_in_a_bucket_restore_a_fresh_node() {
     let s3 = S3Server::start().await;
     s3.create_bucket("data").await;
-    s3.create_bucket("bk").await;
+    s3.create_bucket("bkp").await;
     let dir = tempfile::tempdir().unwrap();
     let env_of = |prefix: &str, data: &Path, port: u16| -> Vec<(String, String)> {
         let mut env = s3.env("data", prefix);
@@ -330,22 +330,22 @@ async fn backups_in_a_bucket_restore_a_fresh_node() {
     let (status, r) = node.sql("BACKUP DATABASE TO 's3://data/a'").await;
     assert_eq!((status, r["error"]["code"].as_str()), (400, Some("INVALID_SQL")), "{r}");
 
-    let (job, copied, message) = backup_to(&node, "s3://bk/nightly").await;
+    let (job, copied, message) = backup_to(&node, "s3://bkp/nightly").await;
     assert!(copied > 0, "{message}");
-    let keys: Vec<String> = s3.list("bk", "nightly").await.into_iter().map(|(k, _)| k).collect();
+    let keys: Vec<String> = s3.list("bkp", "nightly").await.into_iter().map(|(k, _)| k).collect();
     assert!(keys.contains(&"nightly/LATEST".to_string()), "{keys:?}");
     assert!(keys.contains(&format!("nightly/backups/{job}/manifest.json")), "{keys:?}");
     assert!(keys.iter().any(|k| k.ends_with(".state")), "{keys:?}");
     assert!(keys.iter().any(|k| k.starts_with("nightly/files/") && k.ends_with(".parquet")), "{keys:?}");
     node.sql_ok("INSERT INTO app.t (id, v) VALUES (9000, 1)").await;
-    let (job2, copied2, message2) = backup_to(&node, "s3://bk/nightly").await;
+    let (job2, copied2, message2) = backup_to(&node, "s3://bkp/nightly").await;
     assert_eq!(copied2, 0, "the second backup uploads no Parquet file twice: {message2}");
     let rows = ids(&node).await;
     drop(node);
 
     let run = |env: Vec<(String, String)>, backup: Option<&str>| {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut args = vec!["--from", "s3://bk/nightly"];
+        let mut args = vec!["--from", "s3://bkp/nightly"];
         if let Some(b) = backup {
             args.extend(["--backup", b]);
         }
@@ -369,12 +369,12 @@ async fn backups_in_a_bucket_restore_a_fresh_node() {
     let (ok, out) = run(env_of("c", &dir.path().join("c"), port), Some(&job));
     assert!(ok && out.contains(&job), "{out}");
     let state = s3
-        .list("bk", &format!("nightly/backups/{job2}"))
+        .list("bkp", &format!("nightly/backups/{job2}"))
         .await
         .into_iter()
         .find(|(k, _)| k.ends_with(".state"))
         .unwrap();
-    s3.put("bk", &state.0, vec![b'x'; state.1 as usize]).await;
+    s3.put("bkp", &state.0, vec![b'x'; state.1 as usize]).await;
     let fresh = dir.path().join("d");
     let (ok, out) = run(env_of("d", &fresh, port), None);
     assert!(!ok && out.contains("does not match its record"), "{out}");
