@@ -1,7 +1,7 @@
 //! Cold files in a bucket of a real S3 server (moto on loopback, behind a relay the test can
-//! cut): a bucket that is missing or an endpoint that is down makes FLUSH answer 503
-//! `STORAGE_UNAVAILABLE` and keeps the rows hot, automatic flushes wait, and once the store is
-//! back everything flushes and reaches the bucket. The cold-storage tests themselves run on a
+//! cut): a bucket that is missing, credentials the store refuses, or an endpoint that is down
+//! make FLUSH answer 503 `STORAGE_UNAVAILABLE` and keep the rows hot, automatic flushes wait,
+//! and once the store is back everything flushes and reaches the bucket. The cold-storage tests themselves run on a
 //! bucket too (`cold_storage.rs`, `bucket::*`), and so does a 3-node cluster
 //! (`file_retirement.rs`).
 
@@ -158,4 +158,24 @@ async fn uploads_queued_while_the_endpoint_is_down_survive_a_crash() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(s.sql_ok("SELECT count(*), sum(v) FROM app.t").await["rows"], json!([[100, 4950]]));
+}
+
+/// A store that refuses the node's credentials: FLUSH answers 503 `STORAGE_UNAVAILABLE` naming
+/// the cause, and the rows stay hot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_keep_rows_hot() {
+    let s3 = S3Server::start_refusing_credentials().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = s3.env(BUCKET, PREFIX);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let s = Server::start_with(dir.path(), common::free_port(), &env).await;
+    s.sql_ok("CREATE NAMESPACE app").await;
+    s.sql_ok("CREATE TABLE app.t (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')").await;
+    s.sql_ok("INSERT INTO app.t (id, v) VALUES (1, 'a'), (2, 'b')").await;
+    let (status, body) = s.sql("FLUSH TABLE app.t").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("STORAGE_UNAVAILABLE")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("credentials refused") && message.contains("403"), "{message}");
+    assert_eq!(flushed_jobs(&s, "t").await, 0);
+    assert_eq!(s.sql_ok("SELECT id, v FROM app.t ORDER BY id").await["rows"], json!([[1, "a"], [2, "b"]]));
 }

@@ -27,12 +27,23 @@ pub struct S3Server {
 
 impl S3Server {
     pub async fn start() -> S3Server {
+        S3Server::start_with(&[]).await
+    }
+
+    /// A server that checks credentials: it knows no access key, so every request is refused
+    /// with 403 (moto's IAM enforcement, `INITIAL_NO_AUTH_ACTION_COUNT=0`).
+    pub async fn start_refusing_credentials() -> S3Server {
+        S3Server::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]).await
+    }
+
+    async fn start_with(env: &[(&str, &str)]) -> S3Server {
         let program = std::env::var("KALAMDB_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
         let port = super::free_port();
         let log = tempfile::tempdir().expect("log dir");
         let out = std::fs::File::create(log.path().join("moto.log")).expect("moto log");
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::from(out.try_clone().expect("clone")))
             .stderr(Stdio::from(out))
             .spawn()
