@@ -20,8 +20,29 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     pub auth: AuthConfig,
     pub tail: TailConfig,
+    pub security: SecurityConfig,
     pub debug: DebugConfig,
 }
+
+/// `[security]`: what browsers on other origins may do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    pub cors: CorsConfig,
+}
+
+/// `[security.cors]` (env: `KALAMDB_SECURITY_CORS_ALLOWED_ORIGINS='["https://app.example.com"]'`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`, `http://localhost:3000`) whose pages may call the
+    /// API with credentials; `*` lets any origin call it without. Empty: same origin only, and
+    /// a request from any other origin is refused (403 `CORS_ORIGIN_NOT_ALLOWED`).
+    pub allowed_origins: Vec<String>,
+}
+
+/// Most entries in `security.cors.allowed_origins`.
+pub const CORS_ORIGINS_MAX: usize = 64;
 
 /// The log-tailing endpoint (`GET /v1/api/tail`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -355,8 +376,11 @@ impl Default for LoggingConfig {
     }
 }
 
-const SECTIONS: [&str; 10] =
-    ["server", "storage", "sharding", "limits", "raft", "logging", "cluster", "auth", "tail", "debug"];
+const SECTIONS: [&str; 11] =
+    ["server", "storage", "sharding", "limits", "raft", "logging", "cluster", "auth", "tail", "security", "debug"];
+/// Sub-tables an environment override can reach: `KALAMDB_SECURITY_CORS_ALLOWED_ORIGINS` is
+/// `[security.cors] allowed_origins`.
+const SUBSECTIONS: [(&str, &str); 1] = [("security", "cors")];
 
 /// Shortest `auth.jwt_secret` accepted.
 pub const TOKEN_SECRET_BYTES_MIN: usize = 16;
@@ -414,11 +438,22 @@ impl Config {
             let secret = matches!(field, "root_password" | "jwt_secret" | "s3_secret_access_key" | "s3_access_key_id");
             let typed = if secret { None } else { format!("v = {value}").parse::<toml::Table>().ok() };
             let parsed = typed.and_then(|mut t| t.remove("v")).unwrap_or(toml::Value::String(value.clone()));
-            let table = doc
+            let mut table = doc
                 .entry(section.to_string())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
                 .as_table_mut()
                 .ok_or_else(|| Error::Config(format!("[{section}] must be a table")))?;
+            let mut field = field;
+            if let Some((_, sub)) =
+                SUBSECTIONS.iter().find(|(s, sub)| s == section && field.starts_with(&format!("{sub}_")))
+            {
+                field = &field[sub.len() + 1..];
+                table = table
+                    .entry(sub.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| Error::Config(format!("[{section}.{sub}] must be a table")))?;
+            }
             table.insert(field.to_string(), parsed);
         }
         let config: Config = toml::Value::Table(doc)
@@ -460,6 +495,13 @@ impl Config {
         }
         if self.storage.s3_access_key_id.is_some() != self.storage.s3_secret_access_key.is_some() {
             return bad("storage.s3_access_key_id and storage.s3_secret_access_key go together".into());
+        }
+        let origins = &self.security.cors.allowed_origins;
+        if origins.len() > CORS_ORIGINS_MAX {
+            return bad(format!("security.cors.allowed_origins: at most {CORS_ORIGINS_MAX} entries"));
+        }
+        if let Some(o) = origins.iter().find(|o| !crate::api::cors::valid_origin(o)) {
+            return bad(format!("security.cors.allowed_origins: '{o}' is not an origin (scheme://host[:port], or *)"));
         }
         if let Err(e) = kalamdb_query::FlushPolicy::parse(&self.storage.flush_policy) {
             return bad(format!("storage.flush_policy: {e}"));
@@ -599,6 +641,22 @@ mod tests {
         std::fs::write(&p, "[server]\nport = 9000\nbogus_key = 1\n").unwrap();
         let e = Config::load(Some(&p), Vec::new()).unwrap_err().to_string();
         assert!(e.contains("bogus_key"), "{e}");
+    }
+
+    #[test]
+    fn cors_origins_from_file_and_env() {
+        let env = vec![(
+            "KALAMDB_SECURITY_CORS_ALLOWED_ORIGINS".to_string(),
+            r#"["https://app.example.com", "http://localhost:3000"]"#.to_string(),
+        )];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.security.cors.allowed_origins, ["https://app.example.com", "http://localhost:3000"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[security.cors]\nallowed_origins = [\"https://a.example.com/path\"]\n").unwrap();
+        let e = Config::load(Some(&path), Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("'https://a.example.com/path' is not an origin"), "{e}");
+        assert!(Config::load(None, Vec::new()).unwrap().security.cors.allowed_origins.is_empty());
     }
 
     #[test]

@@ -73,6 +73,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         tail: cfg.tail.clone(),
         tail_state: api::tail::TailState::default(),
         digest_slot: tokio::sync::Semaphore::new(1),
+        cors_allowed_origins: cfg.security.cors.allowed_origins.clone(),
     });
     let addr: SocketAddr = format!("{}:{}", cfg.server.host, cfg.server.port)
         .parse()

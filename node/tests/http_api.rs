@@ -100,3 +100,58 @@ async fn api_shape_and_bad_input() {
     let r = s.sql_ok("SELECT count(*) FROM test_cluster.items").await;
     assert_eq!(r["rows"], json!([[3]]));
 }
+
+/// CORS (`security.cors.allowed_origins`): a listed origin's preflight is answered and its
+/// requests carry the headers with credentials; this server's own origin and clients without
+/// `Origin` are untouched; any other origin is refused with 403 before a handler runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_listed_origins_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let env = [("KALAMDB_SECURITY_CORS_ALLOWED_ORIGINS", r#"["http://app.localhost:3000"]"#)];
+    let s = common::Server::start_with(dir.path(), port, &env).await;
+    let host = format!("127.0.0.1:{port}");
+    let preflight = |origin: &str| {
+        format!(
+            "OPTIONS /v1/api/sql HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let head = s.raw_head(&preflight("http://app.localhost:3000")).await;
+    assert!(head.starts_with("http/1.1 204"), "{head}");
+    for h in [
+        "access-control-allow-origin: http://app.localhost:3000",
+        "access-control-allow-credentials: true",
+        "access-control-allow-methods: get, post, options",
+        "access-control-allow-headers: authorization, content-type, last-event-id",
+        "access-control-max-age: 600",
+        "vary: origin",
+    ] {
+        assert!(head.contains(h), "missing {h}: {head}");
+    }
+    let head = s.raw_head(&preflight("http://evil.localhost:3000")).await;
+    assert!(head.starts_with("http/1.1 403") && !head.contains("access-control-allow-origin"), "{head}");
+
+    let body = r#"{"sql": "SELECT 1 AS one"}"#;
+    let post = |origin: Option<&str>| {
+        let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+        format!(
+            "POST /v1/api/sql HTTP/1.1\r\nHost: {host}\r\n{origin}Authorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            common::ROOT_BASIC,
+            body.len()
+        )
+    };
+    let head = s.raw_head(&post(Some("http://app.localhost:3000"))).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("access-control-allow-origin: http://app.localhost:3000"), "{head}");
+    assert!(head.contains("access-control-allow-credentials: true"), "{head}");
+    // A page elsewhere cannot make the browser send it, credentials or not.
+    let head = s.raw_head(&post(Some("https://evil.example.com"))).await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    let (status, body) = s.sql_body(serde_json::json!({"sql": "SELECT 1"})).await;
+    assert_eq!(status, 200, "{body}");
+    // This server's own origin (the console it serves) and clients without Origin pass as before.
+    let head = s.raw_head(&post(Some(&format!("http://{host}")))).await;
+    assert!(head.starts_with("http/1.1 200") && !head.contains("access-control-allow-origin"), "{head}");
+    let head = s.raw_head(&post(None)).await;
+    assert!(head.starts_with("http/1.1 200") && !head.contains("access-control"), "{head}");
+}

@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth;
+pub mod cors;
 mod sql;
 pub mod tail;
 
@@ -39,6 +40,8 @@ pub struct App {
     pub tail_state: tail::TailState,
     /// One digest computation at a time per node: each hashes every projection.
     pub digest_slot: tokio::sync::Semaphore,
+    /// `security.cors.allowed_origins`.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -54,6 +57,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/api/cluster/digest", get(admin::cluster_digest))
         .route("/v1/api/debug/isolate", post(admin::debug_isolate))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), cors::cors))
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .with_state(app)
 }

@@ -191,6 +191,23 @@ impl Server {
         text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line")
     }
 
+    /// Send raw bytes on a fresh connection and return the response head (status line and
+    /// headers), lower-cased: for requests with headers the helpers above do not set.
+    pub async fn raw_head(&self, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send request");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.expect("read response");
+            assert!(n > 0, "connection closed before a response");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("end of head");
+        String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase()
+    }
+
     pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value), String> {
         self.request("GET", path, None, Vec::new()).await
     }
