@@ -91,6 +91,8 @@ pub struct Bucket {
     url: String,
     store: Arc<dyn ObjectStore>,
     runtime: tokio::runtime::Handle,
+    /// The runtime behind `runtime`, shut down on drop.
+    owner: Option<tokio::runtime::Runtime>,
     wake: Arc<tokio::sync::Notify>,
     node_id: u64,
 }
@@ -106,27 +108,23 @@ fn describe(url: &str, e: &object_store::Error) -> String {
     }
 }
 
-/// A runtime for the bucket's network calls, on threads of its own that live as long as the
-/// process.
-fn bucket_runtime() -> Result<tokio::runtime::Handle> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new().name("kalamdb-bucket".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("kalamdb-bucket")
-            .enable_all()
-            .build();
-        match runtime {
-            Ok(rt) => {
-                let _ = tx.send(Ok(rt.handle().clone()));
-                rt.block_on(std::future::pending::<()>());
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-            }
+/// A runtime for the bucket's network calls, on threads of its own; they stop when the
+/// `Bucket` is dropped (a backup's bucket lives as long as its job).
+fn bucket_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kalamdb-bucket")
+        .enable_all()
+        .build()?)
+}
+
+impl Drop for Bucket {
+    fn drop(&mut self) {
+        // Not a plain drop: that blocks, and panics when the last owner is on a runtime thread.
+        if let Some(rt) = self.owner.take() {
+            rt.shutdown_background();
         }
-    })?;
-    rx.recv().map_err(|_| Error::Internal("the bucket runtime did not start".into()))?.map_err(Error::Io)
+    }
 }
 
 impl Bucket {
@@ -168,10 +166,12 @@ impl Bucket {
         } else {
             Arc::new(PrefixStore::new(s3, parsed.prefix.as_str()))
         };
+        let runtime = bucket_runtime()?;
         Ok(Arc::new(Bucket {
             url: url.trim_end_matches('/').to_string(),
             store,
-            runtime: bucket_runtime()?,
+            runtime: runtime.handle().clone(),
+            owner: Some(runtime),
             wake: Arc::new(tokio::sync::Notify::new()),
             node_id: cfg.server.node_id,
         }))

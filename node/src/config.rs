@@ -31,14 +31,29 @@ pub struct SecurityConfig {
     pub cors: CorsConfig,
 }
 
-/// `[security.cors]` (env: `KALAMDB_SECURITY_CORS_ALLOWED_ORIGINS='["https://app.example.com"]'`).
+/// `[security.cors]` (env: `KALAMDB_SECURITY_CORS_ALLOWED_ORIGINS=https://a.example.com,https://b.example.com`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
     /// Origins (`https://app.example.com`, `http://localhost:3000`) whose pages may call the
     /// API with credentials; `*` lets any origin call it without. Empty: same origin only, and
-    /// a request from any other origin is refused (403 `CORS_ORIGIN_NOT_ALLOWED`).
+    /// a request from any other origin is refused (403 `CORS_ORIGIN_NOT_ALLOWED`). A list, or
+    /// one string of comma-separated origins (what an environment variable gives).
+    #[serde(deserialize_with = "one_or_many")]
     pub allowed_origins: Vec<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// Most entries in `security.cors.allowed_origins`.
@@ -657,6 +672,8 @@ mod tests {
         let e = Config::load(Some(&path), Vec::new()).unwrap_err().to_string();
         assert!(e.contains("'https://a.example.com/path' is not an origin"), "{e}");
         assert!(Config::load(None, Vec::new()).unwrap().security.cors.allowed_origins.is_empty());
+        let env = vec![("KALAMDB_SECURITY_CORS_ALLOWED_ORIGINS".to_string(), "https://a.example.com, *".to_string())];
+        assert_eq!(Config::load(None, env).unwrap().security.cors.allowed_origins, ["https://a.example.com", "*"]);
     }
 
     #[test]

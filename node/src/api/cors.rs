@@ -63,10 +63,14 @@ pub fn valid_origin(entry: &str) -> bool {
         return true;
     }
     let Some((scheme, rest)) = entry.split_once("://") else { return false };
+    // Browsers send origins in lower case and without the scheme's default port: an entry
+    // written otherwise would never match.
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
     matches!(scheme, "http" | "https")
         && !rest.is_empty()
         && rest.len() <= 253 + 6
-        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        && !rest.ends_with(default_port)
+        && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:[]".contains(&b))
 }
 
 fn add_cors_headers(headers: &mut HeaderMap, origin: &HeaderValue, check: OriginCheck) {
@@ -148,7 +152,17 @@ mod tests {
         for ok in ["*", "https://app.example.com", "http://localhost:3000", "http://[::1]:8080"] {
             assert!(valid_origin(ok), "{ok}");
         }
-        for bad in ["", "app.example.com", "https://", "https://a.com/path", "ftp://a.com", "https://a.com/"] {
+        for bad in [
+            "",
+            "app.example.com",
+            "https://",
+            "https://a.com/path",
+            "ftp://a.com",
+            "https://a.com/",
+            "https://App.com",
+            "https://a.com:443",
+            "http://a.com:80",
+        ] {
             assert!(!valid_origin(bad), "{bad}");
         }
     }

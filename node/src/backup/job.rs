@@ -53,13 +53,13 @@ fn now_micros() -> i64 {
 impl kalamdb_query::ports::BackupRunner for Backups {
     async fn start_backup(&self, destination: &str) -> std::result::Result<String, kalamdb_query::Error> {
         let dest = super::parse_destination(destination)?;
+        let running = self.running.clone().try_lock_owned().map_err(|_| {
+            kalamdb_query::Error::JobRunning("a backup is already running on this node; see system.jobs".into())
+        })?;
         let (cfg, opening) = (self.cfg.clone(), dest.clone());
         let sink = tokio::task::spawn_blocking(move || Sink::open(&cfg, &opening))
             .await
             .map_err(|e| kalamdb_query::Error::Internal(e.to_string()))??;
-        let running = self.running.clone().try_lock_owned().map_err(|_| {
-            kalamdb_query::Error::JobRunning("a backup is already running on this node; see system.jobs".into())
-        })?;
         for group in self.groups.layout.all() {
             self.groups.read_barrier(group).await?;
         }

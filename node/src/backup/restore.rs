@@ -53,10 +53,9 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
     }
 }
 
-/// Restore the node configured by `cfg` from backup `backup_id` (the newest if `None`) in
-/// `from`.
-pub fn restore(cfg: &Config, from: &Path, backup_id: Option<&str>) -> Result<Restored> {
-    let manifest = read_manifest(from, backup_id)?;
+/// What can be checked before any file of the backup is read: the node's shard layout, the
+/// groups, the positions, and that the node never started.
+fn check_restorable(cfg: &Config, manifest: &Manifest) -> Result<()> {
     let (user_shards, shared_shards) = cfg.shards();
     if (manifest.user_shards, manifest.shared_shards) != (user_shards, shared_shards) {
         return Err(Error::Backup(format!(
@@ -72,8 +71,7 @@ pub fn restore(cfg: &Config, from: &Path, backup_id: Option<&str>) -> Result<Res
     if expected != present {
         return Err(Error::Backup(format!("backup {} does not hold every group of the layout", manifest.backup_id)));
     }
-    let rocksdb_path = cfg.rocksdb_path();
-    for (dir, what) in [(&rocksdb_path, "a database"), (&cfg.snapshot_path(), "snapshots")] {
+    for (dir, what) in [(&cfg.rocksdb_path(), "a database"), (&cfg.snapshot_path(), "snapshots")] {
         if !is_empty_dir(dir)? {
             return Err(Error::Backup(format!(
                 "{} already holds {what}: restore needs a node that has never started (move its data folder away first)",
@@ -87,7 +85,16 @@ pub fn restore(cfg: &Config, from: &Path, backup_id: Option<&str>) -> Result<Res
             return Err(Error::Backup(format!("manifest gives group {} an impossible position", g.group)));
         }
     }
+    Ok(())
+}
+
+/// Restore the node configured by `cfg` from backup `backup_id` (the newest if `None`) in
+/// `from`.
+pub fn restore(cfg: &Config, from: &Path, backup_id: Option<&str>) -> Result<Restored> {
+    let manifest = read_manifest(from, backup_id)?;
+    check_restorable(cfg, &manifest)?;
     verify_backup(from, &manifest)?;
+    let rocksdb_path = cfg.rocksdb_path();
 
     std::fs::create_dir_all(&cfg.storage.data_path)?;
     // With a bucket, restored files are queued for upload and go there when the server starts.
@@ -145,9 +152,29 @@ pub fn restore_from_bucket(cfg: &Config, url: &str, backup_id: Option<&str>) -> 
     let bucket = crate::bucket::Bucket::open(cfg, url)?;
     let staging = cfg.storage.data_path.join("restore-staging");
     let _ = std::fs::remove_dir_all(&staging);
-    let result = stage(&bucket, &staging, backup_id).and_then(|id| restore(cfg, &staging, Some(&id)));
+    let result = stage(cfg, &bucket, &staging, backup_id).and_then(|id| restore(cfg, &staging, Some(&id)));
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+/// A `Write` that passes at most `left` bytes on to `inner`, then fails.
+struct Capped<'a> {
+    inner: &'a mut dyn std::io::Write,
+    left: u64,
+}
+
+impl std::io::Write for Capped<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if b.len() as u64 > self.left {
+            return Err(std::io::Error::other("the object is larger than the manifest records"));
+        }
+        self.left -= b.len() as u64;
+        self.inner.write_all(b)?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// A `Write` that refuses to take more than `limit` bytes.
@@ -176,7 +203,7 @@ fn fetch_small(bucket: &crate::bucket::Bucket, rel: &str) -> Result<Vec<u8>> {
 }
 
 /// Download backup `backup_id` (or the newest) into `staging`; returns its id.
-fn stage(bucket: &crate::bucket::Bucket, staging: &Path, backup_id: Option<&str>) -> Result<String> {
+fn stage(cfg: &Config, bucket: &crate::bucket::Bucket, staging: &Path, backup_id: Option<&str>) -> Result<String> {
     let id = match backup_id {
         Some(id) => id.to_string(),
         None => String::from_utf8_lossy(&fetch_small(bucket, LATEST)?).trim().to_string(),
@@ -185,11 +212,15 @@ fn stage(bucket: &crate::bucket::Bucket, staging: &Path, backup_id: Option<&str>
     let manifest = fetch_small(bucket, &manifest_rel(&id))?;
     write_verified(&staging.join(manifest_rel(&id)), None, |out| Ok(out.write_all(&manifest)?))?;
     let manifest = read_manifest(staging, Some(&id))?;
+    check_restorable(cfg, &manifest)?;
     for g in &manifest.groups {
         for entry in std::iter::once(&g.state).chain(&g.files) {
             let rel = checked_rel(&entry.path)?;
             write_verified(&staging.join(rel), Some((entry.bytes, &entry.sha256)), |out| {
-                bucket.fetch(rel, out).map_err(|e| Error::Backup(format!("cannot download {rel}: {e}")))?;
+                // One byte past the record is enough to fail the check: a hostile bucket does
+                // not get to fill the disk.
+                let mut capped = Capped { inner: out, left: entry.bytes.saturating_add(1) };
+                bucket.fetch(rel, &mut capped).map_err(|e| Error::Backup(format!("cannot download {rel}: {e}")))?;
                 Ok(())
             })?;
         }

@@ -33,7 +33,10 @@ impl Sink {
             Destination::Bucket(url) => {
                 let unavailable =
                     |e: String| kalamdb_query::Error::StorageUnavailable(format!("backup destination: {e}"));
-                let bucket = Bucket::open(cfg, url).map_err(|e| kalamdb_query::Error::InvalidSql(e.to_string()))?;
+                let bucket = Bucket::open(cfg, url).map_err(|e| match e {
+                    Error::Config(m) => kalamdb_query::Error::InvalidSql(format!("backup destination {url}: {m}")),
+                    other => kalamdb_query::Error::Internal(format!("backup destination {url}: {other}")),
+                })?;
                 if bucket.size_of(super::LATEST).map_err(unavailable)?.is_none()
                     && let Some(key) = bucket.first_key().map_err(unavailable)?
                     && !(key.starts_with("backups/") || key.starts_with("files/"))
