@@ -175,6 +175,17 @@ impl Server {
     /// Send raw bytes on a fresh connection and return the response's status code. For requests
     /// a well-behaved client cannot make (declared bodies larger than what is sent).
     pub async fn raw_status(&self, request: &[u8]) -> u16 {
+        let head = self.raw_head_bytes(request).await;
+        head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line")
+    }
+
+    /// Send raw bytes on a fresh connection and return the response head (status line and
+    /// headers), lower-cased: for requests with headers the helpers above do not set.
+    pub async fn raw_head(&self, request: &str) -> String {
+        self.raw_head_bytes(request.as_bytes()).await
+    }
+
+    async fn raw_head_bytes(&self, request: &[u8]) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
         // The server may answer (and close) before it has read everything: a failed write is
@@ -182,29 +193,14 @@ impl Server {
         let _ = stream.write_all(request).await;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
             let n = stream.read(&mut chunk).await.expect("read response");
             assert!(n > 0, "connection closed before a response");
             buf.extend_from_slice(&chunk[..n]);
-        }
-        let text = String::from_utf8_lossy(&buf);
-        text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line")
-    }
-
-    /// Send raw bytes on a fresh connection and return the response head (status line and
-    /// headers), lower-cased: for requests with headers the helpers above do not set.
-    pub async fn raw_head(&self, request: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
-        stream.write_all(request.as_bytes()).await.expect("send request");
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut chunk).await.expect("read response");
-            assert!(n > 0, "connection closed before a response");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("end of head");
+        };
         String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase()
     }
 
