@@ -433,6 +433,12 @@ impl Auth {
         }
     }
 
+    /// A catalog user's email and creation and last-change times (microseconds); `None` for
+    /// root and anonymous, which have no catalog record.
+    pub fn profile_of(&self, user_id: &str) -> Option<(Option<String>, i64, i64)> {
+        self.catalog.users.by_id(user_id).map(|u| (u.email.clone(), u.created_at_micros, u.updated_at_micros))
+    }
+
     /// The stored password hash of a catalog user (not root, whose hash comes from config and
     /// cannot change while the node runs).
     pub fn password_hash_of(&self, user_id: &str) -> Option<String> {

@@ -209,6 +209,16 @@ async fn users_see_only_their_own_rows() {
     // /me, password change, role change, drop: tokens follow the user's current state.
     let (st, b) = s.request_as(Some(&alice), "GET", "/v1/api/auth/me", None, Vec::new()).await.unwrap();
     assert_eq!((st, &b["user"]["username"], &b["user"]["role"]), (200, &json!("alice"), &json!("user")), "{b}");
+    // KalamDB's clients decode these too: RFC 3339 times, and whether its admin UI lets them in.
+    assert_eq!(b["admin_ui_access"], json!(false), "{b}");
+    for field in ["created_at", "updated_at"] {
+        let t = b["user"][field].as_str().unwrap_or_default();
+        assert!(chrono::DateTime::parse_from_rfc3339(t).is_ok(), "{field}: {b}");
+    }
+    let body = json!({"user": "root", "password": ""}).to_string().into_bytes();
+    let (st, b) = s.request_as(None, "POST", "/v1/api/auth/login", Some("application/json"), body).await.unwrap();
+    assert_eq!((st, &b["admin_ui_access"], &b["user"]["role"]), (200, &json!(true), &json!("system")), "{b}");
+    assert!(b["user"]["created_at"].is_string() && b["user"].get("email").is_some(), "{b}");
     let (st, b) = s.sql_as(Some(&alice), "ALTER USER 'alice' SET PASSWORD 'alice-new-password'").await;
     ok(st, &b);
     let (st, _) = s.sql_as(Some(&alice), "ALTER USER 'bob' SET PASSWORD 'not-yours-to-set'").await;

@@ -23,8 +23,30 @@ struct LoginRequest {
     password: String,
 }
 
-fn user_json(who: &Identity) -> serde_json::Value {
-    json!({"id": who.user_id, "username": who.username, "role": who.role.name()})
+/// The user as KalamDB's clients decode it: `email`, `created_at` and `updated_at` (RFC 3339)
+/// besides id, name and role. Root and anonymous have no catalog record: their times are the
+/// answer's own, as KalamDB gives them.
+fn user_json(app: &App, who: &Identity) -> serde_json::Value {
+    let now = chrono::Utc::now().timestamp_micros();
+    let (email, created, updated) = app.auth.profile_of(&who.user_id).unwrap_or((None, now, now));
+    let time = |micros: i64| {
+        chrono::DateTime::from_timestamp_micros(micros)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    };
+    json!({
+        "id": who.user_id,
+        "username": who.username,
+        "role": who.role.name(),
+        "email": email,
+        "created_at": time(created),
+        "updated_at": time(updated),
+    })
+}
+
+/// Whether KalamDB's admin UI would let this user in: dba and system.
+fn admin_ui_access(who: &Identity) -> bool {
+    matches!(who.role, kalamdb_log::Role::Dba | kalamdb_log::Role::System)
 }
 
 /// `POST /v1/api/auth/login {"user": ..., "password": ...}` → an access token.
@@ -55,7 +77,8 @@ pub(super) async fn login(
                 "access_token": issued.token,
                 "token_type": "Bearer",
                 "expires_at": expires_at,
-                "user": user_json(&who),
+                "user": user_json(&app, &who),
+                "admin_ui_access": admin_ui_access(&who),
             });
             (StatusCode::OK, axum::Json(body)).into_response()
         }
@@ -72,7 +95,9 @@ pub(super) async fn me(
     let start = Instant::now();
     match identify(&app, &headers, client, start).await {
         Ok((who, method)) => {
-            (StatusCode::OK, axum::Json(json!({"user": user_json(&who), "auth": method.name()}))).into_response()
+            let body =
+                json!({"user": user_json(&app, &who), "auth": method.name(), "admin_ui_access": admin_ui_access(&who)});
+            (StatusCode::OK, axum::Json(body)).into_response()
         }
         Err(resp) => resp,
     }
