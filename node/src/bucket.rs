@@ -222,12 +222,6 @@ impl Bucket {
         self.block(async move { put_file(store.as_ref(), &url, &location, &path, len).await })
     }
 
-    /// Store `bytes` as `rel`. Blocking.
-    pub fn put_bytes(&self, rel: &str, bytes: Vec<u8>) -> std::result::Result<(), String> {
-        let (store, url, location) = (self.store.clone(), self.url.clone(), ObjectPath::from(rel));
-        self.block(async move { store.put(&location, bytes.into()).await.map(|_| ()).map_err(|e| describe(&url, &e)) })
-    }
-
     /// The first object key under the bucket's prefix, if any (relative to it). Blocking.
     pub fn first_key(&self) -> std::result::Result<Option<String>, String> {
         let (store, url) = (self.store.clone(), self.url.clone());
