@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tail latency benchmark: commit -> subscriber latency at --rate rows/s with 100 subscribers,
-# first on one node, then on the local 3-node cluster (scripts/cluster.sh; subscribers spread
-# over the three nodes, writes through node 1). Usage: scripts/bench-tail.sh [seconds] [rate]
+# over the tail endpoint (NDJSON) and over /v1/ws live queries, one after the other in the same
+# run, first on one node, then on the local 3-node cluster (scripts/cluster.sh; subscribers
+# spread over the three nodes, writes through node 1). Usage: scripts/bench-tail.sh [seconds] [rate]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -19,7 +20,9 @@ port=18090
 (
   # shellcheck source=scripts/bench-server.sh
   source scripts/bench-server.sh
-  run_bench kalamdb single "$bin/kalamdb-tail" --url "http://127.0.0.1:$port" --subscribers 100 --rate "$rate" --seconds "$secs"
+  for protocol in ndjson ws; do
+    run_bench kalamdb single "$bin/kalamdb-tail" --url "http://127.0.0.1:$port" --subscribers 100 --rate "$rate" --seconds "$secs" --protocol "$protocol"
+  done
 )
 
 # --- local 3-node cluster ---
@@ -28,4 +31,6 @@ export CLUSTER_SH_DIR="$work/kalamdb"
 trap '"$root/scripts/cluster.sh" stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 RUST_LOG=warn "$root/scripts/cluster.sh" start >/dev/null
 urls="http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
-run_bench kalamdb cluster "$bin/kalamdb-tail" --url "$urls" --subscribers 100 --rate "$rate" --seconds "$secs"
+for protocol in ndjson ws; do
+  run_bench kalamdb cluster "$bin/kalamdb-tail" --url "$urls" --subscribers 100 --rate "$rate" --seconds "$secs" --protocol "$protocol"
+done

@@ -437,6 +437,17 @@ pub enum Op {
         table_id: u64,
         before_seq: u64,
     },
+    /// Revoke a token id (users group): a refresh token used once (rotation), or a session
+    /// ended by logout; tokens naming it are refused from then on. Fails with `Conflict` when
+    /// the id is already revoked (a refresh token presented twice). Records past
+    /// `expires_at_secs` are dropped by later revocations whose `now_secs` (the proposer's
+    /// clock, carried so apply needs none) passed it: the tokens they guard expired anyway.
+    RevokeToken {
+        token_id: String,
+        user_id: String,
+        expires_at_secs: u64,
+        now_secs: u64,
+    },
 }
 
 impl Op {
@@ -462,6 +473,7 @@ impl Op {
             Op::AlterUser { .. } => "alter_user",
             Op::DropUser { .. } => "drop_user",
             Op::Evict { .. } => "evict",
+            Op::RevokeToken { .. } => "revoke_token",
         }
     }
 
@@ -582,6 +594,8 @@ pub enum ApplyErrorCode {
     /// `REBUILD PROJECTION` needs log entries this node no longer has.
     HistoryUnavailable,
     UserNotFound,
+    /// A bounded set is full (revoked tokens).
+    QuotaExceeded,
 }
 
 #[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -87,6 +87,41 @@ struct Claims {
     role: String,
     iat: u64,
     exp: u64,
+    /// `access` or `refresh`; tokens of earlier versions have none and are access tokens.
+    #[serde(default)]
+    typ: String,
+    /// This token's id: a refresh token's is revoked when it is used (rotation).
+    #[serde(default)]
+    jti: String,
+    /// The session (one login and its refreshes): logout revokes it, and with it every
+    /// token it issued.
+    #[serde(default)]
+    sid: String,
+}
+
+const ACCESS: &str = "access";
+const REFRESH: &str = "refresh";
+
+/// A random token or session id: 128 bits from the OS generator, hex.
+fn random_id() -> String {
+    // pasetors' key generation is the OS generator the workspace already links.
+    SymmetricKey::<V4>::generate().map_or_else(|_| String::new(), |k| hex::encode(&k.as_bytes()[..16]))
+}
+
+/// A refresh token that checked out: whose, and what rotating it revokes.
+#[derive(Debug, Clone)]
+pub struct RefreshGrant {
+    pub identity: Identity,
+    pub token_id: String,
+    pub session_id: String,
+    pub expires_at_secs: u64,
+}
+
+/// An access token and the refresh token that renews it.
+#[derive(Debug, Clone)]
+pub struct SessionTokens {
+    pub access: Issued,
+    pub refresh: Issued,
 }
 
 /// A freshly issued token.
@@ -165,6 +200,7 @@ pub struct Auth {
     /// happens to share the secret is refused.
     implicit: Vec<u8>,
     ttl_secs: u64,
+    refresh_ttl_secs: u64,
     /// argon2id hash of root's configured password; `None`: loopback-only, empty password.
     root_hash: Option<String>,
     anonymous: Option<Role>,
@@ -241,6 +277,7 @@ impl Auth {
             key,
             implicit: format!("kalamdb:{cluster_id}").into_bytes(),
             ttl_secs: cfg.auth.token_ttl_secs,
+            refresh_ttl_secs: cfg.auth.refresh_token_ttl_secs,
             root_hash,
             anonymous,
             decoy_hash: hash("decoy password nobody has")?,
@@ -366,20 +403,81 @@ impl Auth {
         }
     }
 
-    /// Issue an access token for `who`.
+    /// Issue an access token for `who` (a session of its own).
     pub fn issue(&self, who: &Identity) -> Result<Issued> {
+        self.issue_token(who, ACCESS, &random_id(), self.ttl_secs)
+    }
+
+    /// Issue an access token and a refresh token of session `sid` (a new one when `None`).
+    pub fn issue_session(&self, who: &Identity, sid: Option<&str>) -> Result<SessionTokens> {
+        let sid = sid.map_or_else(random_id, str::to_string);
+        Ok(SessionTokens {
+            access: self.issue_token(who, ACCESS, &sid, self.ttl_secs)?,
+            refresh: self.issue_token(who, REFRESH, &sid, self.refresh_ttl_secs)?,
+        })
+    }
+
+    fn issue_token(&self, who: &Identity, typ: &str, sid: &str, ttl_secs: u64) -> Result<Issued> {
         let iat = unix_secs();
         let claims = Claims {
             sub: who.user_id.clone(),
             usr: who.username.clone(),
             role: who.role.name().into(),
             iat,
-            exp: iat + self.ttl_secs,
+            exp: iat + ttl_secs,
+            typ: typ.into(),
+            jti: random_id(),
+            sid: sid.into(),
         };
         let payload = serde_json::to_vec(&claims).map_err(|e| Error::Internal(e.to_string()))?;
         let token = LocalToken::encrypt(&self.key, &payload, None, Some(&self.implicit))
             .map_err(|e| Error::Internal(format!("token encryption failed: {e}")))?;
         Ok(Issued { token, expires_at_secs: claims.exp, identity: who.clone() })
+    }
+
+    /// Lifetime of refresh tokens: how long a revoked session must be remembered.
+    pub fn refresh_ttl_secs(&self) -> u64 {
+        self.refresh_ttl_secs.max(self.ttl_secs)
+    }
+
+    /// Whether a token (or its session) was revoked.
+    fn revoked(&self, c: &Claims) -> bool {
+        (!c.jti.is_empty() && self.catalog.users.is_revoked(&c.jti))
+            || (!c.sid.is_empty() && self.catalog.users.is_revoked(&c.sid))
+    }
+
+    /// The ids whose revocation ends what a token opened (its own and its session's).
+    pub fn token_ids(&self, token: &str) -> Vec<String> {
+        self.claims(token.trim())
+            .map(|c| [c.jti, c.sid].into_iter().filter(|i| !i.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether any of these token ids was revoked.
+    pub fn any_revoked(&self, ids: &[String]) -> bool {
+        ids.iter().any(|i| self.catalog.users.is_revoked(i))
+    }
+
+    /// Check a refresh token: ours, a refresh token, unexpired, not revoked, its user alive.
+    pub async fn check_refresh(&self, token: &str) -> Result<RefreshGrant> {
+        let c = self.claims(token.trim())?;
+        if c.typ != REFRESH {
+            return Err(unauthorized("INVALID_TOKEN", "the refresh endpoint needs a refresh token"));
+        }
+        if c.exp <= unix_secs() {
+            return Err(unauthorized("TOKEN_EXPIRED", "the refresh token has expired; log in again"));
+        }
+        if self.revoked(&c) {
+            return Err(unauthorized("TOKEN_REVOKED", "the refresh token was already used or revoked; log in again"));
+        }
+        let identity = self.identity_of(&c.sub).await?;
+        Ok(RefreshGrant { identity, token_id: c.jti, session_id: c.sid, expires_at_secs: c.exp })
+    }
+
+    /// The session id and user of a token (any type, expired or not): what logout revokes.
+    pub fn session_of(&self, token: &str) -> Option<(String, String)> {
+        let c = self.claims(token.trim()).ok()?;
+        (!c.sid.is_empty()).then_some((c.sid, c.sub))
     }
 
     /// The identity behind a token: it must decrypt with this cluster's key, be unexpired,
@@ -404,18 +502,37 @@ impl Auth {
         self.claims(token.trim()).ok().map(|c| c.exp)
     }
 
+    /// When a token expires (Unix seconds), if it is one of ours.
+    pub fn token_expiry(&self, token: &str) -> Option<u64> {
+        self.claims(token.trim()).ok().map(|c| c.exp)
+    }
+
     pub async fn verify_token(&self, token: &str) -> Result<Identity> {
         let claims = self.claims(token)?;
         if claims.exp <= unix_secs() {
             return Err(unauthorized("TOKEN_EXPIRED", "the token has expired; log in again"));
         }
-        if claims.sub == ROOT_USER {
+        if claims.typ == REFRESH {
+            return Err(unauthorized(
+                "INVALID_TOKEN",
+                "a refresh token is not an access token: trade it at /v1/api/auth/refresh",
+            ));
+        }
+        if self.revoked(&claims) {
+            return Err(unauthorized("TOKEN_REVOKED", "the token was revoked (logged out); log in again"));
+        }
+        self.identity_of(&claims.sub).await
+    }
+
+    /// The user a token names, as the users group says now.
+    async fn identity_of(&self, user_id: &str) -> Result<Identity> {
+        if user_id == ROOT_USER {
             return Ok(Self::root_identity());
         }
-        if self.catalog.users.by_id(&claims.sub).is_none() {
+        if self.catalog.users.by_id(user_id).is_none() {
             self.sync_users().await?;
         }
-        match self.catalog.users.by_id(&claims.sub) {
+        match self.catalog.users.by_id(user_id) {
             Some(u) => Ok(Identity::from(u.as_ref())),
             None => Err(unauthorized("INVALID_TOKEN", "the token's user no longer exists")),
         }

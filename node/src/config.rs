@@ -20,6 +20,7 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     pub auth: AuthConfig,
     pub tail: TailConfig,
+    pub websocket: WebSocketConfig,
     pub security: SecurityConfig,
     pub debug: DebugConfig,
 }
@@ -91,6 +92,49 @@ impl Default for TailConfig {
     }
 }
 
+/// Live queries over WebSocket (`GET /v1/ws`, KalamDB's protocol). Subscriptions there count
+/// against `tail.subscribers_max` and `tail.subscribers_per_user_max` with the tail's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// A connection that has not authenticated this long after the upgrade is closed (1008).
+    pub auth_timeout_ms: u64,
+    /// A connection with no frame from the client this long is closed (1000). The server
+    /// pings every `ping_interval_ms`; a client's pong counts.
+    pub client_timeout_ms: u64,
+    pub ping_interval_ms: u64,
+    /// Open WebSocket connections per node; more are refused with 503 before the upgrade.
+    pub connections_max: usize,
+    /// Subscriptions one connection may hold.
+    pub subscriptions_per_connection_max: usize,
+    /// Largest client message; larger ones are answered `MESSAGE_TOO_LARGE`.
+    pub message_bytes_max: usize,
+    /// Client messages per second on one connection; more are answered `RATE_LIMIT_EXCEEDED`.
+    pub messages_per_sec_max: u32,
+    /// Server messages queued for one connection. A subscription that cannot queue for
+    /// `tail.stall_ms` has fallen behind: what is queued is delivered, then the connection is
+    /// closed with 1013 and the client resumes from the last `_seq` it received.
+    pub send_buffer_messages: usize,
+    /// Largest `batch_size` (rows per initial data batch) a subscription may ask for.
+    pub batch_rows_max: u64,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> WebSocketConfig {
+        WebSocketConfig {
+            auth_timeout_ms: 3_000,
+            client_timeout_ms: 30_000,
+            ping_interval_ms: 10_000,
+            connections_max: 4096,
+            subscriptions_per_connection_max: 100,
+            message_bytes_max: 1 << 20,
+            messages_per_sec_max: 50,
+            send_buffer_messages: 1024,
+            batch_rows_max: 10_000,
+        }
+    }
+}
+
 /// Authentication: who may use the SQL API, and how tokens are made.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -103,6 +147,9 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     /// Lifetime of an access token.
     pub token_ttl_secs: u64,
+    /// Lifetime of a refresh token (`POST /v1/api/auth/refresh` trades one, once, for a new
+    /// access token and a new refresh token; logout revokes the session).
+    pub refresh_token_ttl_secs: u64,
     /// Let requests without credentials act as user `anonymous` with `anonymous_role`. Off
     /// by default; the startup log warns when it is on.
     pub allow_anonymous: bool,
@@ -115,6 +162,7 @@ impl Default for AuthConfig {
             root_password: String::new(),
             jwt_secret: String::new(),
             token_ttl_secs: 3600,
+            refresh_token_ttl_secs: 7 * 24 * 3600,
             allow_anonymous: false,
             anonymous_role: "dba".into(),
         }
@@ -128,6 +176,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("root_password", &if self.root_password.is_empty() { "<unset>" } else { "<redacted>" })
             .field("jwt_secret", &if self.jwt_secret.is_empty() { "<unset>" } else { "<redacted>" })
             .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
             .field("allow_anonymous", &self.allow_anonymous)
             .field("anonymous_role", &self.anonymous_role)
             .finish()
@@ -391,8 +440,20 @@ impl Default for LoggingConfig {
     }
 }
 
-const SECTIONS: [&str; 11] =
-    ["server", "storage", "sharding", "limits", "raft", "logging", "cluster", "auth", "tail", "security", "debug"];
+const SECTIONS: [&str; 12] = [
+    "server",
+    "storage",
+    "sharding",
+    "limits",
+    "raft",
+    "logging",
+    "cluster",
+    "auth",
+    "tail",
+    "websocket",
+    "security",
+    "debug",
+];
 /// Sub-tables an environment override can reach: `KALAMDB_SECURITY_CORS_ALLOWED_ORIGINS` is
 /// `[security.cors] allowed_origins`.
 const SUBSECTIONS: [(&str, &str); 1] = [("security", "cors")];
@@ -547,6 +608,20 @@ impl Config {
         if let Err(e) = self.limits.query_limits(&self.storage.data_path).validate() {
             return bad(format!("limits: {e}"));
         }
+        let ws = &self.websocket;
+        if ws.auth_timeout_ms == 0
+            || ws.client_timeout_ms == 0
+            || ws.ping_interval_ms == 0
+            || ws.ping_interval_ms >= ws.client_timeout_ms
+            || ws.connections_max == 0
+            || ws.subscriptions_per_connection_max == 0
+            || ws.message_bytes_max < 1024
+            || ws.messages_per_sec_max == 0
+            || ws.send_buffer_messages == 0
+            || ws.batch_rows_max == 0
+        {
+            return bad("websocket: every limit must be positive, message_bytes_max at least 1024, and ping_interval_ms below client_timeout_ms".into());
+        }
         if self.tail.heartbeat_ms == 0
             || self.tail.stall_ms == 0
             || self.tail.subscriber_buffer_events == 0
@@ -564,6 +639,11 @@ impl Config {
         }
         if !(1..=TOKEN_TTL_SECS_MAX).contains(&self.auth.token_ttl_secs) {
             return bad(format!("auth.token_ttl_secs must be 1..={TOKEN_TTL_SECS_MAX}"));
+        }
+        if !(self.auth.token_ttl_secs..=TOKEN_TTL_SECS_MAX).contains(&self.auth.refresh_token_ttl_secs) {
+            return bad(format!(
+                "auth.refresh_token_ttl_secs must be at least auth.token_ttl_secs and at most {TOKEN_TTL_SECS_MAX}"
+            ));
         }
         if kalamdb_log::Role::parse(&self.auth.anonymous_role).is_none() {
             return bad(format!(

@@ -72,6 +72,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         fault_injection: cfg.debug.fault_injection,
         tail: cfg.tail.clone(),
         tail_state: api::tail::TailState::default(),
+        websocket: cfg.websocket.clone(),
+        ws_state: api::ws::WsState::default(),
         digest_slot: tokio::sync::Semaphore::new(1),
         cors_allowed_origins: cfg.security.cors.allowed_origins.clone(),
     });

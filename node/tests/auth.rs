@@ -302,3 +302,79 @@ async fn failed_logins_are_limited_and_secrets_never_leak() {
     // Not even the token key file exists: the configured secret is used.
     assert!(!dir.path().join("auth/token.key").exists());
 }
+
+/// POST with an optional `Authorization` header and no body; status and JSON answer.
+async fn post_auth(s: &Server, path: &str, authorization: Option<&str>) -> (u16, serde_json::Value) {
+    s.request_as(authorization, "POST", path, None, Vec::new()).await.expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_tokens_rotate_and_logout_revokes_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("n")).await;
+    s.sql_ok("CREATE USER 'carol' WITH PASSWORD 'pw-carol-123456' ROLE user").await;
+    let body = json!({"user": "carol", "password": "pw-carol-123456"}).to_string().into_bytes();
+    let (st, login) = s.request_as(None, "POST", "/v1/api/auth/login", Some("application/json"), body).await.unwrap();
+    assert_eq!(st, 200, "{login}");
+    for field in ["access_token", "refresh_token", "expires_at", "refresh_expires_at"] {
+        assert!(login[field].is_string(), "{field} in {login}");
+    }
+    assert!(login["refresh_expires_at"].as_str() > login["expires_at"].as_str());
+    let access = format!("Bearer {}", login["access_token"].as_str().unwrap());
+    let refresh = format!("Bearer {}", login["refresh_token"].as_str().unwrap());
+
+    // A refresh token is not an access token, and an access token does not refresh.
+    let (st, b) = s.sql_as(Some(&refresh), "SELECT 1").await;
+    assert_eq!((st, b["error"]["code"].as_str()), (401, Some("INVALID_TOKEN")), "{b}");
+    let (st, _) = post_auth(&s, "/v1/api/auth/refresh", Some(&access)).await;
+    assert_eq!(st, 401);
+    let (st, _) = post_auth(&s, "/v1/api/auth/refresh", None).await;
+    assert_eq!(st, 401);
+
+    // Rotation: the refresh token works once and yields a new pair.
+    let (st, r1) = post_auth(&s, "/v1/api/auth/refresh", Some(&refresh)).await;
+    assert_eq!(st, 200, "{r1}");
+    assert_eq!(r1["user"]["id"], login["user"]["id"]);
+    assert_ne!(r1["refresh_token"], login["refresh_token"]);
+    let access2 = format!("Bearer {}", r1["access_token"].as_str().unwrap());
+    let refresh2 = format!("Bearer {}", r1["refresh_token"].as_str().unwrap());
+    let (st, _) = s.sql_as(Some(&access2), "SELECT 1").await;
+    assert_eq!(st, 200);
+    let (st, b) = post_auth(&s, "/v1/api/auth/refresh", Some(&refresh)).await;
+    assert_eq!((st, b["error"]["code"].as_str()), (401, Some("TOKEN_REVOKED")), "a used refresh token: {b}");
+    // Presenting a used refresh token revokes its session: the new pair dies with it.
+    let (st, b) = s.sql_as(Some(&access2), "SELECT 1").await;
+    assert_eq!((st, b["error"]["code"].as_str()), (401, Some("TOKEN_REVOKED")), "{b}");
+    let (st, _) = post_auth(&s, "/v1/api/auth/refresh", Some(&refresh2)).await;
+    assert_eq!(st, 401);
+
+    // Logout: a fresh session's access and refresh tokens stop working; other sessions live.
+    let login_once = || async {
+        let body = json!({"user": "carol", "password": "pw-carol-123456"}).to_string().into_bytes();
+        let (_, b) = s.request_as(None, "POST", "/v1/api/auth/login", Some("application/json"), body).await.unwrap();
+        (
+            format!("Bearer {}", b["access_token"].as_str().unwrap()),
+            format!("Bearer {}", b["refresh_token"].as_str().unwrap()),
+        )
+    };
+    let (a, r) = login_once().await;
+    let (other, _) = login_once().await;
+    let (st, out) = post_auth(&s, "/v1/api/auth/logout", Some(&a)).await;
+    assert_eq!((st, out["message"].as_str()), (200, Some("Logged out successfully")), "{out}");
+    let (st, b) = s.sql_as(Some(&a), "SELECT 1").await;
+    assert_eq!((st, b["error"]["code"].as_str()), (401, Some("TOKEN_REVOKED")), "{b}");
+    let (st, _) = post_auth(&s, "/v1/api/auth/refresh", Some(&r)).await;
+    assert_eq!(st, 401);
+    let (st, _) = s.sql_as(Some(&other), "SELECT 1").await;
+    assert_eq!(st, 200, "another session of the same user is untouched");
+    // Logout twice, or with no token, is fine.
+    assert_eq!(post_auth(&s, "/v1/api/auth/logout", Some(&a)).await.0, 200);
+    assert_eq!(post_auth(&s, "/v1/api/auth/logout", None).await.0, 200);
+    // Revocations survive a restart (they are in the users group's projection).
+    drop(s);
+    let s = Server::start(&dir.path().join("n")).await;
+    let (st, _) = s.sql_as(Some(&a), "SELECT 1").await;
+    assert_eq!(st, 401, "still revoked after a restart");
+    let (st, _) = s.sql_as(Some(&other), "SELECT 1").await;
+    assert_eq!(st, 200);
+}

@@ -246,6 +246,10 @@ impl Projection {
                 self.catalog.users.drop_user(db, batch, self.group, username, *if_exists)
             }
             Op::Evict { table_id, before_seq } if is_data => rows.evict(batch, *table_id, *before_seq),
+            Op::RevokeToken { token_id, user_id, expires_at_secs, now_secs } if is_users => {
+                let revoked = crate::users::Revoked { user_id: user_id.clone(), expires_at_secs: *expires_at_secs };
+                self.catalog.users.revoke(db, batch, self.group, token_id, revoked, *now_secs)
+            }
             _ => Ok(misrouted()),
         }
     }

@@ -258,8 +258,14 @@ impl<'a> RowApplier<'a> {
             staged.push((key, StoredRow { seq, deleted: delete, values }, replaced_cold));
         }
         let kind = if delete { ChangeKind::Delete } else { ChangeKind::Update };
-        for ((_, row, _), previous) in staged.iter().zip(old) {
-            self.changes.push(row_change(kind, table_id, scope, row, previous));
+        for (((_, row, _), previous), r) in staged.iter().zip(old).zip(rows) {
+            let mut change = row_change(kind, table_id, scope, row, previous);
+            // A deleted version that lived in a Parquet file: the statement read it (at the
+            // `_seq` apply just checked) and carries it, so subscribers learn which row went.
+            if delete && change.old_row.is_none() && change.old_seq.is_some() && !r.values.is_empty() {
+                change.old_row = Some(r.values.clone());
+            }
+            self.changes.push(change);
         }
         let affected = staged.len() as u64;
         self.commit(batch, staged, log_index)?;

@@ -63,8 +63,13 @@ impl RowFilter {
         if parser.peek_token().token != Token::EOF {
             return Err(invalid(format!("unexpected '{}' after the expression", parser.peek_token().token)));
         }
+        RowFilter::from_expr(&expr, def)
+    }
+
+    /// The filter of an already parsed expression (a live query's `WHERE`).
+    pub fn from_expr(expr: &Expr, def: &TableDef) -> Result<RowFilter> {
         let mut nodes = 0usize;
-        let root = build(&expr, def, &mut nodes)?;
+        let root = build(expr, def, &mut nodes)?;
         let fills = def.columns.iter().map(|c| c.backfill.clone().unwrap_or(Value::Null)).collect();
         Ok(RowFilter { root, text: expr.to_string(), fills })
     }

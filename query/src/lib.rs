@@ -7,15 +7,17 @@ pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod limits;
+pub mod live;
 pub mod parse;
 pub mod password;
 pub mod ports;
 pub mod provider;
 pub mod values;
 
-pub use engine::{Engine, ExecContext, QueryResult, StorageJob, Subscription, ttl_secs};
+pub use engine::{Engine, ExecContext, QueryResult, SeqWindow, StorageJob, Subscription, ttl_secs};
 pub use error::Error;
 pub use filter::RowFilter;
 pub use limits::QueryLimits;
+pub use live::{LiveColumn, LiveQuery};
 pub use parse::{FlushPolicy, redact_passwords};
 pub use ports::{ClusterGroup, ClusterNode, ClusterView, JobSource, Proposer, ReadBarrier};

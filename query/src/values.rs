@@ -288,6 +288,21 @@ pub fn value_to_json(v: &Value) -> serde_json::Value {
     }
 }
 
+/// A value as KalamDB's clients decode it (its documented cell encoding): BIGINT as a string
+/// (no precision lost in JavaScript), TIMESTAMP as microseconds since the epoch, DATE as days
+/// since the epoch, JSON as its text, BYTES as an array of byte values.
+pub fn kalam_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::BigInt(i) => J::String(i.to_string()),
+        Value::Timestamp(us) => J::from(*us),
+        Value::Date(d) => J::from(*d),
+        Value::Json(s) => J::String(s.clone()),
+        Value::Bytes(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
+        other => value_to_json(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

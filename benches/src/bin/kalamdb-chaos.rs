@@ -62,6 +62,9 @@ struct Args {
     /// Tail subscribers following the list table (spread over the nodes).
     #[arg(long, default_value_t = 3)]
     subscribers: usize,
+    /// WebSocket (`/v1/ws`) subscribers following the list table, checked the same way.
+    #[arg(long, default_value_t = 3)]
+    ws_subscribers: usize,
     /// Time the linearizability search may take in all, per table.
     #[arg(long, default_value_t = 300)]
     check_seconds: u64,
@@ -206,9 +209,16 @@ async fn run(args: Args) -> Result<bool, String> {
     }
 
     let sub_stop = Arc::new(AtomicBool::new(false));
-    let subs: Vec<Subscriber> = (0..args.subscribers)
-        .map(|i| Subscriber::spawn(urls.clone(), i, lists_table.clone(), !args.docker, sub_stop.clone()))
+    let mut subs: Vec<(String, Subscriber)> = (0..args.subscribers)
+        .map(|i| {
+            let s = Subscriber::spawn(urls.clone(), i, lists_table.clone(), !args.docker, sub_stop.clone());
+            (format!("tail subscriber {}", i + 1), s)
+        })
         .collect();
+    subs.extend((0..args.ws_subscribers).map(|i| {
+        let s = kalamdb_benches::chaos::ws::spawn(urls.clone(), i, lists_table.clone(), !args.docker, sub_stop.clone());
+        (format!("websocket subscriber {}", i + 1), s)
+    }));
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients: Vec<_> =
         (0..args.concurrency).map(|w| tokio::spawn(workload.clone().client(w, seed, stop.clone()))).collect();
@@ -309,7 +319,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let deadline = Instant::now() + CATCH_UP_WAIT;
     while Instant::now() < deadline {
         let mut behind = false;
-        for s in &subs {
+        for (_, s) in &subs {
             if s.received.lock().await.events.len() < present.len() {
                 behind = true;
             }
@@ -320,7 +330,7 @@ async fn run(args: Args) -> Result<bool, String> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     sub_stop.store(true, Ordering::SeqCst);
-    for (i, s) in subs.into_iter().enumerate() {
+    for (name, s) in subs {
         let r = s.join().await;
         let verdict = if r.errors.is_empty() {
             check::check_tail(&r.events, &present)
@@ -328,7 +338,7 @@ async fn run(args: Args) -> Result<bool, String> {
         } else {
             Err(r.errors.join("; "))
         };
-        checks.record(&format!("tail subscriber {}", i + 1), verdict);
+        checks.record(&name, verdict);
     }
 
     // Linearizability, per key, of everything the clients saw.

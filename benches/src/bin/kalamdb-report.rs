@@ -138,6 +138,22 @@ fn rows(records: &[Value]) -> Vec<Row> {
             target: "≤ 20 ms".into(),
         });
     }
+    // Live queries over /v1/ws next to the tail endpoint, from the same run.
+    for (setup, nodes) in [("single", "1 node"), ("cluster", "3 nodes")] {
+        let ws = num(find(records, "kalamdb", setup, "tail_ws", None), "p99_ms");
+        let sse = num(find(records, "kalamdb", setup, "tail", None), "p99_ms");
+        if let (Some(a), Some(b)) = (ws, sse) {
+            out.push(Row {
+                name: format!("/v1/ws p99, {nodes}, 100 subscribers"),
+                unit: "ms",
+                ours: a,
+                other: b,
+                against: "tail endpoint (NDJSON), same run".into(),
+                higher_is_better: false,
+                target: "≤ the tail endpoint's".into(),
+            });
+        }
+    }
     for (q, what) in [("aggregate", "GROUP BY"), ("filter", "selective filter")] {
         let ours = find(records, "kalamdb", "cold", q, None);
         let duck = find(records, "duckdb", "cold", q, None);

@@ -38,6 +38,10 @@ struct Args {
     /// Also print the figures as one JSON object (last line).
     #[arg(long)]
     json: bool,
+    /// How subscribers follow the table: `ndjson` (the tail endpoint) or `ws` (`/v1/ws`
+    /// live queries in KalamDB's protocol).
+    #[arg(long, default_value = "ndjson")]
+    protocol: String,
 }
 
 fn now_micros() -> i64 {
@@ -100,6 +104,50 @@ async fn subscribe(
     Ok(events)
 }
 
+/// A `/v1/ws` subscriber: a live query on the table (no initial data), latency from each
+/// change message's `committed_at_micros`.
+async fn subscribe_ws(
+    url: String,
+    table: String,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Vec<u64>>>,
+) -> Result<u64, String> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/v1/ws?compress=false", url.replacen("http://", "ws://", 1))
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    req.headers_mut().insert("authorization", ROOT_BASIC.parse().map_err(|_| "header")?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| e.to_string())?;
+    let sub =
+        serde_json::json!({"type": "subscribe", "subscription": {"id": "b", "sql": format!("SELECT * FROM {table}")}});
+    socket.send(Message::Text(sub.to_string().into())).await.map_err(|e| e.to_string())?;
+    let mut local = Vec::with_capacity(1 << 16);
+    let mut events = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let frame = match tokio::time::timeout(Duration::from_millis(200), socket.next()).await {
+            Ok(Some(Ok(f))) => f,
+            Ok(_) => return Err("the connection ended".into()),
+            Err(_) => continue,
+        };
+        let received = now_micros();
+        let Message::Text(text) = frame else { continue };
+        let line = text.as_bytes();
+        if let Some(committed) = field_i64(line, b"\"committed_at_micros\":") {
+            events += 1;
+            if measuring.load(Ordering::Relaxed) {
+                local.push((received - committed).max(0) as u64);
+            }
+        } else if line.windows(8).any(|w| w == b"\"error\"") {
+            return Err(format!("the server refused the subscription: {text}"));
+        }
+    }
+    out.lock().await.extend(local);
+    Ok(events)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args = Args::parse();
@@ -119,10 +167,17 @@ async fn main() -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let mut subs = Vec::new();
+    if !matches!(args.protocol.as_str(), "ndjson" | "ws") {
+        return Err(format!("--protocol is ndjson or ws, not {}", args.protocol));
+    }
     for i in 0..args.subscribers {
         let url = urls[i % urls.len()].clone();
-        let path = format!("/v1/api/tail?table={table}");
-        subs.push(tokio::spawn(subscribe(url, path, measuring.clone(), stop.clone(), latencies.clone())));
+        let (m, st, l) = (measuring.clone(), stop.clone(), latencies.clone());
+        subs.push(if args.protocol == "ws" {
+            tokio::spawn(subscribe_ws(url, table.clone(), m, st, l))
+        } else {
+            tokio::spawn(subscribe(url, format!("/v1/api/tail?table={table}"), m, st, l))
+        });
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -184,7 +239,8 @@ async fn main() -> Result<(), String> {
     let mut l = std::mem::take(&mut *latencies.lock().await);
     l.sort_unstable();
     println!(
-        "tail: {} subscribers on {} node(s), {:.0} rows/s written ({} statements failed, {} ticks skipped), {} events delivered ({} broken subscribers)",
+        "tail ({}): {} subscribers on {} node(s), {:.0} rows/s written ({} statements failed, {} ticks skipped), {} events delivered ({} broken subscribers)",
+        args.protocol,
         args.subscribers,
         urls.len(),
         rows as f64 / secs,
@@ -203,7 +259,7 @@ async fn main() -> Result<(), String> {
     );
     if args.json {
         let v = serde_json::json!({
-            "workload": "tail",
+            "workload": if args.protocol == "ws" { "tail_ws" } else { "tail" },
             "subscribers": args.subscribers,
             "nodes": urls.len(),
             "rows_per_sec": rows as f64 / secs,

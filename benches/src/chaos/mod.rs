@@ -8,3 +8,4 @@ pub mod nemesis;
 pub mod tail;
 pub mod transfers;
 pub mod workload;
+pub mod ws;

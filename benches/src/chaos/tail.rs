@@ -49,6 +49,11 @@ impl Subscriber {
         Subscriber { received, task }
     }
 
+    /// A subscriber whose task (another protocol's) fills `received`.
+    pub fn from_task(received: Arc<Mutex<Received>>, task: tokio::task::JoinHandle<()>) -> Subscriber {
+        Subscriber { received, task }
+    }
+
     pub async fn join(self) -> Received {
         let _ = self.task.await;
         match Arc::try_unwrap(self.received) {

@@ -1,5 +1,7 @@
-//! `/v1/api/auth/login` (a password for an access token) and `/v1/api/auth/me` (who the
-//! credentials identify).
+//! `/v1/api/auth/login` (a password for an access token and a refresh token),
+//! `/v1/api/auth/refresh` (a refresh token, once, for a new pair: rotation), `/v1/api/auth/logout`
+//! (revokes the session: every token of that login stops working) and `/v1/api/auth/me` (who
+//! the credentials identify). Paths and fields are KalamDB's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,8 +9,9 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kalamdb_log::{GroupId, MetaGroup};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -68,22 +71,161 @@ pub(super) async fn login(
             return node_error_response(&e, start);
         }
     };
-    match app.auth.issue(&who) {
-        Ok(issued) => {
-            let expires_at = chrono::DateTime::from_timestamp(issued.expires_at_secs as i64, 0)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                .unwrap_or_default();
-            let body = json!({
-                "access_token": issued.token,
-                "token_type": "Bearer",
-                "expires_at": expires_at,
-                "user": user_json(&app, &who),
-                "admin_ui_access": admin_ui_access(&who),
-            });
-            (StatusCode::OK, axum::Json(body)).into_response()
-        }
+    match app.auth.issue_session(&who, None) {
+        Ok(tokens) => (StatusCode::OK, axum::Json(session_json(&app, &who, &tokens))).into_response(),
         Err(e) => node_error_response(&e, start),
     }
+}
+
+fn rfc3339_secs(secs: u64) -> String {
+    chrono::DateTime::from_timestamp(secs as i64, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// The answer to a login or a refresh, in KalamDB's shape (plus our `token_type`).
+fn session_json(app: &App, who: &Identity, t: &crate::auth::SessionTokens) -> serde_json::Value {
+    json!({
+        "access_token": t.access.token,
+        "token_type": "Bearer",
+        "expires_at": rfc3339_secs(t.access.expires_at_secs),
+        "refresh_token": t.refresh.token,
+        "refresh_expires_at": rfc3339_secs(t.refresh.expires_at_secs),
+        "user": user_json(app, who),
+        "admin_ui_access": admin_ui_access(who),
+    })
+}
+
+/// The bearer token of a request: `Authorization: Bearer <token>`, else a JSON body's
+/// `refresh_token` (KalamDB's clients send the header; a body is accepted too).
+async fn presented_token(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    start: Instant,
+) -> Result<Option<String>, Response> {
+    if let Some(h) = headers.get(header::AUTHORIZATION) {
+        let text = h.to_str().unwrap_or("").trim();
+        return match text.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim().to_string())),
+            _ => Err(super::error_response(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_TOKEN",
+                "send the token as 'Authorization: Bearer <token>'",
+                start,
+            )),
+        };
+    }
+    let has_body = headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    if !has_body {
+        return Ok(None);
+    }
+    #[derive(Deserialize)]
+    struct TokenBody {
+        refresh_token: Option<String>,
+    }
+    let b: TokenBody = json_body(app, headers, body, start).await?;
+    Ok(b.refresh_token)
+}
+
+/// Record a revocation in the users group (replicated: every node refuses the id from then on).
+async fn revoke(app: &App, token_id: &str, user_id: &str, expires_at_secs: u64) -> Result<bool, Response> {
+    let op = kalamdb_log::Op::RevokeToken {
+        token_id: token_id.to_string(),
+        user_id: user_id.to_string(),
+        expires_at_secs,
+        now_secs: crate::auth::unix_secs(),
+    };
+    match app.groups.propose(GroupId::Meta(MetaGroup::Users), op).await {
+        Ok(kalamdb_log::OpResult::Failed { code: kalamdb_log::command::ApplyErrorCode::Conflict, .. }) => Ok(false),
+        Ok(kalamdb_log::OpResult::Failed { message, .. }) => {
+            Err(super::error_response(StatusCode::SERVICE_UNAVAILABLE, "SERVER_BUSY", &message, Instant::now()))
+        }
+        Ok(_) => Ok(true),
+        Err(e) => Err(super::query_error_response(&kalamdb_query::Error::from(e), Instant::now())),
+    }
+}
+
+/// `POST /v1/api/auth/refresh` with `Authorization: Bearer <refresh token>`: a new access
+/// token and a new refresh token of the same session. The presented refresh token is revoked
+/// first (through the log), so it works once; presented again, it revokes the whole session
+/// (someone else has it).
+pub(super) async fn refresh(
+    State(app): State<Arc<App>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    let token = match presented_token(&app, &headers, body, start).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return node_error_response(
+                &crate::Error::Unauthorized {
+                    code: "AUTH_REQUIRED",
+                    message: "send the refresh token as 'Authorization: Bearer <refresh token>'".into(),
+                },
+                start,
+            );
+        }
+        Err(resp) => return resp,
+    };
+    let grant = match app.auth.check_refresh(&token).await {
+        Ok(g) => g,
+        Err(e) => {
+            // A used refresh token presented again: end its session for everyone holding it.
+            if let (crate::Error::Unauthorized { code: "TOKEN_REVOKED", .. }, Some((sid, user))) =
+                (&e, app.auth.session_of(&token))
+                && !app.auth.any_revoked(std::slice::from_ref(&sid))
+            {
+                tracing::warn!(target: "kalamdb_auth", user = %user, client = %client.ip(), "a used refresh token was presented again: session revoked");
+                let _ = revoke(&app, &sid, &user, crate::auth::unix_secs() + app.auth.refresh_ttl_secs()).await;
+            }
+            return node_error_response(&e, start);
+        }
+    };
+    match revoke(&app, &grant.token_id, &grant.identity.user_id, grant.expires_at_secs).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Two refreshes raced with one token: the loser ends the session.
+            let _ = revoke(
+                &app,
+                &grant.session_id,
+                &grant.identity.user_id,
+                crate::auth::unix_secs() + app.auth.refresh_ttl_secs(),
+            )
+            .await;
+            return node_error_response(
+                &crate::Error::Unauthorized {
+                    code: "TOKEN_REVOKED",
+                    message: "the refresh token was already used; log in again".into(),
+                },
+                start,
+            );
+        }
+        Err(resp) => return resp,
+    }
+    match app.auth.issue_session(&grant.identity, Some(&grant.session_id)) {
+        Ok(tokens) => (StatusCode::OK, axum::Json(session_json(&app, &grant.identity, &tokens))).into_response(),
+        Err(e) => node_error_response(&e, start),
+    }
+}
+
+/// `POST /v1/api/auth/logout` with `Authorization: Bearer <access or refresh token>`: the
+/// token's session is revoked on every node; its access and refresh tokens stop working.
+/// Without a token there is nothing to revoke (KalamDB answers the same).
+pub(super) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let token = match presented_token(&app, &headers, body, start).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    if let Some((sid, user)) = token.as_deref().and_then(|t| app.auth.session_of(t))
+        && let Err(resp) = revoke(&app, &sid, &user, crate::auth::unix_secs() + app.auth.refresh_ttl_secs()).await
+    {
+        return resp;
+    }
+    (StatusCode::OK, axum::Json(json!({"message": "Logged out successfully"}))).into_response()
 }
 
 /// `GET /v1/api/auth/me`: who the credentials identify.

@@ -1,6 +1,7 @@
 //! The HTTP API, one file per endpoint family: `sql` (`POST /v1/api/sql`), `auth`
-//! (`/v1/api/auth/*`), `tail` (`GET /v1/api/tail`, live change streams) and `admin` (health
-//! checks, cluster health and digests, `/metrics`, the test-only fault switch). What every
+//! (`/v1/api/auth/*`), `tail` (`GET /v1/api/tail`, live change streams), `ws` (`GET /v1/ws`,
+//! live queries in KalamDB's WebSocket protocol), `ui` (`GET /ui`, the web console) and `admin`
+//! (health checks, cluster health and digests, `/metrics`, the test-only fault switch). What every
 //! handler shares lives here: who sends a request (`identify`), the checked JSON body
 //! (`json_body`), and errors as JSON with a stable code and the matching status. Nothing a
 //! client sends can panic a handler.
@@ -10,6 +11,8 @@ mod auth;
 pub mod cors;
 mod sql;
 pub mod tail;
+mod ui;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +41,8 @@ pub struct App {
     pub fault_injection: bool,
     pub tail: crate::config::TailConfig,
     pub tail_state: tail::TailState,
+    pub websocket: crate::config::WebSocketConfig,
+    pub ws_state: ws::WsState,
     /// One digest computation at a time per node: each hashes every projection.
     pub digest_slot: tokio::sync::Semaphore,
     /// `security.cors.allowed_origins`.
@@ -48,8 +53,15 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/api/sql", post(sql::sql))
         .route("/v1/api/tail", get(tail::tail))
+        .route("/v1/ws", get(ws::upgrade))
         .route("/v1/api/auth/login", post(auth::login))
         .route("/v1/api/auth/me", get(auth::me))
+        .route("/v1/api/auth/refresh", post(auth::refresh))
+        .route("/v1/api/auth/logout", post(auth::logout))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/console.js", get(ui::script))
+        .route("/ui/console.css", get(ui::style))
         .route("/health", get(admin::health))
         .route("/v1/api/healthcheck", get(admin::health))
         .route("/metrics", get(admin::metrics_text))

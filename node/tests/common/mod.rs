@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod s3;
+pub mod ws;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -29,6 +29,9 @@ pub struct Pending {
     pub pk: Value,
     pub base_seq: Option<u64>,
     pub row: Option<Vec<Value>>,
+    /// The row as the batch's last DELETE of it read it: the delete op carries it, so its
+    /// change record names the row even when the deleted version lived in a Parquet file.
+    pub deleted: Vec<Value>,
 }
 
 /// The writes of one batch so far. Shared by the statements of the batch (and the scans they
@@ -97,7 +100,8 @@ impl Batch {
         }
         for w in writes {
             let key = row_key(table_id, scope, &w.pk);
-            let row = (kind != WriteKind::Delete).then_some(w.values);
+            let (row, deleted) =
+                if kind == WriteKind::Delete { (None, w.values) } else { (Some(w.values), Vec::new()) };
             match state.rows.get_mut(&key) {
                 Some(p) => {
                     if kind == WriteKind::Insert && p.row.is_some() {
@@ -107,10 +111,11 @@ impl Batch {
                         )));
                     }
                     p.row = row;
+                    p.deleted = deleted;
                 }
                 None => {
                     let base_seq = if kind == WriteKind::Insert { None } else { w.expected_seq };
-                    state.rows.insert(key, Pending { pk: w.pk, base_seq, row });
+                    state.rows.insert(key, Pending { pk: w.pk, base_seq, row, deleted });
                 }
             }
         }
@@ -132,7 +137,7 @@ impl Batch {
                 (None, None) => continue,
                 (None, Some(values)) => (WriteKind::Insert, values),
                 (Some(_), Some(values)) => (WriteKind::Update, values),
-                (Some(_), None) => (WriteKind::Delete, Vec::new()),
+                (Some(_), None) => (WriteKind::Delete, p.deleted),
             };
             let write = RowWrite { pk: p.pk, values, expected_seq: p.base_seq };
             match writes.last_mut() {

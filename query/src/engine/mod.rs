@@ -26,6 +26,7 @@ use serde::Serialize;
 
 pub use batch::{Batch, Pending, TRANSACTION_ROWS_MAX};
 pub use ddl::{TTL_OPTION, TTL_SECONDS_MAX, ttl_secs};
+pub use select::SeqWindow;
 
 use crate::error::{Error, Result};
 use crate::limits::{Executor, QueryLimits};
@@ -211,6 +212,7 @@ fn apply_failure(code: ApplyErrorCode, message: String) -> Error {
         ApplyErrorCode::Conflict => Error::Conflict(message),
         ApplyErrorCode::HistoryUnavailable => Error::HistoryUnavailable(message),
         ApplyErrorCode::UserNotFound => Error::UserNotFound(message),
+        ApplyErrorCode::QuotaExceeded => Error::Busy(message),
     }
 }
 
@@ -358,7 +360,7 @@ impl Engine {
         table.namespace.clone().or_else(|| ctx.namespace.clone()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
     }
 
-    fn resolve_table(&self, table: &TableName, ctx: &ExecContext) -> Result<Arc<TableDef>> {
+    pub(crate) fn resolve_table(&self, table: &TableName, ctx: &ExecContext) -> Result<Arc<TableDef>> {
         let ns = self.namespace_of(table, ctx);
         if let Some(def) = self.catalog.table(&ns, &table.name) {
             return Ok(def);

@@ -12,7 +12,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{self, Expr, ObjectName, SetExpr, TableFactor};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use kalamdb_log::{TableDef, Value};
+use kalamdb_log::{DataType, TableDef, Value};
 use kalamdb_projections::rows::Lookup;
 
 use super::{CATALOG_NAME, DEFAULT_NAMESPACE, Engine, ExecContext, QueryResult, batches_to_result};
@@ -259,23 +259,76 @@ impl Engine {
         n: u64,
         ctx: &ExecContext,
     ) -> Result<QueryResult> {
-        use datafusion::prelude::ident;
+        let batches =
+            self.seq_batches(def, filter, SeqWindow { after: None, upto: None, newest: true }, n, ctx).await?;
+        Ok(batches_to_result(&batches))
+    }
+
+    /// At most `n` rows of a table in the caller's scope (matching `filter`) whose `_seq` lies
+    /// in `window`, by `_seq` (descending when `window.newest`): each row's values in table
+    /// column order (dropped columns NULL) and its `_seq`. The initial data of a live query,
+    /// batch by batch.
+    pub async fn seq_rows(
+        &self,
+        def: &TableDef,
+        filter: Option<&crate::filter::RowFilter>,
+        window: SeqWindow,
+        n: u64,
+        ctx: &ExecContext,
+    ) -> Result<Vec<(Vec<Value>, u64)>> {
+        let batches = self.seq_batches(def, filter, window, n, ctx).await?;
+        let visible: Vec<usize> = def.visible_columns().map(|(i, _)| i).collect();
+        let mut out = Vec::new();
+        for b in &batches {
+            for r in 0..b.num_rows() {
+                let mut values = vec![Value::Null; def.columns.len()];
+                for (k, &i) in visible.iter().enumerate() {
+                    values[i] = crate::values::cell_to_value(b.column(k), r, def.columns[i].data_type)?;
+                }
+                let Value::BigInt(seq) = crate::values::cell_to_value(b.column(visible.len()), r, DataType::BigInt)?
+                else {
+                    return Err(Error::Internal("a row without _seq".into()));
+                };
+                out.push((values, u64::try_from(seq).map_err(|_| Error::Internal("a negative _seq".into()))?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The record batches of [`Engine::seq_rows`]: visible columns, then `_seq`.
+    async fn seq_batches(
+        &self,
+        def: &TableDef,
+        filter: Option<&crate::filter::RowFilter>,
+        window: SeqWindow,
+        n: u64,
+        ctx: &ExecContext,
+    ) -> Result<Vec<RecordBatch>> {
+        use datafusion::prelude::{ident, lit};
         let n = usize::try_from(n).map_err(|_| Error::InvalidSql(format!("{n} rows is too many")))?;
+        let bound = |s: u64| i64::try_from(s).map_err(|_| Error::InvalidSql(format!("_seq {s} is out of range")));
+        let (after, upto) = (window.after.map(bound).transpose()?, window.upto.map(bound).transpose()?);
         self.barrier(ctx, super::catalog_group()).await?;
         let session = self.session(ctx, Arc::new(Vec::new()));
         let reference = datafusion::common::TableReference::full(CATALOG_NAME, def.namespace.clone(), def.name.clone());
         let mut columns: Vec<datafusion::logical_expr::Expr> =
             def.visible_columns().map(|(_, c)| ident(c.name.clone())).collect();
         columns.push(ident(crate::provider::SEQ_COLUMN));
-        let predicate = filter.map(|f| f.to_expr(def));
+        let mut predicates: Vec<datafusion::logical_expr::Expr> = filter.map(|f| f.to_expr(def)).into_iter().collect();
+        if let Some(a) = after {
+            predicates.push(ident(crate::provider::SEQ_COLUMN).gt(lit(a)));
+        }
+        if let Some(u) = upto {
+            predicates.push(ident(crate::provider::SEQ_COLUMN).lt_eq(lit(u)));
+        }
         let (rows_max, bytes_max) = (self.limits.result_rows_max, self.limits.result_bytes_max);
         let work = async move {
             let mut df = session.table(reference).await?;
-            if let Some(p) = predicate {
+            for p in predicates {
                 df = df.filter(p)?;
             }
             let df = df
-                .sort(vec![ident(crate::provider::SEQ_COLUMN).sort(false, true)])?
+                .sort(vec![ident(crate::provider::SEQ_COLUMN).sort(!window.newest, true)])?
                 .limit(0, Some(n))?
                 .select(columns)?;
             collect_bounded(df.execute_stream().await?, rows_max, bytes_max).await
@@ -284,6 +337,15 @@ impl Engine {
             .with_deadline("reading the newest rows", self.executor.run(work))
             .await
             .map_err(|e| self.refine_not_found(e))?;
-        Ok(batches_to_result(&batches))
+        Ok(batches)
     }
+}
+
+/// Which row versions [`Engine::seq_rows`] reads: `_seq` after `after` and at most `upto`,
+/// oldest first, or newest first when `newest`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeqWindow {
+    pub after: Option<u64>,
+    pub upto: Option<u64>,
+    pub newest: bool,
 }

@@ -69,6 +69,8 @@ pub struct Entitlement {
     /// The password hash that Basic credentials were checked against when it was opened:
     /// a password change ends it, as it would refuse the same credentials on a new request.
     pub basic_password_hash: Option<String>,
+    /// Ids whose revocation (logout) ends it: its token's and that token's session's.
+    pub token_ids: Vec<String>,
 }
 
 impl Entitlement {
@@ -79,6 +81,9 @@ impl Entitlement {
     pub fn recheck(&self, auth: &Auth, table: Option<&TableDef>, whole_group: bool) -> Result<Role, String> {
         if self.expires_at_secs.is_some_and(|exp| exp <= crate::auth::unix_secs()) {
             return Err("the subscription's token expired; log in again and resume".into());
+        }
+        if auth.any_revoked(&self.token_ids) {
+            return Err("the subscription's token was revoked (logged out)".into());
         }
         let now =
             auth.confirm(self.who.clone()).map_err(|_| format!("user '{}' no longer exists", self.who.username))?;

@@ -60,7 +60,7 @@ pub const RECORD_CACHE_BYTES_MAX: usize = 64 << 20;
 /// they share: a hundred subscribers of one table decode and render each entry once.
 #[derive(Debug, Default)]
 pub struct TailState {
-    slots: guard::Slots,
+    pub(crate) slots: guard::Slots,
     cache: std::sync::Mutex<RecordCache>,
 }
 
@@ -68,8 +68,8 @@ pub struct TailState {
 /// entry) and, per format, the frame of each change once a single-group subscriber rendered it
 /// (the frame of a single-group subscription does not depend on the subscriber).
 #[derive(Debug)]
-struct CachedEntry {
-    record: Option<ChangeEntry>,
+pub(crate) struct CachedEntry {
+    pub(crate) record: Option<ChangeEntry>,
     /// What this entry counts against [`RECORD_CACHE_BYTES_MAX`].
     cost_bytes: usize,
     frames: [Vec<std::sync::OnceLock<Bytes>>; 2],
@@ -113,7 +113,7 @@ impl RecordCache {
 impl TailState {
     /// Entries `from..=to` of a group (at most `entries_max`), from the cache where present,
     /// else from RocksDB (then cached). Entries without a record come back with `None`.
-    fn entries(
+    pub(crate) fn entries(
         &self,
         rows: &kalamdb_projections::RowReader,
         group: GroupId,
@@ -502,6 +502,7 @@ pub async fn tail(
         who: who.clone(),
         expires_at_secs: app.auth.bearer_expiry(authorization),
         basic_password_hash: if basic { app.auth.password_hash_of(&who.user_id) } else { None },
+        token_ids: bearer_token(authorization).map(|t| app.auth.token_ids(t)).unwrap_or_default(),
     };
     let sub = Subscription {
         app: app.clone(),
@@ -535,6 +536,13 @@ pub async fn tail(
     // Reverse proxies must not buffer a stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub(crate) fn bearer_token(authorization: Option<&[u8]>) -> Option<&str> {
+    let text = std::str::from_utf8(authorization?).ok()?.trim();
+    let (scheme, token) = text.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
 /// The subscriber's slot (node and user caps), given back when the stream ends.
