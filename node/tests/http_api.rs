@@ -155,3 +155,25 @@ async fn cors_allows_listed_origins_only() {
     let head = s.raw_head(&post(None)).await;
     assert!(head.starts_with("http/1.1 200") && !head.contains("access-control"), "{head}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_data_type_is_one_kalamdb_clients_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let r = s
+        .sql_ok("SELECT NULL AS n, CAST(1.5 AS DECIMAL(10, 2)) AS d, make_array(1, 2) AS l, 1 = 1 AS b, 'x' AS t, arrow_cast(7, 'UInt8') AS u")
+        .await;
+    let types: Vec<(&str, &str)> = r["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["data_type"].as_str().expect("data_type is a name")))
+        .collect();
+    assert_eq!(
+        types,
+        [("n", "Text"), ("d", "Double"), ("l", "Text"), ("b", "Boolean"), ("t", "Text"), ("u", "SmallInt")],
+        "{r}"
+    );
+    assert_eq!(r["rows"][0][1], 1.5);
+    assert!(r["rows"][0][2].is_string(), "a list is written as text: {r}");
+}

@@ -13,7 +13,10 @@ use crate::error::{Error, Result};
 
 pub use kalamdb_projections::columnar::{TYPE_METADATA_KEY, arrow_field, arrow_type, build_array};
 
-/// The `data_type` name the API reports for a result column.
+/// The `data_type` name the API reports for a result column: always one of KalamDB's type
+/// names, which its clients decode against a fixed list (an Arrow name such as `Null` or
+/// `List(Int64)` would make the whole answer undecodable). Decimals are written as numbers
+/// (`Double`); types without a KalamDB name are written as text (`Text`), as KalamDB does.
 pub fn api_type_name(field: &Field) -> String {
     if let Some(t) = field.metadata().get(TYPE_METADATA_KEY) {
         return t.clone();
@@ -29,8 +32,11 @@ pub fn api_type_name(field: &Field) -> String {
         ArrowType::Binary | ArrowType::LargeBinary | ArrowType::BinaryView => "Bytes".into(),
         ArrowType::Timestamp(_, _) => "Timestamp".into(),
         ArrowType::Date32 | ArrowType::Date64 => "Date".into(),
-        ArrowType::Null => "Null".into(),
-        other => format!("{other}"),
+        ArrowType::Decimal32(_, _)
+        | ArrowType::Decimal64(_, _)
+        | ArrowType::Decimal128(_, _)
+        | ArrowType::Decimal256(_, _) => "Double".into(),
+        _ => "Text".into(),
     }
 }
 

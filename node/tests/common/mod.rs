@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod followers;
 pub mod s3;
 pub mod ws;
 

@@ -119,20 +119,22 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, pre_auth: Option<Entitlemen
             tokio::select! {
                 biased;
                 m = rx.recv() => match m {
-                    Some(m) => if sink.send(m).await.is_err() { break },
+                    Some(m) => if sink.send(m).await.is_err() { return },
                     None => break,
                 },
-                () = writer_signal.notify.notified() => {
-                    while let Ok(m) = rx.try_recv() {
-                        if sink.send(m).await.is_err() { break }
-                    }
-                    let (code, reason) = writer_signal.requested.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or((close::NORMAL, String::new()));
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                    break;
-                }
+                () = writer_signal.notify.notified() => break,
+            }
+        }
+        // What was queued before the close goes out first, then the close with its reason.
+        while let Ok(m) = rx.try_recv() {
+            if sink.send(m).await.is_err() {
+                return;
             }
         }
         writer_signal.closed.store(true, Ordering::Relaxed);
+        let requested = writer_signal.requested.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (code, reason) = requested.unwrap_or((close::NORMAL, String::new()));
+        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
         let _ = sink.close().await;
     });
     let mut conn = Conn {
