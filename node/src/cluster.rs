@@ -97,17 +97,36 @@ pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
             })
         })
         .collect();
+    // KalamDB's fields describe the node by the meta (catalog) group: its leader is "the"
+    // leader, its term the current term.
+    let catalog = merged.get(&GroupId::Meta(kalamdb_log::MetaGroup::Catalog).to_u32());
+    let meta_leader = catalog.and_then(|g| g.leader);
     let nodes: Vec<serde_json::Value> = groups
         .members
         .iter()
         .map(|(id, addr)| {
+            let reachable_now = if peers || *id == groups.node_id { Some(reachable.contains(id)) } else { None };
+            let lag = catalog.and_then(|g| {
+                g.matched.iter().find(|(n, _)| n == id).map(|(_, m)| g.last_log_index.saturating_sub(*m))
+            });
             json!({
                 "node_id": id,
                 "raft_addr": addr.raft_addr,
                 "http_addr": addr.http_addr,
-                "reachable": if peers || *id == groups.node_id { Some(reachable.contains(id)) } else { None },
+                "reachable": reachable_now,
                 "is_self": *id == groups.node_id,
                 "groups_led": led.get(id).copied().unwrap_or(0),
+                "role": if meta_leader == Some(*id) { "leader" } else { "follower" },
+                "status": match reachable_now { Some(true) => "active", Some(false) => "offline", None => "unknown" },
+                "api_addr": format!("http://{}", addr.http_addr),
+                "is_leader": meta_leader == Some(*id),
+                "replication_lag": lag,
+                "catchup_progress_pct": null,
+                "hostname": null,
+                "memory_usage_mb": null,
+                "cpu_usage_percent": null,
+                "uptime_seconds": null,
+                "uptime_human": null,
             })
         })
         .collect();
@@ -120,8 +139,17 @@ pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
     };
     let body = json!({
         "status": status,
-        "cluster_id": groups.cluster_id,
+        // KalamDB's clients decode a string: "standalone" for a single node, as KalamDB says.
+        "cluster_id": groups.cluster_id.as_deref().unwrap_or("standalone"),
         "node_id": groups.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "is_cluster_mode": groups.is_cluster(),
+        "is_leader": meta_leader == Some(groups.node_id),
+        "total_groups": merged.len(),
+        "groups_leading": led.get(&groups.node_id).copied().unwrap_or(0),
+        "current_term": catalog.map_or(0, |g| g.term),
+        "last_applied": local.get(&GroupId::Meta(kalamdb_log::MetaGroup::Catalog).to_u32()).map(|g| g.applied_index),
+        "millis_since_quorum_ack": null,
         "nodes": nodes,
         "groups": group_rows,
     });

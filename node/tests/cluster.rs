@@ -103,6 +103,18 @@ async fn writes_on_any_node_are_read_on_every_node() {
     assert_eq!(h["cluster_id"], "test-cluster");
     assert_eq!(h["node_id"], 2);
     assert_eq!(h["status"], "healthy", "{h}");
+    // The fields KalamDB's clients (its CLI's \cluster) decode.
+    assert_eq!((h["is_cluster_mode"].as_bool(), h["total_groups"].as_u64()), (Some(true), Some(8)), "{h}");
+    assert!(h["current_term"].as_u64().unwrap() >= 1, "{h}");
+    let leaders: Vec<&serde_json::Value> =
+        h["nodes"].as_array().unwrap().iter().filter(|n| n["role"] == "leader").collect();
+    assert_eq!(leaders.len(), 1, "one meta leader: {h}");
+    assert_eq!(h["is_leader"], leaders[0]["node_id"] == 2, "{h}");
+    for n in h["nodes"].as_array().unwrap() {
+        assert_eq!(n["status"], "active", "{n}");
+        assert!(n["api_addr"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{n}");
+        assert_eq!(n["is_leader"], n["role"] == "leader", "{n}");
+    }
     let groups = h["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 8, "3 meta + 4 user + 1 shared: {h}");
     for g in groups {

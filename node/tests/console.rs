@@ -48,6 +48,10 @@ async fn the_console_logs_in_runs_sql_and_follows_a_table_live() {
     assert!(err.as_str().unwrap().contains("INVALID_CREDENTIALS"), "{err}");
     b.eval("document.getElementById('login-password').value = 'console-pass-123'; document.getElementById('login-form').requestSubmit();").await;
     b.wait_for("!document.getElementById('app-view').hidden", WAIT).await;
+    // Shown and hidden as the user sees it (styles included), not only as attributes say.
+    let shown = |id: &str| format!("getComputedStyle(document.getElementById('{id}')).display !== 'none'");
+    assert_eq!(b.eval(&shown("login-view")).await, false, "the login form is gone after login");
+    assert_eq!(b.eval(&shown("app-view")).await, true);
     assert_eq!(b.eval("document.getElementById('who-role').textContent").await, "dba");
 
     // DDL through the SQL box; the table list picks the table up.
@@ -104,6 +108,7 @@ async fn the_console_logs_in_runs_sql_and_follows_a_table_live() {
     let token = b.eval("sessionStorage.getItem('kalamdb.access')").await.as_str().unwrap().to_string();
     b.eval("document.getElementById('logout').click();").await;
     b.wait_for("!document.getElementById('login-view').hidden", WAIT).await;
+    assert_eq!(b.eval(&shown("app-view")).await, false, "the console is gone after logout");
     let (st, body) = s.sql_as(Some(&format!("Bearer {token}")), "SELECT 1").await;
     assert_eq!((st, body["error"]["code"].as_str()), (401, Some("TOKEN_REVOKED")), "{body}");
 }

@@ -175,5 +175,11 @@ async fn every_data_type_is_one_kalamdb_clients_know() {
         "{r}"
     );
     assert_eq!(r["rows"][0][1], 1.5);
+    // A single node's cluster health in the shape KalamDB's clients decode.
+    let (_, h) = s.get("/v1/api/cluster/health").await.unwrap();
+    assert_eq!((h["cluster_id"].as_str(), h["is_cluster_mode"].as_bool()), (Some("standalone"), Some(false)), "{h}");
+    let total = h["groups"].as_array().unwrap().len() as u64;
+    assert_eq!((h["is_leader"].as_bool(), h["total_groups"].as_u64()), (Some(true), Some(total)), "{h}");
+    assert_eq!(h["groups_leading"].as_u64(), Some(total), "a single node leads every group");
     assert!(r["rows"][0][2].is_string(), "a list is written as text: {r}");
 }

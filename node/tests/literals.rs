@@ -61,7 +61,7 @@ async fn quoted_literals_stay_literals_in_every_carried_statement() {
     s.sql_ok(&format!("UPDATE \"Odd ns\".\"T x\" SET v = {} WHERE id = 1", literal(NASTY[1]))).await;
     let sql = format!("SUBSCRIBE TO \"Odd ns\".\"T x\" WHERE v = {} OPTIONS (last_rows = 5)", literal(NASTY[1]));
     let r = s.sql_ok(&sql).await;
-    let url = r["rows"][0][0].as_str().expect("stream_url").to_string();
+    let url = r["rows"][0][4].as_str().expect("stream_url").to_string();
     let mut t = TailStream::open(s.port, &url, Some(ROOT_BASIC), &[("accept", "application/x-ndjson")], None).await;
     assert_eq!(t.status, 200, "{url}");
     let mut initial = Vec::new();

@@ -298,8 +298,20 @@ async fn subscribe_to_returns_the_stream_url_with_last_rows() {
         s.sql_ok(&format!("INSERT INTO chat.messages (id, room, body) VALUES ({i}, 'r{}', 'm{i}')", i % 2)).await;
     }
     let r = s.sql_ok("SUBSCRIBE TO chat.messages WHERE room = 'r1' OPTIONS (last_rows = 2)").await;
-    let url = r["rows"][0][0].as_str().expect("stream_url").to_string();
+    let url = r["rows"][0][4].as_str().expect("stream_url").to_string();
     assert!(url.starts_with("/v1/api/tail?table=chat.messages&where="), "{url}");
+    // KalamDB's shape, which its CLI turns into a /v1/ws subscription.
+    assert_eq!(r["rows"][0][0], "subscription_required");
+    assert_eq!(r["rows"][0][1], format!("ws://127.0.0.1:{}/v1/ws", s.port));
+    let sub = &r["rows"][0][2];
+    assert_eq!(sub["sql"], "SELECT * FROM \"chat\".\"messages\" WHERE room = 'r1'", "{r}");
+    assert_eq!(sub["options"]["last_rows"], 2);
+    // That SQL subscribes over /v1/ws as it is.
+    let mut ws = common::ws::WsClient::try_connect(s.port, "", &[("authorization", ROOT_BASIC)]).await.unwrap();
+    ws.send(serde_json::json!({"type": "subscribe", "subscription": {"id": sub["id"], "sql": sub["sql"], "options": sub["options"]}})).await;
+    let batch = ws.next_of("initial_data_batch", WAIT).await;
+    let ids: Vec<&str> = batch["rows"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["3", "5"], "{batch}");
     let (mut t, _) = subscribe(&s, &url).await;
     let first = t.next_json(WAIT).await.unwrap();
     let second = t.next_json(WAIT).await.unwrap();

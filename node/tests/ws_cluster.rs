@@ -93,5 +93,15 @@ async fn websocket_subscribers_see_every_write_once_across_a_leader_kill() {
     let mut c = Cluster::start(dir.path(), &[]).await;
     c.node(1).sql_ok("CREATE NAMESPACE app").await;
     c.node(1).sql_ok("CREATE TABLE app.events (id BIGINT PRIMARY KEY, w BIGINT) WITH (TYPE = 'SHARED')").await;
+    // Right after the DDL, every node knows the table: a subscription reads the catalog behind
+    // a read barrier, as SELECT does.
+    for port in &c.http {
+        let mut ws = WsClient::try_connect(*port, "", &[("authorization", ROOT_BASIC)]).await.unwrap();
+        ws.send(json!({"type": "subscribe", "subscription": {"id": "now", "sql": "SELECT * FROM app.events"}})).await;
+        let m = ws.next(Duration::from_secs(20)).await.expect("an answer");
+        let m =
+            if m["type"] == "auth_success" { ws.next(Duration::from_secs(20)).await.expect("an answer") } else { m };
+        assert_eq!(m["type"], "subscription_ack", "on port {port} right after CREATE TABLE: {m}");
+    }
     kill_leader_during_writes(&mut c, SUBSCRIBERS_PER_NODE, WRITERS, WRITES_PER_WRITER, DEADLINE, subscriber).await;
 }

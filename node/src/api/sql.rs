@@ -109,7 +109,8 @@ pub(super) async fn sql(
             for r in &mut results {
                 if let Some(sub) = r.subscription.take() {
                     let kind = r.kind;
-                    *r = super::tail::subscription_result(&sub);
+                    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok());
+                    *r = super::tail::subscription_result(&sub, host);
                     r.kind = kind;
                 }
                 metrics::counter!("kalamdb_sql_statements_total", "kind" => r.kind).increment(1);

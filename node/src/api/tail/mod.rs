@@ -272,9 +272,11 @@ pub fn url_component(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, URL_COMPONENT).to_string()
 }
 
-/// A `SUBSCRIBE TO` answer in the API's shape: the URL of this endpoint for the subscription,
-/// the table and the filter.
-pub fn subscription_result(sub: &kalamdb_query::Subscription) -> QueryResult {
+/// A `SUBSCRIBE TO` answer in KalamDB's shape, which its CLI turns into a `/v1/ws`
+/// subscription: `status` `subscription_required`, the `ws_url` to connect to (from the
+/// request's `Host`), the `subscription` (`id`, `sql`, `options`) and a `message`; then ours:
+/// the tail endpoint's URL for the same subscription (`stream_url`), the table and the filter.
+pub fn subscription_result(sub: &kalamdb_query::Subscription, host: Option<&str>) -> QueryResult {
     let mut url = format!("/v1/api/tail?table={}", url_component(&sub.table));
     if let Some(f) = &sub.filter {
         url.push_str(&format!("&where={}", url_component(f)));
@@ -285,9 +287,38 @@ pub fn subscription_result(sub: &kalamdb_query::Subscription) -> QueryResult {
     if let Some(f) = &sub.from {
         url.push_str(&format!("&from={}", url_component(f)));
     }
-    let cols =
-        vec![("stream_url".into(), "Text".into()), ("table".into(), "Text".into()), ("filter".into(), "Text".into())];
-    let row = vec![J::String(url), J::String(sub.table.clone()), sub.filter.clone().map_or(J::Null, J::String)];
+    // The live query the WebSocket subscription runs: built from the table's quoted name and
+    // the filter as the engine re-rendered it from its parsed form.
+    let quoted: Vec<String> = sub.table.splitn(2, '.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect();
+    let mut sql = format!("SELECT * FROM {}", quoted.join("."));
+    if let Some(f) = &sub.filter {
+        sql.push_str(&format!(" WHERE {f}"));
+    }
+    let mut options = Map::new();
+    if let Some(n) = sub.last_rows {
+        options.insert("last_rows".into(), J::from(n));
+        options.insert("batch_size".into(), J::from(n.max(1)));
+    }
+    let id = format!("sub-{}", sub.table.replace(|c: char| !c.is_ascii_alphanumeric(), "-"));
+    let ws_url = host.map_or_else(|| "/v1/ws".to_string(), |h| format!("ws://{h}/v1/ws"));
+    let cols = vec![
+        ("status".into(), "Text".into()),
+        ("ws_url".into(), "Text".into()),
+        ("subscription".into(), "Json".into()),
+        ("message".into(), "Text".into()),
+        ("stream_url".into(), "Text".into()),
+        ("table".into(), "Text".into()),
+        ("filter".into(), "Text".into()),
+    ];
+    let row = vec![
+        J::String("subscription_required".into()),
+        J::String(ws_url),
+        json!({"id": id, "sql": sql, "options": options}),
+        J::String("Connect to ws_url and send this subscription, or follow stream_url (SSE/NDJSON).".into()),
+        J::String(url),
+        J::String(sub.table.clone()),
+        sub.filter.clone().map_or(J::Null, J::String),
+    ];
     QueryResult::rows(cols, vec![row])
 }
 

@@ -44,6 +44,19 @@ pub struct LiveSub {
     pub out: Outbox,
 }
 
+/// The caller's context for reads (its scope, its role).
+fn exec_context(e: &Entitlement) -> ExecContext {
+    ExecContext {
+        user_id: e.who.user_id.clone(),
+        role: e.who.role,
+        namespace: None,
+        params: Vec::new(),
+        barrier: None,
+        impersonated_by: None,
+        batch: None,
+    }
+}
+
 /// Why a subscription ended (its last message already queued).
 enum End {
     /// The connection is gone or closing.
@@ -54,16 +67,7 @@ enum End {
 
 impl LiveSub {
     fn ctx(&self) -> ExecContext {
-        let who = &self.entitlement.who;
-        ExecContext {
-            user_id: who.user_id.clone(),
-            role: who.role,
-            namespace: None,
-            params: Vec::new(),
-            barrier: None,
-            impersonated_by: None,
-            batch: None,
-        }
+        exec_context(&self.entitlement)
     }
 
     async fn send(&self, message: J) -> Result<(), End> {
@@ -184,9 +188,42 @@ impl LiveSub {
     }
 }
 
+/// A subscription as the client asked for it, before its query is bound.
+pub struct LiveRequest {
+    pub app: Arc<App>,
+    pub id: String,
+    pub sql: String,
+    pub entitlement: Entitlement,
+    pub out: Outbox,
+}
+
 /// Run one subscription until it ends, the connection closes, or the task is aborted
 /// (unsubscribe). `next` carries the client's `next_batch` requests.
-pub async fn run(sub: LiveSub, start: Start, next: mpsc::Receiver<()>) {
+pub async fn run(req: LiveRequest, start: Start, next: mpsc::Receiver<()>) {
+    let app = req.app.clone();
+    // A table created through another node a moment ago exists here too: the catalog is read
+    // at (at least) its committed position, as a linearizable SELECT would.
+    if app.groups.is_cluster()
+        && let Err(e) = app.groups.read_barrier(GroupId::Meta(kalamdb_log::MetaGroup::Catalog)).await
+    {
+        let m = format!("cannot read the catalog: {e}");
+        let _ = req.out.send(protocol::error(&req.id, code::SUBSCRIPTION_FAILED, &m)).await;
+        return;
+    }
+    let query = match app.engine.live_query(&req.sql, &exec_context(&req.entitlement)) {
+        Ok(q) => q,
+        Err(e) => {
+            let c = match &e {
+                kalamdb_query::Error::TableNotFound(_) | kalamdb_query::Error::NamespaceNotFound(_) => code::NOT_FOUND,
+                kalamdb_query::Error::PermissionDenied(_) => code::UNAUTHORIZED,
+                _ => code::INVALID_SQL,
+            };
+            metrics::counter!("kalamdb_ws_subscription_errors_total", "code" => c).increment(1);
+            let _ = req.out.send(protocol::error(&req.id, c, &e.to_string())).await;
+            return;
+        }
+    };
+    let sub = LiveSub { app, id: req.id, query, entitlement: req.entitlement, out: req.out };
     let _ = run_inner(&sub, start, next).await;
 }
 

@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value as J;
 use tokio::sync::{Notify, mpsc};
 
-use super::live::{self, LiveSub, Start};
+use super::live::{self, LiveRequest, Start};
 use super::protocol::{self, ClientMessage, SUBSCRIPTION_ID_BYTES_MAX, code};
 use crate::api::App;
 use crate::api::tail::guard::{Entitlement, Refusal};
@@ -351,29 +351,6 @@ impl Conn {
                 }
             },
         };
-        let ctx = kalamdb_query::ExecContext {
-            user_id: entitlement.who.user_id.clone(),
-            role: entitlement.who.role,
-            namespace: None,
-            params: Vec::new(),
-            barrier: None,
-            impersonated_by: None,
-            batch: None,
-        };
-        let query = match self.app.engine.live_query(&req.sql, &ctx) {
-            Ok(q) => q,
-            Err(e) => {
-                let c = match &e {
-                    kalamdb_query::Error::TableNotFound(_) | kalamdb_query::Error::NamespaceNotFound(_) => {
-                        code::NOT_FOUND
-                    }
-                    kalamdb_query::Error::PermissionDenied(_) => code::UNAUTHORIZED,
-                    _ => code::INVALID_SQL,
-                };
-                self.reply(protocol::error(&id, c, &e.to_string()));
-                return;
-            }
-        };
         let state = &self.app.tail_state;
         let tail = &self.app.tail;
         if let Err(refusal) =
@@ -388,7 +365,8 @@ impl Conn {
         }
         let slot = SlotGuard(self.app.clone(), entitlement.who.user_id.clone());
         let (next_tx, next_rx) = mpsc::channel(1);
-        let sub = LiveSub { app: self.app.clone(), id: id.clone(), query, entitlement, out: self.out.clone() };
+        let sub =
+            LiveRequest { app: self.app.clone(), id: id.clone(), sql: req.sql, entitlement, out: self.out.clone() };
         let task = tokio::spawn(async move {
             let _slot = slot;
             live::run(sub, start, next_rx).await;
