@@ -113,6 +113,16 @@ async fn every_message_of_the_protocol() {
         (Some(false), Some("ready"))
     );
 
+    // One statement's rows arrive in one message, in order.
+    s.sql_ok("INSERT INTO app.items (id, name, n) VALUES (10, 'a', 1), (11, 'b', 1), (12, 'c', 1)").await;
+    let multi = change(&mut c, "all").await;
+    assert_eq!(
+        (multi["change_type"].as_str(), ids(&multi["rows"])),
+        (Some("insert"), vec!["10".into(), "11".into(), "12".into()])
+    );
+    s.sql_ok("DELETE FROM app.items WHERE id >= 10").await;
+    assert_eq!(ids(&change(&mut c, "all").await["old_values"]), ["10", "11", "12"]);
+
     // Live changes: insert, update with old values, delete.
     s.sql_ok("INSERT INTO app.items (id, name, n) VALUES (6, 'r6', 60)").await;
     let ins = change(&mut c, "all").await;
@@ -341,11 +351,12 @@ async fn a_slow_client_is_closed_with_1013_and_resumes_from_its_last_seq() {
     c.next_of("auth_success", WAIT).await;
     c.send(subscribe("big", "SELECT * FROM app.big", None)).await;
     c.next_of("subscription_ack", WAIT).await;
-    // ~10 MB of changes, far more than the socket buffers hold, while the client reads nothing.
-    let pad = "x".repeat(1000);
-    let rows_total = 8000;
-    for batch in 0..8 {
-        let values: Vec<String> = (0..1000).map(|i| format!("({}, '{pad}')", batch * 1000 + i)).collect();
+    // ~20 MB of changes, far more than loopback socket buffers hold (a few MB), while the
+    // client reads nothing.
+    let pad = "x".repeat(2000);
+    let rows_total = 10_000;
+    for batch in 0..20 {
+        let values: Vec<String> = (0..500).map(|i| format!("({}, '{pad}')", batch * 500 + i)).collect();
         s.sql_ok(&format!("INSERT INTO app.big (id, pad) VALUES {}", values.join(", "))).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -353,9 +364,12 @@ async fn a_slow_client_is_closed_with_1013_and_resumes_from_its_last_seq() {
     let mut last_seq = 0u64;
     while let Some(m) = c.next(WAIT).await {
         if m["type"] == "change" {
-            let id: u64 = m["rows"][0]["id"].as_str().unwrap().parse().unwrap();
-            assert!(seen.insert(id), "duplicate {id}");
-            last_seq = m["rows"][0]["_seq"].as_str().unwrap().parse().unwrap();
+            // One message carries the rows of one statement (KalamDB's `rows` array).
+            for r in m["rows"].as_array().unwrap() {
+                let id: u64 = r["id"].as_str().unwrap().parse().unwrap();
+                assert!(seen.insert(id), "duplicate {id}");
+                last_seq = r["_seq"].as_str().unwrap().parse().unwrap();
+            }
         }
     }
     assert_eq!(c.closed.as_ref().map(|c| c.0), Some(1013), "closed as too slow");
@@ -364,8 +378,10 @@ async fn a_slow_client_is_closed_with_1013_and_resumes_from_its_last_seq() {
     r.send(subscribe("big", "SELECT * FROM app.big", Some(json!({"from": last_seq})))).await;
     while seen.len() < rows_total {
         let m = change(&mut r, "big").await;
-        let id: u64 = m["rows"][0]["id"].as_str().unwrap().parse().unwrap();
-        assert!(seen.insert(id), "duplicate after resume: {id}");
+        for row in m["rows"].as_array().unwrap() {
+            let id: u64 = row["id"].as_str().unwrap().parse().unwrap();
+            assert!(seen.insert(id), "duplicate after resume: {id}");
+        }
     }
 }
 

@@ -136,9 +136,12 @@ async fn subscribe_ws(
         let Message::Text(text) = frame else { continue };
         let line = text.as_bytes();
         if let Some(committed) = field_i64(line, b"\"committed_at_micros\":") {
-            events += 1;
+            // One message holds the rows of one statement: one event (and sample) per row.
+            let rows = line.windows(7).filter(|w| w == b"\"_seq\":").count().max(1) as u64;
+            events += rows;
             if measuring.load(Ordering::Relaxed) {
-                local.push((received - committed).max(0) as u64);
+                let latency = (received - committed).max(0) as u64;
+                local.extend(std::iter::repeat_n(latency, rows as usize));
             }
         } else if line.windows(8).any(|w| w == b"\"error\"") {
             return Err(format!("the server refused the subscription: {text}"));

@@ -35,6 +35,51 @@ pub enum Start {
     Resume(u64),
 }
 
+/// A change as this subscription shows it: `change_type`, new row, old values.
+type Part = (&'static str, Option<J>, Option<J>);
+
+/// Consecutive changes of one entry with the same `change_type`, sent as one `change`
+/// message whose `rows` (and `old_values`, pairwise) hold them all: the protocol's arrays,
+/// and one frame for a multi-row statement instead of one per row.
+#[derive(Default)]
+struct Pending {
+    kind: Option<&'static str>,
+    rows: Vec<J>,
+    old: Vec<J>,
+}
+
+/// Rows one `change` message carries at most.
+const ROWS_PER_MESSAGE_MAX: usize = 256;
+
+impl Pending {
+    /// Add a change; returns the message of what was pending when it cannot join it.
+    fn push(&mut self, id: &str, committed_at_micros: i64, (kind, row, old): Part) -> Option<J> {
+        let full = self.rows.len().max(self.old.len()) >= ROWS_PER_MESSAGE_MAX;
+        let out = if self.kind != Some(kind) || full { self.take(id, committed_at_micros) } else { None };
+        self.kind = Some(kind);
+        self.rows.extend(row);
+        self.old.extend(old);
+        out
+    }
+
+    fn take(&mut self, id: &str, committed_at_micros: i64) -> Option<J> {
+        let kind = self.kind.take()?;
+        let mut m = json!({
+            "type": "change",
+            "subscription_id": id,
+            "change_type": kind,
+            "committed_at_micros": committed_at_micros,
+        });
+        if !self.rows.is_empty() {
+            m["rows"] = J::Array(std::mem::take(&mut self.rows));
+        }
+        if !self.old.is_empty() {
+            m["old_values"] = J::Array(std::mem::take(&mut self.old));
+        }
+        Some(m)
+    }
+}
+
 /// What a subscription task needs.
 pub struct LiveSub {
     pub app: Arc<App>,
@@ -117,25 +162,11 @@ impl LiveSub {
         J::Object(obj)
     }
 
-    /// The `change` message a change becomes for this subscription, if any. Besides KalamDB's
-    /// fields it carries `committed_at_micros`, the leader's commit stamp (as tail events do).
-    fn change_message(&self, def: &TableDef, c: &Change, committed_at_micros: i64) -> Option<J> {
+    /// What a change becomes for this subscription, if anything: its `change_type`, the new
+    /// row and the old values.
+    fn change_parts(&self, def: &TableDef, c: &Change) -> Option<Part> {
         let matches = |row: &[Value]| self.query.filter.as_ref().is_none_or(|f| f.matches(row));
-        let message = |kind: &str, rows: Option<J>, old: Option<J>| {
-            let mut m = json!({
-                "type": "change",
-                "subscription_id": self.id,
-                "change_type": kind,
-                "committed_at_micros": committed_at_micros,
-            });
-            if let Some(r) = rows {
-                m["rows"] = J::Array(vec![r]);
-            }
-            if let Some(o) = old {
-                m["old_values"] = J::Array(vec![o]);
-            }
-            m
-        };
+        let message = |kind: &'static str, rows: Option<J>, old: Option<J>| (kind, rows, old);
         let pk_only = |seq: u64| {
             let pk = def.columns.iter().position(|c| c.primary_key && !c.dropped);
             let mut values = vec![Value::Null; def.columns.len()];
@@ -397,6 +428,7 @@ async fn follow(
         let full = entries.len() == READ_ENTRIES_MAX;
         for (index, entry) in &entries {
             let committed_at = entry.record.as_ref().map_or(0, |r| r.committed_at_micros);
+            let mut pending = Pending::default();
             for c in entry.record.iter().flat_map(|r| r.changes.iter()) {
                 if c.table_id != def.table_id {
                     continue;
@@ -405,10 +437,15 @@ async fn follow(
                 if !row_change || c.scope != scope || skip_upto.is_some_and(|s| c.seq <= s) {
                     continue;
                 }
-                if let Some(m) = sub.change_message(&def, c, committed_at) {
-                    sub.send(m).await?;
+                if let Some(part) = sub.change_parts(&def, c) {
                     metrics::counter!("kalamdb_ws_changes_total").increment(1);
+                    if let Some(m) = pending.push(&sub.id, committed_at, part) {
+                        sub.send(m).await?;
+                    }
                 }
+            }
+            if let Some(m) = pending.take(&sub.id, committed_at) {
+                sub.send(m).await?;
             }
             after_index = *index;
         }

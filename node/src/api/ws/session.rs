@@ -18,6 +18,9 @@ use crate::api::App;
 use crate::api::tail::guard::{Entitlement, Refusal};
 use crate::auth::Identity;
 
+/// Queued messages written to the socket before one flush at most.
+const WRITE_BATCH_MESSAGES_MAX: usize = 64;
+
 /// Close codes (RFC 6455) the server uses.
 pub mod close {
     pub const NORMAL: u16 = 1000;
@@ -119,7 +122,22 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, pre_auth: Option<Entitlemen
             tokio::select! {
                 biased;
                 m = rx.recv() => match m {
-                    Some(m) => if sink.send(m).await.is_err() { return },
+                    Some(m) => {
+                        // Everything queued goes out in one write: frames are fed, then
+                        // flushed once, not one system call per message.
+                        if sink.feed(m).await.is_err() {
+                            return;
+                        }
+                        for _ in 0..WRITE_BATCH_MESSAGES_MAX {
+                            let Ok(m) = rx.try_recv() else { break };
+                            if sink.feed(m).await.is_err() {
+                                return;
+                            }
+                        }
+                        if sink.flush().await.is_err() {
+                            return;
+                        }
+                    }
                     None => break,
                 },
                 () = writer_signal.notify.notified() => break,
