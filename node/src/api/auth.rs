@@ -146,6 +146,12 @@ async fn revoke(app: &App, token_id: &str, user_id: &str, expires_at_secs: u64) 
     }
 }
 
+/// Revoke a whole session: every token it issued expires within the refresh lifetime from now,
+/// so the revocation is kept that long.
+async fn revoke_session(app: &App, session_id: &str, user_id: &str) -> Result<bool, Response> {
+    revoke(app, session_id, user_id, crate::auth::unix_secs() + app.auth.refresh_ttl_secs()).await
+}
+
 /// `POST /v1/api/auth/refresh` with `Authorization: Bearer <refresh token>`: a new access
 /// token and a new refresh token of the same session. The presented refresh token is revoked
 /// first (through the log), so it works once; presented again, it revokes the whole session
@@ -179,7 +185,7 @@ pub(super) async fn refresh(
                 && !app.auth.any_revoked(std::slice::from_ref(&sid))
             {
                 tracing::warn!(target: "kalamdb_auth", user = %user, client = %client.ip(), "a used refresh token was presented again: session revoked");
-                let _ = revoke(&app, &sid, &user, crate::auth::unix_secs() + app.auth.refresh_ttl_secs()).await;
+                let _ = revoke_session(&app, &sid, &user).await;
             }
             return node_error_response(&e, start);
         }
@@ -188,13 +194,7 @@ pub(super) async fn refresh(
         Ok(true) => {}
         Ok(false) => {
             // Two refreshes raced with one token: the loser ends the session.
-            let _ = revoke(
-                &app,
-                &grant.session_id,
-                &grant.identity.user_id,
-                crate::auth::unix_secs() + app.auth.refresh_ttl_secs(),
-            )
-            .await;
+            let _ = revoke_session(&app, &grant.session_id, &grant.identity.user_id).await;
             return node_error_response(
                 &crate::Error::Unauthorized {
                     code: "TOKEN_REVOKED",
@@ -221,7 +221,7 @@ pub(super) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap, body
         Err(resp) => return resp,
     };
     if let Some((sid, user)) = token.as_deref().and_then(|t| app.auth.session_of(t))
-        && let Err(resp) = revoke(&app, &sid, &user, crate::auth::unix_secs() + app.auth.refresh_ttl_secs()).await
+        && let Err(resp) = revoke_session(&app, &sid, &user).await
     {
         return resp;
     }
