@@ -178,6 +178,7 @@ impl ClusterView for NodeCluster {
                 let groups_led = merged.values().filter(|g| g.leader == Some(*id)).count() as u64;
                 let leads_catalog = merged.get(&catalog_group).is_some_and(|g| g.leader == Some(*id));
                 ClusterNode {
+                    cluster_id: self.0.cluster_id.clone().unwrap_or_else(|| "standalone".into()),
                     node_id: *id,
                     raft_addr: addr.raft_addr.clone(),
                     http_addr: addr.http_addr.clone(),
@@ -197,6 +198,7 @@ impl ClusterView for NodeCluster {
             .values()
             .map(|g| ClusterGroup {
                 group: group_name(g.group),
+                node_id: self.0.node_id,
                 leader: g.leader,
                 term: g.term,
                 commit_index: g.commit_index,

@@ -127,6 +127,34 @@ async fn writes_on_any_node_are_read_on_every_node() {
     assert_eq!(r["rows"], json!([[1, true, false], [2, true, false], [3, true, true]]), "{r}");
     let r = c.node(1).sql_ok("SELECT group_id, leader FROM system.cluster_groups").await;
     assert_eq!(r["rows"].as_array().map(Vec::len), Some(8), "{r}");
+    // The queries KalamDB's CLI runs for `\cluster list` and `\cluster list groups`, verbatim.
+    let r = c
+        .node(2)
+        .sql_ok(
+            "SELECT cluster_id, node_id, role, status, rpc_addr, api_addr, is_self, is_leader, groups_leading, total_groups, current_term, last_applied_log, leader_last_log_index, snapshot_index, catchup_progress_pct, replication_lag, hostname, memory_usage_mb, cpu_usage_percent, uptime_human FROM system.cluster ORDER BY is_leader DESC, node_id ASC",
+        )
+        .await;
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{r}");
+    assert_eq!(
+        (rows[0][0].as_str(), rows[0][2].as_str(), rows[0][7].as_bool()),
+        (Some("test-cluster"), Some("leader"), Some(true)),
+        "{r}"
+    );
+    assert!(rows.iter().all(|n| n[3] == "active" && n[9] == 8), "{r}");
+    assert!(rows.iter().all(|n| n[5].as_str().unwrap().starts_with("http://127.0.0.1:")), "{r}");
+    let r = c
+        .node(2)
+        .sql_ok("SELECT group_id, group_type, current_term, last_applied, snapshot, state, current_leader FROM system.cluster_groups ORDER BY group_id ASC")
+        .await;
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 8, "{r}");
+    let types: std::collections::BTreeSet<&str> = rows.iter().map(|g| g[1].as_str().unwrap()).collect();
+    assert_eq!(types, ["meta", "shared_data", "user_data"].into_iter().collect(), "{r}");
+    for g in rows {
+        let leads = g[6].as_u64() == Some(2);
+        assert_eq!(g[5], if leads { "Leader" } else { "Follower" }, "{g}");
+    }
 
     c.assert_converged().await;
 }

@@ -25,6 +25,8 @@ pub trait ReadBarrier: Send + Sync + std::fmt::Debug {
 /// A row of `system.cluster`.
 #[derive(Debug, Clone)]
 pub struct ClusterNode {
+    /// The cluster's id (`standalone` for a single node).
+    pub cluster_id: String,
     pub node_id: u64,
     pub raft_addr: String,
     pub http_addr: String,
@@ -39,6 +41,8 @@ pub struct ClusterNode {
 #[derive(Debug, Clone)]
 pub struct ClusterGroup {
     pub group: String,
+    /// The node answering (its view of the group).
+    pub node_id: u64,
     pub leader: Option<u64>,
     pub term: u64,
     pub commit_index: u64,

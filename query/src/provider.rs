@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use crate::access;
 use crate::engine::{Batch, Pending};
-use crate::ports::{ClusterView, JobSource, ReadBarrier};
+use crate::ports::{ClusterGroup, ClusterNode, ClusterView, JobSource, ReadBarrier};
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder, UInt64Builder};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, BooleanBuilder, Int64Builder, RecordBatch, StringArray, StringBuilder, UInt64Array,
+    UInt64Builder,
+};
 use datafusion::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef};
 use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
@@ -472,15 +475,44 @@ fn system_schema(name: &str) -> Option<SchemaRef> {
             Field::new("is_primary_key", ArrowType::Boolean, false),
             Field::new("column_default", ArrowType::Utf8, true),
         ],
-        "cluster" => vec![
-            Field::new("node_id", ArrowType::UInt64, false),
-            Field::new("raft_addr", ArrowType::Utf8, false),
-            Field::new("http_addr", ArrowType::Utf8, false),
-            Field::new("role", ArrowType::Utf8, false),
-            Field::new("groups_led", ArrowType::UInt64, false),
-            Field::new("reachable", ArrowType::Boolean, false),
-            Field::new("is_self", ArrowType::Boolean, false),
-        ],
+        // Ours first, then the columns KalamDB's CLI (`\cluster list`) reads under its names;
+        // what this server does not measure (host, memory, CPU, uptime) is NULL.
+        "cluster" => {
+            let mut f = vec![
+                Field::new("node_id", ArrowType::UInt64, false),
+                Field::new("raft_addr", ArrowType::Utf8, false),
+                Field::new("http_addr", ArrowType::Utf8, false),
+                Field::new("role", ArrowType::Utf8, false),
+                Field::new("groups_led", ArrowType::UInt64, false),
+                Field::new("reachable", ArrowType::Boolean, false),
+                Field::new("is_self", ArrowType::Boolean, false),
+                Field::new("cluster_id", ArrowType::Utf8, false),
+                Field::new("status", ArrowType::Utf8, false),
+                Field::new("rpc_addr", ArrowType::Utf8, false),
+                Field::new("api_addr", ArrowType::Utf8, false),
+                Field::new("is_leader", ArrowType::Boolean, false),
+                Field::new("groups_leading", ArrowType::UInt64, false),
+                Field::new("total_groups", ArrowType::UInt64, false),
+                Field::new("current_term", ArrowType::UInt64, true),
+                Field::new("last_applied_log", ArrowType::UInt64, true),
+                Field::new("leader_last_log_index", ArrowType::UInt64, true),
+            ];
+            for name in [
+                "snapshot_index",
+                "catchup_progress_pct",
+                "replication_lag",
+                "memory_mb",
+                "memory_usage_mb",
+                "uptime_seconds",
+            ] {
+                f.push(Field::new(name, ArrowType::UInt64, true));
+            }
+            f.push(Field::new("cpu_usage_percent", ArrowType::Float32, true));
+            for name in ["hostname", "version", "uptime_human", "os", "arch"] {
+                f.push(Field::new(name, ArrowType::Utf8, true));
+            }
+            f
+        }
         "jobs" => vec![
             Field::new("job_id", ArrowType::Utf8, false),
             Field::new("job_type", ArrowType::Utf8, false),
@@ -507,6 +539,7 @@ fn system_schema(name: &str) -> Option<SchemaRef> {
             Field::new("created_at", ts.clone(), false),
             Field::new("updated_at", ts.clone(), false),
         ],
+        // Ours first, then KalamDB's names for the CLI's `\cluster list groups`.
         "cluster_groups" => vec![
             Field::new("group_id", ArrowType::Utf8, false),
             Field::new("leader", ArrowType::UInt64, true),
@@ -514,6 +547,13 @@ fn system_schema(name: &str) -> Option<SchemaRef> {
             Field::new("commit_index", ArrowType::UInt64, false),
             Field::new("applied_index", ArrowType::UInt64, false),
             Field::new("last_log_index", ArrowType::UInt64, false),
+            Field::new("node_id", ArrowType::UInt64, false),
+            Field::new("group_type", ArrowType::Utf8, false),
+            Field::new("current_term", ArrowType::UInt64, false),
+            Field::new("last_applied", ArrowType::UInt64, false),
+            Field::new("snapshot", ArrowType::UInt64, true),
+            Field::new("state", ArrowType::Utf8, false),
+            Field::new("current_leader", ArrowType::UInt64, true),
         ],
         _ => return None,
     };
@@ -621,66 +661,79 @@ impl SystemTable {
     }
 
     async fn cluster_batch(&self) -> Result<RecordBatch, DataFusionError> {
+        use datafusion::arrow::array::new_null_array;
         let cols: Vec<ArrayRef> = if self.name == "cluster" {
-            let nodes = match &self.cluster {
-                Some(c) => c.nodes().await,
-                None => Vec::new(),
+            let (nodes, groups) = match &self.cluster {
+                Some(c) => (c.nodes().await, c.groups().await),
+                None => (Vec::new(), Vec::new()),
             };
-            let (mut id, mut raft, mut http, mut role, mut led, mut reach, mut me) = (
-                UInt64Builder::new(),
-                StringBuilder::new(),
-                StringBuilder::new(),
-                StringBuilder::new(),
-                UInt64Builder::new(),
-                BooleanBuilder::new(),
-                BooleanBuilder::new(),
-            );
-            for n in nodes {
-                id.append_value(n.node_id);
-                raft.append_value(&n.raft_addr);
-                http.append_value(&n.http_addr);
-                role.append_value(&n.role);
-                led.append_value(n.groups_led);
-                reach.append_value(n.reachable);
-                me.append_value(n.is_self);
+            let catalog = groups.iter().find(|g| g.group == "meta:catalog");
+            let n = nodes.len();
+            let text = |f: &dyn Fn(&ClusterNode) -> String| -> ArrayRef {
+                Arc::new(nodes.iter().map(|x| Some(f(x))).collect::<StringArray>())
+            };
+            let num = |f: &dyn Fn(&ClusterNode) -> Option<u64>| -> ArrayRef {
+                Arc::new(nodes.iter().map(f).collect::<UInt64Array>())
+            };
+            let flag = |f: &dyn Fn(&ClusterNode) -> bool| -> ArrayRef {
+                Arc::new(nodes.iter().map(|x| Some(f(x))).collect::<BooleanArray>())
+            };
+            let total = groups.len() as u64;
+            let mut cols = vec![
+                num(&|x| Some(x.node_id)),
+                text(&|x| x.raft_addr.clone()),
+                text(&|x| x.http_addr.clone()),
+                text(&|x| x.role.clone()),
+                num(&|x| Some(x.groups_led)),
+                flag(&|x| x.reachable),
+                flag(&|x| x.is_self),
+                text(&|x| x.cluster_id.clone()),
+                text(&|x| if x.reachable { "active".into() } else { "offline".into() }),
+                text(&|x| x.raft_addr.clone()),
+                text(&|x| format!("http://{}", x.http_addr)),
+                flag(&|x| x.role == "leader"),
+                num(&|x| Some(x.groups_led)),
+                num(&|_| Some(total)),
+                num(&|_| catalog.map(|g| g.term)),
+                num(&|x| catalog.filter(|_| x.is_self).map(|g| g.applied_index)),
+                num(&|_| catalog.map(|g| g.last_log_index)),
+            ];
+            for i in cols.len()..self.schema.fields().len() {
+                cols.push(new_null_array(self.schema.field(i).data_type(), n));
             }
-            vec![
-                Arc::new(id.finish()),
-                Arc::new(raft.finish()),
-                Arc::new(http.finish()),
-                Arc::new(role.finish()),
-                Arc::new(led.finish()),
-                Arc::new(reach.finish()),
-                Arc::new(me.finish()),
-            ]
+            cols
         } else {
             let groups = match &self.cluster {
                 Some(c) => c.groups().await,
                 None => Vec::new(),
             };
-            let (mut g, mut leader, mut term, mut commit, mut applied, mut last) = (
-                StringBuilder::new(),
-                UInt64Builder::new(),
-                UInt64Builder::new(),
-                UInt64Builder::new(),
-                UInt64Builder::new(),
-                UInt64Builder::new(),
-            );
-            for r in groups {
-                g.append_value(&r.group);
-                leader.append_option(r.leader);
-                term.append_value(r.term);
-                commit.append_value(r.commit_index);
-                applied.append_value(r.applied_index);
-                last.append_value(r.last_log_index);
-            }
+            let text = |f: &dyn Fn(&ClusterGroup) -> String| -> ArrayRef {
+                Arc::new(groups.iter().map(|x| Some(f(x))).collect::<StringArray>())
+            };
+            let num = |f: &dyn Fn(&ClusterGroup) -> Option<u64>| -> ArrayRef {
+                Arc::new(groups.iter().map(f).collect::<UInt64Array>())
+            };
             vec![
-                Arc::new(g.finish()),
-                Arc::new(leader.finish()),
-                Arc::new(term.finish()),
-                Arc::new(commit.finish()),
-                Arc::new(applied.finish()),
-                Arc::new(last.finish()),
+                text(&|g| g.group.clone()),
+                num(&|g| g.leader),
+                num(&|g| Some(g.term)),
+                num(&|g| Some(g.commit_index)),
+                num(&|g| Some(g.applied_index)),
+                num(&|g| Some(g.last_log_index)),
+                num(&|g| Some(g.node_id)),
+                text(&|g| {
+                    let kind = g.group.split(':').next().unwrap_or("");
+                    match kind {
+                        "user" => "user_data".into(),
+                        "shared" => "shared_data".into(),
+                        other => other.to_string(),
+                    }
+                }),
+                num(&|g| Some(g.term)),
+                num(&|g| Some(g.applied_index)),
+                num(&|_| None),
+                text(&|g| if g.leader == Some(g.node_id) { "Leader".into() } else { "Follower".into() }),
+                num(&|g| g.leader),
             ]
         };
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
