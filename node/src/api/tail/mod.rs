@@ -576,8 +576,9 @@ pub(crate) fn bearer_token(authorization: Option<&[u8]>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
-/// The subscriber's slot (node and user caps), given back when the stream ends.
-struct ActiveGuard(Arc<App>, String);
+/// A subscriber's slot (node and user caps, shared by tail streams and `/v1/ws`
+/// subscriptions), given back when it ends.
+pub(crate) struct ActiveGuard(pub(crate) Arc<App>, pub(crate) String);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {

@@ -167,16 +167,6 @@ impl LiveSub {
     fn change_parts(&self, def: &TableDef, c: &Change) -> Option<Part> {
         let matches = |row: &[Value]| self.query.filter.as_ref().is_none_or(|f| f.matches(row));
         let message = |kind: &'static str, rows: Option<J>, old: Option<J>| (kind, rows, old);
-        let pk_only = |seq: u64| {
-            let pk = def.columns.iter().position(|c| c.primary_key && !c.dropped);
-            let mut values = vec![Value::Null; def.columns.len()];
-            // The key of a row whose values are unknown is not in the change either; the
-            // `_seq` still tells the client what the delete follows.
-            if let (Some(_), Some(row)) = (pk, c.old_row.as_ref()) {
-                values.clone_from(row);
-            }
-            self.key_json(def, &values, seq, &[])
-        };
         match c.kind {
             ChangeKind::Insert => {
                 matches(&c.row).then(|| message("insert", Some(self.row_json(def, &c.row, c.seq)), None))
@@ -212,7 +202,9 @@ impl LiveSub {
             ChangeKind::Delete => match c.old_row.as_deref() {
                 Some(old) if !matches(old) => None,
                 Some(old) => Some(message("delete", None, Some(self.row_json(def, old, c.seq)))),
-                None => Some(message("delete", None, Some(pk_only(c.seq)))),
+                // The deleted values are not in the record (written by an earlier version, or a
+                // transaction's delete of a flushed row): only `_seq` says what went.
+                None => Some(message("delete", None, Some(self.key_json(def, &[], c.seq, &[])))),
             },
             ChangeKind::Ddl | ChangeKind::Flush => None,
         }

@@ -381,7 +381,7 @@ impl Conn {
             self.reply(protocol::error(&id, code::SUBSCRIPTION_LIMIT_EXCEEDED, &m));
             return;
         }
-        let slot = SlotGuard(self.app.clone(), entitlement.who.user_id.clone());
+        let slot = crate::api::tail::ActiveGuard(self.app.clone(), entitlement.who.user_id.clone());
         let (next_tx, next_rx) = mpsc::channel(1);
         let sub =
             LiveRequest { app: self.app.clone(), id: id.clone(), sql: req.sql, entitlement, out: self.out.clone() };
@@ -395,16 +395,6 @@ impl Conn {
 
 /// Rows per initial data batch when the client does not say (KalamDB's default).
 pub const DEFAULT_BATCH_ROWS: u64 = 1000;
-
-/// A subscription's slot in the node's and the user's caps (shared with the tail endpoint).
-struct SlotGuard(Arc<App>, String);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let left = self.0.tail_state.slots.release(&self.1);
-        metrics::gauge!("kalamdb_tail_subscribers").set(left as f64);
-    }
-}
 
 /// What a subscription re-checks while it runs: the token's expiry and revocation, the user,
 /// its role.
