@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod query_runtime;
 pub mod retention;
 pub mod serve;
+pub mod sessions;
 pub mod storage;
 
 use std::net::SocketAddr;
@@ -39,8 +40,11 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     }
     let query_runtime = query_runtime::QueryRuntime::start(cfg.limits.query_threads)?;
     query_runtime::clear_spill(&cfg.storage.data_path.join("spill"))?;
+    let open_sessions = Arc::new(sessions::Sessions::default());
+    let introspection = sessions::NodeIntrospection { sessions: open_sessions.clone(), metrics: metrics.clone() };
     let engine = kalamdb_query::Engine::new(groups.catalog.clone(), groups.rows.clone(), groups.layout, groups.node_id)
         .with_cluster(Arc::new(cluster::NodeCluster(groups.clone())))
+        .with_node(Arc::new(introspection))
         .with_jobs(groups.storage.clone())
         .with_backups(Arc::new(backup::Backups::new(groups.clone(), cfg.clone())))
         .with_limits(cfg.limits.query_limits(&cfg.storage.data_path), Some(query_runtime.handle()))
@@ -73,7 +77,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         tail: cfg.tail.clone(),
         tail_state: api::tail::TailState::default(),
         websocket: cfg.websocket.clone(),
-        ws_state: api::ws::WsState::default(),
+        ws_state: api::ws::WsState::new(open_sessions),
         digest_slot: tokio::sync::Semaphore::new(1),
         cors_allowed_origins: cfg.security.cors.allowed_origins.clone(),
     });

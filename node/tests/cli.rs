@@ -69,7 +69,7 @@ async fn one_shot_commands_files_and_formats() {
         let j = cli(port, &["--format", "json", "-c", "SELECT id, name FROM app.t ORDER BY id"], None);
         assert_eq!(j.code, 0, "{}", j.stderr);
         let v: serde_json::Value = serde_json::from_str(&j.stdout).expect("JSON output");
-        assert_eq!(v["rows"][0], serde_json::json!([1, "a"]));
+        assert_eq!(v["rows"][0], serde_json::json!(["1", "a"]), "JSON output is the API's answer: BIGINT as a string");
         let c = cli(port, &["--format", "csv", "--no-timing", "-c", "SELECT id, name FROM app.t ORDER BY id"], None);
         assert_eq!(c.stdout.trim(), "id,name\n1,a\n2,");
 

@@ -183,3 +183,53 @@ async fn every_data_type_is_one_kalamdb_clients_know() {
     assert_eq!(h["groups_leading"].as_u64(), Some(total), "a single node leads every group");
     assert!(r["rows"][0][2].is_string(), "a list is written as text: {r}");
 }
+
+/// The cells of `/v1/api/sql` in KalamDB's encoding, as its clients decode them: BIGINT as a
+/// string, TIMESTAMP as microseconds, DATE as days, JSON as the value, BYTES as byte values;
+/// an empty result still carries its schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cells_use_kalamdb_encoding_on_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    s.sql_ok("CREATE NAMESPACE enc").await;
+    s.sql_ok(
+        "CREATE TABLE enc.t (id BIGINT PRIMARY KEY, n INT, at TIMESTAMP, day DATE, doc JSON, raw BYTES, x DOUBLE) \
+         WITH (TYPE = 'SHARED')",
+    )
+    .await;
+    s.sql_ok(
+        "INSERT INTO enc.t VALUES (9007199254740993, 7, '2024-01-02T03:04:05.123456Z', '2024-01-02', '{\"a\": [1]}', '\\xab01', 0.5)",
+    )
+    .await;
+    let raw = |sql: &str| {
+        let body = serde_json::json!({ "sql": sql }).to_string().into_bytes();
+        s.request_raw_as(Some(common::ROOT_BASIC), "POST", "/v1/api/sql", Some("application/json"), body)
+    };
+    let (st, b) = raw("SELECT id, n, at, day, doc, raw, x FROM enc.t").await.unwrap();
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        b["results"][0]["rows"][0],
+        serde_json::json!(["9007199254740993", 7, 1_704_164_645_123_456_i64, 19724, {"a": [1]}, [171, 1], 0.5]),
+        "{b}"
+    );
+    // What a result reads back as can be written back unchanged (TIMESTAMP microseconds too).
+    let (st, b) = s
+        .sql_body(serde_json::json!({
+            "sql": "INSERT INTO enc.t (id, at, day) VALUES ($1, $2, $3)",
+            "params": ["9007199254740995", 1_704_164_645_123_456_i64, 19724],
+        }))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let (_, b) = raw("SELECT at, day FROM enc.t WHERE id = 9007199254740995").await.unwrap();
+    assert_eq!(b["results"][0]["rows"][0], serde_json::json!([1_704_164_645_123_456_i64, 19724]), "{b}");
+    // An empty result keeps its columns and types.
+    let (_, b) = raw("SELECT id, at FROM enc.t WHERE id = 1").await.unwrap();
+    let r = &b["results"][0];
+    assert_eq!(r["row_count"], 0, "{b}");
+    assert_eq!(r["schema"][1], serde_json::json!({"name": "at", "data_type": "Timestamp", "index": 1}), "{b}");
+    // NOW() (nanoseconds in DataFusion) is microseconds too.
+    let (_, b) = raw("SELECT NOW() AS t").await.unwrap();
+    let now_us = b["results"][0]["rows"][0][0].as_i64().expect("a number");
+    let wall_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    assert!((wall_us - now_us).abs() < 60_000_000, "NOW() is {now_us} µs, the clock {wall_us}");
+}

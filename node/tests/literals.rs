@@ -67,7 +67,7 @@ async fn quoted_literals_stay_literals_in_every_carried_statement() {
     let mut initial = Vec::new();
     while let Some(e) = t.next_json(Duration::from_secs(5)).await {
         match e["type"].as_str() {
-            Some("initial") => initial.push((e["row"]["id"].as_i64(), e["row"]["v"].as_str().map(str::to_string))),
+            Some("initial") => initial.push((common::int(&e["row"]["id"]), e["row"]["v"].as_str().map(str::to_string))),
             Some("subscribed") => {}
             _ => break,
         }

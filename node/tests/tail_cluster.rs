@@ -65,7 +65,7 @@ async fn subscriber(
             }
             let index = v["position"]["index"].as_u64().unwrap();
             let offset = v["position"]["offset"].as_u64().unwrap();
-            let id = v["row"]["id"].as_i64().unwrap();
+            let id = common::int(&v["row"]["id"]).unwrap();
             last_id = Some(v["id"].as_str().unwrap().to_string());
             seen.lock().await.events.push(((index, offset), id));
         }

@@ -328,6 +328,24 @@ async fn users_see_their_own_rows_and_tables_they_may_read() {
     let mut a2 = WsClient::connect_authed(s.port, &alice).await;
     a2.send(subscribe("n3", "SELECT * FROM app.notes", None)).await;
     assert_eq!(error_of(&mut a2).await["code"], "SUBSCRIPTION_LIMIT_EXCEEDED");
+    // system.sessions: a user sees its own connections, a dba everyone's.
+    let (st, mine) = s
+        .sql_as(Some(&alice), "SELECT transport, subscriptions, last_method, client_addr FROM system.sessions ORDER BY subscriptions DESC")
+        .await;
+    assert_eq!(st, 200, "{mine}");
+    let rows = mine["results"][0]["rows"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2, "alice's two connections: {mine}");
+    assert_eq!(rows[0][0], "websocket", "{mine}");
+    assert_eq!((rows[0][1].clone(), rows[0][2].clone()), (json!(2), json!("subscribe")), "{mine}");
+    assert!(rows[0][3].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{mine}");
+    let (_, theirs) = s.sql_as(Some(&bob), "SELECT session_id FROM system.sessions").await;
+    assert_eq!(theirs["results"][0]["row_count"], 0, "bob has none and sees none: {theirs}");
+    let everyone = s.sql_ok("SELECT count(*) FROM system.sessions WHERE state = 'active'").await;
+    assert_eq!(everyone["rows"][0][0], 1, "root sees alice's connection with subscriptions: {everyone}");
+    let (st, stats) = s.sql_as(Some(&alice), "SELECT * FROM system.stats").await;
+    assert_eq!((st, stats["error"]["code"].as_str()), (403, Some("PERMISSION_DENIED")), "{stats}");
+    let stats = s.sql_ok("SELECT metric_value FROM system.stats WHERE metric_name = 'kalamdb_ws_connections'").await;
+    assert_eq!(stats["rows"][0][0], "2", "the node's metrics as rows: {stats}");
     // Dropping the user ends the connection: its token no longer authenticates.
     drop(a2);
     s.sql_ok("DROP USER 'alice'").await;

@@ -245,6 +245,10 @@ pub(crate) async fn collect_bounded(
         }
         out.push(batch);
     }
+    // An empty result still carries its columns: clients render the header and decode by type.
+    if out.is_empty() {
+        out.push(RecordBatch::new_empty(stream.schema()));
+    }
     Ok(out)
 }
 

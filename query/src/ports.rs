@@ -58,6 +58,30 @@ pub trait ClusterView: Send + Sync + std::fmt::Debug {
     async fn groups(&self) -> Vec<ClusterGroup>;
 }
 
+/// One open client session of a node (a WebSocket connection), a row of `system.sessions`.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub user_id: String,
+    /// `websocket`.
+    pub transport: String,
+    pub client_addr: Option<String>,
+    pub opened_at_micros: i64,
+    pub last_seen_at_micros: i64,
+    /// The type of the last message the client sent (`subscribe`, `ping`, ...).
+    pub last_method: Option<String>,
+    pub subscriptions: u64,
+}
+
+/// What the node knows about itself beyond the catalog: its metrics (`system.stats`) and its
+/// open client sessions (`system.sessions`). The node implements it.
+pub trait NodeView: Send + Sync + std::fmt::Debug {
+    /// `(metric_name, metric_value)` pairs, at most `max` of them.
+    fn stats(&self, max: usize) -> Vec<(String, String)>;
+    /// The open sessions, at most `max` of them.
+    fn sessions(&self, max: usize) -> Vec<SessionInfo>;
+}
+
 /// Where `system.jobs` comes from: the node's storage job log.
 pub trait JobSource: Send + Sync + std::fmt::Debug {
     fn job_log(&self) -> &JobLog;

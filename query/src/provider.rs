@@ -1,11 +1,12 @@
-//! DataFusion's view of our data: a catalog whose schemas are namespaces (plus `system`),
-//! table providers over the RocksDB row projections, and the `system.*` tables.
+//! DataFusion's view of our data: a catalog whose schemas are namespaces (plus `system` and
+//! `information_schema`), table providers over the RocksDB row projections, and the
+//! `system.*` tables.
 
 use std::sync::Arc;
 
 use crate::access;
 use crate::engine::{Batch, Pending};
-use crate::ports::{ClusterGroup, ClusterNode, ClusterView, JobSource, ReadBarrier};
+use crate::ports::{ClusterGroup, ClusterNode, ClusterView, JobSource, NodeView, ReadBarrier};
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, BooleanBuilder, Int64Builder, RecordBatch, StringArray, StringBuilder, UInt64Array,
@@ -37,6 +38,8 @@ pub use kalamdb_projections::columnar::{DELETED_COLUMN, SEQ_COLUMN, storage_sche
 use kalamdb_projections::{Catalog, JobLog, RowReader, StoredRow, TableView};
 
 pub const SYSTEM_NAMESPACE: &str = "system";
+/// Namespaces no table can be created in: they are the server's views of itself.
+pub const RESERVED_NAMESPACES: [&str; 2] = [SYSTEM_NAMESPACE, crate::introspection::INFORMATION_SCHEMA];
 /// Rows per Arrow batch produced by a table scan.
 pub const SCAN_BATCH_ROWS_MAX: usize = 8192;
 
@@ -437,6 +440,7 @@ pub struct SystemTable {
     catalog: Arc<Catalog>,
     cluster: Option<Arc<dyn ClusterView>>,
     jobs: Option<Arc<dyn JobSource>>,
+    node: Option<Arc<dyn NodeView>>,
     viewer: Viewer,
 }
 
@@ -446,9 +450,11 @@ impl JobSource for kalamdb_projections::StorageEnv {
     }
 }
 
-pub const SYSTEM_TABLES: [&str; 7] = ["namespaces", "tables", "columns", "cluster", "cluster_groups", "jobs", "users"];
+pub const SYSTEM_TABLES: [&str; 9] =
+    ["namespaces", "tables", "columns", "cluster", "cluster_groups", "jobs", "users", "stats", "sessions"];
 
-fn system_schema(name: &str) -> Option<SchemaRef> {
+/// The columns of `system.<name>`.
+pub(crate) fn system_schema(name: &str) -> Option<SchemaRef> {
     let ts = ArrowType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()));
     let fields = match name {
         "namespaces" => vec![
@@ -555,29 +561,32 @@ fn system_schema(name: &str) -> Option<SchemaRef> {
             Field::new("state", ArrowType::Utf8, false),
             Field::new("current_leader", ArrowType::UInt64, true),
         ],
+        "stats" | "sessions" => return Some(crate::introspection::node_table_schema(name)),
         _ => return None,
     };
     Some(Arc::new(Schema::new(fields)))
 }
 
-fn default_text(d: &kalamdb_log::DefaultExpr) -> String {
+pub(crate) fn default_text(d: &kalamdb_log::DefaultExpr) -> String {
     match d {
         kalamdb_log::DefaultExpr::SnowflakeId => "SNOWFLAKE_ID()".into(),
         kalamdb_log::DefaultExpr::Now => "NOW()".into(),
-        kalamdb_log::DefaultExpr::Literal(v) => crate::values::value_to_json(v).to_string(),
+        kalamdb_log::DefaultExpr::Literal(v) => crate::values::value_display_json(v).to_string(),
     }
 }
 
 impl SystemTable {
-    pub fn new(
-        name: &str,
-        catalog: Arc<Catalog>,
-        cluster: Option<Arc<dyn ClusterView>>,
-        jobs: Option<Arc<dyn JobSource>>,
-        viewer: Viewer,
-    ) -> Option<SystemTable> {
+    pub fn new(name: &str, scope: &ScanScope) -> Option<SystemTable> {
         let name = SYSTEM_TABLES.into_iter().find(|n| *n == name)?;
-        Some(SystemTable { name, schema: system_schema(name)?, catalog, cluster, jobs, viewer })
+        Some(SystemTable {
+            name,
+            schema: system_schema(name)?,
+            catalog: scope.catalog.clone(),
+            cluster: scope.cluster.clone(),
+            jobs: scope.jobs.clone(),
+            node: scope.node.clone(),
+            viewer: Viewer { user_id: scope.user_id.clone(), role: scope.role },
+        })
     }
 
     fn users_batch(&self) -> Result<RecordBatch, DataFusionError> {
@@ -850,6 +859,8 @@ impl TableProvider for SystemTable {
             self.jobs_batch()?
         } else if self.name == "users" {
             self.users_batch()?
+        } else if self.name == "stats" || self.name == "sessions" {
+            crate::introspection::node_table_batch(self.name, self.node.as_deref(), &self.viewer)?
         } else {
             self.batch()?
         };
@@ -867,6 +878,7 @@ pub struct ScanScope {
     pub role: Role,
     pub barrier: Option<Arc<dyn ReadBarrier>>,
     pub cluster: Option<Arc<dyn ClusterView>>,
+    pub node: Option<Arc<dyn NodeView>>,
     pub jobs: Option<Arc<dyn JobSource>>,
     /// (namespace, table, log index) of tables read as of a past position.
     pub as_of: Arc<Vec<(String, String, u64)>>,
@@ -892,11 +904,14 @@ pub struct KalamCatalog {
 impl CatalogProvider for KalamCatalog {
     fn schema_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.scope.catalog.read().namespaces.keys().cloned().collect();
-        names.push(SYSTEM_NAMESPACE.to_string());
+        names.extend(RESERVED_NAMESPACES.iter().map(|n| n.to_string()));
         names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == crate::introspection::INFORMATION_SCHEMA {
+            return Some(Arc::new(crate::introspection::InformationSchema { scope: self.scope.clone() }));
+        }
         if name == SYSTEM_NAMESPACE || self.scope.catalog.namespace_exists(name) {
             Some(Arc::new(NamespaceSchema { namespace: name.to_string(), scope: self.scope.clone() }))
         } else {
@@ -923,15 +938,7 @@ impl SchemaProvider for NamespaceSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         if self.namespace == SYSTEM_NAMESPACE {
-            let viewer = Viewer { user_id: self.scope.user_id.clone(), role: self.scope.role };
-            return Ok(SystemTable::new(
-                name,
-                self.scope.catalog.clone(),
-                self.scope.cluster.clone(),
-                self.scope.jobs.clone(),
-                viewer,
-            )
-            .map(|t| Arc::new(t) as Arc<dyn TableProvider>));
+            return Ok(SystemTable::new(name, &self.scope).map(|t| Arc::new(t) as Arc<dyn TableProvider>));
         }
         let s = &self.scope;
         let as_of = s.as_of.iter().find(|(ns, t, _)| *ns == self.namespace && t == name).map(|(_, _, at)| *at);

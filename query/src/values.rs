@@ -63,6 +63,17 @@ fn epoch_days(s: &str) -> Option<i32> {
     i32::try_from((d - epoch).num_days()).ok()
 }
 
+/// Below this an integer timestamp is read as milliseconds: in microseconds it would be before
+/// March 1973, while `Date.now()` in a JavaScript client sends milliseconds of this century.
+pub const TIMESTAMP_MICROS_MIN_MAGNITUDE: i64 = 100_000_000_000_000;
+
+/// An integer TIMESTAMP: microseconds since the epoch, the encoding results use (so a value read
+/// back can be written back unchanged), or milliseconds when it is too small to be microseconds
+/// of a date after March 1973.
+pub fn timestamp_from_integer(i: i64) -> Option<i64> {
+    if i.unsigned_abs() >= TIMESTAMP_MICROS_MIN_MAGNITUDE.unsigned_abs() { Some(i) } else { i.checked_mul(1000) }
+}
+
 fn type_err(dt: DataType, what: &str) -> Error {
     Error::InvalidSql(format!("cannot convert {what} to {}", dt.api_name()))
 }
@@ -134,10 +145,14 @@ pub fn coerce(lit: &Literal, dt: DataType) -> Result<Value> {
         (Literal::String(s), DataType::Timestamp) => {
             Value::Timestamp(parse_timestamp_micros(s).ok_or_else(|| type_err(dt, &format!("'{s}'")))?)
         }
-        // Integers are milliseconds since the Unix epoch, as JavaScript clients send them.
         (Literal::Number(n), DataType::Timestamp) => {
-            let ms: i64 = n.parse().map_err(|_| type_err(dt, &format!("'{n}'")))?;
-            Value::Timestamp(ms.checked_mul(1000).ok_or_else(|| type_err(dt, "timestamp out of range"))?)
+            let i: i64 = n.parse().map_err(|_| type_err(dt, &format!("'{n}'")))?;
+            Value::Timestamp(timestamp_from_integer(i).ok_or_else(|| type_err(dt, "timestamp out of range"))?)
+        }
+        // Days since the epoch: what a DATE reads back as.
+        (Literal::Number(n), DataType::Date) => {
+            let i: i64 = n.parse().map_err(|_| type_err(dt, &format!("'{n}'")))?;
+            Value::Date(int_in_range(i, dt)?)
         }
         (Literal::String(s), DataType::Date) => {
             Value::Date(epoch_days(s).ok_or_else(|| type_err(dt, &format!("'{s}'")))?)
@@ -152,7 +167,11 @@ fn is_null_at(array: &ArrayRef, row: usize) -> bool {
     array.logical_nulls().is_some_and(|n| n.is_null(row))
 }
 
-/// One cell of a query result as JSON.
+/// One cell of a query result as JSON, in KalamDB's documented cell encoding (its clients
+/// decode cells by the column's `data_type`): BIGINT (64-bit integers) as a string, so no
+/// JavaScript client loses precision; TIMESTAMP as microseconds since the epoch; DATE as days
+/// since the epoch; JSON as the JSON value itself; BYTES as an array of byte values; other
+/// numbers, booleans and text as themselves.
 pub fn cell_to_json(array: &ArrayRef, row: usize, field: &Field) -> serde_json::Value {
     use serde_json::Value as J;
     if is_null_at(array, row) {
@@ -168,7 +187,7 @@ pub fn cell_to_json(array: &ArrayRef, row: usize, field: &Field) -> serde_json::
         ArrowType::Boolean => array.as_any().downcast_ref::<BooleanArray>().map(|a| J::Bool(a.value(row))),
         ArrowType::Int16 => prim!(Int16Array),
         ArrowType::Int32 => prim!(Int32Array),
-        ArrowType::Int64 => prim!(Int64Array),
+        ArrowType::Int64 => array.as_any().downcast_ref::<Int64Array>().map(|a| J::String(a.value(row).to_string())),
         ArrowType::Float32 => {
             array.as_any().downcast_ref::<Float32Array>().map(|a| float_json(f64::from(a.value(row))))
         }
@@ -181,17 +200,8 @@ pub fn cell_to_json(array: &ArrayRef, row: usize, field: &Field) -> serde_json::
                 J::String(s.to_string())
             }
         }),
-        ArrowType::Binary => {
-            array.as_any().downcast_ref::<BinaryArray>().map(|a| J::String(format!("\\x{}", hex::encode(a.value(row)))))
-        }
-        ArrowType::Timestamp(TimeUnit::Microsecond, _) => {
-            array.as_any().downcast_ref::<TimestampMicrosecondArray>().map(|a| format_timestamp_micros(a.value(row)))
-        }
-        ArrowType::Date32 => array.as_any().downcast_ref::<Date32Array>().map(|a| {
-            let d = NaiveDate::from_ymd_opt(1970, 1, 1)
-                .and_then(|e| e.checked_add_signed(chrono::Duration::days(i64::from(a.value(row)))));
-            d.map_or(J::Null, |d| J::String(d.format("%Y-%m-%d").to_string()))
-        }),
+        ArrowType::Binary => array.as_any().downcast_ref::<BinaryArray>().map(|a| bytes_json(a.value(row))),
+        ArrowType::Date32 => prim!(Date32Array),
         _ => None,
     };
     out.unwrap_or_else(|| generic_cell(array, row))
@@ -200,13 +210,29 @@ pub fn cell_to_json(array: &ArrayRef, row: usize, field: &Field) -> serde_json::
 fn generic_cell(array: &ArrayRef, row: usize) -> serde_json::Value {
     use datafusion::arrow::compute::cast;
     use serde_json::Value as J;
-    // Unsigned and other integer types widen to Int64 when they fit; everything else is text.
+    // Timestamps of any unit (NOW() is in nanoseconds) and dates as KalamDB's numbers.
+    if matches!(array.data_type(), ArrowType::Timestamp(_, _))
+        && let Ok(c) = cast(array, &ArrowType::Timestamp(TimeUnit::Microsecond, None))
+        && let Some(a) = c.as_any().downcast_ref::<TimestampMicrosecondArray>()
+        && !a.is_null(row)
+    {
+        return J::from(a.value(row));
+    }
+    if matches!(array.data_type(), ArrowType::Date64)
+        && let Ok(c) = cast(array, &ArrowType::Date32)
+        && let Some(a) = c.as_any().downcast_ref::<Date32Array>()
+        && !a.is_null(row)
+    {
+        return J::from(a.value(row));
+    }
+    // Small integers are numbers; 64-bit ones are strings, as above.
     if array.data_type().is_integer()
         && let Ok(c) = cast(array, &ArrowType::Int64)
         && let Some(a) = c.as_any().downcast_ref::<Int64Array>()
         && !a.is_null(row)
     {
-        return J::from(a.value(row));
+        let wide = matches!(array.data_type(), ArrowType::Int64 | ArrowType::UInt64 | ArrowType::UInt32);
+        return if wide { J::String(a.value(row).to_string()) } else { J::from(a.value(row)) };
     }
     let float_like = array.data_type().is_floating()
         || matches!(array.data_type(), ArrowType::Decimal128(_, _) | ArrowType::Decimal256(_, _));
@@ -229,9 +255,38 @@ fn float_json(f: f64) -> serde_json::Value {
     serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
+fn bytes_json(b: &[u8]) -> serde_json::Value {
+    serde_json::Value::Array(b.iter().map(|x| serde_json::Value::from(*x)).collect())
+}
+
+/// A timestamp as RFC 3339 text with microseconds (for people: messages, defaults, the CLI).
 pub fn format_timestamp_micros(us: i64) -> serde_json::Value {
     DateTime::from_timestamp_micros(us)
         .map_or(serde_json::Value::Null, |d| serde_json::Value::String(d.to_rfc3339_opts(SecondsFormat::Micros, true)))
+}
+
+/// A date (days since the epoch) as `YYYY-MM-DD` text (for people).
+pub fn format_date_days(days: i64) -> serde_json::Value {
+    NaiveDate::from_ymd_opt(1970, 1, 1)
+        .and_then(|e| e.checked_add_signed(chrono::Duration::try_days(days)?))
+        .map_or(serde_json::Value::Null, |d| serde_json::Value::String(d.format("%Y-%m-%d").to_string()))
+}
+
+/// A cell of an API answer made readable by its column's `data_type`, as a client that knows
+/// KalamDB's encoding shows it: BIGINT strings become numbers, TIMESTAMP microseconds RFC 3339
+/// text, DATE days `YYYY-MM-DD`, BYTES arrays `\x` hex. Anything else is returned unchanged.
+pub fn display_cell(data_type: &str, v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match (data_type, v) {
+        ("BigInt", J::String(s)) => s.parse::<i64>().map_or_else(|_| v.clone(), J::from),
+        ("Timestamp" | "DateTime", J::Number(n)) => n.as_i64().map_or_else(|| v.clone(), format_timestamp_micros),
+        ("Date", J::Number(n)) => n.as_i64().map_or_else(|| v.clone(), format_date_days),
+        ("Bytes", J::Array(a)) => {
+            let bytes: Option<Vec<u8>> = a.iter().map(|x| x.as_u64().and_then(|x| u8::try_from(x).ok())).collect();
+            bytes.map_or_else(|| v.clone(), |b| J::String(format!("\\x{}", hex::encode(b))))
+        }
+        _ => v.clone(),
+    }
 }
 
 /// Convert one cell of a DataFusion result to a value of the given column type (used when a
@@ -273,7 +328,8 @@ fn downcast<T: 'static>(a: &ArrayRef) -> Result<&T> {
     a.as_any().downcast_ref::<T>().ok_or_else(|| Error::Internal("unexpected array type after cast".into()))
 }
 
-/// A stored value as JSON, the same way [`cell_to_json`] renders its Arrow form.
+/// A stored value as JSON in the API's encoding, the same way [`cell_to_json`] renders its
+/// Arrow form (KalamDB's cell encoding; see there).
 pub fn value_to_json(v: &Value) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
@@ -281,30 +337,26 @@ pub fn value_to_json(v: &Value) -> serde_json::Value {
         Value::Boolean(b) => J::Bool(*b),
         Value::SmallInt(i) => J::from(*i),
         Value::Int(i) => J::from(*i),
-        Value::BigInt(i) => J::from(*i),
+        Value::BigInt(i) => J::String(i.to_string()),
         Value::Float(f) => float_json(f64::from(*f)),
         Value::Double(f) => float_json(*f),
         Value::Text(s) => J::String(s.clone()),
         Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| J::String(s.clone())),
-        Value::Bytes(b) => J::String(format!("\\x{}", hex::encode(b))),
-        Value::Timestamp(us) => format_timestamp_micros(*us),
-        Value::Date(d) => NaiveDate::from_ymd_opt(1970, 1, 1)
-            .and_then(|e| e.checked_add_signed(chrono::Duration::days(i64::from(*d))))
-            .map_or(J::Null, |d| J::String(d.format("%Y-%m-%d").to_string())),
+        Value::Bytes(b) => bytes_json(b),
+        Value::Timestamp(us) => J::from(*us),
+        Value::Date(d) => J::from(*d),
     }
 }
 
-/// A value as KalamDB's clients decode it (its documented cell encoding): BIGINT as a string
-/// (no precision lost in JavaScript), TIMESTAMP as microseconds since the epoch, DATE as days
-/// since the epoch, JSON as its text, BYTES as an array of byte values.
-pub fn kalam_json(v: &Value) -> serde_json::Value {
+/// A stored value as JSON for people (error messages, defaults shown in the catalog): numbers
+/// as numbers, timestamps and dates as text, bytes as `\x` hex.
+pub fn value_display_json(v: &Value) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
-        Value::BigInt(i) => J::String(i.to_string()),
-        Value::Timestamp(us) => J::from(*us),
-        Value::Date(d) => J::from(*d),
-        Value::Json(s) => J::String(s.clone()),
-        Value::Bytes(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
+        Value::BigInt(i) => J::from(*i),
+        Value::Bytes(b) => J::String(format!("\\x{}", hex::encode(b))),
+        Value::Timestamp(us) => format_timestamp_micros(*us),
+        Value::Date(d) => format_date_days(i64::from(*d)),
         other => value_to_json(other),
     }
 }
@@ -329,11 +381,47 @@ mod tests {
 
     #[test]
     fn stored_and_arrow_json_agree() {
-        let vals = [Value::Timestamp(1_700_000_000_123_456), Value::Date(19724)];
-        for (v, dt) in vals.iter().zip([DataType::Timestamp, DataType::Date]) {
-            let arr = build_array(dt, std::iter::once(v), 1);
-            let field = arrow_field("c", dt, true);
-            assert_eq!(cell_to_json(&arr, 0, &field), value_to_json(v));
+        let vals = [
+            (Value::Timestamp(1_700_000_000_123_456), DataType::Timestamp),
+            (Value::Date(19724), DataType::Date),
+            (Value::BigInt(i64::MAX), DataType::BigInt),
+            (Value::Bytes(vec![0, 255]), DataType::Bytes),
+            (Value::Json(r#"{"a": [1]}"#.into()), DataType::Json),
+        ];
+        for (v, dt) in &vals {
+            let arr = build_array(*dt, std::iter::once(v), 1);
+            let field = arrow_field("c", *dt, true);
+            assert_eq!(cell_to_json(&arr, 0, &field), value_to_json(v), "{dt:?}");
         }
+    }
+
+    #[test]
+    fn kalamdb_cell_encoding() {
+        use serde_json::json;
+        assert_eq!(value_to_json(&Value::BigInt(9_007_199_254_740_993)), json!("9007199254740993"));
+        assert_eq!(value_to_json(&Value::Int(7)), json!(7));
+        assert_eq!(value_to_json(&Value::Timestamp(1_700_000_000_123_456)), json!(1_700_000_000_123_456_i64));
+        assert_eq!(value_to_json(&Value::Date(19724)), json!(19724));
+        assert_eq!(value_to_json(&Value::Bytes(vec![1, 2])), json!([1, 2]));
+        assert_eq!(value_to_json(&Value::Json(r#"{"a":1}"#.into())), json!({"a": 1}));
+        // What a client shows for each encoded value.
+        assert_eq!(display_cell("BigInt", &json!("42")), json!(42));
+        assert_eq!(display_cell("Timestamp", &json!(1_000_000)), json!("1970-01-01T00:00:01.000000Z"));
+        assert_eq!(display_cell("Date", &json!(19724)), json!("2024-01-02"));
+        assert_eq!(display_cell("Bytes", &json!([171])), json!("\\xab"));
+    }
+
+    #[test]
+    fn timestamps_read_back_write_back_unchanged() {
+        let us = 1_700_000_000_123_456_i64;
+        let lit = Literal::from_json(&value_to_json(&Value::Timestamp(us)));
+        assert_eq!(coerce(&lit, DataType::Timestamp).unwrap(), Value::Timestamp(us));
+        // Milliseconds, as `Date.now()` sends them, still read as milliseconds.
+        let ms = Literal::Number("1700000000123".into());
+        assert_eq!(coerce(&ms, DataType::Timestamp).unwrap(), Value::Timestamp(1_700_000_000_123_000));
+        let days = Literal::from_json(&value_to_json(&Value::Date(19724)));
+        assert_eq!(coerce(&days, DataType::Date).unwrap(), Value::Date(19724));
+        let big = Literal::from_json(&value_to_json(&Value::BigInt(i64::MIN)));
+        assert_eq!(coerce(&big, DataType::BigInt).unwrap(), Value::BigInt(i64::MIN));
     }
 }

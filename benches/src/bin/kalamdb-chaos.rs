@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use kalamdb_benches::chaos::api::{Api, rows};
+use kalamdb_benches::chaos::api::{Api, int, rows, uint};
 use kalamdb_benches::chaos::check::{self, LinReport, List, Register, Verdict};
 use kalamdb_benches::chaos::cluster::{Cluster, Local, NODES};
 use kalamdb_benches::chaos::nemesis;
@@ -277,7 +277,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let final_rows = api
         .sql_until_ok(&urls, &format!("SELECT id FROM {lists_table} ORDER BY _seq"), SETUP_WAIT)
         .await
-        .map(|v| rows(&v).iter().filter_map(|r| r[0].as_u64()).collect::<Vec<u64>>());
+        .map(|v| rows(&v).iter().filter_map(|r| uint(&r[0])).collect::<Vec<u64>>());
     let present = match final_rows {
         Ok(p) => p,
         Err(e) => {
@@ -289,9 +289,9 @@ async fn run(args: Args) -> Result<bool, String> {
     let verdict = match api.sql_until_ok(&urls, &sql, SETUP_WAIT).await {
         Ok(v) => match rows(&v).first() {
             Some(r) => transfers.check_final(
-                r[0].as_i64().unwrap_or(i64::MIN),
-                r[1].as_u64().unwrap_or(0),
-                r[2].as_u64().unwrap_or(u64::MAX),
+                int(&r[0]).unwrap_or(i64::MIN),
+                uint(&r[1]).unwrap_or(0),
+                uint(&r[2]).unwrap_or(u64::MAX),
             ),
             None => Err(format!("no row in {v}")),
         },

@@ -113,6 +113,17 @@ pub fn rows(v: &Value) -> &[Value] {
     v["results"][0]["rows"].as_array().map_or(&[], |r| r.as_slice())
 }
 
+/// An integer cell in either encoding: a BIGINT string (the API's encoding of 64-bit integers)
+/// or a JSON number.
+pub fn int(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// [`int`] for a value that cannot be negative.
+pub fn uint(v: &Value) -> Option<u64> {
+    int(v).and_then(|i| u64::try_from(i).ok())
+}
+
 /// `row_count` of the first result.
 pub fn row_count(v: &Value) -> Option<u64> {
     v["results"][0]["row_count"].as_u64()

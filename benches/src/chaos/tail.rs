@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::check::TailEvent;
+use super::api::uint;
 use crate::{HttpClient, ROOT_BASIC, client};
 
 /// With no bytes for this long (heartbeats come every 5 s by default), the node is taken for
@@ -155,7 +156,7 @@ async fn stream_once(
                         let ev = TailEvent {
                             index: v["position"]["index"].as_u64().unwrap_or(0),
                             offset: v["position"]["offset"].as_u64().unwrap_or(0) as u32,
-                            id: v["row"]["id"].as_u64().ok_or("fatal: an insert event without row.id")?,
+                            id: uint(&v["row"]["id"]).ok_or("fatal: an insert event without row.id")?,
                         };
                         batch.push(ev);
                     }

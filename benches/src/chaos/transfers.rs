@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::api::{Api, Reply, rows};
+use super::api::{Api, Reply, int, rows, uint};
 
 /// Accounts in the table, and what each starts with.
 pub const ACCOUNTS: u64 = 8;
@@ -69,7 +69,7 @@ impl Transfers {
                 let sql = format!("SELECT sum(bal), count(*) FROM {t}");
                 if let Reply::Ok(v) = self.api.sql(url, &sql, false).await {
                     self.counts.reads.fetch_add(1, Ordering::Relaxed);
-                    let seen = rows(&v).first().map(|r| (r[0].as_i64(), r[1].as_u64()));
+                    let seen = rows(&v).first().map(|r| (int(&r[0]), uint(&r[1])));
                     if seen != Some((Some(Self::total()), Some(ACCOUNTS))) {
                         self.counts.bad_reads.fetch_add(1, Ordering::Relaxed);
                         let mut first = self.first_bad.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Mutex;
 
-use super::api::{Api, Reply, row_count, rows};
+use super::api::{Api, Reply, row_count, rows, uint};
 use super::check::{Event, ListOp, ListRet, Outcome, RegOp, RegRet};
 
 /// Register keys in use at any time; list keys likewise.
@@ -167,7 +167,7 @@ impl Workload {
             RegOp::Read => match self.api.sql(url, &format!("SELECT v FROM {t} WHERE k = {key}"), false).await {
                 Reply::Ok(v) => match rows(&v) {
                     [] => Outcome::Ok(RegRet::Value(None)),
-                    [r] => r[0].as_u64().map_or(Outcome::Failed, |x| Outcome::Ok(RegRet::Value(Some(x)))),
+                    [r] => uint(&r[0]).map_or(Outcome::Failed, |x| Outcome::Ok(RegRet::Value(Some(x)))),
                     _ => Outcome::Failed,
                 },
                 // A read that did not answer changed nothing.
@@ -220,7 +220,7 @@ impl Workload {
                 let sql = format!("SELECT v FROM {t} WHERE id >= {lo} AND id < {hi} ORDER BY _seq");
                 match self.api.sql(url, &sql, false).await {
                     Reply::Ok(v) => {
-                        let vals: Option<Vec<u64>> = rows(&v).iter().map(|r| r[0].as_u64()).collect();
+                        let vals: Option<Vec<u64>> = rows(&v).iter().map(|r| uint(&r[0])).collect();
                         vals.map_or(Outcome::Failed, |v| Outcome::Ok(ListRet::Values(v)))
                     }
                     _ => Outcome::Failed,

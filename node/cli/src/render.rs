@@ -29,19 +29,46 @@ impl Format {
     }
 }
 
-/// A cell as text: strings as they are, NULL as `NULL`, everything else as JSON.
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "NULL".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// A cell as text by its column's `data_type` (the API's cell encoding): TIMESTAMP
+/// microseconds as RFC 3339, DATE days as `YYYY-MM-DD`, BYTES arrays as `\\x` hex; strings as
+/// they are, NULL as `NULL`, everything else as JSON.
+fn cell(v: &Value, data_type: &str) -> String {
+    match (data_type, v) {
+        (_, Value::Null) => "NULL".into(),
+        ("Timestamp" | "DateTime", Value::Number(n)) => n
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map_or_else(|| n.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        ("Date", Value::Number(n)) => n
+            .as_i64()
+            .and_then(|d| chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?.checked_add_signed(chrono::Duration::try_days(d)?))
+            .map_or_else(|| n.to_string(), |d| d.format("%Y-%m-%d").to_string()),
+        ("Bytes", Value::Array(a)) => {
+            let hex: Option<String> = a.iter().map(|b| b.as_u64().map(|b| format!("{b:02x}"))).collect();
+            hex.map_or_else(|| v.to_string(), |h| format!("\\x{h}"))
+        }
+        (_, Value::String(s)) => s.clone(),
+        (_, other) => other.to_string(),
     }
 }
 
-fn columns(result: &Value) -> Vec<String> {
+fn columns(result: &Value) -> Vec<(String, String)> {
     result["schema"]
         .as_array()
-        .map(|s| s.iter().map(|c| c["name"].as_str().unwrap_or_default().to_string()).collect())
+        .map(|s| {
+            s.iter()
+                .map(|c| {
+                    let name = c["name"].as_str().unwrap_or_default().to_string();
+                    (name, c["data_type"].as_str().unwrap_or_default().to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cells(row: &Value, cols: &[(String, String)], as_text: fn(&Value, &str) -> String) -> Vec<String> {
+    row.as_array()
+        .map(|r| r.iter().enumerate().map(|(i, v)| as_text(v, cols.get(i).map_or("", |c| c.1.as_str()))).collect())
         .unwrap_or_default()
 }
 
@@ -59,10 +86,9 @@ pub fn render(result: &Value, format: Format) -> String {
     match format {
         Format::Csv => {
             let mut w = csv::Writer::from_writer(Vec::new());
-            let _ = w.write_record(&cols);
+            let _ = w.write_record(cols.iter().map(|c| &c.0));
             for r in rows {
-                let fields: Vec<String> = r.as_array().map(|r| r.iter().map(csv_cell).collect()).unwrap_or_default();
-                let _ = w.write_record(&fields);
+                let _ = w.write_record(&cells(r, &cols, csv_cell));
             }
             let bytes = w.into_inner().unwrap_or_default();
             String::from_utf8_lossy(&bytes).trim_end().to_string()
@@ -70,9 +96,9 @@ pub fn render(result: &Value, format: Format) -> String {
         _ => {
             let mut t = Table::new();
             t.load_style(presets::ASCII_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
-            t.set_header(cols);
+            t.set_header(cols.iter().map(|c| &c.0));
             for r in rows {
-                t.add_row(r.as_array().map(|r| r.iter().map(cell).collect::<Vec<_>>()).unwrap_or_default());
+                t.add_row(cells(r, &cols, cell));
             }
             let n = rows.len();
             format!("{t}\n({n} row{})", if n == 1 { "" } else { "s" })
@@ -81,10 +107,10 @@ pub fn render(result: &Value, format: Format) -> String {
 }
 
 /// CSV has no NULL: an empty field.
-fn csv_cell(v: &Value) -> String {
+fn csv_cell(v: &Value, data_type: &str) -> String {
     match v {
         Value::Null => String::new(),
-        other => cell(other),
+        other => cell(other, data_type),
     }
 }
 
@@ -100,7 +126,7 @@ mod tests {
     fn result() -> Value {
         serde_json::json!({
             "schema": [{"name": "id", "data_type": "BigInt", "index": 0}, {"name": "name", "data_type": "Text", "index": 1}],
-            "rows": [[1, "a, b"], [2, null]],
+            "rows": [["1", "a, b"], ["2", null]],
             "row_count": 2,
         })
     }
@@ -111,6 +137,20 @@ mod tests {
         assert!(out.starts_with("+----+------+"), "{out}");
         assert!(out.contains("| 2  | NULL |"), "{out}");
         assert!(out.ends_with("(2 rows)"), "{out}");
+    }
+
+    #[test]
+    fn typed_cells_are_shown_readable() {
+        let r = serde_json::json!({
+            "schema": [
+                {"name": "at", "data_type": "Timestamp", "index": 0},
+                {"name": "day", "data_type": "Date", "index": 1},
+                {"name": "b", "data_type": "Bytes", "index": 2},
+            ],
+            "rows": [[1_000_000, 19724, [171, 1]]],
+            "row_count": 1,
+        });
+        assert_eq!(render(&r, Format::Csv), "at,day,b\n1970-01-01T00:00:01.000000Z,2024-01-02,\\xab01");
     }
 
     #[test]

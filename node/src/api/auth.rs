@@ -244,3 +244,15 @@ pub(super) async fn me(
         Err(resp) => resp,
     }
 }
+
+/// `GET /v1/api/auth/status`: KalamDB's setup probe, which its CLI asks before prompting for
+/// credentials. This server has no setup step (root's password comes from config; without
+/// one root may log in from loopback only), so the answer is always `needs_setup: false`.
+pub(super) async fn status(State(app): State<Arc<App>>) -> Response {
+    let message = if app.auth.root_has_password() {
+        "Server is configured: log in with a user's credentials"
+    } else {
+        "Server is configured: root has no password and may log in from loopback only"
+    };
+    (StatusCode::OK, axum::Json(json!({"needs_setup": false, "message": message}))).into_response()
+}

@@ -58,6 +58,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/api/auth/me", get(auth::me))
         .route("/v1/api/auth/refresh", post(auth::refresh))
         .route("/v1/api/auth/logout", post(auth::logout))
+        .route("/v1/api/auth/status", get(auth::status))
         .route("/ui", get(ui::index))
         .route("/ui/", get(ui::index))
         .route("/ui/console.js", get(ui::script))

@@ -94,6 +94,7 @@ pub(super) async fn sql(
         _ => who,
     };
     tracing::debug!(target: "kalamdb_sql", user = %who.username, sql = %kalamdb_query::redact_passwords(&req.sql), linearizable, "statement");
+    let as_user = who.username.clone();
     let ctx = ExecContext {
         user_id: who.user_id,
         role: who.role,
@@ -113,6 +114,7 @@ pub(super) async fn sql(
                     *r = super::tail::subscription_result(&sub, host);
                     r.kind = kind;
                 }
+                r.as_user = Some(as_user.clone());
                 metrics::counter!("kalamdb_sql_statements_total", "kind" => r.kind).increment(1);
             }
             success_response(&results, start)

@@ -98,7 +98,9 @@ impl Server {
         let status = resp.status().as_u16();
         let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null), retry_after)
+        let mut json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        decode_sql_answer(&mut json);
+        (status, json, retry_after)
     }
 
     pub fn is_running(&self) -> bool {
@@ -150,8 +152,25 @@ impl Server {
         self.request_as(Some(ROOT_BASIC), method, path, content_type, body).await
     }
 
-    /// A request with the given `Authorization` header (or none).
+    /// A request with the given `Authorization` header (or none). SQL answers come back with
+    /// their cells decoded as a client shows them ([`decode_sql_answer`]).
     pub async fn request_as(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let (status, mut json) = self.request_raw_as(authorization, method, path, content_type, body).await?;
+        if path.starts_with("/v1/api/sql") {
+            decode_sql_answer(&mut json);
+        }
+        Ok((status, json))
+    }
+
+    /// [`Server::request_as`] with the answer exactly as it came over the wire.
+    pub async fn request_raw_as(
         &self,
         authorization: Option<&str>,
         method: &str,
@@ -287,7 +306,37 @@ pub async fn post_path(
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+    let mut json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    if path.starts_with("/v1/api/sql") {
+        decode_sql_answer(&mut json);
+    }
+    Ok((status, json))
+}
+
+/// An integer cell in either encoding: a BIGINT string or a JSON number.
+pub fn int(v: &serde_json::Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// Decode a SQL answer's cells by their columns' `data_type`, as KalamDB's clients do with its
+/// cell encoding (BIGINT strings, TIMESTAMP microseconds, DATE days, BYTES arrays): tests then
+/// compare readable values. The wire encoding itself is asserted in `http_api.rs` and `compat.rs`
+/// on raw answers.
+pub fn decode_sql_answer(body: &mut serde_json::Value) {
+    let Some(results) = body.get_mut("results").and_then(|r| r.as_array_mut()) else { return };
+    for result in results {
+        let types: Vec<String> = result["schema"]
+            .as_array()
+            .map(|cols| cols.iter().map(|c| c["data_type"].as_str().unwrap_or_default().to_string()).collect())
+            .unwrap_or_default();
+        let Some(rows) = result.get_mut("rows").and_then(|r| r.as_array_mut()) else { continue };
+        for row in rows {
+            let Some(cells) = row.as_array_mut() else { continue };
+            for (cell, ty) in cells.iter_mut().zip(&types) {
+                *cell = kalamdb_query::values::display_cell(ty, cell);
+            }
+        }
+    }
 }
 
 /// A streaming response of `GET /v1/api/tail`, read line by line (NDJSON) or event by event

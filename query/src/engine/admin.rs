@@ -93,6 +93,7 @@ impl Engine {
                     rows: None,
                     row_count: 1,
                     message: None,
+                    as_user: None,
                     kind: "other",
                     subscription: Some(subscription),
                 })
@@ -104,7 +105,7 @@ impl Engine {
                     .ok_or_else(|| Error::Unsupported("BACKUP DATABASE needs a server node".into()))?;
                 let job_id = runner.start_backup(&destination).await?;
                 let mut result = QueryResult::rows(
-                    vec![("job_id".into(), "Utf8".into()), ("destination".into(), "Utf8".into())],
+                    vec![("job_id".into(), "Text".into()), ("destination".into(), "Text".into())],
                     vec![vec![serde_json::Value::String(job_id.clone()), serde_json::Value::String(destination)]],
                 );
                 result.message = Some(format!("Backup job {job_id} started; its progress is in system.jobs"));

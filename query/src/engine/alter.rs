@@ -10,13 +10,13 @@ use crate::access::{self, ACCESS_LEVEL_OPTION, AccessLevel};
 use crate::error::{Error, Result};
 use crate::parse::{AlterAction, FlushPolicy, ParsedColumn, TableName};
 use crate::ports::Proposer;
-use crate::values::{coerce, value_to_json};
+use crate::values::{coerce, value_display_json, value_to_json};
 
 /// A default as written back for the schema history (display only; never parsed again).
 fn default_text(d: &DefaultExpr) -> String {
     match d {
         DefaultExpr::Literal(Value::Text(s)) => format!("'{}'", s.replace('\'', "''")),
-        DefaultExpr::Literal(v) => value_to_json(v).to_string(),
+        DefaultExpr::Literal(v) => value_display_json(v).to_string(),
         DefaultExpr::SnowflakeId => "SNOWFLAKE_ID()".into(),
         DefaultExpr::Now => "NOW()".into(),
     }
@@ -157,8 +157,8 @@ impl Engine {
             .iter()
             .map(|v| {
                 vec![
-                    serde_json::Value::from(v.version),
-                    serde_json::Value::from(v.log_index),
+                    value_to_json(&Value::BigInt(i64::from(v.version))),
+                    value_to_json(&Value::BigInt(i64::try_from(v.log_index).unwrap_or(i64::MAX))),
                     serde_json::Value::String(v.change.clone()),
                     value_to_json(&Value::Timestamp(v.at_micros)),
                 ]

@@ -107,7 +107,7 @@ impl Batch {
                     if kind == WriteKind::Insert && p.row.is_some() {
                         return Err(Error::ConstraintViolation(format!(
                             "Primary key violation: this batch already wrote a row with key {}",
-                            crate::values::value_to_json(&w.pk)
+                            crate::values::value_display_json(&w.pk)
                         )));
                     }
                     p.row = row;

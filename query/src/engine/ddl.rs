@@ -8,7 +8,7 @@ use crate::access::{self, ACCESS_LEVEL_OPTION, AccessLevel};
 use crate::error::{Error, Result};
 use crate::parse::{ParsedCreateTable, Statement};
 use crate::ports::Proposer;
-use crate::provider::SYSTEM_NAMESPACE;
+use crate::provider::RESERVED_NAMESPACES;
 use crate::values::{Literal, coerce};
 
 impl Engine {
@@ -27,8 +27,8 @@ impl Engine {
         }
         match statement {
             Statement::CreateNamespace { name, if_not_exists } => {
-                if name == SYSTEM_NAMESPACE {
-                    return Err(Error::InvalidSql("namespace 'system' is reserved".into()));
+                if RESERVED_NAMESPACES.contains(&name.as_str()) {
+                    return Err(Error::InvalidSql(format!("namespace '{name}' is reserved")));
                 }
                 let op = Op::CreateNamespace { name: name.clone(), if_not_exists, created_at_micros: now_micros() };
                 match self.propose_ok(proposer, catalog_group(), op).await? {
@@ -113,7 +113,7 @@ impl Engine {
                     ("data_type".into(), "Text".into()),
                     ("is_nullable".into(), "Boolean".into()),
                     ("is_primary_key".into(), "Boolean".into()),
-                    ("ordinal_position".into(), "BigInt".into()),
+                    ("ordinal_position".into(), "Int".into()),
                 ];
                 Ok(QueryResult::rows(cols, rows))
             }
@@ -128,8 +128,8 @@ impl Engine {
         proposer: &dyn Proposer,
     ) -> Result<QueryResult> {
         let ns = self.namespace_of(&ct.table, ctx);
-        if ns == SYSTEM_NAMESPACE {
-            return Err(Error::InvalidSql("tables cannot be created in namespace 'system'".into()));
+        if RESERVED_NAMESPACES.contains(&ns.as_str()) {
+            return Err(Error::InvalidSql(format!("tables cannot be created in namespace '{ns}'")));
         }
         let mut table_type = ct.table_type;
         let mut options = Vec::new();

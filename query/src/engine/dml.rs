@@ -354,7 +354,7 @@ impl Engine {
             if live {
                 return Err(Error::ConstraintViolation(format!(
                     "Primary key violation: a row with key {} already exists (row {})",
-                    crate::values::value_to_json(&w.pk),
+                    crate::values::value_display_json(&w.pk),
                     i + 1
                 )));
             }

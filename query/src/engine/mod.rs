@@ -31,7 +31,7 @@ pub use select::SeqWindow;
 use crate::error::{Error, Result};
 use crate::limits::{Executor, QueryLimits};
 use crate::parse::{Parsed, Statement, TableName, parse, split_request};
-use crate::ports::{BackupRunner, ClusterView, JobSource, Proposer, ReadBarrier};
+use crate::ports::{BackupRunner, ClusterView, JobSource, NodeView, Proposer, ReadBarrier};
 use crate::values::{Literal, api_type_name, cell_to_json};
 
 /// Rows one INSERT, UPDATE or DELETE statement may write (well under the log's per-entry cap).
@@ -83,6 +83,9 @@ pub struct QueryResult {
     pub row_count: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The user the statement ran as (KalamDB's `as_user`); the node fills it in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_user: Option<String>,
     /// The statement's kind (`statement_kind`), for metrics; not part of the answer.
     #[serde(skip)]
     pub kind: &'static str,
@@ -106,7 +109,15 @@ pub struct Subscription {
 
 impl QueryResult {
     fn message(row_count: usize, message: String) -> QueryResult {
-        QueryResult { schema: None, rows: None, row_count, message: Some(message), kind: "other", subscription: None }
+        QueryResult {
+            schema: None,
+            rows: None,
+            row_count,
+            message: Some(message),
+            as_user: None,
+            kind: "other",
+            subscription: None,
+        }
     }
 
     /// A result with these `(name, type)` columns and rows.
@@ -121,6 +132,7 @@ impl QueryResult {
             row_count: rows.len(),
             rows: Some(rows),
             message: None,
+            as_user: None,
             kind: "other",
             subscription: None,
         }
@@ -182,6 +194,7 @@ pub struct Engine {
     ids: SnowflakeGen,
     template: SessionState,
     cluster: Option<Arc<dyn ClusterView>>,
+    node: Option<Arc<dyn NodeView>>,
     jobs: Option<Arc<dyn JobSource>>,
     backups: Option<Arc<dyn BackupRunner>>,
     limits: QueryLimits,
@@ -299,6 +312,7 @@ impl Engine {
             ids: SnowflakeGen::new(node_id),
             template: select::session_template(env),
             cluster: None,
+            node: None,
             jobs: None,
             backups: None,
             executor: Arc::new(Executor::new(&limits, None)),
@@ -331,6 +345,12 @@ impl Engine {
     /// Serve `system.cluster` and `system.cluster_groups` from `view`.
     pub fn with_cluster(mut self, view: Arc<dyn ClusterView>) -> Engine {
         self.cluster = Some(view);
+        self
+    }
+
+    /// Serve `system.stats` and `system.sessions` from `view`.
+    pub fn with_node(mut self, view: Arc<dyn NodeView>) -> Engine {
+        self.node = Some(view);
         self
     }
 

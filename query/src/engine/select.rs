@@ -20,7 +20,7 @@ use crate::access;
 use crate::error::{Error, Result};
 use crate::limits::collect_bounded;
 use crate::parse::{PointKey, PointSelect};
-use crate::provider::{DELETED_COLUMN, KalamCatalog, SEQ_COLUMN, SYSTEM_NAMESPACE, ScanScope};
+use crate::provider::{DELETED_COLUMN, KalamCatalog, SEQ_COLUMN, ScanScope};
 use crate::values::{Literal, coerce, value_to_json};
 
 /// `SELECT <projection> [FROM <from>] [WHERE <selection>]` as a syntax tree, from typed parts.
@@ -167,7 +167,7 @@ impl Engine {
                     Some(i) => {
                         value_to_json(row.values.get(*i).or(def.columns[*i].backfill.as_ref()).unwrap_or(&Value::Null))
                     }
-                    None if name == SEQ_COLUMN => serde_json::Value::from(row.seq as i64),
+                    None if name == SEQ_COLUMN => serde_json::Value::String(row.seq.to_string()),
                     None => serde_json::Value::Bool(row.deleted),
                 })
                 .collect();
@@ -197,6 +197,7 @@ impl Engine {
             role: ctx.role,
             barrier: ctx.barrier.clone(),
             cluster: self.cluster.clone(),
+            node: self.node.clone(),
             jobs: self.jobs.clone(),
             as_of,
             held: Default::default(),
@@ -215,7 +216,7 @@ impl Engine {
             [_, ns, t] | [ns, t] => (*ns, *t),
             _ => return e,
         };
-        if ns != SYSTEM_NAMESPACE && !self.catalog.namespace_exists(ns) {
+        if !crate::provider::RESERVED_NAMESPACES.contains(&ns) && !self.catalog.namespace_exists(ns) {
             Error::NamespaceNotFound(format!("Namespace '{ns}' does not exist"))
         } else {
             Error::TableNotFound(format!("Table '{ns}.{table}' does not exist"))

@@ -772,9 +772,10 @@ fn event_json(
             let row = if c.kind == ChangeKind::Delete { J::Null } else { row_json(def, &c.row) };
             obj.insert("row".into(), row);
             obj.insert("old_row".into(), c.old_row.as_deref().map_or(J::Null, |r| row_json(def, r)));
-            obj.insert("_seq".into(), J::from(c.seq));
+            // BIGINT encoding, as in the rows: a `_seq` can pass 2^53.
+            obj.insert("_seq".into(), J::String(c.seq.to_string()));
             if let Some(s) = c.old_seq {
-                obj.insert("old_seq".into(), J::from(s));
+                obj.insert("old_seq".into(), J::String(s.to_string()));
             }
             if c.expired {
                 obj.insert("expired".into(), J::Bool(true));

@@ -53,20 +53,29 @@ async function api(method, path, body, retried) {
   return { status: resp.status, json };
 }
 
-function cell(v) {
-  if (v === null || v === undefined) return el("td", "NULL", "null");
-  return el("td", typeof v === "object" ? JSON.stringify(v) : String(v));
+// Cells come in KalamDB's encoding: TIMESTAMP as microseconds, DATE as days since the epoch
+// (BIGINT as strings shows as written). Shown as ISO 8601 text.
+function show(v, type) {
+  if (type === "Timestamp" && typeof v === "number") return new Date(Math.floor(v / 1000)).toISOString();
+  if (type === "Date" && typeof v === "number") return new Date(v * 86400000).toISOString().slice(0, 10);
+  return typeof v === "object" ? JSON.stringify(v) : String(v);
 }
 
+function cell(v, type) {
+  if (v === null || v === undefined) return el("td", "NULL", "null");
+  return el("td", show(v, type));
+}
+
+// columns: [{name, data_type}]
 function renderTable(target, columns, rows, freshIndex) {
   const table = el("table");
   const head = el("tr");
-  columns.forEach((c) => head.appendChild(el("th", c)));
+  columns.forEach((c) => head.appendChild(el("th", c.name)));
   table.appendChild(el("thead")).appendChild(head);
   const tbody = table.appendChild(el("tbody"));
   rows.forEach((r, i) => {
     const tr = el("tr", null, freshIndex && freshIndex.has(i) ? "fresh" : "");
-    r.forEach((v) => tr.appendChild(cell(v)));
+    r.forEach((v, j) => tr.appendChild(cell(v, columns[j] && columns[j].data_type)));
     tbody.appendChild(tr);
   });
   const wrap = el("div", null, "scroll");
@@ -130,7 +139,7 @@ async function runSql() {
     const box = el("div");
     if (res.schema && res.rows) {
       const target = el("div");
-      renderTable(target, res.schema.map((c) => c.name), res.rows);
+      renderTable(target, res.schema, res.rows);
       box.appendChild(target);
       box.appendChild(el("p", res.row_count + " row(s)", "muted"));
     } else {
@@ -195,7 +204,7 @@ function followLive() {
     const list = Array.from(rows.values());
     const freshIdx = new Set();
     list.forEach((r, i) => { if (fresh.has(r.__key)) freshIdx.add(i); });
-    renderTable($("live-rows"), columns, list.map((r) => columns.map((c) => r[c])), freshIdx);
+    renderTable($("live-rows"), columns, list.map((r) => columns.map((c) => r[c.name])), freshIdx);
     $("live-status").textContent = rows.size + " row(s), live";
   };
   ws.onopen = () => ws.send(JSON.stringify({ type: "authenticate", method: "jwt", token: state.access, protocol: { serialization: "json", compression: "none" } }));
@@ -207,7 +216,7 @@ function followLive() {
     } else if (m.type === "auth_error") {
       showError($("live-error"), "AUTH_ERROR", m.message);
     } else if (m.type === "subscription_ack") {
-      columns = m.schema.map((f) => f.name).concat(["_seq"]);
+      columns = m.schema.filter((f) => f.name !== "_seq").concat([{ name: "_seq", data_type: "BigInt" }]);
       const pk = m.schema.find((f) => (f.flags || []).includes("pk"));
       key = pk ? pk.name : "_seq";
       $("live-status").textContent = "loading";
@@ -244,7 +253,7 @@ async function loadCluster() {
     const lags = (g.members || []).map((m) => m.lag).filter((l) => l !== null && l !== undefined);
     return [g.group, g.leader, g.term, g.commit_index, g.applied_index, lags.length ? Math.max(...lags) : null];
   });
-  renderTable($("cluster"), ["group", "leader", "term", "commit", "applied here", "max lag"], rows);
+  renderTable($("cluster"), ["group", "leader", "term", "commit", "applied here", "max lag"].map((name) => ({ name })), rows);
 }
 
 if (state.access) showApp(); else showLogin();

@@ -132,7 +132,7 @@ impl LiveSub {
         let mut put = |i: usize| {
             let Some(col) = def.columns.get(i).filter(|c| !c.dropped) else { return };
             let v = values.get(i).or(col.backfill.as_ref()).unwrap_or(&Value::Null);
-            obj.insert(col.name.clone(), kalamdb_query::values::kalam_json(v));
+            obj.insert(col.name.clone(), kalamdb_query::values::value_to_json(v));
         };
         if self.query.explicit {
             for c in &self.query.columns {
@@ -155,7 +155,7 @@ impl LiveSub {
             let shown = !self.query.explicit || self.query.columns.contains(&LiveColumn::Table(i));
             if col.primary_key || (shown && changed.contains(&i)) {
                 let v = values.get(i).or(col.backfill.as_ref()).unwrap_or(&Value::Null);
-                obj.insert(col.name.clone(), kalamdb_query::values::kalam_json(v));
+                obj.insert(col.name.clone(), kalamdb_query::values::value_to_json(v));
             }
         }
         obj.insert(kalamdb_query::provider::SEQ_COLUMN.into(), J::String(seq.to_string()));

@@ -27,9 +27,17 @@ use super::{App, error_response, node_error_response};
 pub const FRAME_SLACK_BYTES: usize = 64 << 10;
 
 /// Open connections of this node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WsState {
     connections: AtomicUsize,
+    /// Each connection while it lives (`system.sessions`).
+    sessions: Arc<crate::sessions::Sessions>,
+}
+
+impl WsState {
+    pub fn new(sessions: Arc<crate::sessions::Sessions>) -> WsState {
+        WsState { connections: AtomicUsize::new(0), sessions }
+    }
 }
 
 struct ConnectionGuard(Arc<App>);
@@ -98,9 +106,11 @@ pub async fn upgrade(
     }
     metrics::gauge!("kalamdb_ws_connections").set(app.ws_state.connections.load(Ordering::SeqCst) as f64);
     let guard = ConnectionGuard(app.clone());
+    let user = pre_auth.as_ref().map_or("", |e| e.who.user_id.as_str());
+    let registered = app.ws_state.sessions.open(client, "websocket", user);
     let limit = cfg.message_bytes_max.saturating_add(FRAME_SLACK_BYTES);
     ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
         let _guard = guard;
-        session::serve(app, socket, pre_auth, compress).await;
+        session::serve(app, socket, pre_auth, compress, registered).await;
     })
 }

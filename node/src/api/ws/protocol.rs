@@ -44,6 +44,19 @@ pub enum ClientMessage {
     Ping,
 }
 
+impl ClientMessage {
+    /// The message's `type`, as `system.sessions.last_method` shows it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Authenticate { .. } => "authenticate",
+            ClientMessage::Subscribe { .. } => "subscribe",
+            ClientMessage::NextBatch { .. } => "next_batch",
+            ClientMessage::Unsubscribe { .. } => "unsubscribe",
+            ClientMessage::Ping => "ping",
+        }
+    }
+}
+
 /// `authenticate.protocol`: only JSON serialization is spoken here; the answer says so.
 #[derive(Debug, Deserialize)]
 pub struct ProtocolOptions {

@@ -102,6 +102,8 @@ struct Conn {
     out: Outbox,
     entitlement: Option<Entitlement>,
     subs: HashMap<String, SubHandle>,
+    /// This connection in `system.sessions`.
+    session: crate::sessions::SessionHandle,
     /// Message budget of the current second.
     window_start: Instant,
     window_messages: u32,
@@ -109,7 +111,13 @@ struct Conn {
 
 /// Serve one upgraded connection. `pre_auth`: the identity of an `Authorization` header sent
 /// with the upgrade (then `auth_success` is the first message, unprompted).
-pub async fn serve(app: Arc<App>, socket: WebSocket, pre_auth: Option<Entitlement>, compress: bool) {
+pub async fn serve(
+    app: Arc<App>,
+    socket: WebSocket,
+    pre_auth: Option<Entitlement>,
+    compress: bool,
+    session: crate::sessions::SessionHandle,
+) {
     let cfg = app.websocket.clone();
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(cfg.send_buffer_messages);
@@ -160,6 +168,7 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, pre_auth: Option<Entitlemen
         out: out.clone(),
         entitlement: None,
         subs: HashMap::new(),
+        session,
         window_start: Instant::now(),
         window_messages: 0,
     };
@@ -259,6 +268,14 @@ impl Conn {
                 return true;
             }
         };
+        self.session.seen(message.kind());
+        let reply = self.on_message(message).await;
+        self.session.subscriptions(self.subs.len());
+        reply
+    }
+
+    /// Handle one parsed client message; `false` ends the connection.
+    async fn on_message(&mut self, message: ClientMessage) -> bool {
         match message {
             ClientMessage::Authenticate { method, token, protocol: _ } => {
                 return self.authenticate(method, &token).await;
@@ -310,6 +327,7 @@ impl Conn {
             Ok(who) => {
                 let expires = self.app.auth.token_expiry(token);
                 self.reply(protocol::auth_success(&who.user_id, who.role));
+                self.session.user(&who.user_id);
                 self.entitlement = Some(entitlement(who, expires, self.app.auth.token_ids(token)));
                 true
             }
