@@ -108,10 +108,10 @@ consistency_test() {
   check "5. flush on node 3" "$(sql 3 "STORAGE FLUSH TABLE $ns.items")" '2 row(s) written to Parquet'
   for n in "${nodes[@]}"; do
     check "6. read on node $n" "$(sql "$n" "SELECT name FROM $ns.items WHERE id = 1")" '"from node 3"'
-    check "6. count on node $n" "$(sql "$n" "SELECT COUNT(*) AS n FROM $ns.items")" '[[2]]'
+    check "6. count on node $n" "$(sql "$n" "SELECT COUNT(*) AS n FROM $ns.items")" '[["2"]]'
     # Every node applied the flush entry itself (same files, same manifest).
     check "6. flush applied on node $n" \
-      "$(sql "$n" "SELECT rows, status FROM system.jobs WHERE namespace_id = '$ns' AND job_type = 'flush'")" '[[2,"completed"]]'
+      "$(sql "$n" "SELECT rows, status FROM system.jobs WHERE namespace_id = '$ns' AND job_type = 'flush'")" '[["2","completed"]]'
   done
   check "7. cleanup" "$(sql 1 "DROP NAMESPACE $ns CASCADE")" '"status":"success"'
   for n in "${nodes[@]}"; do

@@ -198,6 +198,7 @@ impl ClusterView for NodeCluster {
             .values()
             .map(|g| ClusterGroup {
                 group: group_name(g.group),
+                id: g.group,
                 node_id: self.0.node_id,
                 leader: g.leader,
                 term: g.term,

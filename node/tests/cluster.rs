@@ -125,7 +125,7 @@ async fn writes_on_any_node_are_read_on_every_node() {
     }
     let r = c.node(3).sql_ok("SELECT node_id, reachable, is_self FROM system.cluster ORDER BY node_id").await;
     assert_eq!(r["rows"], json!([[1, true, false], [2, true, false], [3, true, true]]), "{r}");
-    let r = c.node(1).sql_ok("SELECT group_id, leader FROM system.cluster_groups").await;
+    let r = c.node(1).sql_ok("SELECT group_name, leader FROM system.cluster_groups").await;
     assert_eq!(r["rows"].as_array().map(Vec::len), Some(8), "{r}");
     // The queries KalamDB's CLI runs for `\cluster list` and `\cluster list groups`, verbatim.
     let r = c

@@ -79,6 +79,12 @@ async fn the_console_logs_in_runs_sql_and_follows_a_table_live() {
     b.wait_for("document.querySelectorAll('#results tbody tr').length === 2", WAIT).await;
     let first = b.eval("document.querySelector('#results tbody tr').textContent").await;
     assert!(first.as_str().unwrap().contains("teapot"), "{first}");
+    // Typed cells come as numbers (KalamDB's encoding) and are shown as dates.
+    run_sql(&mut b, "SELECT CAST('2024-01-02T03:04:05Z' AS TIMESTAMP) AS at, CAST('2024-01-02' AS DATE) AS day").await;
+    b.wait_for("document.querySelector('#results tbody tr')?.textContent.includes('2024-01-02T03:04:05.000Z')", WAIT)
+        .await;
+    let typed = b.eval("document.querySelector('#results tbody tr').textContent").await;
+    assert!(typed.as_str().unwrap().ends_with("2024-01-02"), "the date is shown as one: {typed}");
 
     // Bad SQL: the error with its code.
     run_sql(&mut b, "SELEC * FROM shop.orders").await;

@@ -346,6 +346,15 @@ async fn users_see_their_own_rows_and_tables_they_may_read() {
     assert_eq!((st, stats["error"]["code"].as_str()), (403, Some("PERMISSION_DENIED")), "{stats}");
     let stats = s.sql_ok("SELECT metric_value FROM system.stats WHERE metric_name = 'kalamdb_ws_connections'").await;
     assert_eq!(stats["rows"][0][0], "2", "the node's metrics as rows: {stats}");
+    // information_schema lists only what the caller may read.
+    let (_, listed) = s
+        .sql_as(Some(&alice), "SELECT table_name FROM information_schema.tables WHERE table_schema = 'app' ORDER BY 1")
+        .await;
+    assert_eq!(listed["results"][0]["rows"], json!([["notes"]]), "not the private table: {listed}");
+    let (_, cols) = s.sql_as(Some(&alice), "SELECT count(*) FROM information_schema.columns WHERE table_name = 'secret'").await;
+    assert_eq!(cols["results"][0]["rows"][0][0], 0, "{cols}");
+    let (st, reserved) = s.sql("CREATE NAMESPACE information_schema").await;
+    assert_eq!((st, reserved["error"]["code"].as_str()), (400, Some("INVALID_SQL")), "{reserved}");
     // Dropping the user ends the connection: its token no longer authenticates.
     drop(a2);
     s.sql_ok("DROP USER 'alice'").await;

@@ -41,6 +41,9 @@ pub struct ClusterNode {
 #[derive(Debug, Clone)]
 pub struct ClusterGroup {
     pub group: String,
+    /// The group's number (KalamDB's `group_id`): meta groups 0..=2, user shard n 65536 + n,
+    /// shared shard n 131072 + n.
+    pub id: u32,
     /// The node answering (its view of the group).
     pub node_id: u64,
     pub leader: Option<u64>,

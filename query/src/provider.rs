@@ -545,15 +545,17 @@ pub(crate) fn system_schema(name: &str) -> Option<SchemaRef> {
             Field::new("created_at", ts.clone(), false),
             Field::new("updated_at", ts.clone(), false),
         ],
-        // Ours first, then KalamDB's names for the CLI's `\cluster list groups`.
+        // Ours first, then KalamDB's names for the CLI's `\cluster list groups` (its
+        // `group_id` is a number; ours is the name, as in tail positions and cluster health).
         "cluster_groups" => vec![
-            Field::new("group_id", ArrowType::Utf8, false),
+            Field::new("group_name", ArrowType::Utf8, false),
             Field::new("leader", ArrowType::UInt64, true),
             Field::new("term", ArrowType::UInt64, false),
             Field::new("commit_index", ArrowType::UInt64, false),
             Field::new("applied_index", ArrowType::UInt64, false),
             Field::new("last_log_index", ArrowType::UInt64, false),
             Field::new("node_id", ArrowType::UInt64, false),
+            Field::new("group_id", ArrowType::UInt64, false),
             Field::new("group_type", ArrowType::Utf8, false),
             Field::new("current_term", ArrowType::UInt64, false),
             Field::new("last_applied", ArrowType::UInt64, false),
@@ -730,6 +732,7 @@ impl SystemTable {
                 num(&|g| Some(g.applied_index)),
                 num(&|g| Some(g.last_log_index)),
                 num(&|g| Some(g.node_id)),
+                num(&|g| Some(u64::from(g.id))),
                 text(&|g| {
                     let kind = g.group.split(':').next().unwrap_or("");
                     match kind {

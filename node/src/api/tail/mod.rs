@@ -636,7 +636,8 @@ async fn last_rows(
         let rows = results.rows.unwrap_or_default();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows.into_iter().rev() {
-            let seq = row.last().and_then(J::as_u64).unwrap_or(0);
+            // `_seq` is a BIGINT cell: a string.
+            let seq = row.last().and_then(J::as_str).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
             if seq >> kalamdb_projections::stored::SEQ_ORDINAL_BITS > before {
                 continue;
             }
@@ -644,7 +645,7 @@ async fn last_rows(
             for ((_, c), v) in def.visible_columns().zip(row) {
                 obj.insert(c.name.clone(), v);
             }
-            out.push(json!({"type": "initial", "table": format!("{}.{}", def.namespace, def.name), "op": "initial", "row": obj, "_seq": seq}));
+            out.push(json!({"type": "initial", "table": format!("{}.{}", def.namespace, def.name), "op": "initial", "row": obj, "_seq": seq.to_string()}));
         }
         return Ok((before, out));
     }
