@@ -313,7 +313,7 @@ async fn the_interactive_shell_in_a_terminal() {
         // While \tail follows the table, another client writes to it.
         let w = cli(port, &["-c", "INSERT INTO app.t (id) VALUES (5)"], None);
         assert_eq!(w.code, 0, "{}", w.stderr);
-        t.expect("insert app.t {\"id\":5}");
+        t.expect("insert app.t {\"id\":\"5\"}");
         t.send("\u{3}");
         t.expect("kalam> ");
         t.send("\u{4}");

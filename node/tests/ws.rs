@@ -351,7 +351,8 @@ async fn users_see_their_own_rows_and_tables_they_may_read() {
         .sql_as(Some(&alice), "SELECT table_name FROM information_schema.tables WHERE table_schema = 'app' ORDER BY 1")
         .await;
     assert_eq!(listed["results"][0]["rows"], json!([["notes"]]), "not the private table: {listed}");
-    let (_, cols) = s.sql_as(Some(&alice), "SELECT count(*) FROM information_schema.columns WHERE table_name = 'secret'").await;
+    let (_, cols) =
+        s.sql_as(Some(&alice), "SELECT count(*) FROM information_schema.columns WHERE table_name = 'secret'").await;
     assert_eq!(cols["results"][0]["rows"][0][0], 0, "{cols}");
     let (st, reserved) = s.sql("CREATE NAMESPACE information_schema").await;
     assert_eq!((st, reserved["error"]["code"].as_str()), (400, Some("INVALID_SQL")), "{reserved}");

@@ -105,11 +105,8 @@ pub(crate) fn node_table_batch(
         vec![Arc::new(names.finish()), Arc::new(values.finish())]
     } else {
         let everyone = viewer.role >= Role::Dba;
-        let sessions: Vec<_> = node
-            .sessions(SESSIONS_ROWS_MAX)
-            .into_iter()
-            .filter(|s| everyone || s.user_id == viewer.user_id)
-            .collect();
+        let sessions: Vec<_> =
+            node.sessions(SESSIONS_ROWS_MAX).into_iter().filter(|s| everyone || s.user_id == viewer.user_id).collect();
         let ts = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
         let (mut id, mut pid, mut schema_, mut state, mut txn, mut txn_state, mut txn_writes) = (
             StringBuilder::new(),
@@ -201,10 +198,9 @@ impl InformationSchema {
                 out.push((t.namespace.clone(), t.name.clone(), "BASE TABLE", cols));
             }
         }
-        let views = SYSTEM_TABLES
-            .iter()
-            .filter_map(|n| Some((SYSTEM_NAMESPACE, *n, system_schema(n)?)))
-            .chain(INFORMATION_SCHEMA_TABLES.iter().filter_map(|n| Some((INFORMATION_SCHEMA, *n, information_schema(n)?))));
+        let views = SYSTEM_TABLES.iter().filter_map(|n| Some((SYSTEM_NAMESPACE, *n, system_schema(n)?))).chain(
+            INFORMATION_SCHEMA_TABLES.iter().filter_map(|n| Some((INFORMATION_SCHEMA, *n, information_schema(n)?))),
+        );
         for (ns, name, schema) in views {
             let cols = schema
                 .fields()

@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::check::TailEvent;
 use super::api::uint;
+use super::check::TailEvent;
 use crate::{HttpClient, ROOT_BASIC, client};
 
 /// With no bytes for this long (heartbeats come every 5 s by default), the node is taken for

@@ -41,7 +41,9 @@ fn cell(v: &Value, data_type: &str) -> String {
             .map_or_else(|| n.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
         ("Date", Value::Number(n)) => n
             .as_i64()
-            .and_then(|d| chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?.checked_add_signed(chrono::Duration::try_days(d)?))
+            .and_then(|d| {
+                chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?.checked_add_signed(chrono::Duration::try_days(d)?)
+            })
             .map_or_else(|| n.to_string(), |d| d.format("%Y-%m-%d").to_string()),
         ("Bytes", Value::Array(a)) => {
             let hex: Option<String> = a.iter().map(|b| b.as_u64().map(|b| format!("{b:02x}"))).collect();
@@ -88,7 +90,7 @@ pub fn render(result: &Value, format: Format) -> String {
             let mut w = csv::Writer::from_writer(Vec::new());
             let _ = w.write_record(cols.iter().map(|c| &c.0));
             for r in rows {
-                let _ = w.write_record(&cells(r, &cols, csv_cell));
+                let _ = w.write_record(cells(r, &cols, csv_cell));
             }
             let bytes = w.into_inner().unwrap_or_default();
             String::from_utf8_lossy(&bytes).trim_end().to_string()
