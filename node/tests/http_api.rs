@@ -185,7 +185,7 @@ async fn every_data_type_is_one_kalamdb_clients_know() {
 }
 
 /// The cells of `/v1/api/sql` in KalamDB's encoding, as its clients decode them: BIGINT as a
-/// string, TIMESTAMP as microseconds, DATE as days, JSON as the value, BYTES as byte values;
+/// string, TIMESTAMP as microseconds, DATE as days, JSON as its text, BYTES as byte values;
 /// an empty result still carries its schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cells_use_kalamdb_encoding_on_the_wire() {
@@ -209,7 +209,7 @@ async fn cells_use_kalamdb_encoding_on_the_wire() {
     assert_eq!(st, 200, "{b}");
     assert_eq!(
         b["results"][0]["rows"][0],
-        serde_json::json!(["9007199254740993", 7, 1_704_164_645_123_456_i64, 19724, {"a": [1]}, [171, 1], 0.5]),
+        serde_json::json!(["9007199254740993", 7, 1_704_164_645_123_456_i64, 19724, r#"{"a": [1]}"#, [171, 1], 0.5]),
         "{b}"
     );
     // What a result reads back as can be written back unchanged (TIMESTAMP microseconds too).

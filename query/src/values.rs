@@ -170,14 +170,14 @@ fn is_null_at(array: &ArrayRef, row: usize) -> bool {
 /// One cell of a query result as JSON, in KalamDB's documented cell encoding (its clients
 /// decode cells by the column's `data_type`): BIGINT (64-bit integers) as a string, so no
 /// JavaScript client loses precision; TIMESTAMP as microseconds since the epoch; DATE as days
-/// since the epoch; JSON as the JSON value itself; BYTES as an array of byte values; other
-/// numbers, booleans and text as themselves.
-pub fn cell_to_json(array: &ArrayRef, row: usize, field: &Field) -> serde_json::Value {
+/// since the epoch; JSON as its text (a string, as KalamDB's server sends it: its CLI shows a
+/// JSON object cell as a typed wrapper); BYTES as an array of byte values; other numbers,
+/// booleans and text as themselves.
+pub fn cell_to_json(array: &ArrayRef, row: usize) -> serde_json::Value {
     use serde_json::Value as J;
     if is_null_at(array, row) {
         return J::Null;
     }
-    let is_json = field.metadata().get(TYPE_METADATA_KEY).is_some_and(|t| t == "Json");
     macro_rules! prim {
         ($t:ty) => {
             array.as_any().downcast_ref::<$t>().map(|a| J::from(a.value(row)))
@@ -192,14 +192,7 @@ pub fn cell_to_json(array: &ArrayRef, row: usize, field: &Field) -> serde_json::
             array.as_any().downcast_ref::<Float32Array>().map(|a| float_json(f64::from(a.value(row))))
         }
         ArrowType::Float64 => array.as_any().downcast_ref::<Float64Array>().map(|a| float_json(a.value(row))),
-        ArrowType::Utf8 => array.as_any().downcast_ref::<StringArray>().map(|a| {
-            let s = a.value(row);
-            if is_json {
-                serde_json::from_str(s).unwrap_or_else(|_| J::String(s.to_string()))
-            } else {
-                J::String(s.to_string())
-            }
-        }),
+        ArrowType::Utf8 => array.as_any().downcast_ref::<StringArray>().map(|a| J::String(a.value(row).to_string())),
         ArrowType::Binary => array.as_any().downcast_ref::<BinaryArray>().map(|a| bytes_json(a.value(row))),
         ArrowType::Date32 => prim!(Date32Array),
         _ => None,
@@ -274,13 +267,15 @@ pub fn format_date_days(days: i64) -> serde_json::Value {
 
 /// A cell of an API answer made readable by its column's `data_type`, as a client that knows
 /// KalamDB's encoding shows it: BIGINT strings become numbers, TIMESTAMP microseconds RFC 3339
-/// text, DATE days `YYYY-MM-DD`, BYTES arrays `\x` hex. Anything else is returned unchanged.
+/// text, DATE days `YYYY-MM-DD`, BYTES arrays `\x` hex, JSON text the value it holds.
+/// Anything else is returned unchanged.
 pub fn display_cell(data_type: &str, v: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value as J;
     match (data_type, v) {
         ("BigInt", J::String(s)) => s.parse::<i64>().map_or_else(|_| v.clone(), J::from),
         ("Timestamp" | "DateTime", J::Number(n)) => n.as_i64().map_or_else(|| v.clone(), format_timestamp_micros),
         ("Date", J::Number(n)) => n.as_i64().map_or_else(|| v.clone(), format_date_days),
+        ("Json", J::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| v.clone()),
         ("Bytes", J::Array(a)) => {
             let bytes: Option<Vec<u8>> = a.iter().map(|x| x.as_u64().and_then(|x| u8::try_from(x).ok())).collect();
             bytes.map_or_else(|| v.clone(), |b| J::String(format!("\\x{}", hex::encode(b))))
@@ -341,7 +336,7 @@ pub fn value_to_json(v: &Value) -> serde_json::Value {
         Value::Float(f) => float_json(f64::from(*f)),
         Value::Double(f) => float_json(*f),
         Value::Text(s) => J::String(s.clone()),
-        Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| J::String(s.clone())),
+        Value::Json(s) => J::String(s.clone()),
         Value::Bytes(b) => bytes_json(b),
         Value::Timestamp(us) => J::from(*us),
         Value::Date(d) => J::from(*d),
@@ -355,6 +350,7 @@ pub fn value_display_json(v: &Value) -> serde_json::Value {
     match v {
         Value::BigInt(i) => J::from(*i),
         Value::Bytes(b) => J::String(format!("\\x{}", hex::encode(b))),
+        Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| J::String(s.clone())),
         Value::Timestamp(us) => format_timestamp_micros(*us),
         Value::Date(d) => format_date_days(i64::from(*d)),
         other => value_to_json(other),
@@ -390,8 +386,7 @@ mod tests {
         ];
         for (v, dt) in &vals {
             let arr = build_array(*dt, std::iter::once(v), 1);
-            let field = arrow_field("c", *dt, true);
-            assert_eq!(cell_to_json(&arr, 0, &field), value_to_json(v), "{dt:?}");
+            assert_eq!(cell_to_json(&arr, 0), value_to_json(v), "{dt:?}");
         }
     }
 
@@ -403,12 +398,13 @@ mod tests {
         assert_eq!(value_to_json(&Value::Timestamp(1_700_000_000_123_456)), json!(1_700_000_000_123_456_i64));
         assert_eq!(value_to_json(&Value::Date(19724)), json!(19724));
         assert_eq!(value_to_json(&Value::Bytes(vec![1, 2])), json!([1, 2]));
-        assert_eq!(value_to_json(&Value::Json(r#"{"a":1}"#.into())), json!({"a": 1}));
+        assert_eq!(value_to_json(&Value::Json(r#"{"a":1}"#.into())), json!(r#"{"a":1}"#));
         // What a client shows for each encoded value.
         assert_eq!(display_cell("BigInt", &json!("42")), json!(42));
         assert_eq!(display_cell("Timestamp", &json!(1_000_000)), json!("1970-01-01T00:00:01.000000Z"));
         assert_eq!(display_cell("Date", &json!(19724)), json!("2024-01-02"));
         assert_eq!(display_cell("Bytes", &json!([171])), json!("\\xab"));
+        assert_eq!(display_cell("Json", &json!(r#"{"a": [1]}"#)), json!({"a": [1]}));
     }
 
     #[test]

@@ -541,7 +541,7 @@ pub fn batches_to_result(batches: &[RecordBatch]) -> QueryResult {
     let mut rows = Vec::new();
     for b in batches {
         for r in 0..b.num_rows() {
-            rows.push(b.columns().iter().zip(schema.fields()).map(|(a, f)| cell_to_json(a, r, f)).collect());
+            rows.push(b.columns().iter().map(|a| cell_to_json(a, r)).collect());
         }
     }
     QueryResult::rows(cols, rows)
