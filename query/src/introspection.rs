@@ -21,8 +21,6 @@ use crate::values::api_type_name;
 
 pub const INFORMATION_SCHEMA: &str = "information_schema";
 pub const INFORMATION_SCHEMA_TABLES: [&str; 2] = ["tables", "columns"];
-/// What `table_catalog` says: the one catalog, as DataFusion names it here.
-const CATALOG: &str = "kalam";
 /// Rows of `system.stats` at most (the node's metric samples).
 pub const STATS_ROWS_MAX: usize = 20_000;
 /// Rows of `system.sessions` at most (the node's connections are capped well below).
@@ -223,7 +221,7 @@ impl InformationSchema {
             let (mut cat, mut ns, mut tn, mut ty) =
                 (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
             for (schema_name, table, table_type, _) in &tables {
-                cat.append_value(CATALOG);
+                cat.append_value(crate::engine::CATALOG_NAME);
                 ns.append_value(schema_name);
                 tn.append_value(table);
                 ty.append_value(table_type);
@@ -235,7 +233,7 @@ impl InformationSchema {
                 (Int32Builder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
             for (schema_name, table, _, columns) in &tables {
                 for (i, c) in columns.iter().enumerate() {
-                    b[0].append_value(CATALOG);
+                    b[0].append_value(crate::engine::CATALOG_NAME);
                     b[1].append_value(schema_name);
                     b[2].append_value(table);
                     b[3].append_value(&c.name);

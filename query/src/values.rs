@@ -195,6 +195,8 @@ pub fn cell_to_json(array: &ArrayRef, row: usize) -> serde_json::Value {
         ArrowType::Utf8 => array.as_any().downcast_ref::<StringArray>().map(|a| J::String(a.value(row).to_string())),
         ArrowType::Binary => array.as_any().downcast_ref::<BinaryArray>().map(|a| bytes_json(a.value(row))),
         ArrowType::Date32 => prim!(Date32Array),
+        // Our TIMESTAMP columns: no cast needed.
+        ArrowType::Timestamp(TimeUnit::Microsecond, _) => prim!(TimestampMicrosecondArray),
         _ => None,
     };
     out.unwrap_or_else(|| generic_cell(array, row))
@@ -203,6 +205,9 @@ pub fn cell_to_json(array: &ArrayRef, row: usize) -> serde_json::Value {
 fn generic_cell(array: &ArrayRef, row: usize) -> serde_json::Value {
     use datafusion::arrow::compute::cast;
     use serde_json::Value as J;
+    // Cast only this cell, not the whole column once per row.
+    let array = &array.slice(row, 1);
+    let row = 0;
     // Timestamps of any unit (NOW() is in nanoseconds) and dates as KalamDB's numbers.
     if matches!(array.data_type(), ArrowType::Timestamp(_, _))
         && let Ok(c) = cast(array, &ArrowType::Timestamp(TimeUnit::Microsecond, None))

@@ -42,7 +42,7 @@ pub const TABLE_COLUMNS_MAX: usize = 1024;
 pub const CONFLICT_RETRIES_MAX: usize = 8;
 /// Default namespace for unqualified table names.
 pub const DEFAULT_NAMESPACE: &str = "default";
-const CATALOG_NAME: &str = "kalam";
+pub(crate) const CATALOG_NAME: &str = "kalam";
 
 /// User names that are built in and cannot be created, altered or dropped with SQL.
 pub const RESERVED_USERNAMES: [&str; 2] = ["root", "anonymous"];
