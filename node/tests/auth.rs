@@ -205,6 +205,13 @@ async fn users_see_only_their_own_rows() {
     assert_eq!(rows(&b), json!([[0]]), "the service's own scope is empty");
     let (st, b) = s.sql_as(Some(&svc), "EXECUTE AS USER 'nobody' (SELECT 1)").await;
     assert_eq!((st, b["error"]["code"].as_str()), (400, Some("USER_NOT_FOUND")), "{b}");
+    // The built-in root (KalamDB's CLI `\as root`): only a system caller may act as it.
+    let (st, b) = s.sql_as(Some(&svc), "EXECUTE AS USER 'root' (SELECT 1)").await;
+    assert_eq!(st, 403, "{b}");
+    let r = s.sql_ok("EXECUTE AS USER 'root' (SELECT count(*) FROM system.users)").await;
+    assert_eq!(r["as_user"], "root", "{r}");
+    let (st, b) = s.sql_as(Some(&svc), "EXECUTE AS USER 'anonymous' (SELECT 1)").await;
+    assert_eq!(st, 400, "{b}");
 
     // /me, password change, role change, drop: tokens follow the user's current state.
     let (st, b) = s.request_as(Some(&alice), "GET", "/v1/api/auth/me", None, Vec::new()).await.unwrap();

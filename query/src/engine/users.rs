@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kalamdb_log::{Op, OpResult, Role, UserDef};
 
-use super::{Engine, ExecContext, QueryResult, RESERVED_USERNAMES, now_micros, users_group};
+use super::{Engine, ExecContext, QueryResult, RESERVED_USERNAMES, ROOT_USERNAME, now_micros, users_group};
 use crate::access;
 use crate::error::{Error, Result};
 use crate::parse::{Parsed, Statement, UserChange};
@@ -31,22 +31,32 @@ impl Engine {
         proposer: &dyn Proposer,
     ) -> Result<QueryResult> {
         access::require(ctx.role, Role::Service, "EXECUTE AS USER")?;
-        self.barrier(ctx, users_group()).await?;
-        let target = self
-            .catalog
-            .users
-            .get(&username)
-            .ok_or_else(|| Error::UserNotFound(format!("User '{username}' does not exist")))?;
-        if target.role > ctx.role {
+        // root has no catalog record (its password comes from config), yet KalamDB's CLI `\as
+        // root` wraps statements this way; only a system caller passes the role check below.
+        let (user_id, role) = if username == ROOT_USERNAME {
+            (ROOT_USERNAME.to_owned(), Role::System)
+        } else {
+            if RESERVED_USERNAMES.contains(&username.as_str()) {
+                return Err(Error::InvalidSql(format!("user '{username}' is built in and cannot be impersonated")));
+            }
+            self.barrier(ctx, users_group()).await?;
+            let target = self
+                .catalog
+                .users
+                .get(&username)
+                .ok_or_else(|| Error::UserNotFound(format!("User '{username}' does not exist")))?;
+            (target.user_id.clone(), target.role)
+        };
+        if role > ctx.role {
             return Err(Error::PermissionDenied(format!(
                 "role '{}' may not execute as user '{username}' of role '{}'",
                 ctx.role.name(),
-                target.role.name()
+                role.name()
             )));
         }
         let as_user = ExecContext {
-            user_id: target.user_id.clone(),
-            role: target.role,
+            user_id,
+            role,
             impersonated_by: Some(ctx.user_id.clone()),
             ..ctx.clone()
         };
