@@ -243,6 +243,11 @@ docker_shell() {
 
 docker_stop() { need_docker; compose stop; }
 
+# For rolling_restart: docker stop sends SIGTERM (the node hands its leaderships over) and
+# kills after the grace period.
+stop_node() { docker stop -t 30 "$(container "$1")" >/dev/null; }
+start_node() { docker start "$(container "$1")" >/dev/null; wait_healthy "$1"; }
+
 docker_clean() {
   need_docker
   compose down -v --remove-orphans
@@ -427,6 +432,7 @@ docker_main() {
     stop) docker_stop ;;
     clean) docker_clean ;;
     test) consistency_test ;;
+    restart) need_docker; rolling_restart ;;
     chaos) docker_chaos ;;
     *) usage ;;
   esac

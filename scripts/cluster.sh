@@ -2,6 +2,7 @@
 # A 3-node KalamDB cluster on this machine, as local processes or as Docker containers.
 #
 #   scripts/cluster.sh [--docker] start|status|logs [N] [-f]|stop|clean|test|shell N|build
+#   scripts/cluster.sh [--docker] restart     rolling restart under writes (none may fail)
 #   scripts/cluster.sh --docker chaos
 #
 # Both modes serve HTTP on 8081-8083 and Raft/QUIC on 9091-9093. Without --docker the nodes
@@ -28,7 +29,7 @@ cmd="${1:-}"
 shift || true
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 # ---------------------------------------------------------------------------------------
 # Shared by both modes: the nodes answer on the same host ports either way.
@@ -123,6 +124,62 @@ consistency_test() {
   echo "all consistency checks passed"
 }
 
+# Rolling restart: each node in turn is stopped gracefully (SIGTERM: it hands its leaderships
+# to the other nodes first), started again and waited for, while a writer inserts through
+# every node. Fails if any write fails or a written row is missing afterwards; a refused
+# connection to the node being restarted is not a write. Needs stop_node N and start_node N.
+rolling_writes_max=200000
+rolling_restart() {
+  local ns=clustersh_rolling n body
+  body="$(sql 1 "CREATE NAMESPACE IF NOT EXISTS $ns")"
+  [[ "$body" == *'"success"'* ]] || die "create namespace: $body"
+  body="$(sql 1 "CREATE SHARED TABLE IF NOT EXISTS $ns.writes (k BIGINT PRIMARY KEY, via INT)")"
+  [[ "$body" == *'"success"'* ]] || die "create table: $body"
+  local base=$(( $(date +%s) * 1000000 ))
+  local work
+  work="$(mktemp -d)"
+  # shellcheck disable=SC2064
+  trap "rm -rf '$work'" EXIT
+  touch "$work/run"
+  (
+    i=0
+    while [[ -f "$work/run" ]] && (( i < rolling_writes_max )); do
+      via=$(( i % ${#nodes[@]} + 1 ))
+      code=$(curl -s -m 15 -o "$work/body" -w '%{http_code}' -X POST "http://127.0.0.1:$(http_port "$via")/v1/api/sql" \
+        -H "Content-Type: application/json" -d "{\"sql\": \"INSERT INTO $ns.writes (k, via) VALUES ($((base + i)), $via)\"}") || true
+      case "$code" in
+        200) echo "ok $((base + i))" >> "$work/results" ;;
+        000) echo "refused $via" >> "$work/results" ;;
+        *) echo "fail $via $code $(head -c 300 "$work/body")" >> "$work/results" ;;
+      esac
+      i=$((i + 1))
+    done
+  ) &
+  local writer=$!
+  sleep 1
+  for n in "${nodes[@]}"; do
+    local t0=$SECONDS
+    stop_node "$n"
+    start_node "$n"
+    echo "node $n restarted in $((SECONDS - t0))s"
+    sleep 2
+  done
+  rm -f "$work/run"
+  wait "$writer" || true
+  local acked failed refused
+  acked=$(grep -c '^ok ' "$work/results" || true)
+  failed=$(grep -c '^fail ' "$work/results" || true)
+  refused=$(grep -c '^refused ' "$work/results" || true)
+  grep '^fail ' "$work/results" | head -n 5 >&2 || true
+  body="$(sql 1 "SELECT COUNT(*) AS n FROM $ns.writes WHERE k >= $base")"
+  local stored
+  stored="$(python3 -c 'import json,sys; print(int(json.loads(sys.argv[1])["results"][0]["rows"][0][0]))' "$body" 2>/dev/null || echo "?")"
+  echo "rolling restart: $acked writes acknowledged, $failed failed, $refused refused by a stopped node; $stored rows stored"
+  (( failed == 0 )) || die "$failed write(s) failed during the rolling restart"
+  [[ "$stored" == "$acked" ]] || die "acknowledged $acked writes but $stored rows are stored"
+  echo "rolling restart passed"
+}
+
 if [[ $docker == 1 ]]; then
   # shellcheck source=scripts/cluster-docker.sh
   source "$root/scripts/cluster-docker.sh"
@@ -181,36 +238,62 @@ pid_of() {
   [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
 }
 
+launch_node() {
+  local n=$1 b
+  b="$(bin)"
+  [[ -x "$b" ]] || die "no server binary at $b"
+  write_config "$n"
+  mkdir -p "$dir/node$n"
+  RUST_LOG="${RUST_LOG:-info}" nohup "$b" --config "$dir/server$n.toml" >> "$dir/node$n/server.log" 2>&1 &
+  echo $! > "$dir/node$n.pid"
+  echo "node $n started (pid $!): http://127.0.0.1:$(http_port "$n")  raft 127.0.0.1:$(raft_port "$n")"
+}
+
+wait_node_healthy() {
+  local n=$1 deadline=$((SECONDS + start_wait_secs))
+  until healthy "$n"; do
+    if (( SECONDS > deadline )); then
+      echo "node $n not healthy after ${start_wait_secs}s; last log lines:" >&2
+      tail -n 20 "$dir/node$n/server.log" >&2 || true
+      exit 1
+    fi
+    pid_of "$n" >/dev/null || { echo "node $n exited; log:" >&2; tail -n 30 "$dir/node$n/server.log" >&2; exit 1; }
+    sleep 0.2
+  done
+}
+
 start() {
   build
   mkdir -p "$dir"
-  local b
-  b="$(bin)"
-  [[ -x "$b" ]] || die "no server binary at $b"
   for n in "${nodes[@]}"; do
     if pid_of "$n" >/dev/null; then
       echo "node $n already running (pid $(pid_of "$n"))"
       continue
     fi
-    write_config "$n"
-    mkdir -p "$dir/node$n"
-    RUST_LOG="${RUST_LOG:-info}" nohup "$b" --config "$dir/server$n.toml" >> "$dir/node$n/server.log" 2>&1 &
-    echo $! > "$dir/node$n.pid"
-    echo "node $n started (pid $!): http://127.0.0.1:$(http_port "$n")  raft 127.0.0.1:$(raft_port "$n")"
+    launch_node "$n"
   done
-  local deadline=$((SECONDS + start_wait_secs))
-  for n in "${nodes[@]}"; do
-    until healthy "$n"; do
-      if (( SECONDS > deadline )); then
-        echo "node $n not healthy after ${start_wait_secs}s; last log lines:" >&2
-        tail -n 20 "$dir/node$n/server.log" >&2 || true
-        exit 1
-      fi
-      pid_of "$n" >/dev/null || { echo "node $n exited; log:" >&2; tail -n 30 "$dir/node$n/server.log" >&2; exit 1; }
-      sleep 0.2
-    done
-  done
+  for n in "${nodes[@]}"; do wait_node_healthy "$n"; done
   echo "cluster healthy"
+}
+
+# One node: SIGTERM, at most graceful_stop_secs for its graceful exit, then SIGKILL.
+graceful_stop_secs=30
+stop_node() {
+  local n=$1 pid
+  pid="$(pid_of "$n" || true)"
+  [[ -n "$pid" ]] || return 0
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 $((graceful_stop_secs * 5))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "node $n did not stop within ${graceful_stop_secs}s: killed" >&2
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/node$n.pid"
+}
+
+start_node() {
+  launch_node "$1"
+  wait_node_healthy "$1"
 }
 
 status() {
@@ -244,13 +327,8 @@ logs() {
 
 stop() {
   for n in "${nodes[@]}"; do
-    local pid
-    pid="$(pid_of "$n" || true)"
-    [[ -n "$pid" ]] || continue
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$dir/node$n.pid"
+    pid_of "$n" >/dev/null || continue
+    stop_node "$n"
     echo "node $n stopped"
   done
 }
@@ -269,6 +347,7 @@ case "$cmd" in
   stop) stop ;;
   clean) clean ;;
   test) consistency_test ;;
+  restart) rolling_restart ;;
   build) build ;;
   shell)
     n="${1:-1}"

@@ -357,6 +357,11 @@ pub struct RaftConfig {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind the last snapshot (so slow followers can catch up).
     pub logs_to_keep: u64,
+    /// How often each node checks whether it leads more groups than its share and hands one
+    /// to the voter leading fewest; 0 turns automatic balancing off.
+    pub leader_balance_interval_ms: u64,
+    /// Leadership transfers the balancer of one node starts per minute at most.
+    pub leader_transfers_per_minute_max: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -430,6 +435,8 @@ impl Default for RaftConfig {
             election_timeout_max_ms: 600,
             snapshot_logs_since_last: 20_000,
             logs_to_keep: 5_000,
+            leader_balance_interval_ms: 5_000,
+            leader_transfers_per_minute_max: 12,
         }
     }
 }
@@ -457,6 +464,13 @@ const SECTIONS: [&str; 12] = [
 /// Sub-tables an environment override can reach: `KALAMDB_SECURITY_CORS_ALLOWED_ORIGINS` is
 /// `[security.cors] allowed_origins`.
 const SUBSECTIONS: [(&str, &str); 1] = [("security", "cors")];
+
+/// Bounds of `raft.leader_balance_interval_ms` when balancing is on.
+pub const LEADER_BALANCE_INTERVAL_MS_MIN: u64 = 500;
+pub const LEADER_BALANCE_INTERVAL_MS_MAX: u64 = 3_600_000;
+/// Highest `raft.leader_transfers_per_minute_max`: a transfer pauses a group's writes briefly,
+/// so more would be flapping, not balancing.
+pub const LEADER_TRANSFERS_PER_MINUTE_MAX: u32 = 120;
 
 /// Shortest `auth.jwt_secret` accepted.
 pub const TOKEN_SECRET_BYTES_MIN: usize = 16;
@@ -552,6 +566,18 @@ impl Config {
             || self.raft.heartbeat_interval_ms >= self.raft.election_timeout_min_ms
         {
             return bad("raft: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into());
+        }
+        let balance = self.raft.leader_balance_interval_ms;
+        if balance != 0 && !(LEADER_BALANCE_INTERVAL_MS_MIN..=LEADER_BALANCE_INTERVAL_MS_MAX).contains(&balance) {
+            return bad(format!(
+                "raft.leader_balance_interval_ms must be 0 (off) or {LEADER_BALANCE_INTERVAL_MS_MIN}..={LEADER_BALANCE_INTERVAL_MS_MAX}, got {balance}"
+            ));
+        }
+        if !(1..=LEADER_TRANSFERS_PER_MINUTE_MAX).contains(&self.raft.leader_transfers_per_minute_max) {
+            return bad(format!(
+                "raft.leader_transfers_per_minute_max must be 1..={LEADER_TRANSFERS_PER_MINUTE_MAX}, got {}",
+                self.raft.leader_transfers_per_minute_max
+            ));
         }
         // A URL would otherwise become a local folder named "s3:" and hold the files silently.
         if let Some(text) = self.storage.data_path.to_str().filter(|t| t.contains("://")) {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backup;
 pub mod bucket;
 pub mod cluster;
+pub mod cluster_control;
 pub mod config;
 pub mod error;
 pub mod file_retirement;
@@ -44,6 +45,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let introspection = sessions::NodeIntrospection { sessions: open_sessions.clone(), metrics: metrics.clone() };
     let engine = kalamdb_query::Engine::new(groups.catalog.clone(), groups.rows.clone(), groups.layout, groups.node_id)
         .with_cluster(Arc::new(cluster::NodeCluster(groups.clone())))
+        .with_cluster_control(Arc::new(cluster_control::NodeControl(groups.clone())))
         .with_node(Arc::new(introspection))
         .with_jobs(groups.storage.clone())
         .with_backups(Arc::new(backup::Backups::new(groups.clone(), cfg.clone())))
@@ -91,6 +93,13 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let limits = serve::HttpLimits {
         connections_max: cfg.limits.http_connections_max,
         header_read_timeout: Duration::from_millis(cfg.limits.http_header_read_timeout_ms),
+    };
+    // A graceful stop hands this node's leaderships to other voters first, while HTTP still
+    // serves (writes that arrive meanwhile are forwarded), so no group waits for an election.
+    let draining = groups.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining.drain().await;
     };
     serve::serve(listener, api::router(app), limits, shutdown).await?;
     groups.shutdown().await;

@@ -61,6 +61,10 @@ pub enum Error {
     /// proposed (a flush's rows stay hot).
     #[error("{0}")]
     StorageUnavailable(String),
+    /// A cluster operation (leadership transfer, membership change) that cannot be made as
+    /// asked: a target that is not a voter, a node shutting down, ...
+    #[error("{0}")]
+    ClusterRefused(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -91,6 +95,7 @@ impl Error {
             Error::Unsupported(_) => "NOT_SUPPORTED",
             Error::JobRunning(_) => "JOB_IN_PROGRESS",
             Error::StorageUnavailable(_) => "STORAGE_UNAVAILABLE",
+            Error::ClusterRefused(_) => "CLUSTER_OPERATION_REFUSED",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }

@@ -21,4 +21,8 @@ pub use filter::RowFilter;
 pub use limits::QueryLimits;
 pub use live::{LiveColumn, LiveQuery};
 pub use parse::{FlushPolicy, redact_passwords};
-pub use ports::{ClusterGroup, ClusterNode, ClusterView, JobSource, NodeView, Proposer, ReadBarrier, SessionInfo};
+pub use parse::ClusterCommand;
+pub use ports::{
+    ClusterControl, ClusterGroup, ClusterNode, ClusterView, JobSource, LeadershipChange, NodeView, Proposer, ReadBarrier,
+    SessionInfo,
+};

@@ -61,6 +61,27 @@ pub trait ClusterView: Send + Sync + std::fmt::Debug {
     async fn groups(&self) -> Vec<ClusterGroup>;
 }
 
+/// What became of one group in a `CLUSTER` leadership statement.
+#[derive(Debug, Clone)]
+pub struct LeadershipChange {
+    /// The group's name (`shared:0`) and KalamDB's number for it.
+    pub group: String,
+    pub group_id: u32,
+    /// The leader before and after (`None`: not known).
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    /// Why the group did not move, when it did not.
+    pub error: Option<String>,
+}
+
+/// Carries out `CLUSTER` statements (leadership transfers, step-down, rebalancing); the node
+/// implements it by talking to its peers, which query never does.
+#[async_trait]
+pub trait ClusterControl: Send + Sync + std::fmt::Debug {
+    /// One entry per group the command concerned.
+    async fn run(&self, command: crate::parse::ClusterCommand) -> Result<Vec<LeadershipChange>>;
+}
+
 /// One open client session of a node (a WebSocket connection), a row of `system.sessions`.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {

@@ -33,10 +33,12 @@ pub enum FrameKind {
     ReadIndexResponse = 12,
     StatusRequest = 13,
     StatusResponse = 14,
+    LeadershipRequest = 15,
+    LeadershipResponse = 16,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 14] = [
+    pub const ALL: [FrameKind; 16] = [
         FrameKind::Hello,
         FrameKind::HelloAck,
         FrameKind::AppendRequest,
@@ -51,6 +53,8 @@ impl FrameKind {
         FrameKind::ReadIndexResponse,
         FrameKind::StatusRequest,
         FrameKind::StatusResponse,
+        FrameKind::LeadershipRequest,
+        FrameKind::LeadershipResponse,
     ];
 
     pub fn from_u8(b: u8) -> Option<FrameKind> {
@@ -67,6 +71,7 @@ impl FrameKind {
             FrameKind::ForwardRequest => Some(FrameKind::ForwardResponse),
             FrameKind::ReadIndexRequest => Some(FrameKind::ReadIndexResponse),
             FrameKind::StatusRequest => Some(FrameKind::StatusResponse),
+            FrameKind::LeadershipRequest => Some(FrameKind::LeadershipResponse),
             _ => None,
         }
     }
@@ -87,6 +92,8 @@ impl FrameKind {
             FrameKind::ReadIndexResponse => "read_index_response",
             FrameKind::StatusRequest => "status",
             FrameKind::StatusResponse => "status_response",
+            FrameKind::LeadershipRequest => "leadership",
+            FrameKind::LeadershipResponse => "leadership_response",
         }
     }
 }

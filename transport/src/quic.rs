@@ -71,6 +71,8 @@ pub trait Handler: Send + Sync + 'static {
     async fn forward(&self, group: GroupId, command: EncodedCommand) -> ForwardResponse;
     async fn read_index(&self, group: GroupId) -> ReadIndexResponse;
     fn status(&self) -> StatusResponse;
+    /// A leadership move of `group` (see [`wire::LeadershipRequest`]).
+    async fn leadership(&self, group: GroupId, request: wire::LeadershipRequest) -> wire::LeadershipResponse;
 }
 
 /// One peer's connection state. `state` is a std mutex held only for instants; `dialing`
@@ -444,6 +446,18 @@ impl Transport {
         wire::from_bytes(&resp)
     }
 
+    pub async fn leadership(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        request: wire::LeadershipRequest,
+        timeout: Duration,
+    ) -> Result<wire::LeadershipResponse> {
+        let body = wire::to_bytes(&request)?;
+        let resp = self.call(node, FrameKind::LeadershipRequest, group.to_u32(), &body, timeout).await?;
+        wire::from_bytes(&resp)
+    }
+
     pub async fn status(&self, node: NodeId, timeout: Duration) -> Result<StatusResponse> {
         let body = wire::to_bytes(&wire::Empty)?;
         let resp = self.call(node, FrameKind::StatusRequest, 0, &body, timeout).await?;
@@ -639,6 +653,10 @@ impl Transport {
             }
             FrameKind::ReadIndexRequest => wire::to_bytes(&handler.read_index(group?).await),
             FrameKind::StatusRequest => wire::to_bytes(&handler.status()),
+            FrameKind::LeadershipRequest => {
+                let req: wire::LeadershipRequest = wire::from_bytes(&body)?;
+                wire::to_bytes(&handler.leadership(group?, req).await)
+            }
             other => Err(Error::Frame(format!("{} is not a request", other.name()))),
         }
     }

@@ -121,6 +121,23 @@ pub enum ReadIndexResponse {
     Err(RemoteError),
 }
 
+/// Moving a group's leadership between its voters (openraft 0.9 has no transfer of its own).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeadershipRequest {
+    /// To the group's leader: hand leadership to `target`, a voter of the group.
+    TransferTo { target: u64 },
+    /// To the chosen successor: start an election now. The leader has paused its writes and
+    /// the successor holds its whole log, so the leader grants the vote.
+    ElectNow,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum LeadershipResponse {
+    /// `TransferTo`: the group's leader afterwards; `ElectNow`: the election started.
+    Ok { leader: Option<u64> },
+    Err(RemoteError),
+}
+
 /// One group as seen by the node that leads it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct GroupStatus {

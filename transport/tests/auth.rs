@@ -34,6 +34,9 @@ impl Handler for Counting {
     fn status(&self) -> StatusResponse {
         StatusResponse { node_id: 1, groups: Vec::new() }
     }
+    async fn leadership(&self, _group: GroupId, _request: wire::LeadershipRequest) -> wire::LeadershipResponse {
+        wire::LeadershipResponse::Ok { leader: Some(1) }
+    }
 }
 
 fn udp_port() -> u16 {
@@ -76,6 +79,11 @@ async fn only_members_with_the_secret_reach_raft() {
     assert!(good.is_connected(1));
     let ri = good.read_index(1, GroupId::Meta(MetaGroup::Catalog), CALL_TIMEOUT).await.unwrap();
     assert_eq!(ri, ReadIndexResponse::Ok { index: 7 });
+    let moved = good
+        .leadership(1, GroupId::Meta(MetaGroup::Catalog), wire::LeadershipRequest::TransferTo { target: 2 }, CALL_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(moved, wire::LeadershipResponse::Ok { leader: Some(1) });
 
     // Wrong secret: refused at the hello, nothing reaches Raft, for votes and appends alike.
     let bad = Transport::bind(config(3, "c", "not-the-cluster-secret", &ports)).unwrap();

@@ -21,6 +21,9 @@ pub enum GroupError {
     /// The object store behind cold files failed its check before a flush or compaction.
     #[error("{0}")]
     StorageUnavailable(String),
+    /// A leadership or membership change that cannot be made as asked.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -35,6 +38,7 @@ impl GroupError {
             GroupError::TooLarge(_) => "INVALID_SQL",
             GroupError::Conflict(_) => "WRITE_CONFLICT",
             GroupError::StorageUnavailable(_) => "STORAGE_UNAVAILABLE",
+            GroupError::Refused(_) => "CLUSTER_OPERATION_REFUSED",
             GroupError::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -47,6 +51,7 @@ impl GroupError {
             "INTERNAL_ERROR" => GroupError::Internal(message),
             "NOT_LEADER" => GroupError::NotLeader(message),
             "STORAGE_UNAVAILABLE" => GroupError::StorageUnavailable(message),
+            "CLUSTER_OPERATION_REFUSED" => GroupError::Refused(message),
             _ => GroupError::Unavailable(message),
         }
     }
@@ -61,6 +66,7 @@ impl From<GroupError> for kalamdb_query::Error {
             GroupError::TooLarge(m) => Q::InvalidSql(m),
             GroupError::Conflict(m) => Q::Conflict(m),
             GroupError::StorageUnavailable(m) => Q::StorageUnavailable(m),
+            GroupError::Refused(m) => Q::ClusterRefused(m),
             GroupError::Internal(m) => Q::Internal(m),
         }
     }

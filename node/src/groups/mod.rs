@@ -8,6 +8,7 @@
 //! file starts the groups and answers questions about them.
 
 mod error;
+pub mod leadership;
 mod peers;
 mod propose;
 mod read_index;
@@ -57,6 +58,10 @@ pub struct Group {
     pub applied: watch::Receiver<u64>,
     queue: mpsc::Sender<Proposal>,
     read_queue: mpsc::Sender<ReadIndexWaiter>,
+    /// Set while this node hands the group's leadership over: nothing new is proposed.
+    handing_over: Arc<std::sync::atomic::AtomicBool>,
+    /// One handover of the group at a time.
+    moving: tokio::sync::Mutex<()>,
 }
 
 /// All groups of this node.
@@ -75,6 +80,9 @@ pub struct Groups {
     pub cluster_id: Option<String>,
     pub transport: Option<Arc<Transport>>,
     write_timeout: Duration,
+    /// Set when a graceful shutdown began: this node hands its leaderships away and stands
+    /// for no election.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>> {
@@ -194,17 +202,20 @@ impl Groups {
                 }
             }
             let (queue, rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
+            let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
             tokio::spawn(run_batcher(
                 id,
                 raft.clone(),
                 rx,
                 cfg.limits.batch_ops_max,
                 cfg.limits.proposals_in_flight_max,
+                handing_over.clone(),
             ));
             tokio::spawn(watch_leadership(id, raft.clone()));
             let (read_queue, read_rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
             tokio::spawn(run_read_index_batcher(id, node_id, raft.clone(), transport.clone(), read_rx));
-            groups.insert(id, Group { id, raft, applied, queue, read_queue });
+            let moving = tokio::sync::Mutex::new(());
+            groups.insert(id, Group { id, raft, applied, queue, read_queue, handing_over, moving });
         }
         let rows = RowReader::new(log_db.clone(), storage.files.clone());
         let me = Arc::new(Groups {
@@ -219,9 +230,17 @@ impl Groups {
             cluster_id: cfg.cluster.as_ref().map(|c| c.cluster_id.clone()),
             transport: transport.clone(),
             write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         if let Some(t) = &transport {
             t.serve(Arc::new(PeerService(Arc::downgrade(&me))));
+            if cfg.raft.leader_balance_interval_ms > 0 {
+                tokio::spawn(leadership::run_balancer(
+                    Arc::downgrade(&me),
+                    Duration::from_millis(cfg.raft.leader_balance_interval_ms),
+                    cfg.raft.leader_transfers_per_minute_max,
+                ));
+            }
         }
         Ok(me)
     }

@@ -77,6 +77,30 @@ impl kalamdb_transport::Handler for PeerService {
         }
     }
 
+    async fn leadership(
+        &self,
+        group: GroupId,
+        request: kalamdb_transport::wire::LeadershipRequest,
+    ) -> kalamdb_transport::wire::LeadershipResponse {
+        use kalamdb_transport::wire::{LeadershipRequest, LeadershipResponse};
+        let Some(groups) = self.0.upgrade() else {
+            return LeadershipResponse::Err(RemoteError::NotLeader { leader: None });
+        };
+        let Ok(g) = groups.group(group) else {
+            return LeadershipResponse::Err(RemoteError::NotLeader { leader: None });
+        };
+        match request {
+            LeadershipRequest::ElectNow => groups.elect_now(g).await,
+            LeadershipRequest::TransferTo { target } => match groups.hand_over(g, target).await {
+                Ok(leader) => LeadershipResponse::Ok { leader: Some(leader) },
+                Err(leadership::MoveError::NotLeader(leader)) => {
+                    LeadershipResponse::Err(RemoteError::NotLeader { leader })
+                }
+                Err(e) => LeadershipResponse::Err(remote_failure(&e.into())),
+            },
+        }
+    }
+
     fn status(&self) -> StatusResponse {
         match self.0.upgrade() {
             Some(g) => g.local_status(),

@@ -107,6 +107,10 @@ impl Groups {
     }
 
     pub(super) async fn propose_local(&self, g: &Group, op: Op, deadline: Instant) -> ProposeResult {
+        if leadership::handing_over(&g.handing_over) {
+            // Nothing proposed: the caller retries with the next leader.
+            return Err(ProposeError::NotLeader(None));
+        }
         let rows = op_rows(&op);
         if rows > BATCH_ROWS_MAX {
             return Err(ProposeError::Failed(GroupError::TooLarge(format!(
@@ -173,6 +177,7 @@ pub(super) async fn run_batcher(
     mut rx: mpsc::Receiver<Proposal>,
     batch_ops_max: usize,
     in_flight_max: usize,
+    handing_over: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight_max));
     loop {
@@ -190,14 +195,14 @@ pub(super) async fn run_batcher(
                 Ok(p) => {
                     // Too big for this entry: propose it alone.
                     let raft = raft.clone();
-                    tokio::spawn(propose_batch(group, raft, vec![p], None));
+                    tokio::spawn(propose_batch(group, raft, vec![p], None, handing_over.clone()));
                     break;
                 }
                 Err(_) => break,
             }
         }
         metrics::histogram!("kalamdb_group_commit_ops").record(batch.len() as f64);
-        tokio::spawn(propose_batch(group, raft.clone(), batch, Some(permit)));
+        tokio::spawn(propose_batch(group, raft.clone(), batch, Some(permit), handing_over.clone()));
     }
 }
 
@@ -206,7 +211,15 @@ pub(super) async fn propose_batch(
     raft: Raft,
     batch: Vec<Proposal>,
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    handing_over: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    if leadership::handing_over(&handing_over) {
+        // Queued before the handover began; not proposed, so its callers retry elsewhere.
+        for p in batch {
+            let _ = p.reply.send(Err(ProposeError::NotLeader(None)));
+        }
+        return;
+    }
     let mut ops = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     for p in batch {

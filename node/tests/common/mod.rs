@@ -71,6 +71,9 @@ impl Server {
             .env("KALAMDB_STORAGE_DATA_PATH", data)
             .env("KALAMDB_SHARDING_USER_SHARDS", "4")
             .env("RUST_LOG", "info,kalamdb_raft=debug")
+            // Tests that place leaders (kill the busiest one, partition a leader) need them to
+            // stay put; the leadership tests turn balancing back on.
+            .env("KALAMDB_RAFT_LEADER_BALANCE_INTERVAL_MS", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log))
@@ -132,6 +135,15 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         false
+    }
+
+    /// SIGTERM, as an orchestrator stops a container, then wait (bounded) for the graceful
+    /// exit. True when the process ended by itself in time.
+    pub async fn terminate(&mut self, within: Duration) -> bool {
+        let pid = self.pid();
+        let sent = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        self.wait_exit(within).await
     }
 
     /// SIGKILL: no shutdown code runs, exactly like a crash.

@@ -6,6 +6,7 @@
 mod admin;
 mod alter;
 mod batch;
+mod cluster;
 mod ddl;
 mod dml;
 mod select;
@@ -31,7 +32,7 @@ pub use select::SeqWindow;
 use crate::error::{Error, Result};
 use crate::limits::{Executor, QueryLimits};
 use crate::parse::{Parsed, Statement, TableName, parse, split_request};
-use crate::ports::{BackupRunner, ClusterView, JobSource, NodeView, Proposer, ReadBarrier};
+use crate::ports::{BackupRunner, ClusterControl, ClusterView, JobSource, NodeView, Proposer, ReadBarrier};
 use crate::values::{Literal, api_type_name, cell_to_json};
 
 /// Rows one INSERT, UPDATE or DELETE statement may write (well under the log's per-entry cap).
@@ -44,8 +45,10 @@ pub const CONFLICT_RETRIES_MAX: usize = 8;
 pub const DEFAULT_NAMESPACE: &str = "default";
 pub(crate) const CATALOG_NAME: &str = "kalam";
 
+/// The built-in superuser; its identity is `root` with the system role on every node.
+pub const ROOT_USERNAME: &str = "root";
 /// User names that are built in and cannot be created, altered or dropped with SQL.
-pub const RESERVED_USERNAMES: [&str; 2] = ["root", "anonymous"];
+pub const RESERVED_USERNAMES: [&str; 2] = [ROOT_USERNAME, "anonymous"];
 
 /// Who runs a statement, and with what parameters.
 #[derive(Debug, Clone)]
@@ -194,6 +197,7 @@ pub struct Engine {
     ids: SnowflakeGen,
     template: SessionState,
     cluster: Option<Arc<dyn ClusterView>>,
+    cluster_control: Option<Arc<dyn ClusterControl>>,
     node: Option<Arc<dyn NodeView>>,
     jobs: Option<Arc<dyn JobSource>>,
     backups: Option<Arc<dyn BackupRunner>>,
@@ -312,6 +316,7 @@ impl Engine {
             ids: SnowflakeGen::new(node_id),
             template: select::session_template(env),
             cluster: None,
+            cluster_control: None,
             node: None,
             jobs: None,
             backups: None,
@@ -339,6 +344,12 @@ impl Engine {
     /// Run `BACKUP DATABASE` through `runner` (the node's backup jobs).
     pub fn with_backups(mut self, runner: Arc<dyn BackupRunner>) -> Engine {
         self.backups = Some(runner);
+        self
+    }
+
+    /// Carry out `CLUSTER` statements through `control`.
+    pub fn with_cluster_control(mut self, control: Arc<dyn ClusterControl>) -> Engine {
+        self.cluster_control = Some(control);
         self
     }
 
@@ -502,6 +513,7 @@ impl Engine {
             | Statement::Rebuild { .. }
             | Statement::Subscribe { .. }
             | Statement::Backup { .. }) => self.admin_statement(s, ctx, proposer).await,
+            Statement::Cluster(command) => self.cluster_statement(command, ctx).await,
             // Inside a batch the lookup would miss the batch's own writes: scan instead.
             Statement::PointSelect { rest, .. } if ctx.batch.is_some() => {
                 self.execute_sql(rest.parse()?, ctx, proposer).await

@@ -3,6 +3,7 @@
 //! [`users`]), everything else (SELECT, INSERT, UPDATE, DELETE) by sqlparser's full parser fed
 //! the same tokens ([`query`]). Nothing downstream reads SQL text again.
 
+mod cluster;
 mod ddl;
 mod query;
 mod source;
@@ -141,6 +142,8 @@ pub enum Statement {
     Backup {
         destination: String,
     },
+    /// `CLUSTER ...`: a leadership move the node carries out.
+    Cluster(ClusterCommand),
     /// `BEGIN [TRANSACTION | WORK]` / `START TRANSACTION`: the request's writes up to `COMMIT`
     /// apply all or nothing.
     Begin,
@@ -193,6 +196,17 @@ pub enum AlterAction {
     DropNotNull(String),
     /// `ALTER [COLUMN] c SET NOT NULL`.
     SetNotNull(String),
+}
+
+/// What a `CLUSTER` statement asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterCommand {
+    /// Make node `to` the leader of `group`, or of every group.
+    TransferLeader { group: Option<kalamdb_log::GroupId>, to: u64 },
+    /// The node that runs the statement hands every group it leads to another voter.
+    StepDown,
+    /// Move leaderships until no node leads two more groups than another.
+    Rebalance,
 }
 
 /// What `ALTER USER` changes.
@@ -262,6 +276,7 @@ fn kind_of(first: &str) -> &'static str {
         "FLUSH" | "STORAGE" | "REBUILD" => "storage",
         "SUBSCRIBE" => "subscribe",
         "BACKUP" => "backup",
+        "CLUSTER" => "cluster",
         "EXECUTE" => "execute_as",
         "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" => "transaction",
         _ => "other",
@@ -286,6 +301,11 @@ pub fn parse(src: Source<'_>) -> Result<Parsed> {
             }
         }
         "EXECUTE" => users::parse_execute_as(&mut { c })?,
+        "CLUSTER" => {
+            let mut c = c;
+            c.pos += 1;
+            cluster::parse_cluster(&mut c)?
+        }
         "SELECT" => match query::point_select(&c) {
             Some(point) => Statement::PointSelect { point, rest: Unparsed(src.tokens) },
             None => query::parse_query(src, &first)?,

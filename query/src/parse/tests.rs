@@ -258,3 +258,40 @@ fn backup_takes_one_quoted_destination() {
         assert!(matches!(parse_statement(bad), Err(Error::InvalidSql(_))), "{bad}");
     }
 }
+
+#[test]
+fn cluster_leadership_statements() {
+    use kalamdb_log::GroupId;
+    let cmd = |sql: &str| match parse_statement(sql) {
+        Ok(Statement::Cluster(c)) => c,
+        other => panic!("{sql}: {other:?}"),
+    };
+    assert_eq!(cmd("CLUSTER TRANSFER-LEADER 2"), ClusterCommand::TransferLeader { group: None, to: 2 });
+    assert_eq!(cmd("cluster transfer leader all to node 3"), ClusterCommand::TransferLeader { group: None, to: 3 });
+    assert_eq!(
+        cmd("CLUSTER TRANSFER LEADER 'shared:0' TO 1"),
+        ClusterCommand::TransferLeader { group: Some(GroupId::SharedShard(0)), to: 1 }
+    );
+    assert_eq!(
+        cmd("CLUSTER TRANSFER LEADER 65537 TO NODE 2"),
+        ClusterCommand::TransferLeader { group: Some(GroupId::UserShard(1)), to: 2 }
+    );
+    assert_eq!(cmd("CLUSTER STEPDOWN"), ClusterCommand::StepDown);
+    assert_eq!(cmd("CLUSTER STEP-DOWN"), ClusterCommand::StepDown);
+    assert_eq!(cmd("CLUSTER REBALANCE"), ClusterCommand::Rebalance);
+    let kind = |sql: &str| parse(split_request(sql).unwrap().remove(0)).unwrap().kind;
+    assert_eq!(kind("CLUSTER REBALANCE"), "cluster");
+    for bad in [
+        "CLUSTER",
+        "CLUSTER TRANSFER-LEADER",
+        "CLUSTER TRANSFER-LEADER 0",
+        "CLUSTER TRANSFER-LEADER 99999999999999999999999",
+        "CLUSTER TRANSFER LEADER 'nope:1' TO 2",
+        "CLUSTER TRANSFER LEADER 7 TO 2",
+        "CLUSTER TRANSFER LEADER ALL 2",
+        "CLUSTER STEPDOWN NOW",
+        "CLUSTER EXPLODE",
+    ] {
+        assert!(matches!(parse_statement(bad), Err(Error::InvalidSql(_))), "{bad}");
+    }
+}

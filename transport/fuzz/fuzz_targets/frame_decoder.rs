@@ -22,4 +22,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = wire::from_bytes::<wire::ForwardResponse>(data);
     let _ = wire::from_bytes::<wire::Hello>(data);
     let _ = wire::from_bytes::<wire::StatusResponse>(data);
+    let _ = wire::from_bytes::<wire::LeadershipRequest>(data);
+    let _ = wire::from_bytes::<wire::LeadershipResponse>(data);
 });

@@ -1,0 +1,513 @@
+//! Leadership moves: handing a group's leadership to a chosen voter, stepping down, draining
+//! before a graceful shutdown, and the balancer that spreads leaders over the voters.
+//!
+//! openraft 0.9 has no leader transfer, so a transfer is built from what it has: the leader
+//! stops proposing (writes wait and retry, nothing is lost or doubled), waits until its own
+//! entries are applied and the successor holds its whole log, then asks the successor to elect
+//! itself (`LeadershipRequest::ElectNow`). The leader grants that vote (the candidate's log is
+//! as long as its own, and a leader's lease does not cover its own vote), which with the
+//! successor's own vote is a majority of three; with more voters the leader also stops its
+//! heartbeats so the other followers' leases run out. No election timeout is waited for.
+
+use super::*;
+use kalamdb_transport::wire::{LeadershipRequest, LeadershipResponse};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How long one transfer may take before it is abandoned and the old leader resumes writes.
+pub const TRANSFER_TIMEOUT_MS: u64 = 3_000;
+/// How long the leader waits for the successor's election before asking again.
+const ELECT_RETRY_MS: u64 = 200;
+/// How long a node shutting down spends handing over its leaderships, in total.
+pub const DRAIN_TIMEOUT_MS: u64 = 15_000;
+/// A successor more than this many entries behind is not chosen by the balancer (it would make
+/// the transfer wait for its catch-up).
+pub const BALANCE_LAG_ENTRIES_MAX: u64 = 1_000;
+/// Pause between polls of a group's metrics while a transfer waits.
+const POLL_MS: u64 = 5;
+
+/// Why a leadership move failed.
+#[derive(Debug)]
+pub enum MoveError {
+    /// Asked of a node that does not lead the group (the leader it knows, if any).
+    NotLeader(Option<NodeId>),
+    /// The move cannot be made (a target that is not a voter, a draining target, ...).
+    Refused(String),
+    /// The move did not finish in time; the old leader kept the group.
+    Timeout(String),
+}
+
+impl MoveError {
+    fn message(&self) -> String {
+        match self {
+            MoveError::NotLeader(l) => format!("not the leader (leader: {l:?})"),
+            MoveError::Refused(m) | MoveError::Timeout(m) => m.clone(),
+        }
+    }
+}
+
+impl From<MoveError> for GroupError {
+    fn from(e: MoveError) -> GroupError {
+        match e {
+            MoveError::Refused(m) => GroupError::Refused(m),
+            other => GroupError::Unavailable(other.message()),
+        }
+    }
+}
+
+/// Paused writes and stopped heartbeats of a group while it is handed over; undone on drop,
+/// whatever way the transfer ends.
+struct HandoverGuard<'a> {
+    group: &'a Group,
+}
+
+impl<'a> HandoverGuard<'a> {
+    fn new(group: &'a Group) -> HandoverGuard<'a> {
+        group.handing_over.store(true, Ordering::SeqCst);
+        HandoverGuard { group }
+    }
+}
+
+impl Drop for HandoverGuard<'_> {
+    fn drop(&mut self) {
+        self.group.raft.runtime_config().heartbeat(true);
+        self.group.handing_over.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The pieces of a group's metrics a transfer decides by.
+struct Progress {
+    leader: Option<NodeId>,
+    last: u64,
+    applied: u64,
+    matched: BTreeMap<NodeId, u64>,
+    voters: Vec<NodeId>,
+}
+
+fn progress(g: &Group) -> Progress {
+    let m = g.raft.metrics().borrow().clone();
+    let matched = m
+        .replication
+        .as_ref()
+        .map(|r| r.iter().map(|(n, l)| (*n, l.map_or(0, |l| l.index))).collect())
+        .unwrap_or_default();
+    Progress {
+        leader: m.current_leader,
+        last: m.last_log_index.unwrap_or(0),
+        applied: m.last_applied.map_or(0, |l| l.index),
+        matched,
+        voters: m.membership_config.membership().voter_ids().collect(),
+    }
+}
+
+impl Groups {
+    /// Whether this node is shutting down and handing its leaderships away.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Who leads `group` in this node's view.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.groups.get(&group).and_then(|g| self.leader_of(g))
+    }
+
+    /// The voters of `group` in this node's view.
+    pub fn voters_of(&self, group: GroupId) -> Vec<NodeId> {
+        self.groups.get(&group).map_or_else(Vec::new, |g| progress(g).voters)
+    }
+
+    /// Make `target` the leader of `group`, asking whichever node leads it now. Returns the
+    /// leader afterwards (`target` unless leadership moved elsewhere meanwhile).
+    pub async fn transfer_leader(&self, group: GroupId, target: NodeId) -> std::result::Result<NodeId, GroupError> {
+        let g = self.group(group)?;
+        if !progress(g).voters.contains(&target) {
+            return Err(GroupError::Refused(format!("node {target} is not a voter of group {group}")));
+        }
+        let deadline = Instant::now() + Duration::from_millis(TRANSFER_TIMEOUT_MS * 2);
+        loop {
+            let attempt = match self.leader_of(g) {
+                Some(l) if l == target => return Ok(l),
+                Some(l) if l == self.node_id => self.hand_over(g, target).await,
+                Some(l) => self.ask_leader(g, l, target).await,
+                None => Err(MoveError::NotLeader(None)),
+            };
+            match attempt {
+                Ok(leader) => return Ok(leader),
+                Err(MoveError::NotLeader(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(LEADER_RETRY_MS)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn ask_leader(&self, g: &Group, leader: NodeId, target: NodeId) -> std::result::Result<NodeId, MoveError> {
+        let Some(t) = &self.transport else { return Err(MoveError::NotLeader(None)) };
+        let timeout = Duration::from_millis(TRANSFER_TIMEOUT_MS + PEER_REQUEST_TIMEOUT_MS);
+        match t.leadership(leader, g.id, LeadershipRequest::TransferTo { target }, timeout).await {
+            Ok(LeadershipResponse::Ok { leader: Some(l) }) => Ok(l),
+            Ok(LeadershipResponse::Ok { leader: None }) => Err(MoveError::NotLeader(None)),
+            Ok(LeadershipResponse::Err(RemoteError::NotLeader { leader })) => Err(MoveError::NotLeader(leader)),
+            Ok(LeadershipResponse::Err(RemoteError::Failed { code, message })) if code == "CLUSTER_OPERATION_REFUSED" => {
+                Err(MoveError::Refused(message))
+            }
+            Ok(LeadershipResponse::Err(RemoteError::Failed { message, .. })) => Err(MoveError::Timeout(message)),
+            Err(e) => Err(MoveError::NotLeader(None)).inspect_err(|_| {
+                tracing::debug!(target: "kalamdb_raft", group = %g.id, leader, error = %e, "transfer request not delivered");
+            }),
+        }
+    }
+
+    /// On the leader: pause writes, let the successor catch up, and have it elect itself.
+    pub(super) async fn hand_over(&self, g: &Group, target: NodeId) -> std::result::Result<NodeId, MoveError> {
+        let Some(t) = &self.transport else {
+            return Err(MoveError::Refused("a single node has no one to hand leadership to".into()));
+        };
+        let Ok(_one_at_a_time) = g.moving.try_lock() else {
+            return Err(MoveError::Refused(format!("group {} is already being handed over", g.id)));
+        };
+        let p = progress(g);
+        if p.leader != Some(self.node_id) {
+            return Err(MoveError::NotLeader(p.leader));
+        }
+        if !p.voters.contains(&target) || target == self.node_id {
+            return Err(MoveError::Refused(format!("node {target} is not another voter of group {}", g.id)));
+        }
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(TRANSFER_TIMEOUT_MS);
+        let _paused = HandoverGuard::new(g);
+        let mut asked = 0u32;
+        loop {
+            // Every entry this leader appended is applied (its clients have their answers)
+            // and the successor holds all of them, so it can win and nothing is in doubt.
+            let p = progress(g);
+            if p.leader != Some(self.node_id) {
+                let leader = self.wait_new_leader(g, deadline).await;
+                tracing::info!(target: "kalamdb_raft", group = %g.id, ?leader, target, elapsed_ms = started.elapsed().as_millis() as u64, "leadership handed over");
+                metrics::counter!("kalamdb_leader_transfers_total", "outcome" => "done").increment(1);
+                return leader.ok_or_else(|| MoveError::Timeout(format!("group {}: no new leader yet", g.id)));
+            }
+            if Instant::now() >= deadline {
+                metrics::counter!("kalamdb_leader_transfers_total", "outcome" => "timeout").increment(1);
+                return Err(MoveError::Timeout(format!(
+                    "group {}: node {target} did not take over within {TRANSFER_TIMEOUT_MS} ms (matched {} of {}); node {} keeps leading",
+                    g.id,
+                    p.matched.get(&target).copied().unwrap_or(0),
+                    p.last,
+                    self.node_id
+                )));
+            }
+            let caught_up = p.applied >= p.last && p.matched.get(&target).is_some_and(|m| *m >= p.last);
+            if !caught_up {
+                tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+                continue;
+            }
+            if asked > 0 {
+                // The first election was not enough (more than three voters, whose leases
+                // the heartbeats keep alive): stop them so the other followers vote too.
+                g.raft.runtime_config().heartbeat(false);
+            }
+            asked += 1;
+            match t.leadership(target, g.id, LeadershipRequest::ElectNow, Duration::from_millis(PEER_REQUEST_TIMEOUT_MS)).await {
+                Ok(LeadershipResponse::Ok { .. }) => {}
+                Ok(LeadershipResponse::Err(e)) => {
+                    let why = match e {
+                        RemoteError::NotLeader { .. } => "it cannot stand".to_owned(),
+                        RemoteError::Failed { message, .. } => message,
+                    };
+                    metrics::counter!("kalamdb_leader_transfers_total", "outcome" => "refused").increment(1);
+                    return Err(MoveError::Refused(format!("group {}: node {target} refused: {why}", g.id)));
+                }
+                Err(e) => {
+                    metrics::counter!("kalamdb_leader_transfers_total", "outcome" => "unreachable").increment(1);
+                    return Err(MoveError::Refused(format!("group {}: node {target} is unreachable: {e}", g.id)));
+                }
+            }
+            let mut metrics = g.raft.metrics();
+            let _ = tokio::time::timeout(
+                Duration::from_millis(ELECT_RETRY_MS),
+                metrics.wait_for(|m| m.current_leader != Some(self.node_id)),
+            )
+            .await;
+        }
+    }
+
+    /// After this node gave up a group: the leader it learns of, waiting until `deadline`.
+    async fn wait_new_leader(&self, g: &Group, deadline: Instant) -> Option<NodeId> {
+        let mut metrics = g.raft.metrics();
+        let seen = tokio::time::timeout_at(
+            deadline.max(Instant::now() + Duration::from_millis(PEER_REQUEST_TIMEOUT_MS)),
+            metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != self.node_id)),
+        )
+        .await;
+        match seen {
+            Ok(Ok(m)) => m.current_leader,
+            _ => self.leader_of(g),
+        }
+    }
+
+    /// On the successor: start an election now, if this node may lead.
+    pub(super) async fn elect_now(&self, g: &Group) -> LeadershipResponse {
+        if self.is_draining() {
+            return LeadershipResponse::Err(RemoteError::Failed {
+                code: "CLUSTER_OPERATION_REFUSED".into(),
+                message: format!("node {} is shutting down", self.node_id),
+            });
+        }
+        if !progress(g).voters.contains(&self.node_id) {
+            return LeadershipResponse::Err(RemoteError::Failed {
+                code: "CLUSTER_OPERATION_REFUSED".into(),
+                message: format!("node {} is not a voter of group {}", self.node_id, g.id),
+            });
+        }
+        match g.raft.trigger().elect().await {
+            Ok(()) => LeadershipResponse::Ok { leader: None },
+            Err(e) => LeadershipResponse::Err(RemoteError::Failed { code: "UNAVAILABLE".into(), message: e.to_string() }),
+        }
+    }
+
+    /// The voter of `g` that should take over from this node: caught up, connected, not this
+    /// node, leading the fewest groups; `None` when there is none.
+    pub fn successor(&self, group: GroupId) -> Option<NodeId> {
+        let g = self.groups.get(&group)?;
+        let p = progress(g);
+        let counts = self.leader_counts();
+        p.voters
+            .iter()
+            .copied()
+            .filter(|n| *n != self.node_id)
+            .filter(|n| self.transport.as_ref().is_some_and(|t| t.is_connected(*n)))
+            .filter(|n| p.matched.get(n).is_some_and(|m| m + BALANCE_LAG_ENTRIES_MAX >= p.last))
+            .min_by_key(|n| (counts.get(n).copied().unwrap_or(0), std::cmp::Reverse(p.matched[n]), *n))
+    }
+
+    /// Hand every group this node leads to a successor. Returns the groups moved and the
+    /// errors of those that could not be.
+    pub async fn step_down(&self) -> (Vec<(GroupId, NodeId)>, Vec<String>) {
+        let mut moved = Vec::new();
+        let mut failed = Vec::new();
+        for id in self.layout.all() {
+            if !self.leads(id) {
+                continue;
+            }
+            let Some(target) = self.successor(id) else {
+                failed.push(format!("group {id}: no caught-up voter to hand it to"));
+                continue;
+            };
+            match self.transfer_leader(id, target).await {
+                Ok(l) => moved.push((id, l)),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (moved, failed)
+    }
+
+    /// A graceful shutdown's first step: stop standing for elections, and hand every group
+    /// this node leads to another voter, so no group waits for an election timeout.
+    pub async fn drain(&self) {
+        if !self.is_cluster() {
+            return;
+        }
+        self.draining.store(true, Ordering::SeqCst);
+        for g in self.groups.values() {
+            g.raft.runtime_config().elect(false);
+        }
+        let started = Instant::now();
+        let (moved, failed) =
+            match tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), self.step_down()).await {
+                Ok(r) => r,
+                Err(_) => (Vec::new(), vec![format!("handing over took longer than {DRAIN_TIMEOUT_MS} ms")]),
+            };
+        tracing::info!(target: "kalamdb_raft", moved = moved.len(), ?failed, elapsed_ms = started.elapsed().as_millis() as u64, "leaderships handed over before shutdown");
+    }
+
+    /// How many groups each node leads, in this node's view.
+    pub fn leader_counts(&self) -> BTreeMap<NodeId, usize> {
+        let mut counts = BTreeMap::new();
+        for g in self.groups.values() {
+            if let Some(l) = self.leader_of(g) {
+                *counts.entry(l).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// The moves that even out leadership, from this node's view: every voter counts, a group
+    /// moves only to a connected, caught-up voter.
+    pub fn balance_plan(&self) -> Vec<Move> {
+        let mut groups = Vec::new();
+        let mut nodes = std::collections::BTreeSet::new();
+        for id in self.layout.all() {
+            let Some(g) = self.groups.get(&id) else { continue };
+            let p = progress(g);
+            nodes.extend(p.voters.iter().copied());
+            let Some(leader) = p.leader else { continue };
+            // Only the leader knows the followers' progress; others plan with every voter.
+            let eligible = p
+                .voters
+                .iter()
+                .copied()
+                .filter(|n| *n != leader)
+                .filter(|n| leader != self.node_id || p.matched.get(n).is_some_and(|m| m + BALANCE_LAG_ENTRIES_MAX >= p.last))
+                .filter(|n| *n == self.node_id || self.transport.as_ref().is_some_and(|t| t.is_connected(*n)))
+                .collect();
+            groups.push(Leadership { group: id, leader, eligible });
+        }
+        plan_moves(&groups, &nodes.into_iter().collect::<Vec<_>>())
+    }
+}
+
+/// One group's leader and where its leadership could go.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub group: GroupId,
+    pub leader: NodeId,
+    pub eligible: Vec<NodeId>,
+}
+
+/// A planned leadership move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    pub group: GroupId,
+    pub from: NodeId,
+    pub to: NodeId,
+}
+
+/// The moves that bring every node within one leadership of every other (8 groups on 3 nodes:
+/// 3/3/2). Hysteresis: nothing moves while the spread is at most one, so a balanced cluster
+/// stays put. Deterministic: ties go to the lowest node id and the first group.
+pub fn plan_moves(groups: &[Leadership], nodes: &[NodeId]) -> Vec<Move> {
+    let mut counts: BTreeMap<NodeId, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+    let mut leaders: Vec<Leadership> = groups.to_vec();
+    for g in &leaders {
+        *counts.entry(g.leader).or_insert(0) += 1;
+    }
+    let mut moves = Vec::new();
+    // Each move lowers the sum of squared counts, so this ends; the bound is a backstop.
+    for _ in 0..groups.len() * nodes.len().max(1) {
+        let Some((&most, &high)) = counts.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n))) else { break };
+        // The least-loaded node some group of `most` can go to.
+        let candidate = leaders
+            .iter()
+            .filter(|g| g.leader == most)
+            .flat_map(|g| g.eligible.clone().into_iter().map(move |to| (g.group, to)))
+            .filter(|(_, to)| counts.get(to).is_some_and(|c| c + 2 <= high))
+            .min_by_key(|(group, to)| (counts[to], *to, *group));
+        let Some((group, to)) = candidate else { break };
+        moves.push(Move { group, from: most, to });
+        if let Some(g) = leaders.iter_mut().find(|g| g.group == group) {
+            g.leader = to;
+        }
+        *counts.entry(most).or_insert(1) -= 1;
+        *counts.entry(to).or_insert(0) += 1;
+    }
+    moves
+}
+
+/// The automatic balancer of one node: every interval, if this node leads more groups than
+/// its share, it hands one of them to the voter leading fewest. Only a group's leader moves
+/// it, so nodes with slightly different views never fight over a group; transfers per minute
+/// are capped.
+pub async fn run_balancer(groups: std::sync::Weak<Groups>, interval: Duration, per_minute_max: u32) {
+    let mut started: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once: skip it, so formation settles before anything moves.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(groups) = groups.upgrade() else { return };
+        if groups.is_draining() {
+            return;
+        }
+        let now = Instant::now();
+        while started.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+            started.pop_front();
+        }
+        if started.len() >= per_minute_max as usize {
+            continue;
+        }
+        let Some(m) = groups.balance_plan().into_iter().find(|m| m.from == groups.node_id) else { continue };
+        started.push_back(now);
+        match groups.transfer_leader(m.group, m.to).await {
+            Ok(l) => tracing::info!(target: "kalamdb_raft", group = %m.group, to = l, "balanced leadership"),
+            Err(e) => tracing::info!(target: "kalamdb_raft", group = %m.group, to = m.to, error = %e, "balancing move failed"),
+        }
+    }
+}
+
+/// Flag checked by the proposal paths: true while the group is being handed over.
+pub(super) fn handing_over(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::SeqCst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kalamdb_log::group::MetaGroup;
+
+    fn groups(leaders: &[NodeId], nodes: &[NodeId]) -> Vec<Leadership> {
+        let layout = GroupLayout::new(4, 1);
+        layout
+            .all()
+            .into_iter()
+            .zip(leaders)
+            .map(|(group, leader)| Leadership {
+                group,
+                leader: *leader,
+                eligible: nodes.iter().copied().filter(|n| n != leader).collect(),
+            })
+            .collect()
+    }
+
+    fn spread(g: &[Leadership], moves: &[Move], nodes: &[NodeId]) -> Vec<usize> {
+        let mut counts: BTreeMap<NodeId, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+        for l in g {
+            let end = moves.iter().rev().find(|m| m.group == l.group).map_or(l.leader, |m| m.to);
+            *counts.get_mut(&end).unwrap() += 1;
+        }
+        let mut v: Vec<usize> = counts.into_values().collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn all_on_one_node_becomes_three_three_two() {
+        let nodes = [1, 2, 3];
+        let g = groups(&[1; 8], &nodes);
+        let moves = plan_moves(&g, &nodes);
+        assert_eq!(moves.len(), 5, "{moves:?}");
+        assert!(moves.iter().all(|m| m.from == 1));
+        assert_eq!(spread(&g, &moves, &nodes), vec![2, 3, 3]);
+    }
+
+    #[test]
+    fn balanced_cluster_stays_put() {
+        let nodes = [1, 2, 3];
+        assert!(plan_moves(&groups(&[1, 2, 3, 1, 2, 3, 1, 2], &nodes), &nodes).is_empty());
+        // A spread of one is within the hysteresis band even if not "ideal".
+        assert!(plan_moves(&groups(&[1, 1, 1, 2, 2, 2, 3, 3], &nodes), &nodes).is_empty());
+    }
+
+    #[test]
+    fn a_returning_node_gets_its_share() {
+        let nodes = [1, 2, 3];
+        let g = groups(&[1, 2, 1, 2, 1, 2, 1, 2], &nodes);
+        let moves = plan_moves(&g, &nodes);
+        assert_eq!(spread(&g, &moves, &nodes), vec![2, 3, 3]);
+        assert!(moves.iter().all(|m| m.to == 3), "{moves:?}");
+    }
+
+    #[test]
+    fn moves_only_where_allowed() {
+        let nodes = [1, 2, 3];
+        let mut g = groups(&[1; 8], &nodes);
+        for l in &mut g {
+            l.eligible.retain(|n| *n != 3);
+        }
+        let moves = plan_moves(&g, &nodes);
+        assert!(moves.iter().all(|m| m.to == 2), "{moves:?}");
+        assert_eq!(moves.len(), 4);
+        let single = [Leadership { group: GroupId::Meta(MetaGroup::Catalog), leader: 1, eligible: vec![] }];
+        assert!(plan_moves(&single, &[1]).is_empty());
+    }
+}
