@@ -58,6 +58,10 @@ fn describe() {
         "kalamdb_raft_elections_total",
         "Term changes this node has seen in the group (each is an election)."
     );
+    describe_counter!(
+        "kalamdb_leader_transfers_total",
+        "Leadership handovers this node started as leader, by outcome (done, timeout, refused, unreachable)."
+    );
     describe_counter!("kalamdb_log_appended_entries_total", "Log entries appended to this node's log.");
     describe_counter!("kalamdb_log_appended_bytes_total", Unit::Bytes, "Bytes of log entries appended.");
     describe_histogram!("kalamdb_log_fsync_seconds", Unit::Seconds, "Duration of one WAL fsync.");
