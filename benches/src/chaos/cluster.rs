@@ -18,6 +18,8 @@ const CHAOS_CLUSTER_SECRET: &str = "d2a6f81c04e97b35a8c1e60f2b9d47a3c58e1f06b7d2
 pub const HEALTHY_WAIT: Duration = Duration::from_secs(60);
 /// Bound on waiting for every node to report the same applied index and digest per group.
 pub const CONVERGE_WAIT: Duration = Duration::from_secs(90);
+/// How long a graceful stop (leadership handover, draining HTTP) may take.
+pub const GRACEFUL_STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// Docker names from deploy/docker-compose.yml.
 const DOCKER_NETWORK: &str = "cluster_kalamdb-cluster";
@@ -128,6 +130,23 @@ impl Local {
         self.children[n - 1].as_ref().map(|c| c.id().to_string()).ok_or_else(|| format!("node {n} is not running"))
     }
 
+    /// SIGTERM, then wait (bounded) for the graceful exit; SIGKILL if it does not come.
+    pub async fn terminate(&mut self, n: usize) -> Result<(), String> {
+        run("kill", &["-TERM", &self.pid(n)?])?;
+        let deadline = Instant::now() + GRACEFUL_STOP_WAIT;
+        while Instant::now() < deadline {
+            if let Some(c) = self.children[n - 1].as_mut()
+                && c.try_wait().map_err(|e| e.to_string())?.is_some()
+            {
+                self.children[n - 1] = None;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill9(n);
+        Err(format!("node {n} did not stop within {GRACEFUL_STOP_WAIT:?} of SIGTERM"))
+    }
+
     pub fn kill9(&mut self, n: usize) {
         if let Some(mut c) = self.children[n - 1].take() {
             let _ = c.kill();
@@ -194,6 +213,9 @@ impl Cluster {
             }
             (Cluster::Local(l), Fault::Pause) => run("kill", &["-STOP", &l.pid(n)?]),
             (c @ Cluster::Local(_), Fault::Partition) => c.isolate(api, n, true).await,
+            (Cluster::Local(l), Fault::Stop) => l.terminate(n).await,
+            (c, Fault::Transfer) => c.transfer_to(api, n).await,
+            (Cluster::Docker, Fault::Stop) => run("docker", &["stop", "-t", "30", &Self::container(n)]),
             (Cluster::Docker, Fault::Kill) => run("docker", &["kill", &Self::container(n)]),
             (Cluster::Docker, Fault::Pause) => run("docker", &["pause", &Self::container(n)]),
             (Cluster::Docker, Fault::Partition) => {
@@ -205,7 +227,9 @@ impl Cluster {
     /// End the fault on node `n`.
     pub async fn repair(&mut self, api: &Api, fault: Fault, n: usize) -> Result<(), String> {
         match (self, fault) {
-            (Cluster::Local(l), Fault::Kill) => l.start(n),
+            (Cluster::Local(l), Fault::Kill | Fault::Stop) => l.start(n),
+            (_, Fault::Transfer) => Ok(()),
+            (Cluster::Docker, Fault::Stop) => run("docker", &["start", &Self::container(n)]),
             (Cluster::Local(l), Fault::Pause) => run("kill", &["-CONT", &l.pid(n)?]),
             (c @ Cluster::Local(_), Fault::Partition) => c.isolate(api, n, false).await,
             (Cluster::Docker, Fault::Kill) => run("docker", &["start", &Self::container(n)]),
@@ -213,6 +237,17 @@ impl Cluster {
             (Cluster::Docker, Fault::Partition) => {
                 run("docker", &["network", "connect", DOCKER_NETWORK, &Self::container(n)])
             }
+        }
+    }
+
+    /// Every group's leadership to node `n`, asked through it. A group that could not move
+    /// (its leader was just elected, a move already running) is not a failure of the run.
+    async fn transfer_to(&self, api: &Api, n: usize) -> Result<(), String> {
+        let url = &self.urls()[n - 1];
+        let body = json!({ "sql": format!("CLUSTER TRANSFER-LEADER {n}") }).to_string();
+        match api.request("POST", url, "/v1/api/sql", Some(body)).await {
+            Reply::Ok(_) => Ok(()),
+            other => Err(format!("CLUSTER TRANSFER-LEADER {n}: {other:?}")),
         }
     }
 

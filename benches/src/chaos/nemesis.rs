@@ -12,6 +12,12 @@ pub enum Fault {
     Partition,
     /// SIGSTOP (or `docker pause`), then SIGCONT.
     Pause,
+    /// A graceful stop, SIGTERM (or `docker stop`): the node hands its leaderships over
+    /// first; then start it again.
+    Stop,
+    /// `CLUSTER TRANSFER-LEADER n`: every group's leadership to the node, asked through it;
+    /// the balancers spread it again afterwards.
+    Transfer,
 }
 
 impl fmt::Display for Fault {
@@ -20,6 +26,8 @@ impl fmt::Display for Fault {
             Fault::Kill => "kill -9",
             Fault::Partition => "partition",
             Fault::Pause => "pause",
+            Fault::Stop => "graceful stop",
+            Fault::Transfer => "transfer leadership",
         })
     }
 }
@@ -56,10 +64,12 @@ pub fn schedule(seed: u64, workload_ms: u64, nodes: usize) -> Vec<Step> {
         if at + hold_ms + QUIET_MS > workload_ms {
             break;
         }
-        let fault = match rng.u8(0..3) {
+        let fault = match rng.u8(0..5) {
             0 => Fault::Kill,
             1 => Fault::Partition,
-            _ => Fault::Pause,
+            2 => Fault::Pause,
+            3 => Fault::Stop,
+            _ => Fault::Transfer,
         };
         steps.push(Step { at_ms: at, hold_ms, fault, node: rng.usize(1..=nodes) });
         at += hold_ms + rng.u64(GAP_MS_MIN..=GAP_MS_MAX);
@@ -83,7 +93,7 @@ mod tests {
         let last = a.last().expect("steps");
         assert!(last.at_ms + last.hold_ms + QUIET_MS <= 300_000);
         assert!(a.iter().all(|s| (1..=3).contains(&s.node)));
-        for f in [Fault::Kill, Fault::Partition, Fault::Pause] {
+        for f in [Fault::Kill, Fault::Partition, Fault::Pause, Fault::Stop, Fault::Transfer] {
             assert!(a.iter().any(|s| s.fault == f), "{f} never scheduled");
         }
     }
