@@ -125,6 +125,7 @@ impl Error {
             Error::Unsupported(m) => Error::Unsupported(f(m)),
             Error::JobRunning(m) => Error::JobRunning(f(m)),
             Error::StorageUnavailable(m) => Error::StorageUnavailable(f(m)),
+            Error::ClusterRefused(m) => Error::ClusterRefused(f(m)),
             Error::Internal(m) => Error::Internal(f(m)),
         }
     }
