@@ -44,6 +44,13 @@ impl ClusterControl for NodeControl {
         match command {
             ClusterCommand::TransferLeader { group, to } => {
                 let targets = match group {
+                    Some(g) if !groups.layout.all().contains(&g) => {
+                        let names: Vec<String> = groups.layout.all().iter().map(|g| g.to_string()).collect();
+                        return Err(kalamdb_query::Error::InvalidSql(format!(
+                            "this cluster has no group {g}; its groups: {}",
+                            names.join(", ")
+                        )));
+                    }
                     Some(g) => vec![g],
                     None => groups.layout.all(),
                 };

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How long one transfer may take before it is abandoned and the old leader resumes writes.
 pub const TRANSFER_TIMEOUT_MS: u64 = 3_000;
+/// Times a transfer starts over when leadership landed on another voter than the target.
+const TRANSFER_ATTEMPTS_MAX: u32 = 2;
 /// How long the leader waits for the successor's election before asking again.
 const ELECT_RETRY_MS: u64 = 200;
 /// How long a node shutting down spends handing over its leaderships, in total.
@@ -22,6 +24,8 @@ pub const DRAIN_TIMEOUT_MS: u64 = 15_000;
 /// A successor more than this many entries behind is not chosen by the balancer (it would make
 /// the transfer wait for its catch-up).
 pub const BALANCE_LAG_ENTRIES_MAX: u64 = 1_000;
+/// Added to the leader lease before a freshly elected leader hands over (clock granularity).
+const LEASE_MARGIN_MS: u64 = 50;
 /// Pause between polls of a group's metrics while a transfer waits.
 const POLL_MS: u64 = 5;
 
@@ -58,19 +62,25 @@ impl From<MoveError> for GroupError {
 /// whatever way the transfer ends.
 struct HandoverGuard<'a> {
     group: &'a Group,
+    /// Whether the node stands for elections once the handover ends (not while draining).
+    may_elect: bool,
 }
 
 impl<'a> HandoverGuard<'a> {
-    fn new(group: &'a Group) -> HandoverGuard<'a> {
-        group.handing_over.store(true, Ordering::SeqCst);
-        HandoverGuard { group }
+    /// Also stops this node standing for elections meanwhile: should the successor's election
+    /// unsettle the group, the old leader must not simply win it back.
+    fn new(group: &'a Group, may_elect: bool) -> HandoverGuard<'a> {
+        group.gate.set_closed(true);
+        group.raft.runtime_config().elect(false);
+        HandoverGuard { group, may_elect }
     }
 }
 
 impl Drop for HandoverGuard<'_> {
     fn drop(&mut self) {
         self.group.raft.runtime_config().heartbeat(true);
-        self.group.handing_over.store(false, Ordering::SeqCst);
+        self.group.raft.runtime_config().elect(self.may_elect);
+        self.group.gate.set_closed(false);
     }
 }
 
@@ -123,6 +133,7 @@ impl Groups {
             return Err(GroupError::Refused(format!("node {target} is not a voter of group {group}")));
         }
         let deadline = Instant::now() + Duration::from_millis(TRANSFER_TIMEOUT_MS * 2);
+        let mut landed_elsewhere = 0;
         loop {
             let attempt = match self.leader_of(g) {
                 Some(l) if l == target => return Ok(l),
@@ -131,6 +142,11 @@ impl Groups {
                 None => Err(MoveError::NotLeader(None)),
             };
             match attempt {
+                // Another voter won the election the successor started (its log was longer):
+                // ask again from there, a bounded number of times.
+                Ok(leader) if leader != target && landed_elsewhere < TRANSFER_ATTEMPTS_MAX => {
+                    landed_elsewhere += 1;
+                }
                 Ok(leader) => return Ok(leader),
                 Err(MoveError::NotLeader(_)) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(LEADER_RETRY_MS)).await;
@@ -174,7 +190,16 @@ impl Groups {
         }
         let started = Instant::now();
         let deadline = started + Duration::from_millis(TRANSFER_TIMEOUT_MS);
-        let _paused = HandoverGuard::new(g);
+        let _paused = HandoverGuard::new(g, !self.is_draining());
+        // A leader refuses to vote for anyone within its lease of becoming leader: a group
+        // elected a moment ago (by the balancer, say) waits out the rest of it.
+        let elected_at = *g.elected_at.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = elected_at {
+            let settled = at + self.leader_lease + Duration::from_millis(LEASE_MARGIN_MS);
+            if settled > Instant::now() {
+                tokio::time::sleep_until(settled).await;
+            }
+        }
         let mut asked = 0u32;
         loop {
             // Every entry this leader appended is applied (its clients have their answers)
@@ -182,9 +207,21 @@ impl Groups {
             let p = progress(g);
             if p.leader != Some(self.node_id) {
                 let leader = self.wait_new_leader(g, deadline).await;
-                tracing::info!(target: "kalamdb_raft", group = %g.id, ?leader, target, elapsed_ms = started.elapsed().as_millis() as u64, "leadership handed over");
-                metrics::counter!("kalamdb_leader_transfers_total", "outcome" => "done").increment(1);
-                return leader.ok_or_else(|| MoveError::Timeout(format!("group {}: no new leader yet", g.id)));
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                return match leader {
+                    Some(l) if l != self.node_id => {
+                        tracing::info!(target: "kalamdb_raft", group = %g.id, leader = l, target, elapsed_ms, "leadership handed over");
+                        metrics::counter!("kalamdb_leader_transfers_total", "outcome" => "done").increment(1);
+                        Ok(l)
+                    }
+                    _ => {
+                        metrics::counter!("kalamdb_leader_transfers_total", "outcome" => "timeout").increment(1);
+                        Err(MoveError::Timeout(format!(
+                            "group {}: node {} gave up leadership but no successor took over within {elapsed_ms} ms",
+                            g.id, self.node_id
+                        )))
+                    }
+                };
             }
             if Instant::now() >= deadline {
                 metrics::counter!("kalamdb_leader_transfers_total", "outcome" => "timeout").increment(1);
@@ -196,7 +233,8 @@ impl Groups {
                     self.node_id
                 )));
             }
-            let caught_up = p.applied >= p.last && p.matched.get(&target).is_some_and(|m| *m >= p.last);
+            let caught_up =
+                !g.gate.busy() && p.applied >= p.last && p.matched.get(&target).is_some_and(|m| *m >= p.last);
             if !caught_up {
                 tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
                 continue;
@@ -435,9 +473,48 @@ pub async fn run_balancer(groups: std::sync::Weak<Groups>, interval: Duration, p
     }
 }
 
-/// Flag checked by the proposal paths: true while the group is being handed over.
-pub(super) fn handing_over(flag: &AtomicBool) -> bool {
-    flag.load(Ordering::SeqCst)
+/// The door between a group's proposals and openraft. A handover closes it and then waits
+/// until no proposal is past it, so no entry is appended behind the successor's back.
+#[derive(Debug, Default)]
+pub struct WriteGate {
+    closed: AtomicBool,
+    passing: std::sync::atomic::AtomicUsize,
+}
+
+/// A proposal on its way into openraft; leaving drops it.
+pub struct GatePass(Arc<WriteGate>);
+
+impl Drop for GatePass {
+    fn drop(&mut self) {
+        self.0.passing.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl WriteGate {
+    /// Enter before `client_write`; `None` while a handover holds the door. Counting first
+    /// and checking second (both SeqCst) means a handover that closed the door either is
+    /// seen here or sees this proposal in `busy`.
+    pub fn enter(self: &Arc<Self>) -> Option<GatePass> {
+        self.passing.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.passing.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(GatePass(self.clone()))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn set_closed(&self, closed: bool) {
+        self.closed.store(closed, Ordering::SeqCst);
+    }
+
+    /// Some proposal is between the door and openraft's answer.
+    fn busy(&self) -> bool {
+        self.passing.load(Ordering::SeqCst) > 0
+    }
 }
 
 #[cfg(test)]

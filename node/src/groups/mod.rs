@@ -58,10 +58,12 @@ pub struct Group {
     pub applied: watch::Receiver<u64>,
     queue: mpsc::Sender<Proposal>,
     read_queue: mpsc::Sender<ReadIndexWaiter>,
-    /// Set while this node hands the group's leadership over: nothing new is proposed.
-    handing_over: Arc<std::sync::atomic::AtomicBool>,
+    /// Closed while this node hands the group's leadership over: nothing new is proposed.
+    gate: Arc<leadership::WriteGate>,
     /// One handover of the group at a time.
     moving: tokio::sync::Mutex<()>,
+    /// When this node last became the group's leader (a leader's own vote is leased from then).
+    elected_at: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// All groups of this node.
@@ -80,6 +82,9 @@ pub struct Groups {
     pub cluster_id: Option<String>,
     pub transport: Option<Arc<Transport>>,
     write_timeout: Duration,
+    /// openraft's leader lease (its `election_timeout_max`): a voter refuses to vote for
+    /// another candidate this long after it last heard from, or became, the leader.
+    leader_lease: Duration,
     /// Set when a graceful shutdown began: this node hands its leaderships away and stands
     /// for no election.
     draining: std::sync::atomic::AtomicBool,
@@ -202,20 +207,21 @@ impl Groups {
                 }
             }
             let (queue, rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
-            let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let gate = Arc::new(leadership::WriteGate::default());
             tokio::spawn(run_batcher(
                 id,
                 raft.clone(),
                 rx,
                 cfg.limits.batch_ops_max,
                 cfg.limits.proposals_in_flight_max,
-                handing_over.clone(),
+                gate.clone(),
             ));
-            tokio::spawn(watch_leadership(id, raft.clone()));
+            let elected_at = Arc::new(std::sync::Mutex::new(None));
+            tokio::spawn(watch_leadership(id, raft.clone(), elected_at.clone()));
             let (read_queue, read_rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
             tokio::spawn(run_read_index_batcher(id, node_id, raft.clone(), transport.clone(), read_rx));
             let moving = tokio::sync::Mutex::new(());
-            groups.insert(id, Group { id, raft, applied, queue, read_queue, handing_over, moving });
+            groups.insert(id, Group { id, raft, applied, queue, read_queue, gate, moving, elected_at });
         }
         let rows = RowReader::new(log_db.clone(), storage.files.clone());
         let me = Arc::new(Groups {
@@ -230,6 +236,7 @@ impl Groups {
             cluster_id: cfg.cluster.as_ref().map(|c| c.cluster_id.clone()),
             transport: transport.clone(),
             write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
+            leader_lease: Duration::from_millis(cfg.raft.election_timeout_max_ms),
             draining: std::sync::atomic::AtomicBool::new(false),
         });
         if let Some(t) = &transport {
@@ -383,7 +390,7 @@ fn cluster_layout(members: &BTreeMap<NodeId, NodeAddr>, user_shards: u16, shared
 }
 
 /// Log leader, term and membership changes of a group under the `kalamdb_raft` target.
-async fn watch_leadership(group: GroupId, raft: Raft) {
+async fn watch_leadership(group: GroupId, raft: Raft, elected_at: Arc<std::sync::Mutex<Option<Instant>>>) {
     let mut metrics = raft.metrics();
     let mut last: (Option<NodeId>, u64) = (None, 0);
     let mut last_membership = None;
@@ -393,6 +400,9 @@ async fn watch_leadership(group: GroupId, raft: Raft) {
             (m.current_leader, m.current_term, format!("{:?}", m.state), m.membership_config.log_id().map(|l| l.index))
         };
         if (leader, term) != last {
+            if leader.is_some() && leader == Some(metrics.borrow().id) {
+                *elected_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            }
             tracing::info!(target: "kalamdb_raft", group = %group, ?leader, term, state, "leadership changed");
             last = (leader, term);
         }

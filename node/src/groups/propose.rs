@@ -107,7 +107,7 @@ impl Groups {
     }
 
     pub(super) async fn propose_local(&self, g: &Group, op: Op, deadline: Instant) -> ProposeResult {
-        if leadership::handing_over(&g.handing_over) {
+        if g.gate.is_closed() {
             // Nothing proposed: the caller retries with the next leader.
             return Err(ProposeError::NotLeader(None));
         }
@@ -177,7 +177,7 @@ pub(super) async fn run_batcher(
     mut rx: mpsc::Receiver<Proposal>,
     batch_ops_max: usize,
     in_flight_max: usize,
-    handing_over: Arc<std::sync::atomic::AtomicBool>,
+    gate: Arc<leadership::WriteGate>,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight_max));
     loop {
@@ -195,14 +195,14 @@ pub(super) async fn run_batcher(
                 Ok(p) => {
                     // Too big for this entry: propose it alone.
                     let raft = raft.clone();
-                    tokio::spawn(propose_batch(group, raft, vec![p], None, handing_over.clone()));
+                    tokio::spawn(propose_batch(group, raft, vec![p], None, gate.clone()));
                     break;
                 }
                 Err(_) => break,
             }
         }
         metrics::histogram!("kalamdb_group_commit_ops").record(batch.len() as f64);
-        tokio::spawn(propose_batch(group, raft.clone(), batch, Some(permit), handing_over.clone()));
+        tokio::spawn(propose_batch(group, raft.clone(), batch, Some(permit), gate.clone()));
     }
 }
 
@@ -211,15 +211,16 @@ pub(super) async fn propose_batch(
     raft: Raft,
     batch: Vec<Proposal>,
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    handing_over: Arc<std::sync::atomic::AtomicBool>,
+    gate: Arc<leadership::WriteGate>,
 ) {
-    if leadership::handing_over(&handing_over) {
+    // Held until openraft answered: a handover waits for it.
+    let Some(_pass) = gate.enter() else {
         // Queued before the handover began; not proposed, so its callers retry elsewhere.
         for p in batch {
             let _ = p.reply.send(Err(ProposeError::NotLeader(None)));
         }
         return;
-    }
+    };
     let mut ops = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     for p in batch {
