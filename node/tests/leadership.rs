@@ -53,9 +53,8 @@ async fn writer(ports: Vec<u16>, stop: Arc<AtomicBool>) -> (Vec<u64>, Vec<String
             break;
         }
         let port = ports[k as usize % ports.len()];
-        let sql = format!(
-            "INSERT INTO app.kv (k, v) VALUES ({k}, 'v{k}'); INSERT INTO app.mine (k, v) VALUES ({k}, 'm{k}')"
-        );
+        let sql =
+            format!("INSERT INTO app.kv (k, v) VALUES ({k}, 'v{k}'); INSERT INTO app.mine (k, v) VALUES ({k}, 'm{k}')");
         match common::post_sql(port, &sql).await {
             Ok((200, _)) => acked.push(k),
             // A node being stopped refuses connections: not a failed write.
@@ -91,7 +90,11 @@ async fn leaders_balance_move_on_demand_and_leave_before_a_graceful_stop() {
     let to = if before == 3 { 2 } else { 3 };
     let r = c.node(2).sql_ok(&format!("CLUSTER TRANSFER LEADER 'shared:0' TO {to}")).await;
     assert_eq!(rows(&r).len(), 1, "{r}");
-    assert_eq!((&rows(&r)[0][0], &rows(&r)[0][2], &rows(&r)[0][3]), (&"shared:0".into(), &before.into(), &to.into()), "{r}");
+    assert_eq!(
+        (&rows(&r)[0][0], &rows(&r)[0][2], &rows(&r)[0][3]),
+        (&"shared:0".into(), &before.into(), &to.into()),
+        "{r}"
+    );
     assert!(rows(&r)[0][4].is_null(), "{r}");
 
     // 3. KalamDB's spelling: every group to node 2, asked through node 3.

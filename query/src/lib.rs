@@ -20,9 +20,9 @@ pub use error::Error;
 pub use filter::RowFilter;
 pub use limits::QueryLimits;
 pub use live::{LiveColumn, LiveQuery};
-pub use parse::{FlushPolicy, redact_passwords};
 pub use parse::ClusterCommand;
+pub use parse::{FlushPolicy, redact_passwords};
 pub use ports::{
-    ClusterControl, ClusterGroup, ClusterNode, ClusterView, JobSource, LeadershipChange, NodeView, Proposer, ReadBarrier,
-    SessionInfo,
+    ClusterControl, ClusterGroup, ClusterNode, ClusterView, JobSource, LeadershipChange, NodeView, Proposer,
+    ReadBarrier, SessionInfo,
 };

@@ -134,7 +134,9 @@ pub enum LeadershipRequest {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum LeadershipResponse {
     /// `TransferTo`: the group's leader afterwards; `ElectNow`: the election started.
-    Ok { leader: Option<u64> },
+    Ok {
+        leader: Option<u64>,
+    },
     Err(RemoteError),
 }
 

@@ -80,7 +80,12 @@ async fn only_members_with_the_secret_reach_raft() {
     let ri = good.read_index(1, GroupId::Meta(MetaGroup::Catalog), CALL_TIMEOUT).await.unwrap();
     assert_eq!(ri, ReadIndexResponse::Ok { index: 7 });
     let moved = good
-        .leadership(1, GroupId::Meta(MetaGroup::Catalog), wire::LeadershipRequest::TransferTo { target: 2 }, CALL_TIMEOUT)
+        .leadership(
+            1,
+            GroupId::Meta(MetaGroup::Catalog),
+            wire::LeadershipRequest::TransferTo { target: 2 },
+            CALL_TIMEOUT,
+        )
         .await
         .unwrap();
     assert_eq!(moved, wire::LeadershipResponse::Ok { leader: Some(1) });

@@ -245,7 +245,10 @@ impl Groups {
                 g.raft.runtime_config().heartbeat(false);
             }
             asked += 1;
-            match t.leadership(target, g.id, LeadershipRequest::ElectNow, Duration::from_millis(PEER_REQUEST_TIMEOUT_MS)).await {
+            match t
+                .leadership(target, g.id, LeadershipRequest::ElectNow, Duration::from_millis(PEER_REQUEST_TIMEOUT_MS))
+                .await
+            {
                 Ok(LeadershipResponse::Ok { .. }) => {}
                 Ok(LeadershipResponse::Err(e)) => {
                     let why = match e {
@@ -299,7 +302,9 @@ impl Groups {
         }
         match g.raft.trigger().elect().await {
             Ok(()) => LeadershipResponse::Ok { leader: None },
-            Err(e) => LeadershipResponse::Err(RemoteError::Failed { code: "UNAVAILABLE".into(), message: e.to_string() }),
+            Err(e) => {
+                LeadershipResponse::Err(RemoteError::Failed { code: "UNAVAILABLE".into(), message: e.to_string() })
+            }
         }
     }
 
@@ -385,7 +390,9 @@ impl Groups {
                 .iter()
                 .copied()
                 .filter(|n| *n != leader)
-                .filter(|n| leader != self.node_id || p.matched.get(n).is_some_and(|m| m + BALANCE_LAG_ENTRIES_MAX >= p.last))
+                .filter(|n| {
+                    leader != self.node_id || p.matched.get(n).is_some_and(|m| m + BALANCE_LAG_ENTRIES_MAX >= p.last)
+                })
                 .filter(|n| *n == self.node_id || self.transport.as_ref().is_some_and(|t| t.is_connected(*n)))
                 .collect();
             groups.push(Leadership { group: id, leader, eligible });
@@ -468,7 +475,9 @@ pub async fn run_balancer(groups: std::sync::Weak<Groups>, interval: Duration, p
         started.push_back(now);
         match groups.transfer_leader(m.group, m.to).await {
             Ok(l) => tracing::info!(target: "kalamdb_raft", group = %m.group, to = l, "balanced leadership"),
-            Err(e) => tracing::info!(target: "kalamdb_raft", group = %m.group, to = m.to, error = %e, "balancing move failed"),
+            Err(e) => {
+                tracing::info!(target: "kalamdb_raft", group = %m.group, to = m.to, error = %e, "balancing move failed")
+            }
         }
     }
 }

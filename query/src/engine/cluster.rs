@@ -18,10 +18,8 @@ impl Engine {
             ClusterCommand::Rebalance => "CLUSTER REBALANCE",
         };
         access::require(ctx.role, Role::Dba, what)?;
-        let control = self
-            .cluster_control
-            .as_ref()
-            .ok_or_else(|| Error::Unsupported(format!("{what} needs a server node")))?;
+        let control =
+            self.cluster_control.as_ref().ok_or_else(|| Error::Unsupported(format!("{what} needs a server node")))?;
         let changes = control.run(command).await?;
         let moved = changes.iter().filter(|c| c.error.is_none() && c.from != c.to).count();
         let failed = changes.iter().filter(|c| c.error.is_some()).count();

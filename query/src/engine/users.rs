@@ -54,12 +54,7 @@ impl Engine {
                 role.name()
             )));
         }
-        let as_user = ExecContext {
-            user_id,
-            role,
-            impersonated_by: Some(ctx.user_id.clone()),
-            ..ctx.clone()
-        };
+        let as_user = ExecContext { user_id, role, impersonated_by: Some(ctx.user_id.clone()), ..ctx.clone() };
         Box::pin(self.run(statement, &as_user, proposer)).await
     }
 
