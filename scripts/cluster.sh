@@ -3,6 +3,7 @@
 #
 #   scripts/cluster.sh [--docker] start|status|logs [N] [-f]|stop|clean|test|shell N|build
 #   scripts/cluster.sh [--docker] restart     rolling restart under writes (none may fail)
+#   scripts/cluster.sh add N | remove N       grow the local cluster by node N, or take N out
 #   scripts/cluster.sh --docker chaos
 #
 # Both modes serve HTTP on 8081-8083 and Raft/QUIC on 9091-9093. Without --docker the nodes
@@ -29,7 +30,7 @@ cmd="${1:-}"
 shift || true
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 # ---------------------------------------------------------------------------------------
 # Shared by both modes: the nodes answer on the same host ports either way.
@@ -131,9 +132,9 @@ consistency_test() {
 rolling_writes_max=200000
 rolling_restart() {
   local ns=clustersh_rolling n body
-  body="$(sql 1 "CREATE NAMESPACE IF NOT EXISTS $ns")"
+  body="$(sql "${nodes[0]}" "CREATE NAMESPACE IF NOT EXISTS $ns")"
   [[ "$body" == *'"success"'* ]] || die "create namespace: $body"
-  body="$(sql 1 "CREATE SHARED TABLE IF NOT EXISTS $ns.writes (k BIGINT PRIMARY KEY, via INT)")"
+  body="$(sql "${nodes[0]}" "CREATE SHARED TABLE IF NOT EXISTS $ns.writes (k BIGINT PRIMARY KEY, via INT)")"
   [[ "$body" == *'"success"'* ]] || die "create table: $body"
   local base=$(( $(date +%s) * 1000000 ))
   local work
@@ -144,7 +145,7 @@ rolling_restart() {
   (
     i=0
     while [[ -f "$work/run" ]] && (( i < rolling_writes_max )); do
-      via=$(( i % ${#nodes[@]} + 1 ))
+      via=${nodes[$(( i % ${#nodes[@]} ))]}
       code=$(curl -s -m 15 -o "$work/body" -w '%{http_code}' -X POST "http://127.0.0.1:$(http_port "$via")/v1/api/sql" \
         -H "Content-Type: application/json" -d "{\"sql\": \"INSERT INTO $ns.writes (k, via) VALUES ($((base + i)), $via)\"}") || true
       case "$code" in
@@ -171,7 +172,7 @@ rolling_restart() {
   failed=$(grep -c '^fail ' "$work/results" || true)
   refused=$(grep -c '^refused ' "$work/results" || true)
   grep '^fail ' "$work/results" | head -n 5 >&2 || true
-  body="$(sql 1 "SELECT COUNT(*) AS n FROM $ns.writes WHERE k >= $base")"
+  body="$(sql "${nodes[0]}" "SELECT COUNT(*) AS n FROM $ns.writes WHERE k >= $base")"
   local stored
   stored="$(python3 -c 'import json,sys; print(int(json.loads(sys.argv[1])["results"][0]["rows"][0][0]))' "$body" 2>/dev/null || echo "?")"
   echo "rolling restart: $acked writes acknowledged, $failed failed, $refused refused by a stopped node; $stored rows stored"
@@ -188,7 +189,16 @@ if [[ $docker == 1 ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------
-# Local mode: three processes of the release binary.
+# Local mode: three processes of the release binary, plus nodes added with `add` (listed in
+# $dir/joined) minus nodes taken out with `remove` (listed in $dir/removed).
+
+listed() { [[ -f "$dir/$1" ]] && grep -qx "$2" "$dir/$1"; }
+joined_nodes=()
+if [[ -f "$dir/joined" ]]; then mapfile -t joined_nodes < "$dir/joined"; fi
+nodes=()
+for n in 1 2 3 "${joined_nodes[@]}"; do
+  listed removed "$n" || nodes+=("$n")
+done
 
 bin() {
   if [[ -n "${KALAMDB_SERVER_BIN:-}" ]]; then echo "$KALAMDB_SERVER_BIN"; else echo "$CARGO_TARGET_DIR/release/kalamdb-server"; fi
@@ -219,6 +229,7 @@ write_config() {
     echo "anonymous_role = \"dba\""
     echo
     echo "[cluster]"
+    if listed joined "$n"; then echo "join = true"; fi
     echo "cluster_id = \"kalamdb-local-cluster\""
     echo "jwt_secret = \"$(cluster_secret "$dir/cluster.secret")\""
     echo "user_shards = 4"
@@ -296,6 +307,57 @@ start_node() {
   wait_node_healthy "$1"
 }
 
+# Wait until node $1 is a voter of every group, as node $2 sees it.
+join_wait_secs=300
+wait_voter() {
+  local n=$1 asking=$2 deadline=$((SECONDS + join_wait_secs)) h
+  while true; do
+    h="$(curl -s -m 5 "http://127.0.0.1:$(http_port "$asking")/v1/api/cluster/health?local=true" || true)"
+    if python3 -c '
+import json, sys
+h = json.loads(sys.argv[1]); n = int(sys.argv[2])
+groups = h.get("groups", [])
+ok = groups and all(any(m["node_id"] == n and m.get("membership") == "voter" for m in g["members"]) for g in groups)
+sys.exit(0 if ok else 1)' "$h" "$n" 2>/dev/null; then
+      return 0
+    fi
+    (( SECONDS < deadline )) || die "node $n is not a voter of every group after ${join_wait_secs}s"
+    sleep 1
+  done
+}
+
+# add N: start node N (4..9) with `join = true`; it becomes a voter of every group.
+add_node() {
+  local n=${1:-}
+  [[ "$n" =~ ^[4-9]$ ]] || die "add: give a node number 4..9"
+  pid_of "$n" >/dev/null && die "node $n is already running"
+  build
+  mkdir -p "$dir"
+  listed joined "$n" || echo "$n" >> "$dir/joined"
+  if listed removed "$n"; then grep -vx "$n" "$dir/removed" > "$dir/removed.new" || true; mv "$dir/removed.new" "$dir/removed"; fi
+  [[ " ${nodes[*]} " == *" $n "* ]] || nodes+=("$n")
+  local t0=$SECONDS
+  start_node "$n"
+  wait_voter "$n" "${nodes[0]}"
+  echo "node $n is a voter of every group ($((SECONDS - t0))s)"
+}
+
+# remove N: take node N out of every group (through another node), then stop it.
+remove_node() {
+  local n=${1:-} via="" m body
+  [[ "$n" =~ ^[1-9]$ ]] || die "remove: give a node number"
+  for m in "${nodes[@]}"; do
+    if [[ "$m" != "$n" ]] && healthy "$m"; then via=$m; break; fi
+  done
+  [[ -n "$via" ]] || die "remove: no other healthy node to ask"
+  body="$(sql "$via" "CLUSTER REMOVE NODE $n")"
+  echo "$body" | python3 -c 'import json,sys; b=json.load(sys.stdin); [print(" ", *r) for r in b.get("results",[{}])[0].get("rows") or []]' 2>/dev/null || true
+  [[ "$body" == *'"success"'* ]] || die "remove node $n: $body"
+  stop_node "$n"
+  echo "$n" >> "$dir/removed"
+  echo "node $n removed from every group and stopped"
+}
+
 status() {
   local any=""
   for n in "${nodes[@]}"; do
@@ -348,6 +410,8 @@ case "$cmd" in
   clean) clean ;;
   test) consistency_test ;;
   restart) rolling_restart ;;
+  add) add_node "$@" ;;
+  remove) remove_node "$@" ;;
   build) build ;;
   shell)
     n="${1:-1}"

@@ -25,7 +25,7 @@ pub async fn gather(groups: &Groups, peers: bool) -> (Vec<StatusResponse>, HashS
     let mut out = vec![groups.local_status()];
     let mut reachable = HashSet::from([groups.node_id]);
     if let Some(t) = groups.transport.as_ref().filter(|_| peers) {
-        let peers: Vec<NodeId> = groups.members.keys().copied().filter(|id| *id != groups.node_id).collect();
+        let peers: Vec<NodeId> = groups.members().keys().copied().filter(|id| *id != groups.node_id).collect();
         let calls = peers.iter().map(|p| t.status(*p, Duration::from_millis(STATUS_TIMEOUT_MS)));
         for (peer, r) in peers.iter().zip(futures::future::join_all(calls).await) {
             if let Ok(s) = r {
@@ -65,6 +65,7 @@ pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
     let local: BTreeMap<u32, GroupStatus> = statuses[0].groups.iter().map(|g| (g.group, g.clone())).collect();
     let mut all_led = true;
     let mut led: BTreeMap<NodeId, u64> = BTreeMap::new();
+    let members = groups.members();
     let group_rows: Vec<serde_json::Value> = merged
         .values()
         .map(|g| {
@@ -73,13 +74,15 @@ pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
             } else {
                 all_led = false;
             }
-            let members: Vec<serde_json::Value> = groups
-                .members
-                .keys()
+            let voters = GroupId::from_u32(g.group).map(|id| groups.voters_of(id)).unwrap_or_default();
+            let in_group = GroupId::from_u32(g.group).map(|id| groups.members_of(id)).unwrap_or_default();
+            let members: Vec<serde_json::Value> = in_group
+                .iter()
                 .map(|id| {
                     let matched = g.matched.iter().find(|(n, _)| n == id).map(|(_, i)| *i);
                     json!({
                         "node_id": id,
+                        "membership": if voters.contains(id) { "voter" } else { "learner" },
                         "matched_index": matched,
                         "lag": matched.map(|m| g.last_log_index.saturating_sub(m)),
                     })
@@ -101,10 +104,11 @@ pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
     // leader, its term the current term.
     let catalog = merged.get(&GroupId::Meta(kalamdb_log::MetaGroup::Catalog).to_u32());
     let meta_leader = catalog.and_then(|g| g.leader);
-    let nodes: Vec<serde_json::Value> = groups
-        .members
+    let progress = catch_up(groups, &merged);
+    let nodes: Vec<serde_json::Value> = members
         .iter()
         .map(|(id, addr)| {
+            let (membership, catchup_pct) = progress.get(id).cloned().unwrap_or(("voter", None));
             let reachable_now = if peers || *id == groups.node_id { Some(reachable.contains(id)) } else { None };
             let lag = catalog.and_then(|g| {
                 g.matched.iter().find(|(n, _)| n == id).map(|(_, m)| g.last_log_index.saturating_sub(*m))
@@ -121,7 +125,8 @@ pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
                 "api_addr": format!("http://{}", addr.http_addr),
                 "is_leader": meta_leader == Some(*id),
                 "replication_lag": lag,
-                "catchup_progress_pct": null,
+                "membership": membership,
+                "catchup_progress_pct": catchup_pct,
                 "hostname": null,
                 "memory_usage_mb": null,
                 "cpu_usage_percent": null,
@@ -132,7 +137,7 @@ pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
         .collect();
     let status = if !all_led {
         "unavailable"
-    } else if peers && reachable.len() < groups.members.len() {
+    } else if peers && reachable.len() < members.len() {
         "degraded"
     } else {
         "healthy"
@@ -156,6 +161,29 @@ pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
     (body, all_led)
 }
 
+/// Per node: "voter" when it votes in every group, else "learner"; and while it is not a
+/// voter everywhere, how far it got: the least, over the groups, of its matched index as a
+/// percentage of the leader's last index (from the leaders' reports).
+pub fn catch_up(groups: &Groups, merged: &BTreeMap<u32, GroupStatus>) -> BTreeMap<NodeId, (&'static str, Option<u64>)> {
+    let mut out = BTreeMap::new();
+    for id in groups.members().keys() {
+        let everywhere = groups.layout.all().into_iter().all(|g| groups.voters_of(g).contains(id));
+        if everywhere {
+            out.insert(*id, ("voter", None));
+            continue;
+        }
+        let pct = merged
+            .values()
+            .map(|g| {
+                let matched = g.matched.iter().find(|(n, _)| n == id).map_or(0, |(_, m)| *m);
+                if g.last_log_index == 0 { 100 } else { (matched.min(g.last_log_index) * 100) / g.last_log_index }
+            })
+            .min();
+        out.insert(*id, ("learner", pct));
+    }
+    out
+}
+
 /// `system.cluster` / `system.cluster_groups` for the query engine.
 pub struct NodeCluster(pub Arc<Groups>);
 
@@ -171,10 +199,16 @@ impl ClusterView for NodeCluster {
         let (statuses, reachable) = gather(&self.0, true).await;
         let merged = merge(&statuses);
         let catalog_group = GroupId::Meta(kalamdb_log::MetaGroup::Catalog).to_u32();
+        let progress = catch_up(&self.0, &merged);
+        let catalog = merged.get(&catalog_group).cloned();
         self.0
-            .members
+            .members()
             .iter()
             .map(|(id, addr)| {
+                let (membership, catchup_progress_pct) = progress.get(id).cloned().unwrap_or(("voter", None));
+                let replication_lag = catalog.as_ref().and_then(|g| {
+                    g.matched.iter().find(|(n, _)| n == id).map(|(_, m)| g.last_log_index.saturating_sub(*m))
+                });
                 let groups_led = merged.values().filter(|g| g.leader == Some(*id)).count() as u64;
                 let leads_catalog = merged.get(&catalog_group).is_some_and(|g| g.leader == Some(*id));
                 ClusterNode {
@@ -186,6 +220,9 @@ impl ClusterView for NodeCluster {
                     groups_led,
                     reachable: reachable.contains(id),
                     is_self: *id == self.0.node_id,
+                    membership: membership.to_string(),
+                    catchup_progress_pct,
+                    replication_lag,
                 }
             })
             .collect()

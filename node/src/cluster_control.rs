@@ -1,12 +1,13 @@
 //! `CLUSTER` statements carried out on this node (`kalamdb_query::ClusterControl`): leadership
-//! transfers to a named node, stepping down, and an immediate rebalancing pass. The moves
-//! themselves are `groups::leadership`.
+//! transfers to a named node, stepping down, an immediate rebalancing pass, and adding or
+//! removing a node. The moves themselves are `groups::leadership` and `groups::membership`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use kalamdb_log::GroupId;
-use kalamdb_query::{ClusterCommand, ClusterControl, LeadershipChange};
+use kalamdb_log::types::NodeAddr;
+use kalamdb_query::{ClusterCommand, ClusterControl, LeadershipChange, MembershipChange};
 
 use crate::groups::Groups;
 
@@ -86,7 +87,36 @@ impl ClusterControl for NodeControl {
                     changes.push(self.transfer(m.group, m.to).await);
                 }
             }
+            ClusterCommand::Join { .. } | ClusterCommand::RemoveNode { .. } => {
+                return Err(kalamdb_query::Error::Internal("a membership command is not a leadership move".into()));
+            }
         }
         Ok(changes)
+    }
+
+    async fn change_membership(&self, command: ClusterCommand) -> kalamdb_query::error::Result<Vec<MembershipChange>> {
+        let groups = &self.0;
+        if !groups.is_cluster() {
+            return Err(kalamdb_query::Error::ClusterRefused(
+                "this node runs alone: start it with a [cluster] section to add or remove members".into(),
+            ));
+        }
+        let outcome = match command {
+            ClusterCommand::Join { node, raft_addr, http_addr } => {
+                groups.add_node(node, NodeAddr { raft_addr, http_addr }).await
+            }
+            ClusterCommand::RemoveNode { node } => groups.remove_node(node).await.map_err(kalamdb_query::Error::from)?,
+            other => return Err(kalamdb_query::Error::Internal(format!("not a membership command: {other:?}"))),
+        };
+        Ok(outcome
+            .into_iter()
+            .map(|c| {
+                let (voters, error) = match c.outcome {
+                    Ok(v) => (v, None),
+                    Err(e) => (Vec::new(), Some(e.to_string())),
+                };
+                MembershipChange { group: c.group.to_string(), group_id: c.group.to_u32(), voters, error }
+            })
+            .collect())
     }
 }

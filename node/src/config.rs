@@ -200,6 +200,11 @@ pub struct ClusterConfig {
     pub user_shards: Option<u16>,
     #[serde(default)]
     pub shared_shards: Option<u16>,
+    /// This node joins a running cluster: it initializes nothing and asks the groups' leaders
+    /// (found through `members`, which must name at least one running member besides this
+    /// node) to add it, as a learner until it holds the log, then as a voter.
+    #[serde(default)]
+    pub join: bool,
     pub members: Vec<MemberConfig>,
 }
 
@@ -211,6 +216,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("raft_bind", &self.raft_bind)
             .field("user_shards", &self.user_shards)
             .field("shared_shards", &self.shared_shards)
+            .field("join", &self.join)
             .field("members", &self.members)
             .finish()
     }

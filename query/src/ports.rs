@@ -35,6 +35,12 @@ pub struct ClusterNode {
     pub groups_led: u64,
     pub reachable: bool,
     pub is_self: bool,
+    /// "voter" when it votes in every group, else "learner" (joining).
+    pub membership: String,
+    /// While a learner: how far it caught up, in percent (the least over the groups).
+    pub catchup_progress_pct: Option<u64>,
+    /// Entries it is behind the catalog group's leader.
+    pub replication_lag: Option<u64>,
 }
 
 /// A row of `system.cluster_groups`.
@@ -74,12 +80,24 @@ pub struct LeadershipChange {
     pub error: Option<String>,
 }
 
-/// Carries out `CLUSTER` statements (leadership transfers, step-down, rebalancing); the node
-/// implements it by talking to its peers, which query never does.
+/// What became of one group in `CLUSTER JOIN` / `CLUSTER REMOVE NODE`.
+#[derive(Debug, Clone)]
+pub struct MembershipChange {
+    pub group: String,
+    pub group_id: u32,
+    /// The group's voters afterwards (empty when the change failed).
+    pub voters: Vec<u64>,
+    pub error: Option<String>,
+}
+
+/// Carries out `CLUSTER` statements (leadership transfers, step-down, rebalancing, joining and
+/// removing nodes); the node implements it by talking to its peers, which query never does.
 #[async_trait]
 pub trait ClusterControl: Send + Sync + std::fmt::Debug {
-    /// One entry per group the command concerned.
+    /// A leadership command: one entry per group it concerned.
     async fn run(&self, command: crate::parse::ClusterCommand) -> Result<Vec<LeadershipChange>>;
+    /// `JOIN` or `REMOVE NODE`: one entry per group.
+    async fn change_membership(&self, command: crate::parse::ClusterCommand) -> Result<Vec<MembershipChange>>;
 }
 
 /// One open client session of a node (a WebSocket connection), a row of `system.sessions`.

@@ -492,6 +492,7 @@ pub(crate) fn system_schema(name: &str) -> Option<SchemaRef> {
                 Field::new("groups_led", ArrowType::UInt64, false),
                 Field::new("reachable", ArrowType::Boolean, false),
                 Field::new("is_self", ArrowType::Boolean, false),
+                Field::new("membership", ArrowType::Utf8, false),
                 Field::new("cluster_id", ArrowType::Utf8, false),
                 Field::new("status", ArrowType::Utf8, false),
                 Field::new("rpc_addr", ArrowType::Utf8, false),
@@ -698,6 +699,7 @@ impl SystemTable {
                 num(&|x| Some(x.groups_led)),
                 flag(&|x| x.reachable),
                 flag(&|x| x.is_self),
+                text(&|x| x.membership.clone()),
                 text(&|x| x.cluster_id.clone()),
                 text(&|x| if x.reachable { "active".into() } else { "offline".into() }),
                 text(&|x| x.raft_addr.clone()),
@@ -708,6 +710,9 @@ impl SystemTable {
                 num(&|_| catalog.map(|g| g.term)),
                 num(&|x| catalog.filter(|_| x.is_self).map(|g| g.applied_index)),
                 num(&|_| catalog.map(|g| g.last_log_index)),
+                num(&|_| None),
+                num(&|x| x.catchup_progress_pct),
+                num(&|x| x.replication_lag),
             ];
             for i in cols.len()..self.schema.fields().len() {
                 cols.push(new_null_array(self.schema.field(i).data_type(), n));

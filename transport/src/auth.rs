@@ -21,6 +21,8 @@ pub const EXPORTER_LABEL: &[u8] = b"kalamdb peer auth v1";
 pub const EXPORTER_BYTES: usize = 32;
 pub const ROLE_DIALER: u8 = b'D';
 pub const ROLE_ACCEPTOR: u8 = b'A';
+/// Highest node id (the node's config accepts 1..=1023).
+pub const NODE_ID_MAX: NodeId = 1023;
 
 fn mac(secret: &[u8], role: u8, cluster_id: &str, node_id: u64, exported: &[u8]) -> Result<HmacSha256> {
     // The incarnation is not covered: it only steers connection reuse, and the exported
@@ -68,8 +70,10 @@ pub(crate) fn check_hello(
             format!("node {} is in cluster '{}', this node in '{}'", hello.node_id, hello.cluster_id, cfg.cluster_id);
         return (Err(Error::Auth(why)), Some(unproven));
     }
-    if !cfg.members.contains_key(&hello.node_id) || hello.node_id == cfg.node_id {
-        return (Err(Error::Auth(format!("node {} is not in our member list", hello.node_id))), None);
+    // Any node id may dial: members join at runtime, and the proof below (the cluster secret)
+    // is what admits a node; its place in the groups is Raft membership's business.
+    if !(1..=NODE_ID_MAX).contains(&hello.node_id) || hello.node_id == cfg.node_id {
+        return (Err(Error::Auth(format!("node id {} is not a peer's", hello.node_id))), None);
     }
     if verify(&cfg.secret, ROLE_DIALER, &hello.cluster_id, hello.node_id, ekm, &hello.proof).is_err() {
         return (Err(Error::Auth(format!("node {} does not know our jwt_secret", hello.node_id))), None);
@@ -135,10 +139,12 @@ mod tests {
         assert!(verdict.is_err());
         let answer = answer.expect("the dialer learns which cluster it reached");
         assert!(answer.proof.is_empty() && answer.layout.is_empty());
-        // Wrong secret, unknown node, or a proof for other keying material: no answer at all.
+        // Wrong secret, our own or an impossible node id, or a proof for other keying
+        // material: no answer at all.
         for (h, e) in [
             (hello(&cfg, "c", 2, b"a-guess", &ekm), ekm),
-            (hello(&cfg, "c", 3, &cfg.secret, &ekm), ekm),
+            (hello(&cfg, "c", 1, &cfg.secret, &ekm), ekm),
+            (hello(&cfg, "c", 0, &cfg.secret, &ekm), ekm),
             (hello(&cfg, "c", 2, &cfg.secret, &[8u8; 32]), ekm),
         ] {
             let (verdict, answer) = check_hello(&cfg, 1, &h, &e);
@@ -146,6 +152,9 @@ mod tests {
             assert!(answer.is_none(), "an unproven dialer gets no answer");
         }
         // A proven member gets our proof.
+        // A node not in the configured list (joining at runtime) is admitted by the secret.
+        let (verdict, _) = check_hello(&cfg, 1, &hello(&cfg, "c", 7, &cfg.secret, &ekm), &ekm);
+        assert_eq!(verdict.expect("a joiner with the secret"), 7);
         let (verdict, answer) = check_hello(&cfg, 1, &hello(&cfg, "c", 2, &cfg.secret, &ekm), &ekm);
         assert_eq!(verdict.expect("accepted"), 2);
         let answer = answer.expect("ack");

@@ -35,10 +35,12 @@ pub enum FrameKind {
     StatusResponse = 14,
     LeadershipRequest = 15,
     LeadershipResponse = 16,
+    MembershipRequest = 17,
+    MembershipResponse = 18,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 16] = [
+    pub const ALL: [FrameKind; 18] = [
         FrameKind::Hello,
         FrameKind::HelloAck,
         FrameKind::AppendRequest,
@@ -55,6 +57,8 @@ impl FrameKind {
         FrameKind::StatusResponse,
         FrameKind::LeadershipRequest,
         FrameKind::LeadershipResponse,
+        FrameKind::MembershipRequest,
+        FrameKind::MembershipResponse,
     ];
 
     pub fn from_u8(b: u8) -> Option<FrameKind> {
@@ -72,6 +76,7 @@ impl FrameKind {
             FrameKind::ReadIndexRequest => Some(FrameKind::ReadIndexResponse),
             FrameKind::StatusRequest => Some(FrameKind::StatusResponse),
             FrameKind::LeadershipRequest => Some(FrameKind::LeadershipResponse),
+            FrameKind::MembershipRequest => Some(FrameKind::MembershipResponse),
             _ => None,
         }
     }
@@ -94,6 +99,8 @@ impl FrameKind {
             FrameKind::StatusResponse => "status_response",
             FrameKind::LeadershipRequest => "leadership",
             FrameKind::LeadershipResponse => "leadership_response",
+            FrameKind::MembershipRequest => "membership",
+            FrameKind::MembershipResponse => "membership_response",
         }
     }
 }

@@ -41,7 +41,10 @@ pub struct PeerClient {
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, _node: &NodeAddr) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerClient {
+        // Membership carries every node's address: how a node added at runtime becomes
+        // reachable without any config change on the others.
+        self.transport.learn_member(target, &node.raft_addr);
         PeerClient { transport: self.transport.clone(), group: self.group, target }
     }
 }

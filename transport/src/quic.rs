@@ -53,10 +53,12 @@ pub struct TransportConfig {
     pub cluster_id: String,
     pub secret: Vec<u8>,
     pub bind: SocketAddr,
-    /// Every member's Raft address (host:port; resolved at dial time).
+    /// The configured members' Raft addresses (host:port; resolved at dial time). Members
+    /// that join later are learned from Raft membership ([`Transport::learn_member`]).
     pub members: BTreeMap<NodeId, String>,
-    /// Canonical text of what every member must agree on (member list, shard counts):
-    /// exchanged in Hello, and a peer whose layout differs is refused with both in the log.
+    /// Canonical text of what every member must agree on (the shard counts, which fix the set
+    /// of groups): exchanged in Hello, and a peer whose layout differs is refused with both in
+    /// the log.
     pub layout: String,
 }
 
@@ -73,6 +75,8 @@ pub trait Handler: Send + Sync + 'static {
     fn status(&self) -> StatusResponse;
     /// A leadership move of `group` (see [`wire::LeadershipRequest`]).
     async fn leadership(&self, group: GroupId, request: wire::LeadershipRequest) -> wire::LeadershipResponse;
+    /// A membership change of `group` (see [`wire::MembershipRequest`]).
+    async fn membership(&self, group: GroupId, request: wire::MembershipRequest) -> wire::MembershipResponse;
 }
 
 /// One peer's connection state. `state` is a std mutex held only for instants; `dialing`
@@ -113,6 +117,9 @@ impl Slot {
 
 pub struct Transport {
     cfg: TransportConfig,
+    /// Raft address of every node this one may dial: the configured members, then whatever
+    /// Raft membership names (a node added at runtime). Bounded by the node id range.
+    members: Mutex<BTreeMap<NodeId, String>>,
     endpoint: Endpoint,
     slots: Mutex<HashMap<NodeId, Arc<Slot>>>,
     /// Test-only fault switch: when set, this node neither sends nor serves any frame, as if
@@ -214,6 +221,7 @@ impl Transport {
         endpoint.set_default_client_config(client);
         tracing::info!(target: "kalamdb_transport", bind = %cfg.bind, node_id = cfg.node_id, "QUIC endpoint listening");
         Ok(Arc::new(Transport {
+            members: Mutex::new(cfg.members.clone()),
             cfg,
             endpoint,
             slots: Mutex::new(HashMap::new()),
@@ -228,6 +236,23 @@ impl Transport {
 
     pub fn node_id(&self) -> NodeId {
         self.cfg.node_id
+    }
+
+    /// Remember (or update) the Raft address of `node`, as Raft membership names it. A changed
+    /// address takes effect at the next dial.
+    pub fn learn_member(&self, node: NodeId, raft_addr: &str) {
+        if raft_addr.is_empty() || node == self.cfg.node_id || !(1..=auth::NODE_ID_MAX).contains(&node) {
+            return;
+        }
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if members.get(&node).map(String::as_str) != Some(raft_addr) {
+            tracing::info!(target: "kalamdb_transport", peer = node, raft_addr, "member address learned");
+            members.insert(node, raft_addr.to_owned());
+        }
+    }
+
+    fn member_addr(&self, node: NodeId) -> Option<String> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned()
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -341,7 +366,7 @@ impl Transport {
 
     /// Dial and authenticate `node`; returns the connection and the peer's incarnation.
     async fn dial(&self, node: NodeId) -> Result<(Connection, u64)> {
-        let addr = self.cfg.members.get(&node).ok_or(Error::UnknownNode(node))?;
+        let addr = self.member_addr(node).ok_or(Error::UnknownNode(node))?;
         let sock = tokio::net::lookup_host(addr.as_str())
             .await?
             .next()
@@ -364,7 +389,7 @@ impl Transport {
         write_frame(&mut send, FrameKind::Hello, 0, 0, &wire::to_bytes(&hello)?).await?;
         let (header, body) = read_frame(&mut recv).await.map_err(|_| {
             Error::Auth(format!(
-                "node {node} refused our hello (wrong jwt_secret, or we are not in its member list: see its log)"
+                "node {node} refused our hello (wrong jwt_secret or cluster_id: see its log)"
             ))
         })?;
         if header.kind != FrameKind::HelloAck {
@@ -384,7 +409,7 @@ impl Transport {
             .map_err(|_| Error::Auth(format!("node {node} does not know our jwt_secret: check every server.toml")))?;
         if ack.layout != self.cfg.layout {
             return Err(Error::Auth(format!(
-                "node {node} has a different cluster layout: theirs [{}], ours [{}]: check the member list and shard counts in every server.toml",
+                "node {node} has a different cluster layout: theirs [{}], ours [{}]: check the shard counts in every server.toml",
                 ack.layout, self.cfg.layout
             )));
         }
@@ -455,6 +480,18 @@ impl Transport {
     ) -> Result<wire::LeadershipResponse> {
         let body = wire::to_bytes(&request)?;
         let resp = self.call(node, FrameKind::LeadershipRequest, group.to_u32(), &body, timeout).await?;
+        wire::from_bytes(&resp)
+    }
+
+    pub async fn membership(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        request: &wire::MembershipRequest,
+        timeout: Duration,
+    ) -> Result<wire::MembershipResponse> {
+        let body = wire::to_bytes(request)?;
+        let resp = self.call(node, FrameKind::MembershipRequest, group.to_u32(), &body, timeout).await?;
         wire::from_bytes(&resp)
     }
 
@@ -656,6 +693,10 @@ impl Transport {
             FrameKind::LeadershipRequest => {
                 let req: wire::LeadershipRequest = wire::from_bytes(&body)?;
                 wire::to_bytes(&handler.leadership(group?, req).await)
+            }
+            FrameKind::MembershipRequest => {
+                let req: wire::MembershipRequest = wire::from_bytes(&body)?;
+                wire::to_bytes(&handler.membership(group?, req).await)
             }
             other => Err(Error::Frame(format!("{} is not a request", other.name()))),
         }

@@ -140,6 +140,24 @@ pub enum LeadershipResponse {
     Err(RemoteError),
 }
 
+/// A membership change of one group, asked of its leader.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MembershipRequest {
+    /// Add the node as a learner, wait until it holds the log, then make it a voter.
+    AddVoter { node: u64, raft_addr: String, http_addr: String },
+    /// Take the node out of the group (voter or learner).
+    Remove { node: u64 },
+    /// To a node just removed from the group: stop standing for its elections.
+    Retired,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MembershipResponse {
+    /// The group's voters once the change committed.
+    Ok { voters: Vec<u64> },
+    Err(RemoteError),
+}
+
 /// One group as seen by the node that leads it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct GroupStatus {

@@ -37,6 +37,9 @@ impl Handler for Counting {
     async fn leadership(&self, _group: GroupId, _request: wire::LeadershipRequest) -> wire::LeadershipResponse {
         wire::LeadershipResponse::Ok { leader: Some(1) }
     }
+    async fn membership(&self, _group: GroupId, _request: wire::MembershipRequest) -> wire::MembershipResponse {
+        wire::MembershipResponse::Ok { voters: vec![1, 2] }
+    }
 }
 
 fn udp_port() -> u16 {
@@ -109,7 +112,7 @@ async fn only_members_with_the_secret_reach_raft() {
     let err = other.call(1, FrameKind::VoteRequest, group, &vote_body(), CALL_TIMEOUT).await.unwrap_err();
     assert!(err.to_string().contains("is in cluster 'c', this node in 'other-cluster'"), "{err}");
 
-    // Right secret and cluster id, different member list: refused, naming both layouts.
+    // Right secret and cluster id, a different layout (shard counts): refused, naming both.
     let mut cfg = config(5, "c", SECRET, &ports);
     cfg.layout = "members 1,2,3,4,5".into();
     let drifted = Transport::bind(cfg).unwrap();

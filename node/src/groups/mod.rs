@@ -9,6 +9,7 @@
 
 mod error;
 pub mod leadership;
+pub mod membership;
 mod peers;
 mod propose;
 mod read_index;
@@ -77,8 +78,12 @@ pub struct Groups {
     pub storage: Arc<StorageEnv>,
     /// The bucket cold files live in, when the storage path is an `s3://` URL.
     pub bucket: Option<Arc<crate::bucket::Bucket>>,
-    /// Every member, this node included (one entry in a single-node layout).
-    pub members: BTreeMap<NodeId, NodeAddr>,
+    /// The members named in config, this node included (one entry in a single-node layout):
+    /// who forms the groups. Once formed, Raft membership is the authority ([`Groups::members`]).
+    pub configured_members: BTreeMap<NodeId, NodeAddr>,
+    /// This node joins a running cluster (`cluster.join`): it never initializes a group and
+    /// asks the groups' leaders to add it.
+    pub joining: bool,
     pub cluster_id: Option<String>,
     pub transport: Option<Arc<Transport>>,
     write_timeout: Duration,
@@ -170,12 +175,13 @@ impl Groups {
                     secret: c.jwt_secret.as_bytes().to_vec(),
                     bind,
                     members: members.iter().map(|(id, a)| (*id, a.raft_addr.clone())).collect(),
-                    layout: cluster_layout(&members, user_shards, shared_shards),
+                    layout: cluster_layout(user_shards, shared_shards),
                 })?)
             }
             _ => None,
         };
-        let initializer = members.keys().next().copied() == Some(node_id);
+        let joining = cfg.cluster.as_ref().is_some_and(|c| c.join);
+        let initializer = !joining && members.keys().next().copied() == Some(node_id);
         let mut groups = HashMap::new();
         for id in layout.all() {
             let log_store = LogStore::new(log_db.clone(), id)?;
@@ -232,7 +238,8 @@ impl Groups {
             rows,
             storage,
             bucket,
-            members,
+            configured_members: members,
+            joining,
             cluster_id: cfg.cluster.as_ref().map(|c| c.cluster_id.clone()),
             transport: transport.clone(),
             write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
@@ -241,6 +248,9 @@ impl Groups {
         });
         if let Some(t) = &transport {
             t.serve(Arc::new(PeerService(Arc::downgrade(&me))));
+            if joining {
+                tokio::spawn(membership::run_join(Arc::downgrade(&me)));
+            }
             if cfg.raft.leader_balance_interval_ms > 0 {
                 tokio::spawn(leadership::run_balancer(
                     Arc::downgrade(&me),
@@ -272,6 +282,20 @@ impl Groups {
     /// The last index this node applied in `group` (0 for a group it does not host).
     pub fn applied_index(&self, group: GroupId) -> u64 {
         self.groups.get(&group).map_or(0, |g| *g.applied.borrow())
+    }
+
+    /// Every node of the cluster with its addresses: the union of the groups' memberships
+    /// (nodes added at runtime included, removed ones gone), or the configured members while
+    /// no group has a membership yet.
+    pub fn members(&self) -> BTreeMap<NodeId, NodeAddr> {
+        let mut out = BTreeMap::new();
+        for g in self.groups.values() {
+            let m = g.raft.metrics().borrow().membership_config.clone();
+            for (id, addr) in m.membership().nodes() {
+                out.entry(*id).or_insert_with(|| addr.clone());
+            }
+        }
+        if out.is_empty() { self.configured_members.clone() } else { out }
     }
 
     /// Every member of `group` (voters and learners) in this node's view of its membership.
@@ -382,11 +406,11 @@ impl Groups {
     }
 }
 
-/// What every member must agree on, as text peers compare in Hello: the member list (ids
-/// and Raft addresses) and the shard counts, which fix the set of Raft groups.
-fn cluster_layout(members: &BTreeMap<NodeId, NodeAddr>, user_shards: u16, shared_shards: u16) -> String {
-    let list: Vec<String> = members.iter().map(|(id, a)| format!("{id}={}", a.raft_addr)).collect();
-    format!("members {}; user_shards {user_shards}; shared_shards {shared_shards}", list.join(","))
+/// What every member must agree on, as text peers compare in Hello: the shard counts, which
+/// fix the set of Raft groups. (Who the members are is Raft membership's business: nodes join
+/// and leave at runtime.)
+fn cluster_layout(user_shards: u16, shared_shards: u16) -> String {
+    format!("user_shards {user_shards}; shared_shards {shared_shards}")
 }
 
 /// Log leader, term and membership changes of a group under the `kalamdb_raft` target.
@@ -407,8 +431,12 @@ async fn watch_leadership(group: GroupId, raft: Raft, elected_at: Arc<std::sync:
             last = (leader, term);
         }
         if membership != last_membership {
-            let voters: Vec<NodeId> = metrics.borrow().membership_config.membership().voter_ids().collect();
-            tracing::debug!(target: "kalamdb_raft", group = %group, ?voters, log_index = ?membership, "membership");
+            let (voters, learners): (Vec<NodeId>, Vec<NodeId>) = {
+                let m = metrics.borrow();
+                let c = m.membership_config.membership();
+                (c.voter_ids().collect(), c.learner_ids().collect())
+            };
+            tracing::info!(target: "kalamdb_raft", group = %group, ?voters, ?learners, log_index = ?membership, "membership");
             last_membership = membership;
         }
         if metrics.changed().await.is_err() {

@@ -101,6 +101,40 @@ impl kalamdb_transport::Handler for PeerService {
         }
     }
 
+    async fn membership(
+        &self,
+        group: GroupId,
+        request: kalamdb_transport::wire::MembershipRequest,
+    ) -> kalamdb_transport::wire::MembershipResponse {
+        use kalamdb_transport::wire::{MembershipRequest, MembershipResponse};
+        let Some(groups) = self.0.upgrade() else {
+            return MembershipResponse::Err(RemoteError::NotLeader { leader: None });
+        };
+        let Ok(g) = groups.group(group) else {
+            return MembershipResponse::Err(RemoteError::NotLeader { leader: None });
+        };
+        let outcome = match request {
+            MembershipRequest::AddVoter { node, raft_addr, http_addr } => {
+                groups.add_voter_local(g, node, NodeAddr { raft_addr, http_addr }).await
+            }
+            MembershipRequest::Remove { node } => groups.remove_local(g, node).await,
+            MembershipRequest::Retired => {
+                if groups.voters_of(group).contains(&groups.node_id) && groups.leads(group) {
+                    return MembershipResponse::Err(remote_failure(&GroupError::Refused(
+                        "this node leads the group; it was not removed".into(),
+                    )));
+                }
+                groups.retire(g);
+                Ok(groups.voters_of(group))
+            }
+        };
+        match outcome {
+            Ok(voters) => MembershipResponse::Ok { voters },
+            Err(leadership::MoveError::NotLeader(leader)) => MembershipResponse::Err(RemoteError::NotLeader { leader }),
+            Err(e) => MembershipResponse::Err(remote_failure(&e.into())),
+        }
+    }
+
     fn status(&self) -> StatusResponse {
         match self.0.upgrade() {
             Some(g) => g.local_status(),

@@ -94,6 +94,26 @@ impl Cluster {
         std::fs::write(self.config_path(i), text).expect("write config");
     }
 
+    /// Start one more node (fresh ports and data) with `cluster.join = true`: its config names
+    /// every node so far and itself; the running nodes' configs stay as they are. Returns its
+    /// number once it answers its healthcheck (it may still be catching up).
+    pub async fn add_node(&mut self, secret: &str) -> usize {
+        self.http.push(super::free_port());
+        self.raft.push(free_udp_port());
+        let i = self.http.len();
+        let text = format!(
+            "[server]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = {i}\n\n[storage]\ndata_path = \"{}\"\n\n[debug]\nfault_injection = true\n\n{}",
+            self.http[i - 1],
+            self.data_path(i).display(),
+            cluster_toml(&self.http, &self.raft, secret).replacen("[cluster]\n", "[cluster]\njoin = true\n", 1)
+        );
+        std::fs::write(self.config_path(i), text).expect("write config");
+        let s = self.spawn(i);
+        self.nodes.push(s);
+        self.nodes[i - 1].wait_healthy().await;
+        i
+    }
+
     fn spawn(&self, i: usize) -> Server {
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         Server::spawn(Some(&self.config_path(i)), &self.data_path(i), self.http[i - 1], &env)
@@ -105,7 +125,7 @@ impl Cluster {
     }
 
     pub fn live(&self) -> Vec<usize> {
-        (1..=NODES).filter(|i| self.nodes[i - 1].is_running()).collect()
+        (1..=self.nodes.len()).filter(|i| self.nodes[i - 1].is_running()).collect()
     }
 
     pub fn kill9(&mut self, i: usize) {
@@ -234,7 +254,7 @@ impl Drop for Cluster {
     /// processes did once the temporary folder is gone.
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for i in 1..=NODES {
+            for i in 1..=self.http.len() {
                 let log = self.log(i);
                 let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
                 eprintln!("----- node {i} log (last {LOG_TAIL_LINES} lines) -----");

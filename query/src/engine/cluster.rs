@@ -1,4 +1,5 @@
-//! `CLUSTER` statements: leadership transfers, step-down and rebalancing, for dba and system.
+//! `CLUSTER` statements: leadership transfers, step-down, rebalancing, joining and removing
+//! nodes, for dba and system.
 //! The node carries them out (`ports::ClusterControl`); this file checks the caller and shapes
 //! the answer, one row per group concerned.
 
@@ -9,6 +10,7 @@ use super::{Engine, ExecContext, QueryResult};
 use crate::access;
 use crate::error::{Error, Result};
 use crate::parse::ClusterCommand;
+use crate::ports::MembershipChange;
 
 impl Engine {
     pub(super) async fn cluster_statement(&self, command: ClusterCommand, ctx: &ExecContext) -> Result<QueryResult> {
@@ -16,10 +18,18 @@ impl Engine {
             ClusterCommand::TransferLeader { .. } => "CLUSTER TRANSFER LEADER",
             ClusterCommand::StepDown => "CLUSTER STEPDOWN",
             ClusterCommand::Rebalance => "CLUSTER REBALANCE",
+            ClusterCommand::Join { .. } => "CLUSTER JOIN",
+            ClusterCommand::RemoveNode { .. } => "CLUSTER REMOVE NODE",
         };
         access::require(ctx.role, Role::Dba, what)?;
-        let control =
-            self.cluster_control.as_ref().ok_or_else(|| Error::Unsupported(format!("{what} needs a server node")))?;
+        let control = self
+            .cluster_control
+            .as_ref()
+            .ok_or_else(|| Error::Unsupported(format!("{what} needs a server node")))?;
+        if matches!(command, ClusterCommand::Join { .. } | ClusterCommand::RemoveNode { .. }) {
+            let changes = control.change_membership(command).await?;
+            return Ok(membership_answer(what, changes));
+        }
         let changes = control.run(command).await?;
         let moved = changes.iter().filter(|c| c.error.is_none() && c.from != c.to).count();
         let failed = changes.iter().filter(|c| c.error.is_some()).count();
@@ -52,4 +62,36 @@ impl Engine {
         });
         Ok(result)
     }
+}
+
+/// One row per group: its voters afterwards, or why it did not change.
+fn membership_answer(what: &str, changes: Vec<MembershipChange>) -> QueryResult {
+    let failed = changes.iter().filter(|c| c.error.is_some()).count();
+    let total = changes.len();
+    let rows = changes
+        .into_iter()
+        .map(|c| {
+            let voters: Vec<String> = c.voters.iter().map(u64::to_string).collect();
+            vec![
+                Json::String(c.group),
+                Json::from(c.group_id),
+                if voters.is_empty() { Json::Null } else { Json::String(voters.join(",")) },
+                c.error.map_or(Json::Null, Json::String),
+            ]
+        })
+        .collect();
+    let mut result = QueryResult::rows(
+        vec![
+            ("group_name".into(), "Text".into()),
+            ("group_id".into(), "Int".into()),
+            ("voters".into(), "Text".into()),
+            ("error".into(), "Text".into()),
+        ],
+        rows,
+    );
+    result.message = Some(match failed {
+        0 => format!("{what}: done in {total} group(s)"),
+        n => format!("{what}: done in {} group(s), {n} failed (see the error column)", total - n),
+    });
+    result
 }

@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 /// Largest node id (the config's bound on `server.node_id`).
 const NODE_ID_MAX: u64 = 1023;
 
-/// `CLUSTER TRANSFER-LEADER <node>` (KalamDB: every group to that node),
+/// `CLUSTER JOIN <node> '<raft host:port>' '<http host:port>'` (KalamDB's order),
+/// `CLUSTER REMOVE [NODE] <node>`, `CLUSTER TRANSFER-LEADER <node>` (KalamDB: every group to
+/// that node),
 /// `CLUSTER TRANSFER LEADER [<group> | ALL] TO [NODE] <node>`, `CLUSTER STEPDOWN` /
 /// `STEP-DOWN` (this node hands its groups away), `CLUSTER REBALANCE`. The cursor is past
 /// `CLUSTER`.
@@ -43,8 +45,16 @@ pub(super) fn parse_cluster(c: &mut Cursor<'_, '_>) -> Result<Statement> {
         ClusterCommand::StepDown
     } else if c.eat_kw("REBALANCE") {
         ClusterCommand::Rebalance
+    } else if c.eat_kw("JOIN") {
+        let node = node_id(c)?;
+        let raft_addr = address(c, "its Raft address")?;
+        let http_addr = address(c, "its HTTP address")?;
+        ClusterCommand::Join { node, raft_addr, http_addr }
+    } else if c.eat_kw("REMOVE") || c.eat_kw("LEAVE") {
+        let _ = c.eat_kw("NODE");
+        ClusterCommand::RemoveNode { node: node_id(c)? }
     } else {
-        return Err(c.unexpected("TRANSFER-LEADER, TRANSFER LEADER, STEPDOWN or REBALANCE"));
+        return Err(c.unexpected("TRANSFER-LEADER, TRANSFER LEADER, STEPDOWN, REBALANCE, JOIN or REMOVE NODE"));
     };
     c.expect_end()?;
     Ok(Statement::Cluster(command))
@@ -70,4 +80,21 @@ fn group(c: &mut Cursor<'_, '_>) -> Result<GroupId> {
     found.map_err(|text| {
         Error::InvalidSql(format!("no group '{text}': name one as system.cluster_groups shows it ('user:3', 65539)"))
     })
+}
+
+/// Longest `host:port` accepted.
+const ADDRESS_BYTES_MAX: usize = 255;
+
+/// A quoted `host:port`.
+fn address(c: &mut Cursor<'_, '_>, what: &str) -> Result<String> {
+    match c.next() {
+        Some(Token::SingleQuotedString(s))
+            if s.len() <= ADDRESS_BYTES_MAX
+                && s.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+                && !s.chars().any(|ch| ch.is_whitespace() || ch.is_control() || ch == '/') =>
+        {
+            Ok(s)
+        }
+        _ => Err(Error::InvalidSql(format!("expected {what} as a quoted 'host:port'"))),
+    }
 }

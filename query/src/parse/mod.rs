@@ -199,8 +199,12 @@ pub enum AlterAction {
 }
 
 /// What a `CLUSTER` statement asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterCommand {
+    /// Add a running node to every group: a learner until it holds the log, then a voter.
+    Join { node: u64, raft_addr: String, http_addr: String },
+    /// Take a node out of every group.
+    RemoveNode { node: u64 },
     /// Make node `to` the leader of `group`, or of every group.
     TransferLeader { group: Option<kalamdb_log::GroupId>, to: u64 },
     /// The node that runs the statement hands every group it leads to another voter.

@@ -279,6 +279,12 @@ fn cluster_leadership_statements() {
     assert_eq!(cmd("CLUSTER STEPDOWN"), ClusterCommand::StepDown);
     assert_eq!(cmd("CLUSTER STEP-DOWN"), ClusterCommand::StepDown);
     assert_eq!(cmd("CLUSTER REBALANCE"), ClusterCommand::Rebalance);
+    assert_eq!(
+        cmd("CLUSTER JOIN 4 '127.0.0.1:9094' 'kalamdb-node4:8084'"),
+        ClusterCommand::Join { node: 4, raft_addr: "127.0.0.1:9094".into(), http_addr: "kalamdb-node4:8084".into() }
+    );
+    assert_eq!(cmd("CLUSTER REMOVE NODE 1"), ClusterCommand::RemoveNode { node: 1 });
+    assert_eq!(cmd("cluster leave 3"), ClusterCommand::RemoveNode { node: 3 });
     let kind = |sql: &str| parse(split_request(sql).unwrap().remove(0)).unwrap().kind;
     assert_eq!(kind("CLUSTER REBALANCE"), "cluster");
     for bad in [
@@ -291,6 +297,13 @@ fn cluster_leadership_statements() {
         "CLUSTER TRANSFER LEADER ALL 2",
         "CLUSTER STEPDOWN NOW",
         "CLUSTER EXPLODE",
+        "CLUSTER JOIN 4 127.0.0.1:9094 127.0.0.1:8084",
+        "CLUSTER JOIN 4 '127.0.0.1' '127.0.0.1:8084'",
+        "CLUSTER JOIN 4 '127.0.0.1:99999' '127.0.0.1:8084'",
+        "CLUSTER JOIN 4 'a b:1' 'h:2'",
+        "CLUSTER JOIN 4 'h:1'",
+        "CLUSTER REMOVE NODE",
+        "CLUSTER REMOVE NODE 2000",
     ] {
         assert!(matches!(parse_statement(bad), Err(Error::InvalidSql(_))), "{bad}");
     }

@@ -24,4 +24,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = wire::from_bytes::<wire::StatusResponse>(data);
     let _ = wire::from_bytes::<wire::LeadershipRequest>(data);
     let _ = wire::from_bytes::<wire::LeadershipResponse>(data);
+    let _ = wire::from_bytes::<wire::MembershipRequest>(data);
+    let _ = wire::from_bytes::<wire::MembershipResponse>(data);
 });
