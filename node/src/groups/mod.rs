@@ -92,7 +92,7 @@ pub struct Groups {
     leader_lease: Duration,
     /// Set when a graceful shutdown began: this node hands its leaderships away and stands
     /// for no election.
-    draining: std::sync::atomic::AtomicBool,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>> {
@@ -183,6 +183,7 @@ impl Groups {
         let joining = cfg.cluster.as_ref().is_some_and(|c| c.join);
         let initializer = !joining && members.keys().next().copied() == Some(node_id);
         let mut groups = HashMap::new();
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for id in layout.all() {
             let log_store = LogStore::new(log_db.clone(), id)?;
             let sm = Projection::open(log_db.clone(), id, catalog.clone(), storage.clone())?;
@@ -223,7 +224,7 @@ impl Groups {
                 gate.clone(),
             ));
             let elected_at = Arc::new(std::sync::Mutex::new(None));
-            tokio::spawn(watch_leadership(id, raft.clone(), elected_at.clone()));
+            tokio::spawn(watch_leadership(id, raft.clone(), elected_at.clone(), draining.clone()));
             let (read_queue, read_rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
             tokio::spawn(run_read_index_batcher(id, node_id, raft.clone(), transport.clone(), read_rx));
             let moving = tokio::sync::Mutex::new(());
@@ -244,7 +245,7 @@ impl Groups {
             transport: transport.clone(),
             write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
             leader_lease: Duration::from_millis(cfg.raft.election_timeout_max_ms),
-            draining: std::sync::atomic::AtomicBool::new(false),
+            draining,
         });
         if let Some(t) = &transport {
             t.serve(Arc::new(PeerService(Arc::downgrade(&me))));
@@ -413,8 +414,15 @@ fn cluster_layout(user_shards: u16, shared_shards: u16) -> String {
     format!("user_shards {user_shards}; shared_shards {shared_shards}")
 }
 
-/// Log leader, term and membership changes of a group under the `kalamdb_raft` target.
-async fn watch_leadership(group: GroupId, raft: Raft, elected_at: Arc<std::sync::Mutex<Option<Instant>>>) {
+/// Log leader, term and membership changes of a group under the `kalamdb_raft` target; note
+/// when this node becomes leader; and stand for elections again once this node is a voter
+/// (a node removed and added again), unless it is shutting down.
+async fn watch_leadership(
+    group: GroupId,
+    raft: Raft,
+    elected_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut metrics = raft.metrics();
     let mut last: (Option<NodeId>, u64) = (None, 0);
     let mut last_membership = None;
@@ -437,6 +445,10 @@ async fn watch_leadership(group: GroupId, raft: Raft, elected_at: Arc<std::sync:
                 (c.voter_ids().collect(), c.learner_ids().collect())
             };
             tracing::info!(target: "kalamdb_raft", group = %group, ?voters, ?learners, log_index = ?membership, "membership");
+            let me = metrics.borrow().id;
+            if voters.contains(&me) && !draining.load(std::sync::atomic::Ordering::SeqCst) {
+                raft.runtime_config().elect(true);
+            }
             last_membership = membership;
         }
         if metrics.changed().await.is_err() {
