@@ -109,6 +109,11 @@ impl Local {
     }
 
     pub fn start(&mut self, n: usize) -> Result<(), String> {
+        self.start_with(n, &[])
+    }
+
+    /// Start node `n` with extra environment (e.g. `KALAMDB_CLUSTER_JOIN=true`).
+    pub fn start_with(&mut self, n: usize, env: &[(&str, &str)]) -> Result<(), String> {
         std::fs::create_dir_all(self.data(n)).map_err(|e| e.to_string())?;
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(n)).map_err(|e| e.to_string())?;
@@ -117,6 +122,7 @@ impl Local {
             .arg("--config")
             .arg(self.config(n))
             .env("RUST_LOG", std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
@@ -215,6 +221,13 @@ impl Cluster {
             (c @ Cluster::Local(_), Fault::Partition) => c.isolate(api, n, true).await,
             (Cluster::Local(l), Fault::Stop) => l.terminate(n).await,
             (c, Fault::Transfer) => c.transfer_to(api, n).await,
+            (c @ Cluster::Local(_), Fault::Replace) => {
+                c.sql_elsewhere(api, n, &format!("CLUSTER REMOVE NODE {n}")).await?;
+                let Cluster::Local(l) = c else { unreachable!("matched Local") };
+                l.terminate(n).await?;
+                std::fs::remove_dir_all(l.data(n)).map_err(|e| format!("delete node {n}'s data: {e}"))
+            }
+            (Cluster::Docker, Fault::Replace) => run("docker", &["stop", "-t", "30", &Self::container(n)]),
             (Cluster::Docker, Fault::Stop) => run("docker", &["stop", "-t", "30", &Self::container(n)]),
             (Cluster::Docker, Fault::Kill) => run("docker", &["kill", &Self::container(n)]),
             (Cluster::Docker, Fault::Pause) => run("docker", &["pause", &Self::container(n)]),
@@ -229,6 +242,13 @@ impl Cluster {
         match (self, fault) {
             (Cluster::Local(l), Fault::Kill | Fault::Stop) => l.start(n),
             (_, Fault::Transfer) => Ok(()),
+            // Empty, it joins by itself (`cluster.join`): the groups' leaders add it back.
+            (c @ Cluster::Local(_), Fault::Replace) => {
+                let Cluster::Local(l) = c else { unreachable!("matched Local") };
+                l.start_with(n, &[("KALAMDB_CLUSTER_JOIN", "true")])?;
+                c.wait_voter(api, n).await
+            }
+            (Cluster::Docker, Fault::Replace) => run("docker", &["start", &Self::container(n)]),
             (Cluster::Docker, Fault::Stop) => run("docker", &["start", &Self::container(n)]),
             (Cluster::Local(l), Fault::Pause) => run("kill", &["-CONT", &l.pid(n)?]),
             (c @ Cluster::Local(_), Fault::Partition) => c.isolate(api, n, false).await,
@@ -248,6 +268,47 @@ impl Cluster {
         match api.request("POST", url, "/v1/api/sql", Some(body)).await {
             Reply::Ok(_) => Ok(()),
             other => Err(format!("CLUSTER TRANSFER-LEADER {n}: {other:?}")),
+        }
+    }
+
+    /// Run `sql` through a node other than `n` (the next one), which must answer 200.
+    async fn sql_elsewhere(&self, api: &Api, n: usize, sql: &str) -> Result<(), String> {
+        let via = n % NODES + 1;
+        let url = &self.urls()[via - 1];
+        let body = json!({ "sql": sql }).to_string();
+        match api.request("POST", url, "/v1/api/sql", Some(body)).await {
+            // A CLUSTER statement answers a row per group, with an error column last.
+            Reply::Ok(v) => match v["results"][0]["rows"].as_array() {
+                Some(rows) if rows.iter().any(|r| r.as_array().and_then(|c| c.last()).is_some_and(|e| !e.is_null())) => {
+                    Err(format!("{sql} through node {via}: some groups failed: {v}"))
+                }
+                _ => Ok(()),
+            },
+            other => Err(format!("{sql} through node {via}: {other:?}")),
+        }
+    }
+
+    /// Wait (bounded) until node `n` is a voter of every group, as the next node sees it.
+    pub async fn wait_voter(&self, api: &Api, n: usize) -> Result<(), String> {
+        let via = n % NODES + 1;
+        let url = &self.urls()[via - 1];
+        let deadline = Instant::now() + HEALTHY_WAIT;
+        loop {
+            if let Reply::Ok(h) = api.request("GET", url, "/v1/api/cluster/health?local=true", None).await {
+                let groups = h["groups"].as_array().cloned().unwrap_or_default();
+                let voter = |g: &serde_json::Value| {
+                    g["members"].as_array().is_some_and(|ms| {
+                        ms.iter().any(|m| m["node_id"].as_u64() == Some(n as u64) && m["membership"] == "voter")
+                    })
+                };
+                if !groups.is_empty() && groups.iter().all(voter) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("node {n} is not a voter of every group after {HEALTHY_WAIT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

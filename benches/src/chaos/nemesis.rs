@@ -18,6 +18,10 @@ pub enum Fault {
     /// `CLUSTER TRANSFER-LEADER n`: every group's leadership to the node, asked through it;
     /// the balancers spread it again afterwards.
     Transfer,
+    /// Replace the node as one replaces a failed machine: `CLUSTER REMOVE NODE n` through
+    /// another node, stop it, delete its data; then start it empty with `cluster.join`, and it
+    /// comes back as a learner, then a voter. (Docker: a graceful stop and start instead.)
+    Replace,
 }
 
 impl fmt::Display for Fault {
@@ -28,6 +32,7 @@ impl fmt::Display for Fault {
             Fault::Pause => "pause",
             Fault::Stop => "graceful stop",
             Fault::Transfer => "transfer leadership",
+            Fault::Replace => "remove and replace",
         })
     }
 }
@@ -64,12 +69,13 @@ pub fn schedule(seed: u64, workload_ms: u64, nodes: usize) -> Vec<Step> {
         if at + hold_ms + QUIET_MS > workload_ms {
             break;
         }
-        let fault = match rng.u8(0..5) {
+        let fault = match rng.u8(0..6) {
             0 => Fault::Kill,
             1 => Fault::Partition,
             2 => Fault::Pause,
             3 => Fault::Stop,
-            _ => Fault::Transfer,
+            4 => Fault::Transfer,
+            _ => Fault::Replace,
         };
         steps.push(Step { at_ms: at, hold_ms, fault, node: rng.usize(1..=nodes) });
         at += hold_ms + rng.u64(GAP_MS_MIN..=GAP_MS_MAX);
@@ -93,7 +99,7 @@ mod tests {
         let last = a.last().expect("steps");
         assert!(last.at_ms + last.hold_ms + QUIET_MS <= 300_000);
         assert!(a.iter().all(|s| (1..=3).contains(&s.node)));
-        for f in [Fault::Kill, Fault::Partition, Fault::Pause, Fault::Stop, Fault::Transfer] {
+        for f in [Fault::Kill, Fault::Partition, Fault::Pause, Fault::Stop, Fault::Transfer, Fault::Replace] {
             assert!(a.iter().any(|s| s.fault == f), "{f} never scheduled");
         }
     }
