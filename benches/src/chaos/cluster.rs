@@ -223,7 +223,7 @@ impl Cluster {
             (c, Fault::Transfer) => c.transfer_to(api, n).await,
             (c @ Cluster::Local(_), Fault::Replace) => {
                 c.sql_elsewhere(api, n, &format!("CLUSTER REMOVE NODE {n}")).await?;
-                let Cluster::Local(l) = c else { unreachable!("matched Local") };
+                let Cluster::Local(l) = &mut *c else { unreachable!("matched Local") };
                 l.terminate(n).await?;
                 std::fs::remove_dir_all(l.data(n)).map_err(|e| format!("delete node {n}'s data: {e}"))
             }
@@ -244,7 +244,7 @@ impl Cluster {
             (_, Fault::Transfer) => Ok(()),
             // Empty, it joins by itself (`cluster.join`): the groups' leaders add it back.
             (c @ Cluster::Local(_), Fault::Replace) => {
-                let Cluster::Local(l) = c else { unreachable!("matched Local") };
+                let Cluster::Local(l) = &mut *c else { unreachable!("matched Local") };
                 l.start_with(n, &[("KALAMDB_CLUSTER_JOIN", "true")])?;
                 c.wait_voter(api, n).await
             }
