@@ -41,10 +41,15 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Move
     }
 }
 
-/// One joint-consensus configuration change of `g`, bounded by [`CHANGE_TIMEOUT_MS`].
-async fn change(g: &Group, members: ChangeMembers<NodeId, NodeAddr>) -> std::result::Result<(), MoveError> {
+/// One joint-consensus configuration change of `g`, bounded by [`CHANGE_TIMEOUT_MS`]; the
+/// voters of the configuration it committed.
+async fn change(g: &Group, members: ChangeMembers<NodeId, NodeAddr>) -> std::result::Result<Vec<NodeId>, MoveError> {
     match tokio::time::timeout(Duration::from_millis(CHANGE_TIMEOUT_MS), g.raft.change_membership(members, false)).await {
-        Ok(r) => r.map(|_| ()).map_err(write_error),
+        Ok(Ok(resp)) => Ok(match resp.membership {
+            Some(m) => m.voter_ids().collect(),
+            None => g.raft.metrics().borrow().membership_config.membership().voter_ids().collect(),
+        }),
+        Ok(Err(e)) => Err(write_error(e)),
         Err(_) => Err(MoveError::Timeout(format!(
             "group {}: the configuration change did not commit within {CHANGE_TIMEOUT_MS} ms; its outcome is unknown (it completes once a quorum answers)",
             g.id
@@ -91,8 +96,7 @@ impl Groups {
             Ok(Ok(_)) => {}
         }
         let caught_up_ms = started.elapsed().as_millis() as u64;
-        change(g, ChangeMembers::AddVoterIds(BTreeSet::from([node]))).await?;
-        let voters: Vec<NodeId> = g.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let voters = change(g, ChangeMembers::AddVoterIds(BTreeSet::from([node]))).await?;
         tracing::info!(target: "kalamdb_raft", group = %g.id, node, caught_up_ms, ?voters, "node added as a voter");
         Ok(voters)
     }
@@ -111,15 +115,16 @@ impl Groups {
         if node == self.node_id {
             return Err(MoveError::Refused(format!("group {}: node {node} leads it; hand leadership over first", g.id)));
         }
-        if voters.contains(&node) {
+        let voters = if voters.contains(&node) {
             if voters.len() == 1 {
                 return Err(MoveError::Refused(format!("group {}: node {node} is its last voter", g.id)));
             }
-            change(g, ChangeMembers::RemoveVoters(BTreeSet::from([node]))).await?;
+            change(g, ChangeMembers::RemoveVoters(BTreeSet::from([node]))).await?
         } else if nodes.contains(&node) {
-            change(g, ChangeMembers::RemoveNodes(BTreeSet::from([node]))).await?;
-        }
-        let voters: Vec<NodeId> = g.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            change(g, ChangeMembers::RemoveNodes(BTreeSet::from([node]))).await?
+        } else {
+            voters
+        };
         tracing::info!(target: "kalamdb_raft", group = %g.id, node, ?voters, "node removed");
         Ok(voters)
     }
