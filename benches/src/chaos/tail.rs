@@ -173,6 +173,18 @@ async fn stream_once(
                     }
                     return Err("overflow".into());
                 }
+                // The position the stream starts from. Kept as the cursor while no event came:
+                // a reconnect elsewhere then asks for that same position (and a node whose
+                // change records start later answers 410) instead of `from=earliest`, which
+                // means the oldest *that* node retains and would silently skip the rest.
+                Some("subscribed") => {
+                    let mut o = out.lock().await;
+                    if o.cursor.is_none()
+                        && let Some(p) = v["position"].as_str()
+                    {
+                        o.cursor = Some(p.to_string());
+                    }
+                }
                 // This node no longer has the changes the cursor needs (it caught up through a
                 // snapshot while the stream was open): like a 410, another node must have them.
                 Some("gone") => {
