@@ -176,7 +176,7 @@ pub fn catch_up(groups: &Groups, merged: &BTreeMap<u32, GroupStatus>) -> BTreeMa
             .values()
             .map(|g| {
                 let matched = g.matched.iter().find(|(n, _)| n == id).map_or(0, |(_, m)| *m);
-                if g.last_log_index == 0 { 100 } else { (matched.min(g.last_log_index) * 100) / g.last_log_index }
+                (matched.min(g.last_log_index) * 100).checked_div(g.last_log_index).unwrap_or(100)
             })
             .min();
         out.insert(*id, ("learner", pct));

@@ -105,7 +105,9 @@ impl ClusterControl for NodeControl {
             ClusterCommand::Join { node, raft_addr, http_addr } => {
                 groups.add_node(node, NodeAddr { raft_addr, http_addr }).await
             }
-            ClusterCommand::RemoveNode { node } => groups.remove_node(node).await.map_err(kalamdb_query::Error::from)?,
+            ClusterCommand::RemoveNode { node } => {
+                groups.remove_node(node).await.map_err(kalamdb_query::Error::from)?
+            }
             other => return Err(kalamdb_query::Error::Internal(format!("not a membership command: {other:?}"))),
         };
         Ok(outcome

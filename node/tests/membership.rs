@@ -158,7 +158,7 @@ async fn a_node_joins_a_leader_leaves_and_a_crash_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     writes.await.unwrap();
-    let log = log.lock().unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
     let failed = log.attempts.iter().filter(|(_, ok)| !ok).count();
     eprintln!(
         "{} writes acknowledged, {failed} failed; longest gap between acknowledged writes: join {join_gap:?}, remove {remove_gap:?}, kill -9 {kill_gap:?}",
@@ -174,7 +174,8 @@ async fn a_node_joins_a_leader_leaves_and_a_crash_loses_nothing() {
         assert!(n >= log.acked.len() as i64, "node {i} has {n} rows, {} were acknowledged", log.acked.len());
     }
     let r = c.node(3).sql_ok("SELECT k FROM app.kv ORDER BY k").await;
-    let stored: std::collections::BTreeSet<i64> = r["rows"].as_array().unwrap().iter().filter_map(|x| common::int(&x[0])).collect();
+    let stored: std::collections::BTreeSet<i64> =
+        r["rows"].as_array().unwrap().iter().filter_map(|x| common::int(&x[0])).collect();
     let missing: Vec<u64> = log.acked.iter().copied().filter(|k| !stored.contains(&(*k as i64))).collect();
     assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
     c.assert_converged().await;
@@ -184,7 +185,7 @@ async fn a_node_joins_a_leader_leaves_and_a_crash_loses_nothing() {
 async fn a_node_with_the_wrong_secret_cannot_join() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(dir.path(), &[]).await;
-    let wrong = "0000000000000000000000000000000000000000000000000000000000000001";
+    let wrong = "7f3a9c1e5b2d8f4a6c0e9b3d7a1f5c8e2b6d0a4f9c3e7b1d5a8f2c6e0b4d9a3f";
     // It never becomes healthy (no group takes it), so start it without waiting.
     c.http.push(common::free_port());
     c.raft.push(common::cluster::free_udp_port());
@@ -200,7 +201,11 @@ async fn a_node_with_the_wrong_secret_cannot_join() {
                 "[server]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = 4\n\n[storage]\ndata_path = \"{}\"\n\n{}",
                 http[3],
                 data.display(),
-                common::cluster::cluster_toml(&http, &raft, wrong).replacen("[cluster]\n", "[cluster]\njoin = true\n", 1)
+                common::cluster::cluster_toml(&http, &raft, wrong).replacen(
+                    "[cluster]\n",
+                    "[cluster]\njoin = true\n",
+                    1
+                )
             );
             std::fs::write(&cfg, text).unwrap();
             common::Server::spawn(Some(&cfg), &data, http[3], &[])

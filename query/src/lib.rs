@@ -23,7 +23,6 @@ pub use live::{LiveColumn, LiveQuery};
 pub use parse::ClusterCommand;
 pub use parse::{FlushPolicy, redact_passwords};
 pub use ports::{
-    ClusterControl, ClusterGroup, ClusterNode, ClusterView, JobSource, LeadershipChange, MembershipChange, NodeView, Proposer,
-    ReadBarrier,
-    SessionInfo,
+    ClusterControl, ClusterGroup, ClusterNode, ClusterView, JobSource, LeadershipChange, MembershipChange, NodeView,
+    Proposer, ReadBarrier, SessionInfo,
 };

@@ -388,9 +388,7 @@ impl Transport {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Setup(e.to_string()))?;
         write_frame(&mut send, FrameKind::Hello, 0, 0, &wire::to_bytes(&hello)?).await?;
         let (header, body) = read_frame(&mut recv).await.map_err(|_| {
-            Error::Auth(format!(
-                "node {node} refused our hello (wrong jwt_secret or cluster_id: see its log)"
-            ))
+            Error::Auth(format!("node {node} refused our hello (wrong jwt_secret or cluster_id: see its log)"))
         })?;
         if header.kind != FrameKind::HelloAck {
             return Err(Error::Auth(format!("node {node} answered hello with {}", header.kind.name())));

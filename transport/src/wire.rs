@@ -154,7 +154,9 @@ pub enum MembershipRequest {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum MembershipResponse {
     /// The group's voters once the change committed.
-    Ok { voters: Vec<u64> },
+    Ok {
+        voters: Vec<u64>,
+    },
     Err(RemoteError),
 }
 

@@ -279,7 +279,9 @@ impl Cluster {
         match api.request("POST", url, "/v1/api/sql", Some(body)).await {
             // A CLUSTER statement answers a row per group, with an error column last.
             Reply::Ok(v) => match v["results"][0]["rows"].as_array() {
-                Some(rows) if rows.iter().any(|r| r.as_array().and_then(|c| c.last()).is_some_and(|e| !e.is_null())) => {
+                Some(rows)
+                    if rows.iter().any(|r| r.as_array().and_then(|c| c.last()).is_some_and(|e| !e.is_null())) =>
+                {
                     Err(format!("{sql} through node {via}: some groups failed: {v}"))
                 }
                 _ => Ok(()),

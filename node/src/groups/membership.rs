@@ -44,7 +44,8 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Move
 /// One joint-consensus configuration change of `g`, bounded by [`CHANGE_TIMEOUT_MS`]; the
 /// voters of the configuration it committed.
 async fn change(g: &Group, members: ChangeMembers<NodeId, NodeAddr>) -> std::result::Result<Vec<NodeId>, MoveError> {
-    match tokio::time::timeout(Duration::from_millis(CHANGE_TIMEOUT_MS), g.raft.change_membership(members, false)).await {
+    match tokio::time::timeout(Duration::from_millis(CHANGE_TIMEOUT_MS), g.raft.change_membership(members, false)).await
+    {
         Ok(Ok(resp)) => Ok(match resp.membership {
             Some(m) => m.voter_ids().collect(),
             None => g.raft.metrics().borrow().membership_config.membership().voter_ids().collect(),
@@ -80,11 +81,8 @@ impl Groups {
             t.learn_member(node, &addr.raft_addr);
         }
         let started = Instant::now();
-        match tokio::time::timeout(
-            Duration::from_millis(CATCH_UP_TIMEOUT_MS),
-            g.raft.add_learner(node, addr, true),
-        )
-        .await
+        match tokio::time::timeout(Duration::from_millis(CATCH_UP_TIMEOUT_MS), g.raft.add_learner(node, addr, true))
+            .await
         {
             Err(_) => {
                 return Err(MoveError::Timeout(format!(
@@ -113,7 +111,10 @@ impl Groups {
             return Err(MoveError::NotLeader(leader));
         }
         if node == self.node_id {
-            return Err(MoveError::Refused(format!("group {}: node {node} leads it; hand leadership over first", g.id)));
+            return Err(MoveError::Refused(format!(
+                "group {}: node {node} leads it; hand leadership over first",
+                g.id
+            )));
         }
         let voters = if voters.contains(&node) {
             if voters.len() == 1 {
@@ -149,7 +150,8 @@ impl Groups {
         loop {
             // The leader this node or the last answer named first, then every known member.
             let mut candidates: Vec<NodeId> = hint.or_else(|| self.leader_of(g)).into_iter().collect();
-            candidates.extend(self.members().keys().copied().filter(|n| !candidates.contains(n)));
+            let first = candidates.first().copied();
+            candidates.extend(self.members().keys().copied().filter(|n| Some(*n) != first));
             hint = None;
             let mut last_error = String::from("no member answered");
             for c in candidates {

@@ -22,10 +22,8 @@ impl Engine {
             ClusterCommand::RemoveNode { .. } => "CLUSTER REMOVE NODE",
         };
         access::require(ctx.role, Role::Dba, what)?;
-        let control = self
-            .cluster_control
-            .as_ref()
-            .ok_or_else(|| Error::Unsupported(format!("{what} needs a server node")))?;
+        let control =
+            self.cluster_control.as_ref().ok_or_else(|| Error::Unsupported(format!("{what} needs a server node")))?;
         if matches!(command, ClusterCommand::Join { .. } | ClusterCommand::RemoveNode { .. }) {
             let changes = control.change_membership(command).await?;
             return Ok(membership_answer(what, changes));

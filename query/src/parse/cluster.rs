@@ -90,7 +90,8 @@ fn address(c: &mut Cursor<'_, '_>, what: &str) -> Result<String> {
     match c.next() {
         Some(Token::SingleQuotedString(s))
             if s.len() <= ADDRESS_BYTES_MAX
-                && s.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+                && s.rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
                 && !s.chars().any(|ch| ch.is_whitespace() || ch.is_control() || ch == '/') =>
         {
             Ok(s)
