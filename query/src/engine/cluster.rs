@@ -32,33 +32,13 @@ impl Engine {
         let moved = changes.iter().filter(|c| c.error.is_none() && c.from != c.to).count();
         let failed = changes.iter().filter(|c| c.error.is_some()).count();
         let node = |n: Option<u64>| n.map_or(Json::Null, Json::from);
-        let rows = changes
-            .into_iter()
-            .map(|c| {
-                vec![
-                    Json::String(c.group),
-                    Json::from(c.group_id),
-                    node(c.from),
-                    node(c.to),
-                    c.error.map_or(Json::Null, Json::String),
-                ]
-            })
-            .collect();
-        let mut result = QueryResult::rows(
-            vec![
-                ("group_name".into(), "Text".into()),
-                ("group_id".into(), "Int".into()),
-                ("previous_leader".into(), "Int".into()),
-                ("leader".into(), "Int".into()),
-                ("error".into(), "Text".into()),
-            ],
-            rows,
-        );
-        result.message = Some(match failed {
+        let rows =
+            changes.into_iter().map(|c| (c.group, c.group_id, vec![node(c.from), node(c.to)], c.error)).collect();
+        let message = match failed {
             0 => format!("{what}: {moved} group(s) changed leader"),
             n => format!("{what}: {moved} group(s) changed leader, {n} could not (see the error column)"),
-        });
-        Ok(result)
+        };
+        Ok(per_group_answer(&[("previous_leader", "Int"), ("leader", "Int")], rows, message))
     }
 }
 
@@ -70,26 +50,37 @@ fn membership_answer(what: &str, changes: Vec<MembershipChange>) -> QueryResult 
         .into_iter()
         .map(|c| {
             let voters: Vec<String> = c.voters.iter().map(u64::to_string).collect();
-            vec![
-                Json::String(c.group),
-                Json::from(c.group_id),
-                if voters.is_empty() { Json::Null } else { Json::String(voters.join(",")) },
-                c.error.map_or(Json::Null, Json::String),
-            ]
+            let voters = if voters.is_empty() { Json::Null } else { Json::String(voters.join(",")) };
+            (c.group, c.group_id, vec![voters], c.error)
         })
         .collect();
-    let mut result = QueryResult::rows(
-        vec![
-            ("group_name".into(), "Text".into()),
-            ("group_id".into(), "Int".into()),
-            ("voters".into(), "Text".into()),
-            ("error".into(), "Text".into()),
-        ],
-        rows,
-    );
-    result.message = Some(match failed {
+    let message = match failed {
         0 => format!("{what}: done in {total} group(s)"),
         n => format!("{what}: done in {} group(s), {n} failed (see the error column)", total - n),
-    });
+    };
+    per_group_answer(&[("voters", "Text")], rows, message)
+}
+
+/// A CLUSTER statement's answer: per group its name and number, the statement's own columns,
+/// and the error that kept it from changing (NULL when it did).
+fn per_group_answer(
+    columns: &[(&str, &str)],
+    rows: Vec<(String, u32, Vec<Json>, Option<String>)>,
+    message: String,
+) -> QueryResult {
+    let mut schema = vec![("group_name".to_string(), "Text".to_string()), ("group_id".into(), "Int".into())];
+    schema.extend(columns.iter().map(|(n, t)| (n.to_string(), t.to_string())));
+    schema.push(("error".into(), "Text".into()));
+    let rows = rows
+        .into_iter()
+        .map(|(group, id, cells, error)| {
+            let mut row = vec![Json::String(group), Json::from(id)];
+            row.extend(cells);
+            row.push(error.map_or(Json::Null, Json::String));
+            row
+        })
+        .collect();
+    let mut result = QueryResult::rows(schema, rows);
+    result.message = Some(message);
     result
 }
