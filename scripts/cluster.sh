@@ -353,6 +353,9 @@ remove_node() {
   body="$(sql "$via" "CLUSTER REMOVE NODE $n")"
   echo "$body" | python3 -c 'import json,sys; b=json.load(sys.stdin); [print(" ", *r) for r in b.get("results",[{}])[0].get("rows") or []]' 2>/dev/null || true
   [[ "$body" == *'"success"'* ]] || die "remove node $n: $body"
+  # A row per group, its error last: any group that kept the node keeps it running.
+  python3 -c 'import json,sys; rows=json.load(sys.stdin)["results"][0]["rows"]; sys.exit(1 if any(r[-1] is not None for r in rows) else 0)' <<< "$body" \
+    || die "node $n is still a member of some group (see the errors above); it keeps running: try again"
   stop_node "$n"
   echo "$n" >> "$dir/removed"
   echo "node $n removed from every group and stopped"

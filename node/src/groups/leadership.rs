@@ -178,7 +178,11 @@ impl Groups {
         let Some(t) = &self.transport else {
             return Err(MoveError::Refused("a single node has no one to hand leadership to".into()));
         };
-        let Ok(_one_at_a_time) = g.moving.try_lock() else {
+        // Another handover of this group (the balancer's, say) finishes first; then this one
+        // re-checks who leads (the caller asks the new leader if it moved).
+        let Ok(_one_at_a_time) =
+            tokio::time::timeout(Duration::from_millis(TRANSFER_TIMEOUT_MS), g.moving.lock()).await
+        else {
             return Err(MoveError::Refused(format!("group {} is already being handed over", g.id)));
         };
         let p = progress(g);
