@@ -23,6 +23,8 @@ export BENCH_RECORDS
 source scripts/bench-lib.sh
 
 scripts/bench-cluster.sh "$secs"
+# USER-table writes with leaders balanced versus all on node 1, and during a rolling restart.
+scripts/bench-leaders.sh "$secs"
 scripts/bench-tail.sh "$secs"
 # Follower catch-up after BENCH_CATCHUP_WRITES (default 1,000,000) single-row writes, and RSS per node.
 catchup_dir="$(mktemp -d /tmp/kalamdb-catchup.XXXXXX)"

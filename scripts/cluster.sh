@@ -3,7 +3,7 @@
 #
 #   scripts/cluster.sh [--docker] start|status|logs [N] [-f]|stop|clean|test|shell N|build
 #   scripts/cluster.sh [--docker] restart     rolling restart under writes (none may fail)
-#   scripts/cluster.sh add N | remove N       grow the local cluster by node N, or take N out
+#   scripts/cluster.sh [--docker] add N | remove N   grow the cluster by node N, or take N out
 #   scripts/cluster.sh --docker chaos
 #
 # Both modes serve HTTP on 8081-8083 and Raft/QUIC on 9091-9093. Without --docker the nodes
@@ -123,6 +123,36 @@ consistency_test() {
   done
   if (( failures > 0 )); then echo "$failures check(s) failed"; exit 1; fi
   echo "all consistency checks passed"
+}
+
+# Wait until node $1 is a voter of every group, as node $2 sees it.
+join_wait_secs=300
+wait_voter() {
+  local n=$1 asking=$2 deadline=$((SECONDS + join_wait_secs)) h
+  while true; do
+    h="$(curl -s -m 5 "http://127.0.0.1:$(http_port "$asking")/v1/api/cluster/health?local=true" || true)"
+    if python3 -c '
+import json, sys
+h = json.loads(sys.argv[1]); n = int(sys.argv[2])
+groups = h.get("groups", [])
+ok = groups and all(any(m["node_id"] == n and m.get("membership") == "voter" for m in g["members"]) for g in groups)
+sys.exit(0 if ok else 1)' "$h" "$n" 2>/dev/null; then
+      return 0
+    fi
+    (( SECONDS < deadline )) || die "node $n is not a voter of every group after ${join_wait_secs}s"
+    sleep 1
+  done
+}
+
+# remove_from_groups N VIA: CLUSTER REMOVE NODE N through node VIA; fails unless every group
+# let N go (a row per group, its error last), so a node some group kept keeps running.
+remove_from_groups() {
+  local n=$1 via=$2 body
+  body="$(sql "$via" "CLUSTER REMOVE NODE $n")"
+  echo "$body" | python3 -c 'import json,sys; b=json.load(sys.stdin); [print(" ", *r) for r in b.get("results",[{}])[0].get("rows") or []]' 2>/dev/null || true
+  [[ "$body" == *'"success"'* ]] || die "remove node $n: $body"
+  python3 -c 'import json,sys; rows=json.load(sys.stdin)["results"][0]["rows"]; sys.exit(1 if any(r[-1] is not None for r in rows) else 0)' <<< "$body" \
+    || die "node $n is still a member of some group (see the errors above); it keeps running: try again"
 }
 
 # Rolling restart: each node in turn is stopped gracefully (SIGTERM: it hands its leaderships
@@ -307,25 +337,6 @@ start_node() {
   wait_node_healthy "$1"
 }
 
-# Wait until node $1 is a voter of every group, as node $2 sees it.
-join_wait_secs=300
-wait_voter() {
-  local n=$1 asking=$2 deadline=$((SECONDS + join_wait_secs)) h
-  while true; do
-    h="$(curl -s -m 5 "http://127.0.0.1:$(http_port "$asking")/v1/api/cluster/health?local=true" || true)"
-    if python3 -c '
-import json, sys
-h = json.loads(sys.argv[1]); n = int(sys.argv[2])
-groups = h.get("groups", [])
-ok = groups and all(any(m["node_id"] == n and m.get("membership") == "voter" for m in g["members"]) for g in groups)
-sys.exit(0 if ok else 1)' "$h" "$n" 2>/dev/null; then
-      return 0
-    fi
-    (( SECONDS < deadline )) || die "node $n is not a voter of every group after ${join_wait_secs}s"
-    sleep 1
-  done
-}
-
 # add N: start node N (4..9) with `join = true`; it becomes a voter of every group.
 add_node() {
   local n=${1:-}
@@ -344,18 +355,13 @@ add_node() {
 
 # remove N: take node N out of every group (through another node), then stop it.
 remove_node() {
-  local n=${1:-} via="" m body
+  local n=${1:-} via="" m
   [[ "$n" =~ ^[1-9]$ ]] || die "remove: give a node number"
   for m in "${nodes[@]}"; do
     if [[ "$m" != "$n" ]] && healthy "$m"; then via=$m; break; fi
   done
   [[ -n "$via" ]] || die "remove: no other healthy node to ask"
-  body="$(sql "$via" "CLUSTER REMOVE NODE $n")"
-  echo "$body" | python3 -c 'import json,sys; b=json.load(sys.stdin); [print(" ", *r) for r in b.get("results",[{}])[0].get("rows") or []]' 2>/dev/null || true
-  [[ "$body" == *'"success"'* ]] || die "remove node $n: $body"
-  # A row per group, its error last: any group that kept the node keeps it running.
-  python3 -c 'import json,sys; rows=json.load(sys.stdin)["results"][0]["rows"]; sys.exit(1 if any(r[-1] is not None for r in rows) else 0)' <<< "$body" \
-    || die "node $n is still a member of some group (see the errors above); it keeps running: try again"
+  remove_from_groups "$n" "$via"
   stop_node "$n"
   echo "$n" >> "$dir/removed"
   echo "node $n removed from every group and stopped"

@@ -29,19 +29,54 @@ pub fn check_loopback(url: &str) -> Result<(), String> {
     }
 }
 
+/// Why a POST failed: `Unsent` when no connection could be made (the request never reached a
+/// server, so trying another node cannot apply it twice), `Failed` for everything else.
+#[derive(Debug)]
+pub enum PostError {
+    Unsent(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PostError::Unsent(e) => write!(f, "not sent: {e}"),
+            PostError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 /// POST `body` as JSON to `url` + `path`; returns the response body of a 2xx answer.
 pub async fn post_json(client: &HttpClient, url: &str, path: &str, body: String) -> Result<Bytes, String> {
+    // Our server on loopback: root with an empty password (no root password is set by the
+    // benchmark scripts). Peers (etcd) get no header.
+    let auth = path.starts_with("/v1/api/").then_some(ROOT_BASIC);
+    post_json_as(client, url, path, body, auth).await.map_err(|e| e.to_string())
+}
+
+/// POST `body` as JSON with an optional `Authorization` header value.
+pub async fn post_json_as(
+    client: &HttpClient,
+    url: &str,
+    path: &str,
+    body: String,
+    auth: Option<&str>,
+) -> Result<Bytes, PostError> {
     let mut req = hyper::Request::post(format!("{url}{path}")).header("content-type", "application/json");
-    if path.starts_with("/v1/api/") {
-        // Our server on loopback: root with an empty password (no root password is set by
-        // the benchmark scripts). Peers (etcd) get no header.
-        req = req.header("authorization", ROOT_BASIC);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
     }
-    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| PostError::Failed(e.to_string()))?;
+    let resp = client.request(req).await.map_err(|e| {
+        if e.is_connect() { PostError::Unsent(e.to_string()) } else { PostError::Failed(e.to_string()) }
+    })?;
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    if status.is_success() { Ok(bytes) } else { Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))) }
+    let bytes = resp.into_body().collect().await.map_err(|e| PostError::Failed(e.to_string()))?.to_bytes();
+    if status.is_success() {
+        Ok(bytes)
+    } else {
+        Err(PostError::Failed(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))))
+    }
 }
 
 /// A comma-separated list of base URLs, trimmed, each checked to be loopback.

@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use kalamdb_benches::{HttpClient, client, percentile_ms};
+use kalamdb_benches::{HttpClient, PostError, ROOT_BASIC, client, percentile_ms, post_json_as};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Workload {
-    /// Single-row INSERTs with unique keys.
+    /// Single-row INSERTs with unique keys into a SHARED table (one shared shard).
     Insert,
+    /// Single-row INSERTs into a USER table, one user (logged in, bearer token) per client:
+    /// the rows spread over every user shard, as an app's end users' writes do.
+    UserInsert,
     /// Point SELECTs by primary key over preloaded rows.
     Select,
     /// Multi-row INSERTs of `--batch-rows` rows each (reports rows/s).
@@ -55,18 +58,76 @@ struct Args {
     /// server's deadline).
     #[arg(long)]
     hostile: Option<String>,
+    /// On a connection that cannot be made (a node restarting), send the request to the next
+    /// URL of `--url`, as a cluster-aware client does; only a request that reached a server
+    /// and failed, or found no server at all, counts as an error.
+    #[arg(long)]
+    failover: bool,
 }
 
 async fn post(client: &HttpClient, url: &str, sql: String) -> Result<(), String> {
-    post_json(client, url, "/v1/api/sql", serde_json::json!({ "sql": sql }).to_string()).await
+    kalamdb_benches::post_json(client, url, "/v1/api/sql", sql_body(sql)).await.map(|_| ())
 }
 
 fn sql_body(sql: String) -> String {
     serde_json::json!({ "sql": sql }).to_string()
 }
 
-async fn post_json(client: &HttpClient, url: &str, path: &str, body: String) -> Result<(), String> {
-    kalamdb_benches::post_json(client, url, path, body).await.map(|_| ())
+/// Creates one user per client and logs each in: the `Authorization` values of the
+/// `user-insert` clients.
+async fn user_tokens(client: &HttpClient, url: &str, clients: usize) -> Result<Vec<String>, String> {
+    let pid = std::process::id();
+    let mut tokens = Vec::with_capacity(clients);
+    for c in 0..clients {
+        let (user, password) = (format!("bench_{pid}_{c}"), format!("bench-password-{pid}-{c}"));
+        post(client, url, format!("CREATE USER IF NOT EXISTS '{user}' WITH PASSWORD '{password}' ROLE user")).await?;
+        let body = serde_json::json!({ "user": user, "password": password }).to_string();
+        let answer = post_json_as(client, url, "/v1/api/auth/login", body, None).await.map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
+        let token = v["access_token"].as_str().ok_or_else(|| format!("login of {user}: no access_token: {v}"))?;
+        tokens.push(format!("Bearer {token}"));
+    }
+    Ok(tokens)
+}
+
+/// One request of a client: its URL first, then (with `failover`) the others in turn while
+/// no connection can be made.
+async fn send(
+    client: &HttpClient,
+    urls: &[String],
+    first: usize,
+    failover: bool,
+    (path, body, auth): (&str, String, Option<&str>),
+) -> Result<(), String> {
+    let tries = if failover { urls.len() } else { 1 };
+    let mut last = String::new();
+    for i in 0..tries {
+        match post_json_as(client, &urls[(first + i) % urls.len()], path, body.clone(), auth).await {
+            Ok(_) => return Ok(()),
+            Err(PostError::Unsent(e)) => last = e,
+            Err(PostError::Failed(e)) => return Err(e),
+        }
+    }
+    Err(format!("no server reachable: {last}"))
+}
+
+/// Creates what the workload writes to or reads from; returns the table's name.
+async fn prepare(client: &HttpClient, url: &str, args: &Args) -> Result<String, String> {
+    let table = format!("bench.t{}", std::process::id());
+    let kind = match args.workload {
+        Workload::EtcdPut => return Ok(table),
+        Workload::UserInsert => "USER",
+        Workload::Insert | Workload::Select | Workload::Bulk => "SHARED",
+    };
+    post(client, url, "CREATE NAMESPACE IF NOT EXISTS bench".into()).await?;
+    post(client, url, format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = '{kind}')")).await?;
+    if matches!(args.workload, Workload::Select) {
+        for chunk in (0..args.rows).collect::<Vec<_>>().chunks(1000) {
+            let values: Vec<String> = chunk.iter().map(|i| format!("({i}, 'value-{i}')")).collect();
+            post(client, url, format!("INSERT INTO {table} (id, v) VALUES {}", values.join(","))).await?;
+        }
+    }
+    Ok(table)
 }
 
 #[tokio::main]
@@ -75,34 +136,31 @@ async fn main() -> Result<(), String> {
     let urls = kalamdb_benches::parse_urls(&args.url)?;
     let client: HttpClient = client(args.clients);
     let url = urls[0].clone();
-    let table = format!("bench.t{}", std::process::id());
-    if !matches!(args.workload, Workload::EtcdPut) {
-        post(&client, &url, "CREATE NAMESPACE IF NOT EXISTS bench".into()).await?;
-        post(&client, &url, format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')"))
-            .await?;
-    }
-    if matches!(args.workload, Workload::Select) {
-        for chunk in (0..args.rows).collect::<Vec<_>>().chunks(1000) {
-            let values: Vec<String> = chunk.iter().map(|i| format!("({i}, 'value-{i}')")).collect();
-            post(&client, &url, format!("INSERT INTO {table} (id, v) VALUES {}", values.join(","))).await?;
-        }
-    }
+    let table = prepare(&client, &url, &args).await?;
+    let tokens = if matches!(args.workload, Workload::UserInsert) {
+        user_tokens(&client, &url, args.clients).await?
+    } else {
+        vec![]
+    };
     let next_key = Arc::new(AtomicU64::new(1_000_000_000));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_at = Instant::now() + Duration::from_secs(args.warmup + args.seconds);
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let (client, url, table, next_key, measuring) =
-            (client.clone(), urls[c % urls.len()].clone(), table.clone(), next_key.clone(), measuring.clone());
-        let a = (args.workload, args.rows, args.batch_rows, args.requests_max);
+        let (client, urls, table, next_key, measuring) =
+            (client.clone(), urls.clone(), table.clone(), next_key.clone(), measuring.clone());
+        let a = (args.workload, args.rows, args.batch_rows, args.requests_max, args.failover);
+        let auth = tokens.get(c).cloned();
         tasks.push(tokio::spawn(async move {
-            let (workload, rows, batch_rows, requests_max) = a;
+            let (workload, rows, batch_rows, requests_max, failover) = a;
+            // Our API gets root (or the client's user); peers (etcd) no header.
+            let auth = auth.as_deref().or(Some(ROOT_BASIC).filter(|_| !matches!(workload, Workload::EtcdPut)));
             let mut lat_us = Vec::new();
             let mut errors = 0u64;
             let mut sent = 0u64;
             while Instant::now() < stop_at && sent < requests_max {
                 let (path, body) = match workload {
-                    Workload::Insert => {
+                    Workload::Insert | Workload::UserInsert => {
                         let k = next_key.fetch_add(1, Ordering::Relaxed);
                         ("/v1/api/sql", sql_body(format!("INSERT INTO {table} (id, v) VALUES ({k}, 'v{k}')")))
                     }
@@ -127,7 +185,7 @@ async fn main() -> Result<(), String> {
                     }
                 };
                 let t = Instant::now();
-                let ok = post_json(&client, &url, path, body).await;
+                let ok = send(&client, &urls, c, failover, (path, body, auth)).await;
                 sent += 1;
                 if measuring.load(Ordering::Relaxed) {
                     match ok {

@@ -35,6 +35,8 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 const SNAPSHOT_TOML: &str = "[raft]\nsnapshot_logs_since_last = 2000\nlogs_to_keep = 500\n";
 /// Lines of a violating key's history, and of each node's log, printed on failure.
 const PRINT_LINES_MAX: usize = 60;
+/// A failed check reprinted at the end is cut here; the full line is above, before the node logs.
+const FAILURE_LINE_CHARS_MAX: usize = 2_000;
 
 #[derive(Parser, Debug)]
 #[command(name = "kalamdb-chaos", about = "Faults against a 3-node cluster, then a linearizability check")]
@@ -84,6 +86,8 @@ struct Args {
 struct Checks {
     passed: usize,
     failed: usize,
+    /// The failed checks' lines, printed again after the node logs: CI keeps only the output's tail.
+    failures: Vec<String>,
 }
 
 impl Checks {
@@ -95,7 +99,9 @@ impl Checks {
             }
             Err(why) => {
                 self.failed += 1;
-                println!("check {name}: FAILED: {why}");
+                let line = format!("check {name}: FAILED: {why}");
+                println!("{line}");
+                self.failures.push(line);
             }
         }
     }
@@ -376,6 +382,10 @@ async fn run(args: Args) -> Result<bool, String> {
         println!("chaos: working folder kept: {}", args.dir.display());
     }
     println!("chaos: seed {seed}");
+    for line in &checks.failures {
+        let cut: String = line.chars().take(FAILURE_LINE_CHARS_MAX).collect();
+        println!("{cut}");
+    }
     println!("{} passed, {} failed", checks.passed, checks.failed);
     Ok(passed)
 }

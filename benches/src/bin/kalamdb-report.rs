@@ -103,6 +103,7 @@ fn rows(records: &[Value]) -> Vec<Row> {
             target: "≥ 200,000 rows/s".into(),
         });
     }
+    leadership_rows(records, &mut out);
     for (setup, what) in [("single", "hot rows"), ("single-flushed", "flushed rows")] {
         if let Some(a) = num(find(records, "kalamdb", setup, "select", None), "ops_per_sec") {
             out.push(Row {
@@ -173,6 +174,37 @@ fn rows(records: &[Value]) -> Vec<Row> {
     }
     out.retain(|r| r.ours.is_finite() && r.other.is_finite() && r.ours > 0.0 && r.other > 0.0);
     out
+}
+
+/// Leadership (issue 21): USER-table writes over the 4 user shards with leaders balanced versus
+/// all on node 1, and the same load during a rolling restart, from one run.
+fn leadership_rows(records: &[Value], out: &mut Vec<Row>) {
+    let balanced = find(records, "kalamdb", "leaders-balanced", "userinsert", None);
+    let node1 = find(records, "kalamdb", "leaders-node1", "userinsert", None);
+    if let (Some(a), Some(b)) = (num(balanced, "ops_per_sec"), num(node1, "ops_per_sec")) {
+        out.push(Row {
+            name: "USER-table writes, 64 clients, leaders balanced".into(),
+            unit: "ops/s",
+            ours: a,
+            other: b,
+            against: "all leaders on node 1, same run".into(),
+            higher_is_better: true,
+            target: "≥ 1× (the work spreads)".into(),
+        });
+    }
+    let rolling = find(records, "kalamdb", "rolling-restart", "userinsert", None);
+    if let (Some(a), Some(b)) = (num(rolling, "p99_ms"), num(balanced, "p99_ms")) {
+        let errors = num(rolling, "errors").unwrap_or(f64::NAN);
+        out.push(Row {
+            name: format!("write p99 during a rolling restart ({errors:.0} errors)"),
+            unit: "ms",
+            ours: a,
+            other: b,
+            against: "same load, no restart".into(),
+            higher_is_better: false,
+            target: "0 errors".into(),
+        });
+    }
 }
 
 fn chart(rows: &[Row], path: &std::path::Path, title: &str) -> Result<(), String> {

@@ -7,6 +7,7 @@
 //! barriers, batched per group), `peers` (what this node answers its peers over QUIC); this
 //! file starts the groups and answers questions about them.
 
+pub mod balance;
 mod error;
 pub mod leadership;
 pub mod membership;
@@ -253,7 +254,7 @@ impl Groups {
                 tokio::spawn(membership::run_join(Arc::downgrade(&me)));
             }
             if cfg.raft.leader_balance_interval_ms > 0 {
-                tokio::spawn(leadership::run_balancer(
+                tokio::spawn(balance::run_balancer(
                     Arc::downgrade(&me),
                     Duration::from_millis(cfg.raft.leader_balance_interval_ms),
                     cfg.raft.leader_transfers_per_minute_max,
