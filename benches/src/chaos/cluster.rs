@@ -16,6 +16,8 @@ pub const NODES: usize = 3;
 const CHAOS_CLUSTER_SECRET: &str = "d2a6f81c04e97b35a8c1e60f2b9d47a3c58e1f06b7d2a94e3c0f85b16a7d9e42";
 /// Bound on waiting for a node to answer its healthcheck.
 pub const HEALTHY_WAIT: Duration = Duration::from_secs(60);
+/// Bound on asking again for a removal refused because a remaining voter did not answer yet.
+pub const REMOVE_REFUSED_WAIT: Duration = Duration::from_secs(15);
 /// Bound on waiting for every node to report the same applied index and digest per group.
 pub const CONVERGE_WAIT: Duration = Duration::from_secs(90);
 /// How long a graceful stop (leadership handover, draining HTTP) may take.
@@ -222,7 +224,20 @@ impl Cluster {
             (Cluster::Local(l), Fault::Stop) => l.terminate(n).await,
             (c, Fault::Transfer) => c.transfer_to(api, n).await,
             (c @ Cluster::Local(_), Fault::Replace) => {
-                c.sql_elsewhere(api, n, &format!("CLUSTER REMOVE NODE {n}")).await?;
+                // As an operator replaces a machine: with the others up. A removal is refused
+                // (409) while the remaining voters cannot all be reached, e.g. one just
+                // restarted by the previous fault and still connecting: that is the server
+                // being right, so ask again for a bounded time.
+                c.wait_healthy(api).await?;
+                let deadline = Instant::now() + REMOVE_REFUSED_WAIT;
+                loop {
+                    match c.sql_elsewhere(api, n, &format!("CLUSTER REMOVE NODE {n}")).await {
+                        Err(e) if e.contains("CLUSTER_OPERATION_REFUSED") && Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        other => break other?,
+                    }
+                }
                 let Cluster::Local(l) = &mut *c else { unreachable!("matched Local") };
                 l.terminate(n).await?;
                 std::fs::remove_dir_all(l.data(n)).map_err(|e| format!("delete node {n}'s data: {e}"))
@@ -263,6 +278,8 @@ impl Cluster {
     /// Every group's leadership to node `n`, asked through it. A group that could not move
     /// (its leader was just elected, a move already running) is not a failure of the run.
     async fn transfer_to(&self, api: &Api, n: usize) -> Result<(), String> {
+        // Asked through node n, which the previous fault may have just restarted.
+        self.wait_healthy(api).await?;
         let url = &self.urls()[n - 1];
         let body = json!({ "sql": format!("CLUSTER TRANSFER-LEADER {n}") }).to_string();
         match api.request("POST", url, "/v1/api/sql", Some(body)).await {
