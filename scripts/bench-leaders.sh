@@ -35,6 +35,12 @@ import collections, json, sys
 c = collections.Counter(g["leader"] for g in json.load(sys.stdin)["groups"])
 print(" ".join(f"{n}:{c[n]}" for n in sorted(c, key=str)))'
 }
+# Each group's leader, e.g. "meta:catalog=1 ... user:0=2".
+leaders_by_group() {
+  curl -s http://127.0.0.1:8081/v1/api/cluster/health | python3 -c '
+import json, sys
+print(" ".join("%s=%s" % (g["group"], g["leader"]) for g in json.load(sys.stdin)["groups"]))'
+}
 # Total user+system CPU seconds of each node's process so far.
 cpu_seconds() {
   local n pid ticks
@@ -56,7 +62,7 @@ measure() {
   before="$(cpu_seconds)"
   run_bench kalamdb "$setup" "$load" --url "$urls" --workload user-insert --clients 64 --seconds "$secs"
   after="$(cpu_seconds)"
-  echo "kalamdb ($setup): leaders $(leader_counts); CPU over the run: $(cpu_delta "$before" "$after")"
+  echo "kalamdb ($setup): leaders $(leader_counts) ($(leaders_by_group)); CPU over the run: $(cpu_delta "$before" "$after")"
 }
 
 echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null || echo nogit) seconds=$secs"
