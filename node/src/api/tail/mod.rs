@@ -135,10 +135,16 @@ impl TailState {
             let full = records.len() == want;
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             for (i, record) in records {
-                // Indices skipped by the range read have no record.
-                while index < i {
+                // Indices skipped by the range read have no record. They count against
+                // `entries_max` too: the caller takes a shorter answer for "up to `to`", so
+                // returning more than asked would make it skip to `to` past entries never
+                // returned (seen: a cold cache and blank entries from elections lost events).
+                while index < i && out.len() < entries_max {
                     out.push((index, cache.insert((group, index), None)));
                     index += 1;
+                }
+                if out.len() >= entries_max {
+                    break;
                 }
                 out.push((i, cache.insert((group, i), Some(record))));
                 index = i + 1;
@@ -929,6 +935,7 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
                     tracing::warn!(target: "kalamdb_tail", group = %g, error = %e, "cannot read change records");
                     Stop::Closed
                 })?;
+            assert!(entries.len() <= READ_ENTRIES_MAX, "entries() returned more than asked");
             let full = entries.len() == READ_ENTRIES_MAX;
             let single = sub.cursor.len() == 1;
             let fmt = usize::from(sub.format == Format::Ndjson);
@@ -1002,6 +1009,43 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cold cache and entries without a record (blank entries of elections) between the
+    /// records: the answer never exceeds what was asked, and asking again from where it ended
+    /// walks every entry (once it returned more, and the subscriber skipped the rest).
+    #[test]
+    fn entries_with_gaps_never_exceed_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_db = kalamdb_log::LogDb::open(dir.path(), &kalamdb_projections::PROJECTION_CFS).unwrap();
+        let files = Arc::new(kalamdb_projections::cold::FileStore::folder(dir.path().join("files")));
+        let rows = kalamdb_projections::RowReader::new(log_db.clone(), files);
+        let g = GroupId::SharedShard(0);
+        let change = || changes::Change::ddl(7, "ns", String::new());
+        // Records at every third index from 1 to 300.
+        let mut batch = rocksdb::WriteBatch::default();
+        let with_record: Vec<u64> = (1..=300).filter(|i| i % 3 == 1).collect();
+        for i in &with_record {
+            let e = changes::ChangeEntry { committed_at_micros: 0, changes: vec![change()] };
+            changes::stage(rows.db(), &mut batch, g, *i, &e).unwrap();
+        }
+        rows.db().write(batch).unwrap();
+        let state = TailState::default();
+        let (mut from, mut seen) = (0, Vec::new());
+        loop {
+            let got = state.entries(&rows, g, from, 300, 16).unwrap();
+            assert!(got.len() <= 16, "asked for 16, got {}", got.len());
+            for (k, (i, _)) in got.iter().enumerate() {
+                assert_eq!(*i, from + k as u64, "entries are contiguous from `from`");
+            }
+            seen.extend(got.iter().filter(|(_, e)| e.record.is_some()).map(|(i, _)| *i));
+            if got.len() < 16 {
+                assert_eq!(got.last().map(|(i, _)| *i), Some(300), "a short answer reaches `to`");
+                break;
+            }
+            from = got.last().unwrap().0 + 1;
+        }
+        assert_eq!(seen, with_record);
+    }
 
     #[test]
     fn cursors_round_trip_and_are_checked() {
