@@ -348,6 +348,11 @@ impl RaftStateMachine<TypeConfig> for Projection {
                 crate::failpoint::hit("flush-before-commit");
                 self.commit(std::mem::take(&mut batch)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
                 crate::failpoint::hit("flush-after-commit");
+                for op in cmd.iter().flat_map(|c| c.ops.iter()) {
+                    if let Op::Flush { table, .. } = op {
+                        self.env.reclaim.after_flush(&db, self.group, table.table_id);
+                    }
+                }
                 rows = RowApplier::new(&db, self.group);
             }
         }

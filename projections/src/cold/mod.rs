@@ -26,6 +26,7 @@ mod apply;
 mod files;
 mod lookup;
 mod merge;
+mod reclaim;
 mod retire;
 mod store;
 mod view;
@@ -57,6 +58,7 @@ use crate::{CF_COLD, CF_ROWS};
 pub use apply::*;
 pub use files::*;
 pub use lookup::*;
+pub use reclaim::{RECLAIM_QUEUE_LEN_MAX, Reclaimer};
 pub use retire::oldest_retired;
 pub use store::*;
 pub use view::*;
@@ -277,6 +279,8 @@ pub struct StorageEnv {
     pub hot: HotStats,
     pub pins: FilePins,
     pub installing: Installing,
+    /// Gives back the space of flushed hot rows (see `reclaim`).
+    pub reclaim: Reclaimer,
 }
 
 impl StorageEnv {
@@ -293,6 +297,7 @@ impl StorageEnv {
             hot: HotStats::default(),
             pins: FilePins::default(),
             installing: Installing::default(),
+            reclaim: Reclaimer::default(),
         })
     }
 }

@@ -1,0 +1,129 @@
+//! Disk space given back after a flush. Apply deletes the flushed hot rows, but their bytes
+//! stay in SST files (and the deletes in the WAL) until RocksDB happens to compact that key
+//! range: after 10M flushed rows that was 339 MB of dead rows plus 419 MB of WAL (see
+//! benches/RESULTS.md, 2026-12-04). A background thread compacts the table's range of `rows`
+//! and writes out the memtables, off the apply path. It changes no logical state, so each node
+//! does it on its own schedule and the projections stay byte-identical.
+
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
+
+use kalamdb_log::GroupId;
+use rocksdb::DB;
+
+use crate::keys::{prefix_end, table_prefix};
+use crate::{CF_CHANGES, CF_COLD, CF_ROWS};
+
+/// Flushed tables waiting for their range to be compacted. A flush that finds the queue full
+/// leaves its range to RocksDB's own compactions (nothing is lost, only space later).
+pub const RECLAIM_QUEUE_LEN_MAX: usize = 64;
+
+/// One key range of `rows` to compact.
+struct Job {
+    db: Arc<DB>,
+    start: Vec<u8>,
+    end: Vec<u8>,
+}
+
+/// The queue to the reclaiming thread, started at the first flush.
+#[derive(Debug, Default)]
+pub struct Reclaimer {
+    tx: OnceLock<Option<SyncSender<Job>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reclaim job")
+    }
+}
+
+impl Reclaimer {
+    /// Queue the reclaiming of a table's flushed rows in `group`.
+    pub fn after_flush(&self, db: &Arc<DB>, group: GroupId, table_id: u64) {
+        let start = table_prefix(group, table_id);
+        let end = prefix_end(&start);
+        let Some(tx) = self.tx.get_or_init(spawn) else { return };
+        match tx.try_send(Job { db: db.clone(), start, end }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("kalamdb_storage_reclaims_skipped_total").increment(1);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+fn spawn() -> Option<SyncSender<Job>> {
+    let (tx, rx) = sync_channel(RECLAIM_QUEUE_LEN_MAX);
+    match std::thread::Builder::new().name("kalamdb-reclaim".into()).spawn(move || run(rx)) {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::warn!(target: "kalamdb_storage", error = %e, "cannot start the reclaiming thread; flushed rows are left to RocksDB's compactions");
+            None
+        }
+    }
+}
+
+fn run(rx: Receiver<Job>) {
+    for job in rx {
+        let started = std::time::Instant::now();
+        reclaim(&job.db, &job.start, &job.end);
+        metrics::histogram!("kalamdb_storage_reclaim_seconds").record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Compact `rows` over `start..end` (RocksDB first writes out the memtable holding the
+/// deletes, then drops the deleted versions), and write out the memtables of the column
+/// families a flush also filled, so the WAL files holding it can go.
+pub fn reclaim(db: &DB, start: &[u8], end: &[u8]) {
+    if let Some(rows) = db.cf_handle(CF_ROWS) {
+        db.compact_range_cf(rows, Some(start), Some(end));
+    }
+    for name in [CF_COLD, CF_CHANGES] {
+        if let Some(cf) = db.cf_handle(name)
+            && let Err(e) = db.flush_cf(cf)
+        {
+            tracing::warn!(target: "kalamdb_storage", cf = name, error = %e, "memtable flush after a table flush failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sst_bytes(db: &DB) -> u64 {
+        let rows = db.cf_handle(CF_ROWS).unwrap();
+        db.property_int_value_cf(rows, "rocksdb.total-sst-files-size").unwrap().unwrap()
+    }
+
+    #[test]
+    fn reclaiming_a_deleted_range_gives_its_bytes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_db = kalamdb_log::LogDb::open(dir.path(), &crate::PROJECTION_CFS).unwrap();
+        let db = log_db.db();
+        let rows = db.cf_handle(CF_ROWS).unwrap();
+        let group = GroupId::SharedShard(0);
+        let prefix = table_prefix(group, 7);
+        // 20,000 rows of 200 incompressible-ish bytes: a few MB of SST.
+        let key = |i: u32| [prefix.as_slice(), &i.to_be_bytes()].concat();
+        for i in 0..20_000u32 {
+            let value: Vec<u8> =
+                (0..200u32).map(|b| (i.wrapping_mul(2_654_435_761) ^ b.wrapping_mul(40_503)) as u8).collect();
+            db.put_cf(rows, key(i), value).unwrap();
+        }
+        db.flush_cf(rows).unwrap();
+        let before = sst_bytes(db);
+        assert!(before > 2_000_000, "{before}");
+        // What a flush does in apply: delete every hot row of the table.
+        let mut batch = rocksdb::WriteBatch::default();
+        for i in 0..20_000u32 {
+            batch.delete_cf(rows, key(i));
+        }
+        db.write(batch).unwrap();
+        reclaim(db, &prefix, &prefix_end(&prefix));
+        let after = sst_bytes(db);
+        assert!(after < before / 20, "rows CF still holds {after} bytes of SST (was {before})");
+        assert!(db.iterator_cf(rows, rocksdb::IteratorMode::Start).next().is_none());
+    }
+}
