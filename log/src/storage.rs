@@ -31,6 +31,11 @@ pub const CF_RAFT: &str = "raft";
 /// one. Without a shared bound each of the 7 column families could hold two 64 MiB memtables,
 /// and a node that ingests or installs 10M rows grew past 800 MiB (benches/RESULTS.md).
 pub const MEMTABLES_BYTES_MAX: usize = 128 << 20;
+/// WAL files kept at most, in bytes. A WAL file goes only when every column family with data
+/// in it wrote out its memtable; a column family written rarely (`raft`, `sm`) could otherwise
+/// pin hundreds of MB of WAL (419 MB after a 10M-row load and flush: benches/RESULTS.md,
+/// 2026-12-04). Past this, RocksDB writes out the memtables that pin the oldest file.
+pub const WAL_BYTES_MAX: u64 = 256 << 20;
 
 /// Flush callbacks waiting for the syncer. Bounded: a full queue makes `append` wait.
 pub const SYNC_QUEUE_LEN_MAX: usize = 8192;
@@ -69,6 +74,7 @@ impl LogDb {
         // Background work shares two cores with the server; keep it modest but concurrent.
         opts.increase_parallelism(2);
         opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+        opts.set_max_total_wal_size(WAL_BYTES_MAX);
         let mut cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, Options::default()),
             ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
