@@ -333,14 +333,9 @@ docker_add() {
 # remove N: take node N out of every group (through another node), then stop its container;
 # an added node's container and volume are deleted.
 docker_remove() {
-  local n=${1:-} via="" m
-  [[ "$n" =~ ^[1-9]$ ]] || die "remove: give a node number"
+  local n=${1:-}
   need_docker
-  for m in "${nodes[@]}"; do
-    if [[ "$m" != "$n" ]] && healthy "$m"; then via=$m; break; fi
-  done
-  [[ -n "$via" ]] || die "remove: no other healthy node to ask"
-  remove_from_groups "$n" "$via"
+  remove_from_groups "$n"
   stop_node "$n"
   echo "$n" >> "$removed_file"
   if [[ -n "$(docker ps -a -q --filter "label=$added_label" --filter "label=kalamdb.node=$n")" ]]; then

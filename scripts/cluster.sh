@@ -144,10 +144,16 @@ sys.exit(0 if ok else 1)' "$h" "$n" 2>/dev/null; then
   done
 }
 
-# remove_from_groups N VIA: CLUSTER REMOVE NODE N through node VIA; fails unless every group
-# let N go (a row per group, its error last), so a node some group kept keeps running.
+# remove_from_groups N: CLUSTER REMOVE NODE N through another healthy node of $nodes; fails
+# unless every group let N go (a row per group, its error last), so a node some group kept
+# keeps running.
 remove_from_groups() {
-  local n=$1 via=$2 body
+  local n=${1:-} via="" m body
+  [[ "$n" =~ ^[1-9]$ ]] || die "remove: give a node number"
+  for m in "${nodes[@]}"; do
+    if [[ "$m" != "$n" ]] && healthy "$m"; then via=$m; break; fi
+  done
+  [[ -n "$via" ]] || die "remove: no other healthy node to ask"
   body="$(sql "$via" "CLUSTER REMOVE NODE $n")"
   echo "$body" | python3 -c 'import json,sys; b=json.load(sys.stdin); [print(" ", *r) for r in b.get("results",[{}])[0].get("rows") or []]' 2>/dev/null || true
   [[ "$body" == *'"success"'* ]] || die "remove node $n: $body"
@@ -355,13 +361,8 @@ add_node() {
 
 # remove N: take node N out of every group (through another node), then stop it.
 remove_node() {
-  local n=${1:-} via="" m
-  [[ "$n" =~ ^[1-9]$ ]] || die "remove: give a node number"
-  for m in "${nodes[@]}"; do
-    if [[ "$m" != "$n" ]] && healthy "$m"; then via=$m; break; fi
-  done
-  [[ -n "$via" ]] || die "remove: no other healthy node to ask"
-  remove_from_groups "$n" "$via"
+  local n=${1:-}
+  remove_from_groups "$n"
   stop_node "$n"
   echo "$n" >> "$dir/removed"
   echo "node $n removed from every group and stopped"

@@ -82,6 +82,15 @@ fn describe() {
     );
     describe_counter!("kalamdb_storage_job_files_total", "Parquet files written by flush and compaction jobs.");
     describe_histogram!("kalamdb_storage_job_seconds", Unit::Seconds, "Duration of applying a flush or compaction.");
+    describe_histogram!(
+        "kalamdb_storage_reclaim_seconds",
+        Unit::Seconds,
+        "Duration of compacting a flushed table's hot-row range and writing out the memtables, off apply."
+    );
+    describe_counter!(
+        "kalamdb_storage_reclaims_skipped_total",
+        "Flushes whose space reclaim was skipped because the reclaim queue was full."
+    );
     describe_counter!("kalamdb_storage_uploaded_bytes_total", Unit::Bytes, "Cold file bytes uploaded to the bucket.");
     describe_counter!(
         "kalamdb_storage_upload_errors_total",
