@@ -31,12 +31,6 @@ pub struct Reclaimer {
     tx: OnceLock<Option<SyncSender<Job>>>,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("reclaim job")
-    }
-}
-
 impl Reclaimer {
     /// Queue the reclaiming of a table's flushed rows in `group`.
     pub fn after_flush(&self, db: &Arc<DB>, group: GroupId, table_id: u64) {
