@@ -16,6 +16,8 @@ use common::cluster::Cluster;
 const BALANCE_INTERVAL_MS: &str = "500";
 /// Bound on waiting for the balancer to even leadership out.
 const BALANCE_WAIT: Duration = Duration::from_secs(60);
+/// Log lines per node shown when leadership does not balance.
+const BALANCE_TRAIL_LINES: usize = 12;
 /// Bound on the writer, whatever happens.
 const WRITES_MAX: u64 = 20_000;
 
@@ -38,9 +40,31 @@ async fn wait_balanced(c: &Cluster, asking: usize, nodes: &[u64]) -> Duration {
         if on.iter().max().unwrap() - on.iter().min().unwrap() <= 1 && on.iter().sum::<usize>() == 8 {
             return started.elapsed();
         }
-        assert!(started.elapsed() < BALANCE_WAIT, "leadership not balanced within {BALANCE_WAIT:?}: {n:?}");
+        assert!(
+            started.elapsed() < BALANCE_WAIT,
+            "leadership not balanced within {BALANCE_WAIT:?}: {n:?}\n{}",
+            balance_trail(c)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The last balancing decisions in every node's log, for a failure message (CI keeps only
+/// the tail of the output, not the nodes' logs).
+fn balance_trail(c: &Cluster) -> String {
+    let mut out = String::new();
+    for i in 1..=3 {
+        let log = c.log(i);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("balanc") || l.contains("handed over") || l.contains("transfer"))
+            .collect();
+        out.push_str(&format!("node {i}: {} balancing lines, the last:\n", lines.len()));
+        for l in lines.iter().rev().take(BALANCE_TRAIL_LINES).rev() {
+            out.push_str(&format!("  {l}\n"));
+        }
+    }
+    out
 }
 
 /// Writes unique rows through nodes in turn (a shared table and a user table) until `stop`;

@@ -60,20 +60,26 @@ pub fn plan_moves(groups: &[Leadership], nodes: &[NodeId]) -> Vec<Move> {
     let mut moves = Vec::new();
     // Each move lowers the sum of squared counts, so this ends; the bound is a backstop.
     for _ in 0..groups.len() * nodes.len().max(1) {
-        let Some((&most, &high)) = counts.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n))) else { break };
-        // The least-loaded node some group of `most` can go to.
-        let candidate = leaders
-            .iter()
-            .filter(|g| g.leader == most)
-            .flat_map(|g| g.eligible.clone().into_iter().map(move |to| (g.group, to)))
-            .filter(|(_, to)| counts.get(to).is_some_and(|c| c + 2 <= high))
-            .min_by_key(|(group, to)| (counts[to], *to, *group));
-        let Some((group, to)) = candidate else { break };
-        moves.push(Move { group, from: most, to });
+        // The most-loaded node that has a group to give: when the busiest node's groups cannot
+        // go anywhere (its followers lag behind it, say), an equally or less busy one still
+        // moves, rather than nothing moving at all.
+        let mut by_load: Vec<(NodeId, usize)> = counts.iter().map(|(n, c)| (*n, *c)).collect();
+        by_load.sort_by_key(|(n, c)| (std::cmp::Reverse(*c), *n));
+        let pick = by_load.into_iter().find_map(|(from, high)| {
+            leaders
+                .iter()
+                .filter(|g| g.leader == from)
+                .flat_map(|g| g.eligible.iter().map(move |to| (g.group, *to)))
+                .filter(|(_, to)| counts.get(to).is_some_and(|c| c + 2 <= high))
+                .min_by_key(|(group, to)| (counts[to], *to, *group))
+                .map(|(group, to)| (from, group, to))
+        });
+        let Some((from, group, to)) = pick else { break };
+        moves.push(Move { group, from, to });
         if let Some(g) = leaders.iter_mut().find(|g| g.group == group) {
             g.leader = to;
         }
-        *counts.entry(most).or_insert(1) -= 1;
+        *counts.entry(from).or_insert(1) -= 1;
         *counts.entry(to).or_insert(0) += 1;
     }
     moves
@@ -180,6 +186,15 @@ mod tests {
         let moves = plan_moves(&g, &nodes);
         assert!(moves.iter().all(|m| m.to == 2), "{moves:?}");
         assert_eq!(moves.len(), 4);
+        // The busiest node's groups cannot move, an equally busy one's can: those move.
+        let mut g = groups(&[1, 2, 1, 2, 1, 2, 1, 2], &nodes);
+        for l in g.iter_mut().filter(|l| l.leader == 1) {
+            l.eligible.retain(|n| *n != 3);
+        }
+        let moves = plan_moves(&g, &nodes);
+        assert!(!moves.is_empty(), "{moves:?}");
+        assert!(moves.iter().all(|m| m.from == 2 || m.to == 2), "{moves:?}");
+        assert_eq!(spread(&g, &moves, &nodes), vec![2, 3, 3], "{moves:?}");
         let single = [Leadership { group: GroupId::Meta(MetaGroup::Catalog), leader: 1, eligible: vec![] }];
         assert!(plan_moves(&single, &[1]).is_empty());
     }
