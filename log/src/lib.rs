@@ -5,6 +5,7 @@ pub mod codec;
 pub mod command;
 pub mod error;
 pub mod group;
+pub mod snapshot_data;
 pub mod storage;
 pub mod types;
 

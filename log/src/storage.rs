@@ -138,6 +138,18 @@ fn run_syncer(db: Arc<DB>, mut rx: mpsc::Receiver<(LogFlushed<TypeConfig>, Insta
     }
 }
 
+/// On-disk bytes of `group`'s entries with `from <= index <= to` in the node's database `db`, as
+/// RocksDB estimates them from its SST index blocks (compressed; entries still in memtables not
+/// counted): no data is read, so a retention policy may ask often.
+pub fn approximate_log_bytes(db: &DB, group: GroupId, from: u64, to: u64) -> Result<u64> {
+    if from > to {
+        return Ok(0);
+    }
+    let cf = db.cf_handle(CF_LOG).ok_or_else(|| Error::Corrupt(format!("missing column family {CF_LOG}")))?;
+    let (start, end) = (log_key(group, from), log_key(group, to.saturating_add(1)));
+    Ok(db.get_approximate_sizes_cf(cf, &[rocksdb::Range::new(&start, &end)]).first().copied().unwrap_or(0))
+}
+
 fn log_key(group: GroupId, index: u64) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..4].copy_from_slice(&group.prefix());

@@ -27,9 +27,9 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        // A file: snapshots are built, sent, received and installed in chunks, never whole
-        // in memory.
-        SnapshotData = tokio::fs::File,
+        // Files: snapshots are built, sent, received and installed in chunks, never whole in
+        // memory; a stored one is read as pieces (see `snapshot_data`).
+        SnapshotData = crate::snapshot_data::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

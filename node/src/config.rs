@@ -60,6 +60,13 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Ve
 /// Most entries in `security.cors.allowed_origins`.
 pub const CORS_ORIGINS_MAX: usize = 64;
 
+/// Lowest `raft.snapshot_logs_since_last_bytes` and `raft.logs_to_keep_bytes`: a snapshot for
+/// every few entries would cost more than the log it frees.
+pub const LOG_BYTES_MIN: u64 = 1 << 20;
+
+/// Lowest `tail.retention_bytes`: below one SST block per record nothing useful is kept.
+pub const TAIL_RETENTION_BYTES_MIN: u64 = 1 << 20;
+
 /// The log-tailing endpoint (`GET /v1/api/tail`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -77,6 +84,9 @@ pub struct TailConfig {
     pub subscribers_per_user_max: usize,
     /// Change records kept per group; older positions answer 410 Gone.
     pub retention_entries: u64,
+    /// On-disk bytes of change records kept per group, whichever of the two bounds keeps
+    /// fewer (a bulk load's entries carry a thousand rows each).
+    pub retention_bytes: u64,
 }
 
 impl Default for TailConfig {
@@ -88,6 +98,7 @@ impl Default for TailConfig {
             subscribers_max: 1024,
             subscribers_per_user_max: 16,
             retention_entries: 100_000,
+            retention_bytes: 64 << 20,
         }
     }
 }
@@ -363,6 +374,12 @@ pub struct RaftConfig {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind the last snapshot (so slow followers can catch up).
     pub logs_to_keep: u64,
+    /// Also build a snapshot once the entries since the last one take this many bytes on disk
+    /// (a bulk load's entries carry a thousand rows each, so entries alone say little).
+    pub snapshot_logs_since_last_bytes: u64,
+    /// And keep at most this many bytes of log behind the last snapshot, whichever of this and
+    /// `logs_to_keep` keeps less.
+    pub logs_to_keep_bytes: u64,
     /// How often each node checks whether it leads more groups than its share and hands one
     /// to the voter leading fewest; 0 turns automatic balancing off.
     pub leader_balance_interval_ms: u64,
@@ -441,6 +458,8 @@ impl Default for RaftConfig {
             election_timeout_max_ms: 600,
             snapshot_logs_since_last: 20_000,
             logs_to_keep: 5_000,
+            snapshot_logs_since_last_bytes: 128 << 20,
+            logs_to_keep_bytes: 32 << 20,
             leader_balance_interval_ms: 5_000,
             leader_transfers_per_minute_max: 12,
         }
@@ -573,6 +592,11 @@ impl Config {
         {
             return bad("raft: need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into());
         }
+        if self.raft.snapshot_logs_since_last_bytes < LOG_BYTES_MIN || self.raft.logs_to_keep_bytes < LOG_BYTES_MIN {
+            return bad(format!(
+                "raft.snapshot_logs_since_last_bytes and raft.logs_to_keep_bytes must be at least {LOG_BYTES_MIN}"
+            ));
+        }
         let balance = self.raft.leader_balance_interval_ms;
         if balance != 0 && !(LEADER_BALANCE_INTERVAL_MS_MIN..=LEADER_BALANCE_INTERVAL_MS_MAX).contains(&balance) {
             return bad(format!(
@@ -660,11 +684,11 @@ impl Config {
             || self.tail.subscribers_max == 0
             || self.tail.subscribers_per_user_max == 0
             || self.tail.retention_entries == 0
+            || self.tail.retention_bytes < TAIL_RETENTION_BYTES_MIN
         {
-            return bad(
-                "tail: heartbeat_ms, stall_ms, subscriber_buffer_events, subscribers_max, subscribers_per_user_max and retention_entries must be positive"
-                    .into(),
-            );
+            return bad(format!(
+                "tail: heartbeat_ms, stall_ms, subscriber_buffer_events, subscribers_max, subscribers_per_user_max and retention_entries must be positive, retention_bytes at least {TAIL_RETENTION_BYTES_MIN}"
+            ));
         }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < TOKEN_SECRET_BYTES_MIN {
             return bad(format!("auth.jwt_secret must be at least {TOKEN_SECRET_BYTES_MIN} bytes"));

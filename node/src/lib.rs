@@ -34,7 +34,12 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let metrics = metrics::install();
     let groups = groups::Groups::start(&cfg).await?;
     tokio::spawn(metrics::run_raft_sampler(groups.clone(), metrics.clone()));
-    tokio::spawn(retention::run_change_retention(groups.clone(), cfg.tail.retention_entries));
+    tokio::spawn(retention::run_change_retention(groups.clone(), cfg.tail.retention_entries, cfg.tail.retention_bytes));
+    tokio::spawn(retention::run_log_retention(
+        groups.clone(),
+        cfg.raft.snapshot_logs_since_last_bytes,
+        cfg.raft.logs_to_keep_bytes,
+    ));
     tokio::spawn(retention::run_stream_ttl(groups.clone()));
     if !groups.wait_ready(Duration::from_millis(STARTUP_LEADER_WAIT_MS)).await {
         tracing::warn!(target: "kalamdb_raft", "not every group has a leader yet; serving anyway");

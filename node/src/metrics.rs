@@ -51,6 +51,14 @@ fn describe() {
     describe_gauge!("kalamdb_raft_applied_index", "Last log index this node applied to the group's projection.");
     describe_gauge!("kalamdb_raft_last_log_index", "Last log index in this node's log of the group.");
     describe_gauge!(
+        "kalamdb_raft_snapshot_index",
+        "Last log index the group's current snapshot on this node covers (0: none yet)."
+    );
+    describe_gauge!(
+        "kalamdb_raft_purged_index",
+        "Last log index purged from this node's log of the group (0: none yet)."
+    );
+    describe_gauge!(
         "kalamdb_raft_replication_lag_entries",
         "Entries a follower is behind the leader's last log index (reported by the leader), by peer."
     );
@@ -174,6 +182,13 @@ pub async fn run_raft_sampler(groups: Arc<Groups>, handle: Option<PrometheusHand
             let counter = metrics::counter!("kalamdb_raft_elections_total", "group" => name);
             counter.increment(g.term.saturating_sub(*seen));
             *seen = (*seen).max(g.term);
+        }
+        for (id, g) in &groups.groups {
+            let m = g.raft.metrics().borrow().clone();
+            let name = id.to_string();
+            metrics::gauge!("kalamdb_raft_snapshot_index", "group" => name.clone())
+                .set(m.snapshot.map_or(0, |l| l.index) as f64);
+            metrics::gauge!("kalamdb_raft_purged_index", "group" => name).set(m.purged.map_or(0, |l| l.index) as f64);
         }
         if let Some(h) = &handle {
             h.run_upkeep();

@@ -1,5 +1,6 @@
-//! Background retention: trimming this node's change records to `tail.retention_entries` per
-//! group, and expiring STREAM table rows by TTL. An expiry is a log entry (`Op::Evict`)
+//! Background retention: snapshotting and purging each group's Raft log by its size on disk,
+//! trimming this node's change records to `tail.retention_entries` and
+//! `tail.retention_bytes` per group (and giving the trimmed space back), and expiring STREAM table rows by TTL. An expiry is a log entry (`Op::Evict`)
 //! proposed by the group's leader with the TTL already turned into a log position, so every
 //! node removes the same rows.
 
@@ -7,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kalamdb_log::storage::approximate_log_bytes;
 use kalamdb_log::{GroupId, Op, OpResult};
 use kalamdb_projections::changes;
 use kalamdb_projections::stored::make_seq;
@@ -15,11 +17,18 @@ use crate::groups::Groups;
 
 /// How often change records are trimmed.
 pub const CHANGE_TRIM_TICK_MS: u64 = 2_000;
+/// Trimmed change records below the floor worth a compaction of their range.
+pub const CHANGE_DEAD_BYTES_MIN: u64 = 8 << 20;
+/// How often each group's log size is checked.
+pub const LOG_RETENTION_TICK_MS: u64 = 5_000;
+/// A purge that would free less than this is not worth openraft's bookkeeping.
+pub const LOG_PURGE_BYTES_MIN: u64 = 1 << 20;
 /// How often STREAM tables are checked for expired rows.
 pub const STREAM_TTL_TICK_MS: u64 = 1_000;
 
-/// Keep the newest `keep_entries` change records of every group (local, not replicated).
-pub async fn run_change_retention(groups: Arc<Groups>, keep_entries: u64) {
+/// Keep the newest `keep_entries` change records of every group, and no more than
+/// `keep_bytes` of them on disk (local, not replicated).
+pub async fn run_change_retention(groups: Arc<Groups>, keep_entries: u64, keep_bytes: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(CHANGE_TRIM_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -29,13 +38,11 @@ pub async fn run_change_retention(groups: Arc<Groups>, keep_entries: u64) {
             for id in g2.layout.all() {
                 let Some(g) = g2.groups.get(&id) else { continue };
                 let applied = *g.applied.borrow();
-                if applied <= keep_entries {
-                    continue;
-                }
-                let new_floor = applied - keep_entries + 1;
-                match changes::trim(g2.rows.db(), id, new_floor) {
-                    Ok(true) => tracing::debug!(target: "kalamdb_tail", group = %id, floor = new_floor, "change records trimmed"),
-                    Ok(false) => {}
+                match changes::retain(g2.rows.db(), id, applied, keep_entries, keep_bytes, CHANGE_DEAD_BYTES_MIN) {
+                    Ok(r) if r.trimmed || r.compacted => {
+                        tracing::debug!(target: "kalamdb_tail", group = %id, floor = r.floor, compacted = r.compacted, "change records trimmed")
+                    }
+                    Ok(_) => {}
                     Err(e) => tracing::warn!(target: "kalamdb_tail", group = %id, error = %e, "cannot trim change records"),
                 }
             }
@@ -45,6 +52,93 @@ pub async fn run_change_retention(groups: Arc<Groups>, keep_entries: u64) {
             tracing::warn!(target: "kalamdb_tail", "change retention task panicked");
         }
     }
+}
+
+/// openraft's snapshot policy counts entries; this adds bytes: every group whose entries since
+/// its last snapshot take `since_last_bytes` on disk gets a snapshot, and the log behind a
+/// snapshot is purged down to `keep_bytes` (openraft purges by `raft.logs_to_keep` entries on
+/// its own; whichever keeps less wins). Each node does this for its own copy, like openraft's
+/// policy; a follower that falls behind a purge catches up by snapshot.
+pub async fn run_log_retention(groups: Arc<Groups>, since_last_bytes: u64, keep_bytes: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(LOG_RETENTION_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for id in groups.layout.all() {
+            let Some(g) = groups.groups.get(&id) else { continue };
+            let m = g.raft.metrics().borrow().clone();
+            let index = |l: Option<kalamdb_log::types::LogId>| l.map_or(0, |l| l.index);
+            let (last, snapshot, purged) = (m.last_log_index.unwrap_or(0), index(m.snapshot), index(m.purged));
+            let db = groups.rows.db().clone();
+            let plan = tokio::task::spawn_blocking(move || {
+                let bytes = |from, to| approximate_log_bytes(&db, id, from, to);
+                log_plan(LogPositions { last, snapshot, purged }, since_last_bytes, keep_bytes, bytes)
+            })
+            .await;
+            let plan = match plan {
+                Ok(Ok(plan)) => plan,
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "kalamdb_raft", group = %id, error = %e, "cannot size the log");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if plan.snapshot {
+                tracing::debug!(target: "kalamdb_raft", group = %id, snapshot, last, "snapshot: the log since the last one is large");
+                let _ = g.raft.trigger().snapshot().await;
+            }
+            if let Some(upto) = plan.purge_upto {
+                tracing::debug!(target: "kalamdb_raft", group = %id, upto, "purging the log by size");
+                let _ = g.raft.trigger().purge_log(upto).await;
+            }
+        }
+    }
+}
+
+/// Where a group's log stands, by index.
+#[derive(Debug, Clone, Copy)]
+struct LogPositions {
+    last: u64,
+    snapshot: u64,
+    purged: u64,
+}
+
+/// What the log retention does to one group.
+#[derive(Debug, PartialEq, Eq)]
+struct LogPlan {
+    snapshot: bool,
+    purge_upto: Option<u64>,
+}
+
+/// The plan for one group at `at`, `bytes(from, to)` being the on-disk size of entries
+/// `from..=to`.
+fn log_plan(
+    at: LogPositions,
+    since_last_bytes: u64,
+    keep_bytes: u64,
+    bytes: impl Fn(u64, u64) -> kalamdb_log::error::Result<u64>,
+) -> kalamdb_log::error::Result<LogPlan> {
+    let snapshot = at.last > at.snapshot && bytes(at.snapshot + 1, at.last)? >= since_last_bytes;
+    // The lowest `upto` (at most the snapshot's index) that leaves `keep_bytes` or less behind.
+    let mut purge_upto = None;
+    if at.snapshot > at.purged && bytes(at.purged + 1, at.last)? > keep_bytes {
+        let (mut lo, mut hi) = (at.purged, at.snapshot);
+        if bytes(hi + 1, at.last)? <= keep_bytes {
+            // Invariant: purging to `lo` keeps too much, purging to `hi` does not.
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if bytes(mid + 1, at.last)? <= keep_bytes {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+        }
+        if bytes(at.purged + 1, hi)? >= LOG_PURGE_BYTES_MIN {
+            purge_upto = Some(hi);
+        }
+    }
+    Ok(LogPlan { snapshot, purge_upto })
 }
 
 /// Propose `Evict` for STREAM tables with a TTL, in the user shards this node leads, when
@@ -104,5 +198,41 @@ pub async fn run_stream_ttl(groups: Arc<Groups>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A log whose entries take 1 MiB each.
+    fn one_mib_each(from: u64, to: u64) -> kalamdb_log::error::Result<u64> {
+        Ok(if from > to { 0 } else { (to - from + 1) * MIB })
+    }
+
+    fn plan(last: u64, snapshot: u64, purged: u64) -> LogPlan {
+        log_plan(LogPositions { last, snapshot, purged }, 128 * MIB, 32 * MIB, one_mib_each).unwrap()
+    }
+
+    #[test]
+    fn the_log_is_snapshotted_and_purged_by_its_size() {
+        // Small log: nothing to do.
+        assert_eq!(plan(100, 0, 0), LogPlan { snapshot: false, purge_upto: None });
+        // 128 MiB since the last snapshot: build one; nothing in a snapshot yet to purge.
+        assert_eq!(plan(128, 0, 0), LogPlan { snapshot: true, purge_upto: None });
+        // A snapshot at 200 of 210: keep the last 32 MiB (entries 179..=210), purge to 178.
+        assert_eq!(plan(210, 200, 0), LogPlan { snapshot: false, purge_upto: Some(178) });
+        // Already purged there: nothing more.
+        assert_eq!(plan(210, 200, 178), LogPlan { snapshot: false, purge_upto: None });
+        // More than 32 MiB after the snapshot: purge no further than the snapshot.
+        assert_eq!(plan(300, 200, 100), LogPlan { snapshot: false, purge_upto: Some(200) });
+        // And 160 MiB since the snapshot also asks for a new one.
+        assert_eq!(plan(360, 200, 100), LogPlan { snapshot: true, purge_upto: Some(200) });
+        // 32.5 MiB behind, but the purge would free 500 KiB (< LOG_PURGE_BYTES_MIN): it waits.
+        let tiny = |from: u64, to: u64| Ok(if from > to { 0 } else { (to - from + 1) * 1024 });
+        let p = log_plan(LogPositions { last: 40_000, snapshot: 39_000, purged: 6_732 }, 128 * MIB, 32 * MIB, tiny);
+        assert_eq!(p.unwrap(), LogPlan { snapshot: false, purge_upto: None });
     }
 }

@@ -182,6 +182,83 @@ pub fn stage_trim(db: &DB, batch: &mut WriteBatch, group: GroupId, new_floor: u6
     Ok(())
 }
 
+/// On-disk bytes (SST files, compressed; memtables not counted) of the group's records with
+/// `from <= index <= to`, as RocksDB estimates them from its index blocks: cheap, no data read.
+pub fn approximate_bytes(db: &DB, group: GroupId, from: u64, to: u64) -> Result<u64> {
+    if from > to {
+        return Ok(0);
+    }
+    let (start, end) = (key(group, from), key(group, to.saturating_add(1)));
+    let sizes = db.get_approximate_sizes_cf(cf(db, CF_CHANGES)?, &[rocksdb::Range::new(&start, &end)]);
+    Ok(sizes.first().copied().unwrap_or(0))
+}
+
+/// The lowest floor at or above the current one that leaves at most `bytes_max` of records
+/// in `floor..=applied` (by [`approximate_bytes`]): a binary search of a few dozen estimates.
+pub fn floor_for_bytes(db: &DB, group: GroupId, applied: u64, bytes_max: u64) -> Result<u64> {
+    let (mut lo, mut hi) = (floor(db, group)?, applied.saturating_add(1));
+    if approximate_bytes(db, group, lo, applied)? <= bytes_max {
+        return Ok(lo);
+    }
+    // Invariant: keeping from `lo` is too much, keeping from `hi` (nothing) is not.
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if approximate_bytes(db, group, mid, applied)? <= bytes_max {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(hi)
+}
+
+/// Give the disk space of trimmed records back: drop the SST files that hold only trimmed
+/// records, then compact what is left of the trimmed range (the deletes of [`stage_trim`]
+/// otherwise wait for a compaction that an idle group may never get). Returns whether there
+/// was anything to give back (`dead_bytes_min` or more below the floor).
+pub fn compact_trimmed(db: &DB, group: GroupId, dead_bytes_min: u64) -> Result<bool> {
+    let below = floor(db, group)?;
+    if below <= 1 {
+        return Ok(false);
+    }
+    let (start, end) = (key(group, 0), key(group, below));
+    let cf = cf(db, CF_CHANGES)?;
+    let dead = db.get_approximate_sizes_cf(cf, &[rocksdb::Range::new(&start, &end)]);
+    if dead.first().copied().unwrap_or(0) < dead_bytes_min {
+        return Ok(false);
+    }
+    db.delete_file_in_range_cf(cf, start, end)?;
+    db.compact_range_cf(cf, Some(start), Some(end));
+    Ok(true)
+}
+
+/// What one [`retain`] pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retained {
+    pub floor: u64,
+    pub trimmed: bool,
+    pub compacted: bool,
+}
+
+/// Keep at most the newest `keep_entries` records of the group and at most `keep_bytes` of
+/// them on disk (the higher of the two floors), then give the trimmed space back once
+/// `dead_bytes_min` of it has gathered.
+pub fn retain(
+    db: &DB,
+    group: GroupId,
+    applied: u64,
+    keep_entries: u64,
+    keep_bytes: u64,
+    dead_bytes_min: u64,
+) -> Result<Retained> {
+    let by_entries = (applied + 1).saturating_sub(keep_entries).max(1);
+    let by_bytes = floor_for_bytes(db, group, applied, keep_bytes)?;
+    let floor = by_entries.max(by_bytes);
+    let trimmed = trim(db, group, floor)?;
+    let compacted = compact_trimmed(db, group, dead_bytes_min)?;
+    Ok(Retained { floor, trimmed, compacted })
+}
+
 /// The highest index whose entry was committed before `cutoff_micros`, by binary search over
 /// the retained records (commit times are the proposers' clocks: close to, not strictly,
 /// monotonic, which is all a TTL needs). `None` when no retained entry is that old.
@@ -267,5 +344,50 @@ mod tests {
         let left: Vec<u64> = read_range(db, g, 0, 100, 10).unwrap().into_iter().map(|(i, _)| i).collect();
         assert_eq!(left, vec![5, 6]);
         assert_eq!(read_range(db, GroupId::SharedShard(1), 0, 100, 10).unwrap().len(), 1, "other groups untouched");
+    }
+
+    #[test]
+    fn byte_retention_keeps_the_newest_records_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = kalamdb_log::LogDb::open(dir.path(), &crate::PROJECTION_CFS).unwrap();
+        let db = log.db();
+        let g = GroupId::SharedShard(0);
+        // 2,000 records of ~4 KiB that do not compress (a row of distinct values each).
+        let fat = |i: u64| {
+            let detail: String = (0..4096u64)
+                .map(|b| {
+                    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b;
+                    x = (x ^ (x >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+                    char::from(b'a' + ((x ^ (x >> 33)) % 26) as u8)
+                })
+                .collect();
+            ChangeEntry { committed_at_micros: i as i64, changes: vec![Change::ddl(1, "ns", detail)] }
+        };
+        for chunk in (1..=2_000u64).collect::<Vec<_>>().chunks(100) {
+            let mut batch = WriteBatch::default();
+            for i in chunk {
+                stage(db, &mut batch, g, *i, &fat(*i)).unwrap();
+            }
+            db.write(batch).unwrap();
+        }
+        db.flush_cf(cf(db, CF_CHANGES).unwrap()).unwrap();
+        let all = approximate_bytes(db, g, 1, 2_000).unwrap();
+        assert!(all > 6 << 20, "2,000 records of 4 KiB on disk: {all}");
+        assert_eq!(floor_for_bytes(db, g, 2_000, all * 2).unwrap(), 1, "everything fits");
+
+        let bound = 2 << 20;
+        let new_floor = floor_for_bytes(db, g, 2_000, bound).unwrap();
+        let kept = approximate_bytes(db, g, new_floor, 2_000).unwrap();
+        assert!(kept <= bound, "kept {kept} bytes from {new_floor}");
+        // The estimate is per data block (4 KiB here): the floor is within a few records.
+        assert!(approximate_bytes(db, g, new_floor - 5, 2_000).unwrap() > bound, "floor {new_floor} too high");
+        assert!((1_400..=1_700).contains(&new_floor), "~512 records of 4 KiB in 2 MiB: floor {new_floor}");
+
+        assert!(trim(db, g, new_floor).unwrap());
+        assert!(compact_trimmed(db, g, 1 << 20).unwrap());
+        assert!(approximate_bytes(db, g, 1, new_floor - 1).unwrap() < 64 << 10, "trimmed space given back");
+        assert!(!compact_trimmed(db, g, 1 << 20).unwrap(), "nothing left to give back");
+        let left: Vec<u64> = read_range(db, g, 0, 3_000, 5_000).unwrap().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(left, (new_floor..=2_000).collect::<Vec<_>>());
     }
 }

@@ -8,7 +8,7 @@
 //! as the applied index moves only with the last batch.
 
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 
 use kalamdb_log::types::{LogId, StoredMembership};
 use kalamdb_log::{GroupId, LogDb, MetaGroup};
@@ -46,7 +46,7 @@ impl Installer<'_> {
         check_stream(&mut BufReader::new(&mut *file))?;
         self.mark(last)?;
         file.seek(SeekFrom::Start(0))?;
-        self.install_marked(file, last, membership)
+        self.install_marked(&mut *file, last, membership)
     }
 
     /// Write the installing marker for `last`, synced.
@@ -60,13 +60,13 @@ impl Installer<'_> {
         Ok(())
     }
 
-    /// Write the (checked) stream in `file` over the group, the marker being set.
-    fn install_marked(&self, file: &mut File, last: Option<LogId>, membership: StoredMembership) -> Result<()> {
+    /// Write the (checked) stream `input` over the group, the marker being set.
+    fn install_marked(&self, input: impl Read, last: Option<LogId>, membership: StoredMembership) -> Result<()> {
         // Stays set if this fails: the group is half installed until a restart redoes it.
         self.env.installing.set(self.group, true);
         let db = self.log_db.db();
         let at = ColdGroup { db, files: &self.env.files, group: self.group };
-        let mut input = BufReader::new(file);
+        let mut input = BufReader::new(input);
         let mut batch = import_group(at, &mut input, |b: WriteBatch| {
             db.write(b)?;
             crate::failpoint::hit("install-after-batch");
@@ -114,11 +114,11 @@ impl Installer<'_> {
         }
         let current = SnapshotStore::new(&self.env.snapshot_dir, self.group).current()?;
         let usable = match (&current, marker) {
-            (Some((meta, _)), Some(target)) => meta.last_log_id == target,
-            (Some((meta, _)), None) => index(meta.last_log_id) >= index(purged),
+            (Some(stored), Some(target)) => stored.meta.last_log_id == target,
+            (Some(stored), None) => index(stored.meta.last_log_id) >= index(purged),
             (None, _) => false,
         };
-        let Some((meta, path)) = current.filter(|_| usable) else {
+        let Some(stored) = current.filter(|_| usable) else {
             return Err(Error::Snapshot(format!(
                 "group {}: its projection is at {applied:?}, an install of {marker:?} did not finish and the log is \
                  purged to {purged:?}, but no snapshot covers it; move this node's data folder away and let it \
@@ -126,12 +126,15 @@ impl Installer<'_> {
                 self.group
             )));
         };
+        let meta = &stored.meta;
         tracing::warn!(target: "kalamdb_raft", group = %self.group, last_log_id = ?meta.last_log_id, "finishing a state install a crash interrupted");
         if marker.is_none() {
             self.mark(meta.last_log_id)?;
         }
-        let mut file = File::open(path)?;
-        self.install_marked(&mut file, meta.last_log_id, meta.last_membership)?;
+        // The current snapshot's stream, whichever way it is stored (received whole, or built
+        // with its cold files linked beside it).
+        let stream = stored.pieces()?.reader();
+        self.install_marked(stream, meta.last_log_id, meta.last_membership.clone())?;
         Ok(true)
     }
 }

@@ -19,8 +19,9 @@ use crate::cold::{ColdApplier, ColdGroup, StorageEnv};
 use crate::error::{Error, Result};
 use crate::install::Installer;
 use crate::rows::RowApplier;
-use crate::snapshot::export_group;
-use crate::snapshot_store::SnapshotStore;
+use crate::snapshot::export_linked;
+use crate::snapshot_store::{SnapshotStore, StoredSnapshot, links_dir};
+use kalamdb_log::snapshot_data::SnapshotData;
 
 /// Reserve `n` ordinals of the entry for one row op; returns the first.
 fn take_ordinals(ordinal: &mut u64, n: usize) -> u64 {
@@ -370,7 +371,7 @@ impl RaftStateMachine<TypeConfig> for Projection {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
         let path = self.snapshots().receiving().map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -380,16 +381,29 @@ impl RaftStateMachine<TypeConfig> for Projection {
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.receiving = Some(path);
-        Ok(Box::new(file))
+        Ok(Box::new(SnapshotData::File(file)))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
-        let file = snapshot.into_std().await;
-        let received = self.receiving.take();
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
+        let mut received = self.receiving.take();
+        let file = match *snapshot {
+            SnapshotData::File(file) => file.into_std().await,
+            // A stored snapshot handed over as it is (not received through
+            // `begin_receiving_snapshot`): its stream is copied into a file of its own first.
+            mut stored @ SnapshotData::Pieces(_) => {
+                use tokio::io::AsyncSeekExt;
+                let path = self.snapshots().receiving().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                let copy = async {
+                    let mut file = tokio::fs::File::create_new(&path).await?;
+                    stored.seek(std::io::SeekFrom::Start(0)).await?;
+                    tokio::io::copy(&mut stored, &mut file).await?;
+                    Ok::<_, std::io::Error>(file.into_std().await)
+                };
+                let file = copy.await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                received = Some(path);
+                file
+            }
+        };
         let (log_db, env, catalog, group, owned_meta) =
             (self.log_db.clone(), self.env.clone(), self.catalog.clone(), self.group, meta.clone());
         // Off the async runtime: checking and writing a large state takes a while.
@@ -398,24 +412,15 @@ impl RaftStateMachine<TypeConfig> for Projection {
             let store = SnapshotStore::new(&env.snapshot_dir, group);
             // The received file becomes this node's current snapshot as it is; a snapshot handed
             // over without `begin_receiving_snapshot` is copied into a file of its own first.
-            let received = match received {
-                Some(path) => path,
-                None => {
-                    use std::io::{Seek, SeekFrom};
-                    let path = store.receiving()?;
-                    file.seek(SeekFrom::Start(0))?;
-                    std::io::copy(&mut file, &mut std::fs::File::create(&path)?)?;
-                    path
-                }
-            };
+            let received = received.ok_or_else(|| Error::Snapshot("a received snapshot without its file".into()))?;
             let bytes = file.metadata()?.len();
             let installer = Installer { log_db: &log_db, env: &env, catalog: &catalog, group };
             installer.install(&mut file, owned_meta.last_log_id, owned_meta.last_membership.clone(), || {
-                let (current, _) = store.publish(&received, &owned_meta)?;
-                if current.last_log_id != owned_meta.last_log_id {
+                let current = store.publish(&received, &owned_meta, Vec::new())?;
+                if current.meta.last_log_id != owned_meta.last_log_id {
                     return Err(Error::Snapshot(format!(
                         "a snapshot at {:?} is current; refusing to install the older one at {:?}",
-                        current.last_log_id, owned_meta.last_log_id
+                        current.meta.last_log_id, owned_meta.last_log_id
                     )));
                 }
                 Ok(())
@@ -433,12 +438,17 @@ impl RaftStateMachine<TypeConfig> for Projection {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let Some((meta, path)) = self.snapshots().current().map_err(|e| snap_err(ErrorVerb::Read, e))? else {
+        let Some(stored) = self.snapshots().current().map_err(|e| snap_err(ErrorVerb::Read, e))? else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+        stored_snapshot(stored).map(Some)
     }
+}
+
+/// openraft's view of a stored snapshot: its meta and its stream.
+fn stored_snapshot(stored: StoredSnapshot) -> Result<Snapshot, StorageError> {
+    let pieces = stored.pieces().map_err(|e| snap_err(ErrorVerb::Read, e))?;
+    Ok(Snapshot { meta: stored.meta, snapshot: Box::new(SnapshotData::pieces(pieces)) })
 }
 
 /// How long a snapshot build waits for a state install of its group to finish.
@@ -455,7 +465,7 @@ pub struct ProjectionSnapshotBuilder {
 }
 
 impl ProjectionSnapshotBuilder {
-    fn build_file(&self) -> Result<(SnapshotMeta, PathBuf)> {
+    fn build_file(&self) -> Result<StoredSnapshot> {
         let db = self.log_db.db();
         let _pin = self.env.pins.pin(self.group, crate::sm::applied_index(db, self.group)?);
         // A state install may be half done (its batches are not one write): wait it out.
@@ -476,14 +486,14 @@ impl ProjectionSnapshotBuilder {
         let path = store.building()?;
         let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
         let at = ColdGroup { db, files: &self.env.files, group: self.group };
-        export_group(at, &snap, &mut out)?;
+        let linked = export_linked(at, &snap, &mut out, &links_dir(&path))?;
         out.into_inner().map_err(|e| Error::Snapshot(format!("snapshot file: {e}")))?;
         let snapshot_id = match applied {
             Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.seq),
             None => format!("{}-0-0-{}", self.group, self.seq),
         };
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
-        store.publish(&path, &meta)
+        store.publish(&path, &meta, linked)
     }
 }
 
@@ -493,9 +503,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ProjectionSnapshotBuilder {
         let built = tokio::task::spawn_blocking(move || builder.build_file())
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?;
-        let (meta, path) = built.map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        stored_snapshot(built.map_err(|e| snap_err(ErrorVerb::Write, e))?)
     }
 }
 

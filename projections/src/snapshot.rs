@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use kalamdb_log::GroupId;
 
-use crate::cold::{ColdGroup, FileMeta, check_received_path, install_file, live_files_at};
+use crate::cold::{ColdGroup, check_received_path, install_file, live_files_at};
 use crate::error::{Error, Result};
 use crate::keys::prefix_end;
 use crate::{CF_CATALOG, CF_COLD, CF_ROWS};
@@ -69,32 +69,69 @@ pub fn export_records(db: &DB, snap: &Snapshot<'_>, group: GroupId, out: &mut im
     visit_group(db, snap, group, |tag, k, v| Ok(put_record(out, tag, k, v)?))
 }
 
-/// Write the group's projection as the RocksDB snapshot `snap` holds it, followed by the live
-/// cold files it names, to `out`. Records are written as they are iterated and files copied
-/// through a small buffer, so memory stays bounded whatever the group's size; apply goes on
-/// meanwhile (the caller pins the files, see [`crate::cold::FilePins`]). Returns the files.
-pub fn export_group(at: ColdGroup<'_>, snap: &Snapshot<'_>, out: &mut impl Write) -> Result<Vec<FileMeta>> {
+/// The stream header of a cold file of `len` bytes at storage path `path`; its bytes follow.
+pub fn file_header(path: &str, len: u64) -> Result<Vec<u8>> {
+    if len > FILE_RECORD_BYTES_MAX as u64 {
+        return Err(Error::Snapshot(format!("cold file {path} exceeds {FILE_RECORD_BYTES_MAX} bytes")));
+    }
+    let mut out = Vec::with_capacity(9 + path.len());
+    put_header(&mut out, FILE_TAG, path.as_bytes(), len as usize)?;
+    Ok(out)
+}
+
+/// A cold file a stored snapshot holds by a hard link (or a copy) instead of in its stream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LinkedFile {
+    /// Its path under the storage root.
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// Write the group's records, as the RocksDB snapshot `snap` holds them, to `out`, and put the
+/// live cold files they name into the folder `links`, as `links/0`, `links/1`, ... in that
+/// order: hard links, so a snapshot costs no second copy of the files (a copy where the
+/// storage folder is on another file system). The stream of the snapshot is the records
+/// followed by each file behind its [`file_header`] (see `snapshot_store`). Memory stays
+/// bounded whatever the group's size; apply goes on meanwhile (the caller pins the files, see
+/// [`crate::cold::FilePins`], until the links exist). Returns the files.
+pub fn export_linked(
+    at: ColdGroup<'_>,
+    snap: &Snapshot<'_>,
+    out: &mut impl Write,
+    links: &std::path::Path,
+) -> Result<Vec<LinkedFile>> {
     let ColdGroup { db, files: store, group } = at;
     export_records(db, snap, group, out)?;
-    // Retired files are not sent: no reader needs them, and the receiver's delete of them is
-    // idempotent (see `cold::retire`).
-    let files = live_files_at(db, snap, group)?;
-    for meta in &files {
-        let path = store.local(&meta.path, meta.bytes, &meta.sha256)?;
-        let cold_err = |e: std::io::Error| Error::Snapshot(format!("cold file {} for the snapshot: {e}", meta.path));
-        let mut file = std::fs::File::open(&path).map_err(cold_err)?;
-        let len = file.metadata().map_err(cold_err)?.len();
-        if len > FILE_RECORD_BYTES_MAX as u64 {
-            return Err(Error::Snapshot(format!("cold file {} exceeds {FILE_RECORD_BYTES_MAX} bytes", meta.path)));
-        }
-        put_header(out, FILE_TAG, meta.path.as_bytes(), len as usize)?;
-        let copied = std::io::copy(&mut (&mut file).take(len), out).map_err(cold_err)?;
-        if copied != len {
-            return Err(Error::Snapshot(format!("cold file {} shrank while being read", meta.path)));
-        }
-    }
     out.flush()?;
-    Ok(files)
+    // Retired files are not carried: no reader needs them, and the receiver's delete of them
+    // is idempotent (see `cold::retire`).
+    let files = live_files_at(db, snap, group)?;
+    let mut linked = Vec::with_capacity(files.len());
+    if files.is_empty() {
+        return Ok(linked);
+    }
+    crate::cold::create_dir_all_synced(links)?;
+    for (i, meta) in files.iter().enumerate() {
+        let source = store.local(&meta.path, meta.bytes, &meta.sha256)?;
+        let cold_err = |e: std::io::Error| Error::Snapshot(format!("cold file {} for the snapshot: {e}", meta.path));
+        let target = links.join(i.to_string());
+        if std::fs::hard_link(&source, &target).is_err() {
+            std::fs::copy(&source, &target).map_err(cold_err)?;
+            std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(cold_err)?;
+        }
+        let len = std::fs::metadata(&target).map_err(cold_err)?.len();
+        if len != meta.bytes {
+            return Err(Error::Snapshot(format!(
+                "cold file {} has {len} bytes, its manifest says {}",
+                meta.path, meta.bytes
+            )));
+        }
+        // Checked here, not when the snapshot is sent: a stream must not fail half way.
+        file_header(&meta.path, len)?;
+        linked.push(LinkedFile { path: meta.path.clone(), bytes: len });
+    }
+    crate::cold::sync_dir(links)?;
+    Ok(linked)
 }
 
 /// SHA-256 of the group's canonical byte stream, hex encoded.

@@ -277,6 +277,20 @@ async fn flush_and_compaction_are_deterministic_and_exact() {
 
     // A snapshot carries the files: a node with its own storage directory gets the same ones.
     let snap = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    // The node that built it holds the file by a hard link beside the records, not a copy.
+    let link_dirs: Vec<std::path::PathBuf> = std::fs::read_dir(a.path().join("snap"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && p.to_string_lossy().ends_with(".snap.files"))
+        .collect();
+    assert_eq!(link_dirs.len(), 1, "{link_dirs:?}");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let link = std::fs::metadata(link_dirs[0].join("0")).unwrap();
+        let file = std::fs::metadata(&view.files[0].0).unwrap();
+        assert_eq!((link.dev(), link.ino()), (file.dev(), file.ino()), "a hard link to the live file");
+        assert!(link_dirs[0].join("1").symlink_metadata().is_err(), "one live file, one link");
+    }
     let c = tempfile::tempdir().unwrap();
     let db_c = LogDb::open(&c.path().join("rocksdb"), &PROJECTION_CFS).unwrap();
     let mut sm_c = Projection::open(db_c.clone(), GroupId::SharedShard(0), Catalog::new(), env(c.path())).unwrap();

@@ -172,6 +172,21 @@ fn rows(records: &[Value]) -> Vec<Row> {
             });
         }
     }
+    // Disk next to the Parquet files it serves, once the flushed entries are given back.
+    let ours = find(records, "kalamdb", "disk", "after-flush", None);
+    let parquet = find(records, "parquet", "disk", "after-flush", None);
+    if let (Some(a), Some(b)) = (num(ours, "bytes"), num(parquet, "bytes")) {
+        let n = num(ours, "rows").unwrap_or(0.0);
+        out.push(Row {
+            name: format!("disk beside the Parquet files after a {:.0}M-row flush", n / 1e6),
+            unit: "MB",
+            ours: a / 1e6,
+            other: b / 1e6,
+            against: "the Parquet files".into(),
+            higher_is_better: false,
+            target: "≤ 2× the Parquet size".into(),
+        });
+    }
     out.retain(|r| r.ours.is_finite() && r.other.is_finite() && r.ours > 0.0 && r.other > 0.0);
     out
 }

@@ -42,7 +42,7 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
