@@ -8,7 +8,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
@@ -36,25 +36,33 @@ impl Piece {
     }
 }
 
-/// Pieces read as one stream at any position, with at most one file open at a time.
+/// Pieces read as one stream at any position. Every file is opened when the stream is, so a
+/// snapshot replaced (its files unlinked) while it is being sent is still read whole.
 #[derive(Debug)]
 pub struct Pieces {
     pieces: Vec<Piece>,
     /// Stream offset of each piece's first byte.
     starts: Vec<u64>,
+    /// The open file of each `Piece::File`, by piece.
+    files: Vec<Option<std::fs::File>>,
     total: u64,
-    open: Option<(usize, std::fs::File)>,
 }
 
 impl Pieces {
-    pub fn new(pieces: Vec<Piece>) -> Pieces {
+    /// Open every file of `pieces`.
+    pub fn open(pieces: Vec<Piece>) -> io::Result<Pieces> {
         let mut starts = Vec::with_capacity(pieces.len());
+        let mut files = Vec::with_capacity(pieces.len());
         let mut total = 0u64;
         for p in &pieces {
             starts.push(total);
             total += p.len();
+            files.push(match p {
+                Piece::Bytes(_) => None,
+                Piece::File { path, .. } => Some(std::fs::File::open(path)?),
+            });
         }
-        Pieces { pieces, starts, total, open: None }
+        Ok(Pieces { pieces, starts, files, total })
     }
 
     /// Bytes in the whole stream.
@@ -68,7 +76,7 @@ impl Pieces {
 
     /// Read up to `buf.len()` bytes at stream offset `pos` (fewer at a piece's end; 0 at the
     /// stream's end). A file shorter than its piece says is an error, not a short stream.
-    pub fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+    pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
         if pos >= self.total || buf.is_empty() {
             return Ok(0);
         }
@@ -81,10 +89,7 @@ impl Pieces {
                 Ok(want)
             }
             Piece::File { path, .. } => {
-                if self.open.as_ref().is_none_or(|(j, _)| *j != i) {
-                    self.open = Some((i, std::fs::File::open(path)?));
-                }
-                let Some((_, file)) = &self.open else { unreachable!("opened above") };
+                let Some(file) = &self.files[i] else { unreachable!("every file piece is opened") };
                 let n = file.read_at(&mut buf[..want], offset)?;
                 if n == 0 {
                     return Err(io::Error::new(
@@ -146,7 +151,7 @@ pub enum SnapshotData {
 impl SnapshotData {
     pub fn pieces(pieces: Pieces) -> SnapshotData {
         SnapshotData::Pieces(AsyncPieces {
-            pieces: Arc::new(Mutex::new(pieces)),
+            pieces: Arc::new(pieces),
             pos: 0,
             pending: None,
             buffered: Vec::new(),
@@ -159,7 +164,7 @@ impl SnapshotData {
 /// what the caller's buffer could not take is kept for the next read at that position.
 #[derive(Debug)]
 pub struct AsyncPieces {
-    pieces: Arc<Mutex<Pieces>>,
+    pieces: Arc<Pieces>,
     pos: u64,
     /// A read in flight, started at `buffered_at`.
     pending: Option<JoinHandle<io::Result<Vec<u8>>>>,
@@ -187,7 +192,7 @@ impl AsyncPieces {
                 self.buffered_at = at;
                 self.pending = Some(tokio::task::spawn_blocking(move || {
                     let mut out = vec![0u8; want];
-                    let n = pieces.lock().unwrap_or_else(|p| p.into_inner()).read_at(at, &mut out)?;
+                    let n = pieces.read_at(at, &mut out)?;
                     out.truncate(n);
                     Ok(out)
                 }));
@@ -204,7 +209,7 @@ impl AsyncPieces {
     }
 
     fn start_seek(&mut self, to: SeekFrom) -> io::Result<()> {
-        let len = self.pieces.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let len = self.pieces.len();
         self.pos = seek_to(self.pos, len, to)?;
         // A read in flight for another position is of no use any more.
         if self.buffered_at != self.pos {
@@ -294,7 +299,7 @@ mod tests {
     fn pieces_read_as_one_stream_from_any_position() {
         let dir = tempfile::tempdir().unwrap();
         let (pieces, whole) = sample(dir.path());
-        let mut r = Pieces::new(pieces).reader();
+        let mut r = Pieces::open(pieces).unwrap().reader();
         let mut all = Vec::new();
         r.read_to_end(&mut all).unwrap();
         assert_eq!(all, whole);
@@ -309,11 +314,27 @@ mod tests {
     }
 
     #[test]
+    fn files_unlinked_after_opening_are_still_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pieces, whole) = sample(dir.path());
+        let mut r = Pieces::open(pieces).unwrap().reader();
+        let mut first = vec![0u8; 10];
+        r.read_exact(&mut first).unwrap();
+        // A newer snapshot replaced this one: its files go.
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!([first, rest].concat(), whole);
+    }
+
+    #[test]
     fn a_file_shorter_than_its_piece_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("short");
         std::fs::write(&path, b"abc").unwrap();
-        let mut r = Pieces::new(vec![Piece::File { path, len: 10 }]).reader();
+        let mut r = Pieces::open(vec![Piece::File { path, len: 10 }]).unwrap().reader();
         let err = r.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
@@ -323,7 +344,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let dir = tempfile::tempdir().unwrap();
         let (pieces, whole) = sample(dir.path());
-        let mut data = SnapshotData::pieces(Pieces::new(pieces));
+        let mut data = SnapshotData::pieces(Pieces::open(pieces).unwrap());
         assert_eq!(data.seek(SeekFrom::End(0)).await.unwrap(), whole.len() as u64);
         // openraft's way: seek to an offset, then read a chunk in several reads.
         for (offset, chunk) in [(0usize, 1500usize), (1500, 4096), (2000, 100), (5596, 100_000)] {

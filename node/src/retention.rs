@@ -1,8 +1,8 @@
 //! Background retention: snapshotting and purging each group's Raft log by its size on disk,
-//! trimming this node's change records to `tail.retention_entries` and
-//! `tail.retention_bytes` per group (and giving the trimmed space back), and expiring STREAM table rows by TTL. An expiry is a log entry (`Op::Evict`)
-//! proposed by the group's leader with the TTL already turned into a log position, so every
-//! node removes the same rows.
+//! trimming this node's change records to `tail.retention_entries` and `tail.retention_bytes`
+//! per group (and giving the trimmed space back), and expiring STREAM table rows by TTL. An
+//! expiry is a log entry (`Op::Evict`) proposed by the group's leader with the TTL already
+//! turned into a log position, so every node removes the same rows.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -438,18 +438,35 @@ impl RaftStateMachine<TypeConfig> for Projection {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(stored) = self.snapshots().current().map_err(|e| snap_err(ErrorVerb::Read, e))? else {
-            return Ok(None);
-        };
-        stored_snapshot(stored).map(Some)
+        open_current(&self.snapshots())
     }
 }
 
-/// openraft's view of a stored snapshot: its meta and its stream.
-fn stored_snapshot(stored: StoredSnapshot) -> Result<Snapshot, StorageError> {
-    let pieces = stored.pieces().map_err(|e| snap_err(ErrorVerb::Read, e))?;
-    Ok(Snapshot { meta: stored.meta, snapshot: Box::new(SnapshotData::pieces(pieces)) })
+/// The current snapshot as openraft reads it: its meta and its stream, every file open. A
+/// build or install may publish a newer snapshot, and unlink this one's files, between reading
+/// the meta and opening them: then the newer one is read instead.
+fn open_current(store: &SnapshotStore) -> Result<Option<Snapshot>, StorageError> {
+    let mut attempts = 0;
+    loop {
+        let Some(stored) = store.current().map_err(|e| snap_err(ErrorVerb::Read, e))? else {
+            return Ok(None);
+        };
+        match stored.pieces() {
+            Ok(pieces) => {
+                return Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(SnapshotData::pieces(pieces)) }));
+            }
+            Err(Error::Io(e))
+                if e.kind() == std::io::ErrorKind::NotFound && attempts < CURRENT_SNAPSHOT_ATTEMPTS_MAX =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
+        }
+    }
 }
+
+/// Times the current snapshot is read again when a newer one replaced it while it was opened.
+const CURRENT_SNAPSHOT_ATTEMPTS_MAX: u32 = 3;
 
 /// How long a snapshot build waits for a state install of its group to finish.
 const INSTALL_WAIT: std::time::Duration = std::time::Duration::from_secs(1800);
@@ -503,7 +520,10 @@ impl RaftSnapshotBuilder<TypeConfig> for ProjectionSnapshotBuilder {
         let built = tokio::task::spawn_blocking(move || builder.build_file())
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?;
-        stored_snapshot(built.map_err(|e| snap_err(ErrorVerb::Write, e))?)
+        built.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        // What was just published, or a newer snapshot that replaced it meanwhile.
+        let store = SnapshotStore::new(&self.env.snapshot_dir, self.group);
+        open_current(&store)?.ok_or_else(|| snap_err(ErrorVerb::Read, Error::Snapshot("no current snapshot".into())))
     }
 }
 

@@ -46,7 +46,9 @@ pub struct StoredSnapshot {
 }
 
 impl StoredSnapshot {
-    /// The snapshot's stream: the data file, then each linked file behind its header.
+    /// The snapshot's stream: the data file, then each linked file behind its header. Every
+    /// file is opened here, so a newer snapshot that replaces this one meanwhile does not cut
+    /// a send or an install short (`NotFound` if it did so before they were opened).
     pub fn pieces(&self) -> Result<Pieces> {
         let len = std::fs::metadata(&self.data)?.len();
         let mut pieces = vec![Piece::File { path: self.data.clone(), len }];
@@ -55,7 +57,7 @@ impl StoredSnapshot {
             pieces.push(Piece::Bytes(file_header(&f.path, f.bytes)?));
             pieces.push(Piece::File { path: links.join(i.to_string()), len: f.bytes });
         }
-        Ok(Pieces::new(pieces))
+        Ok(Pieces::open(pieces)?)
     }
 }
 
