@@ -23,6 +23,10 @@ pub const CHANGE_DEAD_BYTES_MIN: u64 = 8 << 20;
 pub const LOG_RETENTION_TICK_MS: u64 = 5_000;
 /// A purge that would free less than this is not worth openraft's bookkeeping.
 pub const LOG_PURGE_BYTES_MIN: u64 = 1 << 20;
+/// A group whose state grew to at least this size since its last snapshot, and then shrank to
+/// half of that (a flush moved its rows to Parquet files), gets a new snapshot, so the log
+/// that wrote those rows can go.
+pub const STATE_SHRINK_BYTES_MIN: u64 = 32 << 20;
 /// How often STREAM tables are checked for expired rows.
 pub const STREAM_TTL_TICK_MS: u64 = 1_000;
 
@@ -62,6 +66,8 @@ pub async fn run_change_retention(groups: Arc<Groups>, keep_entries: u64, keep_b
 pub async fn run_log_retention(groups: Arc<Groups>, since_last_bytes: u64, keep_bytes: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(LOG_RETENTION_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Per group: the snapshot index last seen and the largest size of its state since.
+    let mut at_snapshot: HashMap<GroupId, (u64, u64)> = HashMap::new();
     loop {
         tick.tick().await;
         for id in groups.layout.all() {
@@ -70,21 +76,37 @@ pub async fn run_log_retention(groups: Arc<Groups>, since_last_bytes: u64, keep_
             let index = |l: Option<kalamdb_log::types::LogId>| l.map_or(0, |l| l.index);
             let (last, snapshot, purged) = (m.last_log_index.unwrap_or(0), index(m.snapshot), index(m.purged));
             let db = groups.rows.db().clone();
-            let plan = tokio::task::spawn_blocking(move || {
+            let sized = tokio::task::spawn_blocking(move || {
+                let state = kalamdb_projections::approximate_state_bytes(&db, id).map_err(|e| e.to_string())?;
                 let bytes = |from, to| approximate_log_bytes(&db, id, from, to);
-                log_plan(LogPositions { last, snapshot, purged }, since_last_bytes, keep_bytes, bytes)
+                Ok::<_, String>((
+                    state,
+                    log_plan(LogPositions { last, snapshot, purged }, since_last_bytes, keep_bytes, bytes),
+                ))
             })
             .await;
-            let plan = match plan {
-                Ok(Ok(plan)) => plan,
-                Ok(Err(e)) => {
+            let (state, plan) = match sized {
+                Ok(Ok((state, Ok(plan)))) => (state, plan),
+                Ok(Ok((_, Err(e)))) => {
                     tracing::warn!(target: "kalamdb_raft", group = %id, error = %e, "cannot size the log");
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "kalamdb_raft", group = %id, error = %e, "cannot size the group's state");
                     continue;
                 }
                 Err(_) => continue,
             };
+            let baseline = at_snapshot.entry(id).or_insert((snapshot, state));
+            if baseline.0 == snapshot {
+                baseline.1 = baseline.1.max(state);
+            } else {
+                *baseline = (snapshot, state);
+            }
+            let shrank = last > snapshot && baseline.1 >= STATE_SHRINK_BYTES_MIN && state < baseline.1 / 2;
+            let plan = LogPlan { snapshot: plan.snapshot || shrank, ..plan };
             if plan.snapshot {
-                tracing::debug!(target: "kalamdb_raft", group = %id, snapshot, last, "snapshot: the log since the last one is large");
+                tracing::debug!(target: "kalamdb_raft", group = %id, snapshot, last, shrank, "snapshot by size");
                 let _ = g.raft.trigger().snapshot().await;
             }
             if let Some(upto) = plan.purge_upto {

@@ -26,7 +26,7 @@ pub use cold::{JobLog, JobRecord, StorageEnv, TableView};
 pub use error::Error;
 pub use machine::Projection;
 pub use rows::{RowReader, StoredRow};
-pub use snapshot::digest_group;
+pub use snapshot::{approximate_state_bytes, digest_group};
 pub use users::Users;
 
 /// Column families the projections add to the node's RocksDB instance.

@@ -134,6 +134,20 @@ pub fn export_linked(
     Ok(linked)
 }
 
+/// On-disk bytes (SST files, compressed, as RocksDB estimates them) of what a snapshot of the
+/// group carries besides its files: how big its next snapshot's records would be, roughly.
+pub fn approximate_state_bytes(db: &DB, group: GroupId) -> Result<u64> {
+    let prefix = group.prefix();
+    let end = prefix_end(&prefix);
+    let mut total = 0u64;
+    for (_, name) in SNAPSHOT_CFS {
+        let cf = db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("no cf {name}")))?;
+        let sizes = db.get_approximate_sizes_cf(cf, &[rocksdb::Range::new(&prefix, &end)]);
+        total = total.saturating_add(sizes.first().copied().unwrap_or(0));
+    }
+    Ok(total)
+}
+
 /// SHA-256 of the group's canonical byte stream, hex encoded.
 pub fn digest_group(db: &DB, group: GroupId) -> Result<String> {
     let mut hasher = Sha256::new();
