@@ -150,6 +150,21 @@ pub fn approximate_log_bytes(db: &DB, group: GroupId, from: u64, to: u64) -> Res
     Ok(db.get_approximate_sizes_cf(cf, &[rocksdb::Range::new(&start, &end)]).first().copied().unwrap_or(0))
 }
 
+/// Give back the disk space of `group`'s entries purged up to `purged`: drop the SST files
+/// holding only purged entries, then compact what is left of that range (a purge is a range
+/// delete, whose space otherwise waits for a compaction an idle group may never get). Only
+/// when `dead_bytes_min` or more of it is still on disk; returns whether it compacted.
+pub fn compact_purged(db: &DB, group: GroupId, purged: u64, dead_bytes_min: u64) -> Result<bool> {
+    if purged == 0 || approximate_log_bytes(db, group, 0, purged)? < dead_bytes_min {
+        return Ok(false);
+    }
+    let cf = db.cf_handle(CF_LOG).ok_or_else(|| Error::Corrupt(format!("missing column family {CF_LOG}")))?;
+    let (start, end) = (log_key(group, 0), log_key(group, purged.saturating_add(1)));
+    db.delete_file_in_range_cf(cf, start, end)?;
+    db.compact_range_cf(cf, Some(start), Some(end));
+    Ok(true)
+}
+
 fn log_key(group: GroupId, index: u64) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..4].copy_from_slice(&group.prefix());

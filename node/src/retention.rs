@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kalamdb_log::storage::approximate_log_bytes;
+use kalamdb_log::storage::{approximate_log_bytes, compact_purged};
 use kalamdb_log::{GroupId, Op, OpResult};
 use kalamdb_projections::changes;
 use kalamdb_projections::stored::make_seq;
@@ -21,6 +21,8 @@ pub const CHANGE_TRIM_TICK_MS: u64 = 2_000;
 pub const CHANGE_DEAD_BYTES_MIN: u64 = 8 << 20;
 /// How often each group's log size is checked.
 pub const LOG_RETENTION_TICK_MS: u64 = 5_000;
+/// Purged log entries still on disk worth a compaction of their range.
+pub const LOG_DEAD_BYTES_MIN: u64 = 8 << 20;
 /// A purge that would free less than this is not worth openraft's bookkeeping.
 pub const LOG_PURGE_BYTES_MIN: u64 = 1 << 20;
 /// A group whose state grew to at least this size since its last snapshot, and then shrank to
@@ -77,6 +79,10 @@ pub async fn run_log_retention(groups: Arc<Groups>, since_last_bytes: u64, keep_
             let (last, snapshot, purged) = (m.last_log_index.unwrap_or(0), index(m.snapshot), index(m.purged));
             let db = groups.rows.db().clone();
             let sized = tokio::task::spawn_blocking(move || {
+                // What an earlier purge left on disk goes first.
+                if compact_purged(&db, id, purged, LOG_DEAD_BYTES_MIN).map_err(|e| e.to_string())? {
+                    tracing::debug!(target: "kalamdb_raft", group = %id, purged, "purged log entries compacted");
+                }
                 let state = kalamdb_projections::approximate_state_bytes(&db, id).map_err(|e| e.to_string())?;
                 let bytes = |from, to| approximate_log_bytes(&db, id, from, to);
                 Ok::<_, String>((
