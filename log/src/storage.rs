@@ -145,9 +145,14 @@ pub fn approximate_log_bytes(db: &DB, group: GroupId, from: u64, to: u64) -> Res
     if from > to {
         return Ok(0);
     }
-    let cf = db.cf_handle(CF_LOG).ok_or_else(|| Error::Corrupt(format!("missing column family {CF_LOG}")))?;
-    let (start, end) = (log_key(group, from), log_key(group, to.saturating_add(1)));
-    Ok(db.get_approximate_sizes_cf(cf, &[rocksdb::Range::new(&start, &end)]).first().copied().unwrap_or(0))
+    approximate_range_bytes(db, CF_LOG, &log_key(group, from), &log_key(group, to.saturating_add(1)))
+}
+
+/// On-disk bytes of the keys `start..end` of column family `cf`, as RocksDB estimates them
+/// from its SST index blocks (compressed; memtables not counted): no data is read.
+pub fn approximate_range_bytes(db: &DB, cf: &str, start: &[u8], end: &[u8]) -> Result<u64> {
+    let handle = db.cf_handle(cf).ok_or_else(|| Error::Corrupt(format!("missing column family {cf}")))?;
+    Ok(db.get_approximate_sizes_cf(handle, &[rocksdb::Range::new(start, end)]).first().copied().unwrap_or(0))
 }
 
 /// Give back the disk space of `group`'s entries purged up to `purged`: drop the SST files

@@ -85,20 +85,15 @@ pub async fn run_log_retention(groups: Arc<Groups>, since_last_bytes: u64, keep_
                 }
                 let state = kalamdb_projections::approximate_state_bytes(&db, id).map_err(|e| e.to_string())?;
                 let bytes = |from, to| approximate_log_bytes(&db, id, from, to);
-                Ok::<_, String>((
-                    state,
-                    log_plan(LogPositions { last, snapshot, purged }, since_last_bytes, keep_bytes, bytes),
-                ))
+                let at = LogPositions { last, snapshot, purged };
+                let plan = log_plan(at, since_last_bytes, keep_bytes, bytes).map_err(|e| e.to_string())?;
+                Ok::<_, String>((state, plan))
             })
             .await;
             let (state, plan) = match sized {
-                Ok(Ok((state, Ok(plan)))) => (state, plan),
-                Ok(Ok((_, Err(e)))) => {
-                    tracing::warn!(target: "kalamdb_raft", group = %id, error = %e, "cannot size the log");
-                    continue;
-                }
+                Ok(Ok(sized)) => sized,
                 Ok(Err(e)) => {
-                    tracing::warn!(target: "kalamdb_raft", group = %id, error = %e, "cannot size the group's state");
+                    tracing::warn!(target: "kalamdb_raft", group = %id, error = %e, "cannot size the log or the state");
                     continue;
                 }
                 Err(_) => continue,

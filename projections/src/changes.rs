@@ -8,6 +8,7 @@
 //! a *floor* (retention, or a snapshot install that skipped entries); positions under the
 //! floor are gone.
 
+use kalamdb_log::storage::approximate_range_bytes;
 use kalamdb_log::{GroupId, Value};
 use rkyv::{Archive, Deserialize as RDeserialize, Serialize as RSerialize};
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
@@ -188,9 +189,7 @@ pub fn approximate_bytes(db: &DB, group: GroupId, from: u64, to: u64) -> Result<
     if from > to {
         return Ok(0);
     }
-    let (start, end) = (key(group, from), key(group, to.saturating_add(1)));
-    let sizes = db.get_approximate_sizes_cf(cf(db, CF_CHANGES)?, &[rocksdb::Range::new(&start, &end)]);
-    Ok(sizes.first().copied().unwrap_or(0))
+    Ok(approximate_range_bytes(db, CF_CHANGES, &key(group, from), &key(group, to.saturating_add(1)))?)
 }
 
 /// The lowest floor at or above the current one that leaves at most `bytes_max` of records
@@ -222,11 +221,10 @@ pub fn compact_trimmed(db: &DB, group: GroupId, dead_bytes_min: u64) -> Result<b
         return Ok(false);
     }
     let (start, end) = (key(group, 0), key(group, below));
-    let cf = cf(db, CF_CHANGES)?;
-    let dead = db.get_approximate_sizes_cf(cf, &[rocksdb::Range::new(&start, &end)]);
-    if dead.first().copied().unwrap_or(0) < dead_bytes_min {
+    if approximate_range_bytes(db, CF_CHANGES, &start, &end)? < dead_bytes_min {
         return Ok(false);
     }
+    let cf = cf(db, CF_CHANGES)?;
     db.delete_file_in_range_cf(cf, start, end)?;
     db.compact_range_cf(cf, Some(start), Some(end));
     Ok(true)

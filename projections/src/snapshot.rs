@@ -141,9 +141,7 @@ pub fn approximate_state_bytes(db: &DB, group: GroupId) -> Result<u64> {
     let end = prefix_end(&prefix);
     let mut total = 0u64;
     for (_, name) in SNAPSHOT_CFS {
-        let cf = db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("no cf {name}")))?;
-        let sizes = db.get_approximate_sizes_cf(cf, &[rocksdb::Range::new(&prefix, &end)]);
-        total = total.saturating_add(sizes.first().copied().unwrap_or(0));
+        total = total.saturating_add(kalamdb_log::storage::approximate_range_bytes(db, name, &prefix, &end)?);
     }
     Ok(total)
 }
