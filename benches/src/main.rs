@@ -63,6 +63,10 @@ struct Args {
     /// and failed, or found no server at all, counts as an error.
     #[arg(long)]
     failover: bool,
+    /// The `consistency` of each measured SQL request (`local` skips the read barriers a
+    /// statement takes first): what those round trips cost, measured.
+    #[arg(long)]
+    consistency: Option<String>,
 }
 
 async fn post(client: &HttpClient, url: &str, sql: String) -> Result<(), String> {
@@ -71,6 +75,14 @@ async fn post(client: &HttpClient, url: &str, sql: String) -> Result<(), String>
 
 fn sql_body(sql: String) -> String {
     serde_json::json!({ "sql": sql }).to_string()
+}
+
+/// A measured request's body: the statement, with the run's `--consistency` if one was given.
+fn measured_body(sql: String, consistency: Option<&str>) -> String {
+    match consistency {
+        Some(c) => serde_json::json!({ "sql": sql, "consistency": c }).to_string(),
+        None => sql_body(sql),
+    }
 }
 
 /// Creates one user per client and logs each in: the `Authorization` values of the
@@ -151,6 +163,7 @@ async fn main() -> Result<(), String> {
             (client.clone(), urls.clone(), table.clone(), next_key.clone(), measuring.clone());
         let a = (args.workload, args.rows, args.batch_rows, args.requests_max, args.failover);
         let auth = tokens.get(c).cloned();
+        let consistency = args.consistency.clone();
         tasks.push(tokio::spawn(async move {
             let (workload, rows, batch_rows, requests_max, failover) = a;
             // Our API gets root (or the client's user); peers (etcd) no header.
@@ -162,16 +175,21 @@ async fn main() -> Result<(), String> {
                 let (path, body) = match workload {
                     Workload::Insert | Workload::UserInsert => {
                         let k = next_key.fetch_add(1, Ordering::Relaxed);
-                        ("/v1/api/sql", sql_body(format!("INSERT INTO {table} (id, v) VALUES ({k}, 'v{k}')")))
+                        let sql = format!("INSERT INTO {table} (id, v) VALUES ({k}, 'v{k}')");
+                        ("/v1/api/sql", measured_body(sql, consistency.as_deref()))
                     }
                     Workload::Select => (
                         "/v1/api/sql",
-                        sql_body(format!("SELECT * FROM {table} WHERE id = {}", fastrand::usize(0..rows.max(1)))),
+                        measured_body(
+                            format!("SELECT * FROM {table} WHERE id = {}", fastrand::usize(0..rows.max(1))),
+                            consistency.as_deref(),
+                        ),
                     ),
                     Workload::Bulk => {
                         let k = next_key.fetch_add(batch_rows as u64, Ordering::Relaxed);
                         let values: Vec<String> = (k..k + batch_rows as u64).map(|i| format!("({i},'v{i}')")).collect();
-                        ("/v1/api/sql", sql_body(format!("INSERT INTO {table} (id, v) VALUES {}", values.join(","))))
+                        let sql = format!("INSERT INTO {table} (id, v) VALUES {}", values.join(","));
+                        ("/v1/api/sql", measured_body(sql, consistency.as_deref()))
                     }
                     Workload::EtcdPut => {
                         use base64::Engine as _;

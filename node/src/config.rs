@@ -341,7 +341,7 @@ pub struct LimitsConfig {
     /// Disk the spill files of running queries may use together (under `data_path/spill`).
     pub query_spill_bytes_max: u64,
     /// Worker threads of the query runtime (apart from the runtime serving Raft, the log and
-    /// HTTP); 0 = one per CPU but one (at least one).
+    /// HTTP, and at a lower priority than it); 0 = one per CPU.
     pub query_threads: usize,
 }
 
