@@ -385,6 +385,10 @@ pub struct RaftConfig {
     pub leader_balance_interval_ms: u64,
     /// Leadership transfers the balancer of one node starts per minute at most.
     pub leader_transfers_per_minute_max: u32,
+    /// A leader serves linearizable reads (and every statement's catalog barrier) under a
+    /// read lease, without a quorum round, for most of `election_timeout_max_ms` after a
+    /// round (see ARCHITECTURE.md, "Read leases"). Off: every barrier runs a round.
+    pub lease_reads: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -462,6 +466,7 @@ impl Default for RaftConfig {
             logs_to_keep_bytes: 32 << 20,
             leader_balance_interval_ms: 5_000,
             leader_transfers_per_minute_max: 12,
+            lease_reads: true,
         }
     }
 }

@@ -81,6 +81,10 @@ fn describe() {
     describe_histogram!("kalamdb_log_fsync_batch_appends", "Appends made durable by one fsync (group commit).");
     describe_histogram!("kalamdb_group_commit_ops", "Client ops carried by one proposed log entry.");
     describe_histogram!("kalamdb_read_index_batch", "Linearizable reads answered by one read-index round.");
+    describe_counter!(
+        "kalamdb_read_index_rounds_total",
+        "Read indexes this node answered as a group's leader: kind=quorum after a round, kind=lease under its read lease."
+    );
     describe_counter!("kalamdb_storage_jobs_total", "Flush and compaction jobs applied on this node, per scope.");
     describe_counter!("kalamdb_storage_job_rows_total", "Rows written to Parquet by flush and compaction jobs.");
     describe_counter!(

@@ -156,6 +156,25 @@ async fn writes_on_any_node_are_read_on_every_node() {
         assert_eq!(g[5], if leads { "Leader" } else { "Follower" }, "{g}");
     }
 
+    // Read leases: back-to-back statements found most barriers answered by a leader under its
+    // lease, without a quorum round.
+    let (mut lease, mut quorum) = (0.0, 0.0);
+    for i in 1..=3 {
+        let (_, m) = c.node(i).get("/metrics").await.unwrap();
+        let m = m.as_str().unwrap_or_default().to_string();
+        let count = |kind: &str| -> f64 {
+            m.lines()
+                .filter(|l| {
+                    l.starts_with("kalamdb_read_index_rounds_total{") && l.contains(&format!("kind=\"{kind}\""))
+                })
+                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                .sum()
+        };
+        lease += count("lease");
+        quorum += count("quorum");
+    }
+    assert!(lease > quorum, "read indexes under a lease {lease}, after a quorum round {quorum}");
+
     c.assert_converged().await;
 }
 

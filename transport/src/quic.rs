@@ -70,6 +70,11 @@ pub const REFUSAL_LOG_INTERVAL_MS: u64 = 30_000;
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     fn raft(&self, group: GroupId) -> Option<Raft>;
+    /// Whether this node may answer a vote request of `group` now; `Err` says why not (the
+    /// candidate then counts no vote from it). Asked before openraft sees the request.
+    fn may_vote(&self, _group: GroupId) -> std::result::Result<(), String> {
+        Ok(())
+    }
     async fn forward(&self, group: GroupId, command: EncodedCommand) -> ForwardResponse;
     async fn read_index(&self, group: GroupId) -> ReadIndexResponse;
     fn status(&self) -> StatusResponse;
@@ -659,8 +664,10 @@ impl Transport {
             }
             FrameKind::VoteRequest => {
                 let req: wire::VoteRequest = wire::from_bytes(&body)?;
-                let resp = match handler.raft(group?) {
+                let group = group?;
+                let resp = match handler.raft(group) {
                     None => wire::VoteResponse::Error(format!("group {} is not hosted here", header.group)),
+                    Some(_) if let Err(why) = handler.may_vote(group) => wire::VoteResponse::Error(why),
                     Some(raft) => crate::network::vote_response(raft.vote(crate::network::vote_request(&req)).await),
                 };
                 wire::to_bytes(&resp)

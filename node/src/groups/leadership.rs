@@ -71,6 +71,8 @@ impl<'a> HandoverGuard<'a> {
     /// unsettle the group, the old leader must not simply win it back.
     fn new(group: &'a Group, may_elect: bool) -> HandoverGuard<'a> {
         group.gate.set_closed(true);
+        // The successor asks this leader for its vote: no read may rely on the lease after.
+        group.lease.end();
         group.raft.runtime_config().elect(false);
         HandoverGuard { group, may_elect }
     }

@@ -4,12 +4,14 @@
 //! of writes to the group leader, and linearizable read barriers.
 //!
 //! By concern: `propose` (group commit and forwarding to the leader), `read_index` (read
-//! barriers, batched per group), `peers` (what this node answers its peers over QUIC); this
-//! file starts the groups and answers questions about them.
+//! barriers, batched per group), `lease` (a leader's reads without a round), `peers` (what
+//! this node answers its peers over QUIC); this file starts the groups and answers questions
+//! about them.
 
 pub mod balance;
 mod error;
 pub mod leadership;
+pub mod lease;
 pub mod membership;
 mod peers;
 mod propose;
@@ -66,6 +68,8 @@ pub struct Group {
     moving: tokio::sync::Mutex<()>,
     /// When this node last became the group's leader (a leader's own vote is leased from then).
     elected_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// This node's read lease as the group's leader (see `lease`).
+    lease: Arc<lease::ReadLease>,
 }
 
 /// All groups of this node.
@@ -91,6 +95,9 @@ pub struct Groups {
     /// openraft's leader lease (its `election_timeout_max`): a voter refuses to vote for
     /// another candidate this long after it last heard from, or became, the leader.
     leader_lease: Duration,
+    /// When the groups started: for `leader_lease` after it this node neither votes nor stands
+    /// for election (it may have forgotten a leader's lease it granted before a restart).
+    started_at: Instant,
     /// Set when a graceful shutdown began: this node hands its leaderships away and stands
     /// for no election.
     draining: Arc<std::sync::atomic::AtomicBool>,
@@ -185,6 +192,8 @@ impl Groups {
         let initializer = !joining && members.keys().next().copied() == Some(node_id);
         let mut groups = HashMap::new();
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started_at = Instant::now();
+        let leader_lease = Duration::from_millis(cfg.raft.election_timeout_max_ms);
         for id in layout.all() {
             let log_store = LogStore::new(log_db.clone(), id)?;
             let sm = Projection::open(log_db.clone(), id, catalog.clone(), storage.clone())?;
@@ -203,6 +212,12 @@ impl Groups {
                 None => Raft::new(node_id, raft_cfg.clone(), kalamdb_transport::NoPeers, log_store, sm).await,
             }
             .map_err(|e| Error::Raft(format!("group {id}: {e}")))?;
+            // In a cluster, no election before `leader_lease` has passed since the start
+            // (`watch_leadership` allows them then): see `lease`. A single node has no peer
+            // whose lease it could break.
+            if transport.is_some() {
+                raft.runtime_config().elect(false);
+            }
             if initializer {
                 match raft.initialize(members.clone()).await {
                     Ok(()) => {
@@ -225,11 +240,21 @@ impl Groups {
                 gate.clone(),
             ));
             let elected_at = Arc::new(std::sync::Mutex::new(None));
-            tokio::spawn(watch_leadership(id, raft.clone(), elected_at.clone(), draining.clone()));
+            let may_elect_at = if transport.is_some() { started_at + leader_lease } else { started_at };
+            tokio::spawn(watch_leadership(id, raft.clone(), elected_at.clone(), draining.clone(), may_elect_at));
             let (read_queue, read_rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
-            tokio::spawn(run_read_index_batcher(id, node_id, raft.clone(), transport.clone(), read_rx));
+            let lease = Arc::new(lease::ReadLease::default());
+            let reads = ReadIndexer {
+                group: id,
+                node_id,
+                raft: raft.clone(),
+                transport: transport.clone(),
+                gate: gate.clone(),
+                lease: cfg.raft.lease_reads.then(|| (lease.clone(), lease::lease_length(leader_lease))),
+            };
+            tokio::spawn(run_read_index_batcher(reads, read_rx));
             let moving = tokio::sync::Mutex::new(());
-            groups.insert(id, Group { id, raft, applied, queue, read_queue, gate, moving, elected_at });
+            groups.insert(id, Group { id, raft, applied, queue, read_queue, gate, moving, elected_at, lease });
         }
         let rows = RowReader::new(log_db.clone(), storage.files.clone());
         let me = Arc::new(Groups {
@@ -245,7 +270,8 @@ impl Groups {
             cluster_id: cfg.cluster.as_ref().map(|c| c.cluster_id.clone()),
             transport: transport.clone(),
             write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
-            leader_lease: Duration::from_millis(cfg.raft.election_timeout_max_ms),
+            leader_lease,
+            started_at,
             draining,
         });
         if let Some(t) = &transport {
@@ -416,13 +442,15 @@ fn cluster_layout(user_shards: u16, shared_shards: u16) -> String {
 }
 
 /// Log leader, term and membership changes of a group under the `kalamdb_raft` target; note
-/// when this node becomes leader; and stand for elections again once this node is a voter
-/// (a node removed and added again), unless it is shutting down.
+/// when this node becomes leader; and stand for elections once this node is a voter (at the
+/// start, and after a node was removed and added again), unless it is shutting down; never
+/// before `may_elect_at` (see `lease`).
 async fn watch_leadership(
     group: GroupId,
     raft: Raft,
     elected_at: Arc<std::sync::Mutex<Option<Instant>>>,
     draining: Arc<std::sync::atomic::AtomicBool>,
+    may_elect_at: Instant,
 ) {
     let mut metrics = raft.metrics();
     let mut last: (Option<NodeId>, u64) = (None, 0);
@@ -447,8 +475,14 @@ async fn watch_leadership(
             };
             tracing::info!(target: "kalamdb_raft", group = %group, ?voters, ?learners, log_index = ?membership, "membership");
             let me = metrics.borrow().id;
-            if voters.contains(&me) && !draining.load(std::sync::atomic::Ordering::SeqCst) {
-                raft.runtime_config().elect(true);
+            if voters.contains(&me) {
+                let (raft, draining) = (raft.clone(), draining.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(may_elect_at).await;
+                    if !draining.load(std::sync::atomic::Ordering::SeqCst) {
+                        raft.runtime_config().elect(true);
+                    }
+                });
             }
             last_membership = membership;
         }

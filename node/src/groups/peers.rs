@@ -15,6 +15,13 @@ impl kalamdb_transport::Handler for PeerService {
         self.0.upgrade()?.groups.get(&group).map(|g| g.raft.clone())
     }
 
+    fn may_vote(&self, group: GroupId) -> std::result::Result<(), String> {
+        match self.0.upgrade() {
+            Some(groups) => groups.may_vote(group),
+            None => Err("shutting down".into()),
+        }
+    }
+
     async fn forward(&self, group: GroupId, command: EncodedCommand) -> ForwardResponse {
         let Some(groups) = self.0.upgrade() else {
             return ForwardResponse::Err(RemoteError::NotLeader { leader: None });

@@ -1,6 +1,7 @@
 //! Linearizable reads: before reading a group the node learns the leader's read index (the
-//! leader confirms its leadership with a quorum) and waits until it applied that far.
-//! Concurrent reads of a group share one round, the read-side twin of group commit.
+//! leader confirms its leadership with a quorum, or holds a read lease: see `lease`) and
+//! waits until it applied that far. Concurrent reads of a group share one round, the
+//! read-side twin of group commit.
 
 use super::*;
 
@@ -18,6 +19,21 @@ pub(super) enum ReadIndexError {
 pub(super) type ReadIndexWaiter = oneshot::Sender<std::result::Result<u64, ReadIndexError>>;
 
 impl Groups {
+    /// Whether this node may answer a vote request of `group` now (see `lease`): not within
+    /// `leader_lease` of its start, and not while it leads the group under a read lease
+    /// (a handover ends the lease before it asks for this node's vote).
+    pub(super) fn may_vote(&self, group: GroupId) -> std::result::Result<(), String> {
+        let now = Instant::now();
+        if now < self.started_at + self.leader_lease {
+            return Err(format!("node {} started less than a leader lease ago; it votes after that", self.node_id));
+        }
+        let g = self.group(group).map_err(|e| e.to_string())?;
+        if g.lease.held(now) && !g.gate.is_closed() {
+            return Err(format!("node {} leads group {group} under a read lease", self.node_id));
+        }
+        Ok(())
+    }
+
     /// Linearizable read barrier (ReadIndex): learn the leader's commit index after it has
     /// confirmed leadership with a quorum, then wait until this node has applied it.
     pub async fn read_barrier(&self, group: GroupId) -> std::result::Result<(), GroupError> {
@@ -49,16 +65,22 @@ impl Groups {
     }
 }
 
+/// What one group's read-index rounds need.
+pub(super) struct ReadIndexer {
+    pub(super) group: GroupId,
+    pub(super) node_id: NodeId,
+    pub(super) raft: Raft,
+    pub(super) transport: Option<Arc<Transport>>,
+    /// Closed during a handover: no lease is used or taken then.
+    pub(super) gate: Arc<leadership::WriteGate>,
+    /// The group's read lease and its length; `None` when `raft.lease_reads` is off.
+    pub(super) lease: Option<(Arc<lease::ReadLease>, Duration)>,
+}
+
 /// Read-index batching for one group: every read waiting when a round starts shares that
 /// round's index. Linearizable, because each waiter's request arrived before the leader
 /// confirmed its leadership for the round. One round in flight per group.
-pub(super) async fn run_read_index_batcher(
-    group: GroupId,
-    node_id: NodeId,
-    raft: Raft,
-    transport: Option<Arc<Transport>>,
-    mut rx: mpsc::Receiver<ReadIndexWaiter>,
-) {
+pub(super) async fn run_read_index_batcher(reads: ReadIndexer, mut rx: mpsc::Receiver<ReadIndexWaiter>) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while waiters.len() < READS_PER_ROUND_MAX {
@@ -68,42 +90,65 @@ pub(super) async fn run_read_index_batcher(
             }
         }
         metrics::histogram!("kalamdb_read_index_batch").record(waiters.len() as f64);
-        let result = read_index_round(group, node_id, &raft, transport.as_deref()).await;
+        let result = reads.round().await;
         for w in waiters {
             let _ = w.send(result.clone());
         }
     }
 }
 
-pub(super) async fn read_index_round(
-    group: GroupId,
-    node_id: NodeId,
-    raft: &Raft,
-    transport: Option<&Transport>,
-) -> std::result::Result<u64, ReadIndexError> {
-    let timeout = Duration::from_millis(PEER_REQUEST_TIMEOUT_MS);
-    let leader = raft.metrics().borrow().current_leader;
-    match leader {
+impl ReadIndexer {
+    async fn round(&self) -> std::result::Result<u64, ReadIndexError> {
+        let timeout = Duration::from_millis(PEER_REQUEST_TIMEOUT_MS);
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l == self.node_id => self.leader_round(timeout).await,
+            // Retrying a read index is always safe, so a dead leader costs one short timeout.
+            Some(l) => match self.transport.as_ref().map(|t| t.read_index(l, self.group, timeout)) {
+                None => Err(ReadIndexError::Retry),
+                Some(call) => match call.await {
+                    Ok(ReadIndexResponse::Ok { index }) => Ok(index),
+                    Ok(ReadIndexResponse::Err(RemoteError::Failed { code, message })) => {
+                        Err(ReadIndexError::Failed { code, message })
+                    }
+                    Ok(ReadIndexResponse::Err(RemoteError::NotLeader { .. })) | Err(_) => Err(ReadIndexError::Retry),
+                },
+            },
+            None => Err(ReadIndexError::Retry),
+        }
+    }
+
+    /// This node leads the group: under a read lease, its newest entry; otherwise a quorum
+    /// round, which (outside a handover) takes a new lease from the moment it started.
+    async fn leader_round(&self, timeout: Duration) -> std::result::Result<u64, ReadIndexError> {
+        let lease = self.lease.as_ref().filter(|_| !self.gate.is_closed());
+        let leading = lease::Leading::of(&self.raft, self.node_id);
+        if let (Some((lease, _)), Some(at)) = (lease, leading)
+            && let Some(index) = lease.read_index(Instant::now(), at)
+        {
+            metrics::counter!("kalamdb_read_index_rounds_total", "kind" => "lease").increment(1);
+            return Ok(index);
+        }
+        metrics::counter!("kalamdb_read_index_rounds_total", "kind" => "quorum").increment(1);
+        let (started, generation) = (Instant::now(), lease.map(|(l, _)| l.generation()));
         // A leader cut off from its quorum cannot confirm leadership: bounded wait.
-        Some(l) if l == node_id => match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
-            Ok(Ok((read, _))) => Ok(read.map_or(0, |l| l.index)),
+        match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _))) => {
+                // Renewed only for the term and membership the round ran under.
+                if let (Some((lease, length)), Some(generation), Some(before)) = (lease, generation, leading)
+                    && lease::Leading::of(&self.raft, self.node_id)
+                        .is_some_and(|now| now.term == before.term && now.membership == before.membership)
+                    && !self.gate.is_closed()
+                {
+                    lease.renew(generation, started, *length, before);
+                }
+                Ok(read.map_or(0, |l| l.index))
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) | Err(_) => Err(ReadIndexError::Retry),
             Ok(Err(e)) => Err(ReadIndexError::Failed {
                 code: "CLUSTER_UNAVAILABLE".into(),
-                message: format!("group {group}: read index: {e}"),
+                message: format!("group {}: read index: {e}", self.group),
             }),
-        },
-        // Retrying a read index is always safe, so a dead leader costs one short timeout.
-        Some(l) => match transport.map(|t| t.read_index(l, group, timeout)) {
-            None => Err(ReadIndexError::Retry),
-            Some(call) => match call.await {
-                Ok(ReadIndexResponse::Ok { index }) => Ok(index),
-                Ok(ReadIndexResponse::Err(RemoteError::Failed { code, message })) => {
-                    Err(ReadIndexError::Failed { code, message })
-                }
-                Ok(ReadIndexResponse::Err(RemoteError::NotLeader { .. })) | Err(_) => Err(ReadIndexError::Retry),
-            },
-        },
-        None => Err(ReadIndexError::Retry),
+        }
     }
 }
