@@ -323,6 +323,8 @@ pub struct LimitsConfig {
     /// Memory pool shared by all running queries (default: a quarter of the machine's memory).
     pub query_memory_bytes_max: usize,
     /// Deadline of one statement; past it the statement is cancelled (`QUERY_TIMEOUT`).
+    /// Storage statements (FLUSH, COMPACT, REBUILD) are not under it: each group's job has the
+    /// storage-job timeout (`groups::STORAGE_JOB_TIMEOUT_MS`, at least `write_timeout_ms`).
     pub query_timeout_ms: u64,
     /// Rows one statement may return (`RESULT_TOO_LARGE` past it).
     pub result_rows_max: usize,

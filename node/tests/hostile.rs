@@ -434,3 +434,26 @@ async fn a_login_flood_is_answered_fast_in_bounded_memory() {
         common::post_path(port, "/v1/api/auth/login", None, &json!({"user": "root", "password": ""})).await.unwrap();
     assert!(st == 200 || st == 429, "{st} {body}");
 }
+
+/// The statement deadline cancels queries, not storage jobs: a FLUSH runs under the
+/// storage-job timeout. With a deadline far shorter than any flush (1 ms), FLUSH still answers
+/// with its rows written, while a scan is cancelled with `QUERY_TIMEOUT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_statements_are_not_under_the_query_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path()).await;
+    s.sql_ok("CREATE NAMESPACE app").await;
+    s.sql_ok("CREATE TABLE app.f (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED', ACCESS_LEVEL = 'PUBLIC')")
+        .await;
+    for b in 0..5 {
+        let values: Vec<String> = (0..1_000).map(|i| format!("({}, 'v{i}')", b * 1_000 + i)).collect();
+        s.sql_ok(&format!("INSERT INTO app.f (id, v) VALUES {}", values.join(", "))).await;
+    }
+    assert!(s.terminate(Duration::from_secs(30)).await, "graceful stop");
+    let s = Server::start_with(dir.path(), common::free_port(), &[("KALAMDB_LIMITS_QUERY_TIMEOUT_MS", "1")]).await;
+    let (st, body) = s.sql("SELECT COUNT(*) FROM app.f a CROSS JOIN app.f b").await;
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(body["error"]["code"], "QUERY_TIMEOUT", "{body}");
+    let flushed = s.sql_ok("FLUSH TABLE app.f").await;
+    assert!(flushed["message"].as_str().is_some_and(|m| m.contains("5000 row(s) written")), "{flushed}");
+}

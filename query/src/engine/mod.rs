@@ -466,10 +466,14 @@ impl Engine {
                 }
                 _ => {
                     let kind = parsed.kind;
-                    let mut r = self
-                        .with_deadline("the statement", self.run(parsed, ctx, proposer))
-                        .await
-                        .map_err(|e| numbered(e, i))?;
+                    // A storage job (FLUSH, COMPACT, REBUILD) writes files inside apply and is
+                    // bounded per group by the proposer's storage-job timeout instead: under
+                    // the query deadline a big flush was reported cancelled while it went on
+                    // and committed.
+                    let storage_job = matches!(parsed.statement, Statement::Storage { .. } | Statement::Rebuild { .. });
+                    let run = self.run(parsed, ctx, proposer);
+                    let outcome = if storage_job { run.await } else { self.with_deadline("the statement", run).await };
+                    let mut r = outcome.map_err(|e| numbered(e, i))?;
                     r.kind = kind;
                     results.push(r);
                 }
