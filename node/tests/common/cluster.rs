@@ -13,9 +13,9 @@ pub const SECRET: &str = "3e8b1f9a07c4d26e5a1b8c93f0d47e2a6c5b19f8e03d7a42b6c1e9
 /// Bound on waiting for replicas to agree.
 pub const CONVERGE_WAIT: Duration = Duration::from_secs(60);
 
+/// A UDP port for a node's Raft transport (see `ports`).
 pub fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
-    s.local_addr().expect("local addr").port()
+    super::ports::pick(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 pub struct Cluster {

@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod followers;
+pub mod ports;
 pub mod s3;
 pub mod ws;
 
@@ -30,11 +31,13 @@ pub struct Server {
     pub port: u16,
     pub data: PathBuf,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Length of `server.log` when this process started: what it logged comes after.
+    log_start: usize,
 }
 
+/// A TCP port for a test server (see `ports`).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    ports::pick(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 impl Server {
@@ -57,6 +60,7 @@ impl Server {
     /// Start the binary without waiting for it: with `config`, or with defaults plus `env`.
     pub fn spawn(config: Option<&Path>, data: &Path, port: u16, env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(data).expect("create data dir");
+        let log_start = std::fs::metadata(data.join("server.log")).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -80,7 +84,7 @@ impl Server {
             .spawn()
             .expect("spawn kalamdb-server");
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Server { child: Some(child), port, data: data.to_path_buf(), client }
+        Server { child: Some(child), port, data: data.to_path_buf(), client, log_start }
     }
 
     /// The server process's id (for /proc readings: RSS, CPU time).
@@ -110,16 +114,44 @@ impl Server {
         self.child.is_some()
     }
 
+    /// Wait until this process listens on its port and answers its healthcheck. The log
+    /// line is checked too: another process on the port would answer the healthcheck while
+    /// this one failed to bind; a process that exited fails the wait at once.
     pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + STARTUP_WAIT;
         while Instant::now() < deadline {
-            if let Ok((200, _)) = self.get("/v1/api/healthcheck").await {
+            if self.exited() {
+                panic!("server on port {} exited while starting; log:\n{}", self.port, self.own_log());
+            }
+            if self.listening()
+                && let Ok((200, _)) = self.get("/v1/api/healthcheck").await
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let log = std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default();
-        panic!("server on port {} did not become healthy; log:\n{log}", self.port);
+        panic!("server on port {} did not become healthy; log:\n{}", self.port, self.own_log());
+    }
+
+    /// What this process wrote to `server.log`.
+    fn own_log(&self) -> String {
+        let log = std::fs::read(self.data.join("server.log")).unwrap_or_default();
+        String::from_utf8_lossy(log.get(self.log_start..).unwrap_or_default()).into_owned()
+    }
+
+    /// Whether this process logged that it listens on its port.
+    fn listening(&self) -> bool {
+        let port = format!(":{} ", self.port);
+        self.own_log().lines().any(|l| l.contains("KalamDB listening") && l.contains(&port))
+    }
+
+    /// Whether the process ended (a zombie not yet reaped counts).
+    fn exited(&self) -> bool {
+        let Some(child) = &self.child else { return true };
+        match std::fs::read_to_string(format!("/proc/{}/stat", child.id())) {
+            Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) == Some("Z"),
+            Err(_) => true,
+        }
     }
 
     /// Wait until the process ends by itself (a crash point), at most `within`; reaps it.
