@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 use tokio::sync::mpsc;
 
 use crate::codec::{decode_entry, decode_log_id, encode_entry};
@@ -81,16 +83,21 @@ impl LogDb {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_compression_type(DBCompressionType::Lz4);
         // Background work shares two cores with the server; keep it modest but concurrent.
         opts.increase_parallelism(2);
         opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
         opts.set_max_total_wal_size(WAL_BYTES_MAX);
-        let cf_opts = cf_options(&rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        // Log entries are purged once a snapshot covers them: compressing the few that reach
+        // a table file is CPU for nothing. Everything else is kept, and compressed.
         let cfs: Vec<ColumnFamilyDescriptor> = [CF_LOG, CF_RAFT]
             .iter()
             .chain(extra_cfs)
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_opts.clone()))
+            .map(|name| {
+                let compression = if *name == CF_LOG { DBCompressionType::None } else { DBCompressionType::Lz4 };
+                ColumnFamilyDescriptor::new(*name, cf_options(&cache, compression))
+            })
             .collect();
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE_LEN_MAX);
@@ -126,7 +133,7 @@ impl LogDb {
 /// Options of every column family. A column family does not inherit the database's options:
 /// with `Options::default()` each one had no bloom filter, a block cache of its own and no
 /// compression (RocksDB's default is Snappy, which this build does not include).
-fn cf_options(cache: &rocksdb::Cache) -> Options {
+fn cf_options(cache: &rocksdb::Cache, compression: DBCompressionType) -> Options {
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
@@ -137,7 +144,7 @@ fn cf_options(cache: &rocksdb::Cache) -> Options {
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     let mut o = Options::default();
     o.set_block_based_table_factory(&table);
-    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o.set_compression_type(compression);
     o.set_memtable_whole_key_filtering(true);
     o.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
     o

@@ -8,6 +8,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc serves every allocation of the server, RocksDB's too (its `malloc` replaces
+/// glibc's): glibc's malloc and free were about a sixth of a node's CPU under bulk ingest, in
+/// a profile of a 3-node cluster (benches/RESULTS.md, 2026-12-04, session 10).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "kalamdb-server", version, about = "KalamDB server node")]
 struct Args {

@@ -70,6 +70,8 @@ pub struct Group {
     elected_at: Arc<std::sync::Mutex<Option<Instant>>>,
     /// This node's read lease as the group's leader (see `lease`).
     lease: Arc<lease::ReadLease>,
+    /// `raft.lease_reads`: whether reads may be served under the lease.
+    lease_reads: bool,
 }
 
 /// All groups of this node.
@@ -254,7 +256,21 @@ impl Groups {
             };
             tokio::spawn(run_read_index_batcher(reads, read_rx));
             let moving = tokio::sync::Mutex::new(());
-            groups.insert(id, Group { id, raft, applied, queue, read_queue, gate, moving, elected_at, lease });
+            groups.insert(
+                id,
+                Group {
+                    id,
+                    raft,
+                    applied,
+                    queue,
+                    read_queue,
+                    gate,
+                    moving,
+                    elected_at,
+                    lease,
+                    lease_reads: cfg.raft.lease_reads,
+                },
+            );
         }
         let rows = RowReader::new(log_db.clone(), storage.files.clone());
         let me = Arc::new(Groups {
