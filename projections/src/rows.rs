@@ -9,7 +9,7 @@ use kalamdb_log::{GroupId, OpResult, RowWrite, TableDef, TxWrite, Value, WriteKi
 use rocksdb::{DB, ReadOptions, WriteBatch};
 
 use crate::changes::{Change, ChangeKind};
-use crate::cold::{ColdGroup, PkRange, TableView, stub_key_of, stub_seq, superseded_key_of, table_view};
+use crate::cold::{ColdGroup, PkRange, TableView, stub_key_of, stub_seq, stub_value, superseded_key_of, table_view};
 use crate::error::{Error, Result};
 use crate::fences::{self, Fence};
 use crate::keys::{prefix_end, row_key, split_scope, table_prefix};
@@ -160,7 +160,7 @@ impl<'a> RowApplier<'a> {
         if let Some(row) = self.current(key)? {
             return Ok(Some((row, false)));
         }
-        Ok(stub_seq(self.db, key, None)?.map(|seq| (StoredRow { seq, deleted: false, values: Vec::new() }, true)))
+        Ok(stub_seq(self.db, key, None)?.map(flushed))
     }
 
     /// [`Self::newest`] of many keys at once: the keys not in the overlay are read with one
@@ -192,8 +192,7 @@ impl<'a> RowApplier<'a> {
         let got = self.db.batched_multi_get_cf(cold_cf, stubs.iter(), false);
         for (&i, value) in no_hot.iter().zip(got) {
             if let Some(b) = value? {
-                let b: [u8; 8] = b.as_ref().try_into().map_err(|_| Error::Corrupt("bad stub".into()))?;
-                out[i] = Some((StoredRow { seq: u64::from_be_bytes(b), deleted: false, values: Vec::new() }, true));
+                out[i] = Some(flushed(stub_value(&b)?));
             }
         }
         Ok(out)
@@ -469,6 +468,11 @@ impl<'a> RowApplier<'a> {
         self.fences.remove(&table_id);
         Ok(OpResult::Done { affected: 0 })
     }
+}
+
+/// A key's flushed version as [`RowApplier::newest`] reports it: live, values not read.
+fn flushed(seq: u64) -> (StoredRow, bool) {
+    (StoredRow { seq, deleted: false, values: Vec::new() }, true)
 }
 
 fn null_refused(column: &str, row: usize) -> OpResult {

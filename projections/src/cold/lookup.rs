@@ -162,11 +162,11 @@ pub fn stub_seq(db: &DB, row_key: &[u8], snapshot: Option<&rocksdb::Snapshot<'_>
         }
         None => db.get_pinned_cf(cold, key)?,
     };
-    match got {
-        None => Ok(None),
-        Some(b) => {
-            let b: [u8; 8] = b.as_ref().try_into().map_err(|_| Error::Corrupt("bad stub".into()))?;
-            Ok(Some(u64::from_be_bytes(b)))
-        }
-    }
+    got.map(|b| stub_value(&b)).transpose()
+}
+
+/// The `_seq` a key stub holds (its flushed version).
+pub fn stub_value(bytes: &[u8]) -> Result<u64> {
+    let b: [u8; 8] = bytes.try_into().map_err(|_| Error::Corrupt("bad stub".into()))?;
+    Ok(u64::from_be_bytes(b))
 }
