@@ -503,12 +503,15 @@ pub struct LogCommand {
     pub committed_at_micros: i64,
 }
 
+/// This node's wall clock in microseconds since the epoch, the unit of commit stamps.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
 impl LogCommand {
     /// A command stamped with this node's clock.
     pub fn now(ops: Vec<Op>) -> LogCommand {
-        let committed_at_micros =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-        LogCommand { ops, committed_at_micros }
+        LogCommand { ops, committed_at_micros: now_micros() }
     }
 }
 

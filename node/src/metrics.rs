@@ -124,6 +124,16 @@ fn describe() {
     describe_counter!("kalamdb_stream_evictions_total", "TTL evictions of STREAM table rows proposed by this node.");
     describe_gauge!("kalamdb_tail_subscribers", "Open tail subscriptions on this node.");
     describe_counter!("kalamdb_tail_events_total", "Change events queued to tail subscribers.");
+    describe_histogram!(
+        "kalamdb_tail_delivery_lag_seconds",
+        Unit::Seconds,
+        "Time from the leader's commit stamp of a chunk's oldest change to its hand-over to the subscriber's connection."
+    );
+    describe_histogram!(
+        "kalamdb_apply_lag_seconds",
+        Unit::Seconds,
+        "Time from the leader's commit stamp of an entry to its apply on this node (on a follower, plus the clock offset)."
+    );
     describe_counter!(
         "kalamdb_tail_dropped_total",
         "Tail subscribers disconnected: overflow (too slow) or gone (position trimmed)."

@@ -182,7 +182,7 @@ pub async fn run_stream_ttl(groups: Arc<Groups>) {
         if tables.is_empty() {
             continue;
         }
-        let now = kalamdb_log::LogCommand::now(Vec::new()).committed_at_micros;
+        let now = kalamdb_log::command::now_micros();
         for id in groups.layout.all() {
             if !matches!(id, GroupId::UserShard(_)) || !groups.leads(id) {
                 continue;

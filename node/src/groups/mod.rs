@@ -61,6 +61,9 @@ pub struct Group {
     pub raft: Raft,
     pub applied: watch::Receiver<u64>,
     queue: mpsc::Sender<Proposal>,
+    /// Entries in flight (`limits.proposals_in_flight_max`), shared by the group-commit
+    /// batcher and the single-op fast path.
+    slots: Arc<Semaphore>,
     read_queue: mpsc::Sender<ReadIndexWaiter>,
     /// Closed while this node hands the group's leadership over: nothing new is proposed.
     gate: Arc<leadership::WriteGate>,
@@ -233,14 +236,8 @@ impl Groups {
             }
             let (queue, rx) = mpsc::channel(cfg.limits.proposal_queue_len_max);
             let gate = Arc::new(leadership::WriteGate::default());
-            tokio::spawn(run_batcher(
-                id,
-                raft.clone(),
-                rx,
-                cfg.limits.batch_ops_max,
-                cfg.limits.proposals_in_flight_max,
-                gate.clone(),
-            ));
+            let slots = Arc::new(Semaphore::new(cfg.limits.proposals_in_flight_max));
+            tokio::spawn(run_batcher(id, raft.clone(), rx, cfg.limits.batch_ops_max, slots.clone(), gate.clone()));
             let elected_at = Arc::new(std::sync::Mutex::new(None));
             let may_elect_at = if transport.is_some() { started_at + leader_lease } else { started_at };
             tokio::spawn(watch_leadership(id, raft.clone(), elected_at.clone(), draining.clone(), may_elect_at));
@@ -263,6 +260,7 @@ impl Groups {
                     raft,
                     applied,
                     queue,
+                    slots,
                     read_queue,
                     gate,
                     moving,

@@ -5,6 +5,7 @@
 use super::*;
 
 /// Why a proposal failed.
+#[derive(Clone)]
 pub(super) enum ProposeError {
     /// This node does not lead the group; nothing was proposed.
     NotLeader(Option<NodeId>),
@@ -123,8 +124,24 @@ impl Groups {
                 "a statement writes at most {BATCH_BYTES_MAX} bytes of row data"
             ))));
         }
-        let (reply, rx) = oneshot::channel();
         let group = g.id;
+        // Fast path: nothing is waiting for group commit and an in-flight slot is free, so a
+        // batch would hold this op alone. Proposed from this task, it skips the batcher's
+        // wake-up, the spawned proposal task and the reply hop (one client's write latency).
+        if g.queue.capacity() == g.queue.max_capacity()
+            && let Ok(permit) = g.slots.clone().try_acquire_owned()
+        {
+            metrics::histogram!("kalamdb_group_commit_ops").record(1.0);
+            let written = write_entry(group, &g.raft, vec![op], &g.gate);
+            let outcome = tokio::time::timeout_at(deadline, written).await;
+            drop(permit);
+            return match outcome {
+                Ok(Ok((mut results, index))) => Ok((results.pop().unwrap_or(OpResult::Skipped), index)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ProposeError::Failed(unavailable(group, "write timed out; its outcome is unknown"))),
+            };
+        }
+        let (reply, rx) = oneshot::channel();
         tokio::time::timeout_at(deadline, g.queue.send(Proposal { op, rows, bytes, reply }))
             .await
             .map_err(|_| ProposeError::Failed(unavailable(group, "write queue is full")))?
@@ -176,10 +193,9 @@ pub(super) async fn run_batcher(
     raft: Raft,
     mut rx: mpsc::Receiver<Proposal>,
     batch_ops_max: usize,
-    in_flight_max: usize,
+    slots: Arc<Semaphore>,
     gate: Arc<leadership::WriteGate>,
 ) {
-    let slots = Arc::new(Semaphore::new(in_flight_max));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let Some(first) = rx.recv().await else { return };
@@ -213,38 +229,47 @@ pub(super) async fn propose_batch(
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     gate: Arc<leadership::WriteGate>,
 ) {
-    // Held until openraft answered: a handover waits for it.
-    let Some(_pass) = gate.enter() else {
-        // Queued before the handover began; not proposed, so its callers retry elsewhere.
-        for p in batch {
-            let _ = p.reply.send(Err(ProposeError::NotLeader(None)));
-        }
-        return;
-    };
     let mut ops = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     for p in batch {
         ops.push(p.op);
         replies.push(p.reply);
     }
-    let n = ops.len();
-    let encoded = match EncodedCommand::encode(&LogCommand::now(ops)) {
-        Ok(e) => e,
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(ProposeError::Failed(GroupError::Internal(format!("encode command: {e}")))));
-            }
-            return;
-        }
-    };
-    match raft.client_write(encoded).await {
-        Ok(resp) => {
-            let index = resp.log_id.index;
-            let results = resp.data.results;
-            assert_eq!(results.len(), n, "apply must return one result per op");
+    match write_entry(group, &raft, ops, &gate).await {
+        Ok((results, index)) => {
             for (reply, r) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok((r, index)));
             }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Propose `ops` as one log entry and wait for openraft's answer: one result per op and the
+/// entry's index.
+async fn write_entry(
+    group: GroupId,
+    raft: &Raft,
+    ops: Vec<Op>,
+    gate: &Arc<leadership::WriteGate>,
+) -> std::result::Result<(Vec<OpResult>, u64), ProposeError> {
+    // Held until openraft answered: a handover waits for it.
+    let Some(_pass) = gate.enter() else {
+        // Queued before the handover began; not proposed, so its callers retry elsewhere.
+        return Err(ProposeError::NotLeader(None));
+    };
+    let n = ops.len();
+    let encoded = EncodedCommand::encode(&LogCommand::now(ops))
+        .map_err(|e| ProposeError::Failed(GroupError::Internal(format!("encode command: {e}"))))?;
+    match raft.client_write(encoded).await {
+        Ok(resp) => {
+            let results = resp.data.results;
+            assert_eq!(results.len(), n, "apply must return one result per op");
+            Ok((results, resp.log_id.index))
         }
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             // openraft answers this both when it refused the entry and when it had appended
@@ -255,16 +280,11 @@ pub(super) async fn propose_batch(
                 "group {group}: leadership moved (to {:?}) while the write was in flight; its outcome is unknown",
                 f.leader_id
             );
-            for reply in replies {
-                let _ = reply.send(Err(ProposeError::Failed(GroupError::NotLeader(message.clone()))));
-            }
+            Err(ProposeError::Failed(GroupError::NotLeader(message)))
         }
         Err(e) => {
             tracing::warn!(target: "kalamdb_raft", group = %group, error = %e, "proposal failed");
-            let message = format!("group {group}: {e}");
-            for reply in replies {
-                let _ = reply.send(Err(ProposeError::Failed(GroupError::Unavailable(message.clone()))));
-            }
+            Err(ProposeError::Failed(GroupError::Unavailable(format!("group {group}: {e}"))))
         }
     }
 }

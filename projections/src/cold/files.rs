@@ -90,6 +90,8 @@ pub(super) fn write_parquet(
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS_MAX))
         .set_data_page_row_count_limit(PAGE_ROWS_MAX)
+        // The writer checks the page limits once per write batch: no larger than a page.
+        .set_write_batch_size(PAGE_ROWS_MAX)
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES_MAX)
         // Unique in every file: a dictionary saves nothing, and reading any page of a
         // dictionary-encoded column means reading and decoding the whole dictionary first.

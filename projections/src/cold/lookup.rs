@@ -22,9 +22,8 @@ pub fn cold_row(
         if meta.retired_at.is_some() || log_index < meta.log_start || log_index > meta.log_end {
             continue;
         }
-        if let Some(row) =
-            find_in_file(&at.files.local(&meta.path, meta.bytes, &meta.sha256)?, metadata, def, key, seq)?
-        {
+        let path = at.files.local(&meta.path, meta.bytes, &meta.sha256)?;
+        if let Some(row) = find_in_file(&path, meta.bytes, metadata, def, key, seq)? {
             return Ok(Some(row));
         }
     }
@@ -42,11 +41,7 @@ pub struct MetadataCache {
 }
 
 impl MetadataCache {
-    fn get_or_load(
-        &self,
-        path: &Path,
-        file: &std::fs::File,
-    ) -> Result<parquet::arrow::arrow_reader::ArrowReaderMetadata> {
+    fn get_or_load(&self, path: &Path, file: &PreadFile) -> Result<parquet::arrow::arrow_reader::ArrowReaderMetadata> {
         use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
         if let Some(m) = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
             return Ok(m.clone());
@@ -63,8 +58,52 @@ impl MetadataCache {
     }
 }
 
+/// A Parquet file read with positioned reads: one `pread` per page, where the reader's
+/// implementation for `File` duplicates the descriptor, seeks and reads for each.
+struct PreadFile {
+    file: Arc<std::fs::File>,
+    bytes: u64,
+}
+
+/// A sequential reader from an offset of a [`PreadFile`].
+struct PreadReader {
+    file: Arc<std::fs::File>,
+    at: u64,
+}
+
+impl std::io::Read for PreadReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl parquet::file::reader::Length for PreadFile {
+    fn len(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl parquet::file::reader::ChunkReader for PreadFile {
+    type T = std::io::BufReader<PreadReader>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(std::io::BufReader::new(PreadReader { file: self.file.clone(), at: start }))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; length];
+        self.file.read_exact_at(&mut buf, start)?;
+        Ok(buf.into())
+    }
+}
+
 pub(super) fn find_in_file(
     path: &Path,
+    bytes: u64,
     cache: &MetadataCache,
     def: &TableDef,
     key: &kalamdb_log::Value,
@@ -77,6 +116,7 @@ pub(super) fn find_in_file(
 
     let file = std::fs::File::open(path)
         .map_err(|e| Error::Storage(format!("cannot open cold file {}: {e}", path.display())))?;
+    let file = PreadFile { file: Arc::new(file), bytes };
     let metadata = cache.get_or_load(path, &file)?;
     let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
     let pk = def.pk_index();

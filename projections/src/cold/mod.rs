@@ -70,12 +70,17 @@ pub const ROW_GROUP_ROWS_MAX: usize = 128 * 1024;
 /// Rows in one Parquet data page. Files are sorted by primary key, so a point lookup uses the
 /// page index to decode one page per column instead of the whole row group: with the
 /// writer's default (20,000 rows or 1 MiB per page) a lookup among 100,000 flushed rows
-/// decoded all of them (443 lookups/s in benches/RESULTS.md).
-pub const PAGE_ROWS_MAX: usize = 4096;
+/// decoded all of them (443 lookups/s in benches/RESULTS.md); at 4,096 rows decompressing
+/// the pages was still 30% of a lookup's time (5,241/s); 1,024 rows with the dictionary bound
+/// below gave 9,472/s, while 512 gave no more and GROUP BY scans did not slow down.
+pub const PAGE_ROWS_MAX: usize = 1024;
 /// Bytes of one column's dictionary page in a row group; past it the column is written
-/// plainly. A point lookup reads the dictionary of every column it returns, so a large one
-/// (the writer's default is 1 MiB) costs more than the page itself.
-pub const DICTIONARY_PAGE_BYTES_MAX: usize = 64 * 1024;
+/// plainly. A point lookup decodes the dictionary page of every column it returns, even when
+/// its page is plain, so a high-cardinality column that filled a large dictionary before
+/// falling back (the writer's default is 1 MiB; 64 KiB was measured at 5,381 lookups/s) costs
+/// more than the page itself. 8 KiB still holds the dictionary of a low-cardinality column (a
+/// category, a status) whole.
+pub const DICTIONARY_PAGE_BYTES_MAX: usize = 8 * 1024;
 // Compaction cuts files from whole merge batches.
 /// Flush and compaction jobs remembered for `system.jobs`, per node.
 pub const JOBS_RETAINED_MAX: usize = 1024;

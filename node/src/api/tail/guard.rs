@@ -102,8 +102,8 @@ impl Entitlement {
     }
 }
 
-/// Approximate bytes a cached entry holds: its decoded values, and up to two rendered frames
-/// per change (SSE and NDJSON), which are about the values' size again.
+/// Approximate bytes a cached entry holds: its decoded values, up to two rendered frames per
+/// change (SSE and NDJSON), which are about the values' size again, and a joined block.
 pub fn entry_cost_bytes(record: Option<&ChangeEntry>) -> usize {
     const ENTRY_OVERHEAD_BYTES: usize = 256;
     const CHANGE_OVERHEAD_BYTES: usize = 160;
@@ -117,7 +117,8 @@ pub fn entry_cost_bytes(record: Option<&ChangeEntry>) -> usize {
             CHANGE_OVERHEAD_BYTES + c.scope.len() + c.namespace.len() + row + old
         })
         .sum();
-    ENTRY_OVERHEAD_BYTES + values * 3
+    // The values, a frame per format, and a format's frames once more joined in a block.
+    ENTRY_OVERHEAD_BYTES + values * 5
 }
 
 fn value_bytes(v: &Value) -> usize {

@@ -12,7 +12,10 @@
 //! for `tail.stall_ms` has fallen behind: the events already queued are delivered, then a
 //! final `overflow` event with the cursor to resume from, and the stream ends.
 
+mod cache;
 pub mod guard;
+
+pub use cache::{RECORD_CACHE_BYTES_MAX, RECORD_CACHE_ENTRIES_MAX, TailState};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -50,115 +53,6 @@ const LAST_ROWS_ATTEMPTS_MAX: usize = 5;
 pub const POSITION_INDEX_MAX: u64 = i64::MAX as u64;
 /// Longest `from` / `Last-Event-ID` accepted.
 pub const POSITION_BYTES_MAX: usize = 1024;
-
-/// Decoded change records kept for all subscribers of this node.
-pub const RECORD_CACHE_ENTRIES_MAX: usize = 8192;
-/// Bytes (estimated: values and rendered frames) the record cache may hold.
-pub const RECORD_CACHE_BYTES_MAX: usize = 64 << 20;
-
-/// Subscribers of this node (for the `subscribers_max` limit and the gauge), and the records
-/// they share: a hundred subscribers of one table decode and render each entry once.
-#[derive(Debug, Default)]
-pub struct TailState {
-    pub(crate) slots: guard::Slots,
-    cache: std::sync::Mutex<RecordCache>,
-}
-
-/// One entry as the subscribers see it: its record (`None`: the entry has none, e.g. a blank
-/// entry) and, per format, the frame of each change once a single-group subscriber rendered it
-/// (the frame of a single-group subscription does not depend on the subscriber).
-#[derive(Debug)]
-pub(crate) struct CachedEntry {
-    pub(crate) record: Option<ChangeEntry>,
-    /// What this entry counts against [`RECORD_CACHE_BYTES_MAX`].
-    cost_bytes: usize,
-    frames: [Vec<std::sync::OnceLock<Bytes>>; 2],
-}
-
-#[derive(Debug, Default)]
-struct RecordCache {
-    map: std::collections::HashMap<(GroupId, u64), Arc<CachedEntry>>,
-    order: std::collections::VecDeque<(GroupId, u64)>,
-    bytes: usize,
-}
-
-impl RecordCache {
-    fn insert(&mut self, key: (GroupId, u64), record: Option<ChangeEntry>) -> Arc<CachedEntry> {
-        let n = record.as_ref().map_or(0, |r| r.changes.len());
-        let frames = [
-            (0..n).map(|_| std::sync::OnceLock::new()).collect(),
-            (0..n).map(|_| std::sync::OnceLock::new()).collect(),
-        ];
-        let cost_bytes = guard::entry_cost_bytes(record.as_ref());
-        let e = Arc::new(CachedEntry { record, cost_bytes, frames });
-        self.bytes += cost_bytes;
-        match self.map.insert(key, e.clone()) {
-            None => self.order.push_back(key),
-            Some(replaced) => self.bytes -= replaced.cost_bytes,
-        }
-        // Oldest first, by count and by bytes; the entry just added stays (its subscriber
-        // holds it anyway).
-        while self.order.len() > RECORD_CACHE_ENTRIES_MAX
-            || (self.bytes > RECORD_CACHE_BYTES_MAX && self.order.len() > 1)
-        {
-            let Some(old) = self.order.pop_front() else { break };
-            if let Some(gone) = self.map.remove(&old) {
-                self.bytes -= gone.cost_bytes;
-            }
-        }
-        e
-    }
-}
-
-impl TailState {
-    /// Entries `from..=to` of a group (at most `entries_max`), from the cache where present,
-    /// else from RocksDB (then cached). Entries without a record come back with `None`.
-    pub(crate) fn entries(
-        &self,
-        rows: &kalamdb_projections::RowReader,
-        group: GroupId,
-        from: u64,
-        to: u64,
-        entries_max: usize,
-    ) -> kalamdb_projections::error::Result<Vec<(u64, Arc<CachedEntry>)>> {
-        let mut out = Vec::new();
-        let mut index = from;
-        while index <= to && out.len() < entries_max {
-            let hit = self.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&(group, index)).cloned();
-            if let Some(e) = hit {
-                out.push((index, e));
-                index += 1;
-                continue;
-            }
-            let want = entries_max - out.len();
-            let records = changes::read_range(rows.db(), group, index, to, want)?;
-            let full = records.len() == want;
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            for (i, record) in records {
-                // Indices skipped by the range read have no record. They count against
-                // `entries_max` too: the caller takes a shorter answer for "up to `to`", so
-                // returning more than asked would make it skip to `to` past entries never
-                // returned (seen: a cold cache and blank entries from elections lost events).
-                while index < i && out.len() < entries_max {
-                    out.push((index, cache.insert((group, index), None)));
-                    index += 1;
-                }
-                if out.len() >= entries_max {
-                    break;
-                }
-                out.push((i, cache.insert((group, i), Some(record))));
-                index = i + 1;
-            }
-            if !full {
-                while index <= to && out.len() < entries_max {
-                    out.push((index, cache.insert((group, index), None)));
-                    index += 1;
-                }
-            }
-        }
-        Ok(out)
-    }
-}
 
 /// Where a subscriber is in one group: every change of entries `< index` is delivered, and
 /// of entry `index` the changes up to `offset` (all of them when `offset` is `None`).
@@ -267,6 +161,9 @@ struct Subscription {
     entitlement: guard::Entitlement,
     format: Format,
     cursor: Cursor,
+    /// Per group, the position of the last event queued: the overflow notice names it (the
+    /// id the client saw last) rather than the equal entry-level cursor after it.
+    delivered: Cursor,
 }
 
 /// Query-component characters kept as they are: RFC 3986's unreserved set.
@@ -521,7 +418,7 @@ pub async fn tail(
     metrics::gauge!("kalamdb_tail_subscribers").set(state.slots.active() as f64);
 
     let chunks = (cfg.subscriber_buffer_events / EVENTS_PER_CHUNK_MAX as usize).max(1);
-    let (tx, rx) = mpsc::channel::<Bytes>(chunks);
+    let (tx, rx) = mpsc::channel::<Out>(chunks);
     let (last_tx, last_rx) = oneshot::channel::<Bytes>();
     let mut initial = Vec::new();
     if let (Some(n), Target::Table { def, filter, .. }) = (q.last_rows, &target) {
@@ -549,6 +446,7 @@ pub async fn tail(
         entitlement,
         format,
         cursor,
+        delivered: Cursor::new(),
     };
     tokio::spawn(async move {
         let _guard = guard;
@@ -556,8 +454,13 @@ pub async fn tail(
     });
     // Everything queued, then the final notice if there is one.
     let stream = futures::stream::unfold((rx, Some(last_rx)), |(mut rx, last)| async move {
-        if let Some(b) = rx.recv().await {
-            return Some((Ok::<_, Infallible>(b), (rx, last)));
+        if let Some(out) = rx.recv().await {
+            // The body writer takes the chunk now: the end of the server's part of the delay.
+            if out.committed_at_micros > 0 {
+                let lag_micros = kalamdb_log::command::now_micros().saturating_sub(out.committed_at_micros).max(0);
+                metrics::histogram!("kalamdb_tail_delivery_lag_seconds").record(lag_micros as f64 / 1e6);
+            }
+            return Some((Ok::<_, Infallible>(out.bytes), (rx, last)));
         }
         let notice = last?.await.ok()?;
         Some((Ok(notice), (rx, None)))
@@ -669,11 +572,31 @@ impl Subscription {
         Ok(())
     }
 
+    /// Where to resume if the next event cannot be queued: the last event queued when the
+    /// cursor only moved to the end of that event's entry since (the same position, written as
+    /// the id the client last saw), else the cursor.
+    fn resume_point(&self, g: GroupId) -> Pos {
+        let cursor = self.cursor[&g];
+        match self.delivered.get(&g) {
+            Some(d) if d.index == cursor.index && cursor.offset.is_none() => *d,
+            _ => cursor,
+        }
+    }
+
+    /// The table and scope of an unfiltered table subscription: every subscriber of that
+    /// scope sees the same changes, so they share one rendered block per entry.
+    fn unfiltered_table(&self) -> Option<(&Arc<TableDef>, &str)> {
+        match &self.target {
+            Target::Table { def, scope, filter: None } => Some((def, scope)),
+            _ => None,
+        }
+    }
+
     /// May this subscriber see the change, and under which table name?
     fn visible(&self, group: GroupId, c: &Change) -> Option<Option<Arc<TableDef>>> {
         match &self.target {
             Target::Table { def, scope, filter } => {
-                if c.table_id != def.table_id || (is_row_change(c) && c.scope != *scope) {
+                if !in_table_scope(c, def.table_id, scope) {
                     return None;
                 }
                 if let Some(f) = filter {
@@ -732,6 +655,12 @@ impl Subscription {
 
 fn is_row_change(c: &Change) -> bool {
     matches!(c.kind, ChangeKind::Insert | ChangeKind::Update | ChangeKind::Delete)
+}
+
+/// A change of the table that a subscriber of `scope` sees: its rows in that scope, and
+/// every change that is not a row's (DDL, flush).
+fn in_table_scope(c: &Change, table_id: u64, scope: &str) -> bool {
+    c.table_id == table_id && (!is_row_change(c) || c.scope == scope)
 }
 
 fn row_json(def: Option<&TableDef>, values: &[kalamdb_log::Value]) -> J {
@@ -810,9 +739,22 @@ enum Stop {
     Revoked(String),
 }
 
+/// What a subscriber's channel carries: frames for the body, and the commit stamp of the
+/// oldest change among them (0: no change, e.g. a heartbeat) for the delivery-lag histogram.
+struct Out {
+    bytes: Bytes,
+    committed_at_micros: i64,
+}
+
+impl From<Bytes> for Out {
+    fn from(bytes: Bytes) -> Out {
+        Out { bytes, committed_at_micros: 0 }
+    }
+}
+
 /// Queue one frame; a channel that stays full for `stall` means the client fell behind.
-async fn offer(tx: &mpsc::Sender<Bytes>, frame: Bytes, stall: Duration) -> Result<(), Stop> {
-    match tx.send_timeout(frame, stall).await {
+async fn offer(tx: &mpsc::Sender<Out>, out: Out, stall: Duration) -> Result<(), Stop> {
+    match tx.send_timeout(out, stall).await {
         Ok(()) => Ok(()),
         Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Stop::Overflow),
         Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Stop::Closed),
@@ -823,7 +765,7 @@ async fn offer(tx: &mpsc::Sender<Bytes>, frame: Bytes, stall: Duration) -> Resul
 /// final notice (overflow, gone) goes through `last`, after everything queued in `tx`.
 async fn run(
     mut sub: Subscription,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Out>,
     last: oneshot::Sender<Bytes>,
     initial: Vec<J>,
     cfg: TailConfig,
@@ -834,13 +776,13 @@ async fn run(
         Format::Sse => Bytes::from(format!("retry: 1000\n: subscribed {hello}\n\n")),
         Format::Ndjson => Bytes::from(format!("{hello}\n")),
     };
-    let mut outcome = offer(&tx, first, stall).await;
+    let mut outcome = offer(&tx, first.into(), stall).await;
     let id = format_cursor(&sub.cursor);
     for row in &initial {
         if outcome.is_err() {
             break;
         }
-        outcome = offer(&tx, sub.frame("initial", Some(&id), row), stall).await;
+        outcome = offer(&tx, sub.frame("initial", Some(&id), row).into(), stall).await;
     }
     if outcome.is_ok() {
         outcome = follow(&mut sub, &tx, &cfg).await;
@@ -877,31 +819,88 @@ async fn run(
     }
 }
 
-/// Queue the chunk of events gathered so far. When it cannot be queued, the cursor goes back
-/// to where the chunk started: the last event queued, which is where the overflow notice
-/// (sent after everything queued) tells the client to resume.
-async fn send_chunk(
-    sub: &mut Subscription,
-    tx: &mpsc::Sender<Bytes>,
-    group: GroupId,
-    chunk: &mut bytes::BytesMut,
-    events: &mut u64,
-    chunk_start: Pos,
-    stall: Duration,
-) -> Result<(), Stop> {
-    if *events == 0 {
-        return Ok(());
-    }
-    let n = std::mem::take(events);
-    if let Err(stop) = offer(tx, chunk.split().freeze(), stall).await {
-        sub.cursor.insert(group, chunk_start);
-        return Err(stop);
-    }
-    metrics::counter!("kalamdb_tail_events_total").increment(n);
-    Ok(())
+/// Events gathered for one channel message: one body write for many.
+struct Chunk {
+    /// Frames copied in, after `shared` when that is set.
+    bytes: bytes::BytesMut,
+    /// A block taken as it is while the chunk was empty (no copy: it is shared by every
+    /// subscriber of the table).
+    shared: Option<Bytes>,
+    events: u64,
+    /// The cursor before the chunk's first event: where to resume if it cannot be queued.
+    start: Pos,
+    /// The commit stamp of the chunk's first (oldest) event.
+    committed_at_micros: i64,
+    /// The position of the chunk's last event.
+    last: Pos,
 }
 
-async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConfig) -> Result<(), Stop> {
+impl Chunk {
+    fn push(&mut self, frame: &[u8], before: Pos, at: Pos, committed_at_micros: i64) {
+        self.started(before, committed_at_micros);
+        self.last = at;
+        self.bytes.extend_from_slice(frame);
+        self.events += 1;
+    }
+
+    /// Add a block of `events` frames: kept by reference when it comes first, else copied.
+    fn push_block(&mut self, block: &Bytes, events: u64, before: Pos, last: Pos, committed_at_micros: i64) {
+        if self.events == 0 {
+            self.shared = Some(block.clone());
+        } else {
+            if let Some(first) = self.shared.take() {
+                self.bytes.extend_from_slice(&first);
+            }
+            self.bytes.extend_from_slice(block);
+        }
+        self.started(before, committed_at_micros);
+        self.last = last;
+        self.events += events;
+    }
+
+    fn started(&mut self, before: Pos, committed_at_micros: i64) {
+        if self.events == 0 {
+            self.start = before;
+            self.committed_at_micros = committed_at_micros;
+        }
+    }
+
+    /// Queue the events gathered so far. When they cannot be queued, the cursor goes back to
+    /// where the chunk started: the last event queued, which is where the overflow notice
+    /// (sent after everything queued) tells the client to resume.
+    async fn send(
+        &mut self,
+        sub: &mut Subscription,
+        tx: &mpsc::Sender<Out>,
+        group: GroupId,
+        stall: Duration,
+    ) -> Result<(), Stop> {
+        if self.events == 0 {
+            return Ok(());
+        }
+        let n = std::mem::take(&mut self.events);
+        let bytes = match self.shared.take() {
+            Some(shared) if self.bytes.is_empty() => shared,
+            Some(shared) => {
+                let mut joined = bytes::BytesMut::with_capacity(shared.len() + self.bytes.len());
+                joined.extend_from_slice(&shared);
+                joined.extend_from_slice(&self.bytes.split());
+                joined.freeze()
+            }
+            None => self.bytes.split().freeze(),
+        };
+        let out = Out { bytes, committed_at_micros: self.committed_at_micros };
+        if let Err(stop) = offer(tx, out, stall).await {
+            sub.cursor.insert(group, self.start);
+            return Err(stop);
+        }
+        sub.delivered.insert(group, self.last);
+        metrics::counter!("kalamdb_tail_events_total").increment(n);
+        Ok(())
+    }
+}
+
+async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Out>, cfg: &TailConfig) -> Result<(), Stop> {
     let groups: Vec<GroupId> = sub.cursor.keys().copied().collect();
     let mut watches: Vec<watch::Receiver<u64>> =
         groups.iter().filter_map(|g| sub.app.groups.applied_watch(*g)).collect();
@@ -940,22 +939,56 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
             let single = sub.cursor.len() == 1;
             let fmt = usize::from(sub.format == Format::Ndjson);
             // Events go out in chunks: one channel message and one body write for many.
-            let mut chunk = bytes::BytesMut::new();
-            let mut chunk_events = 0u64;
-            let mut chunk_start = sub.cursor[g];
+            let mut chunk = Chunk {
+                bytes: bytes::BytesMut::new(),
+                shared: None,
+                events: 0,
+                start: sub.cursor[g],
+                committed_at_micros: 0,
+                last: sub.cursor[g],
+            };
             for (index, entry) in &entries {
                 let Some(record) = &entry.record else {
                     sub.cursor.insert(*g, Pos { index: *index, offset: None });
                     continue;
                 };
                 let skip_upto = if *index == pos.index { pos.offset } else { None };
+                if single
+                    && skip_upto.is_none()
+                    && let Some((def, scope)) = sub.unfiltered_table()
+                {
+                    let block = entry.block(
+                        fmt,
+                        def.table_id,
+                        scope,
+                        |c| in_table_scope(c, def.table_id, scope),
+                        |k, c| {
+                            let cursor = Cursor::from([(*g, Pos { index: *index, offset: Some(k) })]);
+                            let id = format_cursor(&cursor);
+                            sub.frame("change", Some(&id), &event_json(*g, *index, k, &id, record, c, Some(def)))
+                        },
+                    );
+                    if block.events > 0 {
+                        let before = sub.resume_point(*g);
+                        if chunk.events + block.events > EVENTS_PER_CHUNK_MAX {
+                            chunk.send(sub, tx, *g, stall).await?;
+                        }
+                        let last = Pos { index: *index, offset: Some(block.last_offset) };
+                        chunk.push_block(&block.bytes, block.events, before, last, record.committed_at_micros);
+                        if chunk.events >= EVENTS_PER_CHUNK_MAX {
+                            chunk.send(sub, tx, *g, stall).await?;
+                        }
+                    }
+                    sub.cursor.insert(*g, Pos { index: *index, offset: None });
+                    continue;
+                }
                 for (k, c) in record.changes.iter().enumerate() {
                     let k = k as u32;
                     if skip_upto.is_some_and(|o| k <= o) {
                         continue;
                     }
                     let Some(def) = sub.visible(*g, c) else { continue };
-                    let before = sub.cursor[g];
+                    let before = sub.resume_point(*g);
                     sub.cursor.insert(*g, Pos { index: *index, offset: Some(k) });
                     let render = |sub: &Subscription| {
                         let id = format_cursor(&sub.cursor);
@@ -966,13 +999,9 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
                         Some(slot) if single => slot.get_or_init(|| render(sub)).clone(),
                         _ => render(sub),
                     };
-                    if chunk_events == 0 {
-                        chunk_start = before;
-                    }
-                    chunk.extend_from_slice(&frame);
-                    chunk_events += 1;
-                    if chunk_events >= EVENTS_PER_CHUNK_MAX {
-                        send_chunk(sub, tx, *g, &mut chunk, &mut chunk_events, chunk_start, stall).await?;
+                    chunk.push(&frame, before, Pos { index: *index, offset: Some(k) }, record.committed_at_micros);
+                    if chunk.events >= EVENTS_PER_CHUNK_MAX {
+                        chunk.send(sub, tx, *g, stall).await?;
                     }
                 }
                 sub.cursor.insert(*g, Pos { index: *index, offset: None });
@@ -983,7 +1012,7 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
                 // Entries up to `applied` without a record (blank, membership) hold nothing.
                 sub.cursor.insert(*g, Pos { index: applied, offset: None });
             }
-            send_chunk(sub, tx, *g, &mut chunk, &mut chunk_events, chunk_start, stall).await?;
+            chunk.send(sub, tx, *g, stall).await?;
         }
         if more {
             tokio::task::yield_now().await;
@@ -997,7 +1026,7 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
                 }
             }
             // A heartbeat never waits: a full channel already tells the client it is behind.
-            _ = heartbeat.tick() => match tx.try_send(sub.heartbeat()) {
+            _ = heartbeat.tick() => match tx.try_send(sub.heartbeat().into()) {
                 Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
                 Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Closed),
             },
@@ -1009,43 +1038,6 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Bytes>, cfg: &TailConf
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A cold cache and entries without a record (blank entries of elections) between the
-    /// records: the answer never exceeds what was asked, and asking again from where it ended
-    /// walks every entry (once it returned more, and the subscriber skipped the rest).
-    #[test]
-    fn entries_with_gaps_never_exceed_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let log_db = kalamdb_log::LogDb::open(dir.path(), &kalamdb_projections::PROJECTION_CFS).unwrap();
-        let files = Arc::new(kalamdb_projections::cold::FileStore::folder(dir.path().join("files")));
-        let rows = kalamdb_projections::RowReader::new(log_db.clone(), files);
-        let g = GroupId::SharedShard(0);
-        let change = || changes::Change::ddl(7, "ns", String::new());
-        // Records at every third index from 1 to 300.
-        let mut batch = rocksdb::WriteBatch::default();
-        let with_record: Vec<u64> = (1..=300).filter(|i| i % 3 == 1).collect();
-        for i in &with_record {
-            let e = changes::ChangeEntry { committed_at_micros: 0, changes: vec![change()] };
-            changes::stage(rows.db(), &mut batch, g, *i, &e).unwrap();
-        }
-        rows.db().write(batch).unwrap();
-        let state = TailState::default();
-        let (mut from, mut seen) = (0, Vec::new());
-        loop {
-            let got = state.entries(&rows, g, from, 300, 16).unwrap();
-            assert!(got.len() <= 16, "asked for 16, got {}", got.len());
-            for (k, (i, _)) in got.iter().enumerate() {
-                assert_eq!(*i, from + k as u64, "entries are contiguous from `from`");
-            }
-            seen.extend(got.iter().filter(|(_, e)| e.record.is_some()).map(|(i, _)| *i));
-            if got.len() < 16 {
-                assert_eq!(got.last().map(|(i, _)| *i), Some(300), "a short answer reaches `to`");
-                break;
-            }
-            from = got.last().unwrap().0 + 1;
-        }
-        assert_eq!(seen, with_record);
-    }
 
     #[test]
     fn cursors_round_trip_and_are_checked() {
