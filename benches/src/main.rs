@@ -154,6 +154,9 @@ async fn main() -> Result<(), String> {
     } else {
         vec![]
     };
+    // Scripts that disturb the cluster during a run (bench-leaders.sh's rolling restart) wait
+    // for this line: the table and the users' logins are set up, the workload starts.
+    eprintln!("kalamdb-load: prepared");
     let next_key = Arc::new(AtomicU64::new(1_000_000_000));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_at = Instant::now() + Duration::from_secs(args.warmup + args.seconds);
