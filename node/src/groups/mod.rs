@@ -64,6 +64,8 @@ pub struct Group {
     /// Entries in flight (`limits.proposals_in_flight_max`), shared by the group-commit
     /// batcher and the single-op fast path.
     slots: Arc<Semaphore>,
+    /// `limits.proposals_in_flight_max`: the number of `slots`.
+    in_flight_max: usize,
     read_queue: mpsc::Sender<ReadIndexWaiter>,
     /// Closed while this node hands the group's leadership over: nothing new is proposed.
     gate: Arc<leadership::WriteGate>,
@@ -261,6 +263,7 @@ impl Groups {
                     applied,
                     queue,
                     slots,
+                    in_flight_max: cfg.limits.proposals_in_flight_max,
                     read_queue,
                     gate,
                     moving,

@@ -125,10 +125,14 @@ impl Groups {
             ))));
         }
         let group = g.id;
-        // Fast path: nothing is waiting for group commit and an in-flight slot is free, so a
-        // batch would hold this op alone. Proposed from this task, it skips the batcher's
-        // wake-up, the spawned proposal task and the reply hop (one client's write latency).
+        // Fast path: the group is idle (nothing queued for group commit, no entry in flight;
+        // the batcher holds one slot while it waits), so a batch would hold this op alone.
+        // Proposed from this task, it skips the batcher's wake-up, the spawned proposal task
+        // and the reply hop (one client's write latency). Under load entries are in flight,
+        // so writes go through the batcher as before. A cancelled request (client gone) loses
+        // only its answer, as a timed-out one does: openraft owns the entry once it was sent.
         if g.queue.capacity() == g.queue.max_capacity()
+            && g.slots.available_permits() + 1 >= g.in_flight_max
             && let Ok(permit) = g.slots.clone().try_acquire_owned()
         {
             metrics::histogram!("kalamdb_group_commit_ops").record(1.0);
