@@ -193,8 +193,10 @@ async fn histogram(client: &HttpClient, url: &str, name: &str) -> Result<Vec<(f6
 /// The bucket bound (ms) under which a fraction `p` of the observations between two scrapes
 /// of one histogram (summed over nodes) fell.
 fn bucket_percentile_ms(before: &[(f64, u64)], after: &[(f64, u64)], p: f64) -> Option<f64> {
-    let delta: Vec<(f64, u64)> =
-        after.iter().map(|(le, n)| (*le, n - before.iter().find(|(b, _)| b == le).map_or(0, |(_, m)| *m))).collect();
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| (*le, n.saturating_sub(before.iter().find(|(b, _)| b == le).map_or(0, |(_, m)| *m))))
+        .collect();
     // Nothing observed (a `/v1/ws` run): no figure.
     let total = delta.last().map(|(_, n)| *n).filter(|n| *n > 0)?;
     delta.iter().find(|(_, n)| *n as f64 >= p * total as f64).map(|(le, _)| le * 1000.0)

@@ -836,10 +836,15 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// An empty chunk of a subscriber whose cursor is at `at`.
+    fn new(at: Pos) -> Chunk {
+        Chunk { bytes: bytes::BytesMut::new(), shared: None, events: 0, start: at, committed_at_micros: 0, last: at }
+    }
+
     fn push(&mut self, frame: &[u8], before: Pos, at: Pos, committed_at_micros: i64) {
+        self.append(frame);
         self.started(before, committed_at_micros);
         self.last = at;
-        self.bytes.extend_from_slice(frame);
         self.events += 1;
     }
 
@@ -848,14 +853,20 @@ impl Chunk {
         if self.events == 0 {
             self.shared = Some(block.clone());
         } else {
-            if let Some(first) = self.shared.take() {
-                self.bytes.extend_from_slice(&first);
-            }
-            self.bytes.extend_from_slice(block);
+            self.append(block);
         }
         self.started(before, committed_at_micros);
         self.last = last;
         self.events += events;
+    }
+
+    /// Copy frames in after everything gathered so far (a shared block first moves into the
+    /// copy, so events stay in order).
+    fn append(&mut self, frames: &[u8]) {
+        if let Some(first) = self.shared.take() {
+            self.bytes.extend_from_slice(&first);
+        }
+        self.bytes.extend_from_slice(frames);
     }
 
     fn started(&mut self, before: Pos, committed_at_micros: i64) {
@@ -879,16 +890,9 @@ impl Chunk {
             return Ok(());
         }
         let n = std::mem::take(&mut self.events);
-        let bytes = match self.shared.take() {
-            Some(shared) if self.bytes.is_empty() => shared,
-            Some(shared) => {
-                let mut joined = bytes::BytesMut::with_capacity(shared.len() + self.bytes.len());
-                joined.extend_from_slice(&shared);
-                joined.extend_from_slice(&self.bytes.split());
-                joined.freeze()
-            }
-            None => self.bytes.split().freeze(),
-        };
+        // A shared block is only ever alone: `append` copies it before anything follows it.
+        assert!(self.shared.is_none() || self.bytes.is_empty(), "a shared block with copied frames");
+        let bytes = self.shared.take().unwrap_or_else(|| self.bytes.split().freeze());
         let out = Out { bytes, committed_at_micros: self.committed_at_micros };
         if let Err(stop) = offer(tx, out, stall).await {
             sub.cursor.insert(group, self.start);
@@ -939,14 +943,7 @@ async fn follow(sub: &mut Subscription, tx: &mpsc::Sender<Out>, cfg: &TailConfig
             let single = sub.cursor.len() == 1;
             let fmt = usize::from(sub.format == Format::Ndjson);
             // Events go out in chunks: one channel message and one body write for many.
-            let mut chunk = Chunk {
-                bytes: bytes::BytesMut::new(),
-                shared: None,
-                events: 0,
-                start: sub.cursor[g],
-                committed_at_micros: 0,
-                last: sub.cursor[g],
-            };
+            let mut chunk = Chunk::new(sub.cursor[g]);
             for (index, entry) in &entries {
                 let Some(record) = &entry.record else {
                     sub.cursor.insert(*g, Pos { index: *index, offset: None });
