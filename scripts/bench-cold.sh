@@ -15,6 +15,8 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import duckdb' 2>/d
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet duckdb
 fi
+# The engine alone, the version the server links (datafusion 55 in Cargo.toml).
+"$venv/bin/python" -c 'import datafusion' 2>/dev/null || "$venv/bin/pip" install --quiet 'datafusion==55.*'
 # One FLUSH of millions of rows is one log entry whose apply takes longer than the default
 # 10 s write timeout: let the statement wait for it (the server inherits this).
 export KALAMDB_LIMITS_WRITE_TIMEOUT_MS="${KALAMDB_LIMITS_WRITE_TIMEOUT_MS:-900000}"
@@ -59,6 +61,23 @@ for name, q in queries.items():
         answer = con.execute(q).fetchall()
         times.append(time.perf_counter() - t)
     print("duckdb %s median_s=%.4f answer=%s" % (name, statistics.median(times), answer[:2]))
+# DataFusion alone (PyPI `datafusion`, the engine version our server links), one partition per
+# CPU like our query runtime, over the same files: what the engine costs without our server.
+import os
+import datafusion
+dirs = sorted({os.path.dirname(f) for f in files})
+ctx = datafusion.SessionContext(datafusion.SessionConfig().with_target_partitions(os.cpu_count()))
+if len(dirs) == 1:
+    ctx.register_parquet("orders", dirs[0])
+    print("datafusion version=%s partitions=%d" % (datafusion.__version__, os.cpu_count()))
+    for name, q in queries.items():
+        q = q.replace("{t}", "orders")
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            answer = ctx.sql(q).collect()
+            times.append(time.perf_counter() - t)
+        print("datafusion %s median_s=%.4f rows=%d" % (name, statistics.median(times), sum(b.num_rows for b in answer)))
 PY
 )"
 echo "$peer"

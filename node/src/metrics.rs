@@ -112,6 +112,10 @@ fn describe() {
     describe_gauge!("kalamdb_storage_cache_bytes", Unit::Bytes, "Bytes of bucket files cached on this node.");
     describe_counter!("kalamdb_storage_cache_fetches_total", "Cold files fetched from the bucket into the cache.");
     describe_counter!(
+        "kalamdb_cold_lookup_pages_total",
+        "Pages keyed reads of flushed rows took from the lookup cache (hit) or decoded from their file (read)."
+    );
+    describe_counter!(
         "kalamdb_storage_cache_fetched_bytes_total",
         Unit::Bytes,
         "Bytes fetched from the bucket into the cache."

@@ -417,6 +417,14 @@ async fn point_lookups_of_flushed_rows_read_one_file_and_one_page(b: Backend) {
     let r = s.sql_ok("SELECT * FROM app.orders WHERE id = 7777").await;
     assert_eq!(r["rows"][0].as_array().unwrap()[..3], [json!(7777), json!("c1"), json!(7777.5)], "{r}");
     assert!(r["rows"][0][3].as_i64().unwrap() > 0 && r["rows"][0][4] == json!(false), "{r}");
+    // Again, and a neighbour on the same page: the decoded page comes from the lookup cache.
+    let (hits, reads) = (lookup_pages(&s, "hit").await, lookup_pages(&s, "read").await);
+    assert!(reads >= 1.0, "the first read decoded a page: {reads}");
+    assert_eq!(s.sql_ok("SELECT * FROM app.orders WHERE id = 7777").await["rows"], r["rows"]);
+    let r = s.sql_ok("SELECT id, category, amount FROM app.orders WHERE id = 7778").await;
+    assert_eq!(r["rows"], json!([[7778, "c2", 7778.5]]));
+    assert_eq!(lookup_pages(&s, "hit").await, hits + 2.0);
+    assert_eq!(lookup_pages(&s, "read").await, reads);
     // After compaction the row lives in another file under a merged log range.
     s.sql_ok("STORAGE COMPACT TABLE app.orders").await;
     let r = s.sql_ok("SELECT id, category, amount FROM app.orders WHERE id = 12345").await;
@@ -451,4 +459,15 @@ async fn point_lookups_of_flushed_rows_read_one_file_and_one_page(b: Backend) {
     // 20,000 rows in pages of `PAGE_ROWS_MAX` rows: the page index leaves one to decode.
     let pages = (BIG_ROWS as usize).div_ceil(kalamdb_projections::cold::PAGE_ROWS_MAX);
     assert!(plan.contains(&format!("page_index_pages_pruned={pages} total → 1 matched")), "{plan}");
+}
+
+/// Pages the keyed read of flushed rows took from its cache (`hit`) or decoded (`read`).
+async fn lookup_pages(s: &Server, outcome: &str) -> f64 {
+    let (_, m) = s.get("/metrics").await.unwrap();
+    let wanted = format!("kalamdb_cold_lookup_pages_total{{outcome=\"{outcome}\"}} ");
+    m.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(wanted.as_str()))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }

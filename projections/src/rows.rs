@@ -32,8 +32,8 @@ pub enum Lookup {
 pub struct RowReader {
     log_db: Arc<kalamdb_log::LogDb>,
     files: Arc<crate::cold::FileStore>,
-    /// Parsed footers and page indexes of Parquet files, for point lookups.
-    cold_metadata: Arc<crate::cold::MetadataCache>,
+    /// Footers, page key ranges and decoded pages of Parquet files, for point lookups.
+    cold_cache: Arc<crate::cold::LookupCache>,
 }
 
 impl std::fmt::Debug for RowReader {
@@ -44,7 +44,7 @@ impl std::fmt::Debug for RowReader {
 
 impl RowReader {
     pub fn new(log_db: Arc<kalamdb_log::LogDb>, files: Arc<crate::cold::FileStore>) -> RowReader {
-        RowReader { log_db, files, cold_metadata: Arc::default() }
+        RowReader { log_db, files, cold_cache: Arc::default() }
     }
 
     /// The live rows of a table scope right after log index `at` was applied (time travel).
@@ -91,7 +91,7 @@ impl RowReader {
         pk: &Value,
         seq: u64,
     ) -> Result<Option<StoredRow>> {
-        crate::cold::cold_row(self.cold(group), &self.cold_metadata, def, scope, pk, seq)
+        crate::cold::cold_row(self.cold(group), &self.cold_cache, def, scope, pk, seq)
     }
 
     pub fn db(&self) -> &Arc<DB> {

@@ -19,7 +19,7 @@
 //!
 //! The code is split by concern: `files` (writing and reading files, fsynced), `apply` (flush,
 //! compaction and purge inside apply), `lookup` (the keyed read of one flushed row, with its
-//! footer cache), `view` (what a reader sees: live files, superseded versions, key ranges);
+//! footer and page cache), `view` (what a reader sees: live files, superseded versions, key ranges);
 //! this file holds the manifest records and their keys.
 
 mod apply;
