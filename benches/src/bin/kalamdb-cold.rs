@@ -60,6 +60,9 @@ async fn main() -> Result<(), String> {
     let args = Args::parse();
     let url = args.url.trim_end_matches('/').to_string();
     check_loopback(&url)?;
+    if args.runs == 0 || args.clients == 0 || args.batch_rows == 0 {
+        return Err("--runs, --clients and --batch-rows must be at least 1".into());
+    }
     let client: HttpClient = client(args.clients as usize);
     let table = "coldbench.orders";
     if !args.queries_only {
