@@ -58,38 +58,41 @@ queries = {
 con = duckdb.connect()
 threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
 print("duckdb version=%s threads=%s files=%d" % (duckdb.__version__, threads, len(files)))
-# Each engine runs each query untimed first, as our server did in its `just_flushed` runs.
-for name, q in queries.items():
-    q = q.replace("{t}", src)
-    con.execute(q).fetchall()
+
+
+def timed(run, warmup):
+    """Median of 5 timed runs after `warmup` untimed ones, and the last answer."""
+    for _ in range(warmup):
+        run()
     times = []
     for _ in range(5):
         t = time.perf_counter()
-        answer = con.execute(q).fetchall()
+        answer = run()
         times.append(time.perf_counter() - t)
-    print("duckdb %s median_s=%.4f answer=%s" % (name, statistics.median(times), answer[:2]))
-# DataFusion alone (PyPI `datafusion`, the engine version our server links), one partition per
-# CPU like our query runtime, over the same files: what the engine costs without our server.
+    return statistics.median(times), answer
+
+
+# Each engine runs each query untimed first, as our server did in its `just_flushed` runs.
+for name, q in queries.items():
+    q = q.replace("{t}", src)
+    median, answer = timed(lambda: con.execute(q).fetchall(), 1)
+    print("duckdb %s median_s=%.4f answer=%s" % (name, median, answer[:2]))
+# DataFusion alone (PyPI `datafusion`, the engine version our server links) with the two
+# partitions our sessions use, over the same files: what the engine costs without our server.
+# Eight untimed runs: under glibc's malloc (our server has jemalloc) a process's first runs
+# map and fault in fresh memory for every large buffer until the mmap threshold has adapted;
+# the aggregate took 0.23 s for 5-6 runs, then 0.08 s.
 import os
 import datafusion
 dirs = sorted({os.path.dirname(f) for f in files})
-ctx = datafusion.SessionContext(datafusion.SessionConfig().with_target_partitions(os.cpu_count()))
+ctx = datafusion.SessionContext(datafusion.SessionConfig().with_target_partitions(2))
 if len(dirs) == 1:
     ctx.register_parquet("orders", dirs[0])
-    print("datafusion version=%s partitions=%d" % (datafusion.__version__, os.cpu_count()))
+    print("datafusion version=%s partitions=2" % datafusion.__version__)
     for name, q in queries.items():
         q = q.replace("{t}", "orders")
-        # Eight times: under glibc's malloc (our server has jemalloc) the first runs of a
-        # process map and fault in fresh memory for every large buffer until the mmap
-        # threshold has adapted; the aggregate took 0.23 s for 5-6 runs, then 0.08 s.
-        for _ in range(8):
-            ctx.sql(q).collect()
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            answer = ctx.sql(q).collect()
-            times.append(time.perf_counter() - t)
-        print("datafusion %s median_s=%.4f rows=%d" % (name, statistics.median(times), sum(b.num_rows for b in answer)))
+        median, answer = timed(lambda: ctx.sql(q).collect(), 8)
+        print("datafusion %s median_s=%.4f rows=%d" % (name, median, sum(b.num_rows for b in answer)))
 PY
 )"
 echo "$peer"
