@@ -104,7 +104,9 @@ pub(super) async fn sql(
         impersonated_by: None,
         batch: None,
     };
-    match app.engine.execute(&req.sql, &ctx, &NodeProposer(&app.groups)).await {
+    // Boxed: the engine's future is large, and held inline it would be copied with this
+    // handler's future every time the router moves it.
+    match Box::pin(app.engine.execute(&req.sql, &ctx, &NodeProposer(&app.groups))).await {
         Ok(mut results) => {
             // Each result carries its statement's kind: the text is not split again here.
             for r in &mut results {

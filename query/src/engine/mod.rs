@@ -471,7 +471,10 @@ impl Engine {
                     // the query deadline a big flush was reported cancelled while it went on
                     // and committed.
                     let storage_job = matches!(parsed.statement, Statement::Storage { .. } | Statement::Rebuild { .. });
-                    let run = self.run(parsed, ctx, proposer);
+                    // Boxed: `run`'s state (every statement family's) is large, and a future
+                    // held inline is copied whenever its parent moves (7% of a point lookup's
+                    // CPU was that memcpy: benches/profiles/2026-12-05-flushed-point-lookups-page-cache.svg).
+                    let run = Box::pin(self.run(parsed, ctx, proposer));
                     let outcome = if storage_job { run.await } else { self.with_deadline("the statement", run).await };
                     let mut r = outcome.map_err(|e| numbered(e, i))?;
                     r.kind = kind;
