@@ -421,7 +421,7 @@ mod tests {
         let page = cache.page(&store, &meta, &again, last).unwrap();
         let ids = page.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(ids.value(ids.len() - 1), (ROWS - 1) * 2);
-        // A file loaded afresh gets a new name, so its pages are never mixed with the old ones.
+        // What the cache answered came from memory: a cache that never read the file has nothing.
         let other = LookupCache::default();
         assert!(other.index(&store, &meta, &path, "id").is_err(), "no file, no index");
     }
