@@ -7,8 +7,8 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder,
     Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder,
-    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
-    TimestampMicrosecondBuilder,
+    Int64Array, Int64Builder, RecordBatch, StringArray, StringViewArray, StringViewBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 use kalamdb_log::{DataType, TableDef, Value};
@@ -31,7 +31,9 @@ pub fn arrow_type(dt: DataType) -> ArrowType {
         DataType::BigInt => ArrowType::Int64,
         DataType::Float => ArrowType::Float32,
         DataType::Double => ArrowType::Float64,
-        DataType::Text | DataType::Json => ArrowType::Utf8,
+        // String views: filters and group keys compare a view's inline prefix, and reading a
+        // Parquet dictionary page makes views into its buffer instead of copying every string.
+        DataType::Text | DataType::Json => ArrowType::Utf8View,
         DataType::Bytes => ArrowType::Binary,
         DataType::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         DataType::Date => ArrowType::Date32,
@@ -77,8 +79,8 @@ pub fn build_array<'a>(dt: DataType, values: impl Iterator<Item = &'a Value>, le
         DataType::Double => {
             build!(Float64Builder::with_capacity(len), Value::Double(x) => *x, Value::Float(x) => f64::from(*x))
         }
-        DataType::Text => build!(StringBuilder::with_capacity(len, len * 16), Value::Text(x) => x),
-        DataType::Json => build!(StringBuilder::with_capacity(len, len * 16), Value::Json(x) => x),
+        DataType::Text => build!(StringViewBuilder::with_capacity(len), Value::Text(x) => x),
+        DataType::Json => build!(StringViewBuilder::with_capacity(len), Value::Json(x) => x),
         DataType::Bytes => {
             let mut b = BinaryBuilder::with_capacity(len, len * 16);
             for v in values {
@@ -195,12 +197,21 @@ pub fn value_at(array: &ArrayRef, row: usize, dt: DataType) -> Result<Value> {
         DataType::BigInt => Value::BigInt(downcast::<Int64Array>(array)?.value(row)),
         DataType::Float => Value::Float(downcast::<Float32Array>(array)?.value(row)),
         DataType::Double => Value::Double(downcast::<Float64Array>(array)?.value(row)),
-        DataType::Text => Value::Text(downcast::<StringArray>(array)?.value(row).to_string()),
-        DataType::Json => Value::Json(downcast::<StringArray>(array)?.value(row).to_string()),
+        DataType::Text => Value::Text(text_at(array, row)?.to_string()),
+        DataType::Json => Value::Json(text_at(array, row)?.to_string()),
         DataType::Bytes => Value::Bytes(downcast::<BinaryArray>(array)?.value(row).to_vec()),
         DataType::Timestamp => Value::Timestamp(downcast::<TimestampMicrosecondArray>(array)?.value(row)),
         DataType::Date => Value::Date(downcast::<Date32Array>(array)?.value(row)),
     })
+}
+
+/// The string at `row` of a text column: a view (our type) or plain UTF-8 (files written before
+/// text columns were views, read without conforming).
+fn text_at(array: &ArrayRef, row: usize) -> Result<&str> {
+    if let Some(a) = array.as_any().downcast_ref::<StringViewArray>() {
+        return Ok(a.value(row));
+    }
+    Ok(downcast::<StringArray>(array)?.value(row))
 }
 
 /// `_seq` and `_deleted` of every row of a batch of the table schema.
@@ -263,7 +274,9 @@ pub(crate) fn value_json(v: &Value) -> serde_json::Value {
 
 /// Minimum and maximum of one column with Arrow's aggregate kernels.
 fn batch_min_max(array: &ArrayRef, dt: DataType) -> Result<(Option<Value>, Option<Value>)> {
-    use arrow::compute::{max, max_boolean, max_string, min, min_boolean, min_string};
+    use arrow::compute::{
+        max, max_boolean, max_string, max_string_view, min, min_boolean, min_string, min_string_view,
+    };
     Ok(match dt {
         DataType::Boolean => {
             let a = downcast::<BooleanArray>(array)?;
@@ -298,8 +311,14 @@ fn batch_min_max(array: &ArrayRef, dt: DataType) -> Result<(Option<Value>, Optio
             (min(a).map(Value::Double), max(a).map(Value::Double))
         }
         DataType::Text => {
-            let a = downcast::<StringArray>(array)?;
-            (min_string(a).map(|s| Value::Text(s.to_string())), max_string(a).map(|s| Value::Text(s.to_string())))
+            let text = |s: &str| Value::Text(s.to_string());
+            match array.as_any().downcast_ref::<StringViewArray>() {
+                Some(a) => (min_string_view(a).map(text), max_string_view(a).map(text)),
+                None => {
+                    let a = downcast::<StringArray>(array)?;
+                    (min_string(a).map(text), max_string(a).map(text))
+                }
+            }
         }
         DataType::Bytes | DataType::Json => (None, None),
     })

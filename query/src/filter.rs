@@ -134,7 +134,7 @@ fn scalar(v: &Value) -> datafusion::common::ScalarValue {
         Value::BigInt(i) => S::Int64(Some(*i)),
         Value::Float(f) => S::Float32(Some(*f)),
         Value::Double(f) => S::Float64(Some(*f)),
-        Value::Text(t) | Value::Json(t) => S::Utf8(Some(t.clone())),
+        Value::Text(t) | Value::Json(t) => S::Utf8View(Some(t.clone())),
         Value::Bytes(b) => S::Binary(Some(b.clone())),
         Value::Timestamp(us) => S::TimestampMicrosecond(Some(*us), Some("UTC".into())),
         Value::Date(d) => S::Date32(Some(*d)),

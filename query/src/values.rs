@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat};
 use datafusion::arrow::array::{
     Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int16Array, Int32Array,
-    Int64Array, StringArray, TimestampMicrosecondArray,
+    Int64Array, StringArray, StringViewArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType as ArrowType, Field, TimeUnit};
 use kalamdb_log::{DataType, Value};
@@ -192,6 +192,9 @@ pub fn cell_to_json(array: &ArrayRef, row: usize) -> serde_json::Value {
             array.as_any().downcast_ref::<Float32Array>().map(|a| float_json(f64::from(a.value(row))))
         }
         ArrowType::Float64 => array.as_any().downcast_ref::<Float64Array>().map(|a| float_json(a.value(row))),
+        ArrowType::Utf8View => {
+            array.as_any().downcast_ref::<StringViewArray>().map(|a| J::String(a.value(row).to_string()))
+        }
         ArrowType::Utf8 => array.as_any().downcast_ref::<StringArray>().map(|a| J::String(a.value(row).to_string())),
         ArrowType::Binary => array.as_any().downcast_ref::<BinaryArray>().map(|a| bytes_json(a.value(row))),
         ArrowType::Date32 => prim!(Date32Array),
@@ -297,7 +300,11 @@ pub fn cell_to_value(array: &ArrayRef, row: usize, dt: DataType) -> Result<Value
         return Ok(Value::Null);
     }
     let single = array.slice(row, 1);
-    let target = arrow_type(dt);
+    // Text is read back as plain UTF-8: one cell, nothing gained from a view.
+    let target = match dt {
+        DataType::Text | DataType::Json => ArrowType::Utf8,
+        _ => arrow_type(dt),
+    };
     let casted =
         cast(&single, &target).map_err(|e| Error::InvalidSql(format!("cannot convert to {}: {e}", dt.api_name())))?;
     if casted.is_null(0) {
@@ -388,6 +395,8 @@ mod tests {
             (Value::BigInt(i64::MAX), DataType::BigInt),
             (Value::Bytes(vec![0, 255]), DataType::Bytes),
             (Value::Json(r#"{"a": [1]}"#.into()), DataType::Json),
+            (Value::Text("short".into()), DataType::Text),
+            (Value::Text("a text longer than a view's twelve inline bytes".into()), DataType::Text),
         ];
         for (v, dt) in &vals {
             let arr = build_array(*dt, std::iter::once(v), 1);

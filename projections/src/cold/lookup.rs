@@ -286,10 +286,17 @@ fn find_in_file(
     let path = files.path(&meta.path);
     let index = cache.index(files, meta, &path, def.columns[pk].storage_name())?;
     let key_array = crate::columnar::build_array(def.columns[pk].data_type, std::iter::once(key), 1);
+    // Statistics come in the file's own Arrow type, which for text is plain UTF-8 in files
+    // written before text columns were views.
+    let stats_key = match index.mins.data_type() {
+        t if t == key_array.data_type() => key_array.clone(),
+        t => arrow::compute::cast(&key_array, t).map_err(parquet_err)?,
+    };
+    let stats_key = arrow::array::Scalar::new(stats_key);
     let key_scalar = arrow::array::Scalar::new(key_array);
     // Whether each [min, max] can hold the key; a missing statistic (null) keeps its span.
-    let low = lt_eq(&index.mins, &key_scalar).map_err(parquet_err)?;
-    let high = gt_eq(&index.maxes, &key_scalar).map_err(parquet_err)?;
+    let low = lt_eq(&index.mins, &stats_key).map_err(parquet_err)?;
+    let high = gt_eq(&index.maxes, &stats_key).map_err(parquet_err)?;
     let may_hold = |i: usize| (low.is_null(i) || low.value(i)) && (high.is_null(i) || high.value(i));
     let storage = crate::columnar::storage_schema(def);
     for at in (0..index.spans.len()).filter(|i| may_hold(*i)) {
@@ -434,5 +441,82 @@ mod tests {
     #[test]
     fn files_without_a_page_index_are_read_by_row_group() {
         check_spans(EnabledStatistics::Chunk, false);
+    }
+
+    /// A table keyed by text, one file with text as plain UTF-8 (how files were written before
+    /// text columns became views) and one with views (now): both find their keys.
+    #[test]
+    fn text_keys_are_found_in_utf8_and_view_files() {
+        use kalamdb_log::{ColumnDef, TableType, Value};
+        let column = |name: &str, data_type, primary_key| ColumnDef {
+            name: name.into(),
+            data_type,
+            nullable: !primary_key,
+            primary_key,
+            default: None,
+            stored_as: String::new(),
+            backfill: None,
+            dropped: false,
+        };
+        let def = TableDef {
+            table_id: 1,
+            namespace: "app".into(),
+            name: "t".into(),
+            table_type: TableType::Shared,
+            columns: vec![
+                column("name", kalamdb_log::DataType::Text, true),
+                column("n", kalamdb_log::DataType::BigInt, false),
+            ],
+            options: Vec::new(),
+            created_at_micros: 0,
+            versions: Vec::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::folder(dir.path().to_path_buf());
+        let cache = LookupCache::default();
+        for (file_no, text) in [(1, DataType::Utf8), (2, DataType::Utf8View)] {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("name", text.clone(), false),
+                Field::new("n", DataType::Int64, true),
+                Field::new("_seq", DataType::Int64, false),
+                Field::new("_deleted", DataType::Boolean, false),
+            ]));
+            let names = StringArray::from_iter_values((0..1_000).map(|i| format!("key-{file_no}-{i:05}")));
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    arrow::compute::cast(&names, &text).unwrap(),
+                    Arc::new(Int64Array::from_iter_values(0..1_000)),
+                    Arc::new(Int64Array::from_iter_values((0..1_000).map(|i| file_no * 10_000 + i))),
+                    Arc::new(BooleanArray::from(vec![false; 1_000])),
+                ],
+            )
+            .unwrap();
+            let props = WriterProperties::builder().set_data_page_row_count_limit(100).set_write_batch_size(100).build();
+            let rel = format!("t/{file_no}.parquet");
+            std::fs::create_dir_all(dir.path().join("t")).unwrap();
+            let out = std::fs::File::create(dir.path().join(&rel)).unwrap();
+            let mut w = ArrowWriter::try_new(out, schema, Some(props)).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            let meta = FileMeta {
+                file_no: file_no as u64,
+                path: rel.clone(),
+                log_start: 1,
+                log_end: 1,
+                created_at: 1,
+                rows: 1_000,
+                bytes: std::fs::metadata(dir.path().join(&rel)).unwrap().len(),
+                sha256: String::new(),
+                written_by: "flush".into(),
+                retired_at: None,
+                columns: Vec::new(),
+            };
+            let key = Value::Text(format!("key-{file_no}-00777"));
+            let row = find_in_file(&store, &meta, &cache, &def, &key, (file_no * 10_000 + 777) as u64).unwrap();
+            let row = row.unwrap_or_else(|| panic!("{text}: key not found"));
+            assert_eq!(row.values, vec![key.clone(), Value::BigInt(777)], "{text}");
+            assert_eq!(find_in_file(&store, &meta, &cache, &def, &key, 1).unwrap(), None, "{text}: other version");
+        }
     }
 }
