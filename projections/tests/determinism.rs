@@ -266,7 +266,7 @@ async fn flush_and_compaction_are_deterministic_and_exact() {
     let mut cold: Vec<(i64, String)> = Vec::new();
     for b in &batches {
         let ids = b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
-        let vs = b.column(1).as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+        let vs = b.column(1).as_any().downcast_ref::<arrow::array::StringViewArray>().unwrap();
         for i in 0..b.num_rows() {
             cold.push((ids.value(i), vs.value(i).to_string()));
         }
