@@ -28,6 +28,10 @@ compose() {
   # a node would refuse at startup with a message naming the fix.
   KALAMDB_CLUSTER_SECRET="${CLUSTER_SH_SECRET:-$(cat "$secret_file" 2>/dev/null || true)}"
   export KALAMDB_CLUSTER_SECRET
+  # The three containers share this host's cores, as the local cluster's processes do.
+  local cpus
+  cpus="$(nproc 2>/dev/null || echo 3)"
+  export KALAMDB_WORKER_THREADS="${KALAMDB_WORKER_THREADS:-$(( cpus / 3 > 0 ? cpus / 3 : 1 ))}"
   if docker compose version >/dev/null 2>&1; then
     docker compose -p "$project" -f "$compose_file" "$@"
   elif command -v docker-compose >/dev/null 2>&1; then

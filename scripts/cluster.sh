@@ -246,6 +246,13 @@ build() {
   fi
 }
 
+# Worker threads per node: the host's cores split among the three nodes, at least one.
+worker_threads() {
+  local cpus
+  cpus="$(nproc 2>/dev/null || echo 3)"
+  echo $(( cpus / 3 > 0 ? cpus / 3 : 1 ))
+}
+
 write_config() {
   local n=$1 f="$dir/server$1.toml"
   {
@@ -254,6 +261,9 @@ write_config() {
     echo "host = \"127.0.0.1\""
     echo "port = $(http_port "$n")"
     echo "node_id = $n"
+    echo "# Three nodes share this host's cores: more workers per node only add wake-ups"
+    echo "# between cores (see server.worker_threads in the README)."
+    echo "worker_threads = $(worker_threads)"
     echo
     echo "[storage]"
     echo "data_path = \"$dir/node$n\""

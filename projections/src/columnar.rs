@@ -7,8 +7,8 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder,
     Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder,
-    Int64Array, Int64Builder, RecordBatch, StringArray, StringViewArray, StringViewBuilder,
-    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Int64Array, Int64Builder, RecordBatch, StringArray, StringViewArray, StringViewBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 use kalamdb_log::{DataType, TableDef, Value};

@@ -289,9 +289,7 @@ fn pk_range(def: &TableDef, filters: &[Expr]) -> kalamdb_projections::cold::PkRa
             v if v.is_null() => continue,
             datafusion::common::ScalarValue::Utf8(Some(s))
             | datafusion::common::ScalarValue::Utf8View(Some(s))
-            | datafusion::common::ScalarValue::LargeUtf8(Some(s)) => {
-                crate::values::Literal::String(s.clone())
-            }
+            | datafusion::common::ScalarValue::LargeUtf8(Some(s)) => crate::values::Literal::String(s.clone()),
             datafusion::common::ScalarValue::Boolean(Some(b)) => crate::values::Literal::Bool(*b),
             v if v.data_type().is_numeric() => crate::values::Literal::Number(v.to_string()),
             _ => continue,

@@ -120,7 +120,11 @@ fn main() -> ExitCode {
     if !armed.is_empty() {
         tracing::warn!(?armed, "crash points armed by KALAMDB_FAILPOINTS: this process aborts when it reaches them");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.server.worker_threads > 0 {
+        builder.worker_threads(cfg.server.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kalamdb-server: cannot start runtime: {e}");

@@ -448,7 +448,7 @@ mod tests {
     #[test]
     fn text_keys_are_found_in_utf8_and_view_files() {
         use kalamdb_log::{ColumnDef, TableType, Value};
-        let column = |name: &str, data_type, primary_key| ColumnDef {
+        let column = |name: &str, data_type, primary_key: bool| ColumnDef {
             name: name.into(),
             data_type,
             nullable: !primary_key,
@@ -492,7 +492,8 @@ mod tests {
                 ],
             )
             .unwrap();
-            let props = WriterProperties::builder().set_data_page_row_count_limit(100).set_write_batch_size(100).build();
+            let props =
+                WriterProperties::builder().set_data_page_row_count_limit(100).set_write_batch_size(100).build();
             let rel = format!("t/{file_no}.parquet");
             std::fs::create_dir_all(dir.path().join("t")).unwrap();
             let out = std::fs::File::create(dir.path().join(&rel)).unwrap();
