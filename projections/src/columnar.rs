@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder,
     Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder,
-    Int64Array, Int64Builder, RecordBatch, StringArray, StringViewArray, StringViewBuilder, TimestampMicrosecondArray,
+    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, StringViewArray, TimestampMicrosecondArray,
     TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
@@ -79,8 +79,10 @@ pub fn build_array<'a>(dt: DataType, values: impl Iterator<Item = &'a Value>, le
         DataType::Double => {
             build!(Float64Builder::with_capacity(len), Value::Double(x) => *x, Value::Float(x) => f64::from(*x))
         }
-        DataType::Text => build!(StringViewBuilder::with_capacity(len), Value::Text(x) => x),
-        DataType::Json => build!(StringViewBuilder::with_capacity(len), Value::Json(x) => x),
+        // Built as plain UTF-8, then viewed: the cast shares the string bytes, where a view
+        // builder opens an 8 KiB block even for the one row of a point lookup.
+        DataType::Text => utf8_as_views(build!(StringBuilder::with_capacity(len, len * 16), Value::Text(x) => x)),
+        DataType::Json => utf8_as_views(build!(StringBuilder::with_capacity(len, len * 16), Value::Json(x) => x)),
         DataType::Bytes => {
             let mut b = BinaryBuilder::with_capacity(len, len * 16);
             for v in values {
@@ -103,6 +105,12 @@ pub fn build_array<'a>(dt: DataType, values: impl Iterator<Item = &'a Value>, le
         }
         DataType::Date => build!(Date32Builder::with_capacity(len), Value::Date(x) => *x),
     }
+}
+
+/// A plain UTF-8 array as string views over the same bytes.
+fn utf8_as_views(array: ArrayRef) -> ArrayRef {
+    let plain = array.as_any().downcast_ref::<StringArray>().expect("built as a StringArray");
+    Arc::new(StringViewArray::from(plain))
 }
 
 /// The schema of a table's rows as queries see them: its columns by name, then `_seq` and
