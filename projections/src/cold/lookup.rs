@@ -447,30 +447,16 @@ mod tests {
     /// text columns became views) and one with views (now): both find their keys.
     #[test]
     fn text_keys_are_found_in_utf8_and_view_files() {
-        use kalamdb_log::{ColumnDef, TableType, Value};
-        let column = |name: &str, data_type, primary_key: bool| ColumnDef {
-            name: name.into(),
-            data_type,
-            nullable: !primary_key,
-            primary_key,
-            default: None,
-            stored_as: String::new(),
-            backfill: None,
-            dropped: false,
-        };
-        let def = TableDef {
-            table_id: 1,
-            namespace: "app".into(),
-            name: "t".into(),
-            table_type: TableType::Shared,
-            columns: vec![
-                column("name", kalamdb_log::DataType::Text, true),
-                column("n", kalamdb_log::DataType::BigInt, false),
+        use kalamdb_log::Value;
+        let def: TableDef = serde_json::from_value(serde_json::json!({
+            "table_id": 1, "namespace": "app", "name": "t", "table_type": "Shared",
+            "options": [], "created_at_micros": 0,
+            "columns": [
+                {"name": "name", "data_type": "Text", "nullable": false, "primary_key": true},
+                {"name": "n", "data_type": "BigInt", "nullable": true, "primary_key": false},
             ],
-            options: Vec::new(),
-            created_at_micros: 0,
-            versions: Vec::new(),
-        };
+        }))
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::folder(dir.path().to_path_buf());
         let cache = LookupCache::default();
