@@ -123,6 +123,9 @@ async fn connect_once(
             Some("change") if m["change_type"] == "insert" => &m["rows"],
             // A node that caught up through a snapshot may lack the records: another has them.
             Some("error") if m["code"] == "POSITION_GONE" => return Err(format!("gone: {m}")),
+            // The server could not serve it now (say, a node cut off from the quorum cannot
+            // read the catalog): a client resumes on the next node, as after a broken socket.
+            Some("error") if m["code"] == "SUBSCRIPTION_FAILED" => return Err(format!("failed: {m}")),
             Some("error") => return Err(format!("fatal: {m}")),
             _ => continue,
         };
