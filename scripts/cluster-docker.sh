@@ -1,7 +1,7 @@
 # shellcheck shell=bash disable=SC2154
 # (root, nodes and the helpers come from scripts/cluster.sh, which sources this file.)
 # The Docker mode of scripts/cluster.sh (`--docker`): sourced by it, not run on its own.
-# Uses cluster.sh's helpers (sql, check, healthy, print_groups, consistency_test) and adds
+# Uses cluster.sh's helpers (sql, check, healthy, print_groups, consistency_test, worker_threads) and adds
 # the image build, compose lifecycle and the chaos run.
 #
 # No registry is needed anywhere: the image is FROM scratch, assembled from host-built
@@ -29,9 +29,8 @@ compose() {
   KALAMDB_CLUSTER_SECRET="${CLUSTER_SH_SECRET:-$(cat "$secret_file" 2>/dev/null || true)}"
   export KALAMDB_CLUSTER_SECRET
   # The three containers share this host's cores, as the local cluster's processes do.
-  local cpus
-  cpus="$(nproc 2>/dev/null || echo 3)"
-  export KALAMDB_WORKER_THREADS="${KALAMDB_WORKER_THREADS:-$(( cpus / 3 > 0 ? cpus / 3 : 1 ))}"
+  KALAMDB_WORKER_THREADS="${KALAMDB_WORKER_THREADS:-$(worker_threads)}"
+  export KALAMDB_WORKER_THREADS
   if docker compose version >/dev/null 2>&1; then
     docker compose -p "$project" -f "$compose_file" "$@"
   elif command -v docker-compose >/dev/null 2>&1; then

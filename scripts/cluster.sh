@@ -217,6 +217,13 @@ rolling_restart() {
   echo "rolling restart passed"
 }
 
+# Worker threads per node: the host's cores split among the three nodes, at least one.
+worker_threads() {
+  local cpus
+  cpus="$(nproc 2>/dev/null || echo 3)"
+  echo $(( cpus / 3 > 0 ? cpus / 3 : 1 ))
+}
+
 if [[ $docker == 1 ]]; then
   # shellcheck source=scripts/cluster-docker.sh
   source "$root/scripts/cluster-docker.sh"
@@ -244,13 +251,6 @@ build() {
   if [[ -z "${KALAMDB_SERVER_BIN:-}" ]]; then
     (cd "$root" && cargo build --release --locked --bin kalamdb-server)
   fi
-}
-
-# Worker threads per node: the host's cores split among the three nodes, at least one.
-worker_threads() {
-  local cpus
-  cpus="$(nproc 2>/dev/null || echo 3)"
-  echo $(( cpus / 3 > 0 ? cpus / 3 : 1 ))
 }
 
 write_config() {
