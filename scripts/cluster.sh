@@ -8,7 +8,8 @@
 #
 # Both modes serve HTTP on 8081-8083 and Raft/QUIC on 9091-9093. Without --docker the nodes
 # run from the release binary with configs and data under $CLUSTER_SH_DIR (default .cluster/
-# in the repository), which this script owns. With --docker they run in containers
+# in the repository), which this script owns; $CLUSTER_SH_SERVER names another server binary
+# to run (nothing is built then: A/B comparisons). With --docker they run in containers
 # kalamdb-node1..3 from deploy/docker-compose.yml (see deploy/README.md). RUST_LOG is passed
 # to the nodes, e.g. RUST_LOG=info,kalamdb_raft=debug scripts/cluster.sh --docker start.
 set -euo pipefail
@@ -244,11 +245,11 @@ for n in 1 2 3 "${joined_nodes[@]}"; do
 done
 
 bin() {
-  if [[ -n "${KALAMDB_SERVER_BIN:-}" ]]; then echo "$KALAMDB_SERVER_BIN"; else echo "$CARGO_TARGET_DIR/release/kalamdb-server"; fi
+  if [[ -n "${CLUSTER_SH_SERVER:-}" ]]; then echo "$CLUSTER_SH_SERVER"; else echo "$CARGO_TARGET_DIR/release/kalamdb-server"; fi
 }
 
 build() {
-  if [[ -z "${KALAMDB_SERVER_BIN:-}" ]]; then
+  if [[ -z "${CLUSTER_SH_SERVER:-}" ]]; then
     (cd "$root" && cargo build --release --locked --bin kalamdb-server)
   fi
 }

@@ -112,6 +112,10 @@ fn describe() {
     describe_gauge!("kalamdb_storage_cache_bytes", Unit::Bytes, "Bytes of bucket files cached on this node.");
     describe_counter!("kalamdb_storage_cache_fetches_total", "Cold files fetched from the bucket into the cache.");
     describe_counter!(
+        "kalamdb_cold_lookup_manifests_total",
+        "Scope file lists keyed reads of flushed rows took from the lookup cache (hit) or read (read)."
+    );
+    describe_counter!(
         "kalamdb_cold_lookup_pages_total",
         "Pages keyed reads of flushed rows took from the lookup cache (hit) or decoded from their file (read)."
     );
@@ -152,6 +156,12 @@ fn describe() {
     );
     describe_counter!("kalamdb_transport_auth_failures_total", "Peer connections refused at the Hello handshake.");
     describe_gauge!("kalamdb_process_resident_memory_bytes", Unit::Bytes, "Resident memory of this process.");
+    describe_gauge!("kalamdb_transport_peer_rtt_seconds", Unit::Seconds, "QUIC's smoothed round-trip time to a peer.");
+    describe_gauge!(
+        "kalamdb_transport_peer_datagrams",
+        "UDP datagrams on the connection to a peer since it was dialed, by direction."
+    );
+    describe_gauge!("kalamdb_transport_peer_lost_packets", "Packets QUIC declared lost on the connection to a peer.");
 }
 
 /// Resident set size from `/proc/self/status` (Linux); `None` elsewhere.
@@ -208,9 +218,27 @@ pub async fn run_raft_sampler(groups: Arc<Groups>, handle: Option<PrometheusHand
                 .set(m.snapshot.map_or(0, |l| l.index) as f64);
             metrics::gauge!("kalamdb_raft_purged_index", "group" => name).set(m.purged.map_or(0, |l| l.index) as f64);
         }
+        if let Some(transport) = &groups.transport {
+            sample_peers(transport);
+        }
         if let Some(h) = &handle {
             h.run_upkeep();
         }
+    }
+}
+
+/// Round-trip time and packet counts of the connection to each peer this node dialed. The
+/// counts restart with a new connection, so they are gauges, not counters.
+fn sample_peers(transport: &kalamdb_transport::Transport) {
+    for peer in transport.peers() {
+        let Some(s) = transport.peer_stats(peer) else { continue };
+        let peer = peer.to_string();
+        metrics::gauge!("kalamdb_transport_peer_rtt_seconds", "peer" => peer.clone()).set(s.rtt.as_secs_f64());
+        metrics::gauge!("kalamdb_transport_peer_datagrams", "peer" => peer.clone(), "direction" => "sent")
+            .set(s.datagrams_sent as f64);
+        metrics::gauge!("kalamdb_transport_peer_datagrams", "peer" => peer.clone(), "direction" => "received")
+            .set(s.datagrams_received as f64);
+        metrics::gauge!("kalamdb_transport_peer_lost_packets", "peer" => peer).set(s.lost_packets as f64);
     }
 }
 

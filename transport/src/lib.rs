@@ -12,7 +12,7 @@ pub mod wire;
 
 pub use error::Error;
 pub use network::GroupNetwork;
-pub use quic::{Handler, Transport, TransportConfig};
+pub use quic::{Handler, PeerStats, Transport, TransportConfig};
 
 use kalamdb_log::types::{NodeAddr, NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};

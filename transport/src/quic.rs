@@ -147,6 +147,20 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// What the outgoing connection to one peer has counted since it was dialed (for metrics and
+/// for tests that pin the packets a call costs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerStats {
+    /// QUIC's smoothed round-trip time estimate.
+    pub rtt: Duration,
+    pub datagrams_sent: u64,
+    pub datagrams_received: u64,
+    pub lost_packets: u64,
+    /// STOP_SENDING frames sent and received: a stream whose end was never read. Each is a
+    /// packet of its own, so a healthy connection counts none.
+    pub stop_sending_frames: u64,
+}
+
 /// `accept_streams`: the acceptor side serves requests, but grants one stream and a small
 /// window until the dialer's Hello is verified (then [`Transport::serve_connection`] opens
 /// them up); the dialer side never accepts a stream on its outgoing connection, so it grants
@@ -182,6 +196,11 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<(Header, Bytes)> {
 }
 
 /// [`read_frame`] with a smaller body limit (for frames read before authentication).
+///
+/// A stream carries exactly one frame each way, so the frame must be followed by the stream's
+/// end, and reading that end matters beyond the check: quinn answers a receive stream dropped
+/// before its end was read with a STOP_SENDING frame, one more ack-eliciting packet (and the
+/// peer's ACK of it) per message on the path of every write.
 async fn read_frame_limited(recv: &mut RecvStream, body_bytes_max: usize) -> Result<(Header, Bytes)> {
     let mut head = [0u8; HEADER_BYTES];
     recv.read_exact(&mut head).await.map_err(|e| Error::Frame(format!("read header: {e}")))?;
@@ -195,6 +214,10 @@ async fn read_frame_limited(recv: &mut RecvStream, body_bytes_max: usize) -> Res
     }
     let mut body = vec![0u8; header.body_len as usize];
     recv.read_exact(&mut body).await.map_err(|e| Error::Frame(format!("read body: {e}")))?;
+    let mut past_end = [0u8; 1];
+    if recv.read(&mut past_end).await.map_err(|e| Error::Frame(format!("read stream end: {e}")))?.is_some() {
+        return Err(Error::Frame(format!("bytes after the {} frame", header.kind.name())));
+    }
     metrics::counter!("kalamdb_transport_frames_total", "direction" => "received").increment(1);
     metrics::counter!("kalamdb_transport_frame_bytes_total", "direction" => "received")
         .increment((HEADER_BYTES + body.len()) as u64);
@@ -311,6 +334,25 @@ impl Transport {
         }
         let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
         slot.is_some_and(|s| s.live().is_some())
+    }
+
+    /// Counters of the live outgoing connection to `node` since it was dialed; `None` while
+    /// there is none.
+    pub fn peer_stats(&self, node: NodeId) -> Option<PeerStats> {
+        let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned()?;
+        let stats = slot.live()?.stats();
+        Some(PeerStats {
+            rtt: stats.path.rtt,
+            datagrams_sent: stats.udp_tx.datagrams,
+            datagrams_received: stats.udp_rx.datagrams,
+            lost_packets: stats.path.lost_packets,
+            stop_sending_frames: stats.frame_tx.stop_sending + stats.frame_rx.stop_sending,
+        })
+    }
+
+    /// The peers this node has dialed (live connection or not).
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
     }
 
     pub fn close(&self) {

@@ -1,6 +1,7 @@
 //! Peer authentication between real QUIC endpoints on 127.0.0.1: a member with the cluster
 //! secret reaches the peer's Raft handler; a process with the wrong secret or cluster id is
-//! refused before any frame is served, so it can neither vote nor append.
+//! refused before any frame is served, so it can neither vote nor append. Also what a call
+//! costs on the wire once connected.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -136,4 +137,33 @@ async fn only_members_with_the_secret_reach_raft() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok, "traffic resumes after the fault switch is cleared");
+}
+
+/// A call is one request packet and one reply packet, plus whatever ACKs QUIC adds. Each side
+/// reads its stream to the end, so neither answers with STOP_SENDING (a packet of its own,
+/// and an ACK of that, per message when it did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_costs_no_stop_sending_and_few_datagrams() {
+    const CALLS: u64 = 200;
+    let ports = [(1, udp_port()), (2, udp_port())];
+    let server = Transport::bind(config(1, "c", SECRET, &ports)).unwrap();
+    server.serve(Arc::new(Counting::default()));
+    let client = Transport::bind(config(2, "c", SECRET, &ports)).unwrap();
+    let group = GroupId::Meta(MetaGroup::Catalog);
+    // Dial and authenticate first: the handshake's packets are not a call's.
+    client.read_index(1, group, CALL_TIMEOUT).await.unwrap();
+    let before = client.peer_stats(1).unwrap();
+    for _ in 0..CALLS {
+        assert_eq!(client.read_index(1, group, CALL_TIMEOUT).await.unwrap(), ReadIndexResponse::Ok { index: 7 });
+    }
+    let after = client.peer_stats(1).unwrap();
+    assert_eq!(after.stop_sending_frames, 0, "{after:?}");
+    let sent = after.datagrams_sent - before.datagrams_sent;
+    let received = after.datagrams_received - before.datagrams_received;
+    // One request each, an ACK-only packet at most every other call each way, a keep-alive
+    // or two: at most 1.5 a call each way.
+    assert!(sent <= CALLS * 3 / 2, "{sent} datagrams sent for {CALLS} calls");
+    assert!(received <= CALLS * 3 / 2, "{received} datagrams received for {CALLS} calls");
+    assert!(sent >= CALLS && received >= CALLS, "sent {sent}, received {received}");
+    assert_eq!(client.peers(), vec![1]);
 }

@@ -24,11 +24,12 @@ pub fn cold_row(
 ) -> Result<Option<StoredRow>> {
     let sp = table_scope_prefix(at.group, def.table_id, scope);
     let log_index = seq >> crate::stored::SEQ_ORDINAL_BITS;
-    for meta in scope_files(at.db, &sp)? {
-        if meta.retired_at.is_some() || log_index < meta.log_start || log_index > meta.log_end {
+    let manifest = cache.manifest(at.db, &sp)?;
+    for meta in &manifest.live {
+        if log_index < meta.log_start || log_index > meta.log_end {
             continue;
         }
-        if let Some(row) = find_in_file(at.files, &meta, cache, def, key, seq)? {
+        if let Some(row) = find_in_file(at.files, meta, cache, def, key, seq)? {
             return Ok(Some(row));
         }
     }
@@ -41,12 +42,17 @@ pub const LOOKUP_CACHE_FILES_MAX: usize = 1024;
 /// 1,300 pages of 1,024 rows of a five-column table, i.e. 1.3M rows.
 pub const LOOKUP_CACHE_PAGE_BYTES_MAX: u64 = 64 << 20;
 
+/// File records [`LookupCache`] keeps, over all the scopes it holds the live files of.
+pub const LOOKUP_CACHE_MANIFEST_FILES_MAX: u64 = 16_384;
+
 /// What keyed reads of flushed rows keep between calls, bounded in entries and bytes (quick_cache,
-/// scan resistant): per file, its parsed footer and the key range of each data page; per data
-/// page, its decoded columns. A file's bytes never change under its path (a rewrite of the same
-/// path writes the same bytes) and a page is named by its file's entry, so nothing here goes
-/// stale; entries of retired files age out.
+/// scan resistant): per scope, its live file records; per file, its parsed footer and the key
+/// range of each data page; per data page, its decoded columns. A file's bytes never change
+/// under its path (a rewrite of the same path writes the same bytes) and a page is named by its
+/// file's entry, so nothing here goes stale; entries of retired files age out. A scope's file
+/// records are checked against its head on every read (see [`ScopeManifest`]).
 pub struct LookupCache {
+    manifests: quick_cache::sync::Cache<Vec<u8>, Arc<ScopeManifest>, ManifestWeight>,
     files: quick_cache::sync::Cache<PathBuf, Arc<FileIndex>>,
     pages: quick_cache::sync::Cache<(u64, usize), RecordBatch, PageWeight>,
     /// Names a file's entry; a file loaded again after eviction gets a new one.
@@ -56,6 +62,7 @@ pub struct LookupCache {
 impl Default for LookupCache {
     fn default() -> Self {
         LookupCache {
+            manifests: quick_cache::sync::Cache::with_weighter(1024, LOOKUP_CACHE_MANIFEST_FILES_MAX, ManifestWeight),
             files: quick_cache::sync::Cache::new(LOOKUP_CACHE_FILES_MAX),
             pages: quick_cache::sync::Cache::with_weighter(2048, LOOKUP_CACHE_PAGE_BYTES_MAX, PageWeight),
             next_file: AtomicU64::new(0),
@@ -70,6 +77,27 @@ impl quick_cache::Weighter<(u64, usize), RecordBatch> for PageWeight {
     fn weight(&self, _key: &(u64, usize), page: &RecordBatch) -> u64 {
         // Never zero: a zero-weight entry would never be evicted.
         (page.get_array_memory_size() as u64).max(1)
+    }
+}
+
+/// The live file records of one scope, as of its head `head`. Every change to a scope's live
+/// files writes its head in the same batch, and changes it: a flush or compaction that writes
+/// files advances `next_file_no`, each sets its own index (`last_flush_index`,
+/// `last_compact_index`), and a dropped table's head is deleted with its records. So records
+/// read with a head equal to the stored one are the stored records; a snapshot install brings
+/// heads and records of the same log position together. Records read after the head are
+/// newer, never older, than the head they are kept under, which only costs a reread.
+pub(super) struct ScopeManifest {
+    head: ScopeHead,
+    live: Vec<FileMeta>,
+}
+
+#[derive(Clone)]
+struct ManifestWeight;
+
+impl quick_cache::Weighter<Vec<u8>, Arc<ScopeManifest>> for ManifestWeight {
+    fn weight(&self, _key: &Vec<u8>, manifest: &Arc<ScopeManifest>) -> u64 {
+        manifest.live.len() as u64 + 1
     }
 }
 
@@ -94,6 +122,27 @@ struct Span {
 }
 
 impl LookupCache {
+    /// The live file records of scope `sp`: from the cache when its head is unchanged, else
+    /// read (and cached when the scope has a head, i.e. has ever been flushed).
+    fn manifest(&self, db: &DB, sp: &[u8]) -> Result<Arc<ScopeManifest>> {
+        let head = stored_head(db, sp)?;
+        if let Some(head) = &head
+            && let Some(cached) = self.manifests.get(sp)
+            && cached.head == *head
+        {
+            metrics::counter!("kalamdb_cold_lookup_manifests_total", "outcome" => "hit").increment(1);
+            return Ok(cached);
+        }
+        metrics::counter!("kalamdb_cold_lookup_manifests_total", "outcome" => "read").increment(1);
+        let live = scope_files(db, sp)?.into_iter().filter(|m| m.retired_at.is_none()).collect();
+        let Some(head) = head else {
+            return Ok(Arc::new(ScopeManifest { head: ScopeHead::default(), live }));
+        };
+        let manifest = Arc::new(ScopeManifest { head, live });
+        self.manifests.insert(sp.to_vec(), manifest.clone());
+        Ok(manifest)
+    }
+
     fn index(&self, files: &FileStore, meta: &FileMeta, path: &Path, key_column: &str) -> Result<Arc<FileIndex>> {
         if let Some(index) = self.files.get(path) {
             return Ok(index);

@@ -21,11 +21,13 @@ pub fn scope_files(db: &DB, scope_prefix: &[u8]) -> Result<Vec<FileMeta>> {
 }
 
 pub fn scope_head(db: &DB, scope_prefix: &[u8]) -> Result<ScopeHead> {
+    Ok(stored_head(db, scope_prefix)?.unwrap_or_default())
+}
+
+/// The scope's head record; `None` for a scope never flushed (or whose table was dropped).
+pub fn stored_head(db: &DB, scope_prefix: &[u8]) -> Result<Option<ScopeHead>> {
     let cold = cf(db, CF_COLD)?;
-    match db.get_pinned_cf(cold, cold_key(scope_prefix, KIND_HEAD, &[]))? {
-        Some(b) => unjson(&b),
-        None => Ok(ScopeHead::default()),
-    }
+    db.get_pinned_cf(cold, cold_key(scope_prefix, KIND_HEAD, &[]))?.map(|b| unjson(&b)).transpose()
 }
 
 /// Bounds on the primary key for a hot-tier scan: encoded keys, both inclusive. Callers may
