@@ -30,10 +30,10 @@ impl Engine {
     ) -> Result<QueryResult> {
         match stmt {
             ast::Statement::Query(_) | ast::Statement::Explain { .. } => {
-                let batches = self.run_query(stmt, ctx).await?;
+                let batches = Box::pin(self.run_query(stmt, ctx)).await?;
                 Ok(batches_to_result(&batches))
             }
-            ast::Statement::Insert(insert) => self.insert(insert, ctx, proposer).await,
+            ast::Statement::Insert(insert) => Box::pin(self.insert(insert, ctx, proposer)).await,
             ast::Statement::Update(update) => {
                 let table = single_table(std::slice::from_ref(&update.table))?;
                 if update.from.is_some() {
@@ -48,7 +48,7 @@ impl Engine {
                         }
                     }
                 }
-                self.rewrite_rows(&table, Some(sets), update.selection.as_ref(), ctx, proposer).await
+                Box::pin(self.rewrite_rows(&table, Some(sets), update.selection.as_ref(), ctx, proposer)).await
             }
             ast::Statement::Delete(delete) => {
                 let from = match &delete.from {
@@ -58,7 +58,7 @@ impl Engine {
                     return Err(Error::InvalidSql("DELETE ... USING / LIMIT is not supported".into()));
                 }
                 let table = single_table(from)?;
-                self.rewrite_rows(&table, None, delete.selection.as_ref(), ctx, proposer).await
+                Box::pin(self.rewrite_rows(&table, None, delete.selection.as_ref(), ctx, proposer)).await
             }
             other => Err(Error::InvalidSql(format!("unsupported statement: {}", first_words(&other.to_string())))),
         }
@@ -108,7 +108,7 @@ impl Engine {
                         let dt = def.columns[col].data_type;
                         let v = match literal_of(expr, &ctx.params)? {
                             Some(lit) => coerce(&lit, dt)?,
-                            None => self.eval_expr(expr, dt, ctx).await?,
+                            None => Box::pin(self.eval_expr(expr, dt, ctx)).await?,
                         };
                         out[col] = Some(v);
                     }
@@ -117,7 +117,7 @@ impl Engine {
                 rows
             }
             _ => {
-                let batches = self.run_query(ast::Statement::Query(source.clone()), ctx).await?;
+                let batches = Box::pin(self.run_query(ast::Statement::Query(source.clone()), ctx)).await?;
                 let width = batches.first().map_or(0, |b| b.num_columns());
                 let targets = self.insert_targets(&def, &explicit, width)?;
                 let mut rows = Vec::new();

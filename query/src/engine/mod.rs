@@ -9,6 +9,8 @@ mod batch;
 mod cluster;
 mod ddl;
 mod dml;
+#[cfg(test)]
+mod future_sizes;
 mod select;
 mod users;
 
@@ -457,8 +459,10 @@ impl Engine {
                             _ => body.push((j, p)),
                         }
                     };
-                    let batch =
-                        self.run_batch(body, end, commit, ctx, proposer).await.map_err(|(j, e)| numbered(e, j))?;
+                    // Boxed like `run` below: a batch's state is ~9 KiB.
+                    let batch = Box::pin(self.run_batch(body, end, commit, ctx, proposer))
+                        .await
+                        .map_err(|(j, e)| numbered(e, j))?;
                     results.extend(batch);
                 }
                 Statement::Commit | Statement::Rollback => {
@@ -471,9 +475,12 @@ impl Engine {
                     // the query deadline a big flush was reported cancelled while it went on
                     // and committed.
                     let storage_job = matches!(parsed.statement, Statement::Storage { .. } | Statement::Rebuild { .. });
-                    // Boxed: `run`'s state (every statement family's) is large, and a future
-                    // held inline is copied whenever its parent moves (7% of a point lookup's
-                    // CPU was that memcpy: benches/profiles/2026-12-05-flushed-point-lookups-page-cache.svg).
+                    // Boxed: a future held inline is copied whenever its parent moves (7% of a
+                    // point lookup's CPU was that memcpy:
+                    // benches/profiles/2026-12-05-flushed-point-lookups-page-cache.svg). So is
+                    // each statement family's future in `run`, and DataFusion's in
+                    // `run_query_as_of`: boxing copies a future once, so each box holds only
+                    // its own level's state (an INSERT copied ~110 KiB before, ~15 KiB now).
                     let run = Box::pin(self.run(parsed, ctx, proposer));
                     let outcome = if storage_job { run.await } else { self.with_deadline("the statement", run).await };
                     let mut r = outcome.map_err(|e| numbered(e, i))?;
@@ -504,7 +511,9 @@ impl Engine {
         // Table scans add their own group's barrier.
         self.barrier(ctx, catalog_group()).await?;
         match parsed.statement {
-            Statement::ExecuteAs { username, statement } => self.execute_as(username, *statement, ctx, proposer).await,
+            Statement::ExecuteAs { username, statement } => {
+                Box::pin(self.execute_as(username, *statement, ctx, proposer)).await
+            }
             s @ (Statement::CreateUser { .. } | Statement::AlterUser { .. } | Statement::DropUser { .. }) => {
                 self.user_statement(s, ctx, proposer).await
             }
@@ -520,21 +529,21 @@ impl Engine {
             | Statement::Rebuild { .. }
             | Statement::Subscribe { .. }
             | Statement::Backup { .. }) => self.admin_statement(s, ctx, proposer).await,
-            Statement::Cluster(command) => self.cluster_statement(command, ctx).await,
+            Statement::Cluster(command) => Box::pin(self.cluster_statement(command, ctx)).await,
             // Inside a batch the lookup would miss the batch's own writes: scan instead.
             Statement::PointSelect { rest, .. } if ctx.batch.is_some() => {
-                self.execute_sql(rest.parse()?, ctx, proposer).await
+                Box::pin(self.execute_sql(rest.parse()?, ctx, proposer)).await
             }
-            Statement::PointSelect { point, rest } => match self.try_point_select(&point, ctx).await? {
+            Statement::PointSelect { point, rest } => match Box::pin(self.try_point_select(&point, ctx)).await? {
                 Some(result) => Ok(result),
-                None => self.execute_sql(rest.parse()?, ctx, proposer).await,
+                None => Box::pin(self.execute_sql(rest.parse()?, ctx, proposer)).await,
             },
             Statement::AsOf { query, positions } => {
                 let as_of = positions.into_iter().map(|(t, at)| (self.namespace_of(&t, ctx), t.name, at)).collect();
-                let batches = self.run_query_as_of(*query, ctx, Arc::new(as_of)).await?;
+                let batches = Box::pin(self.run_query_as_of(*query, ctx, Arc::new(as_of))).await?;
                 Ok(batches_to_result(&batches))
             }
-            Statement::Sql(stmt) => self.execute_sql(*stmt, ctx, proposer).await,
+            Statement::Sql(stmt) => Box::pin(self.execute_sql(*stmt, ctx, proposer)).await,
             Statement::Begin | Statement::Commit | Statement::Rollback => {
                 Err(Error::InvalidSql("BEGIN, COMMIT and ROLLBACK end or start a batch; they do not nest".into()))
             }
