@@ -102,11 +102,16 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     // A graceful stop hands this node's leaderships to other voters first, while HTTP still
     // serves (writes that arrive meanwhile are forwarded), so no group waits for an election.
     let draining = groups.clone();
-    let shutdown = async move {
-        shutdown.await;
-        draining.drain().await;
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = {
+        let closing = closing.clone();
+        async move {
+            shutdown.await;
+            closing.store(true, std::sync::atomic::Ordering::SeqCst);
+            draining.drain().await;
+        }
     };
-    serve::serve(listener, api::router(app), limits, shutdown).await?;
+    serve::serve(listener, api::router(app), limits, closing, shutdown).await?;
     groups.shutdown().await;
     drop(query_runtime);
     Ok(())

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,11 +26,17 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves, then drain.
+/// Serve `router` on `listener` until `shutdown` resolves, then drain. Once `closing` is set
+/// (a stop began; `shutdown` resolves later, after the node handed its leaderships away)
+/// every response says `Connection: close` and ends its connection: a client then opens a
+/// new one for its next request instead of reusing one this node is about to close, which
+/// HTTP/1.1 cannot do safely (a request sent as the server closes an idle connection is lost
+/// in flight, and a POST is not retried).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    closing: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.connections_max));
@@ -58,12 +65,21 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let mut stop = stop_rx.clone();
+        let closing = closing.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(client));
                 let mut router = router.clone();
-                async move { Ok::<_, Infallible>(router.call(req.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+                let closing = closing.clone();
+                async move {
+                    let mut resp = router.call(req.map(Body::new)).await.unwrap_or_else(|e| match e {});
+                    if closing.load(Ordering::SeqCst) {
+                        resp.headers_mut()
+                            .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -84,4 +100,62 @@ pub async fn serve(
     let all = u32::try_from(limits.connections_max).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), slots.acquire_many(all)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    const REQUEST: &[u8] = b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n";
+
+    /// One response from a keep-alive connection: its head, lower-cased, up to the body.
+    async fn response(stream: &mut TcpStream) -> String {
+        stream.write_all(REQUEST).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = 0;
+        loop {
+            let n = stream.read(&mut buf[got..]).await.unwrap();
+            assert!(n > 0, "connection closed before a full response");
+            got += n;
+            let text = String::from_utf8_lossy(&buf[..got]).to_ascii_lowercase();
+            if text.ends_with("pong") {
+                return text;
+            }
+        }
+    }
+
+    /// Before a stop, responses keep the connection; once the stop began (leaderships being
+    /// handed over, requests still served) a response closes it, so the client never holds
+    /// an idle connection the node will drop under it.
+    #[tokio::test]
+    async fn a_stopping_server_closes_each_connection_after_its_response() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+        let limits = HttpLimits { connections_max: 8, header_read_timeout: Duration::from_secs(5) };
+        let closing = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, limits, closing.clone(), async move {
+            let _ = stop_rx.await;
+        }));
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let first = response(&mut stream).await;
+        assert!(!first.contains("connection: close"), "{first}");
+        // The stop begins: the node still serves while it drains.
+        closing.store(true, Ordering::SeqCst);
+        let second = response(&mut stream).await;
+        assert!(second.contains("connection: close"), "{second}");
+        let mut rest = [0u8; 16];
+        assert_eq!(stream.read(&mut rest).await.unwrap(), 0, "the server ends the connection");
+        // A new connection is still answered, and closed the same way.
+        let mut again = TcpStream::connect(addr).await.unwrap();
+        assert!(response(&mut again).await.contains("connection: close"));
+
+        let _ = stop_tx.send(());
+        server.await.unwrap().unwrap();
+    }
 }
