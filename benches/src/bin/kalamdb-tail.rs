@@ -42,6 +42,50 @@ struct Args {
     /// live queries in KalamDB's protocol).
     #[arg(long, default_value = "ndjson")]
     protocol: String,
+    /// Also print where in time the events slower than the p99 fell: the worst 100 ms
+    /// windows, to tell a few stalls from a latency spread over the whole run.
+    #[arg(long)]
+    windows: bool,
+}
+
+/// One measured event: when it arrived (µs since the epoch) and its latency (µs).
+type Sample = (i64, u64);
+
+/// Width of the windows `--windows` groups slow events by.
+const WINDOW_MICROS: i64 = 100_000;
+/// Windows `--windows` lists.
+const WINDOWS_SHOWN: usize = 8;
+
+/// Print how the events slower than `p99_us` spread over 100 ms windows.
+fn print_windows(samples: &[Sample], p99_us: u64) {
+    let Some(start) = samples.iter().map(|s| s.0).min() else { return };
+    let mut windows: std::collections::BTreeMap<i64, (u64, u64, u64)> = std::collections::BTreeMap::new();
+    for &(at, latency) in samples {
+        let w = windows.entry((at - start) / WINDOW_MICROS).or_default();
+        w.0 += 1;
+        if latency > p99_us {
+            w.1 += 1;
+        }
+        w.2 = w.2.max(latency);
+    }
+    let slow: u64 = windows.values().map(|w| w.1).sum();
+    let mut by_slow: Vec<(i64, (u64, u64, u64))> = windows.iter().map(|(k, v)| (*k, *v)).collect();
+    by_slow.sort_unstable_by_key(|(_, w)| std::cmp::Reverse(w.1));
+    let with_slow = by_slow.iter().filter(|(_, w)| w.1 > 0).count();
+    let top: u64 = by_slow.iter().take(WINDOWS_SHOWN).map(|(_, w)| w.1).sum();
+    println!(
+        "events over the p99: {slow} in {with_slow} of {} windows of {} ms; the worst {WINDOWS_SHOWN} hold {:.0}%",
+        windows.len(),
+        WINDOW_MICROS / 1000,
+        100.0 * top as f64 / slow.max(1) as f64
+    );
+    for (k, (events, over, max)) in by_slow.iter().take(WINDOWS_SHOWN) {
+        println!(
+            "  at {:>6.1} s: {over} of {events} events over the p99, max {:.1} ms",
+            (*k * WINDOW_MICROS) as f64 / 1e6,
+            *max as f64 / 1000.0
+        );
+    }
 }
 
 fn now_micros() -> i64 {
@@ -63,7 +107,7 @@ async fn subscribe(
     path: String,
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    out: Arc<Mutex<Vec<u64>>>,
+    out: Arc<Mutex<Vec<Sample>>>,
 ) -> Result<u64, String> {
     let c: HttpClient = client(1);
     let req = hyper::Request::get(format!("{url}{path}"))
@@ -95,7 +139,7 @@ async fn subscribe(
             if let Some(committed) = field_i64(line, &committed_key) {
                 events += 1;
                 if measuring.load(Ordering::Relaxed) {
-                    local.push((received - committed).max(0) as u64);
+                    local.push((received, (received - committed).max(0) as u64));
                 }
             } else if overflow_key.find(line).is_some() {
                 return Err("the server cut this subscriber off (overflow)".into());
@@ -129,7 +173,7 @@ async fn subscribe_ws(
     table: String,
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    out: Arc<Mutex<Vec<u64>>>,
+    out: Arc<Mutex<Vec<Sample>>>,
 ) -> Result<u64, String> {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
@@ -160,7 +204,7 @@ async fn subscribe_ws(
             events += rows;
             if measuring.load(Ordering::Relaxed) {
                 let latency = (received - committed).max(0) as u64;
-                local.extend(std::iter::repeat_n(latency, rows as usize));
+                local.extend(std::iter::repeat_n((received, latency), rows as usize));
             }
         } else if memchr::memmem::find(line, b"\"error\"").is_some() {
             return Err(format!("the server refused the subscription: {text}"));
@@ -308,7 +352,8 @@ async fn main() -> Result<(), String> {
             Err(e) => return Err(e.to_string()),
         }
     }
-    let mut l = std::mem::take(&mut *latencies.lock().await);
+    let samples = std::mem::take(&mut *latencies.lock().await);
+    let mut l: Vec<u64> = samples.iter().map(|s| s.1).collect();
     l.sort_unstable();
     println!(
         "tail ({}): {} subscribers on {} node(s), {:.0} rows/s written ({} statements failed, {} ticks skipped), {} events delivered ({} broken subscribers)",
@@ -329,6 +374,10 @@ async fn main() -> Result<(), String> {
         percentile_ms(&l, 0.999),
         percentile_ms(&l, 1.0)
     );
+    if args.windows {
+        let p99_us = l.get(((l.len().max(1) - 1) as f64 * 0.99).round() as usize).copied().unwrap_or(0);
+        print_windows(&samples, p99_us);
+    }
     // The server's share (commit stamp to the hand-over of a chunk to its connection), by
     // bucket bound; `/v1/ws` does not record it.
     let server = |p| bucket_percentile_ms(&lag_before, &lag_after, p);
