@@ -73,7 +73,7 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
 }
 
 async fn compact_if_needed(groups: &Groups, group: GroupId, table: TableDef, compact_files_min: u64) {
-    let files = match kalamdb_projections::cold::live_file_counts(groups.rows.db(), group, table.table_id) {
+    let files = match kalamdb_projections::cold::compactable_file_counts(groups.rows.db(), group, table.table_id) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(target: "kalamdb_storage", group = %group, error = %e, "cannot count cold files");

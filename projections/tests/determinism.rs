@@ -337,3 +337,83 @@ async fn keyed_reads_through_a_warm_cache_follow_flushes_and_compactions() {
     // 10 after the first flush, then 9 per state until the compaction, 9 after it.
     assert!(cold_reads >= 40, "{cold_reads} keyed reads of flushed rows");
 }
+
+/// A compaction merges only the files written after the scope's newest sealed file (one of at
+/// least `COMPACT_SEALED_ROWS_MIN` rows): the sealed file and the markers of its superseded
+/// versions stay, the small files merge without their superseded versions, every key still
+/// reads its newest value, and two replicas agree byte for byte.
+#[tokio::test]
+async fn compaction_leaves_sealed_files_alone() {
+    use kalamdb_projections::cold::COMPACT_SEALED_ROWS_MIN;
+    use kalamdb_projections::rows::Lookup;
+    let sealed_rows = COMPACT_SEALED_ROWS_MIN as i64;
+    let mut def = table_def();
+    def.table_id = 1;
+    let shared = String::new();
+    let flush = || Op::Flush { table: def.clone(), scope: None };
+    let log = vec![
+        entry(
+            2,
+            vec![Op::Insert {
+                table_id: 1,
+                scope: shared.clone(),
+                rows: (0..sealed_rows).map(|k| row(k, "v", None)).collect(),
+            }],
+        ),
+        entry(3, vec![flush()]),
+        entry(4, vec![Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(0, "a", Some(seq(2, 0)))] }]),
+        entry(
+            5,
+            vec![Op::Insert {
+                table_id: 1,
+                scope: shared.clone(),
+                rows: (-10..0).map(|k| row(k, "w", None)).collect(),
+            }],
+        ),
+        entry(6, vec![flush()]),
+        entry(
+            7,
+            vec![
+                Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(0, "b", Some(seq(4, 0)))] },
+                Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(1, "c", Some(seq(2, 1)))] },
+                Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(-1, "d", Some(seq(5, 9)))] },
+            ],
+        ),
+        entry(8, vec![flush()]),
+        entry(9, vec![Op::Compact { table: def.clone(), scope: None }]),
+        entry(10, vec![Op::Compact { table: def.clone(), scope: None }]),
+    ];
+    let group = GroupId::SharedShard(0);
+    let mut digests = Vec::new();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let db = LogDb::open(&dir.path().join("rocksdb"), &PROJECTION_CFS).unwrap();
+        let mut sm = Projection::open(db.clone(), group, Catalog::new(), env(dir.path())).unwrap();
+        let results: Vec<Vec<OpResult>> = sm.apply(log.clone()).await.unwrap().into_iter().map(|r| r.results).collect();
+        digests.push(digest_group(db.db(), group).unwrap());
+        replicas.push((dir, db, results));
+    }
+    assert_eq!(digests[0], digests[1], "replicas differ");
+    let (dir, db, results) = &replicas[0];
+    assert_eq!(results[1], vec![OpResult::Done { affected: sealed_rows as u64 }], "the sealed file");
+    assert_eq!(results[4], vec![OpResult::Done { affected: 11 }], "second flush: 0 (a) and -10..-1");
+    assert_eq!(results[6], vec![OpResult::Done { affected: 3 }], "third flush: 0 (b), 1 (c), -1 (d)");
+    // Merged: the second and third flush files, less 0 (a) and -1 (w) which they supersede.
+    assert_eq!(results[7], vec![OpResult::Done { affected: 12 }], "compaction merges the small files only");
+    assert_eq!(results[8], vec![OpResult::Done { affected: 0 }], "one small file and no marker: nothing to do");
+
+    let reader = RowReader::new(db.clone(), Arc::new(FileStore::folder(dir.path().join("storage"))));
+    let view = reader.table_view(group, 1, "", &Default::default()).unwrap();
+    assert_eq!(view.files.len(), 2, "the sealed file and the compaction's output");
+    // The sealed file's versions of 0 and 1 stay superseded; the merged files' markers are gone.
+    let mut superseded = view.superseded.clone();
+    superseded.sort_unstable();
+    assert_eq!(superseded, vec![seq(2, 0), seq(2, 1)]);
+    for (k, want) in [(0, "b"), (1, "c"), (2, "v"), (-1, "d"), (-2, "w"), (sealed_rows - 1, "v")] {
+        let key = Value::BigInt(k);
+        let Lookup::Cold(at) = reader.lookup(group, 1, "", &key).unwrap() else { panic!("key {k} is not cold") };
+        let found = reader.cold_row(group, &def, "", &key, at).unwrap().unwrap_or_else(|| panic!("key {k}"));
+        assert_eq!(found.values[1], Value::Text(want.into()), "key {k}");
+    }
+}

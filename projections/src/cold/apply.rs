@@ -26,10 +26,8 @@ pub(super) struct ScopeOutcome {
 
 /// Scopes of a table in a group that have cold files, in key order.
 pub(super) fn scopes_with_files(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<String>> {
-    let cold = cf(db, CF_COLD)?;
     let mut out: Vec<String> = Vec::new();
-    for item in iter_prefix(db, cold, &table_prefix(group, table_id)) {
-        let (k, _) = item?;
+    for (k, _) in table_records(db, group, table_id)? {
         let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
         if rest.first() == Some(&KIND_HEAD) && out.last().is_none_or(|s| s != scope) {
             out.push(scope.to_string());
@@ -115,7 +113,8 @@ impl<'a> ColdApplier<'a> {
         }
     }
 
-    /// Merge each scope's live files into as few as possible, without superseded versions.
+    /// Merge each scope's live files written after its newest sealed file (see `plan`) into
+    /// as few as possible, without superseded versions.
     pub fn compact(&self, batch: &mut WriteBatch, def: &TableDef, scope: Option<&str>, index: u64) -> Result<OpResult> {
         let started = Instant::now();
         let started_at = crate::now_micros();
@@ -130,26 +129,33 @@ impl<'a> ColdApplier<'a> {
         for scope in scopes {
             let sp = table_scope_prefix(self.group, def.table_id, &scope);
             let files = scope_files(self.db, &sp)?;
-            let superseded: HashSet<i64> = iter_prefix(self.db, cold, &cold_key(&sp, KIND_SUPERSEDED, &[]))
-                .map(|item| {
-                    let (k, _) = item?;
-                    let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
-                    Ok(u64::from_be_bytes(b) as i64)
-                })
-                .collect::<Result<_>>()?;
             // Files retired by earlier compactions stay until `Op::DeleteRetired` (see `retire`).
             let live: Vec<&FileMeta> = files.iter().filter(|f| f.retired_at.is_none()).collect();
-            if live.len() <= 1 && superseded.is_empty() {
+            let CompactionPlan { inputs, after } = compaction_plan(&live);
+            // The markers of the versions being merged: those written after `after` (see `plan`).
+            let first_merged_seq = if after == 0 { 0 } else { crate::stored::make_seq(after + 1, 0) };
+            let markers = cold_key(&sp, KIND_SUPERSEDED, &[]);
+            let merged_markers = cold_key(&sp, KIND_SUPERSEDED, &first_merged_seq.to_be_bytes());
+            let mut superseded: HashSet<i64> = HashSet::new();
+            for item in iter_prefix(self.db, cold, &markers) {
+                let (k, _) = item?;
+                let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
+                let seq = u64::from_be_bytes(b);
+                if seq >= first_merged_seq {
+                    superseded.insert(seq as i64);
+                }
+            }
+            if inputs.is_empty() || (inputs.len() == 1 && superseded.is_empty()) {
                 continue;
             }
             // Streamed: one batch per input file and one output file in memory at a time.
             let paths: Vec<PathBuf> =
-                live.iter().map(|f| self.env.files.local(&f.path, f.bytes, &f.sha256)).collect::<Result<_>>()?;
+                inputs.iter().map(|f| self.env.files.local(&f.path, f.bytes, &f.sha256)).collect::<Result<_>>()?;
             let mut merge =
                 super::merge::Merge::open(&paths, schema.clone(), pk, &superseded, Some(def), CONVERT_ROWS_MAX)?;
             let mut head = scope_head(self.db, &sp)?;
-            let log_start = live.iter().map(|f| f.log_start).min().unwrap_or(index);
-            let log_end = live.iter().map(|f| f.log_end).max().unwrap_or(index);
+            let log_start = inputs.iter().map(|f| f.log_start).min().unwrap_or(index);
+            let log_end = inputs.iter().map(|f| f.log_end).max().unwrap_or(index);
             let mut outcome = ScopeOutcome { scope: scope.clone(), log_start, files: 0, rows: 0, bytes: 0 };
             let mut chunks: Vec<RecordBatch> = Vec::new();
             let mut chunk_rows = 0;
@@ -183,15 +189,14 @@ impl<'a> ColdApplier<'a> {
                     break;
                 }
             }
-            for f in &live {
+            for f in &inputs {
                 let mut retired = (*f).clone();
                 retired.retired_at = Some(index);
                 let record = cold_key(&sp, KIND_FILE, &f.file_no.to_be_bytes());
                 batch.put_cf(cold, &record, json(&retired)?);
                 super::retire::stage_retired(self.db, batch, self.group, index, &record, &f.path)?;
             }
-            let markers = cold_key(&sp, KIND_SUPERSEDED, &[]);
-            batch.delete_range_cf(cold, markers.clone(), prefix_end(&markers));
+            batch.delete_range_cf(cold, merged_markers, prefix_end(&markers));
             head.last_compact_index = index;
             batch.put_cf(cold, cold_key(&sp, KIND_HEAD, &[]), json(&head)?);
             outcomes.push(outcome);
@@ -243,8 +248,7 @@ impl<'a> ColdApplier<'a> {
     pub fn purge(&self, batch: &mut WriteBatch, table_id: u64, index: u64) -> Result<()> {
         let cold = cf(self.db, CF_COLD)?;
         let prefix = table_prefix(self.group, table_id);
-        for item in iter_prefix(self.db, cold, &prefix) {
-            let (k, v) = item?;
+        for (k, v) in table_records(self.db, self.group, table_id)? {
             let (_, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
             if rest.first() == Some(&KIND_FILE) {
                 let meta: FileMeta = unjson(&v)?;

@@ -13,6 +13,31 @@ pub(crate) fn iter_prefix<'a>(
     db.iterator_cf_opt(cf, opts, IteratorMode::From(prefix, Direction::Forward))
 }
 
+/// Every cold record of a table in a group except its key stubs, in key order. A table has a
+/// stub per flushed key (millions), and a few files, heads and markers per scope: each scope's
+/// stub range is skipped with one seek, so the cost follows the records, not the rows.
+pub(crate) fn table_records(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let cold = cf(db, CF_COLD)?;
+    let prefix = table_prefix(group, table_id);
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(prefix_end(&prefix));
+    let mut it = db.raw_iterator_cf_opt(cold, opts);
+    it.seek(&prefix);
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let (_, rest) = split_scope(k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
+        if rest.first() == Some(&KIND_STUB) {
+            let past_stubs = cold_key(&k[..k.len() - rest.len()], KIND_STUB + 1, &[]);
+            it.seek(&past_stubs);
+            continue;
+        }
+        out.push((k.to_vec(), v.to_vec()));
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
 /// The manifest of one scope: every file record, in file-number order.
 pub fn scope_files(db: &DB, scope_prefix: &[u8]) -> Result<Vec<FileMeta>> {
     let cold = cf(db, CF_COLD)?;
@@ -132,25 +157,33 @@ pub fn table_view(at: ColdGroup<'_>, table_id: u64, scope: &str, range: &PkRange
     Ok(view)
 }
 
-/// Live file count per scope of a table in a group (for the automatic compaction policy).
-pub fn live_file_counts(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<(String, u64)>> {
-    let cold = cf(db, CF_COLD)?;
-    let mut out: Vec<(String, u64)> = Vec::new();
-    for item in iter_prefix(db, cold, &table_prefix(group, table_id)) {
-        let (k, v) = item?;
+/// Per scope of a table in a group, the live files a compaction would merge (see
+/// [`compaction_plan`]): what the automatic compaction counts against `compact_files_min`.
+pub fn compactable_file_counts(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<(String, u64)>> {
+    let mut scopes: Vec<(String, Vec<FileMeta>)> = Vec::new();
+    for (k, v) in table_records(db, group, table_id)? {
         let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
-        if rest.first() != Some(&KIND_FILE) || unjson::<FileMeta>(&v)?.retired_at.is_some() {
+        if rest.first() != Some(&KIND_FILE) {
             continue;
         }
-        match out.last_mut() {
-            Some((s, n)) if s == scope => *n += 1,
-            _ => out.push((scope.to_string(), 1)),
+        let meta: FileMeta = unjson(&v)?;
+        if meta.retired_at.is_some() {
+            continue;
+        }
+        match scopes.last_mut() {
+            Some((s, files)) if s == scope => files.push(meta),
+            _ => scopes.push((scope.to_string(), vec![meta])),
         }
     }
-    Ok(out)
+    Ok(scopes
+        .into_iter()
+        .map(|(scope, files)| {
+            let live: Vec<&FileMeta> = files.iter().collect();
+            (scope, compaction_plan(&live).inputs.len() as u64)
+        })
+        .collect())
 }
 
-/// Every file record of a group (live and retired), for snapshots.
 /// The live (not retired) files of every scope of a group, as the RocksDB snapshot `snap` holds
 /// them.
 pub fn live_files_at(db: &DB, snap: &rocksdb::Snapshot<'_>, group: GroupId) -> Result<Vec<FileMeta>> {
@@ -175,10 +208,8 @@ pub fn live_files_at(db: &DB, snap: &rocksdb::Snapshot<'_>, group: GroupId) -> R
 /// The live files of every scope of a table in a group, with the `_seq`s of file rows a newer
 /// version superseded (a `_seq` is unique within a group, so one set serves every scope).
 pub fn table_files(db: &DB, group: GroupId, table_id: u64) -> Result<(Vec<(String, FileMeta)>, HashSet<u64>)> {
-    let cold = cf(db, CF_COLD)?;
     let (mut files, mut superseded) = (Vec::new(), HashSet::new());
-    for item in iter_prefix(db, cold, &table_prefix(group, table_id)) {
-        let (k, v) = item?;
+    for (k, v) in table_records(db, group, table_id)? {
         let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
         match rest.first() {
             Some(&KIND_FILE) => {
