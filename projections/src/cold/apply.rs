@@ -54,9 +54,14 @@ impl<'a> ColdApplier<'a> {
         let schema = storage_schema(def);
         let mut outcomes = Vec::new();
         let mut current: Option<ScopeFlush> = None;
-        for item in iter_prefix(self.db, rows_cf, &prefix) {
-            let (key, value) = item?;
-            let (row_scope, _) = split_scope(&key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
+        // A raw iterator: keys and values are read in place, not copied into boxes per row
+        // (a flush holds apply, and every write and subscriber of the group, while it runs).
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(&prefix));
+        let mut rows = self.db.raw_iterator_cf_opt(rows_cf, opts);
+        rows.seek(&prefix);
+        while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
+            let (row_scope, _) = split_scope(key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
             if current.as_ref().is_none_or(|c| c.scope != row_scope) {
                 if let Some(done) = current.take() {
                     outcomes.push(done.finish(self, batch, def, &schema, index)?);
@@ -64,8 +69,10 @@ impl<'a> ColdApplier<'a> {
                 current = Some(ScopeFlush::start(self, def, row_scope)?);
             }
             let flush = current.as_mut().expect("scope flush started above");
-            flush.push(self, batch, def, &schema, &key, StoredRow::decode(&value)?, index)?;
+            flush.push(self, batch, def, &schema, key, StoredRow::decode(value)?, index)?;
+            rows.next();
         }
+        rows.status()?;
         if let Some(done) = current.take() {
             outcomes.push(done.finish(self, batch, def, &schema, index)?);
         }
@@ -265,6 +272,8 @@ impl<'a> ColdApplier<'a> {
 /// The flush of one scope in progress: rows are converted in chunks and written in files of
 /// at most [`FILE_ROWS_MAX`] rows.
 pub(super) struct ScopeFlush {
+    /// The stub key of the current row: `scope_prefix | KIND_STUB`, then its key.
+    stub: Vec<u8>,
     scope: String,
     scope_prefix: Vec<u8>,
     head: ScopeHead,
@@ -281,6 +290,7 @@ impl ScopeFlush {
         let scope_prefix = table_scope_prefix(c.group, def.table_id, scope);
         let head = scope_head(c.db, &scope_prefix)?;
         Ok(ScopeFlush {
+            stub: cold_key(&scope_prefix, KIND_STUB, &[]),
             scope: scope.to_string(),
             log_start: head.last_flush_index + 1,
             scope_prefix,
@@ -304,7 +314,12 @@ impl ScopeFlush {
         index: u64,
     ) -> Result<()> {
         let cold = cf(c.db, CF_COLD)?;
-        let stub = stub_key_of(row_key)?;
+        // The stub key is the row key with the stub kind between scope and key: built in a
+        // buffer kept across rows (every row of the scope starts with the same prefix).
+        assert!(row_key.starts_with(&self.scope_prefix), "a row outside the scope being flushed");
+        self.stub.truncate(self.scope_prefix.len() + 1);
+        self.stub.extend_from_slice(&row_key[self.scope_prefix.len()..]);
+        let stub = self.stub.as_slice();
         if row.deleted {
             // A tombstone shadows nothing once flushed: the version it deleted was marked
             // superseded when the delete was applied. Only the stub of that version goes.
