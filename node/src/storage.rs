@@ -73,14 +73,15 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
 }
 
 async fn compact_if_needed(groups: &Groups, group: GroupId, table: TableDef, compact_files_min: u64) {
-    let files = match kalamdb_projections::cold::compactable_file_counts(groups.rows.db(), group, table.table_id) {
-        Ok(f) => f,
+    let due = match kalamdb_projections::cold::compaction_due(groups.rows.db(), group, table.table_id) {
+        Ok(d) => d,
         Err(e) => {
             tracing::warn!(target: "kalamdb_storage", group = %group, error = %e, "cannot count cold files");
             return;
         }
     };
-    if files.iter().all(|(_, n)| *n < compact_files_min) {
+    // Enough new files to merge, or a sealed range with many superseded versions to rewrite.
+    if due.iter().all(|d| d.tail_files < compact_files_min && d.sealed_rewrites == 0) {
         return;
     }
     if let Err(e) = groups.propose(group, Op::Compact { table, scope: None }).await {

@@ -340,18 +340,23 @@ async fn keyed_reads_through_a_warm_cache_follow_flushes_and_compactions() {
 
 /// A compaction merges only the files written after the scope's newest sealed file (one of at
 /// least `COMPACT_SEALED_ROWS_MIN` rows): the sealed file and the markers of its superseded
-/// versions stay, the small files merge without their superseded versions, every key still
-/// reads its newest value, and two replicas agree byte for byte.
+/// versions stay, the small files merge without their superseded versions, and every key
+/// still reads its newest value. Once a quarter of the sealed file's rows are superseded, a
+/// compaction rewrites it on its own. Two replicas agree byte for byte throughout.
 #[tokio::test]
-async fn compaction_leaves_sealed_files_alone() {
-    use kalamdb_projections::cold::COMPACT_SEALED_ROWS_MIN;
+async fn compaction_leaves_sealed_files_alone_until_they_hold_many_dead_rows() {
+    use kalamdb_projections::cold::{COMPACT_SEALED_DEAD_SHARE_DEN, COMPACT_SEALED_ROWS_MIN};
     use kalamdb_projections::rows::Lookup;
     let sealed_rows = COMPACT_SEALED_ROWS_MIN as i64;
+    let deleted = sealed_rows / COMPACT_SEALED_DEAD_SHARE_DEN as i64;
     let mut def = table_def();
     def.table_id = 1;
     let shared = String::new();
     let flush = || Op::Flush { table: def.clone(), scope: None };
-    let log = vec![
+    let compact = || Op::Compact { table: def.clone(), scope: None };
+    let update =
+        |k: i64, v: &str, at: u64| Op::Update { table_id: 1, scope: String::new(), rows: vec![row(k, v, Some(at))] };
+    let first = vec![
         entry(
             2,
             vec![Op::Insert {
@@ -361,7 +366,7 @@ async fn compaction_leaves_sealed_files_alone() {
             }],
         ),
         entry(3, vec![flush()]),
-        entry(4, vec![Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(0, "a", Some(seq(2, 0)))] }]),
+        entry(4, vec![update(0, "a", seq(2, 0))]),
         entry(
             5,
             vec![Op::Insert {
@@ -371,31 +376,41 @@ async fn compaction_leaves_sealed_files_alone() {
             }],
         ),
         entry(6, vec![flush()]),
-        entry(
-            7,
-            vec![
-                Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(0, "b", Some(seq(4, 0)))] },
-                Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(1, "c", Some(seq(2, 1)))] },
-                Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(-1, "d", Some(seq(5, 9)))] },
-            ],
-        ),
+        entry(7, vec![update(0, "b", seq(4, 0)), update(1, "c", seq(2, 1)), update(-1, "d", seq(5, 9))]),
         entry(8, vec![flush()]),
-        entry(9, vec![Op::Compact { table: def.clone(), scope: None }]),
-        entry(10, vec![Op::Compact { table: def.clone(), scope: None }]),
+        entry(9, vec![compact()]),
+        entry(10, vec![compact()]),
+    ];
+    // Then delete keys 2.. of the sealed file until, with 0 and 1 updated, a quarter is dead.
+    let second = vec![
+        entry(
+            11,
+            vec![Op::Delete {
+                table_id: 1,
+                scope: shared.clone(),
+                rows: (2..deleted).map(|k| row(k, "", Some(seq(2, k as u64)))).collect(),
+            }],
+        ),
+        entry(12, vec![flush()]),
+        entry(13, vec![compact()]),
     ];
     let group = GroupId::SharedShard(0);
-    let mut digests = Vec::new();
     let mut replicas = Vec::new();
     for _ in 0..2 {
         let dir = tempfile::tempdir().unwrap();
         let db = LogDb::open(&dir.path().join("rocksdb"), &PROJECTION_CFS).unwrap();
-        let mut sm = Projection::open(db.clone(), group, Catalog::new(), env(dir.path())).unwrap();
-        let results: Vec<Vec<OpResult>> = sm.apply(log.clone()).await.unwrap().into_iter().map(|r| r.results).collect();
+        let sm = Projection::open(db.clone(), group, Catalog::new(), env(dir.path())).unwrap();
+        replicas.push((dir, db, sm));
+    }
+    let mut results = Vec::new();
+    let mut digests = Vec::new();
+    for (_, db, sm) in replicas.iter_mut() {
+        results.push(sm.apply(first.clone()).await.unwrap().into_iter().map(|r| r.results).collect::<Vec<_>>());
         digests.push(digest_group(db.db(), group).unwrap());
-        replicas.push((dir, db, results));
     }
     assert_eq!(digests[0], digests[1], "replicas differ");
-    let (dir, db, results) = &replicas[0];
+    assert_eq!(results[0], results[1]);
+    let results = &results[0];
     assert_eq!(results[1], vec![OpResult::Done { affected: sealed_rows as u64 }], "the sealed file");
     assert_eq!(results[4], vec![OpResult::Done { affected: 11 }], "second flush: 0 (a) and -10..-1");
     assert_eq!(results[6], vec![OpResult::Done { affected: 3 }], "third flush: 0 (b), 1 (c), -1 (d)");
@@ -403,6 +418,7 @@ async fn compaction_leaves_sealed_files_alone() {
     assert_eq!(results[7], vec![OpResult::Done { affected: 12 }], "compaction merges the small files only");
     assert_eq!(results[8], vec![OpResult::Done { affected: 0 }], "one small file and no marker: nothing to do");
 
+    let (dir, db, _) = &replicas[0];
     let reader = RowReader::new(db.clone(), Arc::new(FileStore::folder(dir.path().join("storage"))));
     let view = reader.table_view(group, 1, "", &Default::default()).unwrap();
     assert_eq!(view.files.len(), 2, "the sealed file and the compaction's output");
@@ -411,6 +427,33 @@ async fn compaction_leaves_sealed_files_alone() {
     superseded.sort_unstable();
     assert_eq!(superseded, vec![seq(2, 0), seq(2, 1)]);
     for (k, want) in [(0, "b"), (1, "c"), (2, "v"), (-1, "d"), (-2, "w"), (sealed_rows - 1, "v")] {
+        let key = Value::BigInt(k);
+        let Lookup::Cold(at) = reader.lookup(group, 1, "", &key).unwrap() else { panic!("key {k} is not cold") };
+        let found = reader.cold_row(group, &def, "", &key, at).unwrap().unwrap_or_else(|| panic!("key {k}"));
+        assert_eq!(found.values[1], Value::Text(want.into()), "key {k}");
+    }
+
+    let mut digests = Vec::new();
+    let mut later = Vec::new();
+    for (_, db, sm) in replicas.iter_mut() {
+        later.push(sm.apply(second.clone()).await.unwrap().into_iter().map(|r| r.results).collect::<Vec<_>>());
+        digests.push(digest_group(db.db(), group).unwrap());
+    }
+    assert_eq!(digests[0], digests[1], "replicas differ after the rewrite");
+    assert_eq!(later[0], later[1]);
+    let alive = (sealed_rows - deleted) as u64;
+    assert_eq!(
+        later[0][2],
+        vec![OpResult::Done { affected: alive }],
+        "the sealed file rewritten without its dead rows"
+    );
+    let (dir, db, _) = &replicas[0];
+    let reader = RowReader::new(db.clone(), Arc::new(FileStore::folder(dir.path().join("storage"))));
+    let view = reader.table_view(group, 1, "", &Default::default()).unwrap();
+    assert_eq!(view.files.len(), 2, "the rewritten range and the earlier compaction's output");
+    assert!(view.superseded.is_empty(), "every marker went with its version");
+    assert_eq!(reader.lookup(group, 1, "", &Value::BigInt(2)).unwrap(), Lookup::Absent, "deleted");
+    for (k, want) in [(0, "b"), (1, "c"), (deleted, "v"), (-1, "d")] {
         let key = Value::BigInt(k);
         let Lookup::Cold(at) = reader.lookup(group, 1, "", &key).unwrap() else { panic!("key {k} is not cold") };
         let found = reader.cold_row(group, &def, "", &key, at).unwrap().unwrap_or_else(|| panic!("key {k}"));

@@ -120,8 +120,8 @@ impl<'a> ColdApplier<'a> {
         }
     }
 
-    /// Merge each scope's live files written after its newest sealed file (see `plan`) into
-    /// as few as possible, without superseded versions.
+    /// Merge each scope's live files written after its newest sealed file into as few as
+    /// possible, without superseded versions, and rewrite sealed ranges with many (see `plan`).
     pub fn compact(&self, batch: &mut WriteBatch, def: &TableDef, scope: Option<&str>, index: u64) -> Result<OpResult> {
         let started = Instant::now();
         let started_at = crate::now_micros();
@@ -131,79 +131,39 @@ impl<'a> ColdApplier<'a> {
             Some(s) => vec![s.to_string()],
             None => scopes_with_files(self.db, self.group, def.table_id)?,
         };
-        let pk = def.pk_index();
         let mut outcomes = Vec::new();
         for scope in scopes {
             let sp = table_scope_prefix(self.group, def.table_id, &scope);
             let files = scope_files(self.db, &sp)?;
             // Files retired by earlier compactions stay until `Op::DeleteRetired` (see `retire`).
             let live: Vec<&FileMeta> = files.iter().filter(|f| f.retired_at.is_none()).collect();
-            let CompactionPlan { inputs, after } = compaction_plan(&live);
-            // The markers of the versions being merged: those written after `after` (see `plan`).
-            let first_merged_seq = if after == 0 { 0 } else { crate::stored::make_seq(after + 1, 0) };
             let markers = cold_key(&sp, KIND_SUPERSEDED, &[]);
-            let merged_markers = cold_key(&sp, KIND_SUPERSEDED, &first_merged_seq.to_be_bytes());
-            let mut superseded: HashSet<i64> = HashSet::new();
+            // In key order, which is `_seq` order (big-endian).
+            let mut superseded: Vec<u64> = Vec::new();
             for item in iter_prefix(self.db, cold, &markers) {
                 let (k, _) = item?;
                 let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
-                let seq = u64::from_be_bytes(b);
-                if seq >= first_merged_seq {
-                    superseded.insert(seq as i64);
-                }
+                superseded.push(u64::from_be_bytes(b));
             }
-            if inputs.is_empty() || (inputs.len() == 1 && superseded.is_empty()) {
+            let units = compaction_plan(&live, &superseded);
+            if units.is_empty() {
                 continue;
             }
-            // Streamed: one batch per input file and one output file in memory at a time.
-            let paths: Vec<PathBuf> =
-                inputs.iter().map(|f| self.env.files.local(&f.path, f.bytes, &f.sha256)).collect::<Result<_>>()?;
-            let mut merge =
-                super::merge::Merge::open(&paths, schema.clone(), pk, &superseded, Some(def), CONVERT_ROWS_MAX)?;
             let mut head = scope_head(self.db, &sp)?;
-            let log_start = inputs.iter().map(|f| f.log_start).min().unwrap_or(index);
-            let log_end = inputs.iter().map(|f| f.log_end).max().unwrap_or(index);
+            let log_start = units.iter().flat_map(|u| u.inputs.iter().map(|f| f.log_start)).min().unwrap_or(index);
             let mut outcome = ScopeOutcome { scope: scope.clone(), log_start, files: 0, rows: 0, bytes: 0 };
-            let mut chunks: Vec<RecordBatch> = Vec::new();
-            let mut chunk_rows = 0;
-            loop {
-                let next = merge.next_batch()?;
-                let done = next.is_none();
-                if let Some(b) = next {
-                    chunk_rows += b.num_rows();
-                    chunks.push(b);
-                }
-                // Files of FILE_ROWS_MAX rows (a multiple of the batch size), the last one shorter.
-                if chunk_rows >= FILE_ROWS_MAX || (done && chunk_rows > 0) {
-                    let meta = self.write_file(
-                        def,
-                        &scope,
-                        &schema,
-                        &chunks,
-                        &mut head,
-                        index,
-                        "compact",
-                        (log_start, log_end),
-                    )?;
-                    batch.put_cf(cold, cold_key(&sp, KIND_FILE, &meta.file_no.to_be_bytes()), json(&meta)?);
-                    outcome.files += 1;
-                    outcome.rows += meta.rows;
-                    outcome.bytes += meta.bytes;
-                    chunks.clear();
-                    chunk_rows = 0;
-                }
-                if done {
-                    break;
-                }
+            for unit in &units {
+                let first = superseded.partition_point(|m| *m < unit.first_seq);
+                let end = superseded.partition_point(|m| *m < unit.end_seq);
+                let dropped: HashSet<i64> = superseded[first..end].iter().map(|m| *m as i64).collect();
+                self.merge_unit(batch, def, &scope, &schema, &mut head, unit, &dropped, index, &mut outcome)?;
+                let from = cold_key(&sp, KIND_SUPERSEDED, &unit.first_seq.to_be_bytes());
+                let to = match unit.end_seq {
+                    u64::MAX => prefix_end(&markers),
+                    end_seq => cold_key(&sp, KIND_SUPERSEDED, &end_seq.to_be_bytes()),
+                };
+                batch.delete_range_cf(cold, from, to);
             }
-            for f in &inputs {
-                let mut retired = (*f).clone();
-                retired.retired_at = Some(index);
-                let record = cold_key(&sp, KIND_FILE, &f.file_no.to_be_bytes());
-                batch.put_cf(cold, &record, json(&retired)?);
-                super::retire::stage_retired(self.db, batch, self.group, index, &record, &f.path)?;
-            }
-            batch.delete_range_cf(cold, merged_markers, prefix_end(&markers));
             head.last_compact_index = index;
             batch.put_cf(cold, cold_key(&sp, KIND_HEAD, &[]), json(&head)?);
             outcomes.push(outcome);
@@ -211,6 +171,63 @@ impl<'a> ColdApplier<'a> {
         let rows: u64 = outcomes.iter().map(|o| o.rows).sum();
         self.report("compact", def, &outcomes, index, started, started_at);
         Ok(OpResult::Done { affected: rows })
+    }
+
+    /// Merge one unit's files into new ones (their log range: the inputs' union), dropping the
+    /// versions in `dropped`, and retire the inputs.
+    fn merge_unit(
+        &self,
+        batch: &mut WriteBatch,
+        def: &TableDef,
+        scope: &str,
+        schema: &SchemaRef,
+        head: &mut ScopeHead,
+        unit: &CompactionUnit<'_>,
+        dropped: &HashSet<i64>,
+        index: u64,
+        outcome: &mut ScopeOutcome,
+    ) -> Result<()> {
+        let cold = cf(self.db, CF_COLD)?;
+        let sp = table_scope_prefix(self.group, def.table_id, scope);
+        // Streamed: one batch per input file and one output file in memory at a time.
+        let paths: Vec<PathBuf> =
+            unit.inputs.iter().map(|f| self.env.files.local(&f.path, f.bytes, &f.sha256)).collect::<Result<_>>()?;
+        let mut merge =
+            super::merge::Merge::open(&paths, schema.clone(), def.pk_index(), dropped, Some(def), CONVERT_ROWS_MAX)?;
+        let log_start = unit.inputs.iter().map(|f| f.log_start).min().unwrap_or(index);
+        let log_end = unit.inputs.iter().map(|f| f.log_end).max().unwrap_or(index);
+        let mut chunks: Vec<RecordBatch> = Vec::new();
+        let mut chunk_rows = 0;
+        loop {
+            let next = merge.next_batch()?;
+            let done = next.is_none();
+            if let Some(b) = next {
+                chunk_rows += b.num_rows();
+                chunks.push(b);
+            }
+            // Files of FILE_ROWS_MAX rows (a multiple of the batch size), the last one shorter.
+            if chunk_rows >= FILE_ROWS_MAX || (done && chunk_rows > 0) {
+                let meta =
+                    self.write_file(def, scope, schema, &chunks, head, index, "compact", (log_start, log_end))?;
+                batch.put_cf(cold, cold_key(&sp, KIND_FILE, &meta.file_no.to_be_bytes()), json(&meta)?);
+                outcome.files += 1;
+                outcome.rows += meta.rows;
+                outcome.bytes += meta.bytes;
+                chunks.clear();
+                chunk_rows = 0;
+            }
+            if done {
+                break;
+            }
+        }
+        for f in &unit.inputs {
+            let mut retired = (*f).clone();
+            retired.retired_at = Some(index);
+            let record = cold_key(&sp, KIND_FILE, &f.file_no.to_be_bytes());
+            batch.put_cf(cold, &record, json(&retired)?);
+            super::retire::stage_retired(self.db, batch, self.group, index, &record, &f.path)?;
+        }
+        Ok(())
     }
 
     /// Write one file of a scope and return its manifest record.

@@ -59,7 +59,7 @@ use crate::{CF_COLD, CF_ROWS};
 pub use apply::*;
 pub use files::*;
 pub use lookup::*;
-pub use plan::{COMPACT_SEALED_ROWS_MIN, CompactionPlan, compaction_plan};
+pub use plan::{COMPACT_SEALED_DEAD_SHARE_DEN, COMPACT_SEALED_ROWS_MIN, CompactionUnit, compaction_plan};
 pub use reclaim::{RECLAIM_QUEUE_LEN_MAX, Reclaimer};
 pub use retire::oldest_retired;
 pub use store::*;

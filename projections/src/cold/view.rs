@@ -157,29 +157,52 @@ pub fn table_view(at: ColdGroup<'_>, table_id: u64, scope: &str, range: &PkRange
     Ok(view)
 }
 
-/// Per scope of a table in a group, the live files a compaction would merge (see
-/// [`compaction_plan`]): what the automatic compaction counts against `compact_files_min`.
-pub fn compactable_file_counts(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<(String, u64)>> {
-    let mut scopes: Vec<(String, Vec<FileMeta>)> = Vec::new();
+/// What a compaction of one scope would do: what the automatic compaction weighs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactionDue {
+    pub scope: String,
+    /// Files written after the newest sealed one, merged together.
+    pub tail_files: u64,
+    /// Sealed ranges to rewrite for their superseded versions.
+    pub sealed_rewrites: u64,
+}
+
+/// [`CompactionDue`] of every scope of a table in a group that has files (see
+/// [`compaction_plan`]).
+pub fn compaction_due(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<CompactionDue>> {
+    // Per scope, in key order: its file records, then its markers (`F` < `X`).
+    let mut scopes: Vec<(String, Vec<FileMeta>, Vec<u64>)> = Vec::new();
     for (k, v) in table_records(db, group, table_id)? {
         let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
-        if rest.first() != Some(&KIND_FILE) {
-            continue;
+        if scopes.last().is_none_or(|(s, _, _)| s != scope) {
+            scopes.push((scope.to_string(), Vec::new(), Vec::new()));
         }
-        let meta: FileMeta = unjson(&v)?;
-        if meta.retired_at.is_some() {
-            continue;
-        }
-        match scopes.last_mut() {
-            Some((s, files)) if s == scope => files.push(meta),
-            _ => scopes.push((scope.to_string(), vec![meta])),
+        let (_, files, markers) = scopes.last_mut().expect("pushed above");
+        match rest.first() {
+            Some(&KIND_FILE) => {
+                let meta: FileMeta = unjson(&v)?;
+                if meta.retired_at.is_none() {
+                    files.push(meta);
+                }
+            }
+            Some(&KIND_SUPERSEDED) => {
+                let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
+                markers.push(u64::from_be_bytes(b));
+            }
+            _ => {}
         }
     }
     Ok(scopes
         .into_iter()
-        .map(|(scope, files)| {
+        .filter(|(_, files, _)| !files.is_empty())
+        .map(|(scope, files, markers)| {
             let live: Vec<&FileMeta> = files.iter().collect();
-            (scope, compaction_plan(&live).inputs.len() as u64)
+            let units = compaction_plan(&live, &markers);
+            CompactionDue {
+                scope,
+                tail_files: units.iter().filter(|u| !u.sealed).map(|u| u.inputs.len() as u64).sum(),
+                sealed_rewrites: units.iter().filter(|u| u.sealed).count() as u64,
+            }
         })
         .collect())
 }
