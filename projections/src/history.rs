@@ -117,22 +117,41 @@ fn unavailable(what: String) -> Error {
     Error::History(what)
 }
 
-/// The base for `at`: the newest flush or compaction point ≤ `at` of the scope that is still
-/// fully on disk (none older than the last compaction), or the empty table at index 0 when
-/// the scope never compacted.
-fn load_base(db: &DB, store: &FileStore, def: &TableDef, sp: &[u8], at: u64) -> Result<ScopeReplay> {
+/// The base for `at`: the newest flush point ≤ `at` of the scope that is still fully on disk
+/// (none older than the last compaction), the last compaction if it is a base (see
+/// [`compaction_is_base`]), or the empty table at index 0 when the scope never compacted.
+fn load_base(
+    log_db: &std::sync::Arc<LogDb>,
+    group: GroupId,
+    db: &DB,
+    store: &FileStore,
+    def: &TableDef,
+    scope: &str,
+    sp: &[u8],
+    at: u64,
+) -> Result<ScopeReplay> {
     let head = scope_head(db, sp)?;
     let files = scope_files(db, sp)?;
-    let mut points: Vec<u64> = files.iter().map(|f| f.created_at).filter(|c| *c >= head.last_compact_index).collect();
-    if head.last_compact_index == 0 {
+    let compacted = head.last_compact_index;
+    // A flush leaves no hot row of the scope: its files are the whole scope then.
+    let mut points: Vec<u64> =
+        files.iter().filter(|f| f.written_by == "flush").map(|f| f.created_at).filter(|c| *c >= compacted).collect();
+    if compacted == 0 {
         points.push(0);
+    } else if compaction_is_base(log_db, group, def.table_id, scope, &files, compacted)? {
+        points.push(compacted);
     }
     let Some(base) = points.iter().copied().filter(|p| *p <= at).max() else {
-        let oldest = points.iter().min().copied().unwrap_or(0);
-        return Err(unavailable(format!(
-            "position {at} of {}.{} is no longer available: the oldest is {oldest} (compacted at {})",
-            def.namespace, def.name, head.last_compact_index
-        )));
+        return Err(unavailable(match points.iter().min() {
+            Some(oldest) => format!(
+                "position {at} of {}.{} is no longer available: the oldest is {oldest} (compacted at {compacted})",
+                def.namespace, def.name
+            ),
+            None => format!(
+                "position {at} of {}.{} is not available: it compacted at {compacted} with rows written since its last flush; positions from the next flush on are",
+                def.namespace, def.name
+            ),
+        }));
     };
     let cold = cf(db, CF_COLD)?;
     let mut superseded = HashSet::new();
@@ -171,6 +190,63 @@ fn load_base(db: &DB, store: &FileStore, def: &TableDef, sp: &[u8], at: u64) -> 
         }
     }
     Ok(state)
+}
+
+/// Whether the scope's last compaction, at `compacted`, is a base: its files hold only what
+/// the flushes before it wrote, so it is one only if no entry between the newest of those
+/// flushes and the compaction touched the scope's hot rows (checked in the log; a range the
+/// log no longer holds counts as touched). Rows written there were hot at the compaction,
+/// in no file: a base there would lose them (and `REBUILD PROJECTION` would delete them).
+fn compaction_is_base(
+    log_db: &std::sync::Arc<LogDb>,
+    group: GroupId,
+    table_id: u64,
+    scope: &str,
+    files: &[FileMeta],
+    compacted: u64,
+) -> Result<bool> {
+    let flushed_to = files
+        .iter()
+        .filter(|f| f.created_at <= compacted && f.retired_at.is_none_or(|r| r > compacted))
+        .map(|f| f.log_end)
+        .max()
+        .unwrap_or(0);
+    if flushed_to + 1 >= compacted {
+        return Ok(true);
+    }
+    let store = LogStore::new(log_db.clone(), group)?;
+    let table = |t: u64| t == table_id;
+    let row_op = |t: u64, s: &str| t == table_id && s == scope;
+    let mut next = flushed_to + 1;
+    while next < compacted {
+        let end = (next + REPLAY_ENTRIES_CHUNK).min(compacted);
+        let entries = store.read_range(next, end)?;
+        if entries.first().is_none_or(|e| e.log_id.index != next) {
+            return Ok(false);
+        }
+        for entry in &entries {
+            let EntryPayload::Normal(encoded) = &entry.payload else { continue };
+            for op in &encoded.decode()?.ops {
+                let touches = match op {
+                    Op::Insert { table_id, scope, .. }
+                    | Op::Update { table_id, scope, .. }
+                    | Op::Delete { table_id, scope, .. } => row_op(*table_id, scope),
+                    Op::Transaction { writes } => writes.iter().any(|w| row_op(w.table_id, &w.scope)),
+                    Op::Flush { table: def, scope: s } => {
+                        table(def.table_id) && s.as_deref().is_none_or(|s| s == scope)
+                    }
+                    Op::Rebuild { table: def } => table(def.table_id),
+                    Op::PurgeTable { table_id } | Op::Evict { table_id, .. } => table(*table_id),
+                    _ => false,
+                };
+                if touches {
+                    return Ok(false);
+                }
+            }
+        }
+        next = entries.last().map_or(end, |e| e.log_id.index + 1);
+    }
+    Ok(true)
 }
 
 /// Replay the group's log in `(from, to]` for one table into per-scope states (created with
@@ -315,7 +391,7 @@ pub fn scope_as_of(
     }
     let ColdGroup { db, files, group } = cold;
     let sp = table_scope_prefix(group, def.table_id, scope);
-    let mut states = HashMap::from([(scope.to_string(), load_base(db, files, def, &sp, at)?)]);
+    let mut states = HashMap::from([(scope.to_string(), load_base(log_db, group, db, files, def, scope, &sp, at)?)]);
     let base = states[scope].base_index;
     replay(log_db, group, def, Some(scope), base, at, &mut states, |_| Ok(ScopeReplay::default()))?;
     Ok(states.remove(scope).map(|s| s.live().cloned().collect()).unwrap_or_default())
@@ -346,7 +422,7 @@ pub fn rebuild_table(
     let mut base_min = at;
     for scope in &scopes {
         let sp = table_scope_prefix(group, def.table_id, scope);
-        let state = load_base(db, files, def, &sp, at)?;
+        let state = load_base(log_db, group, db, files, def, scope, &sp, at)?;
         base_min = base_min.min(state.base_index);
         states.insert(scope.clone(), state);
     }
