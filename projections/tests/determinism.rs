@@ -338,6 +338,33 @@ async fn keyed_reads_through_a_warm_cache_follow_flushes_and_compactions() {
     assert!(cold_reads >= 40, "{cold_reads} keyed reads of flushed rows");
 }
 
+/// Apply `log` to every replica; their results and digests must agree. Returns the results.
+async fn apply_to_all(
+    replicas: &mut [(tempfile::TempDir, Arc<LogDb>, Projection)],
+    group: GroupId,
+    log: &[Entry],
+) -> Vec<Vec<OpResult>> {
+    let mut outs = Vec::new();
+    for (_, db, sm) in replicas.iter_mut() {
+        let results: Vec<Vec<OpResult>> =
+            sm.apply(log.to_vec()).await.unwrap().into_iter().map(|r| r.results).collect();
+        outs.push((results, digest_group(db.db(), group).unwrap()));
+    }
+    assert!(outs.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+    outs.swap_remove(0).0
+}
+
+/// Each key is flushed and its flushed version holds `v` = the given text.
+fn assert_cold_values(reader: &RowReader, group: GroupId, def: &TableDef, want: &[(i64, &str)]) {
+    use kalamdb_projections::rows::Lookup;
+    for (k, v) in want {
+        let key = Value::BigInt(*k);
+        let Lookup::Cold(at) = reader.lookup(group, 1, "", &key).unwrap() else { panic!("key {k} is not cold") };
+        let found = reader.cold_row(group, def, "", &key, at).unwrap().unwrap_or_else(|| panic!("key {k}"));
+        assert_eq!(found.values[1], Value::Text((*v).into()), "key {k}");
+    }
+}
+
 /// A compaction merges only the files written after the scope's newest sealed file (one of at
 /// least `COMPACT_SEALED_ROWS_MIN` rows): the sealed file and the markers of its superseded
 /// versions stay, the small files merge without their superseded versions, and every key
@@ -402,15 +429,7 @@ async fn compaction_leaves_sealed_files_alone_until_they_hold_many_dead_rows() {
         let sm = Projection::open(db.clone(), group, Catalog::new(), env(dir.path())).unwrap();
         replicas.push((dir, db, sm));
     }
-    let mut results = Vec::new();
-    let mut digests = Vec::new();
-    for (_, db, sm) in replicas.iter_mut() {
-        results.push(sm.apply(first.clone()).await.unwrap().into_iter().map(|r| r.results).collect::<Vec<_>>());
-        digests.push(digest_group(db.db(), group).unwrap());
-    }
-    assert_eq!(digests[0], digests[1], "replicas differ");
-    assert_eq!(results[0], results[1]);
-    let results = &results[0];
+    let results = apply_to_all(&mut replicas, group, &first).await;
     assert_eq!(results[1], vec![OpResult::Done { affected: sealed_rows as u64 }], "the sealed file");
     assert_eq!(results[4], vec![OpResult::Done { affected: 11 }], "second flush: 0 (a) and -10..-1");
     assert_eq!(results[6], vec![OpResult::Done { affected: 3 }], "third flush: 0 (b), 1 (c), -1 (d)");
@@ -426,37 +445,21 @@ async fn compaction_leaves_sealed_files_alone_until_they_hold_many_dead_rows() {
     let mut superseded = view.superseded.clone();
     superseded.sort_unstable();
     assert_eq!(superseded, vec![seq(2, 0), seq(2, 1)]);
-    for (k, want) in [(0, "b"), (1, "c"), (2, "v"), (-1, "d"), (-2, "w"), (sealed_rows - 1, "v")] {
-        let key = Value::BigInt(k);
-        let Lookup::Cold(at) = reader.lookup(group, 1, "", &key).unwrap() else { panic!("key {k} is not cold") };
-        let found = reader.cold_row(group, &def, "", &key, at).unwrap().unwrap_or_else(|| panic!("key {k}"));
-        assert_eq!(found.values[1], Value::Text(want.into()), "key {k}");
-    }
-
-    let mut digests = Vec::new();
-    let mut later = Vec::new();
-    for (_, db, sm) in replicas.iter_mut() {
-        later.push(sm.apply(second.clone()).await.unwrap().into_iter().map(|r| r.results).collect::<Vec<_>>());
-        digests.push(digest_group(db.db(), group).unwrap());
-    }
-    assert_eq!(digests[0], digests[1], "replicas differ after the rewrite");
-    assert_eq!(later[0], later[1]);
-    let alive = (sealed_rows - deleted) as u64;
-    assert_eq!(
-        later[0][2],
-        vec![OpResult::Done { affected: alive }],
-        "the sealed file rewritten without its dead rows"
+    assert_cold_values(
+        &reader,
+        group,
+        &def,
+        &[(0, "b"), (1, "c"), (2, "v"), (-1, "d"), (-2, "w"), (sealed_rows - 1, "v")],
     );
+
+    let later = apply_to_all(&mut replicas, group, &second).await;
+    let alive = (sealed_rows - deleted) as u64;
+    assert_eq!(later[2], vec![OpResult::Done { affected: alive }], "the sealed file rewritten without its dead rows");
     let (dir, db, _) = &replicas[0];
     let reader = RowReader::new(db.clone(), Arc::new(FileStore::folder(dir.path().join("storage"))));
     let view = reader.table_view(group, 1, "", &Default::default()).unwrap();
     assert_eq!(view.files.len(), 2, "the rewritten range and the earlier compaction's output");
     assert!(view.superseded.is_empty(), "every marker went with its version");
     assert_eq!(reader.lookup(group, 1, "", &Value::BigInt(2)).unwrap(), Lookup::Absent, "deleted");
-    for (k, want) in [(0, "b"), (1, "c"), (deleted, "v"), (-1, "d")] {
-        let key = Value::BigInt(k);
-        let Lookup::Cold(at) = reader.lookup(group, 1, "", &key).unwrap() else { panic!("key {k} is not cold") };
-        let found = reader.cold_row(group, &def, "", &key, at).unwrap().unwrap_or_else(|| panic!("key {k}"));
-        assert_eq!(found.values[1], Value::Text(want.into()), "key {k}");
-    }
+    assert_cold_values(&reader, group, &def, &[(0, "b"), (1, "c"), (deleted, "v"), (-1, "d")]);
 }
