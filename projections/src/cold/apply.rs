@@ -27,7 +27,7 @@ pub(super) struct ScopeOutcome {
 /// Scopes of a table in a group that have cold files, in key order.
 pub(super) fn scopes_with_files(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
-    for (k, _) in table_records(db, group, table_id)? {
+    for (k, _) in table_records(db, group, table_id, false)? {
         let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
         if rest.first() == Some(&KIND_HEAD) && out.last().is_none_or(|s| s != scope) {
             out.push(scope.to_string());
@@ -272,7 +272,7 @@ impl<'a> ColdApplier<'a> {
     pub fn purge(&self, batch: &mut WriteBatch, table_id: u64, index: u64) -> Result<()> {
         let cold = cf(self.db, CF_COLD)?;
         let prefix = table_prefix(self.group, table_id);
-        for (k, v) in table_records(self.db, self.group, table_id)? {
+        for (k, v) in table_records(self.db, self.group, table_id, false)? {
             let (_, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
             if rest.first() == Some(&KIND_FILE) {
                 let meta: FileMeta = unjson(&v)?;

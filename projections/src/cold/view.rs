@@ -13,10 +13,16 @@ pub(crate) fn iter_prefix<'a>(
     db.iterator_cf_opt(cf, opts, IteratorMode::From(prefix, Direction::Forward))
 }
 
-/// Every cold record of a table in a group except its key stubs, in key order. A table has a
-/// stub per flushed key (millions), and a few files, heads and markers per scope: each scope's
-/// stub range is skipped with one seek, so the cost follows the records, not the rows.
-pub(crate) fn table_records(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+/// Every cold record of a table in a group except its key stubs (and its superseded markers
+/// unless `with_markers`), in key order. A table has a stub per flushed key (millions), up to
+/// a marker per superseded version, and a few files and heads per scope: each skipped range
+/// costs one seek, so the cost follows the records wanted, not the rows.
+pub(crate) fn table_records(
+    db: &DB,
+    group: GroupId,
+    table_id: u64,
+    with_markers: bool,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let cold = cf(db, CF_COLD)?;
     let prefix = table_prefix(group, table_id);
     let mut opts = ReadOptions::default();
@@ -26,9 +32,14 @@ pub(crate) fn table_records(db: &DB, group: GroupId, table_id: u64) -> Result<Ve
     let mut out = Vec::new();
     while let (Some(k), Some(v)) = (it.key(), it.value()) {
         let (_, rest) = split_scope(k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
-        if rest.first() == Some(&KIND_STUB) {
-            let past_stubs = cold_key(&k[..k.len() - rest.len()], KIND_STUB + 1, &[]);
-            it.seek(&past_stubs);
+        let skip = match rest.first() {
+            Some(&KIND_STUB) => Some(KIND_STUB),
+            Some(&KIND_SUPERSEDED) if !with_markers => Some(KIND_SUPERSEDED),
+            _ => None,
+        };
+        if let Some(kind) = skip {
+            let past = cold_key(&k[..k.len() - rest.len()], kind + 1, &[]);
+            it.seek(&past);
             continue;
         }
         out.push((k.to_vec(), v.to_vec()));
@@ -172,7 +183,7 @@ pub struct CompactionDue {
 pub fn compaction_due(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<CompactionDue>> {
     // Per scope, in key order: its file records, then its markers (`F` < `X`).
     let mut scopes: Vec<(String, Vec<FileMeta>, Vec<u64>)> = Vec::new();
-    for (k, v) in table_records(db, group, table_id)? {
+    for (k, v) in table_records(db, group, table_id, true)? {
         let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
         if scopes.last().is_none_or(|(s, _, _)| s != scope) {
             scopes.push((scope.to_string(), Vec::new(), Vec::new()));
@@ -232,7 +243,7 @@ pub fn live_files_at(db: &DB, snap: &rocksdb::Snapshot<'_>, group: GroupId) -> R
 /// version superseded (a `_seq` is unique within a group, so one set serves every scope).
 pub fn table_files(db: &DB, group: GroupId, table_id: u64) -> Result<(Vec<(String, FileMeta)>, HashSet<u64>)> {
     let (mut files, mut superseded) = (Vec::new(), HashSet::new());
-    for (k, v) in table_records(db, group, table_id)? {
+    for (k, v) in table_records(db, group, table_id, true)? {
         let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
         match rest.first() {
             Some(&KIND_FILE) => {
