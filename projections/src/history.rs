@@ -14,8 +14,8 @@ use openraft::EntryPayload;
 use rocksdb::{DB, WriteBatch};
 
 use crate::cold::{
-    ColdGroup, FileMeta, FileStore, KIND_STUB, KIND_SUPERSEDED, cf, cold_key, iter_prefix, read_parquet, scope_files,
-    scope_head,
+    ColdGroup, FileMeta, FileStore, KIND_STUB, KIND_SUPERSEDED, cf, cold_key, iter_prefix, marker_seq, read_parquet,
+    scope_files, scope_head,
 };
 use crate::columnar::{seq_deleted, value_at};
 use crate::error::{Error, Result};
@@ -159,8 +159,7 @@ fn load_base(
         let (k, v) = item?;
         let at: [u8; 8] = v.as_ref().try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
         if u64::from_be_bytes(at) <= base {
-            let seq: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
-            superseded.insert(u64::from_be_bytes(seq) as i64);
+            superseded.insert(marker_seq(&k)? as i64);
         }
     }
     let live_then = |f: &&FileMeta| f.created_at <= base && f.retired_at.is_none_or(|r| r > base);

@@ -142,8 +142,7 @@ impl<'a> ColdApplier<'a> {
             let mut superseded: Vec<u64> = Vec::new();
             for item in iter_prefix(self.db, cold, &markers) {
                 let (k, _) = item?;
-                let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
-                superseded.push(u64::from_be_bytes(b));
+                superseded.push(marker_seq(&k)?);
             }
             let units = compaction_plan(&live, &superseded);
             if units.is_empty() {

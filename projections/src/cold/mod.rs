@@ -340,6 +340,15 @@ pub fn superseded_key_of(row_key: &[u8], seq: u64) -> Result<Vec<u8>> {
     Ok(cold_key(&row_key[..row_key.len() - pk.len()], KIND_SUPERSEDED, &seq.to_be_bytes()))
 }
 
+/// The `_seq` a superseded marker key names (its last 8 bytes, big-endian).
+pub(crate) fn marker_seq(key: &[u8]) -> Result<u64> {
+    let b: [u8; 8] = key
+        .get(key.len().saturating_sub(8)..)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::Corrupt("bad marker".into()))?;
+    Ok(u64::from_be_bytes(b))
+}
+
 /// A path component made only of `[A-Za-z0-9_-]`; anything else is hex-encoded, so no name can
 /// climb out of the storage root or collide with another.
 fn path_component(name: &str) -> String {

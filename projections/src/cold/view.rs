@@ -162,8 +162,7 @@ pub fn table_view(at: ColdGroup<'_>, table_id: u64, scope: &str, range: &PkRange
     }
     for item in read(cold, &cold_key(&sp, KIND_SUPERSEDED, &[])) {
         let (k, _) = item?;
-        let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
-        view.superseded.push(u64::from_be_bytes(b));
+        view.superseded.push(marker_seq(&k)?);
     }
     Ok(view)
 }
@@ -197,8 +196,7 @@ pub fn compaction_due(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<Comp
                 }
             }
             Some(&KIND_SUPERSEDED) => {
-                let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
-                markers.push(u64::from_be_bytes(b));
+                markers.push(marker_seq(&k)?);
             }
             _ => {}
         }
@@ -253,8 +251,7 @@ pub fn table_files(db: &DB, group: GroupId, table_id: u64) -> Result<(Vec<(Strin
                 }
             }
             Some(&KIND_SUPERSEDED) => {
-                let b: [u8; 8] = k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;
-                superseded.insert(u64::from_be_bytes(b));
+                superseded.insert(marker_seq(&k)?);
             }
             _ => {}
         }
