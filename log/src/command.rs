@@ -378,10 +378,12 @@ pub enum Op {
     PurgeTable {
         table_id: u64,
     },
-    /// Move the table's hot rows (every version in RocksDB up to this entry) into Parquet
-    /// files and leave a key stub behind. `scope` limits it to one user's rows; `None` flushes
-    /// every scope the group holds. The definition travels in the op because apply never
-    /// reads another group's state (the catalog lives in a meta group).
+    /// Write the table's hot rows (every version in RocksDB up to this entry) into Parquet
+    /// files. The rows stay in RocksDB, *flushed but not settled*, until `Settle` ops replace
+    /// them by key stubs a bounded number at a time (a flush's apply does not grow with a
+    /// per-row RocksDB write). `scope` limits it to one user's rows; `None` flushes every scope
+    /// the group holds. The definition travels in the op because apply never reads another
+    /// group's state (the catalog lives in a meta group).
     Flush {
         table: TableDef,
         scope: Option<String>,
@@ -448,6 +450,14 @@ pub enum Op {
         expires_at_secs: u64,
         now_secs: u64,
     },
+    /// Replace up to a bounded number of one scope's flushed hot rows (see `Flush`) by key
+    /// stubs, continuing where the scope's last `Settle` stopped. Changes no row anyone reads:
+    /// a flushed hot row and its stub answer the same. The group's leader proposes these after
+    /// a flush until the scope is settled.
+    Settle {
+        table_id: u64,
+        scope: String,
+    },
 }
 
 impl Op {
@@ -474,6 +484,7 @@ impl Op {
             Op::DropUser { .. } => "drop_user",
             Op::Evict { .. } => "evict",
             Op::RevokeToken { .. } => "revoke_token",
+            Op::Settle { .. } => "settle",
         }
     }
 
@@ -488,6 +499,7 @@ impl Op {
                 | Op::Rebuild { .. }
                 | Op::RequireNotNull { .. }
                 | Op::DeleteRetired { .. }
+                | Op::Settle { .. }
         )
     }
 }
@@ -621,6 +633,12 @@ pub enum OpResult {
     Failed {
         code: ApplyErrorCode,
         message: String,
+    },
+    /// A `Settle` replaced `rows` flushed hot rows by their stubs; `more` when the scope has
+    /// rows left to settle (the proposer sends another).
+    Settled {
+        rows: u64,
+        more: bool,
     },
 }
 

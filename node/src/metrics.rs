@@ -97,11 +97,15 @@ fn describe() {
     describe_histogram!(
         "kalamdb_storage_reclaim_seconds",
         Unit::Seconds,
-        "Duration of compacting a flushed table's hot-row range and writing out the memtables, off apply."
+        "Duration of compacting a settled table's hot-row range and writing out the memtables, off apply."
     );
     describe_counter!(
         "kalamdb_storage_reclaims_skipped_total",
-        "Flushes whose space reclaim was skipped because the reclaim queue was full."
+        "Settled tables whose space reclaim was skipped because the reclaim queue was full."
+    );
+    describe_counter!(
+        "kalamdb_storage_settled_rows_total",
+        "Flushed hot rows replaced by their key stubs by Settle ops (bounded, after each flush)."
     );
     describe_counter!("kalamdb_storage_uploaded_bytes_total", Unit::Bytes, "Cold file bytes uploaded to the bucket.");
     describe_counter!(

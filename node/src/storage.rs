@@ -1,7 +1,9 @@
 //! Automatic flush and compaction: a per-node task that proposes `Flush` for tables whose
-//! flush policy is due (in the groups this node leads), and `Compact` for table scopes that
-//! have gathered many files. The ops go through the log like a user's `STORAGE FLUSH`.
+//! flush policy is due (in the groups this node leads), `Settle` for the rows a flush left
+//! in RocksDB, and `Compact` for table scopes that have gathered many files. The ops go
+//! through the log like a user's `STORAGE FLUSH`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,13 @@ use crate::groups::Groups;
 pub const AUTO_FLUSH_TICK_MS: u64 = 1000;
 /// While the bucket is unreachable every due flush fails its check: warn once this often.
 pub const STORAGE_DOWN_WARN_SECS: u64 = 60;
+/// `Settle` ops proposed per table and tick at most (each settles up to
+/// `SETTLE_ROWS_MAX` rows); the rest waits for the next tick, so one large flush does not
+/// keep the other tables' policies from being checked.
+pub const SETTLE_OPS_PER_TICK_MAX: usize = 512;
+/// Ticks between looks at every table for rows left to settle: flushes mark their tables as
+/// they apply, but that mark is lost with a restart.
+pub const SETTLE_SWEEP_TICKS: u64 = 30;
 
 /// The table's policy: its `FLUSH_POLICY` option, else the node default.
 fn policy_of(def: &TableDef, default: FlushPolicy) -> FlushPolicy {
@@ -33,8 +42,21 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
     let mut tick = tokio::time::interval(Duration::from_millis(AUTO_FLUSH_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut storage_down_warned: Option<std::time::Instant> = None;
+    let mut unsettled: HashSet<(GroupId, u64)> = HashSet::new();
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        if ticks.is_multiple_of(SETTLE_SWEEP_TICKS) {
+            let tables: Vec<u64> = groups.catalog.read().by_id.keys().copied().collect();
+            for group in
+                groups.layout.all().into_iter().filter(|g| matches!(g, GroupId::UserShard(_) | GroupId::SharedShard(_)))
+            {
+                unsettled.extend(tables.iter().map(|t| (group, *t)));
+            }
+        }
+        ticks += 1;
+        unsettled.extend(groups.storage.settles.take());
+        unsettled = settle_due(&groups, std::mem::take(&mut unsettled)).await;
         for (group, table_id, rows, since) in groups.storage.hot.list() {
             if !groups.leads(group) {
                 continue;
@@ -70,6 +92,50 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
             compact_if_needed(&groups, group, table, compact_files_min).await;
         }
     }
+}
+
+/// Propose `Settle` ops for the tables in `due` (in the groups this node leads) until their
+/// flushed rows are settled or the tick's share is spent; returns the tables left to settle.
+async fn settle_due(groups: &Groups, due: HashSet<(GroupId, u64)>) -> HashSet<(GroupId, u64)> {
+    let mut left = HashSet::new();
+    for (group, table_id) in due {
+        // A follower's mark is dropped: the leader's own apply of the flush marked it there.
+        if !groups.leads(group) {
+            continue;
+        }
+        let scopes = match kalamdb_projections::cold::unsettled_scopes(groups.rows.db(), group, table_id) {
+            Ok(scopes) => scopes,
+            Err(e) => {
+                tracing::warn!(target: "kalamdb_storage", group = %group, table_id, error = %e, "cannot list scopes to settle");
+                continue;
+            }
+        };
+        let mut ops = 0;
+        for scope in scopes {
+            // One scope's ops in order; each resumes where the last stopped.
+            loop {
+                if ops == SETTLE_OPS_PER_TICK_MAX {
+                    left.insert((group, table_id));
+                    break;
+                }
+                ops += 1;
+                let op = Op::Settle { table_id, scope: scope.clone() };
+                match groups.propose(group, op).await {
+                    Ok(OpResult::Settled { more: false, .. }) => break,
+                    Ok(OpResult::Settled { more: true, .. }) => {}
+                    other => {
+                        tracing::warn!(target: "kalamdb_storage", group = %group, table_id, result = ?other, "settle failed");
+                        left.insert((group, table_id));
+                        break;
+                    }
+                }
+            }
+            if left.contains(&(group, table_id)) {
+                break;
+            }
+        }
+    }
+    left
 }
 
 async fn compact_if_needed(groups: &Groups, group: GroupId, table: TableDef, compact_files_min: u64) {

@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::CF_CATALOG;
 use crate::CF_ROWS;
-use crate::cold::{ColdGroup, iter_prefix, open_parquet, table_files};
+use crate::cold::{ColdGroup, ScopeHead, iter_prefix, open_parquet, table_files};
 use crate::columnar::{conform, seq_deleted, storage_schema, value_at};
 use crate::error::{Error, Result};
-use crate::keys::{row_key, table_prefix};
+use crate::keys::{row_key, split_scope, table_prefix};
 use crate::stored::StoredRow;
 
 /// Key tag of a table's fence record (after the group prefix).
@@ -95,13 +95,21 @@ pub fn count_nulls(
     let prefix = table_prefix(group, def.table_id);
     let mut nulls = 0u64;
     let rows_cf = db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
+    // Hot rows a flush holds (not settled yet) are counted with their files below.
+    let mut scope_head: Option<(Vec<u8>, ScopeHead)> = None;
     for item in iter_prefix(db, rows_cf, &prefix) {
         let (k, v) = item?;
         if staged.contains_key(k.as_ref()) {
             continue;
         }
+        let (_, pk) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
+        let sp = &k[..k.len() - pk.len()];
+        if scope_head.as_ref().is_none_or(|(p, _)| p.as_slice() != sp) {
+            scope_head = Some((sp.to_vec(), crate::cold::scope_head(db, sp)?));
+        }
         let row = StoredRow::decode(&v)?;
-        nulls += u64::from(!row.deleted && fence.refuses(&row.values));
+        let flushed = scope_head.as_ref().is_some_and(|(_, h)| h.flushed(row.seq));
+        nulls += u64::from(!row.deleted && !flushed && fence.refuses(&row.values));
     }
     for (k, row) in staged {
         if k.starts_with(&prefix) && row.as_ref().is_some_and(|r| !r.deleted && fence.refuses(&r.values)) {

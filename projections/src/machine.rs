@@ -225,6 +225,9 @@ impl Projection {
                     other => other,
                 }
             }
+            Op::Settle { table_id, scope } if is_data => {
+                ColdApplier::new(db, self.group, &self.env).settle(batch, *table_id, scope)
+            }
             Op::DeleteRetired { upto } if is_data => {
                 ColdApplier::new(db, self.group, &self.env).delete_retired(batch, *upto)
             }
@@ -252,6 +255,13 @@ impl Projection {
                 self.catalog.users.revoke(db, batch, self.group, token_id, revoked, *now_secs)
             }
             _ => Ok(misrouted()),
+        }
+    }
+
+    /// Once a `Settle` has removed a scope's last flushed rows, give their space back.
+    fn after_settle(&self, db: &Arc<DB>, table_id: u64, result: &OpResult) {
+        if matches!(result, OpResult::Settled { rows, more: false } if *rows > 0) {
+            self.env.reclaim.queue(db, self.group, table_id);
         }
     }
 
@@ -364,9 +374,13 @@ impl RaftStateMachine<TypeConfig> for Projection {
                 crate::failpoint::hit("flush-before-commit");
                 self.commit(std::mem::take(&mut batch)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
                 crate::failpoint::hit("flush-after-commit");
-                for op in cmd.iter().flat_map(|c| c.ops.iter()) {
-                    if let Op::Flush { table, .. } = op {
-                        self.env.reclaim.after_flush(&db, self.group, table.table_id);
+                for (op, result) in
+                    cmd.iter().flat_map(|c| c.ops.iter()).zip(&responses.last().expect("pushed above").results)
+                {
+                    match op {
+                        Op::Flush { table, .. } => self.env.settles.mark(self.group, table.table_id),
+                        Op::Settle { table_id, .. } => self.after_settle(&db, *table_id, result),
+                        _ => {}
                     }
                 }
                 rows = RowApplier::new(&db, self.group);

@@ -125,6 +125,21 @@ pub struct RowApplier<'a> {
     pub changes: Vec<Change>,
     /// NOT NULL fences of the tables written so far, as committed or staged by this applier.
     fences: HashMap<u64, Vec<Fence>>,
+    /// Last flush index per scope prefix, read once per apply call (a flush commits the
+    /// call's batch and starts a new applier, so it cannot change under this one).
+    last_flush: HashMap<Vec<u8>, u64>,
+}
+
+/// What a key's newest version is, as far as replacing it goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Prior {
+    /// Hot and written since the scope's last flush (or staged in this apply call), or none.
+    Hot,
+    /// Flushed, known by its stub: replacing it marks that version superseded.
+    Cold(u64),
+    /// A flushed hot row (live or tombstone) not settled yet: replacing it settles it first
+    /// (its stub written, or dropped with a tombstone), then as for `Cold` when live.
+    Unsettled { seq: u64, deleted: bool },
 }
 
 fn failed(code: ApplyErrorCode, message: String) -> OpResult {
@@ -140,52 +155,82 @@ fn pk_display(v: &Value) -> String {
 
 impl<'a> RowApplier<'a> {
     pub fn new(db: &'a DB, group: GroupId) -> RowApplier<'a> {
-        RowApplier { db, group, overlay: HashMap::new(), changes: Vec::new(), fences: HashMap::new() }
-    }
-
-    fn current(&self, key: &[u8]) -> Result<Option<StoredRow>> {
-        if let Some(row) = self.overlay.get(key) {
-            return Ok(row.clone());
-        }
-        let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
-        match self.db.get_pinned_cf(cf, key)? {
-            None => Ok(None),
-            Some(bytes) => StoredRow::decode(&bytes).map(Some),
+        RowApplier {
+            db,
+            group,
+            overlay: HashMap::new(),
+            changes: Vec::new(),
+            fences: HashMap::new(),
+            last_flush: HashMap::new(),
         }
     }
 
     /// The newest version of a key: hot (overlay or RocksDB) first, else its flushed version
-    /// as (seq, from_cold = true). Flushed versions are always live.
-    fn newest(&self, key: &[u8]) -> Result<Option<(StoredRow, bool)>> {
-        if let Some(row) = self.current(key)? {
-            return Ok(Some((row, false)));
+    /// (values not read). Flushed versions known by a stub are always live.
+    fn newest(&mut self, key: &[u8]) -> Result<Option<(StoredRow, Prior)>> {
+        if let Some(row) = self.overlay.get(key) {
+            if let Some(row) = row {
+                return Ok(Some((row.clone(), Prior::Hot)));
+            }
+        } else {
+            let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
+            if let Some(bytes) = self.db.get_pinned_cf(cf, key)? {
+                let row = StoredRow::decode(&bytes)?;
+                let prior = self.prior_of_stored(key, &row)?;
+                return Ok(Some((row, prior)));
+            }
         }
         Ok(stub_seq(self.db, key, None)?.map(flushed))
+    }
+
+    /// How a row read from RocksDB (not the overlay) is replaced: settled first when its
+    /// scope's last flush holds it.
+    fn prior_of_stored(&mut self, key: &[u8], row: &StoredRow) -> Result<Prior> {
+        let (_, pk) = split_scope(key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
+        let sp = &key[..key.len() - pk.len()];
+        let last_flush = match self.last_flush.get(sp) {
+            Some(index) => *index,
+            None => {
+                let index = crate::cold::stored_head(self.db, sp)?.map_or(0, |h| h.last_flush_index);
+                self.last_flush.insert(sp.to_vec(), index);
+                index
+            }
+        };
+        Ok(if crate::stored::seq_log_index(row.seq) <= last_flush {
+            Prior::Unsettled { seq: row.seq, deleted: row.deleted }
+        } else {
+            Prior::Hot
+        })
     }
 
     /// [`Self::newest`] of many keys at once: the keys not in the overlay are read with one
     /// batched lookup per column family (RocksDB's MultiGet sorts them and probes each
     /// memtable and file once per batch), which a 1,000-row insert does for every key.
-    fn newest_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<(StoredRow, bool)>>> {
-        let mut out: Vec<Option<(StoredRow, bool)>> = vec![None; keys.len()];
+    fn newest_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<(StoredRow, Prior)>>> {
+        let mut out: Vec<Option<(StoredRow, Prior)>> = vec![None; keys.len()];
         // Keys with no hot version in the overlay: read RocksDB (a key the overlay holds as
         // removed has no hot version, but may still have a flushed one).
         let mut unseen: Vec<usize> = Vec::new();
         let mut no_hot: Vec<usize> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             match self.overlay.get(key) {
-                Some(Some(row)) => out[i] = Some((row.clone(), false)),
+                Some(Some(row)) => out[i] = Some((row.clone(), Prior::Hot)),
                 Some(None) => no_hot.push(i),
                 None => unseen.push(i),
             }
         }
         let rows_cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
         let got = self.db.batched_multi_get_cf(rows_cf, unseen.iter().map(|&i| &keys[i]), false);
+        let mut stored: Vec<(usize, StoredRow)> = Vec::new();
         for (&i, value) in unseen.iter().zip(got) {
             match value? {
-                Some(bytes) => out[i] = Some((StoredRow::decode(&bytes)?, false)),
+                Some(bytes) => stored.push((i, StoredRow::decode(&bytes)?)),
                 None => no_hot.push(i),
             }
+        }
+        for (i, row) in stored {
+            let prior = self.prior_of_stored(&keys[i], &row)?;
+            out[i] = Some((row, prior));
         }
         let cold_cf = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
         let stubs = no_hot.iter().map(|&i| stub_key_of(&keys[i])).collect::<Result<Vec<Vec<u8>>>>()?;
@@ -199,18 +244,25 @@ impl<'a> RowApplier<'a> {
     }
 
     /// Stage the new versions; a version that replaces a flushed one marks that one
-    /// superseded, so queries and compaction skip it.
+    /// superseded, so queries and compaction skip it (a flushed hot row not settled yet is
+    /// settled first, so the result is what it would be had it been).
     fn commit(
         &mut self,
         batch: &mut WriteBatch,
-        staged: Vec<(Vec<u8>, StoredRow, Option<u64>)>,
+        staged: Vec<(Vec<u8>, StoredRow, Prior)>,
         log_index: u64,
     ) -> Result<()> {
         let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
         let cold = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
-        for (key, row, replaced_cold) in staged {
-            if let Some(seq) = replaced_cold {
-                batch.put_cf(cold, superseded_key_of(&key, seq)?, log_index.to_be_bytes());
+        for (key, row, prior) in staged {
+            match prior {
+                Prior::Hot => {}
+                Prior::Cold(seq) => batch.put_cf(cold, superseded_key_of(&key, seq)?, log_index.to_be_bytes()),
+                Prior::Unsettled { seq, deleted: false } => {
+                    batch.put_cf(cold, stub_key_of(&key)?, seq.to_be_bytes());
+                    batch.put_cf(cold, superseded_key_of(&key, seq)?, log_index.to_be_bytes());
+                }
+                Prior::Unsettled { deleted: true, .. } => batch.delete_cf(cold, stub_key_of(&key)?),
             }
             batch.put_cf(cf, &key, row.encode());
             self.overlay.insert(key, Some(row));
@@ -231,12 +283,14 @@ impl<'a> RowApplier<'a> {
         if let Some(refusal) = self.fence_refusal(batch, table_id, rows, log_index, first_ordinal)? {
             return Ok(refusal);
         }
-        let mut staged: Vec<(Vec<u8>, StoredRow, Option<u64>)> = Vec::with_capacity(rows.len());
+        let mut staged: Vec<(Vec<u8>, StoredRow, Prior)> = Vec::with_capacity(rows.len());
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
         let keys: Vec<Vec<u8>> = rows.iter().map(|r| row_key(self.group, table_id, scope, &r.pk)).collect();
         let newest = self.newest_many(&keys)?;
         for (i, ((r, key), newest)) in rows.iter().zip(keys).zip(newest).enumerate() {
-            let live = newest.is_some_and(|(row, _)| !row.deleted);
+            let live = newest.as_ref().is_some_and(|(row, _)| !row.deleted);
+            // Only a tombstone (or nothing) can be replaced here; a flushed one is settled.
+            let prior = newest.map_or(Prior::Hot, |(_, prior)| prior);
             if live || !seen.insert(key.clone()) {
                 return Ok(failed(
                     ApplyErrorCode::ConstraintViolation,
@@ -248,7 +302,7 @@ impl<'a> RowApplier<'a> {
                 ));
             }
             let seq = make_seq(log_index, first_ordinal + i as u64);
-            staged.push((key, StoredRow { seq, deleted: false, values: r.values.clone() }, None));
+            staged.push((key, StoredRow { seq, deleted: false, values: r.values.clone() }, prior));
         }
         for (_, row, _) in &staged {
             self.changes.push(row_change(ChangeKind::Insert, table_id, scope, row, None));
@@ -272,7 +326,7 @@ impl<'a> RowApplier<'a> {
         if !delete && let Some(refusal) = self.fence_refusal(batch, table_id, rows, log_index, first_ordinal)? {
             return Ok(refusal);
         }
-        let mut staged: Vec<(Vec<u8>, StoredRow, Option<u64>)> = Vec::with_capacity(rows.len());
+        let mut staged: Vec<(Vec<u8>, StoredRow, Prior)> = Vec::with_capacity(rows.len());
         let mut old = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
             let key = row_key(self.group, table_id, scope, &r.pk);
@@ -281,7 +335,7 @@ impl<'a> RowApplier<'a> {
                 (Some((row, _)), Some(expected)) => !row.deleted && row.seq == expected,
                 _ => false,
             };
-            let replaced_cold = current.as_ref().filter(|(_, cold)| *cold).map(|(row, _)| row.seq);
+            let prior = current.as_ref().map_or(Prior::Hot, |(_, prior)| *prior);
             if !at_expected {
                 return Ok(failed(
                     ApplyErrorCode::Conflict,
@@ -291,7 +345,7 @@ impl<'a> RowApplier<'a> {
             let seq = make_seq(log_index, first_ordinal + i as u64);
             let values = if delete { Vec::new() } else { r.values.clone() };
             old.push(current);
-            staged.push((key, StoredRow { seq, deleted: delete, values }, replaced_cold));
+            staged.push((key, StoredRow { seq, deleted: delete, values }, prior));
         }
         let kind = if delete { ChangeKind::Delete } else { ChangeKind::Update };
         for (((_, row, _), previous), r) in staged.iter().zip(old).zip(rows) {
@@ -471,8 +525,8 @@ impl<'a> RowApplier<'a> {
 }
 
 /// A key's flushed version as [`RowApplier::newest`] reports it: live, values not read.
-fn flushed(seq: u64) -> (StoredRow, bool) {
-    (StoredRow { seq, deleted: false, values: Vec::new() }, true)
+fn flushed(seq: u64) -> (StoredRow, Prior) {
+    (StoredRow { seq, deleted: false, values: Vec::new() }, Prior::Cold(seq))
 }
 
 fn null_refused(column: &str, row: usize) -> OpResult {
@@ -485,11 +539,12 @@ fn row_change(
     table_id: u64,
     scope: &str,
     row: &StoredRow,
-    previous: Option<(StoredRow, bool)>,
+    previous: Option<(StoredRow, Prior)>,
 ) -> Change {
+    // A version known only by its stub was not read; a hot one (settled or not) was.
     let (old_row, old_seq) = match previous {
-        Some((old, false)) => (Some(old.values), Some(old.seq)),
-        Some((old, true)) => (None, Some(old.seq)),
+        Some((old, Prior::Cold(_))) => (None, Some(old.seq)),
+        Some((old, _)) => (Some(old.values), Some(old.seq)),
         None => (None, None),
     };
     Change {

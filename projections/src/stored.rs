@@ -21,6 +21,11 @@ pub fn make_seq(log_index: u64, ordinal: u64) -> u64 {
     (log_index << SEQ_ORDINAL_BITS) | ordinal
 }
 
+/// The log index of the entry that wrote the version `seq` (the inverse of [`make_seq`]).
+pub fn seq_log_index(seq: u64) -> u64 {
+    seq >> SEQ_ORDINAL_BITS
+}
+
 /// The newest version of a row.
 #[derive(Archive, RSerialize, RDeserialize, Debug, Clone, PartialEq)]
 pub struct StoredRow {

@@ -41,8 +41,10 @@ impl<'a> ColdApplier<'a> {
         ColdApplier { db, group, env }
     }
 
-    /// Flush the table's hot rows (all scopes, or one) into Parquet, stage the manifest, the
-    /// key stubs and the removal of the flushed hot rows into `batch`.
+    /// Flush the table's hot rows (all scopes, or one) into Parquet and stage the manifest.
+    /// The rows stay in RocksDB, flushed: `Settle` ops replace them by their stubs later, so
+    /// this entry costs reading and encoding the rows, not a RocksDB write per row (a flush
+    /// holds apply, and every write and subscriber of the group, while it runs).
     pub fn flush(&self, batch: &mut WriteBatch, def: &TableDef, scope: Option<&str>, index: u64) -> Result<OpResult> {
         let started = Instant::now();
         let started_at = crate::now_micros();
@@ -54,22 +56,34 @@ impl<'a> ColdApplier<'a> {
         let schema = storage_schema(def);
         let mut outcomes = Vec::new();
         let mut current: Option<ScopeFlush> = None;
-        // A raw iterator: keys and values are read in place, not copied into boxes per row
-        // (a flush holds apply, and every write and subscriber of the group, while it runs).
+        // The scope under the iterator and its head: its rows at or before the head's last
+        // flush are in its files already (waiting for `Settle`) and are passed over.
+        let mut seen: Option<(String, ScopeHead)> = None;
+        // A raw iterator: keys and values are read in place, not copied into boxes per row.
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(prefix_end(&prefix));
         let mut rows = self.db.raw_iterator_cf_opt(rows_cf, opts);
         rows.seek(&prefix);
         while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
             let (row_scope, _) = split_scope(key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
-            if current.as_ref().is_none_or(|c| c.scope != row_scope) {
+            if seen.as_ref().is_none_or(|(s, _)| s != row_scope) {
                 if let Some(done) = current.take() {
                     outcomes.push(done.finish(self, batch, def, &schema, index)?);
                 }
-                current = Some(ScopeFlush::start(self, def, row_scope)?);
+                let sp = table_scope_prefix(self.group, def.table_id, row_scope);
+                seen = Some((row_scope.to_string(), scope_head(self.db, &sp)?));
+            }
+            let row = StoredRow::decode(value)?;
+            let (row_scope, head) = seen.as_ref().expect("set above");
+            if head.flushed(row.seq) {
+                rows.next();
+                continue;
+            }
+            if current.is_none() {
+                current = Some(ScopeFlush::start(self, def, row_scope, head.clone()));
             }
             let flush = current.as_mut().expect("scope flush started above");
-            flush.push(self, batch, def, &schema, key, StoredRow::decode(value)?, index)?;
+            flush.push(self, def, &schema, key, row, index)?;
             rows.next();
         }
         rows.status()?;
@@ -285,11 +299,34 @@ impl<'a> ColdApplier<'a> {
     }
 }
 
+/// Rows of one scope that a flush settles itself when they are all the scope has to settle:
+/// a user table's flush meets many small scopes, and one `Settle` entry each would cost more
+/// than the few stubs do.
+pub const SETTLE_INLINE_ROWS_MAX: usize = 256;
+
+/// Settle a small flush's rows in its own batch: what `Settle` does, for these rows only.
+fn settle_inline(c: &ColdApplier<'_>, batch: &mut WriteBatch, sp: &[u8], rows: &[(Vec<u8>, u64, bool)]) -> Result<()> {
+    let rows_cf = cf(c.db, CF_ROWS)?;
+    let cold = cf(c.db, CF_COLD)?;
+    let mut key = sp.to_vec();
+    for (pk, seq, deleted) in rows {
+        let stub = cold_key(sp, KIND_STUB, pk);
+        if *deleted {
+            batch.delete_cf(cold, stub);
+        } else {
+            batch.put_cf(cold, stub, seq.to_be_bytes());
+        }
+        key.truncate(sp.len());
+        key.extend_from_slice(pk);
+        batch.delete_cf(rows_cf, &key);
+    }
+    metrics::counter!("kalamdb_storage_settled_rows_total").increment(rows.len() as u64);
+    Ok(())
+}
+
 /// The flush of one scope in progress: rows are converted in chunks and written in files of
 /// at most [`FILE_ROWS_MAX`] rows.
 pub(super) struct ScopeFlush {
-    /// The stub key of the current row: `scope_prefix | KIND_STUB`, then its key.
-    stub: Vec<u8>,
     scope: String,
     scope_prefix: Vec<u8>,
     head: ScopeHead,
@@ -299,50 +336,52 @@ pub(super) struct ScopeFlush {
     file_rows: usize,
     metas: Vec<FileMeta>,
     rows: u64,
+    /// The rows of a small flush, settled in the flush itself (see [`SETTLE_INLINE_ROWS_MAX`]):
+    /// primary-key bytes, `_seq`, tombstone. `None` once there are too many, or when rows of
+    /// an earlier flush still wait to be settled.
+    inline: Option<Vec<(Vec<u8>, u64, bool)>>,
 }
 
 impl ScopeFlush {
-    fn start(c: &ColdApplier<'_>, def: &TableDef, scope: &str) -> Result<ScopeFlush> {
-        let scope_prefix = table_scope_prefix(c.group, def.table_id, scope);
-        let head = scope_head(c.db, &scope_prefix)?;
-        Ok(ScopeFlush {
-            stub: cold_key(&scope_prefix, KIND_STUB, &[]),
+    fn start(c: &ColdApplier<'_>, def: &TableDef, scope: &str, head: ScopeHead) -> ScopeFlush {
+        let head_settled = head.settle_from.is_none();
+        ScopeFlush {
             scope: scope.to_string(),
             log_start: head.last_flush_index + 1,
-            scope_prefix,
+            scope_prefix: table_scope_prefix(c.group, def.table_id, scope),
             head,
             pending: Vec::new(),
             file_batches: Vec::new(),
             file_rows: 0,
             metas: Vec::new(),
             rows: 0,
-        })
+            inline: head_settled.then(Vec::new),
+        }
     }
 
     fn push(
         &mut self,
         c: &ColdApplier<'_>,
-        batch: &mut WriteBatch,
         def: &TableDef,
         schema: &SchemaRef,
         row_key: &[u8],
         row: StoredRow,
         index: u64,
     ) -> Result<()> {
-        let cold = cf(c.db, CF_COLD)?;
-        // The stub key is the row key with the stub kind between scope and key: built in a
-        // buffer kept across rows (every row of the scope starts with the same prefix).
         assert!(row_key.starts_with(&self.scope_prefix), "a row outside the scope being flushed");
-        self.stub.truncate(self.scope_prefix.len() + 1);
-        self.stub.extend_from_slice(&row_key[self.scope_prefix.len()..]);
-        let stub = self.stub.as_slice();
+        if let Some(rows) = &mut self.inline {
+            if rows.len() == SETTLE_INLINE_ROWS_MAX {
+                self.inline = None;
+            } else {
+                rows.push((row_key[self.scope_prefix.len()..].to_vec(), row.seq, row.deleted));
+            }
+        }
         if row.deleted {
             // A tombstone shadows nothing once flushed: the version it deleted was marked
-            // superseded when the delete was applied. Only the stub of that version goes.
-            batch.delete_cf(cold, stub);
+            // superseded when the delete was applied. Its settling drops it and that
+            // version's stub.
             return Ok(());
         }
-        batch.put_cf(cold, stub, row.seq.to_be_bytes());
         self.pending.push(row);
         self.rows += 1;
         if self.pending.len() == CONVERT_ROWS_MAX {
@@ -388,14 +427,17 @@ impl ScopeFlush {
         self.convert(def, schema)?;
         self.write(c, def, schema, index)?;
         let cold = cf(c.db, CF_COLD)?;
-        let rows_cf = cf(c.db, CF_ROWS)?;
         for meta in &self.metas {
             batch.put_cf(cold, cold_key(&self.scope_prefix, KIND_FILE, &meta.file_no.to_be_bytes()), json(meta)?);
         }
         self.head.last_flush_index = index;
+        match self.inline.take() {
+            Some(rows) => settle_inline(c, batch, &self.scope_prefix, &rows)?,
+            // Every hot row of the scope is flushed now, and rows this flush wrote may sort
+            // before an earlier settling's cursor: settling starts over.
+            None => self.head.settle_from = Some(Vec::new()),
+        }
         batch.put_cf(cold, cold_key(&self.scope_prefix, KIND_HEAD, &[]), json(&self.head)?);
-        // Every hot row of the scope was flushed (or was a tombstone): the range goes at once.
-        batch.delete_range_cf(rows_cf, self.scope_prefix.clone(), prefix_end(&self.scope_prefix));
         // The manifest as a file beside the data, for tools that read the Parquet files
         // directly. Named by log index, so it is never rewritten with other content.
         let mut manifest = scope_files(c.db, &self.scope_prefix)?;

@@ -84,7 +84,8 @@ impl quick_cache::Weighter<(u64, usize), RecordBatch> for PageWeight {
 /// files writes its head in the same batch, and changes it: a flush or compaction that writes
 /// files advances `next_file_no`, each sets its own index (`last_flush_index`,
 /// `last_compact_index`), and a dropped table's head is deleted with its records. So records
-/// read with a head equal to the stored one are the stored records; a snapshot install brings
+/// read with a head whose file fields equal the stored one's ([`ScopeHead::same_files`]; a
+/// `Settle` moves only its cursor) are the stored records; a snapshot install brings
 /// heads and records of the same log position together. Records read after the head are
 /// newer, never older, than the head they are kept under, which only costs a reread.
 pub(super) struct ScopeManifest {
@@ -128,7 +129,7 @@ impl LookupCache {
         let head = stored_head(db, sp)?;
         if let Some(head) = &head
             && let Some(cached) = self.manifests.get(sp)
-            && cached.head == *head
+            && cached.head.same_files(head)
         {
             metrics::counter!("kalamdb_cold_lookup_manifests_total", "outcome" => "hit").increment(1);
             return Ok(cached);

@@ -6,6 +6,13 @@
 //! Keys of the `cold` column family, after `group | table_id | scope_len | scope`:
 //! - `K | pk` → `seq u64 BE`: the key's newest flushed version, which is live (flush drops
 //!   tombstones). A hot row in `rows` with the same key is newer and wins.
+//!
+//! A flush writes the files and the manifest only: the flushed rows stay in `rows` until
+//! `Settle` ops (bounded, one scope at a time, `settle`) replace each by its stub and drop
+//! flushed tombstones with theirs. A hot row whose version is at or before the scope's last
+//! flush ([`ScopeHead::flushed`]) is in a file: readers take it from the file (scans) or
+//! from the row itself (keyed reads, same bytes), and a write that replaces it settles it
+//! first, so every state reads as the fully settled one would.
 //! - `F | file_no u64 BE` → [`FileMeta`] JSON: the manifest, one record per file.
 //! - `X | seq u64 BE` → `index u64 BE`: a flushed version that a newer version superseded at
 //!   that log index. Queries skip it, compaction drops it, time travel reads the index.
@@ -29,6 +36,7 @@ mod merge;
 mod plan;
 mod reclaim;
 mod retire;
+mod settle;
 mod store;
 mod view;
 
@@ -62,6 +70,7 @@ pub use lookup::*;
 pub use plan::{COMPACT_SEALED_DEAD_SHARE_DEN, COMPACT_SEALED_ROWS_MIN, CompactionUnit, compaction_plan};
 pub use reclaim::{RECLAIM_QUEUE_LEN_MAX, Reclaimer};
 pub use retire::oldest_retired;
+pub use settle::{SETTLE_ROWS_MAX, SettleQueue, unsettled_scopes};
 pub use store::*;
 pub use view::*;
 
@@ -117,10 +126,32 @@ pub struct FileMeta {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScopeHead {
     pub next_file_no: u64,
+    /// Log index of the scope's last flush: every hot row written at or before it is in a
+    /// file (flushed), whether or not a `Settle` has replaced it by its stub yet.
     pub last_flush_index: u64,
     /// Log index of the last compaction that rewrote files (0: none). Time travel reaches no
     /// further back: compaction drops the superseded versions older positions need.
     pub last_compact_index: u64,
+    /// Where the next `Settle` of the scope starts (the primary-key bytes of the first row it
+    /// looks at); `None` when no flushed hot row is left. Absent from heads written before
+    /// settling existed, which never left a flushed row hot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_from: Option<Vec<u8>>,
+}
+
+impl ScopeHead {
+    /// Whether the hot version `seq` of a row of this scope is flushed: a file holds it, and
+    /// the row stands for its own stub until it is settled.
+    pub fn flushed(&self, seq: u64) -> bool {
+        crate::stored::seq_log_index(seq) <= self.last_flush_index
+    }
+
+    /// Whether two heads of a scope stand for the same live files: every change to them
+    /// moves one of these fields (a `Settle` moves only `settle_from`).
+    pub fn same_files(&self, other: &ScopeHead) -> bool {
+        (self.next_file_no, self.last_flush_index, self.last_compact_index)
+            == (other.next_file_no, other.last_flush_index, other.last_compact_index)
+    }
 }
 
 /// What a scan needs from cold storage for one table scope, read under one RocksDB snapshot
@@ -288,6 +319,8 @@ pub struct StorageEnv {
     pub installing: Installing,
     /// Gives back the space of flushed hot rows (see `reclaim`).
     pub reclaim: Reclaimer,
+    /// Tables whose flushed hot rows wait for `Settle` ops (see `settle`).
+    pub settles: SettleQueue,
 }
 
 impl StorageEnv {
@@ -305,6 +338,7 @@ impl StorageEnv {
             pins: FilePins::default(),
             installing: Installing::default(),
             reclaim: Reclaimer::default(),
+            settles: SettleQueue::default(),
         })
     }
 }

@@ -1,12 +1,13 @@
-//! Disk space given back after a flush. Apply deletes the flushed hot rows, but their bytes
+//! Disk space given back after a flush. Settling deletes the flushed hot rows, but their bytes
 //! stay in SST files (and the deletes in the WAL) until RocksDB happens to compact that key
 //! range: after 10M flushed rows that was 339 MB of dead rows plus 419 MB of WAL (see
 //! benches/RESULTS.md, 2026-12-04). A background thread compacts the table's range of `rows`
 //! and writes out the memtables, off the apply path. It changes no logical state, so each node
 //! does it on its own schedule and the projections stay byte-identical.
 
+use std::collections::HashSet;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use kalamdb_log::GroupId;
 use rocksdb::DB;
@@ -14,7 +15,7 @@ use rocksdb::DB;
 use crate::keys::{prefix_end, table_prefix};
 use crate::{CF_CATALOG, CF_CHANGES, CF_COLD, CF_ROWS, CF_SM};
 
-/// Flushed tables waiting for their range to be compacted. A flush that finds the queue full
+/// Settled tables waiting for their range to be compacted. A table that finds the queue full
 /// leaves its range to RocksDB's own compactions (nothing is lost, only space later).
 pub const RECLAIM_QUEUE_LEN_MAX: usize = 64;
 
@@ -25,21 +26,29 @@ struct Job {
     end: Vec<u8>,
 }
 
-/// The queue to the reclaiming thread, started at the first flush.
+/// The queue to the reclaiming thread, started at the first table settled.
 #[derive(Debug, Default)]
 pub struct Reclaimer {
     tx: OnceLock<Option<SyncSender<Job>>>,
+    /// Tables queued and not started yet: a table whose scopes finish settling one after
+    /// another (a user table) is compacted once, not once per scope.
+    queued: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
 
 impl Reclaimer {
-    /// Queue the reclaiming of a table's flushed rows in `group`.
-    pub fn after_flush(&self, db: &Arc<DB>, group: GroupId, table_id: u64) {
+    /// Queue the reclaiming of a table's removed rows in `group` (its flushed rows, once
+    /// settled).
+    pub fn queue(&self, db: &Arc<DB>, group: GroupId, table_id: u64) {
         let start = table_prefix(group, table_id);
         let end = prefix_end(&start);
-        let Some(tx) = self.tx.get_or_init(spawn) else { return };
-        match tx.try_send(Job { db: db.clone(), start, end }) {
+        let Some(tx) = self.tx.get_or_init(|| spawn(self.queued.clone())) else { return };
+        if !self.queued.lock().unwrap_or_else(|p| p.into_inner()).insert(start.clone()) {
+            return;
+        }
+        match tx.try_send(Job { db: db.clone(), start: start.clone(), end }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
+                self.queued.lock().unwrap_or_else(|p| p.into_inner()).remove(&start);
                 metrics::counter!("kalamdb_storage_reclaims_skipped_total").increment(1);
             }
             Err(TrySendError::Disconnected(_)) => {}
@@ -47,9 +56,9 @@ impl Reclaimer {
     }
 }
 
-fn spawn() -> Option<SyncSender<Job>> {
+fn spawn(queued: Arc<Mutex<HashSet<Vec<u8>>>>) -> Option<SyncSender<Job>> {
     let (tx, rx) = sync_channel(RECLAIM_QUEUE_LEN_MAX);
-    match std::thread::Builder::new().name("kalamdb-reclaim".into()).spawn(move || run(rx)) {
+    match std::thread::Builder::new().name("kalamdb-reclaim".into()).spawn(move || run(rx, queued)) {
         Ok(_) => Some(tx),
         Err(e) => {
             tracing::warn!(target: "kalamdb_storage", error = %e, "cannot start the reclaiming thread; flushed rows are left to RocksDB's compactions");
@@ -58,8 +67,10 @@ fn spawn() -> Option<SyncSender<Job>> {
     }
 }
 
-fn run(rx: Receiver<Job>) {
+fn run(rx: Receiver<Job>, queued: Arc<Mutex<HashSet<Vec<u8>>>>) {
     for job in rx {
+        // Rows removed from here on are after this compaction starts: queue it again.
+        queued.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.start);
         let started = std::time::Instant::now();
         reclaim(&job.db, &job.start, &job.end);
         metrics::histogram!("kalamdb_storage_reclaim_seconds").record(started.elapsed().as_secs_f64());

@@ -142,13 +142,20 @@ pub fn table_view(at: ColdGroup<'_>, table_id: u64, scope: &str, range: &PkRange
         }
         None => prefix_end(&sp),
     };
+    // Hot rows the scope's last flush holds are read from its files (they wait for `Settle`).
+    let mut head_opts = ReadOptions::default();
+    head_opts.set_snapshot(&snap);
+    let head: ScopeHead = match db.get_pinned_cf_opt(cold, cold_key(&sp, KIND_HEAD, &[]), &head_opts)? {
+        Some(b) => unjson(&b)?,
+        None => ScopeHead::default(),
+    };
     let mut opts = ReadOptions::default();
     opts.set_snapshot(&snap);
     opts.set_iterate_upper_bound(end);
     for item in db.iterator_cf_opt(rows_cf, opts, IteratorMode::From(&start, Direction::Forward)) {
         let (_, v) = item?;
         let row = StoredRow::decode(&v)?;
-        if !row.deleted {
+        if !row.deleted && !head.flushed(row.seq) {
             view.hot.push(row);
         }
     }

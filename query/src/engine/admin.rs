@@ -12,6 +12,11 @@ use crate::error::{Error, Result};
 use crate::parse::{Statement, StorageTarget};
 use crate::ports::Proposer;
 
+/// `Settle` ops one `FLUSH` statement proposes per scope at most: 2^16 ops of
+/// `SETTLE_ROWS_MAX` rows cover a quarter of a billion rows; past that (rows written faster
+/// than they settle) the node's storage task finishes the scope.
+pub const SETTLE_OPS_PER_FLUSH_MAX: usize = 1 << 16;
+
 impl Engine {
     /// FLUSH, STORAGE COMPACT, REBUILD PROJECTION, SUBSCRIBE or BACKUP DATABASE.
     pub(super) async fn admin_statement(
@@ -58,7 +63,7 @@ impl Engine {
                 let job = if compact { StorageJob::Compact } else { StorageJob::Flush };
                 let mut rows = 0;
                 for def in &tables {
-                    rows += self.storage_job(def, job, proposer).await?;
+                    rows += self.storage_job(def, job, proposer, ctx).await?;
                 }
                 let (verb, what) = if compact { ("Compacted", "kept") } else { ("Flushed", "written") };
                 let names: Vec<String> = tables.iter().map(|t| format!("{}.{}", t.namespace, t.name)).collect();
@@ -69,7 +74,7 @@ impl Engine {
             }
             Statement::Rebuild { table } => {
                 let def = self.resolve_table(&table, ctx)?;
-                let rows = self.storage_job(&def, StorageJob::Rebuild, proposer).await?;
+                let rows = self.storage_job(&def, StorageJob::Rebuild, proposer, ctx).await?;
                 Ok(QueryResult::message(
                     1,
                     format!(
@@ -116,8 +121,15 @@ impl Engine {
     }
 
     /// Flush, compact or rebuild one table in every group that may hold its rows; returns the
-    /// rows written. Each group's op is one log entry.
-    pub async fn storage_job(&self, def: &TableDef, job: StorageJob, proposer: &dyn Proposer) -> Result<u64> {
+    /// rows written. Each group's op is one log entry; a flush is followed by the `Settle` ops
+    /// that take its rows out of RocksDB, so the statement ends with them gone, as it always has.
+    pub async fn storage_job(
+        &self,
+        def: &TableDef,
+        job: StorageJob,
+        proposer: &dyn Proposer,
+        ctx: &ExecContext,
+    ) -> Result<u64> {
         let groups = self.layout.table_groups(def);
         let op = || {
             let table = def.clone();
@@ -127,7 +139,13 @@ impl Engine {
                 StorageJob::Rebuild => Op::Rebuild { table },
             }
         };
-        let futures = groups.iter().map(|g| self.propose_ok(proposer, *g, op()));
+        let futures = groups.iter().map(|g| async move {
+            let result = self.propose_ok(proposer, *g, op()).await?;
+            if job == StorageJob::Flush {
+                self.settle_flushed(ctx, proposer, def.table_id, *g).await?;
+            }
+            Ok::<OpResult, Error>(result)
+        });
         let mut rows = 0;
         for r in futures::future::join_all(futures).await {
             if let OpResult::Done { affected } = r? {
@@ -135,6 +153,31 @@ impl Engine {
             }
         }
         Ok(rows)
+    }
+
+    /// Settle what a flush left in `group`'s RocksDB (see `Op::Settle`): one short entry per
+    /// [`kalamdb_projections::cold::SETTLE_ROWS_MAX`] rows, so writers wait for none of them
+    /// the way they would for one long one. Ops past [`SETTLE_OPS_PER_FLUSH_MAX`] per scope
+    /// are left to the node's storage task.
+    async fn settle_flushed(
+        &self,
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+        table_id: u64,
+        group: GroupId,
+    ) -> Result<()> {
+        // The scopes are read from this node's projection, once it has applied the flush.
+        self.barrier(ctx, group).await?;
+        let scopes = kalamdb_projections::cold::unsettled_scopes(self.rows.db(), group, table_id)?;
+        for scope in scopes {
+            for _ in 0..SETTLE_OPS_PER_FLUSH_MAX {
+                let op = Op::Settle { table_id, scope: scope.clone() };
+                if !matches!(self.propose_ok(proposer, group, op).await?, OpResult::Settled { more: true, .. }) {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Remove dropped tables' rows from every data group. Best effort: rows of a dropped table

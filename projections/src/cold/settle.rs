@@ -1,0 +1,97 @@
+//! Settling flushed rows: a flush writes files and leaves its rows in RocksDB; `Settle` ops
+//! replace them by their key stubs (and drop flushed tombstones with their stubs) a bounded
+//! number at a time, so neither the flush nor any one entry after it holds apply for a time
+//! that grows with the table. Until then a flushed hot row stands for its own stub (see
+//! [`ScopeHead::flushed`]). A flush of a few rows per scope settles them itself
+//! ([`super::SETTLE_INLINE_ROWS_MAX`]).
+
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::keys::SCOPE_BYTES_MAX;
+
+/// Hot rows one `Settle` op looks at. Each flushed one costs two RocksDB records in the op's
+/// batch (its stub and the removal of the row), so an op holds apply for about as long as a
+/// write of a few thousand rows does; a 100k-row flush settles in 25 ops.
+pub const SETTLE_ROWS_MAX: usize = 4096;
+
+impl ColdApplier<'_> {
+    /// Settle up to [`SETTLE_ROWS_MAX`] hot rows of one scope from where its last settling
+    /// stopped; the scope's head records where the next one starts (or that none is left).
+    pub fn settle(&self, batch: &mut WriteBatch, table_id: u64, scope: &str) -> Result<OpResult> {
+        if scope.len() > SCOPE_BYTES_MAX {
+            // No row can be stored under such a scope, so none waits to be settled.
+            return Ok(OpResult::Settled { rows: 0, more: false });
+        }
+        let sp = table_scope_prefix(self.group, table_id, scope);
+        let done = OpResult::Settled { rows: 0, more: false };
+        let Some(mut head) = stored_head(self.db, &sp)? else { return Ok(done) };
+        let Some(from) = head.settle_from.take() else { return Ok(done) };
+        let rows_cf = cf(self.db, CF_ROWS)?;
+        let cold = cf(self.db, CF_COLD)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(&sp));
+        let mut rows = self.db.raw_iterator_cf_opt(rows_cf, opts);
+        let mut start = sp.clone();
+        start.extend_from_slice(&from);
+        rows.seek(&start);
+        let mut stub = cold_key(&sp, KIND_STUB, &[]);
+        let (mut looked, mut settled) = (0usize, 0u64);
+        while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
+            if looked == SETTLE_ROWS_MAX {
+                head.settle_from = Some(key[sp.len()..].to_vec());
+                break;
+            }
+            looked += 1;
+            let row = StoredRow::decode(value)?;
+            if head.flushed(row.seq) {
+                stub.truncate(sp.len() + 1);
+                stub.extend_from_slice(&key[sp.len()..]);
+                if row.deleted {
+                    batch.delete_cf(cold, &stub);
+                } else {
+                    batch.put_cf(cold, &stub, row.seq.to_be_bytes());
+                }
+                batch.delete_cf(rows_cf, key);
+                settled += 1;
+            }
+            rows.next();
+        }
+        rows.status()?;
+        batch.put_cf(cold, cold_key(&sp, KIND_HEAD, &[]), json(&head)?);
+        metrics::counter!("kalamdb_storage_settled_rows_total").increment(settled);
+        Ok(OpResult::Settled { rows: settled, more: head.settle_from.is_some() })
+    }
+}
+
+/// Scopes of a table in a group with flushed hot rows left to settle, in key order.
+pub fn unsettled_scopes(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (k, v) in table_records(db, group, table_id, false)? {
+        let (scope, rest) = split_scope(&k).ok_or_else(|| Error::Corrupt("bad cold key".into()))?;
+        if rest.first() == Some(&KIND_HEAD) && unjson::<ScopeHead>(&v)?.settle_from.is_some() {
+            out.push(scope.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Tables (per group) that a flush left rows to settle in, noted on every node as the flush
+/// applies; the storage task of the group's leader takes them and proposes the `Settle` ops.
+/// One entry per (group, table), so the catalog bounds it.
+#[derive(Debug, Default)]
+pub struct SettleQueue {
+    due: Mutex<BTreeSet<(u32, u64)>>,
+}
+
+impl SettleQueue {
+    pub fn mark(&self, group: GroupId, table_id: u64) {
+        self.due.lock().unwrap_or_else(|p| p.into_inner()).insert((group.to_u32(), table_id));
+    }
+
+    /// Every table marked since the last call.
+    pub fn take(&self) -> Vec<(GroupId, u64)> {
+        let due = std::mem::take(&mut *self.due.lock().unwrap_or_else(|p| p.into_inner()));
+        due.into_iter().filter_map(|(g, t)| GroupId::from_u32(g).map(|g| (g, t))).collect()
+    }
+}
