@@ -204,16 +204,24 @@ pub(super) async fn run_batcher(
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let Some(first) = rx.recv().await else { return };
         let (mut rows, mut bytes) = (first.rows, first.bytes);
+        // A storage job is an entry of its own: ops of one entry share a write batch and each
+        // reads the state before the entry, so two `Settle`s of a scope in one entry would
+        // both start at the same cursor (and settle the same rows twice).
+        let alone = first.op.is_storage_job();
         let mut batch = vec![first];
-        while batch.len() < batch_ops_max {
+        while !alone && batch.len() < batch_ops_max {
             match rx.try_recv() {
-                Ok(p) if rows + p.rows <= BATCH_ROWS_MAX && bytes + p.bytes <= BATCH_BYTES_MAX => {
+                Ok(p)
+                    if !p.op.is_storage_job()
+                        && rows + p.rows <= BATCH_ROWS_MAX
+                        && bytes + p.bytes <= BATCH_BYTES_MAX =>
+                {
                     rows += p.rows;
                     bytes += p.bytes;
                     batch.push(p);
                 }
                 Ok(p) => {
-                    // Too big for this entry: propose it alone.
+                    // Too big for this entry, or a storage job: propose it alone.
                     let raft = raft.clone();
                     tokio::spawn(propose_batch(group, raft, vec![p], None, gate.clone()));
                     break;

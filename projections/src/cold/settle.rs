@@ -11,9 +11,11 @@ use super::*;
 use crate::keys::SCOPE_BYTES_MAX;
 
 /// Hot rows one `Settle` op looks at. Each flushed one costs two RocksDB records in the op's
-/// batch (its stub and the removal of the row), so an op holds apply for about as long as a
-/// write of a few thousand rows does; a 100k-row flush settles in 25 ops.
-pub const SETTLE_ROWS_MAX: usize = 4096;
+/// batch (its stub and the removal of the row); at 4,096 an op held apply for ~5 ms, most of
+/// it inserting 8,192 records into the memtable, which showed as the slowest tail events of a
+/// run after its flush (benches/RESULTS.md, session 16). At 1,024 an op costs about what a
+/// 1,000-row INSERT does; a 100k-row flush settles in 98 ops.
+pub const SETTLE_ROWS_MAX: usize = 1024;
 
 impl ColdApplier<'_> {
     /// Settle up to [`SETTLE_ROWS_MAX`] hot rows of one scope from where its last settling
@@ -43,14 +45,14 @@ impl ColdApplier<'_> {
                 break;
             }
             looked += 1;
-            let row = StoredRow::decode(value)?;
-            if head.flushed(row.seq) {
+            let (seq, deleted) = StoredRow::version(value)?;
+            if head.flushed(seq) {
                 stub.truncate(sp.len() + 1);
                 stub.extend_from_slice(&key[sp.len()..]);
-                if row.deleted {
+                if deleted {
                     batch.delete_cf(cold, &stub);
                 } else {
-                    batch.put_cf(cold, &stub, row.seq.to_be_bytes());
+                    batch.put_cf(cold, &stub, seq.to_be_bytes());
                 }
                 batch.delete_cf(rows_cf, key);
                 settled += 1;

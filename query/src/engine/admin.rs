@@ -12,10 +12,12 @@ use crate::error::{Error, Result};
 use crate::parse::{Statement, StorageTarget};
 use crate::ports::Proposer;
 
-/// `Settle` ops one `FLUSH` statement proposes per scope at most: 2^16 ops of
-/// `SETTLE_ROWS_MAX` rows cover a quarter of a billion rows; past that (rows written faster
-/// than they settle) the node's storage task finishes the scope.
-pub const SETTLE_OPS_PER_FLUSH_MAX: usize = 1 << 16;
+/// `Settle` ops one `FLUSH` statement proposes per scope at most: 2^20 ops of
+/// `SETTLE_ROWS_MAX` rows cover a billion rows; past that (rows written faster than they
+/// settle) the node's storage task finishes the scope.
+pub const SETTLE_OPS_PER_FLUSH_MAX: usize = 1 << 20;
+/// `Settle` ops of one scope a `FLUSH` statement has in flight at once.
+pub const SETTLE_OPS_IN_FLIGHT: usize = 8;
 
 impl Engine {
     /// FLUSH, STORAGE COMPACT, REBUILD PROJECTION, SUBSCRIBE or BACKUP DATABASE.
@@ -170,9 +172,16 @@ impl Engine {
         self.barrier(ctx, group).await?;
         let scopes = kalamdb_projections::cold::unsettled_scopes(self.rows.db(), group, table_id)?;
         for scope in scopes {
-            for _ in 0..SETTLE_OPS_PER_FLUSH_MAX {
-                let op = Op::Settle { table_id, scope: scope.clone() };
-                if !matches!(self.propose_ok(proposer, group, op).await?, OpResult::Settled { more: true, .. }) {
+            // A few ops in flight: each continues where the one before it in the log stopped,
+            // so they share fsyncs, and those past the scope's end settle nothing.
+            for _ in 0..SETTLE_OPS_PER_FLUSH_MAX.div_ceil(SETTLE_OPS_IN_FLIGHT) {
+                let round = (0..SETTLE_OPS_IN_FLIGHT)
+                    .map(|_| self.propose_ok(proposer, group, Op::Settle { table_id, scope: scope.clone() }));
+                let mut more = true;
+                for result in futures::future::join_all(round).await {
+                    more &= matches!(result?, OpResult::Settled { more: true, .. });
+                }
+                if !more {
                     break;
                 }
             }
