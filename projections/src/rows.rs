@@ -196,7 +196,8 @@ impl<'a> RowApplier<'a> {
                 index
             }
         };
-        Ok(if crate::stored::seq_log_index(row.seq) <= last_flush {
+        // As `ScopeHead::flushed`: written before the flush's entry.
+        Ok(if crate::stored::seq_log_index(row.seq) < last_flush {
             Prior::Unsettled { seq: row.seq, deleted: row.deleted }
         } else {
             Prior::Hot
@@ -541,10 +542,12 @@ fn row_change(
     row: &StoredRow,
     previous: Option<(StoredRow, Prior)>,
 ) -> Change {
-    // A version known only by its stub was not read; a hot one (settled or not) was.
+    // A flushed version carries no old row, settled (known by its stub, values not read) or
+    // not yet (read, but left out so that what subscribers get does not depend on when the
+    // row was settled); a hot one does.
     let (old_row, old_seq) = match previous {
-        Some((old, Prior::Cold(_))) => (None, Some(old.seq)),
-        Some((old, _)) => (Some(old.values), Some(old.seq)),
+        Some((old, Prior::Cold(_) | Prior::Unsettled { .. })) => (None, Some(old.seq)),
+        Some((old, Prior::Hot)) => (Some(old.values), Some(old.seq)),
         None => (None, None),
     };
     Change {

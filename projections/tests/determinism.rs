@@ -647,3 +647,68 @@ async fn settling_in_pieces_ends_where_settling_at_once_does() {
     sm_1.apply(phases.iter().flat_map(|(_, lazy)| lazy.clone()).collect::<Vec<_>>()).await.unwrap();
     assert_eq!(digest_group(db_1.db(), group).unwrap(), digest_group(db_l.db(), group).unwrap());
 }
+
+/// A flush while an earlier one's settling is under way: its rows that sort before the
+/// settling's cursor are settled too (the cursor moves back to the first of them, not to the
+/// scope's start), and the scope ends where a replica that settled in between ends.
+#[tokio::test]
+async fn a_flush_during_settling_moves_the_cursor_back_to_its_rows() {
+    use kalamdb_projections::cold::{SETTLE_ROWS_MAX, stored_head};
+    let n = SETTLE_ROWS_MAX as i64 * 2 + 100;
+    let mut def = table_def();
+    def.table_id = 1;
+    let scope = String::new();
+    let group = GroupId::SharedShard(0);
+    let settle = |index: u64| entry(index, vec![Op::Settle { table_id: 1, scope: scope.clone() }]);
+    let flush = |index: u64| entry(index, vec![Op::Flush { table: def.clone(), scope: None }]);
+    let insert = |index: u64, keys: Vec<i64>| {
+        entry(
+            index,
+            vec![Op::Insert {
+                table_id: 1,
+                scope: scope.clone(),
+                rows: keys.into_iter().map(|k| row(k, "v", None)).collect(),
+            }],
+        )
+    };
+    // Keys -5 and n + 5: before the cursor after one settle, and after it.
+    let mut lazy = vec![insert(10, (0..n).collect()), flush(20), settle(21), insert(30, vec![-5, n + 5]), flush(40)];
+    lazy.extend((41..51).map(settle));
+    let mut eager = vec![insert(10, (0..n).collect()), flush(20)];
+    eager.extend((21..25).map(settle));
+    eager.extend([insert(30, vec![-5, n + 5]), flush(40)]);
+    eager.extend((41..51).map(settle));
+    let mut digests = Vec::new();
+    for log in [lazy, eager] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = LogDb::open(&dir.path().join("rocksdb"), &PROJECTION_CFS).unwrap();
+        let mut sm = Projection::open(db.clone(), group, Catalog::new(), env(dir.path())).unwrap();
+        let mut cursors = Vec::new();
+        let sp = kalamdb_projections::keys::table_scope_prefix(group, 1, "");
+        for e in log {
+            let index = e.log_id.index;
+            sm.apply(vec![e]).await.unwrap();
+            if index == 40 {
+                cursors.push(stored_head(db.db(), &sp).unwrap().unwrap().settle_from);
+            }
+        }
+        let rows_cf = db.db().cf_handle("rows").unwrap();
+        assert_eq!(db.db().iterator_cf(rows_cf, rocksdb::IteratorMode::Start).count(), 0, "a flushed row is still hot");
+        assert_eq!(stored_head(db.db(), &sp).unwrap().unwrap().settle_from, None);
+        let reader = RowReader::new(db.clone(), Arc::new(FileStore::folder(dir.path().join("storage"))));
+        let all = scan(&reader, group);
+        assert_eq!(all.len() as i64, n + 2);
+        assert!(matches!(
+            reader.lookup(group, 1, "", &Value::BigInt(-5)).unwrap(),
+            kalamdb_projections::rows::Lookup::Cold(_)
+        ));
+        digests.push((digest_group(db.db(), group).unwrap(), cursors));
+        drop(dir);
+    }
+    // The lazy replica's cursor went back to key -5 (encoded), not to the scope's start.
+    let mut minus_five = Vec::new();
+    kalamdb_projections::keys::encode_pk(&Value::BigInt(-5), &mut minus_five);
+    assert_eq!(digests[0].1, vec![Some(minus_five)]);
+    assert_eq!(digests[1].1, vec![None], "the settled replica's small flush settles itself");
+    assert_eq!(digests[0].0, digests[1].0);
+}

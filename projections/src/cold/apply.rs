@@ -73,12 +73,14 @@ impl<'a> ColdApplier<'a> {
                 let sp = table_scope_prefix(self.group, def.table_id, row_scope);
                 seen = Some((row_scope.to_string(), scope_head(self.db, &sp)?));
             }
-            let row = StoredRow::decode(value)?;
             let (row_scope, head) = seen.as_ref().expect("set above");
-            if head.flushed(row.seq) {
+            // Rows of an earlier flush can be left only while its settling is under way; they
+            // are passed over on their version alone.
+            if head.settle_from.is_some() && head.flushed(StoredRow::version(value)?.0) {
                 rows.next();
                 continue;
             }
+            let row = StoredRow::decode(value)?;
             if current.is_none() {
                 current = Some(ScopeFlush::start(self, def, row_scope, head.clone()));
             }
@@ -340,6 +342,9 @@ pub(super) struct ScopeFlush {
     /// primary-key bytes, `_seq`, tombstone. `None` once there are too many, or when rows of
     /// an earlier flush still wait to be settled.
     inline: Option<Vec<(Vec<u8>, u64, bool)>>,
+    /// Primary-key bytes of the first row pushed: where settling must start again, if before
+    /// an earlier settling's cursor (only this flush's rows can lie behind it).
+    first_key: Option<Vec<u8>>,
 }
 
 impl ScopeFlush {
@@ -356,6 +361,7 @@ impl ScopeFlush {
             metas: Vec::new(),
             rows: 0,
             inline: head_settled.then(Vec::new),
+            first_key: None,
         }
     }
 
@@ -369,6 +375,9 @@ impl ScopeFlush {
         index: u64,
     ) -> Result<()> {
         assert!(row_key.starts_with(&self.scope_prefix), "a row outside the scope being flushed");
+        if self.first_key.is_none() {
+            self.first_key = Some(row_key[self.scope_prefix.len()..].to_vec());
+        }
         if let Some(rows) = &mut self.inline {
             if rows.len() == SETTLE_INLINE_ROWS_MAX {
                 self.inline = None;
@@ -433,9 +442,15 @@ impl ScopeFlush {
         self.head.last_flush_index = index;
         match self.inline.take() {
             Some(rows) => settle_inline(c, batch, &self.scope_prefix, &rows)?,
-            // Every hot row of the scope is flushed now, and rows this flush wrote may sort
-            // before an earlier settling's cursor: settling starts over.
-            None => self.head.settle_from = Some(Vec::new()),
+            // Settling goes on from its cursor, or from this flush's first row if that sorts
+            // before it: the rows behind the cursor were settled, all but this flush's.
+            None => {
+                let first = self.first_key.take().unwrap_or_default();
+                self.head.settle_from = Some(match self.head.settle_from.take() {
+                    Some(cursor) => cursor.min(first),
+                    None => first,
+                });
+            }
         }
         batch.put_cf(cold, cold_key(&self.scope_prefix, KIND_HEAD, &[]), json(&self.head)?);
         // The manifest as a file beside the data, for tools that read the Parquet files

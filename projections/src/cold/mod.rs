@@ -9,7 +9,7 @@
 //!
 //! A flush writes the files and the manifest only: the flushed rows stay in `rows` until
 //! `Settle` ops (bounded, one scope at a time, `settle`) replace each by its stub and drop
-//! flushed tombstones with theirs. A hot row whose version is at or before the scope's last
+//! flushed tombstones with theirs. A hot row whose version is before the scope's last
 //! flush ([`ScopeHead::flushed`]) is in a file: readers take it from the file (scans) or
 //! from the row itself (keyed reads, same bytes), and a write that replaces it settles it
 //! first, so every state reads as the fully settled one would.
@@ -126,8 +126,8 @@ pub struct FileMeta {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScopeHead {
     pub next_file_no: u64,
-    /// Log index of the scope's last flush: every hot row written at or before it is in a
-    /// file (flushed), whether or not a `Settle` has replaced it by its stub yet.
+    /// Log index of the scope's last flush: every hot row written before it is in a file
+    /// (flushed), whether or not a `Settle` has replaced it by its stub yet.
     pub last_flush_index: u64,
     /// Log index of the last compaction that rewrote files (0: none). Time travel reaches no
     /// further back: compaction drops the superseded versions older positions need.
@@ -141,9 +141,11 @@ pub struct ScopeHead {
 
 impl ScopeHead {
     /// Whether the hot version `seq` of a row of this scope is flushed: a file holds it, and
-    /// the row stands for its own stub until it is settled.
+    /// the row stands for its own stub until it is settled. Strictly before the flush's
+    /// entry: a row op in that entry (a log written before storage jobs had entries of their
+    /// own) was applied after the flush read the rows, so no file holds it.
     pub fn flushed(&self, seq: u64) -> bool {
-        crate::stored::seq_log_index(seq) <= self.last_flush_index
+        crate::stored::seq_log_index(seq) < self.last_flush_index
     }
 
     /// Whether two heads of a scope stand for the same live files: every change to them

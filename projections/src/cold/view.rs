@@ -154,8 +154,11 @@ pub fn table_view(at: ColdGroup<'_>, table_id: u64, scope: &str, range: &PkRange
     opts.set_iterate_upper_bound(end);
     for item in db.iterator_cf_opt(rows_cf, opts, IteratorMode::From(&start, Direction::Forward)) {
         let (_, v) = item?;
+        if head.settle_from.is_some() && head.flushed(StoredRow::version(&v)?.0) {
+            continue;
+        }
         let row = StoredRow::decode(&v)?;
-        if !row.deleted && !head.flushed(row.seq) {
+        if !row.deleted {
             view.hot.push(row);
         }
     }

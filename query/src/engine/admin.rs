@@ -172,8 +172,13 @@ impl Engine {
         self.barrier(ctx, group).await?;
         let scopes = kalamdb_projections::cold::unsettled_scopes(self.rows.db(), group, table_id)?;
         for scope in scopes {
-            // A few ops in flight: each continues where the one before it in the log stopped,
-            // so they share fsyncs, and those past the scope's end settle nothing.
+            // One op first (most scopes need no more), then a few in flight: each continues
+            // where the one before it in the log stopped, so they share fsyncs, and those past
+            // the scope's end settle nothing.
+            let first = self.propose_ok(proposer, group, Op::Settle { table_id, scope: scope.clone() }).await?;
+            if !matches!(first, OpResult::Settled { more: true, .. }) {
+                continue;
+            }
             for _ in 0..SETTLE_OPS_PER_FLUSH_MAX.div_ceil(SETTLE_OPS_IN_FLIGHT) {
                 let round = (0..SETTLE_OPS_IN_FLIGHT)
                     .map(|_| self.propose_ok(proposer, group, Op::Settle { table_id, scope: scope.clone() }));
