@@ -533,6 +533,25 @@ fn keyed(reader: &RowReader, group: GroupId, def: &TableDef, keys: std::ops::Ran
     .collect()
 }
 
+/// Table 1, whose shared scope the settling tests flush and settle.
+fn table_1() -> TableDef {
+    TableDef { table_id: 1, ..table_def() }
+}
+
+fn settle_at(index: u64) -> Entry {
+    entry(index, vec![Op::Settle { table_id: 1, scope: String::new() }])
+}
+
+fn flush_at(index: u64) -> Entry {
+    entry(index, vec![Op::Flush { table: table_1(), scope: None }])
+}
+
+/// Rows the settling tests insert: two `Settle`s' worth and a hundred, so a flush of them is
+/// settled in three ops (and not inside the flush).
+fn settling_rows() -> i64 {
+    kalamdb_projections::cold::SETTLE_ROWS_MAX as i64 * 2 + 100
+}
+
 /// A flush leaves its rows in RocksDB until `Settle` ops replace them by stubs, a bounded
 /// number per op. Writes that replace flushed rows before they are settled (an update, a
 /// delete, an insert over a flushed tombstone, a refused duplicate) must do what they do once
@@ -542,13 +561,11 @@ fn keyed(reader: &RowReader, group: GroupId, def: &TableDef, keys: std::ops::Ran
 #[tokio::test]
 async fn settling_in_pieces_ends_where_settling_at_once_does() {
     use kalamdb_projections::cold::SETTLE_ROWS_MAX;
-    let n = SETTLE_ROWS_MAX as i64 * 2 + 100;
-    let mut def = table_def();
-    def.table_id = 1;
+    let n = settling_rows();
+    let def = table_1();
     let scope = String::new();
     let group = GroupId::SharedShard(0);
-    let settle = |index: u64| entry(index, vec![Op::Settle { table_id: 1, scope: scope.clone() }]);
-    let flush = |index: u64| entry(index, vec![Op::Flush { table: def.clone(), scope: None }]);
+    let (settle, flush) = (settle_at, flush_at);
     let ins = |k: i64, v: &str| Op::Insert { table_id: 1, scope: scope.clone(), rows: vec![row(k, v, None)] };
     let start = vec![
         entry(
@@ -653,14 +670,11 @@ async fn settling_in_pieces_ends_where_settling_at_once_does() {
 /// scope's start), and the scope ends where a replica that settled in between ends.
 #[tokio::test]
 async fn a_flush_during_settling_moves_the_cursor_back_to_its_rows() {
-    use kalamdb_projections::cold::{SETTLE_ROWS_MAX, stored_head};
-    let n = SETTLE_ROWS_MAX as i64 * 2 + 100;
-    let mut def = table_def();
-    def.table_id = 1;
+    use kalamdb_projections::cold::stored_head;
+    let n = settling_rows();
     let scope = String::new();
     let group = GroupId::SharedShard(0);
-    let settle = |index: u64| entry(index, vec![Op::Settle { table_id: 1, scope: scope.clone() }]);
-    let flush = |index: u64| entry(index, vec![Op::Flush { table: def.clone(), scope: None }]);
+    let (settle, flush) = (settle_at, flush_at);
     let insert = |index: u64, keys: Vec<i64>| {
         entry(
             index,

@@ -6,6 +6,7 @@
 //! does it on its own schedule and the projections stay byte-identical.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -33,6 +34,21 @@ pub struct Reclaimer {
     /// Tables queued and not started yet: a table whose scopes finish settling one after
     /// another (a user table) is compacted once, not once per scope.
     queued: Arc<Mutex<HashSet<Vec<u8>>>>,
+    /// Set when the reclaimer is dropped: the thread starts no further job.
+    stopping: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Reclaimer {
+    /// Stop the thread and wait for the compaction it is running: a thread left inside RocksDB
+    /// while the process exits aborts it (RocksDB's static state is torn down under it).
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Reclaimer {
@@ -41,7 +57,7 @@ impl Reclaimer {
     pub fn queue(&self, db: &Arc<DB>, group: GroupId, table_id: u64) {
         let start = table_prefix(group, table_id);
         let end = prefix_end(&start);
-        let Some(tx) = self.tx.get_or_init(|| spawn(self.queued.clone())) else { return };
+        let Some(tx) = self.tx.get_or_init(|| self.spawn()) else { return };
         if !self.queued.lock().unwrap_or_else(|p| p.into_inner()).insert(start.clone()) {
             return;
         }
@@ -56,19 +72,28 @@ impl Reclaimer {
     }
 }
 
-fn spawn(queued: Arc<Mutex<HashSet<Vec<u8>>>>) -> Option<SyncSender<Job>> {
-    let (tx, rx) = sync_channel(RECLAIM_QUEUE_LEN_MAX);
-    match std::thread::Builder::new().name("kalamdb-reclaim".into()).spawn(move || run(rx, queued)) {
-        Ok(_) => Some(tx),
-        Err(e) => {
-            tracing::warn!(target: "kalamdb_storage", error = %e, "cannot start the reclaiming thread; flushed rows are left to RocksDB's compactions");
-            None
+impl Reclaimer {
+    fn spawn(&self) -> Option<SyncSender<Job>> {
+        let (tx, rx) = sync_channel(RECLAIM_QUEUE_LEN_MAX);
+        let (queued, stopping) = (self.queued.clone(), self.stopping.clone());
+        match std::thread::Builder::new().name("kalamdb-reclaim".into()).spawn(move || run(rx, queued, stopping)) {
+            Ok(thread) => {
+                *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+                Some(tx)
+            }
+            Err(e) => {
+                tracing::warn!(target: "kalamdb_storage", error = %e, "cannot start the reclaiming thread; flushed rows are left to RocksDB's compactions");
+                None
+            }
         }
     }
 }
 
-fn run(rx: Receiver<Job>, queued: Arc<Mutex<HashSet<Vec<u8>>>>) {
+fn run(rx: Receiver<Job>, queued: Arc<Mutex<HashSet<Vec<u8>>>>, stopping: Arc<AtomicBool>) {
     for job in rx {
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
         // Rows removed from here on are after this compaction starts: queue it again.
         queued.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.start);
         let started = std::time::Instant::now();
