@@ -308,19 +308,10 @@ pub const SETTLE_INLINE_ROWS_MAX: usize = 256;
 
 /// Settle a small flush's rows in its own batch: what `Settle` does, for these rows only.
 fn settle_inline(c: &ColdApplier<'_>, batch: &mut WriteBatch, sp: &[u8], rows: &[(Vec<u8>, u64, bool)]) -> Result<()> {
-    let rows_cf = cf(c.db, CF_ROWS)?;
-    let cold = cf(c.db, CF_COLD)?;
-    let mut key = sp.to_vec();
+    let cfs = (cf(c.db, CF_COLD)?, cf(c.db, CF_ROWS)?);
+    let mut scratch = Vec::new();
     for (pk, seq, deleted) in rows {
-        let stub = cold_key(sp, KIND_STUB, pk);
-        if *deleted {
-            batch.delete_cf(cold, stub);
-        } else {
-            batch.put_cf(cold, stub, seq.to_be_bytes());
-        }
-        key.truncate(sp.len());
-        key.extend_from_slice(pk);
-        batch.delete_cf(rows_cf, &key);
+        super::settle::stage_settled(batch, cfs, sp, pk, (*seq, *deleted), &mut scratch);
     }
     metrics::counter!("kalamdb_storage_settled_rows_total").increment(rows.len() as u64);
     Ok(())

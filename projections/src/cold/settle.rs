@@ -37,7 +37,7 @@ impl ColdApplier<'_> {
         let mut start = sp.clone();
         start.extend_from_slice(&from);
         rows.seek(&start);
-        let mut stub = cold_key(&sp, KIND_STUB, &[]);
+        let mut scratch = Vec::new();
         let (mut looked, mut settled) = (0usize, 0u64);
         while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
             if looked == SETTLE_ROWS_MAX {
@@ -47,14 +47,7 @@ impl ColdApplier<'_> {
             looked += 1;
             let (seq, deleted) = StoredRow::version(value)?;
             if head.flushed(seq) {
-                stub.truncate(sp.len() + 1);
-                stub.extend_from_slice(&key[sp.len()..]);
-                if deleted {
-                    batch.delete_cf(cold, &stub);
-                } else {
-                    batch.put_cf(cold, &stub, seq.to_be_bytes());
-                }
-                batch.delete_cf(rows_cf, key);
+                stage_settled(batch, (cold, rows_cf), &sp, &key[sp.len()..], (seq, deleted), &mut scratch);
                 settled += 1;
             }
             rows.next();
@@ -64,6 +57,31 @@ impl ColdApplier<'_> {
         metrics::counter!("kalamdb_storage_settled_rows_total").increment(settled);
         Ok(OpResult::Settled { rows: settled, more: head.settle_from.is_some() })
     }
+}
+
+/// Stage the settling of one flushed row of the scope `sp` (primary-key bytes `pk`, version
+/// `seq`, tombstone or not): its stub takes the row's place, or goes with a tombstone. What
+/// `Settle` and a small flush's own settling both do; `scratch` is a reused key buffer.
+pub(super) fn stage_settled(
+    batch: &mut WriteBatch,
+    (cold, rows_cf): (&rocksdb::ColumnFamily, &rocksdb::ColumnFamily),
+    sp: &[u8],
+    pk: &[u8],
+    (seq, deleted): (u64, bool),
+    scratch: &mut Vec<u8>,
+) {
+    scratch.clear();
+    scratch.extend_from_slice(sp);
+    scratch.push(KIND_STUB);
+    scratch.extend_from_slice(pk);
+    if deleted {
+        batch.delete_cf(cold, &scratch);
+    } else {
+        batch.put_cf(cold, &scratch, seq.to_be_bytes());
+    }
+    scratch.truncate(sp.len());
+    scratch.extend_from_slice(pk);
+    batch.delete_cf(rows_cf, &scratch);
 }
 
 /// Scopes of a table in a group with flushed hot rows left to settle, in key order.
