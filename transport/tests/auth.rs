@@ -160,10 +160,13 @@ async fn a_call_costs_no_stop_sending_and_few_datagrams() {
     assert_eq!(after.stop_sending_frames, 0, "{after:?}");
     let sent = after.datagrams_sent - before.datagrams_sent;
     let received = after.datagrams_received - before.datagrams_received;
-    // One request each, an ACK-only packet at most every other call each way, a keep-alive
-    // or two: at most 1.5 a call each way.
-    assert!(sent <= CALLS * 3 / 2, "{sent} datagrams sent for {CALLS} calls");
-    assert!(received <= CALLS * 3 / 2, "{received} datagrams received for {CALLS} calls");
+    // One request (or reply) each, at most one ACK-only packet a call each way, a keep-alive
+    // or two. How many ACKs go alone depends on timing (a loaded CI machine let the delayed-ACK
+    // timer fire before the next call 65% of the time), so the bound is the structural one;
+    // STOP_SENDING itself is counted above.
+    const SLACK: u64 = 8;
+    assert!(sent <= CALLS * 2 + SLACK, "{sent} datagrams sent for {CALLS} calls");
+    assert!(received <= CALLS * 2 + SLACK, "{received} datagrams received for {CALLS} calls");
     assert!(sent >= CALLS && received >= CALLS, "sent {sent}, received {received}");
     assert_eq!(client.peers(), vec![1]);
 }
