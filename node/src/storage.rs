@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kalamdb_log::{GroupId, Op, OpResult, TableDef};
+use kalamdb_log::{GroupId, MetaGroup, Op, OpResult, TableDef};
 use kalamdb_query::FlushPolicy;
 
 use crate::groups::Groups;
@@ -57,6 +57,11 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
         ticks += 1;
         unsettled.extend(groups.storage.settles.take());
         unsettled = settle_due(&groups, std::mem::take(&mut unsettled)).await;
+        // The definition a flush or compaction carries decides the columns its files hold, so
+        // it must not lag this node's catalog replica behind an `ADD COLUMN` whose values are
+        // already in the rows: read the catalog at its leader's commit index first (once per
+        // tick, and only when something is due).
+        let mut catalog_read = false;
         for (group, table_id, rows, since) in groups.storage.hot.list() {
             if !groups.leads(group) {
                 continue;
@@ -69,6 +74,14 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
             if !due(policy_of(&def, default), rows, since) {
                 continue;
             }
+            if !catalog_read {
+                if let Err(e) = groups.read_barrier(GroupId::Meta(MetaGroup::Catalog)).await {
+                    tracing::warn!(target: "kalamdb_storage", error = %e, "automatic flushes wait for the catalog");
+                    break;
+                }
+                catalog_read = true;
+            }
+            let Some(def) = groups.catalog.table_by_id(table_id) else { continue };
             let table = (*def).clone();
             match groups.propose(group, Op::Flush { table: table.clone(), scope: None }).await {
                 Ok(OpResult::Done { affected }) => {
@@ -97,45 +110,67 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
 /// Propose `Settle` ops for the tables in `due` (in the groups this node leads) until their
 /// flushed rows are settled or the tick's share is spent; returns the tables left to settle.
 async fn settle_due(groups: &Groups, due: HashSet<(GroupId, u64)>) -> HashSet<(GroupId, u64)> {
-    let mut left = HashSet::new();
-    for (group, table_id) in due {
-        // A follower's mark is dropped: the leader's own apply of the flush marked it there.
-        if !groups.leads(group) {
-            continue;
+    // A follower's mark is dropped: the leader's own apply of the flush marked it there.
+    let led: Vec<(GroupId, u64)> = due.into_iter().filter(|(group, _)| groups.leads(*group)).collect();
+    if led.is_empty() {
+        return HashSet::new();
+    }
+    // Listing reads every (group, table)'s cold records: the sweep's share is the whole
+    // catalog, so it runs off the runtime's threads.
+    let db = groups.rows.db().clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        led.into_iter()
+            .map(|(group, table_id)| {
+                (group, table_id, kalamdb_projections::cold::unsettled_scopes(&db, group, table_id))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let listed = match listed {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::warn!(target: "kalamdb_storage", error = %e, "cannot list scopes to settle");
+            return HashSet::new();
         }
-        let scopes = match kalamdb_projections::cold::unsettled_scopes(groups.rows.db(), group, table_id) {
+    };
+    let mut left = HashSet::new();
+    for (group, table_id, scopes) in listed {
+        let scopes = match scopes {
             Ok(scopes) => scopes,
             Err(e) => {
                 tracing::warn!(target: "kalamdb_storage", group = %group, table_id, error = %e, "cannot list scopes to settle");
                 continue;
             }
         };
-        let mut ops = 0;
-        for scope in scopes {
-            // One scope's ops in order; each resumes where the last stopped.
-            loop {
-                if ops == SETTLE_OPS_PER_TICK_MAX {
-                    left.insert((group, table_id));
-                    break;
-                }
-                ops += 1;
-                let op = Op::Settle { table_id, scope: scope.clone() };
-                match groups.propose(group, op).await {
-                    Ok(OpResult::Settled { more: false, .. }) => break,
-                    Ok(OpResult::Settled { more: true, .. }) => {}
-                    other => {
-                        tracing::warn!(target: "kalamdb_storage", group = %group, table_id, result = ?other, "settle failed");
-                        left.insert((group, table_id));
-                        break;
-                    }
-                }
-            }
-            if left.contains(&(group, table_id)) {
-                break;
-            }
+        if !settle_scopes(groups, group, table_id, scopes).await {
+            left.insert((group, table_id));
         }
     }
     left
+}
+
+/// Settle `scopes` of one table in order, each op resuming where the last stopped, at most
+/// [`SETTLE_OPS_PER_TICK_MAX`] ops; false when some are left for the next tick.
+async fn settle_scopes(groups: &Groups, group: GroupId, table_id: u64, scopes: Vec<String>) -> bool {
+    let mut ops = 0;
+    for scope in scopes {
+        loop {
+            if ops == SETTLE_OPS_PER_TICK_MAX {
+                return false;
+            }
+            ops += 1;
+            let op = Op::Settle { table_id, scope: scope.clone() };
+            match groups.propose(group, op).await {
+                Ok(OpResult::Settled { more: false, .. }) => break,
+                Ok(OpResult::Settled { more: true, .. }) => {}
+                other => {
+                    tracing::warn!(target: "kalamdb_storage", group = %group, table_id, result = ?other, "settle failed");
+                    return false;
+                }
+            }
+        }
+    }
+    true
 }
 
 async fn compact_if_needed(groups: &Groups, group: GroupId, table: TableDef, compact_files_min: u64) {

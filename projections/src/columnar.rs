@@ -5,10 +5,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder,
-    Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder,
-    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, StringViewArray, TimestampMicrosecondArray,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int16Array, Int32Array,
+    Int64Array, RecordBatch, StringArray, StringViewArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 use kalamdb_log::{DataType, TableDef, Value};
@@ -16,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::stored::StoredRow;
+
+mod build;
+pub use build::{ColumnBuilder, RowBatchBuilder, ValueRef};
 
 pub const SEQ_COLUMN: &str = "_seq";
 pub const DELETED_COLUMN: &str = "_deleted";
@@ -49,62 +50,13 @@ pub fn arrow_field(name: &str, dt: DataType, nullable: bool) -> Field {
     }
 }
 
+/// An array of type `dt` from owned values (see [`ColumnBuilder::push`] for mismatches).
 pub fn build_array<'a>(dt: DataType, values: impl Iterator<Item = &'a Value>, len: usize) -> ArrayRef {
-    macro_rules! build {
-        ($builder:expr, $($pat:pat => $out:expr),+) => {{
-            let mut b = $builder;
-            for v in values {
-                match v {
-                    $($pat => b.append_value($out),)+
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish()) as ArrayRef
-        }};
+    let mut column = ColumnBuilder::new(dt, len);
+    for v in values {
+        column.push(ValueRef::from(v));
     }
-    match dt {
-        DataType::Boolean => build!(BooleanBuilder::with_capacity(len), Value::Boolean(x) => *x),
-        // Values stored before a column was widened (ALTER ... TYPE) are read widened.
-        DataType::SmallInt => build!(Int16Builder::with_capacity(len), Value::SmallInt(x) => *x),
-        DataType::Int => {
-            build!(Int32Builder::with_capacity(len), Value::Int(x) => *x, Value::SmallInt(x) => i32::from(*x))
-        }
-        DataType::BigInt => build!(
-            Int64Builder::with_capacity(len),
-            Value::BigInt(x) => *x,
-            Value::Int(x) => i64::from(*x),
-            Value::SmallInt(x) => i64::from(*x)
-        ),
-        DataType::Float => build!(Float32Builder::with_capacity(len), Value::Float(x) => *x),
-        DataType::Double => {
-            build!(Float64Builder::with_capacity(len), Value::Double(x) => *x, Value::Float(x) => f64::from(*x))
-        }
-        // Built as plain UTF-8, then viewed: the cast shares the string bytes, where a view
-        // builder opens an 8 KiB block even for the one row of a point lookup.
-        DataType::Text => utf8_as_views(build!(StringBuilder::with_capacity(len, len * 16), Value::Text(x) => x)),
-        DataType::Json => utf8_as_views(build!(StringBuilder::with_capacity(len, len * 16), Value::Json(x) => x)),
-        DataType::Bytes => {
-            let mut b = BinaryBuilder::with_capacity(len, len * 16);
-            for v in values {
-                match v {
-                    Value::Bytes(x) => b.append_value(x),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        DataType::Timestamp => {
-            let mut b = TimestampMicrosecondBuilder::with_capacity(len).with_timezone("UTC");
-            for v in values {
-                match v {
-                    Value::Timestamp(x) => b.append_value(*x),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        DataType::Date => build!(Date32Builder::with_capacity(len), Value::Date(x) => *x),
-    }
+    column.finish()
 }
 
 /// A plain UTF-8 array as string views over the same bytes.
@@ -140,21 +92,11 @@ pub fn storage_schema(def: &TableDef) -> SchemaRef {
 
 /// One Arrow batch of the table schema from stored rows (at most a few thousand at a time).
 pub fn rows_to_batch(def: &TableDef, schema: &SchemaRef, rows: &[StoredRow]) -> Result<RecordBatch> {
-    let mut cols: Vec<ArrayRef> = Vec::with_capacity(def.columns.len() + 2);
-    for (i, c) in def.columns.iter().enumerate() {
-        // A row written before the column was added is shorter: it reads the backfill.
-        let missing = c.backfill.as_ref().unwrap_or(&Value::Null);
-        cols.push(build_array(c.data_type, rows.iter().map(|r| r.values.get(i).unwrap_or(missing)), rows.len()));
+    let mut batch = RowBatchBuilder::new(def, schema, rows.len());
+    for row in rows {
+        batch.push(row);
     }
-    let mut seq = Int64Builder::with_capacity(rows.len());
-    let mut del = BooleanBuilder::with_capacity(rows.len());
-    for r in rows {
-        seq.append_value(r.seq as i64);
-        del.append_value(r.deleted);
-    }
-    cols.push(Arc::new(seq.finish()));
-    cols.push(Arc::new(del.finish()));
-    RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Corrupt(format!("row batch: {e}")))
+    batch.finish()
 }
 
 /// A batch read from a Parquet file, in the table's storage schema now: columns found by

@@ -44,11 +44,15 @@ impl StoredRow {
         rkyv::from_bytes::<StoredRow, rkyv::rancor::Error>(bytes).map_err(|e| Error::Corrupt(e.to_string()))
     }
 
-    /// The `_seq` and tombstone flag of an encoded row, read in place (checked, nothing
-    /// allocated): what settling needs, without decoding the values.
+    /// An encoded row read in place (checked, nothing allocated).
+    pub fn access(bytes: &[u8]) -> Result<&ArchivedStoredRow> {
+        rkyv::access::<ArchivedStoredRow, rkyv::rancor::Error>(bytes).map_err(|e| Error::Corrupt(e.to_string()))
+    }
+
+    /// The `_seq` and tombstone flag of an encoded row, read in place: what settling needs,
+    /// without decoding the values.
     pub fn version(bytes: &[u8]) -> Result<(u64, bool)> {
-        let row =
-            rkyv::access::<ArchivedStoredRow, rkyv::rancor::Error>(bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let row = StoredRow::access(bytes)?;
         Ok((row.seq.to_native(), row.deleted))
     }
 }

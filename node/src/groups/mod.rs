@@ -448,6 +448,10 @@ impl Groups {
         if let Some(t) = &self.transport {
             t.close();
         }
+        // Tasks may still hold the storage registries when `run` returns, so the reclaiming
+        // thread is stopped here, not left inside RocksDB while the process exits.
+        let storage = self.storage.clone();
+        let _ = tokio::task::spawn_blocking(move || storage.reclaim.stop()).await;
     }
 }
 

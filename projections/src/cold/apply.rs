@@ -74,13 +74,13 @@ impl<'a> ColdApplier<'a> {
                 seen = Some((row_scope.to_string(), scope_head(self.db, &sp)?));
             }
             let (row_scope, head) = seen.as_ref().expect("set above");
-            // Rows of an earlier flush can be left only while its settling is under way; they
-            // are passed over on their version alone.
-            if head.settle_from.is_some() && head.flushed(StoredRow::version(value)?.0) {
+            // Read in place: the values go straight into Arrow builders.
+            let row = StoredRow::access(value)?;
+            // Rows of an earlier flush can be left only while its settling is under way.
+            if head.settle_from.is_some() && head.flushed(row.seq.to_native()) {
                 rows.next();
                 continue;
             }
-            let row = StoredRow::decode(value)?;
             if current.is_none() {
                 current = Some(ScopeFlush::start(self, def, row_scope, head.clone()));
             }
@@ -324,7 +324,8 @@ pub(super) struct ScopeFlush {
     scope_prefix: Vec<u8>,
     head: ScopeHead,
     log_start: u64,
-    pending: Vec<StoredRow>,
+    /// Rows not converted yet (at most [`CONVERT_ROWS_MAX`]).
+    pending: Option<RowBatchBuilder>,
     file_batches: Vec<RecordBatch>,
     file_rows: usize,
     metas: Vec<FileMeta>,
@@ -346,7 +347,7 @@ impl ScopeFlush {
             log_start: head.last_flush_index + 1,
             scope_prefix: table_scope_prefix(c.group, def.table_id, scope),
             head,
-            pending: Vec::new(),
+            pending: None,
             file_batches: Vec::new(),
             file_rows: 0,
             metas: Vec::new(),
@@ -362,9 +363,10 @@ impl ScopeFlush {
         def: &TableDef,
         schema: &SchemaRef,
         row_key: &[u8],
-        row: StoredRow,
+        row: &ArchivedStoredRow,
         index: u64,
     ) -> Result<()> {
+        let (seq, deleted) = (row.seq.to_native(), row.deleted);
         assert!(row_key.starts_with(&self.scope_prefix), "a row outside the scope being flushed");
         if self.first_key.is_none() {
             self.first_key = Some(row_key[self.scope_prefix.len()..].to_vec());
@@ -373,34 +375,32 @@ impl ScopeFlush {
             if rows.len() == SETTLE_INLINE_ROWS_MAX {
                 self.inline = None;
             } else {
-                rows.push((row_key[self.scope_prefix.len()..].to_vec(), row.seq, row.deleted));
+                rows.push((row_key[self.scope_prefix.len()..].to_vec(), seq, deleted));
             }
         }
-        if row.deleted {
+        if deleted {
             // A tombstone shadows nothing once flushed: the version it deleted was marked
             // superseded when the delete was applied. Its settling drops it and that
             // version's stub.
             return Ok(());
         }
-        self.pending.push(row);
+        let pending = self.pending.get_or_insert_with(|| RowBatchBuilder::new(def, schema, CONVERT_ROWS_MAX));
+        pending.push_archived(row);
         self.rows += 1;
-        if self.pending.len() == CONVERT_ROWS_MAX {
-            self.convert(def, schema)?;
+        if pending.len() == CONVERT_ROWS_MAX {
+            self.convert()?;
         }
-        if self.file_rows + self.pending.len() >= FILE_ROWS_MAX {
-            self.convert(def, schema)?;
+        if self.file_rows + self.pending.as_ref().map_or(0, RowBatchBuilder::len) >= FILE_ROWS_MAX {
+            self.convert()?;
             self.write(c, def, schema, index)?;
         }
         Ok(())
     }
 
-    fn convert(&mut self, def: &TableDef, schema: &SchemaRef) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        self.file_rows += self.pending.len();
-        self.file_batches.push(rows_to_batch(def, schema, &self.pending)?);
-        self.pending.clear();
+    fn convert(&mut self) -> Result<()> {
+        let Some(pending) = self.pending.take().filter(|p| !p.is_empty()) else { return Ok(()) };
+        self.file_rows += pending.len();
+        self.file_batches.push(pending.finish()?);
         Ok(())
     }
 
@@ -424,7 +424,7 @@ impl ScopeFlush {
         schema: &SchemaRef,
         index: u64,
     ) -> Result<ScopeOutcome> {
-        self.convert(def, schema)?;
+        self.convert()?;
         self.write(c, def, schema, index)?;
         let cold = cf(c.db, CF_COLD)?;
         for meta in &self.metas {

@@ -58,10 +58,10 @@ use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::columnar::{ColumnStats, StatsBuilder, rows_to_batch, seq_deleted, storage_schema};
+use crate::columnar::{ColumnStats, RowBatchBuilder, StatsBuilder, seq_deleted, storage_schema};
 use crate::error::{Error, Result};
 use crate::keys::{prefix_end, split_scope, table_prefix, table_scope_prefix};
-use crate::stored::StoredRow;
+use crate::stored::{ArchivedStoredRow, StoredRow};
 use crate::{CF_COLD, CF_ROWS};
 
 pub use apply::*;

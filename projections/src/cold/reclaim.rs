@@ -20,7 +20,7 @@ use crate::{CF_CATALOG, CF_CHANGES, CF_COLD, CF_ROWS, CF_SM};
 /// leaves its range to RocksDB's own compactions (nothing is lost, only space later).
 pub const RECLAIM_QUEUE_LEN_MAX: usize = 64;
 
-/// One key range of `rows` to compact.
+/// One key range of `rows` to compact; `None` on the channel tells the thread to end.
 struct Job {
     db: Arc<DB>,
     start: Vec<u8>,
@@ -30,38 +30,56 @@ struct Job {
 /// The queue to the reclaiming thread, started at the first table settled.
 #[derive(Debug, Default)]
 pub struct Reclaimer {
-    tx: OnceLock<Option<SyncSender<Job>>>,
+    tx: OnceLock<Option<SyncSender<Option<Job>>>>,
     /// Tables queued and not started yet: a table whose scopes finish settling one after
     /// another (a user table) is compacted once, not once per scope.
     queued: Arc<Mutex<HashSet<Vec<u8>>>>,
-    /// Set when the reclaimer is dropped: the thread starts no further job.
+    /// Set when the reclaimer stops: the thread starts no further job.
     stopping: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for Reclaimer {
-    /// Stop the thread and wait for the compaction it is running: a thread left inside RocksDB
-    /// while the process exits aborts it (RocksDB's static state is torn down under it).
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 
 impl Reclaimer {
+    /// Stop the thread and wait for the compaction it is running (queued ones are dropped):
+    /// a thread left inside RocksDB while the process exits aborts it, RocksDB's static state
+    /// being torn down under it. The server calls this as it stops, since tasks may still
+    /// hold the [`super::StorageEnv`]; dropping the reclaimer does it too. Later `queue` calls
+    /// are ignored.
+    pub fn stop(&self) {
+        // Under the thread's lock, so a `queue` starting the thread now either is seen here or
+        // sees `stopping` and starts none.
+        let thread = {
+            let mut slot = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+            self.stopping.store(true, Ordering::SeqCst);
+            slot.take()
+        };
+        let Some(thread) = thread else { return };
+        if let Some(Some(tx)) = self.tx.get() {
+            // Blocks at most until the running compaction ends: the thread skips the rest.
+            let _ = tx.send(None);
+        }
+        let _ = thread.join();
+    }
+
     /// Queue the reclaiming of a table's removed rows in `group` (its flushed rows, once
     /// settled).
     pub fn queue(&self, db: &Arc<DB>, group: GroupId, table_id: u64) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         let start = table_prefix(group, table_id);
         let end = prefix_end(&start);
         let Some(tx) = self.tx.get_or_init(|| self.spawn()) else { return };
         if !self.queued.lock().unwrap_or_else(|p| p.into_inner()).insert(start.clone()) {
             return;
         }
-        match tx.try_send(Job { db: db.clone(), start: start.clone(), end }) {
+        match tx.try_send(Some(Job { db: db.clone(), start: start.clone(), end })) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.queued.lock().unwrap_or_else(|p| p.into_inner()).remove(&start);
@@ -73,12 +91,16 @@ impl Reclaimer {
 }
 
 impl Reclaimer {
-    fn spawn(&self) -> Option<SyncSender<Job>> {
+    fn spawn(&self) -> Option<SyncSender<Option<Job>>> {
         let (tx, rx) = sync_channel(RECLAIM_QUEUE_LEN_MAX);
         let (queued, stopping) = (self.queued.clone(), self.stopping.clone());
+        let mut slot = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
         match std::thread::Builder::new().name("kalamdb-reclaim".into()).spawn(move || run(rx, queued, stopping)) {
             Ok(thread) => {
-                *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+                *slot = Some(thread);
                 Some(tx)
             }
             Err(e) => {
@@ -89,8 +111,9 @@ impl Reclaimer {
     }
 }
 
-fn run(rx: Receiver<Job>, queued: Arc<Mutex<HashSet<Vec<u8>>>>, stopping: Arc<AtomicBool>) {
+fn run(rx: Receiver<Option<Job>>, queued: Arc<Mutex<HashSet<Vec<u8>>>>, stopping: Arc<AtomicBool>) {
     for job in rx {
+        let Some(job) = job else { return };
         if stopping.load(Ordering::SeqCst) {
             return;
         }
@@ -157,5 +180,31 @@ mod tests {
         let after = sst_bytes(db);
         assert!(after < before / 20, "rows CF still holds {after} bytes of SST (was {before})");
         assert!(db.iterator_cf(rows, rocksdb::IteratorMode::Start).next().is_none());
+    }
+
+    fn has_thread(r: &Reclaimer) -> bool {
+        r.thread.lock().unwrap().is_some()
+    }
+
+    #[test]
+    fn a_stopped_reclaimer_waits_for_its_thread_and_starts_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_db = kalamdb_log::LogDb::open(dir.path(), &crate::PROJECTION_CFS).unwrap();
+        let reclaimer = Reclaimer::default();
+        for table in 0..3 {
+            reclaimer.queue(log_db.db(), GroupId::SharedShard(0), table);
+        }
+        assert!(has_thread(&reclaimer));
+        reclaimer.stop();
+        assert!(!has_thread(&reclaimer));
+        reclaimer.queue(log_db.db(), GroupId::SharedShard(0), 9);
+        assert!(!has_thread(&reclaimer));
+        // A reclaimer stopped before its first table never starts a thread.
+        let idle = Reclaimer::default();
+        idle.stop();
+        idle.queue(log_db.db(), GroupId::SharedShard(0), 1);
+        assert!(!has_thread(&idle));
+        // Stopping twice (the server's stop, then the drop) is harmless.
+        reclaimer.stop();
     }
 }
