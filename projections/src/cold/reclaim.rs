@@ -60,7 +60,10 @@ impl Reclaimer {
             slot.take()
         };
         let Some(thread) = thread else { return };
-        if let Some(Some(tx)) = self.tx.get() {
+        // A thread exists only once `spawn` ran inside `tx`'s initialisation, so the sender is
+        // there or about to be: wait for it rather than miss it (`get` returns nothing while a
+        // racing `queue` is still storing it, and the thread would then never be told to end).
+        if let Some(tx) = self.tx.wait() {
             // Blocks at most until the running compaction ends: the thread skips the rest.
             let _ = tx.send(None);
         }
