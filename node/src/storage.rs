@@ -55,6 +55,8 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
             }
         }
         ticks += 1;
+        unsettled.extend(groups.storage.settles.take());
+        unsettled = settle_due(&groups, std::mem::take(&mut unsettled)).await;
         // The definition a flush or compaction carries decides the columns its files hold, so
         // it must not lag this node's catalog replica behind an `ADD COLUMN` whose values are
         // already in the rows: read the catalog at its leader's commit index first (once per
@@ -102,11 +104,6 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
             }
             compact_if_needed(&groups, group, table, compact_files_min).await;
         }
-        // Settling comes after the flushes: a tick's share of it (up to
-        // SETTLE_OPS_PER_TICK_MAX proposals, one after another) would otherwise hold a due
-        // flush back by seconds, and a flush made just now gets its settling started at once.
-        unsettled.extend(groups.storage.settles.take());
-        unsettled = settle_due(&groups, std::mem::take(&mut unsettled)).await;
     }
 }
 
