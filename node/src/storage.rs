@@ -23,6 +23,15 @@ pub const SETTLE_OPS_PER_TICK_MAX: usize = 512;
 /// Ticks between looks at every table for rows left to settle: flushes mark their tables as
 /// they apply, but that mark is lost with a restart.
 pub const SETTLE_SWEEP_TICKS: u64 = 30;
+/// After each automatic `Settle` the leader waits this share of the time the op took (in
+/// percent) before it proposes the next. Back to back, a flush's ~100 settles kept apply busy
+/// for half a second with entries of ~1,024 row deletes each, and every write committed
+/// meanwhile waited behind one: that is most of the tail's p99 (benches/RESULTS.md, session
+/// 18). Paced, writes get the apply thread between settles; settling takes longer, which costs
+/// only the disk space of the flushed rows a little longer (reads take them from the files).
+pub const SETTLE_PAUSE_PCT: u32 = 100;
+/// Upper bound of one pause, whatever a slow `Settle` took.
+pub const SETTLE_PAUSE_MS_MAX: u64 = 50;
 
 /// The table's policy: its `FLUSH_POLICY` option, else the node default.
 fn policy_of(def: &TableDef, default: FlushPolicy) -> FlushPolicy {
@@ -160,9 +169,10 @@ async fn settle_scopes(groups: &Groups, group: GroupId, table_id: u64, scopes: V
             }
             ops += 1;
             let op = Op::Settle { table_id, scope: scope.clone() };
+            let started = tokio::time::Instant::now();
             match groups.propose(group, op).await {
                 Ok(OpResult::Settled { more: false, .. }) => break,
-                Ok(OpResult::Settled { more: true, .. }) => {}
+                Ok(OpResult::Settled { more: true, .. }) => tokio::time::sleep(settle_pause(started.elapsed())).await,
                 other => {
                     tracing::warn!(target: "kalamdb_storage", group = %group, table_id, result = ?other, "settle failed");
                     return false;
@@ -171,6 +181,11 @@ async fn settle_scopes(groups: &Groups, group: GroupId, table_id: u64, scopes: V
         }
     }
     true
+}
+
+/// The pause after an automatic `Settle` that took `took` (see [`SETTLE_PAUSE_PCT`]).
+fn settle_pause(took: Duration) -> Duration {
+    (took * SETTLE_PAUSE_PCT / 100).min(Duration::from_millis(SETTLE_PAUSE_MS_MAX))
 }
 
 async fn compact_if_needed(groups: &Groups, group: GroupId, table: TableDef, compact_files_min: u64) {
@@ -202,5 +217,12 @@ mod tests {
         assert!(due(p, 10, Duration::from_secs(0)));
         assert!(due(p, 1, Duration::from_secs(60)));
         assert!(!due(FlushPolicy { rows: Some(10), interval_secs: None }, 5, Duration::from_secs(9999)));
+    }
+
+    #[test]
+    fn settle_pauses_follow_the_op_and_are_bounded() {
+        assert_eq!(settle_pause(Duration::from_millis(4)), Duration::from_millis(4) * SETTLE_PAUSE_PCT / 100);
+        assert_eq!(settle_pause(Duration::ZERO), Duration::ZERO);
+        assert_eq!(settle_pause(Duration::from_secs(10)), Duration::from_millis(SETTLE_PAUSE_MS_MAX));
     }
 }
