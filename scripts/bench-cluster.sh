@@ -31,16 +31,19 @@ echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null || echo no
 # --- KalamDB: 3 local nodes, HTTP 8081-8083 ---
 RUST_LOG=warn "$root/scripts/cluster.sh" start >/dev/null
 urls="http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
-# The node leading the shared shard (where the benchmark table's rows go), for 1-client latency.
-leader_http="$(curl -s http://127.0.0.1:8081/v1/api/cluster/health | python3 -c '
+# The node leading the shared shard (where the benchmark table's rows go), for 1-client latency,
+# and another node for the path through a follower (the balancer often puts shared:0 on node
+# 1, so a fixed node 1 would measure the leader twice).
+read -r leader_http follower_http < <(curl -s http://127.0.0.1:8081/v1/api/cluster/health | python3 -c '
 import json, sys
 h = json.load(sys.stdin)
 lead = next(g["leader"] for g in h["groups"] if g["group"] == "shared:0")
-print(next(n["http_addr"] for n in h["nodes"] if n["node_id"] == lead))')"
-echo "kalamdb shared:0 leader at $leader_http"
+addr = {n["node_id"]: n["http_addr"] for n in h["nodes"]}
+print(addr[lead], next(a for n, a in sorted(addr.items()) if n != lead))')
+echo "kalamdb shared:0 leader at $leader_http, follower at $follower_http"
 run_bench kalamdb cluster "$load" --url "$urls" --workload insert --clients 64 --seconds "$secs"
 run_bench kalamdb cluster "$load" --url "http://$leader_http" --workload insert --clients 1 --seconds "$secs"
-run_bench kalamdb cluster-via-follower "$load" --url "http://127.0.0.1:8081" --workload insert --clients 1 --seconds "$secs"
+run_bench kalamdb cluster-via-follower "$load" --url "http://$follower_http" --workload insert --clients 1 --seconds "$secs"
 run_bench kalamdb cluster "$load" --url "$urls" --workload bulk --clients 4 --seconds "$secs" --batch-rows 1000
 "$root/scripts/cluster.sh" stop >/dev/null
 
@@ -59,12 +62,13 @@ for _ in $(seq 1 100); do
   ETCDCTL_API=3 etcdctl --endpoints="$eps" endpoint health >/dev/null 2>&1 && break
   sleep 0.2
 done
-etcd_leader="$(ETCDCTL_API=3 etcdctl --endpoints="$eps" endpoint status -w json | python3 -c '
+read -r etcd_leader etcd_follower < <(ETCDCTL_API=3 etcdctl --endpoints="$eps" endpoint status -w json | python3 -c '
 import json, sys
-for s in json.load(sys.stdin):
-    if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
-        print(s["Endpoint"])')"
-echo "etcd leader at $etcd_leader"
+status = json.load(sys.stdin)
+lead = [s["Endpoint"] for s in status if s["Status"]["leader"] == s["Status"]["header"]["member_id"]]
+other = [s["Endpoint"] for s in status if s["Status"]["leader"] != s["Status"]["header"]["member_id"]]
+print(lead[0], other[0])')
+echo "etcd leader at $etcd_leader, follower at $etcd_follower"
 run_bench etcd cluster "$load" --url "$eps" --workload etcd-put --clients 64 --seconds "$secs"
 run_bench etcd cluster "$load" --url "$etcd_leader" --workload etcd-put --clients 1 --seconds "$secs"
-run_bench etcd cluster-via-follower "$load" --url "http://127.0.0.1:23791" --workload etcd-put --clients 1 --seconds "$secs"
+run_bench etcd cluster-via-follower "$load" --url "$etcd_follower" --workload etcd-put --clients 1 --seconds "$secs"
