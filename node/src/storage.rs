@@ -32,6 +32,11 @@ pub const SETTLE_SWEEP_TICKS: u64 = 30;
 pub const SETTLE_PAUSE_PCT: u32 = 100;
 /// Upper bound of one pause, whatever a slow `Settle` took.
 pub const SETTLE_PAUSE_MS_MAX: u64 = 50;
+/// Wall time one tick spends settling at most, over all tables; the rest waits for the next
+/// tick. Settling runs before the tick's flush checks, and paced settles take twice their own
+/// time, so without a bound a large backlog (up to [`SETTLE_OPS_PER_TICK_MAX`] ops a table)
+/// would hold a due flush back by tens of seconds.
+pub const SETTLE_TICK_BUDGET_MS: u64 = 500;
 
 /// The table's policy: its `FLUSH_POLICY` option, else the node default.
 fn policy_of(def: &TableDef, default: FlushPolicy) -> FlushPolicy {
@@ -143,6 +148,7 @@ async fn settle_due(groups: &Groups, due: HashSet<(GroupId, u64)>) -> HashSet<(G
         }
     };
     let mut left = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(SETTLE_TICK_BUDGET_MS);
     for (group, table_id, scopes) in listed {
         let scopes = match scopes {
             Ok(scopes) => scopes,
@@ -151,7 +157,7 @@ async fn settle_due(groups: &Groups, due: HashSet<(GroupId, u64)>) -> HashSet<(G
                 continue;
             }
         };
-        if !settle_scopes(groups, group, table_id, scopes).await {
+        if !settle_scopes(groups, group, table_id, scopes, deadline).await {
             left.insert((group, table_id));
         }
     }
@@ -159,12 +165,19 @@ async fn settle_due(groups: &Groups, due: HashSet<(GroupId, u64)>) -> HashSet<(G
 }
 
 /// Settle `scopes` of one table in order, each op resuming where the last stopped, at most
-/// [`SETTLE_OPS_PER_TICK_MAX`] ops; false when some are left for the next tick.
-async fn settle_scopes(groups: &Groups, group: GroupId, table_id: u64, scopes: Vec<String>) -> bool {
+/// [`SETTLE_OPS_PER_TICK_MAX`] ops and none started after `deadline`; false when some are left
+/// for the next tick.
+async fn settle_scopes(
+    groups: &Groups,
+    group: GroupId,
+    table_id: u64,
+    scopes: Vec<String>,
+    deadline: tokio::time::Instant,
+) -> bool {
     let mut ops = 0;
     for scope in scopes {
         loop {
-            if ops == SETTLE_OPS_PER_TICK_MAX {
+            if ops == SETTLE_OPS_PER_TICK_MAX || tokio::time::Instant::now() >= deadline {
                 return false;
             }
             ops += 1;

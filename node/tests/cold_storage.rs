@@ -249,19 +249,27 @@ async fn flush_query_rewrite_compact_restart(b: Backend) {
     assert_eq!(r["rows"], json!([[1, "one"], [2, "two"], [3, "three"]]));
 }
 
+/// Rows of the automatic-flush test: more than a flush settles in its own entry, so the
+/// leader's paced `Settle` ops (several of them) finish the job.
+const AUTO_ROWS: usize = 3 * kalamdb_projections::cold::SETTLE_ROWS_MAX + 1;
+const _: () = assert!(AUTO_ROWS > kalamdb_projections::cold::SETTLE_INLINE_ROWS_MAX);
+
 async fn automatic_flush_by_row_policy(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let s = b.start(dir.path(), common::free_port(), &[]).await;
     s.sql_ok("CREATE NAMESPACE app").await;
-    s.sql_ok("CREATE TABLE app.ev (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED', FLUSH_POLICY = 'rows:50')")
-        .await;
-    let values: Vec<String> = (0..60).map(|i| format!("({i}, 'v')")).collect();
+    s.sql_ok(&format!(
+        "CREATE TABLE app.ev (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED', FLUSH_POLICY = 'rows:{}')",
+        AUTO_ROWS - 10
+    ))
+    .await;
+    let values: Vec<String> = (0..AUTO_ROWS).map(|i| format!("({i}, 'v')")).collect();
     s.sql_ok(&format!("INSERT INTO app.ev (id, v) VALUES {}", values.join(", "))).await;
     // The policy is checked every second: wait (bounded) for the flush job.
     let mut flushed = false;
     for _ in 0..100 {
         let r = s.sql_ok("SELECT rows FROM system.jobs WHERE table_name = 'ev' AND job_type = 'flush'").await;
-        if r["rows"] == json!([[60]]) {
+        if r["rows"] == json!([[AUTO_ROWS]]) {
             flushed = true;
             break;
         }
@@ -269,9 +277,30 @@ async fn automatic_flush_by_row_policy(b: Backend) {
     }
     assert!(flushed, "no automatic flush");
     assert_eq!(parquet_files(&b, dir.path()).len(), 1);
+    // Then the leader settles every flushed row (4 ops of at most 1,024 rows, paced), bounded.
+    let mut settled = 0.0;
+    for _ in 0..200 {
+        settled = metric(&s, "kalamdb_storage_settled_rows_total ").await;
+        if settled >= AUTO_ROWS as f64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(settled, AUTO_ROWS as f64, "flushed rows left unsettled");
     let r = s.sql_ok("SELECT count(*) FROM app.ev").await;
-    assert_eq!(r["rows"], json!([[60]]));
+    assert_eq!(r["rows"], json!([[AUTO_ROWS]]));
     b.assert_mirrored(dir.path()).await;
+}
+
+/// A counter's value in the server's /metrics (0 before it is first counted); `wanted` is the
+/// line's start up to the value (name, labels, space).
+async fn metric(s: &Server, wanted: &str) -> f64 {
+    let (_, m) = s.get("/metrics").await.unwrap();
+    m.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(wanted))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 /// Kill the process at each step of a flush (`KALAMDB_FAILPOINTS` arms one crash point);
@@ -481,11 +510,5 @@ async fn point_lookups_of_flushed_rows_read_one_file_and_one_page(b: Backend) {
 
 /// Pages the keyed read of flushed rows took from its cache (`hit`) or decoded (`read`).
 async fn lookup_pages(s: &Server, outcome: &str) -> f64 {
-    let (_, m) = s.get("/metrics").await.unwrap();
-    let wanted = format!("kalamdb_cold_lookup_pages_total{{outcome=\"{outcome}\"}} ");
-    m.as_str()
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(wanted.as_str()))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    metric(s, &format!("kalamdb_cold_lookup_pages_total{{outcome=\"{outcome}\"}} ")).await
 }
