@@ -31,7 +31,7 @@ fn insert_entry(index: u64, first_key: i64, rows: usize) -> Entry {
             }
         })
         .collect();
-    let op = Op::Insert { table_id: 1, scope: String::new(), rows: writes };
+    let op = Op::Insert { schema_version: 1, table_id: 1, scope: String::new(), rows: writes };
     let cmd = LogCommand { ops: vec![op], committed_at_micros: 0 };
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),

@@ -94,7 +94,7 @@ mod tests {
         #[test]
         fn entry_round_trips(term in 0u64..1000, node in 0u64..8, index in 0u64..u64::MAX / 2,
                              rows in proptest::collection::vec(proptest::collection::vec(value_strategy(), 1..5), 0..5)) {
-            let ops = vec![Op::Insert {
+            let ops = vec![Op::Insert { schema_version: 1,
                 table_id: 7,
                 scope: "u".into(),
                 rows: rows.into_iter().map(|values| RowWrite { pk: values[0].clone(), values, expected_seq: None }).collect(),

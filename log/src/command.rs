@@ -239,6 +239,10 @@ pub enum TableChange {
     /// Refuse NULL in a column from now on (`SET NOT NULL`). Proposed only after every data
     /// group holding the table fenced the column and found no NULL in it.
     SetNotNull { column: String },
+    /// Change nothing but the schema version: a writer proposes it when a change raised the
+    /// table's schema floor in a data group (`Op::SchemaFloor`) and never committed here, so
+    /// writes planned on the current version are refused until a newer one exists.
+    Bump,
 }
 
 impl TableDef {
@@ -256,6 +260,12 @@ impl TableDef {
     /// The columns statements see, with their positions in stored rows.
     pub fn visible_columns(&self) -> impl Iterator<Item = (usize, &ColumnDef)> {
         self.columns.iter().enumerate().filter(|(_, c)| !c.dropped)
+    }
+
+    /// The current schema version: what a write planned on this definition carries, and what
+    /// a data group's schema floor is compared with (see `Op::SchemaFloor`).
+    pub fn schema_version(&self) -> u32 {
+        self.versions.last().map_or(1, |v| v.version)
     }
 
     /// The version in effect at `micros` (a log entry's commit time): the newest made at or
@@ -317,6 +327,8 @@ pub struct TxWrite {
     pub table_id: u64,
     pub scope: String,
     pub rows: Vec<RowWrite>,
+    /// The table's schema version the statement was planned on (see `Op::SchemaFloor`).
+    pub schema_version: u32,
 }
 
 #[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -326,46 +338,71 @@ pub enum Op {
         if_not_exists: bool,
         created_at_micros: i64,
     },
+    /// With `cascade`, `expected` names every table of the namespace with the schema version
+    /// the proposer saw (and raised the data groups' floors past): apply refuses the drop with
+    /// `Conflict` if the namespace's tables differ, so no write planned on a version it did
+    /// not fence can land after the drop.
     DropNamespace {
         name: String,
         if_exists: bool,
         cascade: bool,
+        expected: Vec<(u64, u32)>,
     },
     CreateTable {
         table: TableDef,
         if_not_exists: bool,
     },
+    /// Drop a table; apply refuses with `Conflict` unless its schema version is still
+    /// `expected_version`, the one whose floors the proposer raised (0: the proposer found no
+    /// table, so a table created since is not dropped).
     DropTable {
         namespace: String,
         name: String,
         if_exists: bool,
+        expected_version: u32,
     },
     /// Change a table's definition (catalog group); `description` is what its new schema
-    /// version records.
+    /// version records. Apply refuses with `Conflict` unless the table is still at
+    /// `expected_version`: the proposer raised the data groups' floors to the version after it.
     AlterTable {
         namespace: String,
         name: String,
         change: TableChange,
         description: String,
         altered_at_micros: i64,
+        expected_version: u32,
     },
     /// Insert new rows; fails whole if any primary key already holds a live row.
+    /// `schema_version`: the table's version the statement was planned on.
     Insert {
         table_id: u64,
         scope: String,
         rows: Vec<RowWrite>,
+        schema_version: u32,
     },
     /// Replace existing rows (each with its expected `_seq`).
     Update {
         table_id: u64,
         scope: String,
         rows: Vec<RowWrite>,
+        schema_version: u32,
     },
     /// Tombstone existing rows (each with its expected `_seq`).
     Delete {
         table_id: u64,
         scope: String,
         rows: Vec<RowWrite>,
+        schema_version: u32,
+    },
+    /// Raise the table's schema floor in this data group to `version` (never lowers it):
+    /// from this entry on, row ops planned on an older version of the table fail with
+    /// `StaleSchema`. A DDL statement proposes it to every data group holding the table
+    /// before the catalog commits the change (or the drop), so a write planned on a catalog
+    /// replica that has not applied the change yet cannot land after it: writes need no
+    /// catalog read barrier.
+    SchemaFloor {
+        table_id: u64,
+        version: u32,
     },
     /// A `BEGIN ... COMMIT` batch: every write applies, or none does. Each key appears at most
     /// once across the writes (the batch's net effect on that row); apply checks every
@@ -472,6 +509,7 @@ impl Op {
             Op::Insert { .. } => "insert",
             Op::Update { .. } => "update",
             Op::Delete { .. } => "delete",
+            Op::SchemaFloor { .. } => "schema_floor",
             Op::Transaction { .. } => "transaction",
             Op::PurgeTable { .. } => "purge_table",
             Op::Flush { .. } => "flush",
@@ -611,6 +649,9 @@ pub enum ApplyErrorCode {
     UserNotFound,
     /// A bounded set is full (revoked tokens).
     QuotaExceeded,
+    /// A row op was planned on a schema version below the table's floor in its data group
+    /// (see `Op::SchemaFloor`): the statement is planned again on a fresh catalog.
+    StaleSchema,
 }
 
 #[derive(Archive, RSerialize, RDeserialize, Serialize, Deserialize, Debug, Clone, PartialEq)]

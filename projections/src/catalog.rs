@@ -37,6 +37,9 @@ pub struct CatalogState {
 #[derive(Debug, Default)]
 pub struct Catalog {
     state: RwLock<CatalogState>,
+    /// Bumped by every apply that takes the state for writing: a statement planned on this
+    /// replica without a read barrier learns from it whether the barrier brought news.
+    changes: std::sync::atomic::AtomicU64,
     pub users: crate::users::Users,
 }
 
@@ -76,7 +79,13 @@ impl Catalog {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, CatalogState> {
+        self.changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many times apply changed (or may have changed) namespaces and tables so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn table(&self, ns: &str, name: &str) -> Option<Arc<TableDef>> {
@@ -154,6 +163,7 @@ impl Catalog {
         name: &str,
         if_exists: bool,
         cascade: bool,
+        expected: &[(u64, u32)],
     ) -> Result<OpResult> {
         let mut st = self.write();
         if !st.namespaces.contains_key(name) {
@@ -168,6 +178,15 @@ impl Catalog {
             return Ok(failed(
                 ApplyErrorCode::NamespaceNotEmpty,
                 format!("Namespace '{name}' has {} table(s); use DROP NAMESPACE {name} CASCADE", tables.len()),
+            ));
+        }
+        // The proposer fenced exactly these tables at these versions (see `Op::DropNamespace`).
+        let unfenced = tables.len() != expected.len()
+            || tables.iter().any(|t| !expected.contains(&(t.table_id, t.schema_version())));
+        if unfenced {
+            return Ok(failed(
+                ApplyErrorCode::Conflict,
+                format!("Namespace '{name}' changed while it was being dropped; nothing was dropped, try again"),
             ));
         }
         let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
@@ -239,9 +258,19 @@ impl Catalog {
         ns: &str,
         name: &str,
         if_exists: bool,
+        expected_version: u32,
     ) -> Result<OpResult> {
         let mut st = self.write();
         let key = (ns.to_string(), name.to_string());
+        // 0: the proposer found no table (and fenced none), so one created since is kept.
+        if let Some(def) = st.tables.get(&key)
+            && def.schema_version() != expected_version
+        {
+            return Ok(failed(
+                ApplyErrorCode::Conflict,
+                format!("Table '{ns}.{name}' changed while it was being dropped; nothing was dropped, try again"),
+            ));
+        }
         let Some(def) = st.tables.remove(&key) else {
             return Ok(if if_exists {
                 OpResult::Skipped
@@ -278,8 +307,22 @@ impl Catalog {
                 failed(ApplyErrorCode::TableNotFound, format!("Table '{ns}.{name}' does not exist"))
             });
         };
+        if alter.expected_version != 0 && current.schema_version() != alter.expected_version {
+            return Ok(failed(
+                ApplyErrorCode::Conflict,
+                format!(
+                    "Table '{}.{}' changed while this ALTER TABLE ran (schema version {}, not {}); nothing was \
+                     altered, try again",
+                    alter.namespace,
+                    alter.name,
+                    current.schema_version(),
+                    alter.expected_version
+                ),
+            ));
+        }
         let mut def = TableDef::clone(current);
         match alter.change {
+            TableChange::Bump => {}
             TableChange::SetOptions { options } => {
                 for (k, v) in options {
                     match def.options.iter_mut().find(|(key, _)| key == k) {
@@ -408,4 +451,6 @@ pub struct AlterTable<'a> {
     pub change: &'a TableChange,
     pub description: &'a str,
     pub altered_at_micros: i64,
+    /// The schema version the proposer changed (0: not checked).
+    pub expected_version: u32,
 }

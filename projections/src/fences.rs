@@ -4,8 +4,14 @@
 //! catalog marks it NOT NULL, so a write checked against the old schema and committed after
 //! the check cannot slip a NULL in: the group's log orders the check and every write.
 //!
+//! Schema floors: the lowest schema version of a table a row op may be planned on in this
+//! group (`Op::SchemaFloor`). A DDL statement raises them before the catalog commits the
+//! change, so a write planned on a catalog replica that lags the change is refused
+//! (`StaleSchema`) and planned again, and writes skip the catalog read barrier. A floor stays
+//! after its table is dropped and purged: a write to the dropped table stays refused.
+//!
 //! A table's fences are one record in the `catalog` column family under the data group's
-//! prefix, so snapshots and digests carry them with the rows they guard.
+//! prefix, its floor another, so snapshots and digests carry them with the rows they guard.
 
 use std::collections::HashMap;
 
@@ -23,6 +29,8 @@ use crate::stored::StoredRow;
 
 /// Key tag of a table's fence record (after the group prefix).
 const KEY_FENCES: u8 = b'f';
+/// Key tag of a table's schema floor (after the group prefix): `u32 BE`.
+const KEY_FLOOR: u8 = b'v';
 /// Rows read from a Parquet file at a time while checking it.
 const CHECK_BATCH_ROWS: usize = 8192;
 
@@ -52,6 +60,32 @@ fn fence_key(group: GroupId, table_id: u64) -> Vec<u8> {
     k.push(KEY_FENCES);
     k.extend_from_slice(&table_id.to_be_bytes());
     k
+}
+
+fn floor_key(group: GroupId, table_id: u64) -> Vec<u8> {
+    let mut k = group.prefix().to_vec();
+    k.push(KEY_FLOOR);
+    k.extend_from_slice(&table_id.to_be_bytes());
+    k
+}
+
+/// The table's schema floor in the group as committed; 0 when none was set.
+pub fn load_floor(db: &DB, group: GroupId, table_id: u64) -> Result<u32> {
+    let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
+    match db.get_pinned_cf(cf, floor_key(group, table_id))? {
+        Some(b) => {
+            let bytes: [u8; 4] = b.as_ref().try_into().map_err(|_| Error::Corrupt("schema floor record".into()))?;
+            Ok(u32::from_be_bytes(bytes))
+        }
+        None => Ok(0),
+    }
+}
+
+/// Stage the table's schema floor.
+pub fn stage_floor(db: &DB, batch: &mut WriteBatch, group: GroupId, table_id: u64, version: u32) -> Result<()> {
+    let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::Corrupt("no catalog cf".into()))?;
+    batch.put_cf(cf, floor_key(group, table_id), version.to_be_bytes());
+    Ok(())
 }
 
 /// The table's fences in the group as committed.

@@ -285,13 +285,13 @@ fn replay(
                 // handled (or skipped) here.
                 let mut row_ops: Vec<(WriteKind, u64, &str, &[RowWrite], u64)> = Vec::new();
                 match op {
-                    Op::Insert { table_id, scope, rows } => {
+                    Op::Insert { table_id, scope, rows, .. } => {
                         row_ops.push((WriteKind::Insert, *table_id, scope, rows, 0))
                     }
-                    Op::Update { table_id, scope, rows } => {
+                    Op::Update { table_id, scope, rows, .. } => {
                         row_ops.push((WriteKind::Update, *table_id, scope, rows, 0))
                     }
-                    Op::Delete { table_id, scope, rows } => {
+                    Op::Delete { table_id, scope, rows, .. } => {
                         row_ops.push((WriteKind::Delete, *table_id, scope, rows, 0))
                     }
                     Op::Transaction { writes } => {
@@ -322,9 +322,9 @@ fn replay(
                     row_op.4 = ordinal;
                     ordinal += row_op.3.len() as u64;
                 }
-                // A transaction whose preconditions failed, or a row op a NOT NULL fence
-                // refused, applied none of its writes; apply left a marker, as the reasons
-                // may concern other tables or scopes.
+                // A transaction whose preconditions failed, or a row op a NOT NULL fence or a
+                // schema floor refused, applied none of its writes; apply left a marker, as
+                // the reasons may concern other tables or scopes.
                 if row_ops.iter().any(|r| r.1 == def.table_id)
                     && crate::refused::was_refused(log_db.db(), group, index, start)?
                 {

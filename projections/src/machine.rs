@@ -126,51 +126,56 @@ impl Projection {
             Op::CreateNamespace { name, if_not_exists, created_at_micros } if is_catalog => {
                 self.catalog.create_namespace(db, batch, self.group, name, *if_not_exists, *created_at_micros)
             }
-            Op::DropNamespace { name, if_exists, cascade } if is_catalog => {
-                self.catalog.drop_namespace(db, batch, self.group, name, *if_exists, *cascade)
+            Op::DropNamespace { name, if_exists, cascade, expected } if is_catalog => {
+                self.catalog.drop_namespace(db, batch, self.group, name, *if_exists, *cascade, expected)
             }
             Op::CreateTable { table, if_not_exists } if is_catalog => {
                 self.catalog.create_table(db, batch, self.group, table, *if_not_exists, log_index)
             }
-            Op::AlterTable { namespace, name, change, description, altered_at_micros } if is_catalog => {
+            Op::AlterTable { namespace, name, change, description, altered_at_micros, expected_version }
+                if is_catalog =>
+            {
                 let alter = crate::catalog::AlterTable {
                     namespace,
                     name,
                     change,
                     description,
                     altered_at_micros: *altered_at_micros,
+                    expected_version: *expected_version,
                 };
                 self.catalog.alter_table(db, batch, self.group, alter, log_index)
             }
-            Op::DropTable { namespace, name, if_exists } if is_catalog => {
-                self.catalog.drop_table(db, batch, self.group, namespace, name, *if_exists)
+            Op::DropTable { namespace, name, if_exists, expected_version } if is_catalog => {
+                self.catalog.drop_table(db, batch, self.group, namespace, name, *if_exists, *expected_version)
             }
-            Op::Insert { table_id, scope, rows: writes } if is_data => {
-                let r =
-                    rows.insert(batch, *table_id, scope, writes, log_index, take_ordinals(ordinal, writes.len()))?;
+            Op::Insert { table_id, scope, rows: writes, schema_version } if is_data => {
+                let first = take_ordinals(ordinal, writes.len());
+                let r = rows.insert(batch, *table_id, scope, writes, *schema_version, log_index, first)?;
                 self.count_hot(*table_id, &r);
                 Ok(r)
             }
-            Op::Update { table_id, scope, rows: writes } if is_data => {
+            Op::Update { table_id, scope, rows: writes, schema_version } if is_data => {
                 let r = rows.rewrite(
                     batch,
                     *table_id,
                     scope,
                     writes,
                     false,
+                    *schema_version,
                     log_index,
                     take_ordinals(ordinal, writes.len()),
                 )?;
                 self.count_hot(*table_id, &r);
                 Ok(r)
             }
-            Op::Delete { table_id, scope, rows: writes } if is_data => {
+            Op::Delete { table_id, scope, rows: writes, schema_version } if is_data => {
                 let r = rows.rewrite(
                     batch,
                     *table_id,
                     scope,
                     writes,
                     true,
+                    *schema_version,
                     log_index,
                     take_ordinals(ordinal, writes.len()),
                 )?;
@@ -191,13 +196,29 @@ impl Projection {
                 let mut affected = 0;
                 for (w, first) in writes.iter().zip(firsts) {
                     let r = match w.kind {
-                        WriteKind::Insert => rows.insert(batch, w.table_id, &w.scope, &w.rows, log_index, first)?,
-                        WriteKind::Update => {
-                            rows.rewrite(batch, w.table_id, &w.scope, &w.rows, false, log_index, first)?
+                        WriteKind::Insert => {
+                            rows.insert(batch, w.table_id, &w.scope, &w.rows, w.schema_version, log_index, first)?
                         }
-                        WriteKind::Delete => {
-                            rows.rewrite(batch, w.table_id, &w.scope, &w.rows, true, log_index, first)?
-                        }
+                        WriteKind::Update => rows.rewrite(
+                            batch,
+                            w.table_id,
+                            &w.scope,
+                            &w.rows,
+                            false,
+                            w.schema_version,
+                            log_index,
+                            first,
+                        )?,
+                        WriteKind::Delete => rows.rewrite(
+                            batch,
+                            w.table_id,
+                            &w.scope,
+                            &w.rows,
+                            true,
+                            w.schema_version,
+                            log_index,
+                            first,
+                        )?,
                     };
                     let OpResult::Done { affected: n } = r else {
                         panic!("group {}: transaction write failed after its check passed: {r:?}", self.group);
@@ -207,6 +228,7 @@ impl Projection {
                 }
                 Ok(OpResult::Done { affected })
             }
+            Op::SchemaFloor { table_id, version } if is_data => rows.raise_floor(batch, *table_id, *version),
             Op::PurgeTable { table_id } if is_data => {
                 ColdApplier::new(db, self.group, &self.env).purge(batch, *table_id, log_index)?;
                 rows.purge_table(batch, *table_id)

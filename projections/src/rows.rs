@@ -125,6 +125,8 @@ pub struct RowApplier<'a> {
     pub changes: Vec<Change>,
     /// NOT NULL fences of the tables written so far, as committed or staged by this applier.
     fences: HashMap<u64, Vec<Fence>>,
+    /// Schema floors of the tables written so far, as committed or staged by this applier.
+    floors: HashMap<u64, u32>,
     /// Last flush index per scope prefix, read once per apply call (a flush commits the
     /// call's batch and starts a new applier, so it cannot change under this one).
     last_flush: HashMap<Vec<u8>, u64>,
@@ -161,6 +163,7 @@ impl<'a> RowApplier<'a> {
             overlay: HashMap::new(),
             changes: Vec::new(),
             fences: HashMap::new(),
+            floors: HashMap::new(),
             last_flush: HashMap::new(),
         }
     }
@@ -278,9 +281,13 @@ impl<'a> RowApplier<'a> {
         table_id: u64,
         scope: &str,
         rows: &[RowWrite],
+        schema_version: u32,
         log_index: u64,
         first_ordinal: u64,
     ) -> Result<OpResult> {
+        if let Some(refusal) = self.floor_refusal(batch, table_id, schema_version, log_index, first_ordinal)? {
+            return Ok(refusal);
+        }
         if let Some(refusal) = self.fence_refusal(batch, table_id, rows, log_index, first_ordinal)? {
             return Ok(refusal);
         }
@@ -321,9 +328,13 @@ impl<'a> RowApplier<'a> {
         scope: &str,
         rows: &[RowWrite],
         delete: bool,
+        schema_version: u32,
         log_index: u64,
         first_ordinal: u64,
     ) -> Result<OpResult> {
+        if let Some(refusal) = self.floor_refusal(batch, table_id, schema_version, log_index, first_ordinal)? {
+            return Ok(refusal);
+        }
         if !delete && let Some(refusal) = self.fence_refusal(batch, table_id, rows, log_index, first_ordinal)? {
             return Ok(refusal);
         }
@@ -370,6 +381,9 @@ impl<'a> RowApplier<'a> {
     pub fn check_transaction(&mut self, writes: &[TxWrite]) -> Result<Option<OpResult>> {
         let mut seen = std::collections::HashSet::new();
         for w in writes {
+            if w.schema_version < self.floor_of(w.table_id)? {
+                return Ok(Some(stale_schema(w.table_id, w.schema_version)));
+            }
             if w.kind != WriteKind::Delete
                 && let Some((row, column)) = fences::refused(self.fences_of(w.table_id)?, &w.rows)
             {
@@ -414,6 +428,45 @@ impl<'a> RowApplier<'a> {
             self.fences.insert(table_id, fences::load(self.db, self.group, table_id)?);
         }
         Ok(&self.fences[&table_id])
+    }
+
+    /// The table's schema floor as committed or staged by this applier.
+    fn floor_of(&mut self, table_id: u64) -> Result<u32> {
+        if let Some(floor) = self.floors.get(&table_id) {
+            return Ok(*floor);
+        }
+        let floor = fences::load_floor(self.db, self.group, table_id)?;
+        self.floors.insert(table_id, floor);
+        Ok(floor)
+    }
+
+    /// The failure of a row op planned on a schema version below the table's floor (`None`
+    /// if it is not). Marked refused like a fence refusal: replaying one table's history
+    /// cannot re-derive the floors.
+    fn floor_refusal(
+        &mut self,
+        batch: &mut WriteBatch,
+        table_id: u64,
+        schema_version: u32,
+        log_index: u64,
+        first_ordinal: u64,
+    ) -> Result<Option<OpResult>> {
+        if schema_version >= self.floor_of(table_id)? {
+            return Ok(None);
+        }
+        crate::refused::mark(self.db, batch, self.group, log_index, first_ordinal)?;
+        Ok(Some(stale_schema(table_id, schema_version)))
+    }
+
+    /// Apply `Op::SchemaFloor`: raise the table's floor to `version` (a lower one changes
+    /// nothing: floors never go down).
+    pub fn raise_floor(&mut self, batch: &mut WriteBatch, table_id: u64, version: u32) -> Result<OpResult> {
+        if version <= self.floor_of(table_id)? {
+            return Ok(OpResult::Done { affected: 0 });
+        }
+        fences::stage_floor(self.db, batch, self.group, table_id, version)?;
+        self.floors.insert(table_id, version);
+        Ok(OpResult::Done { affected: 1 })
     }
 
     /// The failure of a row op that would store NULL in a fenced column (`None` if none
@@ -523,6 +576,13 @@ impl<'a> RowApplier<'a> {
         self.fences.remove(&table_id);
         Ok(OpResult::Done { affected: 0 })
     }
+}
+
+fn stale_schema(table_id: u64, version: u32) -> OpResult {
+    failed(
+        ApplyErrorCode::StaleSchema,
+        format!("table {table_id} changed after this write was planned on its schema version {version}"),
+    )
 }
 
 /// A key's flushed version as [`RowApplier::newest`] reports it: live, values not read.

@@ -91,17 +91,32 @@ fn logs() -> (Vec<Entry>, Vec<Entry>) {
     let mut index = 2;
     for batch in 0..20 {
         let rows = (0..50).map(|i| row(batch * 50 + i, &format!("v{i}"), None)).collect();
-        data.push(entry(index, vec![Op::Insert { table_id: 1, scope: String::new(), rows }]));
+        data.push(entry(index, vec![Op::Insert { schema_version: 1, table_id: 1, scope: String::new(), rows }]));
         index += 1;
     }
     // Row 0 was written at index 2, ordinal 0: its _seq is (2 << 20).
     data.push(entry(
         index,
         vec![
-            Op::Update { table_id: 1, scope: String::new(), rows: vec![row(0, "new", Some(2 << 20))] },
-            Op::Update { table_id: 1, scope: String::new(), rows: vec![row(1, "stale", Some(12345))] },
-            Op::Delete { table_id: 1, scope: String::new(), rows: vec![row(5, "", Some((2 << 20) | 5))] },
-            Op::Insert { table_id: 2, scope: "alice".into(), rows: vec![row(1, "x", None)] },
+            Op::Update {
+                schema_version: 1,
+                table_id: 1,
+                scope: String::new(),
+                rows: vec![row(0, "new", Some(2 << 20))],
+            },
+            Op::Update {
+                schema_version: 1,
+                table_id: 1,
+                scope: String::new(),
+                rows: vec![row(1, "stale", Some(12345))],
+            },
+            Op::Delete {
+                schema_version: 1,
+                table_id: 1,
+                scope: String::new(),
+                rows: vec![row(5, "", Some((2 << 20) | 5))],
+            },
+            Op::Insert { schema_version: 1, table_id: 2, scope: "alice".into(), rows: vec![row(1, "x", None)] },
         ],
     ));
     index += 1;
@@ -176,29 +191,53 @@ fn cold_log() -> Vec<Entry> {
     vec![
         entry(
             20,
-            vec![Op::Insert { table_id: 1, scope: shared.clone(), rows: (0..10).map(|k| row(k, "v", None)).collect() }],
+            vec![Op::Insert {
+                schema_version: 1,
+                table_id: 1,
+                scope: shared.clone(),
+                rows: (0..10).map(|k| row(k, "v", None)).collect(),
+            }],
         ),
         entry(30, vec![Op::Flush { table: def.clone(), scope: None }]),
         entry(
             40,
             vec![
-                Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(0, "new", Some(seq(20, 0)))] },
-                Op::Delete { table_id: 1, scope: shared.clone(), rows: vec![row(1, "", Some(seq(20, 1)))] },
-                Op::Insert { table_id: 1, scope: shared.clone(), rows: vec![row(3, "dup", None)] },
-                Op::Update { table_id: 1, scope: shared.clone(), rows: vec![row(2, "stale", Some(seq(10, 0)))] },
+                Op::Update {
+                    schema_version: 1,
+                    table_id: 1,
+                    scope: shared.clone(),
+                    rows: vec![row(0, "new", Some(seq(20, 0)))],
+                },
+                Op::Delete {
+                    schema_version: 1,
+                    table_id: 1,
+                    scope: shared.clone(),
+                    rows: vec![row(1, "", Some(seq(20, 1)))],
+                },
+                Op::Insert { schema_version: 1, table_id: 1, scope: shared.clone(), rows: vec![row(3, "dup", None)] },
+                Op::Update {
+                    schema_version: 1,
+                    table_id: 1,
+                    scope: shared.clone(),
+                    rows: vec![row(2, "stale", Some(seq(10, 0)))],
+                },
             ],
         ),
         entry(50, vec![Op::Flush { table: def.clone(), scope: None }]),
         entry(
             60,
             vec![Op::Insert {
+                schema_version: 1,
                 table_id: 1,
                 scope: shared.clone(),
                 rows: (10..15).map(|k| row(k, "w", None)).collect(),
             }],
         ),
         entry(70, vec![Op::Compact { table: def.clone(), scope: None }]),
-        entry(80, vec![Op::Insert { table_id: 1, scope: shared, rows: vec![row(1, "again", None)] }]),
+        entry(
+            80,
+            vec![Op::Insert { schema_version: 1, table_id: 1, scope: shared, rows: vec![row(1, "again", None)] }],
+        ),
     ]
 }
 
@@ -388,12 +427,17 @@ async fn compaction_leaves_sealed_files_alone_until_they_hold_many_dead_rows() {
     let shared = String::new();
     let flush = || Op::Flush { table: def.clone(), scope: None };
     let compact = || Op::Compact { table: def.clone(), scope: None };
-    let update =
-        |k: i64, v: &str, at: u64| Op::Update { table_id: 1, scope: String::new(), rows: vec![row(k, v, Some(at))] };
+    let update = |k: i64, v: &str, at: u64| Op::Update {
+        schema_version: 1,
+        table_id: 1,
+        scope: String::new(),
+        rows: vec![row(k, v, Some(at))],
+    };
     let first = vec![
         entry(
             2,
             vec![Op::Insert {
+                schema_version: 1,
                 table_id: 1,
                 scope: shared.clone(),
                 rows: (0..sealed_rows).map(|k| row(k, "v", None)).collect(),
@@ -404,6 +448,7 @@ async fn compaction_leaves_sealed_files_alone_until_they_hold_many_dead_rows() {
         entry(
             5,
             vec![Op::Insert {
+                schema_version: 1,
                 table_id: 1,
                 scope: shared.clone(),
                 rows: (-10..0).map(|k| row(k, "w", None)).collect(),
@@ -420,6 +465,7 @@ async fn compaction_leaves_sealed_files_alone_until_they_hold_many_dead_rows() {
         entry(
             11,
             vec![Op::Delete {
+                schema_version: 1,
                 table_id: 1,
                 scope: shared.clone(),
                 rows: (2..deleted).map(|k| row(k, "", Some(seq(2, k as u64)))).collect(),
@@ -566,15 +612,26 @@ async fn settling_in_pieces_ends_where_settling_at_once_does() {
     let scope = String::new();
     let group = GroupId::SharedShard(0);
     let (settle, flush) = (settle_at, flush_at);
-    let ins = |k: i64, v: &str| Op::Insert { table_id: 1, scope: scope.clone(), rows: vec![row(k, v, None)] };
+    let ins = |k: i64, v: &str| Op::Insert {
+        schema_version: 1,
+        table_id: 1,
+        scope: scope.clone(),
+        rows: vec![row(k, v, None)],
+    };
     let start = vec![
         entry(
             10,
-            vec![Op::Insert { table_id: 1, scope: scope.clone(), rows: (0..n).map(|k| row(k, "v", None)).collect() }],
+            vec![Op::Insert {
+                schema_version: 1,
+                table_id: 1,
+                scope: scope.clone(),
+                rows: (0..n).map(|k| row(k, "v", None)).collect(),
+            }],
         ),
         entry(
             11,
             vec![Op::Delete {
+                schema_version: 1,
                 table_id: 1,
                 scope: scope.clone(),
                 rows: vec![row(n - 3, "", Some(seq(10, (n - 3) as u64)))],
@@ -587,13 +644,24 @@ async fn settling_in_pieces_ends_where_settling_at_once_does() {
     let writes = entry(
         100,
         vec![
-            Op::Update { table_id: 1, scope: scope.clone(), rows: vec![row(1, "u1", Some(seq(10, 1)))] },
             Op::Update {
+                schema_version: 1,
+                table_id: 1,
+                scope: scope.clone(),
+                rows: vec![row(1, "u1", Some(seq(10, 1)))],
+            },
+            Op::Update {
+                schema_version: 1,
                 table_id: 1,
                 scope: scope.clone(),
                 rows: vec![row(n - 1, "u", Some(seq(10, (n - 1) as u64)))],
             },
-            Op::Delete { table_id: 1, scope: scope.clone(), rows: vec![row(n - 2, "", Some(seq(10, (n - 2) as u64)))] },
+            Op::Delete {
+                schema_version: 1,
+                table_id: 1,
+                scope: scope.clone(),
+                rows: vec![row(n - 2, "", Some(seq(10, (n - 2) as u64)))],
+            },
             ins(n - 3, "again"),
             ins(n, "new"),
             ins(2, "dup"),
@@ -679,6 +747,7 @@ async fn a_flush_during_settling_moves_the_cursor_back_to_its_rows() {
         entry(
             index,
             vec![Op::Insert {
+                schema_version: 1,
                 table_id: 1,
                 scope: scope.clone(),
                 rows: keys.into_iter().map(|k| row(k, "v", None)).collect(),

@@ -59,7 +59,7 @@ fn seq(index: u64, ordinal: u64) -> u64 {
 }
 
 fn write(kind: WriteKind, table_id: u64, rows: Vec<RowWrite>) -> TxWrite {
-    TxWrite { kind, table_id, scope: String::new(), rows }
+    TxWrite { kind, table_id, scope: String::new(), rows, schema_version: 1 }
 }
 
 /// Rows of tables 1 and 2, then: a transfer whose insert into table 2 collides (nothing of it
@@ -78,8 +78,13 @@ fn log() -> Vec<Entry> {
         entry(
             2,
             vec![
-                Op::Insert { table_id: 1, scope: String::new(), rows: (0..3).map(|k| row(k, "a", None)).collect() },
-                Op::Insert { table_id: 2, scope: String::new(), rows: vec![row(0, "b", None)] },
+                Op::Insert {
+                    schema_version: 1,
+                    table_id: 1,
+                    scope: String::new(),
+                    rows: (0..3).map(|k| row(k, "a", None)).collect(),
+                },
+                Op::Insert { schema_version: 1, table_id: 2, scope: String::new(), rows: vec![row(0, "b", None)] },
             ],
         ),
         entry(
@@ -110,7 +115,7 @@ fn log() -> Vec<Entry> {
                         write(WriteKind::Update, 1, vec![row(5, "y", Some(1))]),
                     ],
                 },
-                Op::Insert { table_id: 1, scope: String::new(), rows: vec![row(6, "after", None)] },
+                Op::Insert { schema_version: 1, table_id: 1, scope: String::new(), rows: vec![row(6, "after", None)] },
             ],
         ),
     ]

@@ -19,6 +19,9 @@ pub enum Error {
     /// The statement kept conflicting with concurrent writers.
     #[error("{0}")]
     Conflict(String),
+    /// A write kept meeting a schema change of its table (planned again each time).
+    #[error("{0}")]
+    SchemaChanged(String),
     /// No leader could take the write (election in progress, partition).
     #[error("{0}")]
     Unavailable(String),
@@ -81,6 +84,7 @@ impl Error {
             Error::NamespaceNotEmpty(_) => "NAMESPACE_NOT_EMPTY",
             Error::Execution(_) => "SQL_EXECUTION_ERROR",
             Error::Conflict(_) => "WRITE_CONFLICT",
+            Error::SchemaChanged(_) => "SCHEMA_CHANGED",
             Error::Unavailable(_) => "CLUSTER_UNAVAILABLE",
             Error::NotLeader(_) => "NOT_LEADER",
             Error::HistoryUnavailable(_) => "HISTORY_UNAVAILABLE",
@@ -111,6 +115,7 @@ impl Error {
             Error::NamespaceNotEmpty(m) => Error::NamespaceNotEmpty(f(m)),
             Error::Execution(m) => Error::Execution(f(m)),
             Error::Conflict(m) => Error::Conflict(f(m)),
+            Error::SchemaChanged(m) => Error::SchemaChanged(f(m)),
             Error::Unavailable(m) => Error::Unavailable(f(m)),
             Error::NotLeader(m) => Error::NotLeader(f(m)),
             Error::HistoryUnavailable(m) => Error::HistoryUnavailable(f(m)),

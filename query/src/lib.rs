@@ -15,7 +15,10 @@ pub mod ports;
 pub mod provider;
 pub mod values;
 
-pub use engine::{Engine, ExecContext, QueryResult, SeqWindow, StorageJob, Subscription, ttl_secs};
+pub use engine::{
+    Engine, ExecContext, QueryResult, SCHEMA_BUMPS_MAX, SCHEMA_CHANGE_WAIT_MS, SCHEMA_RETRY_PAUSE_MS, SeqWindow,
+    StorageJob, Subscription, ttl_secs,
+};
 pub use error::Error;
 pub use filter::RowFilter;
 pub use limits::QueryLimits;

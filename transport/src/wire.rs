@@ -331,6 +331,7 @@ mod tests {
 
     fn command_bytes(rows: Vec<i64>) -> Vec<u8> {
         let ops = vec![Op::Insert {
+            schema_version: 1,
             table_id: 3,
             scope: String::new(),
             rows: rows

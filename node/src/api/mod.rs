@@ -184,7 +184,7 @@ pub fn status_of(e: &kalamdb_query::Error) -> StatusCode {
     match e {
         E::Unavailable(_) | E::NotLeader(_) | E::Busy(_) | E::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         E::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        E::Conflict(_) | E::JobRunning(_) | E::ClusterRefused(_) => StatusCode::CONFLICT,
+        E::Conflict(_) | E::SchemaChanged(_) | E::JobRunning(_) | E::ClusterRefused(_) => StatusCode::CONFLICT,
         E::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         E::PermissionDenied(_) => StatusCode::FORBIDDEN,
         E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -109,8 +109,21 @@ impl Engine {
             change,
             description,
             altered_at_micros: now_micros(),
+            expected_version: def.schema_version(),
         };
-        if let Err(e) = self.propose_ok(proposer, catalog_group(), op).await {
+        let committed = match self.raise_floors(&def, proposer).await {
+            Ok(()) => {
+                // A crash here leaves the floors raised and the catalog unchanged (tests).
+                kalamdb_projections::failpoint::hit("ddl-after-floors");
+                self.propose_ok(proposer, catalog_group(), op).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            // Floors may be raised past a version that will not come: take the table there
+            // unchanged rather than leave its writes fenced until a writer bumps it. Best
+            // effort, and refused if another change moved the version on.
+            let _ = self.bump_version(&def, proposer).await;
             if let Some(slot) = fenced {
                 // The catalog refused (the column changed meanwhile): the fences go again.
                 let _ = self.lift_not_null(&def, slot, proposer).await;
@@ -118,6 +131,20 @@ impl Engine {
             return Err(e);
         }
         Ok(QueryResult::message(1, format!("Table '{}.{}' altered", def.namespace, def.name)))
+    }
+
+    /// Raise the table's schema floor past its current version in every data group holding
+    /// it, before the catalog commits a change or drop of it: from then on a write planned on
+    /// the current version (by a node whose catalog replica has not applied the change yet)
+    /// is refused and planned again. All must succeed; a floor left raised by a failure is
+    /// passed by the next change, or by a writer's bump (see `unfenced`).
+    pub(super) async fn raise_floors(&self, def: &TableDef, proposer: &dyn Proposer) -> Result<()> {
+        let op = || Op::SchemaFloor { table_id: def.table_id, version: def.schema_version() + 1 };
+        let groups = self.layout.table_groups(def);
+        for r in futures::future::join_all(groups.iter().map(|g| self.propose_ok(proposer, *g, op()))).await {
+            r?;
+        }
+        Ok(())
     }
 
     /// Fence the column against NULL in every group holding the table, each after checking

@@ -6,15 +6,17 @@
 //! whole batch runs again, a bounded number of times. Rows only read are not checked (the
 //! batch is snapshot-isolated on what it writes).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use datafusion::sql::sqlparser::ast;
 use kalamdb_log::command::ApplyErrorCode;
-use kalamdb_log::{GroupId, Op, OpResult, RowWrite, TxWrite, Value, WriteKind};
+use kalamdb_log::{GroupId, Op, OpResult, RowWrite, TableDef, TxWrite, Value, WriteKind};
 use kalamdb_projections::keys::encode_pk;
 
-use super::{CONFLICT_RETRIES_MAX, Engine, ExecContext, QueryResult, STATEMENT_ROWS_MAX, apply_failure};
+use super::{
+    CONFLICT_RETRIES_MAX, Engine, ExecContext, QueryResult, SCHEMA_RETRY_PAUSE_MS, STATEMENT_ROWS_MAX, apply_failure,
+};
 use crate::error::{Error, Result};
 use crate::parse::{Parsed, Statement};
 use crate::ports::Proposer;
@@ -47,6 +49,9 @@ struct BatchState {
     group: Option<GroupId>,
     /// Keyed by (table id, scope, encoded primary key).
     rows: BTreeMap<(u64, String, Vec<u8>), Pending>,
+    /// The oldest schema version of each table a statement of the batch was planned on: the
+    /// commit is refused (and the batch run again) if a change fenced it meanwhile.
+    versions: HashMap<u64, u32>,
 }
 
 fn row_key(table_id: u64, scope: &str, pk: &Value) -> (u64, String, Vec<u8>) {
@@ -83,12 +88,15 @@ impl Batch {
     pub(super) fn stage(
         &self,
         group: GroupId,
-        table_id: u64,
+        def: &TableDef,
         scope: &str,
         kind: WriteKind,
         writes: Vec<RowWrite>,
     ) -> Result<()> {
+        let table_id = def.table_id;
         let mut state = self.lock();
+        let version = state.versions.entry(table_id).or_insert(def.schema_version());
+        *version = (*version).min(def.schema_version());
         match state.group {
             Some(g) if g != group => {
                 return Err(Error::CrossGroupTransaction(format!(
@@ -132,7 +140,9 @@ impl Batch {
         let state = std::mem::take(&mut *self.lock());
         let group = state.group?;
         let mut writes: Vec<TxWrite> = Vec::new();
+        let versions = state.versions;
         for ((table_id, scope, _), p) in state.rows {
+            let schema_version = versions.get(&table_id).copied().unwrap_or(1);
             let (kind, values) = match (p.base_seq, p.row) {
                 (None, None) => continue,
                 (None, Some(values)) => (WriteKind::Insert, values),
@@ -142,7 +152,7 @@ impl Batch {
             let write = RowWrite { pk: p.pk, values, expected_seq: p.base_seq };
             match writes.last_mut() {
                 Some(w) if w.kind == kind && w.table_id == table_id && w.scope == scope => w.rows.push(write),
-                _ => writes.push(TxWrite { kind, table_id, scope, rows: vec![write] }),
+                _ => writes.push(TxWrite { kind, table_id, scope, rows: vec![write], schema_version }),
             }
         }
         (!writes.is_empty()).then_some((group, Op::Transaction { writes }))
@@ -218,6 +228,12 @@ impl Engine {
                     return Ok(results);
                 }
                 OpResult::Failed { code: ApplyErrorCode::Conflict, .. } => continue,
+                // A table of the batch changed: its statements run again on the new schema
+                // (after a pause, in case the change has fenced the table but not committed).
+                OpResult::Failed { code: ApplyErrorCode::StaleSchema, .. } => {
+                    tokio::time::sleep(std::time::Duration::from_millis(SCHEMA_RETRY_PAUSE_MS)).await;
+                    continue;
+                }
                 OpResult::Failed { code, message } => return Err((end, apply_failure(code, message))),
                 other => return Err((end, Error::Internal(format!("unexpected transaction result {other:?}")))),
             }

@@ -37,7 +37,17 @@ impl Engine {
                 }
             }
             Statement::DropNamespace { name, if_exists, cascade } => {
-                let op = Op::DropNamespace { name: name.clone(), if_exists, cascade };
+                // Its tables are fenced first, at the versions the catalog must still hold.
+                let tables: Vec<_> =
+                    self.catalog.read().tables.values().filter(|t| t.namespace == name).cloned().collect();
+                let mut expected = Vec::new();
+                if cascade {
+                    for t in &tables {
+                        self.raise_floors(t, proposer).await?;
+                        expected.push((t.table_id, t.schema_version()));
+                    }
+                }
+                let op = Op::DropNamespace { name: name.clone(), if_exists, cascade, expected };
                 match self.propose_ok(proposer, catalog_group(), op).await? {
                     OpResult::Dropped { table_ids } => {
                         self.purge_tables(proposer, &table_ids).await;
@@ -54,7 +64,14 @@ impl Engine {
             Statement::CreateTable(ct) => self.create_table(ct, ctx, proposer).await,
             Statement::DropTable { table, if_exists } => {
                 let ns = self.namespace_of(&table, ctx);
-                let op = Op::DropTable { namespace: ns.clone(), name: table.name.clone(), if_exists };
+                let expected_version = match self.catalog.table(&ns, &table.name) {
+                    Some(def) => {
+                        self.raise_floors(&def, proposer).await?;
+                        def.schema_version()
+                    }
+                    None => 0,
+                };
+                let op = Op::DropTable { namespace: ns.clone(), name: table.name.clone(), if_exists, expected_version };
                 match self.propose_ok(proposer, catalog_group(), op).await? {
                     OpResult::Dropped { table_ids } => {
                         self.purge_tables(proposer, &table_ids).await;

@@ -152,7 +152,7 @@ impl Engine {
         if let Some(batch) = &ctx.batch {
             return self.stage_insert(batch, group, &def, &scope, writes, ctx).await;
         }
-        let op = Op::Insert { table_id: def.table_id, scope, rows: writes };
+        let op = Op::Insert { table_id: def.table_id, scope, rows: writes, schema_version: def.schema_version() };
         match self.propose_ok(proposer, group, op).await? {
             OpResult::Done { affected } => {
                 Ok(QueryResult::message(affected as usize, format!("Inserted {affected} row(s)")))
@@ -307,13 +307,23 @@ impl Engine {
                 // Conflicts surface at COMMIT, which runs the whole batch again.
                 let n = writes.len();
                 let kind = if is_delete { WriteKind::Delete } else { WriteKind::Update };
-                batch.stage(group, def.table_id, &scope, kind, writes)?;
+                batch.stage(group, &def, &scope, kind, writes)?;
                 return Ok(QueryResult::message(n, format!("{verb} {n} row(s)")));
             }
             let op = if is_delete {
-                Op::Delete { table_id: def.table_id, scope: scope.clone(), rows: writes }
+                Op::Delete {
+                    table_id: def.table_id,
+                    scope: scope.clone(),
+                    rows: writes,
+                    schema_version: def.schema_version(),
+                }
             } else {
-                Op::Update { table_id: def.table_id, scope: scope.clone(), rows: writes }
+                Op::Update {
+                    table_id: def.table_id,
+                    scope: scope.clone(),
+                    rows: writes,
+                    schema_version: def.schema_version(),
+                }
             };
             match proposer.propose(group, op).await? {
                 OpResult::Done { affected } => {
@@ -360,7 +370,7 @@ impl Engine {
             }
         }
         let n = writes.len();
-        batch.stage(group, def.table_id, scope, WriteKind::Insert, writes)?;
+        batch.stage(group, def, scope, WriteKind::Insert, writes)?;
         Ok(QueryResult::message(n, format!("Inserted {n} row(s)")))
     }
 }

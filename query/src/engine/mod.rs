@@ -12,7 +12,10 @@ mod dml;
 #[cfg(test)]
 mod future_sizes;
 mod select;
+mod unfenced;
 mod users;
+
+pub use unfenced::{SCHEMA_BUMPS_MAX, SCHEMA_CHANGE_WAIT_MS, SCHEMA_RETRY_PAUSE_MS};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -232,6 +235,7 @@ fn apply_failure(code: ApplyErrorCode, message: String) -> Error {
         ApplyErrorCode::HistoryUnavailable => Error::HistoryUnavailable(message),
         ApplyErrorCode::UserNotFound => Error::UserNotFound(message),
         ApplyErrorCode::QuotaExceeded => Error::Busy(message),
+        ApplyErrorCode::StaleSchema => Error::SchemaChanged(message),
     }
 }
 
@@ -506,9 +510,14 @@ impl Engine {
 
     /// One parsed statement, dispatched to its family.
     async fn run(&self, parsed: Parsed, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
-        // Every statement sees every catalog change committed before it started: reads, and
-        // writes too (a write resolved against a stale catalog could target a dropped table).
-        // Table scans add their own group's barrier.
+        // Every statement sees every catalog change committed before it started. Reads and
+        // DDL wait for the catalog's read index here; a row write is planned on this node's
+        // replica as it is, and the data group refuses it if a schema change fenced the
+        // version it was planned on (see `unfenced`). Table scans add their own group's barrier.
+        if let Some(unfenced) = unfenced::row_write(&parsed.statement, ctx) {
+            let Statement::Sql(stmt) = parsed.statement else { unreachable!("checked by row_write") };
+            return Box::pin(self.run_row_write(*stmt, unfenced, ctx, proposer)).await;
+        }
         self.barrier(ctx, catalog_group()).await?;
         match parsed.statement {
             Statement::ExecuteAs { username, statement } => {

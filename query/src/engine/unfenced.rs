@@ -1,0 +1,177 @@
+//! Row writes without the catalog read barrier. A standalone INSERT of literal VALUES is
+//! planned on this node's catalog replica as it is, which may lag a DDL statement that has
+//! already answered. That is safe because every DDL statement first raises the table's schema
+//! floor in each data group holding it (`Op::SchemaFloor`): a write planned on an older
+//! version is refused by apply (`StaleSchema`), changing nothing, and planned again here
+//! after the barrier. Writes that read tables (UPDATE, DELETE, INSERT ... SELECT, expressions)
+//! take the barrier first: what they read must be current too, not only what they write.
+//! This file decides when a write is planned again, and finishes a fenced
+//! change that never committed (its proposer died between the floors and the catalog) with a
+//! `TableChange::Bump`, so a table's writes are never fenced for good.
+
+use std::time::{Duration, Instant};
+
+use datafusion::sql::sqlparser::ast::{self, Expr, FromTable, SetExpr, TableObject, UnaryOperator};
+use kalamdb_log::{Op, TableChange, TableDef};
+
+use super::{Engine, ExecContext, QueryResult, catalog_group, now_micros, object_table_name, single_table};
+use crate::error::{Error, Result};
+use crate::parse::{Statement, TableName};
+use crate::ports::Proposer;
+
+/// Pause between attempts of a write refused by a floor its catalog replica has not caught
+/// up with: a schema change between its two steps (floors raised, catalog not yet changed).
+pub const SCHEMA_RETRY_PAUSE_MS: u64 = 5;
+/// How long writes wait for a fenced schema change to commit before bumping the table's
+/// schema version past the floor. The two steps normally take milliseconds.
+pub const SCHEMA_CHANGE_WAIT_MS: u64 = 2_000;
+/// Bumps one write may propose before it gives up with `SCHEMA_CHANGED`.
+pub const SCHEMA_BUMPS_MAX: usize = 2;
+
+/// For a row write outside a batch, whether it runs without the catalog barrier (an INSERT
+/// of literal VALUES, which reads no table); `None` for every other statement. Batches keep
+/// the barrier per statement, and their commit runs them all again when refused.
+pub(super) fn row_write(statement: &Statement, ctx: &ExecContext) -> Option<bool> {
+    let Statement::Sql(s) = statement else { return None };
+    if ctx.batch.is_some() {
+        return None;
+    }
+    match s.as_ref() {
+        ast::Statement::Insert(insert) => Some(insert.source.as_ref().is_some_and(|q| {
+            q.with.is_none()
+                && matches!(q.body.as_ref(), SetExpr::Values(v) if v.rows.iter().all(|r| r.content.iter().all(plain_value)))
+        })),
+        ast::Statement::Update(_) | ast::Statement::Delete(_) => Some(false),
+        _ => None,
+    }
+}
+
+/// A literal or a parameter (possibly negated or in parentheses): nothing to read.
+fn plain_value(expr: &Expr) -> bool {
+    match expr {
+        Expr::Value(_) => true,
+        Expr::UnaryOp { op: UnaryOperator::Minus, expr } | Expr::Nested(expr) => plain_value(expr),
+        _ => false,
+    }
+}
+
+/// Errors a lagging catalog replica can cause that leave nothing written: planning errors,
+/// and apply's deterministic refusals. Others (timeouts, unknown outcomes) are final.
+fn replannable(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::InvalidSql(_)
+            | Error::NamespaceNotFound(_)
+            | Error::TableNotFound(_)
+            | Error::AlreadyExists(_)
+            | Error::ConstraintViolation(_)
+            | Error::Execution(_)
+            | Error::PermissionDenied(_)
+            | Error::SchemaChanged(_)
+    )
+}
+
+/// The table a row write targets.
+fn write_target(stmt: &ast::Statement) -> Result<TableName> {
+    match stmt {
+        ast::Statement::Insert(insert) => match &insert.table {
+            TableObject::TableName(name) => object_table_name(name),
+            other => Err(Error::InvalidSql(format!("unsupported INSERT target {other}"))),
+        },
+        ast::Statement::Update(update) => single_table(std::slice::from_ref(&update.table)),
+        ast::Statement::Delete(delete) => match &delete.from {
+            FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => single_table(t),
+        },
+        _ => Err(Error::Internal("not a row write".into())),
+    }
+}
+
+impl Engine {
+    /// Run a row write outside a batch: `unfenced` (see [`row_write`]) planned on this node's
+    /// catalog replica as it is, otherwise after the catalog barrier; see the module comment.
+    pub(super) async fn run_row_write(
+        &self,
+        stmt: ast::Statement,
+        unfenced: bool,
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+    ) -> Result<QueryResult> {
+        if !unfenced {
+            self.barrier(ctx, catalog_group()).await?;
+        }
+        let mut seen = self.catalog.changes();
+        let first = Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await;
+        match &first {
+            Err(Error::SchemaChanged(_)) => {}
+            Err(e) if unfenced && replannable(e) => {
+                self.barrier(ctx, catalog_group()).await?;
+                if self.catalog.changes() == seen {
+                    // The replica was current: the error stands, as if the statement ran
+                    // after the barrier.
+                    return first;
+                }
+                tracing::debug!(target: "kalamdb_sql", "row write planned again: the catalog replica was behind");
+                seen = self.catalog.changes();
+                match Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await {
+                    Err(Error::SchemaChanged(_)) => {}
+                    other => return other,
+                }
+            }
+            _ => return first,
+        }
+        // Refused by a schema floor: the change that raised it commits in the catalog within
+        // milliseconds. Wait for this replica to apply something new before planning again
+        // (a refused attempt is a log entry), and bump past a floor whose change never comes.
+        let (mut waiting_since, mut bumps) = (Instant::now(), 0);
+        loop {
+            self.barrier(ctx, catalog_group()).await?;
+            if self.catalog.changes() == seen {
+                if waiting_since.elapsed() < Duration::from_millis(SCHEMA_CHANGE_WAIT_MS) {
+                    tokio::time::sleep(Duration::from_millis(SCHEMA_RETRY_PAUSE_MS)).await;
+                } else if bumps < SCHEMA_BUMPS_MAX {
+                    self.bump_schema(&stmt, ctx, proposer).await?;
+                    (waiting_since, bumps) = (Instant::now(), bumps + 1);
+                } else {
+                    return Err(Error::SchemaChanged(format!(
+                        "the table's schema kept changing under this write (waited {SCHEMA_CHANGE_WAIT_MS} ms \
+                         {SCHEMA_BUMPS_MAX} times); nothing was written"
+                    )));
+                }
+                continue;
+            }
+            tracing::debug!(target: "kalamdb_sql", "row write planned again after a schema change");
+            seen = self.catalog.changes();
+            match Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await {
+                Err(Error::SchemaChanged(_)) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// A schema floor above the table's version stayed for [`SCHEMA_CHANGE_WAIT_MS`]: the
+    /// change that raised it did not commit. Give the table the next version unchanged, so
+    /// writes planned on it pass the floor; the unfinished change, if it still comes, is
+    /// refused (its expected version is gone) and its statement fails.
+    async fn bump_schema(&self, stmt: &ast::Statement, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<()> {
+        let def: std::sync::Arc<TableDef> = self.resolve_table(&write_target(stmt)?, ctx)?;
+        self.bump_version(&def, proposer).await
+    }
+
+    /// Give `def`'s table the next schema version, unchanged, unless its version moved on.
+    pub(super) async fn bump_version(&self, def: &TableDef, proposer: &dyn Proposer) -> Result<()> {
+        tracing::warn!(target: "kalamdb_sql", table = %format!("{}.{}", def.namespace, def.name), version = def.schema_version(), "a schema change fenced writes and did not commit; bumping the schema version");
+        let op = Op::AlterTable {
+            namespace: def.namespace.clone(),
+            name: def.name.clone(),
+            change: TableChange::Bump,
+            description: "schema version bumped: a change fenced writes and did not commit".into(),
+            altered_at_micros: now_micros(),
+            expected_version: def.schema_version(),
+        };
+        match self.propose_ok(proposer, catalog_group(), op).await {
+            // A conflict: the change (or another writer's bump) committed meanwhile.
+            Ok(_) | Err(Error::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
