@@ -2,20 +2,18 @@
 //! `REBUILD PROJECTION`) agrees with apply about which transactions applied, even when the
 //! precondition that failed concerns another table than the one replayed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use kalamdb_log::codec::encode_entry;
 use kalamdb_log::command::ApplyErrorCode;
-use kalamdb_log::storage::CF_LOG;
 use kalamdb_log::types::{Entry, NodeAddr};
 use kalamdb_log::{
-    ColumnDef, DataType, EncodedCommand, GroupId, LogCommand, LogDb, Op, OpResult, RowWrite, TableDef, TableType,
-    TxWrite, Value, WriteKind,
+    ColumnDef, DataType, EncodedCommand, GroupId, LogCommand, Op, OpResult, RowWrite, TableDef, TableType, TxWrite,
+    Value, WriteKind,
 };
-use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader, StorageEnv, digest_group};
-use openraft::storage::RaftStateMachine;
+use kalamdb_projections::RowReader;
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
 
 const GROUP: GroupId = GroupId::SharedShard(0);
@@ -121,32 +119,8 @@ fn log() -> Vec<Entry> {
     ]
 }
 
-/// Apply the log (appended to the group's log first, as Raft would) in calls of `chunk`
-/// entries; returns the results, the digest and a reader.
 async fn apply(dir: &Path, chunk: usize) -> (Vec<Vec<OpResult>>, String, RowReader) {
-    let db = LogDb::open(&dir.join("rocksdb"), &PROJECTION_CFS).unwrap();
-    let env = StorageEnv::new(dir.join("snap"), dir.join("storage"));
-    let mut sm = Projection::open(db.clone(), GROUP, Catalog::new(), Arc::clone(&env)).unwrap();
-    let entries = log();
-    let cf = db.db().cf_handle(CF_LOG).unwrap();
-    for e in &entries {
-        let mut key = GROUP.prefix().to_vec();
-        key.extend_from_slice(&e.log_id.index.to_be_bytes());
-        db.db().put_cf(cf, key, encode_entry(e).unwrap()).unwrap();
-    }
-    let mut results = Vec::new();
-    let mut rest = entries;
-    while !rest.is_empty() {
-        let tail = rest.split_off(rest.len().min(chunk));
-        results.extend(sm.apply(rest).await.unwrap().into_iter().map(|r| r.results));
-        rest = tail;
-    }
-    let digest = digest_group(db.db(), GROUP).unwrap();
-    (
-        results,
-        digest,
-        RowReader::new(db, std::sync::Arc::new(kalamdb_projections::cold::FileStore::folder(dir.join("storage")))),
-    )
+    common::apply_log(dir, GROUP, log(), chunk).await
 }
 
 fn live(rows: &[kalamdb_projections::StoredRow]) -> Vec<(Value, Value, u64)> {
