@@ -5,44 +5,24 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use common::{column, entry, membership_entry};
+
 use std::path::Path;
 
 use kalamdb_log::command::ApplyErrorCode;
-use kalamdb_log::types::{Entry, NodeAddr};
-use kalamdb_log::{
-    ColumnDef, DataType, EncodedCommand, GroupId, LogCommand, Op, OpResult, RowWrite, TableDef, TableType, TxWrite,
-    Value, WriteKind,
-};
+use kalamdb_log::types::Entry;
+use kalamdb_log::{DataType, GroupId, Op, OpResult, RowWrite, TableDef, TableType, TxWrite, Value, WriteKind};
 use kalamdb_projections::RowReader;
-use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
 
 const GROUP: GroupId = GroupId::SharedShard(0);
 
-fn entry(index: u64, ops: Vec<Op>) -> Entry {
-    Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(EncodedCommand::encode(&LogCommand { ops, committed_at_micros: 0 }).unwrap()),
-    }
-}
-
 fn table() -> TableDef {
-    let col = |name: &str, data_type, primary_key: bool| ColumnDef {
-        name: name.into(),
-        data_type,
-        nullable: !primary_key,
-        primary_key,
-        default: None,
-        stored_as: String::new(),
-        backfill: None,
-        dropped: false,
-    };
     TableDef {
         table_id: 1,
         namespace: "ns".into(),
         name: "t".into(),
         table_type: TableType::Shared,
-        columns: vec![col("id", DataType::BigInt, true), col("v", DataType::Text, false)],
+        columns: vec![column("id", DataType::BigInt, true), column("v", DataType::Text, false)],
         options: vec![],
         created_at_micros: 1,
         versions: Vec::new(),
@@ -58,13 +38,7 @@ fn insert(k: i64, schema_version: u32) -> Op {
 }
 
 fn log() -> Vec<Entry> {
-    let membership = Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
-        payload: EntryPayload::Membership(Membership::new(
-            vec![[1u64].into()],
-            BTreeMap::from([(1u64, NodeAddr::default())]),
-        )),
-    };
+    let membership = membership_entry();
     let seq0 = 2u64 << 20;
     vec![
         membership,

@@ -4,44 +4,24 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use common::{column, entry, membership_entry};
+
 use std::path::Path;
 
 use kalamdb_log::command::ApplyErrorCode;
-use kalamdb_log::types::{Entry, NodeAddr};
-use kalamdb_log::{
-    ColumnDef, DataType, EncodedCommand, GroupId, LogCommand, Op, OpResult, RowWrite, TableDef, TableType, TxWrite,
-    Value, WriteKind,
-};
+use kalamdb_log::types::Entry;
+use kalamdb_log::{DataType, GroupId, Op, OpResult, RowWrite, TableDef, TableType, TxWrite, Value, WriteKind};
 use kalamdb_projections::RowReader;
-use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
 
 const GROUP: GroupId = GroupId::SharedShard(0);
 
-fn entry(index: u64, ops: Vec<Op>) -> Entry {
-    Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(EncodedCommand::encode(&LogCommand { ops, committed_at_micros: 0 }).unwrap()),
-    }
-}
-
 fn def(table_id: u64) -> TableDef {
-    let col = |name: &str, data_type, primary_key: bool| ColumnDef {
-        name: name.into(),
-        data_type,
-        nullable: !primary_key,
-        primary_key,
-        default: None,
-        stored_as: String::new(),
-        backfill: None,
-        dropped: false,
-    };
     TableDef {
         table_id,
         namespace: "ns".into(),
         name: format!("t{table_id}"),
         table_type: TableType::Shared,
-        columns: vec![col("id", DataType::BigInt, true), col("v", DataType::Text, false)],
+        columns: vec![column("id", DataType::BigInt, true), column("v", DataType::Text, false)],
         options: vec![],
         created_at_micros: 1,
         versions: Vec::new(),
@@ -64,13 +44,7 @@ fn write(kind: WriteKind, table_id: u64, rows: Vec<RowWrite>) -> TxWrite {
 /// applies, table 1's update included), one that applies, one that writes a key twice, and a
 /// plain insert after them whose `_seq` must not depend on the outcomes before it.
 fn log() -> Vec<Entry> {
-    let membership = Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
-        payload: EntryPayload::Membership(Membership::new(
-            vec![[1u64].into()],
-            BTreeMap::from([(1u64, NodeAddr::default())]),
-        )),
-    };
+    let membership = membership_entry();
     vec![
         membership,
         entry(

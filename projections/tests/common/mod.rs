@@ -3,12 +3,48 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use kalamdb_log::codec::encode_entry;
 use kalamdb_log::storage::CF_LOG;
-use kalamdb_log::types::Entry;
-use kalamdb_log::{GroupId, LogDb, OpResult};
+use kalamdb_log::types::{Entry, NodeAddr};
+use kalamdb_log::{ColumnDef, DataType, EncodedCommand, GroupId, LogCommand, LogDb, Op, OpResult};
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader, StorageEnv, digest_group};
 use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
+
+/// A normal entry of term 1 at `index` holding `ops`.
+pub fn entry(index: u64, ops: Vec<Op>) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(EncodedCommand::encode(&LogCommand { ops, committed_at_micros: 0 }).unwrap()),
+    }
+}
+
+/// The first entry of a one-node group: its membership, at index 1.
+pub fn membership_entry() -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+        payload: EntryPayload::Membership(Membership::new(
+            vec![[1u64].into()],
+            BTreeMap::from([(1u64, NodeAddr::default())]),
+        )),
+    }
+}
+
+/// A column of a test table: the primary key is NOT NULL, other columns nullable.
+pub fn column(name: &str, data_type: DataType, primary_key: bool) -> ColumnDef {
+    ColumnDef {
+        name: name.into(),
+        data_type,
+        nullable: !primary_key,
+        primary_key,
+        default: None,
+        stored_as: String::new(),
+        backfill: None,
+        dropped: false,
+    }
+}
 
 /// Apply `entries` to `group` in a fresh database under `dir` (appended to the group's log
 /// first, as Raft would, so history replay finds them), in apply calls of `chunk` entries.
