@@ -4,7 +4,7 @@
 //! (`Op::SchemaFloor`). On a 3-node cluster of real processes: writes racing answered
 //! schema changes through other nodes always see them (defaults, drops, new columns); a change
 //! whose coordinator dies between raising the floors and committing does not fence the table
-//! for good (writers bump its schema version past the floor).
+//! for good (writers, single or in a batch, bump its schema version past the floor).
 
 mod common;
 
@@ -66,21 +66,31 @@ async fn a_change_whose_coordinator_dies_after_its_floors_does_not_fence_the_tab
     c.node(2).sql_ok("CREATE TABLE app.t (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')").await;
     c.node(2).sql_ok("INSERT INTO app.t (id, v) VALUES (1, 'before')").await;
 
-    // Node 1 coordinates an ALTER and dies after raising the floors, before the catalog.
-    c.kill9(1);
-    c.spawn_with(1, &[("KALAMDB_FAILPOINTS", "ddl-after-floors")]);
-    c.node(1).wait_healthy().await;
-    let port = c.node(1).port;
-    let answer = common::post_sql(port, "ALTER TABLE app.t ADD COLUMN lost INT").await;
-    assert!(c.node_mut(1).wait_exit(Duration::from_secs(30)).await, "node 1 did not reach the crash point: {answer:?}");
-    assert!(c.log(1).contains("failpoint ddl-after-floors hit"), "{}", c.log(1));
+    // Node 1 coordinates an ALTER and dies after raising the floors, before the catalog;
+    // twice: the first time a BEGIN ... COMMIT batch is the first writer, then a single INSERT.
+    let writes = [
+        "BEGIN; INSERT INTO app.t (id, v) VALUES (2, 'after'); COMMIT;",
+        "INSERT INTO app.t (id, v) VALUES (5, 'after again')",
+    ];
+    for write in writes {
+        c.kill9(1);
+        c.spawn_with(1, &[("KALAMDB_FAILPOINTS", "ddl-after-floors")]);
+        c.node(1).wait_healthy().await;
+        let port = c.node(1).port;
+        let answer = common::post_sql(port, "ALTER TABLE app.t ADD COLUMN lost INT").await;
+        assert!(c.node_mut(1).wait_exit(Duration::from_secs(30)).await, "no crash point reached: {answer:?}");
+        assert!(c.log(1).contains("failpoint ddl-after-floors hit"), "{}", c.log(1));
 
-    // Writes are refused by the floor until a writer gives up waiting for the change and
-    // bumps the table's version past it.
-    let started = Instant::now();
-    c.node(2).sql_ok("INSERT INTO app.t (id, v) VALUES (2, 'after')").await;
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(kalamdb_query::SCHEMA_CHANGE_WAIT_MS), "not fenced at all? {waited:?}");
+        // Writes are refused by the floor until a writer gives up waiting for the change
+        // and bumps the table's version past it.
+        let started = Instant::now();
+        c.node(2).sql_ok(write).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(kalamdb_query::SCHEMA_CHANGE_WAIT_MS),
+            "{write}: not fenced? {waited:?}"
+        );
+    }
     c.node(3).sql_ok("INSERT INTO app.t (id, v) VALUES (3, 'later')").await;
     let history = c.node(3).sql_ok("DESCRIBE TABLE app.t HISTORY").await.to_string();
     assert!(history.contains("schema version bumped"), "{history}");
@@ -88,9 +98,12 @@ async fn a_change_whose_coordinator_dies_after_its_floors_does_not_fence_the_tab
 
     c.restart(1).await;
     let rows = c.node(1).sql_ok("SELECT id, v FROM app.t ORDER BY id").await["rows"].clone();
-    assert_eq!(rows, json!([[1, "before"], [2, "after"], [3, "later"]]));
+    assert_eq!(rows, json!([[1, "before"], [2, "after"], [3, "later"], [5, "after again"]]));
     c.node(1).sql_ok("ALTER TABLE app.t ADD COLUMN kept INT DEFAULT 5").await;
     c.node(2).sql_ok("INSERT INTO app.t (id, v) VALUES (4, 'new')").await;
+    let bumps =
+        c.node(2).sql_ok("DESCRIBE TABLE app.t HISTORY").await.to_string().matches("schema version bumped").count();
+    assert_eq!(bumps, 2, "one bump per unfinished change");
     let rows = c.node(3).sql_ok("SELECT kept FROM app.t WHERE id = 4").await["rows"].clone();
     assert_eq!(rows, json!([[5]]));
     c.assert_converged().await;

@@ -43,6 +43,34 @@ pub struct Catalog {
     pub users: crate::users::Users,
 }
 
+/// The catalog state held for writing. Counts the change when released, after the state
+/// changed and while still locked: a statement that reads the new count and then the state
+/// waits for the lock and sees the new state (the other order would let it see the new count
+/// with the old state, and take a stale answer for a current one).
+struct CatalogWrite<'a> {
+    state: std::sync::RwLockWriteGuard<'a, CatalogState>,
+    changes: &'a std::sync::atomic::AtomicU64,
+}
+
+impl std::ops::Deref for CatalogWrite<'_> {
+    type Target = CatalogState;
+    fn deref(&self) -> &CatalogState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for CatalogWrite<'_> {
+    fn deref_mut(&mut self) -> &mut CatalogState {
+        &mut self.state
+    }
+}
+
+impl Drop for CatalogWrite<'_> {
+    fn drop(&mut self) {
+        self.changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn ns_key(group: GroupId, ns: &str) -> Vec<u8> {
     let mut k = group.prefix().to_vec();
     k.push(b'n');
@@ -78,9 +106,8 @@ impl Catalog {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CatalogState> {
-        self.changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> CatalogWrite<'_> {
+        CatalogWrite { state: self.state.write().unwrap_or_else(|p| p.into_inner()), changes: &self.changes }
     }
 
     /// How many times apply changed (or may have changed) namespaces and tables so far.

@@ -126,7 +126,8 @@ impl Engine {
             let _ = self.bump_version(&def, proposer).await;
             if let Some(slot) = fenced {
                 // The catalog refused (the column changed meanwhile): the fences go again.
-                let _ = self.lift_not_null(&def, slot, proposer).await;
+                // Not `lift_not_null`: in `def` the column is still nullable, so it would skip.
+                let _ = self.unfence(&def, slot, proposer).await;
             }
             return Err(e);
         }
@@ -168,6 +169,11 @@ impl Engine {
         if def.columns[slot].nullable {
             return Ok(());
         }
+        self.unfence(def, slot, proposer).await
+    }
+
+    /// Lift the NOT NULL fences of the column at `slot` in every group holding the table.
+    async fn unfence(&self, def: &TableDef, slot: usize, proposer: &dyn Proposer) -> Result<()> {
         let groups = self.layout.table_groups(def);
         let op = || Op::RequireNotNull { table: def.clone(), slot: slot as u32, required: false };
         for r in futures::future::join_all(groups.iter().map(|g| self.propose_ok(proposer, *g, op()))).await {

@@ -14,9 +14,7 @@ use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::{GroupId, Op, OpResult, RowWrite, TableDef, TxWrite, Value, WriteKind};
 use kalamdb_projections::keys::encode_pk;
 
-use super::{
-    CONFLICT_RETRIES_MAX, Engine, ExecContext, QueryResult, SCHEMA_RETRY_PAUSE_MS, STATEMENT_ROWS_MAX, apply_failure,
-};
+use super::{CONFLICT_RETRIES_MAX, Engine, ExecContext, QueryResult, STATEMENT_ROWS_MAX, apply_failure};
 use crate::error::{Error, Result};
 use crate::parse::{Parsed, Statement};
 use crate::ports::Proposer;
@@ -201,6 +199,7 @@ impl Engine {
             }
         }
         for _attempt in 0..CONFLICT_RETRIES_MAX {
+            let seen = self.catalog.changes();
             let batch = Arc::new(Batch::default());
             let inside = ExecContext { batch: Some(batch.clone()), ..ctx.clone() };
             let mut results = vec![transaction_message(0, "Transaction started".into())];
@@ -221,6 +220,11 @@ impl Engine {
                 results.push(transaction_message(0, "Committed: nothing to write".into()));
                 return Ok(results);
             };
+            let mut tables: Vec<u64> = match &op {
+                Op::Transaction { writes } => writes.iter().map(|w| w.table_id).collect(),
+                _ => Vec::new(),
+            };
+            tables.dedup();
             let outcome = self.with_deadline("COMMIT", proposer.propose(group, op)).await.map_err(|e| (end, e))?;
             match outcome {
                 OpResult::Done { affected } => {
@@ -228,10 +232,10 @@ impl Engine {
                     return Ok(results);
                 }
                 OpResult::Failed { code: ApplyErrorCode::Conflict, .. } => continue,
-                // A table of the batch changed: its statements run again on the new schema
-                // (after a pause, in case the change has fenced the table but not committed).
+                // A table of the batch changed: its statements run again on the new schema,
+                // once this node's catalog has it (see `unfenced`).
                 OpResult::Failed { code: ApplyErrorCode::StaleSchema, .. } => {
-                    tokio::time::sleep(std::time::Duration::from_millis(SCHEMA_RETRY_PAUSE_MS)).await;
+                    self.await_schema_change(seen, &tables, ctx, proposer).await.map_err(|e| (end, e))?;
                     continue;
                 }
                 OpResult::Failed { code, message } => return Err((end, apply_failure(code, message))),

@@ -148,6 +148,34 @@ impl Engine {
         }
     }
 
+    /// A batch's commit was refused by a schema floor: wait, as a single write does, until
+    /// this node's catalog changed since `seen`, and bump the batch's tables past a floor
+    /// whose change has not committed within [`SCHEMA_CHANGE_WAIT_MS`].
+    pub(super) async fn await_schema_change(
+        &self,
+        seen: u64,
+        table_ids: &[u64],
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+    ) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            self.barrier(ctx, catalog_group()).await?;
+            if self.catalog.changes() != seen {
+                return Ok(());
+            }
+            if started.elapsed() >= Duration::from_millis(SCHEMA_CHANGE_WAIT_MS) {
+                for id in table_ids {
+                    if let Some(def) = self.catalog.table_by_id(*id) {
+                        self.bump_version(&def, proposer).await?;
+                    }
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(SCHEMA_RETRY_PAUSE_MS)).await;
+        }
+    }
+
     /// A schema floor above the table's version stayed for [`SCHEMA_CHANGE_WAIT_MS`]: the
     /// change that raised it did not commit. Give the table the next version unchanged, so
     /// writes planned on it pass the floor; the unfinished change, if it still comes, is
