@@ -122,22 +122,17 @@ impl Engine {
         // Refused by a schema floor: the change that raised it commits in the catalog within
         // milliseconds. Wait for this replica to apply something new before planning again
         // (a refused attempt is a log entry), and bump past a floor whose change never comes.
-        let (mut waiting_since, mut bumps) = (Instant::now(), 0);
+        let mut bumps = 0;
         loop {
-            self.barrier(ctx, catalog_group()).await?;
-            if self.catalog.changes() == seen {
-                if waiting_since.elapsed() < Duration::from_millis(SCHEMA_CHANGE_WAIT_MS) {
-                    tokio::time::sleep(Duration::from_millis(SCHEMA_RETRY_PAUSE_MS)).await;
-                } else if bumps < SCHEMA_BUMPS_MAX {
-                    self.bump_schema(&stmt, ctx, proposer).await?;
-                    (waiting_since, bumps) = (Instant::now(), bumps + 1);
-                } else {
+            if !self.catalog_changed_since(seen, ctx).await? {
+                if bumps == SCHEMA_BUMPS_MAX {
                     return Err(Error::SchemaChanged(format!(
                         "the table's schema kept changing under this write (waited {SCHEMA_CHANGE_WAIT_MS} ms \
                          {SCHEMA_BUMPS_MAX} times); nothing was written"
                     )));
                 }
-                continue;
+                self.bump_schema(&stmt, ctx, proposer).await?;
+                bumps += 1;
             }
             tracing::debug!(target: "kalamdb_sql", "row write planned again after a schema change");
             seen = self.catalog.changes();
@@ -158,19 +153,28 @@ impl Engine {
         ctx: &ExecContext,
         proposer: &dyn Proposer,
     ) -> Result<()> {
+        if self.catalog_changed_since(seen, ctx).await? {
+            return Ok(());
+        }
+        for id in table_ids {
+            if let Some(def) = self.catalog.table_by_id(*id) {
+                self.bump_version(&def, proposer).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this node's catalog applies a change after `seen` within
+    /// [`SCHEMA_CHANGE_WAIT_MS`] (each check after the catalog's read barrier).
+    async fn catalog_changed_since(&self, seen: u64, ctx: &ExecContext) -> Result<bool> {
         let started = Instant::now();
         loop {
             self.barrier(ctx, catalog_group()).await?;
             if self.catalog.changes() != seen {
-                return Ok(());
+                return Ok(true);
             }
             if started.elapsed() >= Duration::from_millis(SCHEMA_CHANGE_WAIT_MS) {
-                for id in table_ids {
-                    if let Some(def) = self.catalog.table_by_id(*id) {
-                        self.bump_version(&def, proposer).await?;
-                    }
-                }
-                return Ok(());
+                return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(SCHEMA_RETRY_PAUSE_MS)).await;
         }
