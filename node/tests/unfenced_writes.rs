@@ -66,18 +66,20 @@ async fn a_change_whose_coordinator_dies_after_its_floors_does_not_fence_the_tab
     c.node(2).sql_ok("CREATE TABLE app.t (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED')").await;
     c.node(2).sql_ok("INSERT INTO app.t (id, v) VALUES (1, 'before')").await;
 
-    // Node 1 coordinates an ALTER and dies after raising the floors, before the catalog;
-    // twice: the first time a BEGIN ... COMMIT batch is the first writer, then a single INSERT.
-    let writes = [
-        "BEGIN; INSERT INTO app.t (id, v) VALUES (2, 'after'); COMMIT;",
-        "INSERT INTO app.t (id, v) VALUES (5, 'after again')",
+    // Node 1 coordinates a change and dies after raising the floors, before the catalog;
+    // three times: an ALTER whose first writer is a BEGIN ... COMMIT batch, an ALTER whose
+    // first writer is a single INSERT, and a DROP TABLE.
+    let rounds = [
+        ("ALTER TABLE app.t ADD COLUMN lost INT", "BEGIN; INSERT INTO app.t (id, v) VALUES (2, 'after'); COMMIT;"),
+        ("ALTER TABLE app.t ADD COLUMN lost INT", "INSERT INTO app.t (id, v) VALUES (5, 'after again')"),
+        ("DROP TABLE app.t", "INSERT INTO app.t (id, v) VALUES (6, 'not dropped')"),
     ];
-    for write in writes {
+    for (change, write) in rounds {
         c.kill9(1);
         c.spawn_with(1, &[("KALAMDB_FAILPOINTS", "ddl-after-floors")]);
         c.node(1).wait_healthy().await;
         let port = c.node(1).port;
-        let answer = common::post_sql(port, "ALTER TABLE app.t ADD COLUMN lost INT").await;
+        let answer = common::post_sql(port, change).await;
         assert!(c.node_mut(1).wait_exit(Duration::from_secs(30)).await, "no crash point reached: {answer:?}");
         assert!(c.log(1).contains("failpoint ddl-after-floors hit"), "{}", c.log(1));
 
@@ -98,12 +100,12 @@ async fn a_change_whose_coordinator_dies_after_its_floors_does_not_fence_the_tab
 
     c.restart(1).await;
     let rows = c.node(1).sql_ok("SELECT id, v FROM app.t ORDER BY id").await["rows"].clone();
-    assert_eq!(rows, json!([[1, "before"], [2, "after"], [3, "later"], [5, "after again"]]));
+    assert_eq!(rows, json!([[1, "before"], [2, "after"], [3, "later"], [5, "after again"], [6, "not dropped"]]));
     c.node(1).sql_ok("ALTER TABLE app.t ADD COLUMN kept INT DEFAULT 5").await;
     c.node(2).sql_ok("INSERT INTO app.t (id, v) VALUES (4, 'new')").await;
     let bumps =
         c.node(2).sql_ok("DESCRIBE TABLE app.t HISTORY").await.to_string().matches("schema version bumped").count();
-    assert_eq!(bumps, 2, "one bump per unfinished change");
+    assert_eq!(bumps, 3, "one bump per unfinished change");
     let rows = c.node(3).sql_ok("SELECT kept FROM app.t WHERE id = 4").await["rows"].clone();
     assert_eq!(rows, json!([[5]]));
     c.assert_converged().await;

@@ -2,7 +2,7 @@
 //! catalog and again when applied) and `DESCRIBE TABLE ... HISTORY` (the schema versions the
 //! catalog recorded, each with the log index of its change).
 
-use kalamdb_log::{ColumnDef, DataType, DefaultExpr, Op, TableChange, TableDef, TableType, Value};
+use kalamdb_log::{ColumnDef, DataType, DefaultExpr, Op, OpResult, TableChange, TableDef, TableType, Value};
 
 use super::ddl::{check_stream_options, default_literal};
 use super::{Engine, ExecContext, QueryResult, TABLE_COLUMNS_MAX, catalog_group, now_micros};
@@ -111,19 +111,7 @@ impl Engine {
             altered_at_micros: now_micros(),
             expected_version: def.schema_version(),
         };
-        let committed = match self.raise_floors(&def, proposer).await {
-            Ok(()) => {
-                // A crash here leaves the floors raised and the catalog unchanged (tests).
-                kalamdb_projections::failpoint::hit("ddl-after-floors");
-                self.propose_ok(proposer, catalog_group(), op).await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = committed {
-            // Floors may be raised past a version that will not come: take the table there
-            // unchanged rather than leave its writes fenced until a writer bumps it. Best
-            // effort, and refused if another change moved the version on.
-            let _ = self.bump_version(&def, proposer).await;
+        if let Err(e) = self.commit_fenced(&[def.as_ref()], op, proposer).await {
             if let Some(slot) = fenced {
                 // The catalog refused (the column changed meanwhile): the fences go again.
                 // Not `lift_not_null`: in `def` the column is still nullable, so it would skip.
@@ -132,6 +120,32 @@ impl Engine {
             return Err(e);
         }
         Ok(QueryResult::message(1, format!("Table '{}.{}' altered", def.namespace, def.name)))
+    }
+
+    /// Commit a change or drop of `tables` to the catalog (`op`, which expects their current
+    /// versions): first raise their schema floors, every table and group at once, then the
+    /// catalog op. If either step fails, every table gets its next version unchanged (best
+    /// effort; refused if another change moved it on): floors raised past a version that will
+    /// not come would otherwise hold the tables' writes until a writer bumps them.
+    pub(super) async fn commit_fenced(
+        &self,
+        tables: &[&TableDef],
+        op: Op,
+        proposer: &dyn Proposer,
+    ) -> Result<OpResult> {
+        let raised = futures::future::join_all(tables.iter().map(|t| self.raise_floors(t, proposer))).await;
+        let committed = match raised.into_iter().find(Result::is_err) {
+            Some(Err(e)) => Err(e),
+            _ => {
+                // A crash here leaves the floors raised and the catalog unchanged (tests).
+                kalamdb_projections::failpoint::hit("ddl-after-floors");
+                self.propose_ok(proposer, catalog_group(), op).await
+            }
+        };
+        if committed.is_err() {
+            let _ = futures::future::join_all(tables.iter().map(|t| self.bump_version(t, proposer))).await;
+        }
+        committed
     }
 
     /// Raise the table's schema floor past its current version in every data group holding

@@ -38,17 +38,15 @@ impl Engine {
             }
             Statement::DropNamespace { name, if_exists, cascade } => {
                 // Its tables are fenced first, at the versions the catalog must still hold.
-                let tables: Vec<_> =
-                    self.catalog.read().tables.values().filter(|t| t.namespace == name).cloned().collect();
-                let mut expected = Vec::new();
-                if cascade {
-                    for t in &tables {
-                        self.raise_floors(t, proposer).await?;
-                        expected.push((t.table_id, t.schema_version()));
-                    }
-                }
+                let tables: Vec<_> = if cascade {
+                    self.catalog.read().tables.values().filter(|t| t.namespace == name).cloned().collect()
+                } else {
+                    Vec::new()
+                };
+                let expected = tables.iter().map(|t| (t.table_id, t.schema_version())).collect();
                 let op = Op::DropNamespace { name: name.clone(), if_exists, cascade, expected };
-                match self.propose_ok(proposer, catalog_group(), op).await? {
+                let fenced: Vec<&TableDef> = tables.iter().map(|t| t.as_ref()).collect();
+                match self.commit_fenced(&fenced, op, proposer).await? {
                     OpResult::Dropped { table_ids } => {
                         self.purge_tables(proposer, &table_ids).await;
                         Ok(QueryResult::message(1, format!("Namespace '{name}' dropped")))
@@ -64,15 +62,12 @@ impl Engine {
             Statement::CreateTable(ct) => self.create_table(ct, ctx, proposer).await,
             Statement::DropTable { table, if_exists } => {
                 let ns = self.namespace_of(&table, ctx);
-                let expected_version = match self.catalog.table(&ns, &table.name) {
-                    Some(def) => {
-                        self.raise_floors(&def, proposer).await?;
-                        def.schema_version()
-                    }
-                    None => 0,
-                };
+                let def = self.catalog.table(&ns, &table.name);
+                // 0: no table was found, so one created since is refused.
+                let expected_version = def.as_ref().map_or(0, |d| d.schema_version());
                 let op = Op::DropTable { namespace: ns.clone(), name: table.name.clone(), if_exists, expected_version };
-                match self.propose_ok(proposer, catalog_group(), op).await? {
+                let fenced: Vec<&TableDef> = def.as_deref().into_iter().collect();
+                match self.commit_fenced(&fenced, op, proposer).await? {
                     OpResult::Dropped { table_ids } => {
                         self.purge_tables(proposer, &table_ids).await;
                         Ok(QueryResult::message(1, format!("Table '{ns}.{}' dropped", table.name)))

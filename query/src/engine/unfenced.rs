@@ -23,7 +23,9 @@ use crate::ports::Proposer;
 /// up with: a schema change between its two steps (floors raised, catalog not yet changed).
 pub const SCHEMA_RETRY_PAUSE_MS: u64 = 5;
 /// How long writes wait for a fenced schema change to commit before bumping the table's
-/// schema version past the floor. The two steps normally take milliseconds.
+/// schema version past the floor. The two steps normally take milliseconds. A statement
+/// deadline (`limits.query_timeout_ms`) under four times this shortens the wait to a quarter
+/// of it, so a write still bumps (twice at most) before its deadline.
 pub const SCHEMA_CHANGE_WAIT_MS: u64 = 2_000;
 /// Bumps one write may propose before it gives up with `SCHEMA_CHANGED`.
 pub const SCHEMA_BUMPS_MAX: usize = 2;
@@ -127,8 +129,9 @@ impl Engine {
             if !self.catalog_changed_since(seen, ctx).await? {
                 if bumps == SCHEMA_BUMPS_MAX {
                     return Err(Error::SchemaChanged(format!(
-                        "the table's schema kept changing under this write (waited {SCHEMA_CHANGE_WAIT_MS} ms \
-                         {SCHEMA_BUMPS_MAX} times); nothing was written"
+                        "the table's schema kept changing under this write (waited {} ms \
+                         {SCHEMA_BUMPS_MAX} times); nothing was written",
+                        self.schema_change_wait().as_millis()
                     )));
                 }
                 self.bump_schema(&stmt, ctx, proposer).await?;
@@ -164,8 +167,14 @@ impl Engine {
         Ok(())
     }
 
+    /// How long a write refused by a floor waits for the change before bumping: see
+    /// [`SCHEMA_CHANGE_WAIT_MS`].
+    fn schema_change_wait(&self) -> Duration {
+        Duration::from_millis(SCHEMA_CHANGE_WAIT_MS.min(self.limits.timeout_ms / 4))
+    }
+
     /// Whether this node's catalog applies a change after `seen` within
-    /// [`SCHEMA_CHANGE_WAIT_MS`] (each check after the catalog's read barrier).
+    /// [`Self::schema_change_wait`] (each check after the catalog's read barrier).
     async fn catalog_changed_since(&self, seen: u64, ctx: &ExecContext) -> Result<bool> {
         let started = Instant::now();
         loop {
@@ -173,7 +182,7 @@ impl Engine {
             if self.catalog.changes() != seen {
                 return Ok(true);
             }
-            if started.elapsed() >= Duration::from_millis(SCHEMA_CHANGE_WAIT_MS) {
+            if started.elapsed() >= self.schema_change_wait() {
                 return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(SCHEMA_RETRY_PAUSE_MS)).await;
