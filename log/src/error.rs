@@ -12,6 +12,8 @@ pub enum Error {
     UnknownGroup(u32),
     #[error("group {0} already has a log: restore needs an empty node")]
     NotEmpty(String),
+    #[error("log folder: {0}")]
+    Io(#[from] std::io::Error),
     #[error("log writer has stopped")]
     WriterStopped,
 }

@@ -15,5 +15,5 @@ pub use command::{
 };
 pub use error::Error;
 pub use group::{GroupId, GroupLayout, MetaGroup};
-pub use storage::{LogDb, LogStore};
+pub use storage::{LogDb, LogStore, WAL_PREFILL_BYTES_MAX};
 pub use types::{NodeAddr, NodeId, TypeConfig};

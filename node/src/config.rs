@@ -300,6 +300,10 @@ pub struct StorageConfig {
     /// on disk after every member has applied past its retirement, so queries that were
     /// already reading it can finish.
     pub retired_file_grace_secs: u64,
+    /// Bytes written through RocksDB's WAL at startup so that the node writes its log into a
+    /// reused WAL file, whose syncs skip the file system's journal (see
+    /// `kalamdb_log::LogDb::prefill_wal`). 0 starts on a new file.
+    pub wal_prefill_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -428,6 +432,7 @@ impl Default for StorageConfig {
             s3_access_key_id: None,
             s3_secret_access_key: None,
             cache_bytes_max: 10 << 30,
+            wal_prefill_bytes: 64 << 20,
         }
     }
 }
@@ -663,6 +668,9 @@ impl Config {
         }
         if self.storage.compact_files_min < 2 {
             return bad("storage.compact_files_min must be at least 2".into());
+        }
+        if self.storage.wal_prefill_bytes > kalamdb_log::WAL_PREFILL_BYTES_MAX {
+            return bad(format!("storage.wal_prefill_bytes must be at most {}", kalamdb_log::WAL_PREFILL_BYTES_MAX));
         }
         if self.storage.retired_file_grace_secs > RETIRED_FILE_GRACE_SECS_MAX {
             return bad(format!("storage.retired_file_grace_secs must be at most {RETIRED_FILE_GRACE_SECS_MAX}"));

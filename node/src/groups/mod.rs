@@ -164,6 +164,14 @@ impl Groups {
         let layout = GroupLayout::new(user_shards, shared_shards);
         std::fs::create_dir_all(&cfg.storage.data_path)?;
         let log_db = LogDb::open(&cfg.rocksdb_path(), &PROJECTION_CFS)?;
+        let started = std::time::Instant::now();
+        let reused = log_db.prefill_wal(&cfg.rocksdb_path(), cfg.storage.wal_prefill_bytes)?;
+        tracing::info!(
+            reused,
+            bytes = cfg.storage.wal_prefill_bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "WAL file prepared"
+        );
         let (files, bucket) = crate::bucket::open_files(cfg)?;
         if let Some(b) = &bucket {
             b.start_uploader(files.clone(), cfg.storage.cache_bytes_max);
