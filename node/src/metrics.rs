@@ -152,6 +152,16 @@ fn describe() {
     );
     describe_counter!("kalamdb_tail_refused_total", "Tail subscriptions refused: gone (410) or limit (503).");
     describe_counter!("kalamdb_transport_requests_total", "Node-to-node requests sent, by kind.");
+    describe_histogram!(
+        "kalamdb_transport_call_seconds",
+        Unit::Seconds,
+        "A node-to-node request answered, by kind: stream opened, request sent, answer read."
+    );
+    describe_histogram!(
+        "kalamdb_transport_serve_seconds",
+        Unit::Seconds,
+        "Time the receiving node spent handling a request, by kind (network time excluded)."
+    );
     describe_counter!("kalamdb_transport_frames_total", "Transport frames sent and received.");
     describe_counter!("kalamdb_transport_frame_bytes_total", Unit::Bytes, "Transport frame bytes sent and received.");
     describe_counter!(

@@ -497,10 +497,16 @@ impl Transport {
             }
             Ok(body)
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        let started = std::time::Instant::now();
+        let outcome = match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout { node }),
+        };
+        if outcome.is_ok() {
+            metrics::histogram!("kalamdb_transport_call_seconds", "kind" => kind.name())
+                .record(started.elapsed().as_secs_f64());
         }
+        outcome
     }
 
     pub async fn forward(
@@ -660,7 +666,11 @@ impl Transport {
             let _ = send.reset(VarInt::from_u32(CLOSE_BAD_FRAME));
             return;
         };
-        let reply = match self.dispatch(header, body).await {
+        let started = std::time::Instant::now();
+        let dispatched = self.dispatch(header, body).await;
+        metrics::histogram!("kalamdb_transport_serve_seconds", "kind" => header.kind.name())
+            .record(started.elapsed().as_secs_f64());
+        let reply = match dispatched {
             Ok(r) => r,
             Err(e) => {
                 rejected("invalid_body");
