@@ -101,7 +101,11 @@ impl Engine {
         if !unfenced {
             self.barrier(ctx, catalog_group()).await?;
         }
+        // `None` for a statement whose target is not one table: the first attempt's error says
+        // why, and the waits below fall back to any catalog change.
+        let target = write_target(&stmt).ok();
         let mut seen = self.catalog.changes();
+        let mut planned = self.version_of(target.as_ref(), ctx);
         let first = Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await;
         match &first {
             Err(Error::SchemaChanged(_)) => {}
@@ -114,6 +118,7 @@ impl Engine {
                 }
                 tracing::debug!(target: "kalamdb_sql", "row write planned again: the catalog replica was behind");
                 seen = self.catalog.changes();
+                planned = self.version_of(target.as_ref(), ctx);
                 match Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await {
                     Err(Error::SchemaChanged(_)) => {}
                     other => return other,
@@ -122,11 +127,17 @@ impl Engine {
             _ => return first,
         }
         // Refused by a schema floor: the change that raised it commits in the catalog within
-        // milliseconds. Wait for this replica to apply something new before planning again
-        // (a refused attempt is a log entry), and bump past a floor whose change never comes.
+        // milliseconds. Wait until this replica holds another version of the table (the
+        // change, a bump, or the table gone) before planning again: a refused attempt is a
+        // log entry, so changes to other tables do not start one. Bump past a floor whose
+        // change never comes.
         let mut bumps = 0;
         loop {
-            if !self.catalog_changed_since(seen, ctx).await? {
+            let changed = || match &target {
+                Some(t) => self.version_of(Some(t), ctx) != planned,
+                None => self.catalog.changes() != seen,
+            };
+            if !self.catalog_changed(ctx, changed).await? {
                 if bumps == SCHEMA_BUMPS_MAX {
                     return Err(Error::SchemaChanged(format!(
                         "the table's schema kept changing under this write (waited {} ms \
@@ -139,11 +150,17 @@ impl Engine {
             }
             tracing::debug!(target: "kalamdb_sql", "row write planned again after a schema change");
             seen = self.catalog.changes();
+            planned = self.version_of(target.as_ref(), ctx);
             match Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await {
                 Err(Error::SchemaChanged(_)) => {}
                 other => return other,
             }
         }
+    }
+
+    /// The id and schema version of the table `name` resolves to on this node's replica now.
+    fn version_of(&self, name: Option<&TableName>, ctx: &ExecContext) -> Option<(u64, u32)> {
+        self.resolve_table(name?, ctx).ok().map(|d| (d.table_id, d.schema_version()))
     }
 
     /// A batch's commit was refused by a schema floor: wait, as a single write does, until
@@ -156,7 +173,7 @@ impl Engine {
         ctx: &ExecContext,
         proposer: &dyn Proposer,
     ) -> Result<()> {
-        if self.catalog_changed_since(seen, ctx).await? {
+        if self.catalog_changed(ctx, || self.catalog.changes() != seen).await? {
             return Ok(());
         }
         for id in table_ids {
@@ -173,13 +190,13 @@ impl Engine {
         Duration::from_millis(SCHEMA_CHANGE_WAIT_MS.min(self.limits.timeout_ms / 4))
     }
 
-    /// Whether this node's catalog applies a change after `seen` within
+    /// Whether this node's catalog reaches a state where `changed` holds within
     /// [`Self::schema_change_wait`] (each check after the catalog's read barrier).
-    async fn catalog_changed_since(&self, seen: u64, ctx: &ExecContext) -> Result<bool> {
+    async fn catalog_changed(&self, ctx: &ExecContext, changed: impl Fn() -> bool) -> Result<bool> {
         let started = Instant::now();
         loop {
             self.barrier(ctx, catalog_group()).await?;
-            if self.catalog.changes() != seen {
+            if changed() {
                 return Ok(true);
             }
             if started.elapsed() >= self.schema_change_wait() {
