@@ -154,7 +154,7 @@ impl LogDb {
     /// fsync at startup. Returns whether the current WAL file is a reused one of `bytes` or
     /// more (a flush still running in the background can delay the spare; then the process
     /// starts on a new file, as without this).
-    pub fn prefill_wal(&self, path: &Path, bytes: u64) -> Result<bool> {
+    pub fn prefill_wal(&self, bytes: u64) -> Result<bool> {
         assert!(bytes <= WAL_PREFILL_BYTES_MAX, "wal prefill of {bytes} bytes over the maximum");
         if bytes == 0 {
             return Ok(false);
@@ -178,13 +178,13 @@ impl LogDb {
         for _ in 0..2 {
             self.db.delete_cf(cf, b"x")?;
             self.db.flush_cf(cf)?;
-            if current_wal_bytes(path)? >= bytes {
+            if current_wal_bytes(self.db.path())? >= bytes {
                 break;
             }
         }
         // The scratch key's table files go at once.
         self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
-        Ok(current_wal_bytes(path)? >= bytes)
+        Ok(current_wal_bytes(self.db.path())? >= bytes)
     }
 
     /// Fsync the WAL now (used before acknowledging anything that bypasses `append`).
@@ -556,7 +556,7 @@ mod tests {
         let key = |i: u32| i.to_be_bytes();
         {
             let db = LogDb::open(dir.path(), &["data"]).unwrap();
-            assert!(db.prefill_wal(dir.path(), bytes).unwrap(), "the WAL file is not a reused one");
+            assert!(db.prefill_wal(bytes).unwrap(), "the WAL file is not a reused one");
             let wal_before = current_wal_bytes(dir.path()).unwrap();
             let cf = db.db().cf_handle("data").unwrap();
             for i in 0..2_000u32 {
@@ -578,7 +578,7 @@ mod tests {
         let scratch = db.db().cf_handle(CF_WAL_PREFILL).unwrap();
         assert_eq!(db.db().get_cf(scratch, b"x").unwrap(), None, "the prefill's scratch key stayed");
         // A second prefill after the reopen works the same way.
-        assert!(db.prefill_wal(dir.path(), bytes).unwrap());
-        assert!(!db.prefill_wal(dir.path(), 0).unwrap());
+        assert!(db.prefill_wal(bytes).unwrap());
+        assert!(!db.prefill_wal(0).unwrap());
     }
 }

@@ -165,7 +165,7 @@ impl Groups {
         std::fs::create_dir_all(&cfg.storage.data_path)?;
         let log_db = LogDb::open(&cfg.rocksdb_path(), &PROJECTION_CFS)?;
         let started = std::time::Instant::now();
-        let reused = log_db.prefill_wal(&cfg.rocksdb_path(), cfg.storage.wal_prefill_bytes)?;
+        let reused = log_db.prefill_wal(cfg.storage.wal_prefill_bytes)?;
         tracing::info!(
             reused,
             bytes = cfg.storage.wal_prefill_bytes,

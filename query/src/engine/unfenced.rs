@@ -117,11 +117,9 @@ impl Engine {
                     return first;
                 }
                 tracing::debug!(target: "kalamdb_sql", "row write planned again: the catalog replica was behind");
-                seen = self.catalog.changes();
-                planned = self.version_of(target.as_ref(), ctx);
-                match Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await {
-                    Err(Error::SchemaChanged(_)) => {}
-                    other => return other,
+                (seen, planned) = (self.catalog.changes(), self.version_of(target.as_ref(), ctx));
+                if let Some(done) = self.run_unless_refused(&stmt, ctx, proposer).await {
+                    return done;
                 }
             }
             _ => return first,
@@ -149,12 +147,23 @@ impl Engine {
                 bumps += 1;
             }
             tracing::debug!(target: "kalamdb_sql", "row write planned again after a schema change");
-            seen = self.catalog.changes();
-            planned = self.version_of(target.as_ref(), ctx);
-            match Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await {
-                Err(Error::SchemaChanged(_)) => {}
-                other => return other,
+            (seen, planned) = (self.catalog.changes(), self.version_of(target.as_ref(), ctx));
+            if let Some(done) = self.run_unless_refused(&stmt, ctx, proposer).await {
+                return done;
             }
+        }
+    }
+
+    /// Plan and run `stmt` once more; `None` if a schema floor refused it (nothing written).
+    async fn run_unless_refused(
+        &self,
+        stmt: &ast::Statement,
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+    ) -> Option<Result<QueryResult>> {
+        match Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await {
+            Err(Error::SchemaChanged(_)) => None,
+            other => Some(other),
         }
     }
 
