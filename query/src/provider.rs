@@ -15,27 +15,22 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef};
 use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
-use datafusion::common::DFSchema;
 use datafusion::datasource::TableType as DfTableType;
-use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
-use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::{col, in_list, lit};
+use datafusion::physical_expr::expressions::col;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use kalamdb_log::{GroupId, GroupLayout, Role, TableDef};
 use kalamdb_projections::columnar::rows_to_batch;
 pub use kalamdb_projections::columnar::{DELETED_COLUMN, SEQ_COLUMN, storage_schema, table_schema};
 use kalamdb_projections::{Catalog, JobLog, RowReader, StoredRow, TableView};
+
+mod cold;
+mod selectivity;
 
 pub const SYSTEM_NAMESPACE: &str = "system";
 /// Namespaces no table can be created in: they are the server's views of itself.
@@ -136,8 +131,9 @@ impl TableProvider for KalamTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>, DataFusionError> {
-        // Filters prune Parquet row groups and pages; DataFusion still applies them to rows.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // Each side of the scan applies them itself, below its final projection (see `cold`),
+        // and they also prune Parquet row groups and pages.
+        Ok(vec![TableProviderFilterPushDown::Exact; filters.len()])
     }
 
     /// Hot rows (RocksDB) united with the table's live Parquet files minus superseded
@@ -162,7 +158,7 @@ impl TableProvider for KalamTable {
             (Some(b), None) => b.overlay(self.def.table_id, &self.scope),
             _ => Vec::new(),
         };
-        // Filters are re-applied above the scan, so a limit is only safe without them.
+        // Filters are applied after the hot rows are read, so a limit is only safe without them.
         let limit = limit.filter(|_| filters.is_empty() && pending.is_empty());
         // Reading RocksDB and replaying the log block: they run on a blocking thread, not on
         // a thread of the query runtime, and what they materialize is charged to the pool.
@@ -189,12 +185,20 @@ impl TableProvider for KalamTable {
         let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
         let what = format!("scan {}.{}", self.def.namespace, self.def.name);
         self.held.hold(&state.runtime_env().memory_pool, what, bytes)?;
-        let hot = MemorySourceConfig::try_new_exec(&[batches], self.storage.clone(), Some(proj.clone()))?;
-        let plan = if view.files.is_empty() {
-            hot
-        } else {
-            let cold = self.cold_plan(state, &proj, filters, &view)?;
-            UnionExec::try_new(vec![hot, cold])?
+        let filters = self.storage_filters(filters)?;
+        let need = self.needed_columns(&proj, &filters);
+        let (cold, filters) = match view.files.is_empty() {
+            true => (None, filters),
+            false => {
+                let (cold, ordered) = self.cold_plan(state, &proj, &need, &filters, &view).await?;
+                (Some(cold), ordered)
+            }
+        };
+        let hot = MemorySourceConfig::try_new_exec(&[batches], self.storage.clone(), Some(need.clone()))?;
+        let hot = self.filter_and_project(state, hot, &filters, &proj)?;
+        let plan = match cold {
+            None => hot,
+            Some(cold) => UnionExec::try_new(vec![hot, cold])?,
         };
         self.named(plan, &shown)
     }
@@ -306,122 +310,6 @@ fn pk_range(def: &TableDef, filters: &[Expr]) -> kalamdb_projections::cold::PkRa
         }
     }
     range
-}
-
-impl KalamTable {
-    /// The Parquet side of a scan: only the projected columns are read, filters prune row
-    /// groups and pages by their statistics, superseded versions are filtered out by `_seq`.
-    /// Files written before a column was added (with a backfill value) are scanned apart,
-    /// without it, and the backfill stands in for it.
-    fn cold_plan(
-        &self,
-        state: &dyn Session,
-        proj: &[usize],
-        filters: &[Expr],
-        view: &TableView,
-    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        let mut groups: std::collections::BTreeMap<Vec<usize>, Vec<(std::path::PathBuf, u64)>> = Default::default();
-        for (i, file) in view.files.iter().enumerate() {
-            let held = view.file_columns.get(i);
-            let missing = self
-                .def
-                .columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.backfill.is_some() && held.is_some_and(|h| !h.iter().any(|n| n == c.storage_name())))
-                .map(|(j, _)| j)
-                .collect();
-            groups.entry(missing).or_default().push(file.clone());
-        }
-        let mut plans = Vec::with_capacity(groups.len());
-        for (missing, files) in groups {
-            plans.push(self.cold_files(state, proj, filters, &files, &view.superseded, &missing)?);
-        }
-        match plans.len() {
-            1 => Ok(plans.remove(0)),
-            _ => UnionExec::try_new(plans),
-        }
-    }
-
-    /// One scan over files that all lack the same added columns (`missing`, indexes into the
-    /// storage schema; usually none).
-    fn cold_files(
-        &self,
-        state: &dyn Session,
-        proj: &[usize],
-        filters: &[Expr],
-        files: &[(std::path::PathBuf, u64)],
-        superseded: &[u64],
-        missing: &[usize],
-    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        // These files' schema: the storage schema less the columns they predate.
-        let kept: Vec<usize> = (0..self.storage.fields().len()).filter(|i| !missing.contains(i)).collect();
-        let schema = Arc::new(self.storage.project(&kept)?);
-        let seq_idx = self.storage.fields().len() - 2;
-        let mut wanted: Vec<usize> = proj.iter().copied().filter(|i| !missing.contains(i)).collect();
-        if !superseded.is_empty() && !wanted.contains(&seq_idx) {
-            wanted.push(seq_idx);
-        }
-        let read: Vec<usize> = wanted.iter().filter_map(|i| kept.iter().position(|k| k == i)).collect::<Vec<usize>>();
-        // Footers and page indexes come from the runtime's bounded metadata cache, so a point
-        // lookup does not parse them again on every query. Files are immutable under their
-        // path (a rewrite of the same path holds the same bytes), so a cached entry stays right.
-        let store = state.runtime_env().object_store(ObjectStoreUrl::local_filesystem())?;
-        let metadata = state.runtime_env().cache_manager.get_file_metadata_cache();
-        let mut source = ParquetSource::new(schema.clone())
-            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(store, metadata)));
-        // Files that predate a column have no statistics for it: they are not pruned here (the
-        // filters still apply to their rows above the scan).
-        if missing.is_empty()
-            && let Some(filter) = conjunction(self.storage_filters(filters)?)
-        {
-            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-            source = source.with_predicate(state.create_physical_expr(filter, &df_schema)?);
-        }
-        // One file group per partition (round robin), so the files are scanned in parallel
-        // rather than one after another by a single partition.
-        let partitions = state.config_options().execution.target_partitions.clamp(1, files.len().max(1));
-        let mut file_groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
-        for (i, (path, size)) in files.iter().enumerate() {
-            file_groups[i % partitions].push(PartitionedFile::new(path.to_string_lossy(), *size));
-        }
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-            .with_file_groups(file_groups.into_iter().map(FileGroup::new).collect())
-            .with_projection_indices(Some(read.clone()))?
-            .build();
-        let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
-        if superseded.is_empty() && missing.is_empty() && read.len() == proj.len() {
-            return Ok(scan);
-        }
-        let s = scan.schema();
-        let input: Arc<dyn ExecutionPlan> = if superseded.is_empty() {
-            scan
-        } else {
-            let list = superseded.iter().map(|q| lit(*q as i64)).collect();
-            let keep = in_list(col(SEQ_COLUMN, &s)?, list, &true, &s)?;
-            Arc::new(FilterExec::try_new(keep, scan)?)
-        };
-        let exprs = proj
-            .iter()
-            .map(|&i| {
-                let name = self.storage.field(i).name();
-                if missing.contains(&i) {
-                    Ok((lit(self.backfill_scalar(i)?), name.clone()))
-                } else {
-                    Ok((col(name, &s)?, name.clone()))
-                }
-            })
-            .collect::<Result<Vec<(Arc<dyn PhysicalExpr>, String)>, DataFusionError>>()?;
-        Ok(Arc::new(ProjectionExec::try_new(exprs, input)?))
-    }
-
-    /// The backfill of column `i` as a value of its storage type.
-    fn backfill_scalar(&self, i: usize) -> Result<datafusion::common::ScalarValue, DataFusionError> {
-        let c = &self.def.columns[i];
-        let v = c.backfill.clone().unwrap_or(kalamdb_log::Value::Null);
-        let array = kalamdb_projections::columnar::build_array(c.data_type, std::iter::once(&v), 1);
-        datafusion::common::ScalarValue::try_from_array(&array, 0)
-    }
 }
 
 /// Who reads a system table: `system.users` shows dba and system callers every user, and
