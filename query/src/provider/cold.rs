@@ -178,7 +178,7 @@ impl KalamTable {
         for (shape, files) in groups {
             let names: Vec<&str> = shape.dictionary.iter().map(|&i| self.storage.field(i).name().as_str()).collect();
             let filters: Vec<Expr> = filters.iter().map(|f| on_dictionaries(f, &names)).collect::<Result<_, _>>()?;
-            let scan = self.cold_files(state, need, &filters, &files, &view.superseded, &shape, &metadata)?;
+            let scan = self.cold_files(state, need, &files, &view.superseded, &shape, &metadata)?;
             plans.push(self.filter_and_project(state, scan, &filters, proj)?);
         }
         let plan = match plans.len() {
@@ -207,12 +207,10 @@ impl KalamTable {
 
     /// One scan over files of one shape, the columns `need` (plus `_seq` when versions are
     /// superseded; a missing column as its backfill), unfiltered but for statistics pruning.
-    #[allow(clippy::too_many_arguments)]
     fn cold_files(
         &self,
         state: &dyn Session,
         need: &[usize],
-        filters: &[Expr],
         files: &[(PathBuf, u64)],
         superseded: &[u64],
         shape: &FileShape,
@@ -251,15 +249,10 @@ impl KalamTable {
                 columns: shape.dictionary.iter().map(|&i| self.storage.field(i).name().clone()).collect(),
             }),
         };
-        let mut source = ParquetSource::new(schema.clone()).with_parquet_file_reader_factory(factory);
-        // Files that predate a column have no statistics for it: they are not pruned here (the
-        // filters apply to their rows once the backfill stands in).
-        if missing.is_empty()
-            && let Some(filter) = conjunction(filters.to_vec())
-        {
-            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-            source = source.with_predicate(state.create_physical_expr(filter, &df_schema)?);
-        }
+        let source = ParquetSource::new(schema.clone()).with_parquet_file_reader_factory(factory);
+        // No predicate is set here: DataFusion's filter pushdown hands the scan the filters of
+        // the `FilterExec` above it (see `filter_and_project`) for pruning row groups and pages
+        // (a second copy would be evaluated twice).
         // One file group per partition (round robin), so the files are scanned in parallel
         // rather than one after another by a single partition.
         let partitions = state.config_options().execution.target_partitions.clamp(1, files.len().max(1));
