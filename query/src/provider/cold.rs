@@ -188,19 +188,13 @@ impl KalamTable {
         Ok((plan, filters))
     }
 
-    /// TEXT columns (storage indexes) that `filters` name.
+    /// TEXT columns (storage indexes) that `filters` name, in storage order.
     fn compared_text_columns(&self, filters: &[Expr]) -> Vec<usize> {
-        let mut out = Vec::new();
-        for filter in filters {
-            for column in filter.column_refs() {
-                if let Ok(i) = self.storage.index_of(&column.name)
-                    && self.def.columns.get(i).is_some_and(|c| c.data_type == DataType::Text)
-                    && !out.contains(&i)
-                {
-                    out.push(i);
-                }
-            }
-        }
+        let mut out: Vec<usize> = self
+            .needed_columns(&[], filters)
+            .into_iter()
+            .filter(|&i| self.def.columns.get(i).is_some_and(|c| c.data_type == DataType::Text))
+            .collect();
         out.sort_unstable();
         out
     }
@@ -359,14 +353,17 @@ fn dictionary_safe(e: &Expr, dictionaries: &[&str]) -> bool {
     }
 }
 
+/// The leaf index of the top-level column `name` in a file.
+pub(super) fn column_index(meta: &ParquetMetaData, name: &str) -> Option<usize> {
+    let schema = meta.file_metadata().schema_descr();
+    (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == [name.to_string()])
+}
+
 /// Whether every data page of the top-level column `name`, in every row group, is
 /// dictionary-encoded (a writer falls back to plain pages once a chunk's dictionary is full;
 /// reading those as a dictionary would hash every value).
 fn all_pages_dictionary(meta: &ParquetMetaData, name: &str) -> bool {
-    let schema = meta.file_metadata().schema_descr();
-    let Some(idx) = (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == [name.to_string()]) else {
-        return false;
-    };
+    let Some(idx) = column_index(meta, name) else { return false };
     meta.num_row_groups() > 0
         && meta.row_groups().iter().all(|rg| {
             let chunk = rg.column(idx);

@@ -29,12 +29,8 @@ pub(super) struct ColumnRanges(HashMap<String, (f64, f64)>);
 impl ColumnRanges {
     /// Widen the ranges of `columns` by every row group of one file.
     pub(super) fn add_file(&mut self, meta: &ParquetMetaData, columns: &[&str]) {
-        let schema = meta.file_metadata().schema_descr();
         for name in columns {
-            let Some(idx) = (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == [name.to_string()])
-            else {
-                continue;
-            };
+            let Some(idx) = super::cold::column_index(meta, name) else { continue };
             for rg in meta.row_groups() {
                 if let Some((lo, hi)) = rg.column(idx).statistics().and_then(numeric_range) {
                     let range = self.0.entry(name.to_string()).or_insert((lo, hi));
