@@ -64,6 +64,8 @@ impl Installer<'_> {
     fn install_marked(&self, input: impl Read, last: Option<LogId>, membership: StoredMembership) -> Result<()> {
         // Stays set if this fails: the group is half installed until a restart redoes it.
         self.env.installing.set(self.group, true);
+        // Hot rows are replaced here without row ops: flushes read whole until they learn again.
+        self.env.flush_starts.forget_group(self.group);
         let db = self.log_db.db();
         let at = ColdGroup { db, files: &self.env.files, group: self.group };
         let mut input = BufReader::new(input);

@@ -3,6 +3,7 @@
 //! installs snapshots, and computes state digests.
 
 pub mod catalog;
+pub mod ceiling;
 pub mod changes;
 pub mod cold;
 pub mod columnar;

@@ -230,16 +230,25 @@ impl Projection {
             }
             Op::SchemaFloor { table_id, version } if is_data => rows.raise_floor(batch, *table_id, *version),
             Op::PurgeTable { table_id } if is_data => {
+                self.env.flush_starts.forget_table(self.group, *table_id);
                 ColdApplier::new(db, self.group, &self.env).purge(batch, *table_id, log_index)?;
                 rows.purge_table(batch, *table_id)
             }
             Op::Flush { table, scope } if is_data => {
-                ColdApplier::new(db, self.group, &self.env).flush(batch, table, scope.as_deref(), log_index)
+                let r = ColdApplier::new(db, self.group, &self.env).flush(batch, table, scope.as_deref(), log_index)?;
+                // Rows written from here on are all the next whole flush needs to read (if this
+                // batch fails to commit, `apply` forgets the group's starts).
+                if scope.is_none() {
+                    self.env.flush_starts.flushed(self.group, table.table_id);
+                }
+                Ok(r)
             }
             Op::Compact { table, scope } if is_data => {
                 ColdApplier::new(db, self.group, &self.env).compact(batch, table, scope.as_deref(), log_index)
             }
             Op::Rebuild { table } if is_data => {
+                // It rewrites hot rows at any key, outside the row ops that move flush starts.
+                self.env.flush_starts.forget_table(self.group, table.table_id);
                 match crate::history::rebuild_table(&self.log_db, self.cold(), batch, table, log_index) {
                     Err(Error::History(message)) => {
                         Ok(OpResult::Failed { code: ApplyErrorCode::HistoryUnavailable, message })
@@ -336,6 +345,28 @@ impl Projection {
 /// Observe, for each applied entry, the time since its leader stamped it
 /// (`kalamdb_apply_lag_seconds`): proposal, fsync, replication, commit and apply. On a
 /// follower the figure also holds the clock offset between the two nodes.
+/// Forgets a group's flush starts when dropped armed: an `apply` call that returns early with
+/// an error (its batch maybe uncommitted) must not leave a start past a row it staged.
+struct ForgetStartsOnError {
+    env: Arc<StorageEnv>,
+    group: GroupId,
+    armed: bool,
+}
+
+impl ForgetStartsOnError {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ForgetStartsOnError {
+    fn drop(&mut self) {
+        if self.armed {
+            self.env.flush_starts.forget_group(self.group);
+        }
+    }
+}
+
 fn record_apply_lag(stamps: &[i64]) {
     let now = kalamdb_log::command::now_micros();
     for stamp in stamps.iter().filter(|s| **s > 0) {
@@ -357,8 +388,11 @@ impl RaftStateMachine<TypeConfig> for Projection {
         I::IntoIter: Send,
     {
         let db = self.log_db.db().clone();
+        // Flush starts are learnt as ops are staged; a call that fails part way may leave
+        // them ahead of what was committed, so they are dropped unless it succeeds.
+        let starts_guard = ForgetStartsOnError { env: self.env.clone(), group: self.group, armed: true };
         let mut batch = WriteBatch::default();
-        let mut rows = RowApplier::new(&db, self.group);
+        let mut rows = RowApplier::new(&db, self.group, &self.env.flush_starts);
         let mut responses = Vec::new();
         // Commit stamps of the entries in the batch, for the apply-lag histogram once they are
         // written (a wall-clock reading: it never reaches the projection's bytes).
@@ -373,7 +407,7 @@ impl RaftStateMachine<TypeConfig> for Projection {
             let storage_job = cmd.as_ref().is_some_and(|c| c.ops.iter().any(|op| op.is_storage_job()));
             if storage_job {
                 self.commit(std::mem::take(&mut batch)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                rows = RowApplier::new(&db, self.group);
+                rows = RowApplier::new(&db, self.group, &self.env.flush_starts);
             }
             let index = entry.log_id.index;
             if let Some(applied) = self.applied {
@@ -419,10 +453,11 @@ impl RaftStateMachine<TypeConfig> for Projection {
                         _ => {}
                     }
                 }
-                rows = RowApplier::new(&db, self.group);
+                rows = RowApplier::new(&db, self.group, &self.env.flush_starts);
             }
         }
         self.commit(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        starts_guard.disarm();
         record_apply_lag(&stamps);
         Ok(responses)
     }

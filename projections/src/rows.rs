@@ -9,7 +9,9 @@ use kalamdb_log::{GroupId, OpResult, RowWrite, TableDef, TxWrite, Value, WriteKi
 use rocksdb::{DB, ReadOptions, WriteBatch};
 
 use crate::changes::{Change, ChangeKind};
-use crate::cold::{ColdGroup, PkRange, TableView, stub_key_of, stub_seq, stub_value, superseded_key_of, table_view};
+use crate::cold::{
+    ColdGroup, FlushStarts, PkRange, TableView, stub_key_of, stub_seq, stub_value, superseded_key_of, table_view,
+};
 use crate::error::{Error, Result};
 use crate::fences::{self, Fence};
 use crate::keys::{prefix_end, row_key, split_scope, table_prefix};
@@ -130,6 +132,8 @@ pub struct RowApplier<'a> {
     /// Last flush index per scope prefix, read once per apply call (a flush commits the
     /// call's batch and starts a new applier, so it cannot change under this one).
     last_flush: HashMap<Vec<u8>, u64>,
+    /// Told the smallest key each op writes, so the table's next flush starts no later.
+    flush_starts: &'a FlushStarts,
 }
 
 /// What a key's newest version is, as far as replacing it goes.
@@ -156,7 +160,7 @@ fn pk_display(v: &Value) -> String {
 }
 
 impl<'a> RowApplier<'a> {
-    pub fn new(db: &'a DB, group: GroupId) -> RowApplier<'a> {
+    pub fn new(db: &'a DB, group: GroupId, flush_starts: &'a FlushStarts) -> RowApplier<'a> {
         RowApplier {
             db,
             group,
@@ -165,6 +169,7 @@ impl<'a> RowApplier<'a> {
             fences: HashMap::new(),
             floors: HashMap::new(),
             last_flush: HashMap::new(),
+            flush_starts,
         }
     }
 
@@ -210,18 +215,26 @@ impl<'a> RowApplier<'a> {
     /// [`Self::newest`] of many keys at once: the keys not in the overlay are read with one
     /// batched lookup per column family (RocksDB's MultiGet sorts them and probes each
     /// memtable and file once per batch), which a 1,000-row insert does for every key.
-    fn newest_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<(StoredRow, Prior)>>> {
+    /// All `keys` are of the scope whose prefix is `sp`.
+    fn newest_many(&mut self, sp: &[u8], keys: &[Vec<u8>]) -> Result<Vec<Option<(StoredRow, Prior)>>> {
         let mut out: Vec<Option<(StoredRow, Prior)>> = vec![None; keys.len()];
         // Keys with no hot version in the overlay: read RocksDB (a key the overlay holds as
         // removed has no hot version, but may still have a flushed one).
         let mut unseen: Vec<usize> = Vec::new();
         let mut no_hot: Vec<usize> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
+            assert!(key.starts_with(sp), "a key outside the scope looked up");
             match self.overlay.get(key) {
                 Some(Some(row)) => out[i] = Some((row.clone(), Prior::Hot)),
                 Some(None) => no_hot.push(i),
                 None => unseen.push(i),
             }
+        }
+        // Keys above everything the scope holds in RocksDB need no lookup (what this call
+        // staged is all in the overlay, checked above).
+        if unseen.len() >= crate::ceiling::CEILING_KEYS_MIN {
+            let ceiling = crate::ceiling::scope_ceiling(self.db, sp)?;
+            unseen.retain(|&i| !ceiling.above(&keys[i]));
         }
         let rows_cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
         let got = self.db.batched_multi_get_cf(rows_cf, unseen.iter().map(|&i| &keys[i]), false);
@@ -253,9 +266,13 @@ impl<'a> RowApplier<'a> {
     fn commit(
         &mut self,
         batch: &mut WriteBatch,
+        table_id: u64,
         staged: Vec<(Vec<u8>, StoredRow, Prior)>,
         log_index: u64,
     ) -> Result<()> {
+        if let Some(smallest) = staged.iter().map(|(key, _, _)| key).min() {
+            self.flush_starts.wrote(self.group, table_id, smallest);
+        }
         let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
         let cold = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
         for (key, row, prior) in staged {
@@ -293,8 +310,9 @@ impl<'a> RowApplier<'a> {
         }
         let mut staged: Vec<(Vec<u8>, StoredRow, Prior)> = Vec::with_capacity(rows.len());
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        let sp = crate::keys::table_scope_prefix(self.group, table_id, scope);
         let keys: Vec<Vec<u8>> = rows.iter().map(|r| row_key(self.group, table_id, scope, &r.pk)).collect();
-        let newest = self.newest_many(&keys)?;
+        let newest = self.newest_many(&sp, &keys)?;
         for (i, ((r, key), newest)) in rows.iter().zip(keys).zip(newest).enumerate() {
             let live = newest.as_ref().is_some_and(|(row, _)| !row.deleted);
             // Only a tombstone (or nothing) can be replaced here; a flushed one is settled.
@@ -316,7 +334,7 @@ impl<'a> RowApplier<'a> {
             self.changes.push(row_change(ChangeKind::Insert, table_id, scope, row, None));
         }
         let affected = staged.len() as u64;
-        self.commit(batch, staged, log_index)?;
+        self.commit(batch, table_id, staged, log_index)?;
         Ok(OpResult::Done { affected })
     }
 
@@ -370,7 +388,7 @@ impl<'a> RowApplier<'a> {
             self.changes.push(change);
         }
         let affected = staged.len() as u64;
-        self.commit(batch, staged, log_index)?;
+        self.commit(batch, table_id, staged, log_index)?;
         Ok(OpResult::Done { affected })
     }
 

@@ -63,7 +63,12 @@ impl<'a> ColdApplier<'a> {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(prefix_end(&prefix));
         let mut rows = self.db.raw_iterator_cf_opt(rows_cf, opts);
-        rows.seek(&prefix);
+        // Every hot row before the start is in a file already (see `starts`).
+        match self.env.flush_starts.start(self.group, def.table_id) {
+            FlushStart::First => rows.seek(&prefix),
+            FlushStart::Nothing => rows.seek(prefix_end(&prefix)),
+            FlushStart::At(key) => rows.seek(key.max(prefix)),
+        }
         while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
             let (row_scope, _) = split_scope(key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
             if seen.as_ref().is_none_or(|(s, _)| s != row_scope) {

@@ -37,6 +37,7 @@ mod plan;
 mod reclaim;
 mod retire;
 mod settle;
+mod starts;
 mod store;
 mod view;
 
@@ -71,6 +72,7 @@ pub use plan::{COMPACT_SEALED_DEAD_SHARE_DEN, COMPACT_SEALED_ROWS_MIN, Compactio
 pub use reclaim::{RECLAIM_QUEUE_LEN_MAX, Reclaimer};
 pub use retire::oldest_retired;
 pub use settle::{SETTLE_ROWS_MAX, SettleQueue, unsettled_scopes};
+pub use starts::{FlushStart, FlushStarts};
 pub use store::*;
 pub use view::*;
 
@@ -323,6 +325,8 @@ pub struct StorageEnv {
     pub reclaim: Reclaimer,
     /// Tables whose flushed hot rows wait for `Settle` ops (see `settle`).
     pub settles: SettleQueue,
+    /// Where each table's next flush starts reading (see `starts`).
+    pub flush_starts: FlushStarts,
 }
 
 impl StorageEnv {
@@ -341,6 +345,7 @@ impl StorageEnv {
             installing: Installing::default(),
             reclaim: Reclaimer::default(),
             settles: SettleQueue::default(),
+            flush_starts: FlushStarts::default(),
         })
     }
 }
@@ -368,6 +373,11 @@ pub fn stub_key_of(row_key: &[u8]) -> Result<Vec<u8>> {
     let prefix_len = row_key.len() - pk.len();
     debug_assert!(prefix_len == 12 + 2 + scope.len());
     Ok(cold_key(&row_key[..prefix_len], KIND_STUB, pk))
+}
+
+/// The prefix of every stub key of the scope whose row keys start with `sp`.
+pub fn stub_range(sp: &[u8]) -> Vec<u8> {
+    cold_key(sp, KIND_STUB, &[])
 }
 
 /// The marker key recording that the flushed version `seq` of a row key is superseded.

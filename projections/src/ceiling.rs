@@ -1,0 +1,120 @@
+//! The largest key a scope may hold, hot or flushed, so that an insert of keys above it (ids
+//! and times that grow: a snowflake id, the default key) skips looking each one up. A
+//! 1,000-row insert otherwise reads RocksDB twice per row (the hot row, then the flushed
+//! row's stub) to learn that none exists.
+//!
+//! Found by two reverse seeks from the scope's end, each allowed to pass over a bounded number
+//! of tombstones and old versions (settling leaves a scope's end all tombstones until they are
+//! compacted away); past that the answer is "unknown" and the insert looks its keys up. The
+//! answer only spares lookups whose result it already knows, so apply stays deterministic.
+
+use rocksdb::{DB, ReadOptions};
+
+use crate::cold::stub_range;
+use crate::error::{Error, Result};
+use crate::keys::prefix_end;
+use crate::{CF_COLD, CF_ROWS};
+
+/// Internal keys (tombstones, older versions) one reverse seek may pass over before the
+/// ceiling is given up as unknown: an insert then costs its lookups, not a walk over a
+/// settled scope's whole history.
+pub const CEILING_SKIP_MAX: u64 = 256;
+
+/// Keys an insert must have to look for the scope's ceiling: two seeks cost about what a few
+/// point lookups do, so a single-row insert does not try.
+pub const CEILING_KEYS_MIN: usize = 16;
+
+/// What is known of the keys a scope holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ceiling {
+    /// Not known within [`CEILING_SKIP_MAX`]: every key must be looked up.
+    Unknown,
+    /// No hot row and no flushed row's stub: nothing exists.
+    Empty,
+    /// Every existing row key (`scope prefix | pk`) is at most this one.
+    At(Vec<u8>),
+}
+
+impl Ceiling {
+    /// Whether the row key `key` of the scope is known to hold no row, hot or flushed.
+    pub fn above(&self, key: &[u8]) -> bool {
+        match self {
+            Ceiling::Unknown => false,
+            Ceiling::Empty => true,
+            Ceiling::At(top) => key > top.as_slice(),
+        }
+    }
+}
+
+/// The ceiling of the scope whose row keys start with `sp`, as committed in `db`.
+pub fn scope_ceiling(db: &DB, sp: &[u8]) -> Result<Ceiling> {
+    let rows = db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
+    let cold = db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
+    let Some(hot) = last_key(db, rows, sp)? else { return Ok(Ceiling::Unknown) };
+    let stubs = stub_range(sp);
+    let Some(flushed) = last_key(db, cold, &stubs)? else { return Ok(Ceiling::Unknown) };
+    // A stub key is the scope prefix, a kind byte, then the primary key: as a row key, the
+    // same without the kind byte.
+    let flushed = flushed.map(|k| [sp, &k[stubs.len()..]].concat());
+    Ok(match hot.into_iter().chain(flushed).max() {
+        Some(top) => Ceiling::At(top),
+        None => Ceiling::Empty,
+    })
+}
+
+/// The last key starting with `prefix`: `Some(None)` when there is none, `None` when the
+/// seek gave up after [`CEILING_SKIP_MAX`] internal keys.
+fn last_key(db: &DB, cf: &rocksdb::ColumnFamily, prefix: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(prefix.to_vec());
+    opts.set_iterate_upper_bound(prefix_end(prefix));
+    opts.set_max_skippable_internal_keys(CEILING_SKIP_MAX);
+    let mut it = db.raw_iterator_cf_opt(cf, opts);
+    it.seek_to_last();
+    if let Some(k) = it.key() {
+        return Ok(Some(Some(k.to_vec())));
+    }
+    match it.status() {
+        Ok(()) => Ok(Some(None)),
+        Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::table_scope_prefix;
+    use kalamdb_log::GroupId;
+
+    #[test]
+    fn the_ceiling_covers_hot_rows_and_stubs_and_gives_up_over_many_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_db = kalamdb_log::LogDb::open(dir.path(), &crate::PROJECTION_CFS).unwrap();
+        let db = log_db.db();
+        let (rows, cold) = (db.cf_handle(CF_ROWS).unwrap(), db.cf_handle(CF_COLD).unwrap());
+        let sp = table_scope_prefix(GroupId::UserShard(0), 3, "alice");
+        let other = table_scope_prefix(GroupId::UserShard(0), 3, "bob");
+        let key = |sp: &[u8], i: u32| [sp, &i.to_be_bytes()].concat();
+        assert_eq!(scope_ceiling(db, &sp).unwrap(), Ceiling::Empty);
+        // Another scope's keys, above this one's, are not this scope's.
+        db.put_cf(rows, key(&other, 900), b"x").unwrap();
+        assert_eq!(scope_ceiling(db, &sp).unwrap(), Ceiling::Empty);
+        db.put_cf(rows, key(&sp, 10), b"x").unwrap();
+        assert_eq!(scope_ceiling(db, &sp).unwrap(), Ceiling::At(key(&sp, 10)));
+        // A flushed row's stub above every hot row raises the ceiling to its key.
+        db.put_cf(cold, [stub_range(&sp), 20u32.to_be_bytes().to_vec()].concat(), 7u64.to_be_bytes()).unwrap();
+        let ceiling = scope_ceiling(db, &sp).unwrap();
+        assert_eq!(ceiling, Ceiling::At(key(&sp, 20)));
+        assert!(ceiling.above(&key(&sp, 21)) && !ceiling.above(&key(&sp, 20)) && !ceiling.above(&key(&sp, 15)));
+        // Rows settled away leave tombstones at the scope's end: past the bound, unknown.
+        for i in 100..100 + CEILING_SKIP_MAX as u32 * 2 {
+            db.put_cf(rows, key(&sp, i), b"x").unwrap();
+        }
+        for i in 100..100 + CEILING_SKIP_MAX as u32 * 2 {
+            db.delete_cf(rows, key(&sp, i)).unwrap();
+        }
+        assert_eq!(scope_ceiling(db, &sp).unwrap(), Ceiling::Unknown);
+        assert!(!Ceiling::Unknown.above(&key(&sp, u32::MAX)));
+    }
+}
