@@ -390,7 +390,8 @@ pub struct RaftConfig {
     /// Entries kept in the log behind the last snapshot (so slow followers can catch up).
     pub logs_to_keep: u64,
     /// Also build a snapshot once the entries since the last one take this many bytes on disk
-    /// (a bulk load's entries carry a thousand rows each, so entries alone say little).
+    /// (a bulk load's entries carry a thousand rows each, so entries alone say little), and at
+    /// least as many as the group's state (a snapshot copies it whole).
     pub snapshot_logs_since_last_bytes: u64,
     /// And keep at most this many bytes of log behind the last snapshot, whichever of this and
     /// `logs_to_keep` keeps less.

@@ -29,6 +29,12 @@ pub const LOG_PURGE_BYTES_MIN: u64 = 1 << 20;
 /// half of that (a flush moved its rows to Parquet files), gets a new snapshot, so the log
 /// that wrote those rows can go.
 pub const STATE_SHRINK_BYTES_MIN: u64 = 32 << 20;
+/// A snapshot copies the group's whole state, so the log since the last one must also have
+/// reached this many times the state's bytes before its size asks for another: building
+/// snapshots then costs about what writing the log did, however large the state grows. With
+/// a fixed 128 MiB, a bulk load re-exported its growing table every 128 MiB of log, on every
+/// node: a tenth of the machine's CPU (benches/RESULTS.md, session 22).
+pub const SNAPSHOT_LOG_PER_STATE_BYTES: u64 = 1;
 /// How often STREAM tables are checked for expired rows.
 pub const STREAM_TTL_TICK_MS: u64 = 1_000;
 
@@ -86,7 +92,8 @@ pub async fn run_log_retention(groups: Arc<Groups>, since_last_bytes: u64, keep_
                 let state = kalamdb_projections::approximate_state_bytes(&db, id).map_err(|e| e.to_string())?;
                 let bytes = |from, to| approximate_log_bytes(&db, id, from, to);
                 let at = LogPositions { last, snapshot, purged };
-                let plan = log_plan(at, since_last_bytes, keep_bytes, bytes).map_err(|e| e.to_string())?;
+                let since_last = snapshot_log_bytes(since_last_bytes, state);
+                let plan = log_plan(at, since_last, keep_bytes, bytes).map_err(|e| e.to_string())?;
                 Ok::<_, String>((state, plan))
             })
             .await;
@@ -116,6 +123,12 @@ pub async fn run_log_retention(groups: Arc<Groups>, since_last_bytes: u64, keep_
             }
         }
     }
+}
+
+/// Bytes of log since the last snapshot that ask for a new one: the configured amount, or the
+/// state's size times [`SNAPSHOT_LOG_PER_STATE_BYTES`] when larger.
+fn snapshot_log_bytes(since_last_bytes: u64, state_bytes: u64) -> u64 {
+    since_last_bytes.max(state_bytes.saturating_mul(SNAPSHOT_LOG_PER_STATE_BYTES))
 }
 
 /// Where a group's log stands, by index.
@@ -237,6 +250,19 @@ mod tests {
 
     fn plan(last: u64, snapshot: u64, purged: u64) -> LogPlan {
         log_plan(LogPositions { last, snapshot, purged }, 128 * MIB, 32 * MIB, one_mib_each).unwrap()
+    }
+
+    #[test]
+    fn a_large_state_waits_for_as_much_log_before_its_next_snapshot() {
+        assert_eq!(snapshot_log_bytes(128 * MIB, 0), 128 * MIB);
+        assert_eq!(snapshot_log_bytes(128 * MIB, 100 * MIB), 128 * MIB);
+        assert_eq!(snapshot_log_bytes(128 * MIB, 900 * MIB), 900 * MIB * SNAPSHOT_LOG_PER_STATE_BYTES);
+        assert_eq!(snapshot_log_bytes(128 * MIB, u64::MAX), u64::MAX);
+        // 600 MiB of log since the snapshot: enough for a 500 MiB state, not for a 1 GiB one.
+        let at = LogPositions { last: 600, snapshot: 0, purged: 0 };
+        let plan = |state| log_plan(at, snapshot_log_bytes(128 * MIB, state), 32 * MIB, one_mib_each).unwrap();
+        assert!(plan(500 * MIB).snapshot);
+        assert!(!plan(1024 * MIB).snapshot);
     }
 
     #[test]
