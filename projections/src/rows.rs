@@ -275,6 +275,7 @@ impl<'a> RowApplier<'a> {
         }
         let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
         let cold = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
+        self.overlay.reserve(staged.len());
         for (key, row, prior) in staged {
             match prior {
                 Prior::Hot => {}
@@ -309,15 +310,17 @@ impl<'a> RowApplier<'a> {
             return Ok(refusal);
         }
         let mut staged: Vec<(Vec<u8>, StoredRow, Prior)> = Vec::with_capacity(rows.len());
-        let mut seen = std::collections::HashSet::with_capacity(rows.len());
         let sp = crate::keys::table_scope_prefix(self.group, table_id, scope);
         let keys: Vec<Vec<u8>> = rows.iter().map(|r| row_key(self.group, table_id, scope, &r.pk)).collect();
+        // Keys in ascending order (a bulk load's ids) cannot repeat: no set of them is needed.
+        let ascending = keys.windows(2).all(|w| w[0] < w[1]);
+        let mut seen = std::collections::HashSet::with_capacity(if ascending { 0 } else { rows.len() });
         let newest = self.newest_many(&sp, &keys)?;
         for (i, ((r, key), newest)) in rows.iter().zip(keys).zip(newest).enumerate() {
             let live = newest.as_ref().is_some_and(|(row, _)| !row.deleted);
             // Only a tombstone (or nothing) can be replaced here; a flushed one is settled.
             let prior = newest.map_or(Prior::Hot, |(_, prior)| prior);
-            if live || !seen.insert(key.clone()) {
+            if live || (!ascending && !seen.insert(key.clone())) {
                 return Ok(failed(
                     ApplyErrorCode::ConstraintViolation,
                     format!(
