@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{column, entry, membership_entry};
+use common::{entry, membership_entry};
 use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::types::Entry;
-use kalamdb_log::{DataType, GroupId, LogDb, Op, OpResult, RowWrite, TableDef, TableType, Value};
+use kalamdb_log::{GroupId, LogDb, Op, OpResult, RowWrite, TableDef, TableType};
 use kalamdb_projections::cold::FlushStart;
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, StorageEnv, digest_group};
 use openraft::storage::RaftStateMachine;
@@ -23,20 +23,11 @@ const GROUP: GroupId = GroupId::UserShard(0);
 const SCOPES: [&str; 3] = ["a", "b", "c"];
 
 fn def() -> TableDef {
-    TableDef {
-        table_id: 1,
-        namespace: "ns".into(),
-        name: "t".into(),
-        table_type: TableType::User,
-        columns: vec![column("id", DataType::BigInt, true), column("v", DataType::Text, false)],
-        options: vec![],
-        created_at_micros: 1,
-        versions: Vec::new(),
-    }
+    common::id_text_table(1, "t", TableType::User)
 }
 
 fn row(k: i64, v: &str, expected_seq: Option<u64>) -> RowWrite {
-    RowWrite { pk: Value::BigInt(k), values: vec![Value::BigInt(k), Value::Text(v.into())], expected_seq }
+    common::id_text_row(k, v, expected_seq)
 }
 
 /// A random log over table 1, which of its entries flush the whole table, and which are

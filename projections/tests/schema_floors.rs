@@ -5,32 +5,23 @@
 
 mod common;
 
-use common::{column, entry, membership_entry};
+use common::{entry, membership_entry};
 
 use std::path::Path;
 
 use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::types::Entry;
-use kalamdb_log::{DataType, GroupId, Op, OpResult, RowWrite, TableDef, TableType, TxWrite, Value, WriteKind};
+use kalamdb_log::{GroupId, Op, OpResult, RowWrite, TableDef, TableType, TxWrite, Value, WriteKind};
 use kalamdb_projections::RowReader;
 
 const GROUP: GroupId = GroupId::SharedShard(0);
 
 fn table() -> TableDef {
-    TableDef {
-        table_id: 1,
-        namespace: "ns".into(),
-        name: "t".into(),
-        table_type: TableType::Shared,
-        columns: vec![column("id", DataType::BigInt, true), column("v", DataType::Text, false)],
-        options: vec![],
-        created_at_micros: 1,
-        versions: Vec::new(),
-    }
+    common::id_text_table(1, "t", TableType::Shared)
 }
 
 fn row(k: i64, expected_seq: Option<u64>) -> RowWrite {
-    RowWrite { pk: Value::BigInt(k), values: vec![Value::BigInt(k), Value::Text(format!("v{k}"))], expected_seq }
+    common::id_text_row(k, &format!("v{k}"), expected_seq)
 }
 
 fn insert(k: i64, schema_version: u32) -> Op {

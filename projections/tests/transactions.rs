@@ -4,32 +4,23 @@
 
 mod common;
 
-use common::{column, entry, membership_entry};
+use common::{entry, membership_entry};
 
 use std::path::Path;
 
 use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::types::Entry;
-use kalamdb_log::{DataType, GroupId, Op, OpResult, RowWrite, TableDef, TableType, TxWrite, Value, WriteKind};
+use kalamdb_log::{GroupId, Op, OpResult, RowWrite, TableDef, TableType, TxWrite, Value, WriteKind};
 use kalamdb_projections::RowReader;
 
 const GROUP: GroupId = GroupId::SharedShard(0);
 
 fn def(table_id: u64) -> TableDef {
-    TableDef {
-        table_id,
-        namespace: "ns".into(),
-        name: format!("t{table_id}"),
-        table_type: TableType::Shared,
-        columns: vec![column("id", DataType::BigInt, true), column("v", DataType::Text, false)],
-        options: vec![],
-        created_at_micros: 1,
-        versions: Vec::new(),
-    }
+    common::id_text_table(table_id, &format!("t{table_id}"), TableType::Shared)
 }
 
 fn row(k: i64, v: &str, expected_seq: Option<u64>) -> RowWrite {
-    RowWrite { pk: Value::BigInt(k), values: vec![Value::BigInt(k), Value::Text(v.into())], expected_seq }
+    common::id_text_row(k, v, expected_seq)
 }
 
 fn seq(index: u64, ordinal: u64) -> u64 {

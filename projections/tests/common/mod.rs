@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use kalamdb_log::codec::encode_entry;
 use kalamdb_log::storage::CF_LOG;
 use kalamdb_log::types::{Entry, NodeAddr};
-use kalamdb_log::{ColumnDef, DataType, EncodedCommand, GroupId, LogCommand, LogDb, Op, OpResult};
+use kalamdb_log::{
+    ColumnDef, DataType, EncodedCommand, GroupId, LogCommand, LogDb, Op, OpResult, RowWrite, TableDef, TableType, Value,
+};
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader, StorageEnv, digest_group};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
@@ -44,6 +46,25 @@ pub fn column(name: &str, data_type: DataType, primary_key: bool) -> ColumnDef {
         backfill: None,
         dropped: false,
     }
+}
+
+/// The table `ns.<name> (id BIGINT PRIMARY KEY, v TEXT)` with the given id and type.
+pub fn id_text_table(table_id: u64, name: &str, table_type: TableType) -> TableDef {
+    TableDef {
+        table_id,
+        namespace: "ns".into(),
+        name: name.into(),
+        table_type,
+        columns: vec![column("id", DataType::BigInt, true), column("v", DataType::Text, false)],
+        options: vec![],
+        created_at_micros: 1,
+        versions: Vec::new(),
+    }
+}
+
+/// A row of an [`id_text_table`]: key `k`, text `v`, expecting `_seq` `expected_seq`.
+pub fn id_text_row(k: i64, v: &str, expected_seq: Option<u64>) -> RowWrite {
+    RowWrite { pk: Value::BigInt(k), values: vec![Value::BigInt(k), Value::Text(v.into())], expected_seq }
 }
 
 /// Apply `entries` to `group` in a fresh database under `dir` (appended to the group's log
