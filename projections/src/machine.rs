@@ -342,9 +342,6 @@ impl Projection {
     }
 }
 
-/// Observe, for each applied entry, the time since its leader stamped it
-/// (`kalamdb_apply_lag_seconds`): proposal, fsync, replication, commit and apply. On a
-/// follower the figure also holds the clock offset between the two nodes.
 /// Forgets a group's flush starts when dropped armed: an `apply` call that returns early with
 /// an error (its batch maybe uncommitted) must not leave a start past a row it staged.
 struct ForgetStartsOnError {
@@ -367,6 +364,9 @@ impl Drop for ForgetStartsOnError {
     }
 }
 
+/// Observe, for each applied entry, the time since its leader stamped it
+/// (`kalamdb_apply_lag_seconds`): proposal, fsync, replication, commit and apply. On a
+/// follower the figure also holds the clock offset between the two nodes.
 fn record_apply_lag(stamps: &[i64]) {
     let now = kalamdb_log::command::now_micros();
     for stamp in stamps.iter().filter(|s| **s > 0) {

@@ -50,7 +50,8 @@ impl FlushStarts {
         }
     }
 
-    /// A flush of the whole table was committed: every hot row left is covered by it.
+    /// A flush of the whole table was applied (its batch commits next; if that fails, `apply`
+    /// forgets the group): every hot row left is covered by it.
     pub fn flushed(&self, group: GroupId, table_id: u64) {
         self.lock().insert((group.to_u32(), table_id), None);
     }
