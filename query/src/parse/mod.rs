@@ -5,6 +5,7 @@
 
 mod cluster;
 mod ddl;
+mod insert;
 mod query;
 mod source;
 #[cfg(test)]
@@ -310,6 +311,10 @@ pub fn parse(src: Source<'_>) -> Result<Parsed> {
             c.pos += 1;
             cluster::parse_cluster(&mut c)?
         }
+        "INSERT" => match insert::values_insert(&src) {
+            Some(insert) => Statement::Sql(Box::new(insert)),
+            None => query::parse_query(src, &first)?,
+        },
         "SELECT" => match query::point_select(&c) {
             Some(point) => Statement::PointSelect { point, rest: Unparsed(src.tokens) },
             None => query::parse_query(src, &first)?,
