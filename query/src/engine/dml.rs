@@ -33,6 +33,19 @@ impl Engine {
                 let batches = Box::pin(self.run_query(stmt, ctx)).await?;
                 Ok(batches_to_result(&batches))
             }
+            other => Box::pin(self.execute_write(&other, ctx, proposer)).await,
+        }
+    }
+
+    /// INSERT, UPDATE and DELETE, borrowed: a write planned again after a schema change runs
+    /// the same statement once more (a 1,000-row INSERT is not copied for each attempt).
+    pub(super) async fn execute_write(
+        &self,
+        stmt: &ast::Statement,
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+    ) -> Result<QueryResult> {
+        match stmt {
             ast::Statement::Insert(insert) => Box::pin(self.insert(insert, ctx, proposer)).await,
             ast::Statement::Update(update) => {
                 let table = single_table(std::slice::from_ref(&update.table))?;
@@ -64,7 +77,7 @@ impl Engine {
         }
     }
 
-    async fn insert(&self, insert: ast::Insert, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
+    async fn insert(&self, insert: &ast::Insert, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
         let table = match &insert.table {
             TableObject::TableName(name) => object_table_name(name)?,
             other => return Err(Error::InvalidSql(format!("unsupported INSERT target {other}"))),

@@ -106,7 +106,7 @@ impl Engine {
         let target = write_target(&stmt).ok();
         let mut seen = self.catalog.changes();
         let mut planned = self.version_of(target.as_ref(), ctx);
-        let first = Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await;
+        let first = Box::pin(self.execute_write(&stmt, ctx, proposer)).await;
         match &first {
             Err(Error::SchemaChanged(_)) => {}
             Err(e) if unfenced && replannable(e) => {
@@ -161,7 +161,7 @@ impl Engine {
         ctx: &ExecContext,
         proposer: &dyn Proposer,
     ) -> Option<Result<QueryResult>> {
-        match Box::pin(self.execute_sql(stmt.clone(), ctx, proposer)).await {
+        match Box::pin(self.execute_write(stmt, ctx, proposer)).await {
             Err(Error::SchemaChanged(_)) => None,
             other => Some(other),
         }
