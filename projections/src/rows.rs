@@ -276,6 +276,7 @@ impl<'a> RowApplier<'a> {
         let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
         let cold = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
         self.overlay.reserve(staged.len());
+        let mut encoded = Vec::new();
         for (key, row, prior) in staged {
             match prior {
                 Prior::Hot => {}
@@ -286,7 +287,8 @@ impl<'a> RowApplier<'a> {
                 }
                 Prior::Unsettled { deleted: true, .. } => batch.delete_cf(cold, stub_key_of(&key)?),
             }
-            batch.put_cf(cf, &key, row.encode());
+            row.encode_into(&mut encoded);
+            batch.put_cf(cf, &key, &encoded);
             self.overlay.insert(key, Some(row));
         }
         Ok(())
