@@ -5,7 +5,7 @@
 //! parsing each literal as an expression (every value is first tried as a typed string such as
 //! `DATE '...'`, which fails and formats an error message). The statement this module builds is
 //! the value sqlparser's own parser returns for the same tokens (asserted for random
-//! statements in `tests.rs`), so everything after parsing is shared. Any token outside the
+//! statements by this module's tests), so everything after parsing is shared. Any token outside the
 //! shape makes it decline, and the statement goes through sqlparser as before.
 
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
