@@ -61,6 +61,7 @@ impl Projection {
         Installer { log_db: &log_db, env: &env, catalog: &catalog, group }.recover()?;
         let db = log_db.db().clone();
         let (applied, membership) = crate::sm::position_at(&db, None, group)?;
+        crate::changes::upgrade_format(&db, group, applied.map_or(0, |l| l.index))?;
         if group == GroupId::Meta(MetaGroup::Catalog) {
             catalog.load(&db, group)?;
         }
@@ -430,9 +431,9 @@ impl RaftStateMachine<TypeConfig> for Projection {
                         record.changes.extend(op_change(op, &result, &self.catalog));
                         response.results.push(result);
                     }
-                    crate::changes::stage(&db, &mut batch, self.group, index, &record)
-                        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
                     stamps.push(record.committed_at_micros);
+                    crate::changes::stage(&db, &mut batch, self.group, index, record)
+                        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
                 }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m.clone());

@@ -185,7 +185,7 @@ mod tests {
         let with_record: Vec<u64> = (1..=300).filter(|i| i % 3 == 1).collect();
         for i in &with_record {
             let e = changes::ChangeEntry { committed_at_micros: 0, changes: vec![change()] };
-            changes::stage(rows.db(), &mut batch, g, *i, &e).unwrap();
+            changes::stage(rows.db(), &mut batch, g, *i, e).unwrap();
         }
         rows.db().write(batch).unwrap();
         let state = TailState::default();
