@@ -430,6 +430,13 @@ mod tests {
         ChangeEntry { committed_at_micros: ts, changes: vec![Change::ddl(1, "ns", "CREATE TABLE ns.t".into())] }
     }
 
+    /// A database with the projection's column families, in a folder dropped with it.
+    fn open_db() -> (tempfile::TempDir, std::sync::Arc<kalamdb_log::LogDb>) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = kalamdb_log::LogDb::open(dir.path(), &crate::PROJECTION_CFS).unwrap();
+        (dir, log)
+    }
+
     fn insert(table_id: u64, scope: &str, seq: u64, v: i64) -> Change {
         let mut c = Change::ddl(table_id, "", String::new());
         c.kind = ChangeKind::Insert;
@@ -498,9 +505,8 @@ mod tests {
     /// the floor rises past the applied index and the format is noted once.
     #[test]
     fn an_earlier_format_is_trimmed_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let log_db = kalamdb_log::LogDb::open(dir.path(), &crate::PROJECTION_CFS).unwrap();
-        let db = log_db.db();
+        let (_dir, log) = open_db();
+        let db = log.db();
         let g = GroupId::SharedShard(0);
         let mut batch = WriteBatch::default();
         for i in 1..=5 {
@@ -521,8 +527,7 @@ mod tests {
 
     #[test]
     fn records_range_trim_and_time_search() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = kalamdb_log::LogDb::open(dir.path(), &crate::PROJECTION_CFS).unwrap();
+        let (_dir, log) = open_db();
         let db = log.db();
         let g = GroupId::SharedShard(0);
         let mut batch = WriteBatch::default();
@@ -550,8 +555,7 @@ mod tests {
 
     #[test]
     fn byte_retention_keeps_the_newest_records_within_the_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = kalamdb_log::LogDb::open(dir.path(), &crate::PROJECTION_CFS).unwrap();
+        let (_dir, log) = open_db();
         let db = log.db();
         let g = GroupId::SharedShard(0);
         // 2,000 records of ~4 KiB that do not compress (a row of distinct values each).
