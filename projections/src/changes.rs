@@ -101,7 +101,7 @@ pub struct ChangeEntry {
 /// How a record is stored: the row changes of one entry that share their kind, table and
 /// scope, carry consecutive `_seq`s and nothing but the new values (an INSERT's rows, as a
 /// rule) are one run, so a 1,000-row INSERT stores its values and one header, not 1,000
-/// copies of every field of [`Change`]. That halved the bytes a bulk load writes to this
+/// copies of every field of [`Change`]. That cut the bytes a bulk load writes to this
 /// column family (and so to the WAL and its flushes), ~96 to ~35 bytes a row.
 #[derive(Archive, RSerialize, RDeserialize, Debug, Clone, PartialEq)]
 struct StoredEntry {
