@@ -160,6 +160,11 @@ impl Cluster {
         for &i in order {
             self.nodes[i - 1].wait_healthy().await;
         }
+        // Healthy is "serving HTTP", not "every group has a leader again": a quorum read
+        // right after the whole cluster restarted could still meet an election (a 503).
+        for &i in order {
+            self.wait_leaders(i, None, super::STARTUP_WAIT).await;
+        }
     }
 
     pub async fn isolate(&self, i: usize, isolated: bool) {
