@@ -68,7 +68,7 @@ pub async fn post_json_as(
     }
     let req = req.body(Full::new(Bytes::from(body))).map_err(|e| PostError::Failed(e.to_string()))?;
     let resp = client.request(req).await.map_err(|e| {
-        if e.is_connect() { PostError::Unsent(e.to_string()) } else { PostError::Failed(e.to_string()) }
+        if e.is_connect() { PostError::Unsent(error_chain(&e)) } else { PostError::Failed(error_chain(&e)) }
     })?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await.map_err(|e| PostError::Failed(e.to_string()))?.to_bytes();
@@ -77,6 +77,19 @@ pub async fn post_json_as(
     } else {
         Err(PostError::Failed(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))))
     }
+}
+
+/// An error with its causes (`client error (SendRequest): connection closed before message
+/// completed`): the outer message alone does not say what happened to the request.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// A comma-separated list of base URLs, trimmed, each checked to be loopback.
