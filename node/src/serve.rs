@@ -21,10 +21,11 @@ pub const SHUTDOWN_DRAIN_MS: u64 = 10_000;
 /// How long a shutdown lets open connections end by themselves before it closes the idle
 /// ones. A client may have sent its next request on a keep-alive connection just as the
 /// shutdown came: the request is in the socket, not read yet, so hyper counts the connection
-/// as idle, and closing it then loses the request (a rolling restart under 64 clients saw 3
-/// such errors in 242k requests, benches/RESULTS.md, session 25). Within the notice each such
-/// request is answered, with `Connection: close`, and its connection ends; only a connection
-/// idle for the whole notice is closed under its client.
+/// as idle, and closing it then loses the request (found while chasing lost requests in a
+/// rolling restart, benches/RESULTS.md, session 25; the test below loses one without the
+/// notice). Within the notice each such request is answered, with `Connection: close`, and
+/// its connection ends; only a connection idle for the whole notice is closed under its
+/// client.
 pub const SHUTDOWN_CLOSE_NOTICE_MS: u64 = 1_000;
 
 /// Limits of the accept loop (`[limits] http_*`).
