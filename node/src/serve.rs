@@ -50,31 +50,70 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let conns = Connections { router, limits, closing: closing.clone(), slots: slots.clone(), stop: stop_rx };
     tokio::pin!(shutdown);
     loop {
-        let (stream, client) = tokio::select! {
+        tokio::select! {
+            // Shutdown first: what is still queued is taken after the loop, in one pass.
+            biased;
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok((stream, client)) => conns.take(stream, client),
                 Err(e) => {
                     // Out of file descriptors and the like: wait a moment instead of spinning.
                     tracing::warn!(target: "kalamdb_http", "accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        }
+    }
+    // From here every response ends its connection, even where no stop was announced.
+    closing.store(true, Ordering::SeqCst);
+    // Connections the kernel completed but this loop has not taken are reset when the
+    // listener closes, with whatever request they carry. Clients that reconnect after each
+    // `Connection: close` keep some there nearly all the time (a rolling restart under 64
+    // clients saw about one reset a stop, benches/RESULTS.md, session 25), so every one queued
+    // now is taken and served first: only one arriving between the last accept and the close
+    // can still be reset.
+    if let Ok(queued) = listener.into_std() {
+        while let Ok((stream, client)) = queued.accept() {
+            if let Ok(stream) = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream)) {
+                conns.take(stream, client);
+            }
+        }
+    }
+    // Every connection holds a slot until it ends: all slots free means all ended.
+    let all = u32::try_from(limits.connections_max).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_CLOSE_NOTICE_MS), slots.acquire_many(all)).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), slots.acquire_many(all)).await;
+    Ok(())
+}
+
+/// What a new connection needs: the router, the limits, the stop signals, and a slot.
+struct Connections {
+    router: Router,
+    limits: HttpLimits,
+    closing: Arc<AtomicBool>,
+    slots: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connections {
+    /// Serve one accepted connection on its own task, or close it at once at the cap.
+    fn take(&self, stream: tokio::net::TcpStream, client: std::net::SocketAddr) {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             // At the cap: close at once (the client sees a reset) rather than let it wait
             // in a backlog it cannot see.
             metrics::counter!("kalamdb_http_connections_refused_total").increment(1);
             drop(stream);
-            continue;
+            return;
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let mut stop = stop_rx.clone();
-        let closing = closing.clone();
+        let router = self.router.clone();
+        let mut stop = self.stop.clone();
+        let closing = self.closing.clone();
+        let header_read_timeout = self.limits.header_read_timeout;
         tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -92,7 +131,7 @@ pub async fn serve(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(conn);
@@ -103,15 +142,6 @@ pub async fn serve(
             let _ = conn.await;
         });
     }
-    drop(listener);
-    // From here every response ends its connection, even where no stop was announced.
-    closing.store(true, Ordering::SeqCst);
-    // Every connection holds a slot until it ends: all slots free means all ended.
-    let all = u32::try_from(limits.connections_max).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_CLOSE_NOTICE_MS), slots.acquire_many(all)).await;
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), slots.acquire_many(all)).await;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -126,6 +156,11 @@ mod tests {
     /// One response from a keep-alive connection: its head, lower-cased, up to the body.
     async fn response(stream: &mut TcpStream) -> String {
         stream.write_all(REQUEST).await.unwrap();
+        read_response(stream).await
+    }
+
+    /// The response to a request already sent, lower-cased, up to the body.
+    async fn read_response(stream: &mut TcpStream) -> String {
         let mut buf = vec![0u8; 4096];
         let mut got = 0;
         loop {
@@ -203,5 +238,22 @@ mod tests {
         let took = began.elapsed();
         assert!(took >= Duration::from_millis(SHUTDOWN_CLOSE_NOTICE_MS), "closed before the notice: {took:?}");
         assert!(took < Duration::from_millis(SHUTDOWN_CLOSE_NOTICE_MS + 2_000), "took {took:?}");
+    }
+
+    /// A connection the kernel completed, its request sent, that the accept loop had not
+    /// taken when the shutdown came is served, not reset with the listener.
+    #[tokio::test]
+    async fn a_connection_queued_when_the_shutdown_comes_is_served() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+        let limits = HttpLimits { connections_max: 8, header_read_timeout: Duration::from_secs(30) };
+        // Connected and sent before the server runs at all (one-thread runtime): it waits in
+        // the listener's backlog, and the server's first look finds the shutdown too.
+        let mut queued = TcpStream::connect(addr).await.unwrap();
+        queued.write_all(REQUEST).await.unwrap();
+        let server = tokio::spawn(serve(listener, router, limits, Arc::new(AtomicBool::new(false)), async {}));
+        assert!(read_response(&mut queued).await.contains("connection: close"));
+        server.await.unwrap().unwrap();
     }
 }
