@@ -74,9 +74,11 @@ pub async fn serve(
     // `Connection: close` keep some there nearly all the time (a rolling restart under 64
     // clients saw about one reset a stop, benches/RESULTS.md, session 25), so every one queued
     // now is taken and served first: only one arriving between the last accept and the close
-    // can still be reset.
+    // can still be reset. Bounded by the connection cap, so a connect flood cannot hold the
+    // shutdown here.
     if let Ok(queued) = listener.into_std() {
-        while let Ok((stream, client)) = queued.accept() {
+        for _ in 0..limits.connections_max {
+            let Ok((stream, client)) = queued.accept() else { break };
             if let Ok(stream) = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream)) {
                 conns.take(stream, client);
             }
