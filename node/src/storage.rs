@@ -32,6 +32,17 @@ pub const SETTLE_SWEEP_TICKS: u64 = 30;
 pub const SETTLE_PAUSE_PCT: u32 = 100;
 /// Upper bound of one pause, whatever a slow `Settle` took.
 pub const SETTLE_PAUSE_MS_MAX: u64 = 50;
+/// Rows a table's flushes may leave unsettled before settling stops yielding to writes. The
+/// pacing above settles one op per round trip and pauses as long again: under a sustained
+/// bulk load (130k rows/s, commits ~20 ms) that took ~12k rows/s, so the flushed rows piled
+/// up in RocksDB without bound, each one a second copy of a row already in a file, and every
+/// RocksDB compaction of `rows` rewrote them all (benches/RESULTS.md, session 26). Past this
+/// many, settling runs [`SETTLE_CATCH_UP_OPS`] ops at once with no pause and no tick budget
+/// until the backlog is back under it; writes then share apply with it.
+pub const SETTLE_BACKLOG_ROWS_MAX: u64 = 1 << 20;
+/// `Settle` ops proposed together while a table catches up: they apply one after another,
+/// each where the last stopped, and their round trips overlap.
+pub const SETTLE_CATCH_UP_OPS: usize = 8;
 /// Wall time one tick spends settling at most, over all tables; the rest waits for the next
 /// tick. Settling runs before the tick's flush checks, and paced settles take twice their own
 /// time, so without a bound a large backlog (up to [`SETTLE_OPS_PER_TICK_MAX`] ops a table)
@@ -157,7 +168,9 @@ async fn settle_due(groups: &Groups, due: HashSet<(GroupId, u64)>) -> HashSet<(G
                 continue;
             }
         };
-        if !settle_scopes(groups, group, table_id, scopes, deadline).await {
+        if settle_scopes(groups, group, table_id, scopes, deadline).await {
+            groups.storage.settles.cleared(group, table_id);
+        } else {
             left.insert((group, table_id));
         }
     }
@@ -165,8 +178,8 @@ async fn settle_due(groups: &Groups, due: HashSet<(GroupId, u64)>) -> HashSet<(G
 }
 
 /// Settle `scopes` of one table in order, each op resuming where the last stopped, at most
-/// [`SETTLE_OPS_PER_TICK_MAX`] ops and none started after `deadline`; false when some are left
-/// for the next tick.
+/// [`SETTLE_OPS_PER_TICK_MAX`] ops and none started after `deadline` (unless the table is
+/// past [`SETTLE_BACKLOG_ROWS_MAX`]); false when some are left for the next tick.
 async fn settle_scopes(
     groups: &Groups,
     group: GroupId,
@@ -177,8 +190,17 @@ async fn settle_scopes(
     let mut ops = 0;
     for scope in scopes {
         loop {
-            if ops == SETTLE_OPS_PER_TICK_MAX || tokio::time::Instant::now() >= deadline {
+            let behind = groups.storage.settles.backlog(group, table_id) > SETTLE_BACKLOG_ROWS_MAX;
+            if ops >= SETTLE_OPS_PER_TICK_MAX || (!behind && tokio::time::Instant::now() >= deadline) {
                 return false;
+            }
+            if behind {
+                ops += SETTLE_CATCH_UP_OPS;
+                match catch_up(groups, group, table_id, &scope).await {
+                    Some(true) => continue,
+                    Some(false) => break,
+                    None => return false,
+                }
             }
             ops += 1;
             let op = Op::Settle { table_id, scope: scope.clone() };
@@ -194,6 +216,23 @@ async fn settle_scopes(
         }
     }
     true
+}
+
+/// [`SETTLE_CATCH_UP_OPS`] settles of one scope proposed at once: `Some(true)` while rows
+/// are left, `Some(false)` once the scope is settled, `None` if one failed.
+async fn catch_up(groups: &Groups, group: GroupId, table_id: u64, scope: &str) -> Option<bool> {
+    let settles = (0..SETTLE_CATCH_UP_OPS).map(|_| groups.propose(group, Op::Settle { table_id, scope: scope.into() }));
+    let mut more = true;
+    for result in futures::future::join_all(settles).await {
+        match result {
+            Ok(OpResult::Settled { more: m, .. }) => more &= m,
+            other => {
+                tracing::warn!(target: "kalamdb_storage", group = %group, table_id, result = ?other, "settle failed");
+                return None;
+            }
+        }
+    }
+    Some(more)
 }
 
 /// The pause after an automatic `Settle` that took `took` (see [`SETTLE_PAUSE_PCT`]).

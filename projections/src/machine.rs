@@ -292,10 +292,15 @@ impl Projection {
 
     /// After a flush: the table's scopes left to settle are for the group's leader to settle;
     /// when the flush settled everything itself (small scopes), the space goes back now.
-    fn after_flush(&self, db: &Arc<DB>, table_id: u64) {
+    fn after_flush(&self, db: &Arc<DB>, table_id: u64, result: &OpResult) {
         match crate::cold::unsettled_scopes(db, self.group, table_id) {
             Ok(scopes) if scopes.is_empty() => self.env.reclaim.queue(db, self.group, table_id),
-            Ok(_) => self.env.settles.mark(self.group, table_id),
+            Ok(_) => {
+                if let OpResult::Done { affected } = result {
+                    self.env.settles.flushed(self.group, table_id, *affected);
+                }
+                self.env.settles.mark(self.group, table_id)
+            }
             Err(e) => {
                 tracing::warn!(target: "kalamdb_storage", group = %self.group, error = %e, "cannot list scopes to settle");
                 self.env.settles.mark(self.group, table_id);
@@ -306,8 +311,11 @@ impl Projection {
     /// Once a `Settle` has found a scope settled, give the space of its removed rows back (a
     /// table queued and not started yet is not queued twice).
     fn after_settle(&self, db: &Arc<DB>, table_id: u64, result: &OpResult) {
-        if matches!(result, OpResult::Settled { more: false, .. }) {
-            self.env.reclaim.queue(db, self.group, table_id);
+        if let OpResult::Settled { rows, more } = result {
+            self.env.settles.settled(self.group, table_id, *rows);
+            if !more {
+                self.env.reclaim.queue(db, self.group, table_id);
+            }
         }
     }
 
@@ -449,7 +457,7 @@ impl RaftStateMachine<TypeConfig> for Projection {
                     cmd.iter().flat_map(|c| c.ops.iter()).zip(&responses.last().expect("pushed above").results)
                 {
                     match op {
-                        Op::Flush { table, .. } => self.after_flush(&db, table.table_id),
+                        Op::Flush { table, .. } => self.after_flush(&db, table.table_id, result),
                         Op::Settle { table_id, .. } => self.after_settle(&db, *table_id, result),
                         _ => {}
                     }

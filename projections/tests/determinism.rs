@@ -795,3 +795,49 @@ async fn a_flush_during_settling_moves_the_cursor_back_to_its_rows() {
     assert_eq!(digests[1].1, vec![None], "the settled replica's small flush settles itself");
     assert_eq!(digests[0].0, digests[1].0);
 }
+
+/// Rows written after a flush sort after its last row in a bulk load: settling stops at that
+/// row instead of walking them (they are not flushed), so the flush's rows are settled in as
+/// many ops as they fill and the rows behind stay hot.
+#[tokio::test]
+async fn settling_stops_at_the_last_flushed_row() {
+    use kalamdb_projections::cold::{SETTLE_ROWS_MAX, stored_head};
+    let n = settling_rows();
+    let behind = 3 * SETTLE_ROWS_MAX as i64;
+    let group = GroupId::SharedShard(0);
+    let insert = |index: u64, keys: std::ops::Range<i64>| {
+        entry(
+            index,
+            vec![Op::Insert {
+                schema_version: 1,
+                table_id: 1,
+                scope: String::new(),
+                rows: keys.map(|k| row(k, "v", None)).collect(),
+            }],
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = LogDb::open(&dir.path().join("rocksdb"), &PROJECTION_CFS).unwrap();
+    let mut sm = Projection::open(db.clone(), group, Catalog::new(), env(dir.path())).unwrap();
+    sm.apply(vec![insert(10, 0..n), flush_at(20), insert(30, n..n + behind)]).await.unwrap();
+    let mut results = Vec::new();
+    for index in 31..34 {
+        results.extend(sm.apply(vec![settle_at(index)]).await.unwrap().remove(0).results);
+    }
+    let op = SETTLE_ROWS_MAX as u64;
+    assert_eq!(
+        results,
+        vec![
+            OpResult::Settled { rows: op, more: true },
+            OpResult::Settled { rows: op, more: true },
+            OpResult::Settled { rows: n as u64 - 2 * op, more: false },
+        ]
+    );
+    let sp = kalamdb_projections::keys::table_scope_prefix(group, 1, "");
+    let head = stored_head(db.db(), &sp).unwrap().unwrap();
+    assert_eq!((head.settle_from, head.settle_to), (None, None));
+    let rows_cf = db.db().cf_handle("rows").unwrap();
+    assert_eq!(db.db().iterator_cf(rows_cf, rocksdb::IteratorMode::Start).count() as i64, behind);
+    let reader = RowReader::new(db.clone(), Arc::new(FileStore::folder(dir.path().join("storage"))));
+    assert_eq!(scan(&reader, group).len() as i64, n + behind);
+}

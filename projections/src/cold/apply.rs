@@ -342,6 +342,9 @@ pub(super) struct ScopeFlush {
     /// Primary-key bytes of the first row pushed: where settling must start again, if before
     /// an earlier settling's cursor (only this flush's rows can lie behind it).
     first_key: Option<Vec<u8>>,
+    /// Primary-key bytes of the last row pushed: where settling may stop (reused, so a row
+    /// costs no allocation).
+    last_key: Vec<u8>,
 }
 
 impl ScopeFlush {
@@ -359,6 +362,7 @@ impl ScopeFlush {
             rows: 0,
             inline: head_settled.then(Vec::new),
             first_key: None,
+            last_key: Vec::new(),
         }
     }
 
@@ -373,9 +377,12 @@ impl ScopeFlush {
     ) -> Result<()> {
         let (seq, deleted) = (row.seq.to_native(), row.deleted);
         assert!(row_key.starts_with(&self.scope_prefix), "a row outside the scope being flushed");
+        let pk = &row_key[self.scope_prefix.len()..];
         if self.first_key.is_none() {
-            self.first_key = Some(row_key[self.scope_prefix.len()..].to_vec());
+            self.first_key = Some(pk.to_vec());
         }
+        self.last_key.clear();
+        self.last_key.extend_from_slice(pk);
         if let Some(rows) = &mut self.inline {
             if rows.len() == SETTLE_INLINE_ROWS_MAX {
                 self.inline = None;
@@ -440,8 +447,16 @@ impl ScopeFlush {
             Some(rows) => settle_inline(c, batch, &self.scope_prefix, &rows)?,
             // Settling goes on from its cursor, or from this flush's first row if that sorts
             // before it: the rows behind the cursor were settled, all but this flush's.
+            // It ends at this flush's last row, or at an earlier flush's if that sorts after
+            // it; a head without an end (written before ends existed) keeps none.
             None => {
                 let first = self.first_key.take().unwrap_or_default();
+                let last = std::mem::take(&mut self.last_key);
+                self.head.settle_to = match (self.head.settle_from.is_some(), self.head.settle_to.take()) {
+                    (false, _) => Some(last),
+                    (true, Some(end)) => Some(end.max(last)),
+                    (true, None) => None,
+                };
                 self.head.settle_from = Some(match self.head.settle_from.take() {
                     Some(cursor) => cursor.min(first),
                     None => first,

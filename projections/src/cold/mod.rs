@@ -139,6 +139,14 @@ pub struct ScopeHead {
     /// settling existed, which never left a flushed row hot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle_from: Option<Vec<u8>>,
+    /// Where settling ends: the primary-key bytes of the last row the scope's unsettled
+    /// flushes wrote. A flush reads every hot row of the scope in key order, so a row after
+    /// its last one was written after it and is not flushed: settling stops there instead of
+    /// walking the rows a bulk load keeps appending behind the flush, 1,024 an op, settling
+    /// none. `None` while `settle_from` is set: to the scope's end (heads written before this
+    /// bound existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_to: Option<Vec<u8>>,
 }
 
 impl ScopeHead {

@@ -29,6 +29,7 @@ impl ColdApplier<'_> {
         let done = OpResult::Settled { rows: 0, more: false };
         let Some(mut head) = stored_head(self.db, &sp)? else { return Ok(done) };
         let Some(from) = head.settle_from.take() else { return Ok(done) };
+        let end = head.settle_to.take();
         let rows_cf = cf(self.db, CF_ROWS)?;
         let cold = cf(self.db, CF_COLD)?;
         let mut opts = ReadOptions::default();
@@ -40,14 +41,20 @@ impl ColdApplier<'_> {
         let mut scratch = Vec::new();
         let (mut looked, mut settled) = (0usize, 0u64);
         while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
+            let pk = &key[sp.len()..];
+            // Past the last flushed row: nothing after it is flushed, the scope is settled.
+            if end.as_deref().is_some_and(|end| pk > end) {
+                break;
+            }
             if looked == SETTLE_ROWS_MAX {
-                head.settle_from = Some(key[sp.len()..].to_vec());
+                head.settle_from = Some(pk.to_vec());
+                head.settle_to = end;
                 break;
             }
             looked += 1;
             let (seq, deleted) = StoredRow::version(value)?;
             if head.flushed(seq) {
-                stage_settled(batch, (cold, rows_cf), &sp, &key[sp.len()..], (seq, deleted), &mut scratch);
+                stage_settled(batch, (cold, rows_cf), &sp, pk, (seq, deleted), &mut scratch);
                 settled += 1;
             }
             rows.next();
@@ -98,15 +105,44 @@ pub fn unsettled_scopes(db: &DB, group: GroupId, table_id: u64) -> Result<Vec<St
 
 /// Tables (per group) that a flush left rows to settle in, noted on every node as the flush
 /// applies; the storage task of the group's leader takes them and proposes the `Settle` ops.
-/// One entry per (group, table), so the catalog bounds it.
+/// One entry per (group, table), so the catalog bounds it. Beside it, each table's *backlog*:
+/// rows its flushes left and its settles have not taken yet, as this node applied them
+/// (approximate: it starts at 0 with the process, and a user table's scopes share one count).
+/// The leader paces settling by it (`node/src/storage.rs`).
 #[derive(Debug, Default)]
 pub struct SettleQueue {
     due: Mutex<BTreeSet<(u32, u64)>>,
+    backlog: Mutex<HashMap<(u32, u64), u64>>,
 }
 
 impl SettleQueue {
     pub fn mark(&self, group: GroupId, table_id: u64) {
         self.due.lock().unwrap_or_else(|p| p.into_inner()).insert((group.to_u32(), table_id));
+    }
+
+    /// A flush of the table left `rows` to settle.
+    pub fn flushed(&self, group: GroupId, table_id: u64, rows: u64) {
+        let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        let n = b.entry((group.to_u32(), table_id)).or_insert(0);
+        *n = n.saturating_add(rows);
+    }
+
+    /// A `Settle` of the table took `rows`.
+    pub fn settled(&self, group: GroupId, table_id: u64, rows: u64) {
+        let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = b.get_mut(&(group.to_u32(), table_id)) {
+            *n = n.saturating_sub(rows);
+        }
+    }
+
+    /// Every scope of the table is settled: nothing is left, whatever the count says.
+    pub fn cleared(&self, group: GroupId, table_id: u64) {
+        self.backlog.lock().unwrap_or_else(|p| p.into_inner()).remove(&(group.to_u32(), table_id));
+    }
+
+    /// Rows the table's flushes left that no settle has taken yet, as far as this node knows.
+    pub fn backlog(&self, group: GroupId, table_id: u64) -> u64 {
+        self.backlog.lock().unwrap_or_else(|p| p.into_inner()).get(&(group.to_u32(), table_id)).copied().unwrap_or(0)
     }
 
     /// Every table marked since the last call.
