@@ -40,13 +40,25 @@ impl ColdApplier<'_> {
         rows.seek(&start);
         let mut scratch = Vec::new();
         let (mut looked, mut settled) = (0usize, 0u64);
+        // The rows leave `rows` as runs: each run of consecutive settled rows (no row between
+        // them is left) goes with one range deletion from its first key up to the key after
+        // it, which covers those rows and nothing else. Point deletions cost a WAL record, a
+        // memtable entry and a tombstone for RocksDB to carry down its levels per row.
+        let mut run: Option<Vec<u8>> = None;
+        let close_run = |batch: &mut WriteBatch, run: &mut Option<Vec<u8>>, to: &[u8]| {
+            if let Some(from) = run.take() {
+                batch.delete_range_cf(rows_cf, from.as_slice(), to);
+            }
+        };
         while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
             let pk = &key[sp.len()..];
             // Past the last flushed row: nothing after it is flushed, the scope is settled.
             if end.as_deref().is_some_and(|end| pk > end) {
+                close_run(batch, &mut run, key);
                 break;
             }
             if looked == SETTLE_ROWS_MAX {
+                close_run(batch, &mut run, key);
                 head.settle_from = Some(pk.to_vec());
                 head.settle_to = end;
                 break;
@@ -54,12 +66,19 @@ impl ColdApplier<'_> {
             looked += 1;
             let (seq, deleted) = StoredRow::version(value)?;
             if head.flushed(seq) {
-                stage_settled(batch, (cold, rows_cf), &sp, pk, (seq, deleted), &mut scratch);
+                stage_stub(batch, cold, &sp, pk, (seq, deleted), &mut scratch);
+                if run.is_none() {
+                    run = Some(key.to_vec());
+                }
                 settled += 1;
+            } else {
+                close_run(batch, &mut run, key);
             }
             rows.next();
         }
         rows.status()?;
+        // The scope's rows ran out: the run ends with the scope (no key after it exists).
+        close_run(batch, &mut run, &prefix_end(&sp));
         batch.put_cf(cold, cold_key(&sp, KIND_HEAD, &[]), json(&head)?);
         metrics::counter!("kalamdb_storage_settled_rows_total").increment(settled);
         Ok(OpResult::Settled { rows: settled, more: head.settle_from.is_some() })
@@ -77,6 +96,22 @@ pub(super) fn stage_settled(
     (seq, deleted): (u64, bool),
     scratch: &mut Vec<u8>,
 ) {
+    stage_stub(batch, cold, sp, pk, (seq, deleted), scratch);
+    scratch.truncate(sp.len());
+    scratch.extend_from_slice(pk);
+    batch.delete_cf(rows_cf, &scratch);
+}
+
+/// The stub half of [`stage_settled`]: the row's stub put (or, for a tombstone, removed).
+/// Leaves the scope prefix in `scratch`.
+fn stage_stub(
+    batch: &mut WriteBatch,
+    cold: &rocksdb::ColumnFamily,
+    sp: &[u8],
+    pk: &[u8],
+    (seq, deleted): (u64, bool),
+    scratch: &mut Vec<u8>,
+) {
     scratch.clear();
     scratch.extend_from_slice(sp);
     scratch.push(KIND_STUB);
@@ -87,8 +122,6 @@ pub(super) fn stage_settled(
         batch.put_cf(cold, &scratch, seq.to_be_bytes());
     }
     scratch.truncate(sp.len());
-    scratch.extend_from_slice(pk);
-    batch.delete_cf(rows_cf, &scratch);
 }
 
 /// Scopes of a table in a group with flushed hot rows left to settle, in key order.
