@@ -23,6 +23,19 @@ use crate::snapshot::export_linked;
 use crate::snapshot_store::{SnapshotStore, StoredSnapshot, links_dir};
 use kalamdb_log::snapshot_data::SnapshotData;
 
+/// Run `f`, the apply of a storage job (a flush or compaction: tens of milliseconds to a
+/// second of CPU), with the runtime's worker handed to another thread meanwhile. A 3-node
+/// cluster on 2 cores runs one worker per node, and a 1 s compaction inside apply held every
+/// other task of its node, heartbeats included: under a bulk load its followers timed out and
+/// called elections (benches/RESULTS.md, session 26). On a current-thread runtime (tests) `f`
+/// just runs.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Reserve `n` ordinals of the entry for one row op; returns the first.
 fn take_ordinals(ordinal: &mut u64, n: usize) -> u64 {
     let first = *ordinal;
@@ -432,9 +445,12 @@ impl RaftStateMachine<TypeConfig> for Projection {
                         changes: Vec::new(),
                     };
                     for op in cmd.iter().flat_map(|c| c.ops.iter()) {
-                        let result = self
-                            .apply_op(&mut batch, &mut rows, op, index, &mut ordinal)
-                            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                        let result = if op.is_storage_job() {
+                            off_worker(|| self.apply_op(&mut batch, &mut rows, op, index, &mut ordinal))
+                        } else {
+                            self.apply_op(&mut batch, &mut rows, op, index, &mut ordinal)
+                        }
+                        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
                         record.changes.append(&mut rows.changes);
                         record.changes.extend(op_change(op, &result, &self.catalog));
                         response.results.push(result);
