@@ -10,7 +10,7 @@
 
 use rocksdb::{DB, ReadOptions};
 
-use crate::cold::stub_range;
+use crate::cold::{Stub, stub_range};
 use crate::error::{Error, Result};
 use crate::keys::prefix_end;
 use crate::{CF_COLD, CF_ROWS};
@@ -50,29 +50,40 @@ impl Ceiling {
 pub fn scope_ceiling(db: &DB, sp: &[u8]) -> Result<Ceiling> {
     let rows = db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
     let cold = db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
-    let Some(hot) = last_key(db, rows, sp)? else { return Ok(Ceiling::Unknown) };
+    let Some(hot) = last_entry(db, rows, sp)? else { return Ok(Ceiling::Unknown) };
     let stubs = stub_range(sp);
-    let Some(flushed) = last_key(db, cold, &stubs)? else { return Ok(Ceiling::Unknown) };
+    let Some(flushed) = last_entry(db, cold, &stubs)? else { return Ok(Ceiling::Unknown) };
     // A stub key is the scope prefix, a kind byte, then the primary key: as a row key, the
-    // same without the kind byte.
-    let flushed = flushed.map(|k| [sp, &k[stubs.len()..]].concat());
+    // same without the kind byte. A run's last key is its first plus its count less one.
+    let flushed = match flushed {
+        Some((k, v)) => {
+            let (pk, stub) = (&k[stubs.len()..], Stub::decode(&v)?);
+            let top = match <[u8; 8]>::try_from(pk) {
+                Ok(first) if stub.count > 1 => (u64::from_be_bytes(first) + (stub.count - 1)).to_be_bytes().to_vec(),
+                _ => pk.to_vec(),
+            };
+            Some([sp, &top].concat())
+        }
+        None => None,
+    };
+    let hot = hot.map(|(k, _)| k);
     Ok(match hot.into_iter().chain(flushed).max() {
         Some(top) => Ceiling::At(top),
         None => Ceiling::Empty,
     })
 }
 
-/// The last key starting with `prefix`: `Some(None)` when there is none, `None` when the
-/// seek gave up after [`CEILING_SKIP_MAX`] internal keys.
-fn last_key(db: &DB, cf: &rocksdb::ColumnFamily, prefix: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+/// The last key starting with `prefix`, with its value: `Some(None)` when there is none,
+/// `None` when the seek gave up after [`CEILING_SKIP_MAX`] internal keys.
+fn last_entry(db: &DB, cf: &rocksdb::ColumnFamily, prefix: &[u8]) -> Result<Option<Option<(Vec<u8>, Vec<u8>)>>> {
     let mut opts = ReadOptions::default();
     opts.set_iterate_lower_bound(prefix.to_vec());
     opts.set_iterate_upper_bound(prefix_end(prefix));
     opts.set_max_skippable_internal_keys(CEILING_SKIP_MAX);
     let mut it = db.raw_iterator_cf_opt(cf, opts);
     it.seek_to_last();
-    if let Some(k) = it.key() {
-        return Ok(Some(Some(k.to_vec())));
+    if let (Some(k), Some(v)) = (it.key(), it.value()) {
+        return Ok(Some(Some((k.to_vec(), v.to_vec()))));
     }
     match it.status() {
         Ok(()) => Ok(Some(None)),
@@ -107,6 +118,15 @@ mod tests {
         let ceiling = scope_ceiling(db, &sp).unwrap();
         assert_eq!(ceiling, Ceiling::At(key(&sp, 20)));
         assert!(ceiling.above(&key(&sp, 21)) && !ceiling.above(&key(&sp, 20)) && !ceiling.above(&key(&sp, 15)));
+        // A run's ceiling is its last key, not its first.
+        let ints = table_scope_prefix(GroupId::UserShard(0), 3, "carol");
+        let key8 = |sp: &[u8], i: u64| [sp, &i.to_be_bytes()].concat();
+        db.put_cf(rows, key8(&ints, 12), b"x").unwrap();
+        let run = Stub { seq: 8, count: 5 };
+        db.put_cf(cold, [stub_range(&ints), 30u64.to_be_bytes().to_vec()].concat(), run.encode()).unwrap();
+        let ceiling = scope_ceiling(db, &ints).unwrap();
+        assert_eq!(ceiling, Ceiling::At(key8(&ints, 34)));
+        assert!(!ceiling.above(&key8(&ints, 33)) && ceiling.above(&key8(&ints, 35)));
         // Rows settled away leave tombstones at the scope's end: past the bound, unknown.
         for i in 100..100 + CEILING_SKIP_MAX as u32 * 2 {
             db.put_cf(rows, key(&sp, i), b"x").unwrap();

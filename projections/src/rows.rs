@@ -10,7 +10,8 @@ use rocksdb::{DB, ReadOptions, WriteBatch};
 
 use crate::changes::{Change, ChangeKind};
 use crate::cold::{
-    ColdGroup, FlushStarts, PkRange, TableView, stub_key_of, stub_seq, stub_value, superseded_key_of, table_view,
+    ColdGroup, FlushStarts, PkRange, RunReader, Stub, StubWriter, TableView, stub_key_of, stub_seq, superseded_key_of,
+    table_view,
 };
 use crate::error::{Error, Result};
 use crate::fences::{self, Fence};
@@ -129,9 +130,12 @@ pub struct RowApplier<'a> {
     fences: HashMap<u64, Vec<Fence>>,
     /// Schema floors of the tables written so far, as committed or staged by this applier.
     floors: HashMap<u64, u32>,
-    /// Last flush index per scope prefix, read once per apply call (a flush commits the
-    /// call's batch and starts a new applier, so it cannot change under this one).
-    last_flush: HashMap<Vec<u8>, u64>,
+    /// Last flush index per scope prefix and whether its stubs may be runs, read once per
+    /// apply call (a flush commits the call's batch and starts a new applier, so neither can
+    /// change under this one).
+    heads: HashMap<Vec<u8>, (u64, bool)>,
+    /// The stubs this call's writes settle (see `Prior::Unsettled`).
+    stubs: StubWriter<'a>,
     /// Told the smallest key each op writes, so the table's next flush starts no later.
     flush_starts: &'a FlushStarts,
 }
@@ -168,7 +172,8 @@ impl<'a> RowApplier<'a> {
             changes: Vec::new(),
             fences: HashMap::new(),
             floors: HashMap::new(),
-            last_flush: HashMap::new(),
+            heads: HashMap::new(),
+            stubs: StubWriter::new(db),
             flush_starts,
         }
     }
@@ -195,21 +200,24 @@ impl<'a> RowApplier<'a> {
     /// scope's last flush holds it.
     fn prior_of_stored(&mut self, key: &[u8], row: &StoredRow) -> Result<Prior> {
         let (_, pk) = split_scope(key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
-        let sp = &key[..key.len() - pk.len()];
-        let last_flush = match self.last_flush.get(sp) {
-            Some(index) => *index,
-            None => {
-                let index = crate::cold::stored_head(self.db, sp)?.map_or(0, |h| h.last_flush_index);
-                self.last_flush.insert(sp.to_vec(), index);
-                index
-            }
-        };
+        let (last_flush, _) = self.head_of(&key[..key.len() - pk.len()])?;
         // As `ScopeHead::flushed`: written before the flush's entry.
         Ok(if crate::stored::seq_log_index(row.seq) < last_flush {
             Prior::Unsettled { seq: row.seq, deleted: row.deleted }
         } else {
             Prior::Hot
         })
+    }
+
+    /// The last flush index of the scope whose prefix is `sp`, and whether its stubs may be
+    /// runs.
+    fn head_of(&mut self, sp: &[u8]) -> Result<(u64, bool)> {
+        if let Some(head) = self.heads.get(sp) {
+            return Ok(*head);
+        }
+        let head = crate::cold::stored_head(self.db, sp)?.map_or((0, false), |h| (h.last_flush_index, h.runs));
+        self.heads.insert(sp.to_vec(), head);
+        Ok(head)
     }
 
     /// [`Self::newest`] of many keys at once: the keys not in the overlay are read with one
@@ -252,9 +260,22 @@ impl<'a> RowApplier<'a> {
         let cold_cf = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
         let stubs = no_hot.iter().map(|&i| stub_key_of(&keys[i])).collect::<Result<Vec<Vec<u8>>>>()?;
         let got = self.db.batched_multi_get_cf(cold_cf, stubs.iter(), false);
-        for (&i, value) in no_hot.iter().zip(got) {
-            if let Some(b) = value? {
-                out[i] = Some(flushed(stub_value(&b)?));
+        let mut uncovered: Vec<(usize, &Vec<u8>)> = Vec::new();
+        for ((&i, stub), value) in no_hot.iter().zip(&stubs).zip(got) {
+            match value? {
+                Some(b) => out[i] = Some(flushed(Stub::decode(&b)?.seq)),
+                None => uncovered.push((i, stub)),
+            }
+        }
+        // Keys with no stub of their own may be inside a run: one seek each, in key order.
+        if !uncovered.is_empty() && self.head_of(sp)?.1 {
+            let stub_prefix = crate::cold::stub_range(sp);
+            let mut runs = RunReader::new(self.db, ReadOptions::default())?;
+            uncovered.sort_by(|a, b| a.1.cmp(b.1));
+            for (i, stub) in uncovered {
+                if let Some(seq) = runs.covering(&stub_prefix, stub)? {
+                    out[i] = Some(flushed(seq));
+                }
             }
         }
         Ok(out)
@@ -281,11 +302,15 @@ impl<'a> RowApplier<'a> {
             match prior {
                 Prior::Hot => {}
                 Prior::Cold(seq) => batch.put_cf(cold, superseded_key_of(&key, seq)?, log_index.to_be_bytes()),
-                Prior::Unsettled { seq, deleted: false } => {
-                    batch.put_cf(cold, stub_key_of(&key)?, seq.to_be_bytes());
-                    batch.put_cf(cold, superseded_key_of(&key, seq)?, log_index.to_be_bytes());
+                Prior::Unsettled { seq, deleted } => {
+                    let (_, pk) = split_scope(&key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
+                    let sp = &key[..key.len() - pk.len()];
+                    let (_, runs) = self.head_of(sp)?;
+                    self.stubs.assign(batch, (sp, runs), pk, 1, (!deleted).then_some(seq))?;
+                    if !deleted {
+                        batch.put_cf(cold, superseded_key_of(&key, seq)?, log_index.to_be_bytes());
+                    }
                 }
-                Prior::Unsettled { deleted: true, .. } => batch.delete_cf(cold, stub_key_of(&key)?),
             }
             row.encode_into(&mut encoded);
             batch.put_cf(cf, &key, &encoded);

@@ -726,6 +726,19 @@ async fn settling_in_pieces_ends_where_settling_at_once_does() {
     );
     let rows_cf = db_l.db().cf_handle("rows").unwrap();
     assert_eq!(db_l.db().iterator_cf(rows_cf, rocksdb::IteratorMode::Start).count(), 0, "a flushed row is still hot");
+    // The first insert's keys count up with its versions, so their stubs are runs: 0, then 1
+    // (updated), 2 ..= n - 4 (n - 3 was deleted before the flush), and one each for n - 3,
+    // n - 1 and n (written again by one entry, versions not in key order); n - 2 is deleted.
+    let sp = kalamdb_projections::keys::table_scope_prefix(group, 1, "");
+    let stubs = kalamdb_projections::cold::stub_range(&sp);
+    let cold_cf = db_l.db().cf_handle("cold").unwrap();
+    let stored = db_l
+        .db()
+        .prefix_iterator_cf(cold_cf, &stubs)
+        .map(|item| item.unwrap())
+        .take_while(|(k, _)| k.starts_with(&stubs))
+        .count();
+    assert_eq!(stored, 6, "stub records of {n} flushed keys");
 
     // The lazy log applied in one call ends in the same bytes.
     let (_d1, db_1, mut sm_1, _) = open();

@@ -311,13 +311,24 @@ impl<'a> ColdApplier<'a> {
 /// than the few stubs do.
 pub const SETTLE_INLINE_ROWS_MAX: usize = 256;
 
-/// Settle a small flush's rows in its own batch: what `Settle` does, for these rows only.
-fn settle_inline(c: &ColdApplier<'_>, batch: &mut WriteBatch, sp: &[u8], rows: &[(Vec<u8>, u64, bool)]) -> Result<()> {
-    let cfs = (cf(c.db, CF_COLD)?, cf(c.db, CF_ROWS)?);
-    let mut scratch = Vec::new();
+/// Settle a small flush's rows (in key order) in its own batch: what `Settle` does, for these
+/// rows only.
+fn settle_inline(
+    c: &ColdApplier<'_>,
+    batch: &mut WriteBatch,
+    (sp, runs): (&[u8], bool),
+    rows: &[(Vec<u8>, u64, bool)],
+) -> Result<()> {
+    let rows_cf = cf(c.db, CF_ROWS)?;
+    let mut stubs = RunSettler::new(c.db, sp, runs);
+    let mut key = sp.to_vec();
     for (pk, seq, deleted) in rows {
-        super::settle::stage_settled(batch, cfs, sp, pk, (*seq, *deleted), &mut scratch);
+        stubs.row(batch, pk, *seq, *deleted)?;
+        key.truncate(sp.len());
+        key.extend_from_slice(pk);
+        batch.delete_cf(rows_cf, &key);
     }
+    stubs.finish(batch)?;
     metrics::counter!("kalamdb_storage_settled_rows_total").increment(rows.len() as u64);
     Ok(())
 }
@@ -443,8 +454,9 @@ impl ScopeFlush {
             batch.put_cf(cold, cold_key(&self.scope_prefix, KIND_FILE, &meta.file_no.to_be_bytes()), json(meta)?);
         }
         self.head.last_flush_index = index;
+        self.head.runs = pk_fixed_width(def);
         match self.inline.take() {
-            Some(rows) => settle_inline(c, batch, &self.scope_prefix, &rows)?,
+            Some(rows) => settle_inline(c, batch, (&self.scope_prefix, self.head.runs), &rows)?,
             // Settling goes on from its cursor, or from this flush's first row if that sorts
             // before it: the rows behind the cursor were settled, all but this flush's.
             // It ends at this flush's last row, or at an earlier flush's if that sorts after

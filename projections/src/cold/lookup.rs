@@ -369,28 +369,6 @@ fn find_in_file(
     Ok(None)
 }
 
-/// The newest flushed version of a key, if any (the caller checks `rows` first: a hot row is
-/// newer).
-pub fn stub_seq(db: &DB, row_key: &[u8], snapshot: Option<&rocksdb::Snapshot<'_>>) -> Result<Option<u64>> {
-    let cold = cf(db, CF_COLD)?;
-    let key = stub_key_of(row_key)?;
-    let got = match snapshot {
-        Some(s) => {
-            let mut opts = ReadOptions::default();
-            opts.set_snapshot(s);
-            db.get_pinned_cf_opt(cold, key, &opts)?
-        }
-        None => db.get_pinned_cf(cold, key)?,
-    };
-    got.map(|b| stub_value(&b)).transpose()
-}
-
-/// The `_seq` a key stub holds (its flushed version).
-pub fn stub_value(bytes: &[u8]) -> Result<u64> {
-    let b: [u8; 8] = bytes.try_into().map_err(|_| Error::Corrupt("bad stub".into()))?;
-    Ok(u64::from_be_bytes(b))
-}
-
 #[cfg(test)]
 mod tests {
     use arrow::array::{BooleanArray, Int64Array, StringArray};

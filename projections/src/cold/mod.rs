@@ -5,7 +5,8 @@
 //!
 //! Keys of the `cold` column family, after `group | table_id | scope_len | scope`:
 //! - `K | pk` → `seq u64 BE`: the key's newest flushed version, which is live (flush drops
-//!   tombstones). A hot row in `rows` with the same key is newer and wins.
+//!   tombstones). A hot row in `rows` with the same key is newer and wins. In a scope with a
+//!   fixed-width key, one record may stand for a run of keys (`stubs`).
 //!
 //! A flush writes the files and the manifest only: the flushed rows stay in `rows` until
 //! `Settle` ops (bounded, one scope at a time, `settle`) replace each by its stub and drop
@@ -39,6 +40,7 @@ mod retire;
 mod settle;
 mod starts;
 mod store;
+mod stubs;
 mod view;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -74,6 +76,7 @@ pub use retire::oldest_retired;
 pub use settle::{SETTLE_ROWS_MAX, SettleQueue, unsettled_scopes};
 pub use starts::{FlushStart, FlushStarts};
 pub use store::*;
+pub use stubs::{RUN_PK_BYTES, RunReader, RunSettler, Stub, StubWriter, pk_fixed_width, stub_seq};
 pub use view::*;
 
 /// Rows in one Parquet file; a larger flush writes several files.
@@ -147,6 +150,11 @@ pub struct ScopeHead {
     /// bound existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle_to: Option<Vec<u8>>,
+    /// Whether the scope's primary key is fixed-width, so its stubs may be runs (`stubs`).
+    /// Every flush sets it from the table's definition; heads written before runs existed
+    /// lack it, and their scopes hold single stubs until their next flush.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub runs: bool,
 }
 
 impl ScopeHead {

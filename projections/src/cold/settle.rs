@@ -32,13 +32,13 @@ impl ColdApplier<'_> {
         let end = head.settle_to.take();
         let rows_cf = cf(self.db, CF_ROWS)?;
         let cold = cf(self.db, CF_COLD)?;
+        let mut stubs = RunSettler::new(self.db, &sp, head.runs);
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(prefix_end(&sp));
         let mut rows = self.db.raw_iterator_cf_opt(rows_cf, opts);
         let mut start = sp.clone();
         start.extend_from_slice(&from);
         rows.seek(&start);
-        let mut scratch = Vec::new();
         let (mut looked, mut settled) = (0usize, 0u64);
         // The rows leave `rows` as runs: each run of consecutive settled rows (no row between
         // them is left) goes with one range deletion from its first key up to the key after
@@ -66,7 +66,7 @@ impl ColdApplier<'_> {
             looked += 1;
             let (seq, deleted) = StoredRow::version(value)?;
             if head.flushed(seq) {
-                stage_stub(batch, cold, &sp, pk, (seq, deleted), &mut scratch);
+                stubs.row(batch, pk, seq, deleted)?;
                 if run.is_none() {
                     run = Some(key.to_vec());
                 }
@@ -77,51 +77,13 @@ impl ColdApplier<'_> {
             rows.next();
         }
         rows.status()?;
+        stubs.finish(batch)?;
         // The scope's rows ran out: the run ends with the scope (no key after it exists).
         close_run(batch, &mut run, &prefix_end(&sp));
         batch.put_cf(cold, cold_key(&sp, KIND_HEAD, &[]), json(&head)?);
         metrics::counter!("kalamdb_storage_settled_rows_total").increment(settled);
         Ok(OpResult::Settled { rows: settled, more: head.settle_from.is_some() })
     }
-}
-
-/// Stage the settling of one flushed row of the scope `sp` (primary-key bytes `pk`, version
-/// `seq`, tombstone or not): its stub takes the row's place, or goes with a tombstone. What
-/// `Settle` and a small flush's own settling both do; `scratch` is a reused key buffer.
-pub(super) fn stage_settled(
-    batch: &mut WriteBatch,
-    (cold, rows_cf): (&rocksdb::ColumnFamily, &rocksdb::ColumnFamily),
-    sp: &[u8],
-    pk: &[u8],
-    (seq, deleted): (u64, bool),
-    scratch: &mut Vec<u8>,
-) {
-    stage_stub(batch, cold, sp, pk, (seq, deleted), scratch);
-    scratch.truncate(sp.len());
-    scratch.extend_from_slice(pk);
-    batch.delete_cf(rows_cf, &scratch);
-}
-
-/// The stub half of [`stage_settled`]: the row's stub put (or, for a tombstone, removed).
-/// Leaves the scope prefix in `scratch`.
-fn stage_stub(
-    batch: &mut WriteBatch,
-    cold: &rocksdb::ColumnFamily,
-    sp: &[u8],
-    pk: &[u8],
-    (seq, deleted): (u64, bool),
-    scratch: &mut Vec<u8>,
-) {
-    scratch.clear();
-    scratch.extend_from_slice(sp);
-    scratch.push(KIND_STUB);
-    scratch.extend_from_slice(pk);
-    if deleted {
-        batch.delete_cf(cold, &scratch);
-    } else {
-        batch.put_cf(cold, &scratch, seq.to_be_bytes());
-    }
-    scratch.truncate(sp.len());
 }
 
 /// Scopes of a table in a group with flushed hot rows left to settle, in key order.
