@@ -257,25 +257,24 @@ impl<'a> RowApplier<'a> {
             let prior = self.prior_of_stored(&keys[i], &row)?;
             out[i] = Some((row, prior));
         }
-        let cold_cf = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
-        let stubs = no_hot.iter().map(|&i| stub_key_of(&keys[i])).collect::<Result<Vec<Vec<u8>>>>()?;
-        let got = self.db.batched_multi_get_cf(cold_cf, stubs.iter(), false);
-        let mut uncovered: Vec<(usize, &Vec<u8>)> = Vec::new();
-        for ((&i, stub), value) in no_hot.iter().zip(&stubs).zip(got) {
-            match value? {
-                Some(b) => out[i] = Some(flushed(Stub::decode(&b)?.seq)),
-                None => uncovered.push((i, stub)),
+        let mut stubs = no_hot.iter().map(|&i| Ok((i, stub_key_of(&keys[i])?))).collect::<Result<Vec<_>>>()?;
+        if self.head_of(sp)?.1 {
+            // A key with no stub of its own may be inside a run: the scope's stubs are walked
+            // in key order instead.
+            stubs.sort_by(|a, b| a.1.cmp(&b.1));
+            let sorted: Vec<&[u8]> = stubs.iter().map(|(_, k)| k.as_slice()).collect();
+            let got = RunReader::new(self.db, ReadOptions::default())?
+                .versions(&crate::cold::stub_range(sp), &sorted)?;
+            for ((i, _), seq) in stubs.iter().zip(got) {
+                out[*i] = seq.map(flushed);
             }
+            return Ok(out);
         }
-        // Keys with no stub of their own may be inside a run: one seek each, in key order.
-        if !uncovered.is_empty() && self.head_of(sp)?.1 {
-            let stub_prefix = crate::cold::stub_range(sp);
-            let mut runs = RunReader::new(self.db, ReadOptions::default())?;
-            uncovered.sort_by(|a, b| a.1.cmp(b.1));
-            for (i, stub) in uncovered {
-                if let Some(seq) = runs.covering(&stub_prefix, stub)? {
-                    out[i] = Some(flushed(seq));
-                }
+        let cold_cf = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
+        let got = self.db.batched_multi_get_cf(cold_cf, stubs.iter().map(|(_, k)| k), false);
+        for ((i, _), value) in stubs.iter().zip(got) {
+            if let Some(b) = value? {
+                out[*i] = Some(flushed(Stub::decode(&b)?.seq));
             }
         }
         Ok(out)

@@ -111,6 +111,9 @@ pub fn stub_seq(db: &DB, row_key: &[u8], snapshot: Option<&rocksdb::Snapshot<'_>
     RunReader::new(db, options())?.covering(&key[..key.len() - pk.len()], &key)
 }
 
+/// Stubs [`RunReader::versions`] walks over before it seeks instead.
+pub const WALK_STEPS_MAX: usize = 16;
+
 /// Finds the runs that cover keys with no stub of their own: one iterator for many lookups.
 pub struct RunReader<'a> {
     it: rocksdb::DBRawIteratorWithThreadMode<'a, DB>,
@@ -119,6 +122,63 @@ pub struct RunReader<'a> {
 impl<'a> RunReader<'a> {
     pub fn new(db: &'a DB, opts: ReadOptions) -> Result<RunReader<'a>> {
         Ok(RunReader { it: db.raw_iterator_cf_opt(cf(db, CF_COLD)?, opts) })
+    }
+
+    /// The flushed versions of many stub keys of one scope (`stub_prefix`), given in key
+    /// order: what their own stubs or the runs covering them hold. One seek, then a walk that
+    /// seeks again only past [`WALK_STEPS_MAX`] stubs: an insert of a thousand new keys
+    /// between two stubs costs a seek, not a thousand.
+    pub fn versions(&mut self, stub_prefix: &[u8], keys: &[&[u8]]) -> Result<Vec<Option<u64>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        // The greatest stub at or below the last key looked at, and the iterator on the one
+        // after it (`next`).
+        let mut cur: Option<(Vec<u8>, Stub)> = None;
+        let mut next: Option<Vec<u8>> = None;
+        let mut positioned = false;
+        for &key in keys {
+            assert!(key.starts_with(stub_prefix), "a key outside the scope looked up");
+            let mut steps = 0;
+            while positioned && next.as_deref().is_some_and(|n| n <= key) {
+                if steps == WALK_STEPS_MAX {
+                    positioned = false;
+                    break;
+                }
+                let value = self.it.value().ok_or_else(|| Error::Corrupt("stub iterator lost".into()))?;
+                cur = Some((next.take().expect("checked above"), Stub::decode(value)?));
+                self.it.next();
+                next = self.key_in(stub_prefix)?;
+                steps += 1;
+            }
+            if !positioned {
+                self.it.seek_for_prev(key);
+                match (self.key_in(stub_prefix)?, self.it.value()) {
+                    (Some(k), Some(v)) => {
+                        cur = Some((k, Stub::decode(v)?));
+                        self.it.next();
+                    }
+                    _ => {
+                        cur = None;
+                        self.it.seek(key);
+                    }
+                }
+                next = self.key_in(stub_prefix)?;
+                positioned = true;
+            }
+            out.push(cur.as_ref().and_then(|(k, stub)| stub.seq_of(&k[stub_prefix.len()..], &key[stub_prefix.len()..])));
+        }
+        Ok(out)
+    }
+
+    /// The iterator's key, if it is one of the scope's stubs.
+    fn key_in(&self, stub_prefix: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.it.key() {
+            Some(k) if k.starts_with(stub_prefix) => Ok(Some(k.to_vec())),
+            Some(_) => Ok(None),
+            None => {
+                self.it.status()?;
+                Ok(None)
+            }
+        }
     }
 
     /// The version of the stub key `key` (whose scope's stubs start with `stub_prefix`) that
@@ -475,6 +535,16 @@ mod tests {
             for k in 0u64..56 {
                 let row_key = [sp.as_slice(), &k.to_be_bytes()].concat();
                 prop_assert_eq!(stub_seq(db, &row_key, None).unwrap(), model.get(&k).copied(), "key {}", k);
+            }
+            // Many keys at once, walking (every key, past the walk's bound) or seeking (a few).
+            let prefix = cold_key(&sp, KIND_STUB, &[]);
+            for step in [1u64, 7] {
+                let ks: Vec<u64> = (0u64..56).step_by(step as usize).collect();
+                let stub_keys: Vec<Vec<u8>> = ks.iter().map(|k| cold_key(&sp, KIND_STUB, &k.to_be_bytes())).collect();
+                let refs: Vec<&[u8]> = stub_keys.iter().map(Vec::as_slice).collect();
+                let got = RunReader::new(db, ReadOptions::default()).unwrap().versions(&prefix, &refs).unwrap();
+                let want: Vec<Option<u64>> = ks.iter().map(|k| model.get(k).copied()).collect();
+                prop_assert_eq!(got, want);
             }
         }
     }
