@@ -263,8 +263,8 @@ impl<'a> RowApplier<'a> {
             // in key order instead.
             stubs.sort_by(|a, b| a.1.cmp(&b.1));
             let sorted: Vec<&[u8]> = stubs.iter().map(|(_, k)| k.as_slice()).collect();
-            let got = RunReader::new(self.db, ReadOptions::default())?
-                .versions(&crate::cold::stub_range(sp), &sorted)?;
+            let got =
+                RunReader::new(self.db, ReadOptions::default())?.versions(&crate::cold::stub_range(sp), &sorted)?;
             for ((i, _), seq) in stubs.iter().zip(got) {
                 out[*i] = seq.map(flushed);
             }

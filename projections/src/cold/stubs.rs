@@ -35,9 +35,7 @@ pub struct Stub {
 
 impl Stub {
     pub fn decode(b: &[u8]) -> Result<Stub> {
-        let word = |r: std::ops::Range<usize>| -> u64 {
-            u64::from_be_bytes(b[r].try_into().expect("eight bytes"))
-        };
+        let word = |r: std::ops::Range<usize>| -> u64 { u64::from_be_bytes(b[r].try_into().expect("eight bytes")) };
         match b.len() {
             8 => Ok(Stub { seq: word(0..8), count: 1 }),
             16 => {
@@ -164,7 +162,9 @@ impl<'a> RunReader<'a> {
                 next = self.key_in(stub_prefix)?;
                 positioned = true;
             }
-            out.push(cur.as_ref().and_then(|(k, stub)| stub.seq_of(&k[stub_prefix.len()..], &key[stub_prefix.len()..])));
+            out.push(
+                cur.as_ref().and_then(|(k, stub)| stub.seq_of(&k[stub_prefix.len()..], &key[stub_prefix.len()..])),
+            );
         }
         Ok(out)
     }
@@ -404,7 +404,9 @@ impl<'a> StubWriter<'a> {
 
     fn delete_range(&mut self, batch: &mut WriteBatch, cold: &rocksdb::ColumnFamily, low: Vec<u8>, high: Vec<u8>) {
         batch.delete_range_cf(cold, &low, &high);
-        for (_, v) in self.staged.range_mut::<[u8], _>((Bound::Included(low.as_slice()), Bound::Excluded(high.as_slice()))) {
+        for (_, v) in
+            self.staged.range_mut::<[u8], _>((Bound::Included(low.as_slice()), Bound::Excluded(high.as_slice())))
+        {
             *v = None;
         }
         self.cleared.push((low, high));
