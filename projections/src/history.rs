@@ -14,8 +14,8 @@ use openraft::EntryPayload;
 use rocksdb::{DB, WriteBatch};
 
 use crate::cold::{
-    ColdGroup, FileMeta, FileStore, KIND_STUB, KIND_SUPERSEDED, cf, cold_key, iter_prefix, marker_seq, read_parquet,
-    scope_files, scope_head,
+    ColdGroup, FileMeta, FileStore, KIND_SUPERSEDED, cf, cold_key, iter_prefix, marker_seq, read_parquet, scope_files,
+    scope_head,
 };
 use crate::columnar::{seq_deleted, value_at};
 use crate::error::{Error, Result};
@@ -442,11 +442,14 @@ pub fn rebuild_table(
             batch.put_cf(rows_cf, key, state.rows[k].encode());
             rebuilt += 1;
         }
-        let stubs = cold_key(&sp, KIND_STUB, &[]);
-        batch.delete_range_cf(cold, stubs.clone(), prefix_end(&stubs));
+        // The base's stubs as settling writes them: runs where the scope has them.
+        let runs = crate::cold::stored_head(db, &sp)?.is_some_and(|h| h.runs);
+        let mut stubs = crate::cold::RunSettler::new(db, &sp, runs);
+        stubs.clear(batch)?;
         for (k, seq) in &state.base_stubs {
-            batch.put_cf(cold, cold_key(&sp, KIND_STUB, k), seq.to_be_bytes());
+            stubs.row(batch, k, *seq, false)?;
         }
+        stubs.finish(batch)?;
         for item in iter_prefix(db, cold, &cold_key(&sp, KIND_SUPERSEDED, &[])) {
             let (k, v) = item?;
             let marked: [u8; 8] = v.as_ref().try_into().map_err(|_| Error::Corrupt("bad marker".into()))?;

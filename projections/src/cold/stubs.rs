@@ -446,6 +446,16 @@ impl<'a> RunSettler<'a> {
         Ok(())
     }
 
+    /// Delete every stub of the scope first (a rebuild writes them all again).
+    pub fn clear(&mut self, batch: &mut WriteBatch) -> Result<()> {
+        assert!(self.pending.is_none(), "a scope cleared while a run is being gathered");
+        let cold = cf(self.writer.db, CF_COLD)?;
+        let prefix = cold_key(&self.sp, KIND_STUB, &[]);
+        let high = prefix_end(&prefix);
+        self.writer.delete_range(batch, cold, prefix, high);
+        Ok(())
+    }
+
     /// Write the run being gathered, if any (call once the rows end).
     pub fn finish(&mut self, batch: &mut WriteBatch) -> Result<()> {
         if let Some((start, seq, count)) = self.pending.take() {
