@@ -59,7 +59,11 @@ pub fn scope_ceiling(db: &DB, sp: &[u8]) -> Result<Ceiling> {
         Some((k, v)) => {
             let (pk, stub) = (&k[stubs.len()..], Stub::decode(&v)?);
             let top = match <[u8; 8]>::try_from(pk) {
-                Ok(first) if stub.count > 1 => (u64::from_be_bytes(first) + (stub.count - 1)).to_be_bytes().to_vec(),
+                Ok(first) if stub.count > 1 => u64::from_be_bytes(first)
+                    .checked_add(stub.count - 1)
+                    .ok_or_else(|| Error::Corrupt(format!("run stub {stub:?} past the last key")))?
+                    .to_be_bytes()
+                    .to_vec(),
                 _ => pk.to_vec(),
             };
             Some([sp, &top].concat())
@@ -127,6 +131,11 @@ mod tests {
         let ceiling = scope_ceiling(db, &ints).unwrap();
         assert_eq!(ceiling, Ceiling::At(key8(&ints, 34)));
         assert!(!ceiling.above(&key8(&ints, 33)) && ceiling.above(&key8(&ints, 35)));
+        // A run said to reach past the last key is corrupt, not a panic.
+        let bad = table_scope_prefix(GroupId::UserShard(0), 3, "dave");
+        db.put_cf(rows, key8(&bad, 1), b"x").unwrap();
+        db.put_cf(cold, [stub_range(&bad), (u64::MAX - 1).to_be_bytes().to_vec()].concat(), run.encode()).unwrap();
+        assert!(matches!(scope_ceiling(db, &bad), Err(Error::Corrupt(_))));
         // Rows settled away leave tombstones at the scope's end: past the bound, unknown.
         for i in 100..100 + CEILING_SKIP_MAX as u32 * 2 {
             db.put_cf(rows, key(&sp, i), b"x").unwrap();

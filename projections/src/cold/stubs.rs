@@ -346,10 +346,12 @@ impl<'a> StubWriter<'a> {
             (Some(s), Some(c)) => Some(if s.0 > c.0 { s } else { c }),
             (s, c) => s.or(c),
         };
-        Ok(best.and_then(|(k, stub)| {
-            let start = pk_int(&k[prefix.len()..])?;
-            Some(Seg { start, seq: stub.seq, count: stub.count })
-        }))
+        let Some((k, stub)) = best else { return Ok(None) };
+        let Some(start) = pk_int(&k[prefix.len()..]) else { return Ok(None) };
+        if start.checked_add(stub.count - 1).is_none() {
+            return Err(Error::Corrupt(format!("run stub {stub:?} past the last key")));
+        }
+        Ok(Some(Seg { start, seq: stub.seq, count: stub.count }))
     }
 
     /// As [`Self::prev`], among committed stubs the batch has not replaced or deleted.
