@@ -258,7 +258,7 @@ impl<'a> RowApplier<'a> {
             out[i] = Some((row, prior));
         }
         let mut stubs = no_hot.iter().map(|&i| Ok((i, stub_key_of(&keys[i])?))).collect::<Result<Vec<_>>>()?;
-        if self.head_of(sp)?.1 {
+        if !stubs.is_empty() && self.head_of(sp)?.1 {
             // A key with no stub of its own may be inside a run: the scope's stubs are walked
             // in key order instead.
             stubs.sort_by(|a, b| a.1.cmp(&b.1));
