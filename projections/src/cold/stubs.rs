@@ -106,7 +106,8 @@ pub fn stub_seq(db: &DB, row_key: &[u8], snapshot: Option<&rocksdb::Snapshot<'_>
     if pk.len() != RUN_PK_BYTES {
         return Ok(None);
     }
-    RunReader::new(db, options())?.covering(&key[..key.len() - pk.len()], &key)
+    let got = RunReader::new(db, options())?.versions(&key[..key.len() - pk.len()], &[&key])?;
+    Ok(got.into_iter().next().flatten())
 }
 
 /// Stubs [`RunReader::versions`] walks over before it seeks instead.
@@ -179,20 +180,6 @@ impl<'a> RunReader<'a> {
                 Ok(None)
             }
         }
-    }
-
-    /// The version of the stub key `key` (whose scope's stubs start with `stub_prefix`) that
-    /// a run holds, if one covers it.
-    pub fn covering(&mut self, stub_prefix: &[u8], key: &[u8]) -> Result<Option<u64>> {
-        self.it.seek_for_prev(key);
-        let (Some(k), Some(v)) = (self.it.key(), self.it.value()) else {
-            self.it.status()?;
-            return Ok(None);
-        };
-        if !k.starts_with(stub_prefix) {
-            return Ok(None);
-        }
-        Ok(Stub::decode(v)?.seq_of(&k[stub_prefix.len()..], &key[stub_prefix.len()..]))
     }
 }
 
