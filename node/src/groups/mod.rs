@@ -168,6 +168,7 @@ impl Groups {
         let reused = log_db.prefill_wal(cfg.storage.wal_prefill_bytes)?;
         tracing::info!(
             reused,
+            direct_io_for_table_files = log_db.direct_io(),
             bytes = cfg.storage.wal_prefill_bytes,
             ms = started.elapsed().as_millis() as u64,
             "WAL file prepared"
