@@ -104,21 +104,26 @@ impl LogDb {
     /// Open (or create) the database at `path` with the log's column families plus `extra_cfs`.
     ///
     /// Table files are written with direct I/O when the file system takes it (see
-    /// [`DIRECT_IO_FOR_TABLE_FILES`]); one probe flush at open tells, and a file system that
-    /// refuses it gets a database opened again without it.
+    /// [`DIRECT_IO_FOR_TABLE_FILES`]); one probe flush at open tells. Where the open or the
+    /// probe fails with it (the open itself writes table files when it recovers WAL data), the
+    /// database is opened again without it: an error that has nothing to do with direct I/O
+    /// comes back from that second open.
     pub fn open(path: &Path, extra_cfs: &[&str]) -> Result<Arc<LogDb>> {
-        let (db, direct_io) = if DIRECT_IO_FOR_TABLE_FILES {
-            let db = open_db(path, extra_cfs, true)?;
-            match probe_table_write(&db) {
-                Ok(()) => (db, true),
+        let direct = if DIRECT_IO_FOR_TABLE_FILES {
+            match open_db(path, extra_cfs, true).and_then(|db| probe_table_write(&db).map(|()| db)) {
+                Ok(db) => Some(db),
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "direct I/O refused for table files; using buffered writes");
-                    drop(db);
-                    (open_db(path, extra_cfs, false)?, false)
+                    tracing::warn!(path = %path.display(), error = %e, "opening with direct I/O for table files failed; trying buffered writes");
+                    None
                 }
             }
         } else {
-            (open_db(path, extra_cfs, false)?, false)
+            None
+        };
+        let direct_io = direct.is_some();
+        let db = match direct {
+            Some(db) => db,
+            None => open_db(path, extra_cfs, false)?,
         };
         let db = Arc::new(db);
         let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE_LEN_MAX);
@@ -658,5 +663,17 @@ mod tests {
         }
         // Where this test runs (ext4 here, tmpfs on Linux 6.6 and later) direct I/O is taken.
         assert_eq!(db.direct_io(), DIRECT_IO_FOR_TABLE_FILES);
+    }
+
+    /// An open that fails for a reason other than direct I/O (here: the database is open in
+    /// this process already) fails the same way after the buffered retry, with its own error.
+    #[test]
+    fn an_open_that_fails_otherwise_still_fails_after_the_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LogDb::open(dir.path(), &["data"]).unwrap();
+        let err = LogDb::open(dir.path(), &["data"]).err().expect("a second open of a locked database");
+        assert!(err.to_string().to_lowercase().contains("lock"), "{err}");
+        drop(first);
+        assert!(LogDb::open(dir.path(), &["data"]).is_ok(), "the database opens once it is free");
     }
 }
