@@ -495,6 +495,14 @@ pub enum Op {
         table_id: u64,
         scope: String,
     },
+    /// Raise the group's apply format to `format` (never lowers it): from this entry on, every
+    /// member applies the group's later entries the way that format says (see
+    /// `kalamdb_projections::format`). The group's leader proposes it only once every member
+    /// says it applies `format`, so no member meets an entry it cannot apply; a build that
+    /// applies less stops the group rather than diverge.
+    SetFormat {
+        format: u32,
+    },
 }
 
 impl Op {
@@ -523,6 +531,7 @@ impl Op {
             Op::Evict { .. } => "evict",
             Op::RevokeToken { .. } => "revoke_token",
             Op::Settle { .. } => "settle",
+            Op::SetFormat { .. } => "set_format",
         }
     }
 

@@ -96,6 +96,8 @@ pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
                 "last_log_index": g.last_log_index,
                 "applied_index": local.get(&g.group).map_or(0, |l| l.applied_index),
                 "leader_applied_index": g.applied_index,
+                // As this node applied it: the same on every member once applied this far.
+                "apply_format": GroupId::from_u32(g.group).and_then(|id| groups.apply_format(id).ok()),
                 "members": members,
             })
         })
@@ -149,6 +151,7 @@ pub async fn health(groups: &Groups, peers: bool) -> (serde_json::Value, bool) {
         "node_id": groups.node_id,
         "version": env!("CARGO_PKG_VERSION"),
         "is_cluster_mode": groups.is_cluster(),
+        "apply_format_max": groups.apply_format_max,
         "is_leader": meta_leader == Some(groups.node_id),
         "total_groups": merged.len(),
         "groups_leading": led.get(&groups.node_id).copied().unwrap_or(0),

@@ -304,6 +304,12 @@ pub struct StorageConfig {
     /// reused WAL file, whose syncs skip the file system's journal (see
     /// `kalamdb_log::LogDb::prefill_wal`). 0 starts on a new file.
     pub wal_prefill_bytes: u64,
+    /// The highest apply format this node lets its groups move to (see
+    /// `kalamdb_projections::format`); this build's highest when unset. A group moves to a
+    /// format once every member allows it, and no build older than that format can run it
+    /// afterwards: during a rolling upgrade, hold it at the old build's format until no node
+    /// will go back.
+    pub apply_format_max: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -434,6 +440,7 @@ impl Default for StorageConfig {
             s3_secret_access_key: None,
             cache_bytes_max: 10 << 30,
             wal_prefill_bytes: 64 << 20,
+            apply_format_max: kalamdb_projections::format::FORMAT_MAX,
         }
     }
 }
@@ -669,6 +676,14 @@ impl Config {
         }
         if self.storage.compact_files_min < 2 {
             return bad("storage.compact_files_min must be at least 2".into());
+        }
+        let formats = kalamdb_projections::format::FORMAT_FIRST..=kalamdb_projections::format::FORMAT_MAX;
+        if !formats.contains(&self.storage.apply_format_max) {
+            return bad(format!(
+                "storage.apply_format_max must be from {} to {} (the formats this build applies)",
+                formats.start(),
+                formats.end()
+            ));
         }
         if self.storage.wal_prefill_bytes > kalamdb_log::WAL_PREFILL_BYTES_MAX {
             return bad(format!("storage.wal_prefill_bytes must be at most {}", kalamdb_log::WAL_PREFILL_BYTES_MAX));

@@ -2,6 +2,7 @@
 //! of log, projections, transport and query. The only crate that knows all the others.
 
 pub mod api;
+pub mod apply_format;
 pub mod auth;
 pub mod backup;
 pub mod bucket;
@@ -61,6 +62,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     tokio::spawn(storage::run_auto_flush(groups.clone(), flush_policy, cfg.storage.compact_files_min));
     let grace = std::time::Duration::from_secs(cfg.storage.retired_file_grace_secs);
     tokio::spawn(file_retirement::run(groups.clone(), grace));
+    tokio::spawn(apply_format::run(groups.clone()));
     let auth = Arc::new(auth::Auth::new(&cfg, groups.catalog.clone(), Some(groups.clone()))?);
     if let Some(role) = auth.anonymous_role() {
         tracing::warn!(

@@ -51,6 +51,10 @@ fn describe() {
     describe_gauge!("kalamdb_raft_applied_index", "Last log index this node applied to the group's projection.");
     describe_gauge!("kalamdb_raft_last_log_index", "Last log index in this node's log of the group.");
     describe_gauge!(
+        "kalamdb_group_apply_format",
+        "The group's apply format as this node applied it (see storage.apply_format_max)."
+    );
+    describe_gauge!(
         "kalamdb_raft_snapshot_index",
         "Last log index the group's current snapshot on this node covers (0: none yet)."
     );

@@ -250,21 +250,23 @@ async fn flush_query_rewrite_compact_restart(b: Backend) {
     assert_eq!(r["rows"], json!([[1, "one"], [2, "two"], [3, "three"]]));
 }
 
-/// Rows of the automatic-flush test: more than a flush settles in its own entry, so the
-/// leader's paced `Settle` ops (several of them) finish the job.
+/// Rows of the automatic-flush test: with text keys (one stub record each), more than a flush
+/// settles in its own entry at any apply format, so the leader's paced `Settle` ops (several
+/// of them) finish the job.
 const AUTO_ROWS: usize = 3 * kalamdb_projections::cold::SETTLE_ROWS_MAX + 1;
 const _: () = assert!(AUTO_ROWS > kalamdb_projections::cold::SETTLE_INLINE_ROWS_MAX);
+const _: () = assert!(AUTO_ROWS > kalamdb_projections::cold::SETTLE_INLINE_STUBS_MAX);
 
 async fn automatic_flush_by_row_policy(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let s = b.start(dir.path(), common::free_port(), &[]).await;
     s.sql_ok("CREATE NAMESPACE app").await;
     s.sql_ok(&format!(
-        "CREATE TABLE app.ev (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED', FLUSH_POLICY = 'rows:{}')",
+        "CREATE TABLE app.ev (id TEXT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED', FLUSH_POLICY = 'rows:{}')",
         AUTO_ROWS - 10
     ))
     .await;
-    let values: Vec<String> = (0..AUTO_ROWS).map(|i| format!("({i}, 'v')")).collect();
+    let values: Vec<String> = (0..AUTO_ROWS).map(|i| format!("('k{i:05}', 'v')")).collect();
     s.sql_ok(&format!("INSERT INTO app.ev (id, v) VALUES {}", values.join(", "))).await;
     // The policy is checked every second: wait (bounded) for the flush job.
     let mut flushed = false;

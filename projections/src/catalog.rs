@@ -151,6 +151,7 @@ impl Catalog {
                     let b: [u8; 8] = v.as_ref().try_into().map_err(|_| Error::Corrupt("bad next id".into()))?;
                     state.next_table_id = u64::from_be_bytes(b);
                 }
+                Some(&crate::format::KEY_FORMAT) => {}
                 _ => return Err(Error::Corrupt("unknown catalog key".into())),
             }
         }

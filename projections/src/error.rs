@@ -18,6 +18,9 @@ pub enum Error {
     /// The bucket behind the file cache could not be read (a passing fault, unlike `Storage`).
     #[error("cold storage unavailable: {0}")]
     StoreUnavailable(String),
+    /// The log asks for an apply format this build does not apply (`format`).
+    #[error("{0}")]
+    Format(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

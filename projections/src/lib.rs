@@ -10,6 +10,7 @@ pub mod columnar;
 pub mod error;
 pub mod failpoint;
 pub mod fences;
+pub mod format;
 pub mod history;
 pub mod install;
 pub mod keys;

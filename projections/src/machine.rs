@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
@@ -63,6 +64,10 @@ pub struct Projection {
     snapshot_seq: u64,
     /// The file the snapshot being received is written to (by openraft, chunk by chunk).
     receiving: Option<PathBuf>,
+    /// The group's apply format (`crate::format`) as applied so far, staged ops included: two
+    /// raises in one batch must see each other. Atomic only because apply borrows `self`
+    /// shared while the future is `Send`.
+    format: AtomicU32,
 }
 
 impl Projection {
@@ -82,6 +87,7 @@ impl Projection {
             catalog.users.load(&db, group)?;
         }
         let (applied_tx, _) = watch::channel(applied.map_or(0, |l| l.index));
+        let format = AtomicU32::new(crate::format::load(&db, group)?);
         Ok(Projection {
             log_db,
             group,
@@ -92,6 +98,7 @@ impl Projection {
             applied_tx,
             snapshot_seq: 0,
             receiving: None,
+            format,
         })
     }
 
@@ -299,6 +306,16 @@ impl Projection {
                 let revoked = crate::users::Revoked { user_id: user_id.clone(), expires_at_secs: *expires_at_secs };
                 self.catalog.users.revoke(db, batch, self.group, token_id, revoked, *now_secs)
             }
+            // Every group has a format, so this op is valid in all of them.
+            Op::SetFormat { format } => {
+                let current = self.format.load(Ordering::SeqCst);
+                let now = crate::format::raise(db, batch, self.group, current, *format)?;
+                if now != current {
+                    tracing::info!(target: "kalamdb_raft", group = %self.group, from = current, to = now, log_index, "apply format raised");
+                }
+                self.format.store(now, Ordering::SeqCst);
+                Ok(OpResult::Done { affected: 0 })
+            }
             _ => Ok(misrouted()),
         }
     }
@@ -347,6 +364,7 @@ impl Projection {
         membership: StoredMembership,
     ) -> Result<()> {
         self.installer().install(file, last, membership.clone(), || Ok(()))?;
+        self.format.store(crate::format::load(self.db(), self.group)?, Ordering::SeqCst);
         self.applied = last;
         self.membership = membership;
         self.applied_tx.send_replace(self.applied.map_or(0, |l| l.index));
@@ -556,6 +574,8 @@ impl RaftStateMachine<TypeConfig> for Projection {
         .await
         .map_err(|e| snap_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?;
         let bytes = installed.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let format = crate::format::load(self.db(), self.group).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        self.format.store(format, Ordering::SeqCst);
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.applied_tx.send_replace(self.applied.map_or(0, |l| l.index));

@@ -104,6 +104,7 @@ impl Users {
                     revoked.by_expiry.insert((r.expires_at_secs, id.clone()));
                     revoked.by_id.insert(id, r);
                 }
+                Some(&crate::format::KEY_FORMAT) => {}
                 _ => return Err(Error::Corrupt("unknown users key".into())),
             }
         }

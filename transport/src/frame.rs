@@ -37,10 +37,14 @@ pub enum FrameKind {
     LeadershipResponse = 16,
     MembershipRequest = 17,
     MembershipResponse = 18,
+    /// What a node is (`wire::NodeInfo`). Builds before it reset the stream as a bad frame,
+    /// which the caller reads as "a node older than this request".
+    InfoRequest = 19,
+    InfoResponse = 20,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 18] = [
+    pub const ALL: [FrameKind; 20] = [
         FrameKind::Hello,
         FrameKind::HelloAck,
         FrameKind::AppendRequest,
@@ -59,6 +63,8 @@ impl FrameKind {
         FrameKind::LeadershipResponse,
         FrameKind::MembershipRequest,
         FrameKind::MembershipResponse,
+        FrameKind::InfoRequest,
+        FrameKind::InfoResponse,
     ];
 
     pub fn from_u8(b: u8) -> Option<FrameKind> {
@@ -77,6 +83,7 @@ impl FrameKind {
             FrameKind::StatusRequest => Some(FrameKind::StatusResponse),
             FrameKind::LeadershipRequest => Some(FrameKind::LeadershipResponse),
             FrameKind::MembershipRequest => Some(FrameKind::MembershipResponse),
+            FrameKind::InfoRequest => Some(FrameKind::InfoResponse),
             _ => None,
         }
     }
@@ -101,6 +108,8 @@ impl FrameKind {
             FrameKind::LeadershipResponse => "leadership_response",
             FrameKind::MembershipRequest => "membership",
             FrameKind::MembershipResponse => "membership_response",
+            FrameKind::InfoRequest => "info",
+            FrameKind::InfoResponse => "info_response",
         }
     }
 }

@@ -44,7 +44,11 @@ pub const IDLE_TIMEOUT_MS: u32 = 5_000;
 pub const KEEP_ALIVE_MS: u64 = 1_000;
 /// QUIC application error code for a connection refused by authentication.
 pub const CLOSE_AUTH_FAILED: u32 = 0x10;
+/// QUIC stream reset code of a request the receiver cannot read: a kind it does not know (a
+/// build older than the request) or a body that does not decode.
 pub const CLOSE_BAD_FRAME: u32 = 0x11;
+/// QUIC stream reset code of a request that arrived before the node serves its peers.
+pub const CLOSE_NOT_SERVING: u32 = 0x12;
 
 /// What this node's transport needs to know about the cluster.
 #[derive(Debug, Clone)]
@@ -78,6 +82,8 @@ pub trait Handler: Send + Sync + 'static {
     async fn forward(&self, group: GroupId, command: EncodedCommand) -> ForwardResponse;
     async fn read_index(&self, group: GroupId) -> ReadIndexResponse;
     fn status(&self) -> StatusResponse;
+    /// What this node is (see [`wire::NodeInfo`]).
+    fn info(&self) -> wire::NodeInfo;
     /// A leadership move of `group` (see [`wire::LeadershipRequest`]).
     async fn leadership(&self, group: GroupId, request: wire::LeadershipRequest) -> wire::LeadershipResponse;
     /// A membership change of `group` (see [`wire::MembershipRequest`]).
@@ -203,7 +209,10 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<(Header, Bytes)> {
 /// peer's ACK of it) per message on the path of every write.
 async fn read_frame_limited(recv: &mut RecvStream, body_bytes_max: usize) -> Result<(Header, Bytes)> {
     let mut head = [0u8; HEADER_BYTES];
-    recv.read_exact(&mut head).await.map_err(|e| Error::Frame(format!("read header: {e}")))?;
+    recv.read_exact(&mut head).await.map_err(|e| match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code)) => Error::Reset(code.into_inner()),
+        e => Error::Frame(format!("read header: {e}")),
+    })?;
     let header = Header::decode(&head)?;
     if header.body_len as usize > body_bytes_max {
         return Err(Error::Frame(format!(
@@ -489,8 +498,10 @@ impl Transport {
             write_frame(&mut send, kind, group, rid, body)
                 .await
                 .map_err(|e| Error::Stream { node, reason: e.to_string() })?;
-            let (header, body) =
-                read_frame(&mut recv).await.map_err(|e| Error::Stream { node, reason: e.to_string() })?;
+            let (header, body) = read_frame(&mut recv).await.map_err(|e| match e {
+                Error::Reset(code) if code == u64::from(CLOSE_BAD_FRAME) => Error::Refused { node },
+                e => Error::Stream { node, reason: e.to_string() },
+            })?;
             if header.kind != expect || header.request_id != rid || header.group != group {
                 rejected("unexpected_response");
                 return Err(Error::Stream { node, reason: format!("unexpected {} response", header.kind.name()) });
@@ -549,6 +560,17 @@ impl Transport {
         let body = wire::to_bytes(request)?;
         let resp = self.call(node, FrameKind::MembershipRequest, group.to_u32(), &body, timeout).await?;
         wire::from_bytes(&resp)
+    }
+
+    /// What `node` is; `None` when it refuses the request as a bad frame, as builds from
+    /// before the request do.
+    pub async fn info(&self, node: NodeId, timeout: Duration) -> Result<Option<wire::NodeInfo>> {
+        let body = wire::to_bytes(&wire::Empty)?;
+        match self.call(node, FrameKind::InfoRequest, 0, &body, timeout).await {
+            Ok(resp) => Ok(Some(wire::from_bytes(&resp)?)),
+            Err(Error::Refused { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn status(&self, node: NodeId, timeout: Duration) -> Result<StatusResponse> {
@@ -672,6 +694,12 @@ impl Transport {
             .record(started.elapsed().as_secs_f64());
         let reply = match dispatched {
             Ok(r) => r,
+            // Not a bad frame: a caller asking what this node is must not take it for an old
+            // build.
+            Err(Error::NotServing) => {
+                let _ = send.reset(VarInt::from_u32(CLOSE_NOT_SERVING));
+                return;
+            }
             Err(e) => {
                 rejected("invalid_body");
                 tracing::warn!(target: "kalamdb_transport", peer, kind = header.kind.name(), error = %e, "bad request");
@@ -708,7 +736,7 @@ impl Transport {
     }
 
     async fn dispatch(&self, header: Header, body: Bytes) -> Result<Vec<u8>> {
-        let handler = self.handler.get().ok_or_else(|| Error::Setup("not serving yet".into()))?;
+        let handler = self.handler.get().ok_or(Error::NotServing)?;
         let group = GroupId::from_u32(header.group).ok_or_else(|| Error::Frame(format!("bad group {}", header.group)));
         match header.kind {
             FrameKind::AppendRequest => {
@@ -752,6 +780,7 @@ impl Transport {
             }
             FrameKind::ReadIndexRequest => wire::to_bytes(&handler.read_index(group?).await),
             FrameKind::StatusRequest => wire::to_bytes(&handler.status()),
+            FrameKind::InfoRequest => wire::to_bytes(&handler.info()),
             FrameKind::LeadershipRequest => {
                 let req: wire::LeadershipRequest = wire::from_bytes(&body)?;
                 wire::to_bytes(&handler.leadership(group?, req).await)

@@ -182,6 +182,16 @@ pub struct StatusResponse {
     pub groups: Vec<GroupStatus>,
 }
 
+/// What a node is, as it tells its peers (`FrameKind::InfoRequest`). A later field needs a
+/// request kind of its own: an older peer could not read this body with it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    /// The highest apply format this node lets its groups move to: its build's, or lower when
+    /// configured (`storage.apply_format_max`).
+    pub apply_format_max: u32,
+}
+
 /// An empty body, for requests whose header says everything.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Empty;
@@ -405,6 +415,8 @@ mod tests {
             let st = StatusResponse { node_id: off, groups: vec![GroupStatus { group: 1, leader, term: off, last_log_index: 1,
                 commit_index: 2, applied_index: 3, files_needed_from: off, matched: vec![(1, 2)] }] };
             prop_assert_eq!(round_trip(&st), st);
+            let info = NodeInfo { node_id: off, apply_format_max: off as u32 };
+            prop_assert_eq!(round_trip(&info), info);
             let fr = ForwardRequest { command: data.clone() };
             prop_assert_eq!(round_trip(&fr), fr);
         }

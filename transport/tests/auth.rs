@@ -35,6 +35,9 @@ impl Handler for Counting {
     fn status(&self) -> StatusResponse {
         StatusResponse { node_id: 1, groups: Vec::new() }
     }
+    fn info(&self) -> wire::NodeInfo {
+        wire::NodeInfo { node_id: 1, apply_format_max: 7 }
+    }
     async fn leadership(&self, _group: GroupId, _request: wire::LeadershipRequest) -> wire::LeadershipResponse {
         wire::LeadershipResponse::Ok { leader: Some(1) }
     }
@@ -137,6 +140,27 @@ async fn only_members_with_the_secret_reach_raft() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok, "traffic resumes after the fault switch is cleared");
+}
+
+/// A node tells its peers what it is. A request its peer cannot read comes back as `Refused`,
+/// not as a failed stream: that is how a build older than `InfoRequest` answers it (it resets
+/// the stream as a bad frame, as every build does for a frame it cannot read), and `info`
+/// reads it as `None`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_is_answered_and_an_unreadable_request_is_refused() {
+    let ports = [(1, udp_port()), (2, udp_port())];
+    let server = Transport::bind(config(1, "c", SECRET, &ports)).unwrap();
+    server.serve(Arc::new(Counting::default()));
+    let client = Transport::bind(config(2, "c", SECRET, &ports)).unwrap();
+    let info = client.info(1, CALL_TIMEOUT).await.unwrap();
+    assert_eq!(info, Some(wire::NodeInfo { node_id: 1, apply_format_max: 7 }));
+    let group = GroupId::Meta(MetaGroup::Catalog).to_u32();
+    let err =
+        client.call(1, FrameKind::ForwardRequest, group, b"not an archived request", CALL_TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, kalamdb_transport::Error::Refused { node: 1 }), "{err}");
+    // The connection outlives the refused stream.
+    assert!(client.is_connected(1));
+    assert!(client.info(1, CALL_TIMEOUT).await.unwrap().is_some());
 }
 
 /// A call is one request packet and one reply packet, plus whatever ACKs QUIC adds. Each side

@@ -80,6 +80,21 @@ impl Groups {
         if let Some(t) = &self.transport {
             t.learn_member(node, &addr.raft_addr);
         }
+        // Until the node is in the membership, the group's format must not move past it.
+        let _format_held = self.format_change.lock().await;
+        let format = self.apply_format(g.id).map_err(MoveError::Refused)?;
+        if format > kalamdb_projections::format::FORMAT_FIRST {
+            let allowed = self.apply_format_max_of(node).await.map_err(|e| {
+                MoveError::Timeout(format!("group {}: cannot ask node {node} which apply formats it allows: {e}", g.id))
+            })?;
+            if allowed < format {
+                return Err(MoveError::Refused(format!(
+                    "group {} applies format {format}, and node {node} allows formats up to {allowed}: run a build \
+                     there that applies format {format}, with storage.apply_format_max at least {format}",
+                    g.id
+                )));
+            }
+        }
         let started = Instant::now();
         match tokio::time::timeout(Duration::from_millis(CATCH_UP_TIMEOUT_MS), g.raft.add_learner(node, addr, true))
             .await

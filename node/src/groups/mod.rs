@@ -108,6 +108,12 @@ pub struct Groups {
     /// Set when a graceful shutdown began: this node hands its leaderships away and stands
     /// for no election.
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// `storage.apply_format_max`: the highest apply format this node lets its groups move to.
+    pub apply_format_max: u32,
+    /// Held while this node raises a group's apply format, and while it checks a new member
+    /// against a group's format and adds it: neither may see the group's members or format
+    /// from before the other's change.
+    pub format_change: tokio::sync::Mutex<()>,
 }
 
 fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>> {
@@ -299,6 +305,8 @@ impl Groups {
             leader_lease,
             started_at,
             draining,
+            apply_format_max: cfg.storage.apply_format_max,
+            format_change: tokio::sync::Mutex::new(()),
         });
         if let Some(t) = &transport {
             t.serve(Arc::new(PeerService(Arc::downgrade(&me))));

@@ -148,4 +148,15 @@ impl kalamdb_transport::Handler for PeerService {
             None => StatusResponse { node_id: 0, groups: Vec::new() },
         }
     }
+
+    fn info(&self) -> kalamdb_transport::wire::NodeInfo {
+        match self.0.upgrade() {
+            Some(g) => g.node_info(),
+            // Shutting down: it lets nothing move past the first format.
+            None => kalamdb_transport::wire::NodeInfo {
+                node_id: 0,
+                apply_format_max: kalamdb_projections::format::FORMAT_FIRST,
+            },
+        }
+    }
 }

@@ -98,11 +98,19 @@ impl Cluster {
     /// every node so far and itself; the running nodes' configs stay as they are. Returns its
     /// number once it answers its healthcheck (it may still be catching up).
     pub async fn add_node(&mut self, secret: &str) -> usize {
+        let i = self.add_node_with(secret, "");
+        self.nodes[i - 1].wait_healthy().await;
+        i
+    }
+
+    /// [`Cluster::add_node`] with `storage` added to the node's `[storage]` section, without
+    /// waiting for the node (a node no group takes never becomes healthy).
+    pub fn add_node_with(&mut self, secret: &str, storage: &str) -> usize {
         self.http.push(super::free_port());
         self.raft.push(free_udp_port());
         let i = self.http.len();
         let text = format!(
-            "[server]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = {i}\n\n[storage]\ndata_path = \"{}\"\n\n[debug]\nfault_injection = true\n\n{}",
+            "[server]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = {i}\n\n[storage]\ndata_path = \"{}\"\n{storage}\n[debug]\nfault_injection = true\n\n{}",
             self.http[i - 1],
             self.data_path(i).display(),
             cluster_toml(&self.http, &self.raft, secret).replacen("[cluster]\n", "[cluster]\njoin = true\n", 1)
@@ -110,7 +118,6 @@ impl Cluster {
         std::fs::write(self.config_path(i), text).expect("write config");
         let s = self.spawn(i);
         self.nodes.push(s);
-        self.nodes[i - 1].wait_healthy().await;
         i
     }
 

@@ -54,6 +54,7 @@ impl<'a> ColdApplier<'a> {
             None => table_prefix(self.group, def.table_id),
         };
         let schema = storage_schema(def);
+        let format = crate::format::load(self.db, self.group)?;
         let mut outcomes = Vec::new();
         let mut current: Option<ScopeFlush> = None;
         // The scope under the iterator and its head: its rows at or before the head's last
@@ -87,7 +88,7 @@ impl<'a> ColdApplier<'a> {
                 continue;
             }
             if current.is_none() {
-                current = Some(ScopeFlush::start(self, def, row_scope, head.clone()));
+                current = Some(ScopeFlush::start(self, def, row_scope, head.clone(), format));
             }
             let flush = current.as_mut().expect("scope flush started above");
             flush.push(self, def, &schema, key, row, index)?;
@@ -306,33 +307,6 @@ impl<'a> ColdApplier<'a> {
     }
 }
 
-/// Rows of one scope that a flush settles itself when they are all the scope has to settle:
-/// a user table's flush meets many small scopes, and one `Settle` entry each would cost more
-/// than the few stubs do.
-pub const SETTLE_INLINE_ROWS_MAX: usize = 256;
-
-/// Settle a small flush's rows (in key order) in its own batch: what `Settle` does, for these
-/// rows only.
-fn settle_inline(
-    c: &ColdApplier<'_>,
-    batch: &mut WriteBatch,
-    (sp, runs): (&[u8], bool),
-    rows: &[(Vec<u8>, u64, bool)],
-) -> Result<()> {
-    let rows_cf = cf(c.db, CF_ROWS)?;
-    let mut stubs = RunSettler::new(c.db, sp, runs);
-    let mut key = sp.to_vec();
-    for (pk, seq, deleted) in rows {
-        stubs.row(batch, pk, *seq, *deleted)?;
-        key.truncate(sp.len());
-        key.extend_from_slice(pk);
-        batch.delete_cf(rows_cf, &key);
-    }
-    stubs.finish(batch)?;
-    metrics::counter!("kalamdb_storage_settled_rows_total").increment(rows.len() as u64);
-    Ok(())
-}
-
 /// The flush of one scope in progress: rows are converted in chunks and written in files of
 /// at most [`FILE_ROWS_MAX`] rows.
 pub(super) struct ScopeFlush {
@@ -346,10 +320,9 @@ pub(super) struct ScopeFlush {
     file_rows: usize,
     metas: Vec<FileMeta>,
     rows: u64,
-    /// The rows of a small flush, settled in the flush itself (see [`SETTLE_INLINE_ROWS_MAX`]):
-    /// primary-key bytes, `_seq`, tombstone. `None` once there are too many, or when rows of
-    /// an earlier flush still wait to be settled.
-    inline: Option<Vec<(Vec<u8>, u64, bool)>>,
+    /// The rows of a flush that settles them itself (see `inline`). `None` once there are
+    /// too many, or when rows of an earlier flush still wait to be settled.
+    inline: Option<Inline>,
     /// Primary-key bytes of the first row pushed: where settling must start again, if before
     /// an earlier settling's cursor (only this flush's rows can lie behind it).
     first_key: Option<Vec<u8>>,
@@ -359,8 +332,13 @@ pub(super) struct ScopeFlush {
 }
 
 impl ScopeFlush {
-    fn start(c: &ColdApplier<'_>, def: &TableDef, scope: &str, head: ScopeHead) -> ScopeFlush {
+    /// Start the flush of `scope` in a group at apply `format`.
+    fn start(c: &ColdApplier<'_>, def: &TableDef, scope: &str, mut head: ScopeHead, format: u32) -> ScopeFlush {
         let head_settled = head.settle_from.is_none();
+        // A group at format 1 starts no runs: builds before them read single stubs only. A
+        // scope that has runs keeps them: its stubs read right only as runs.
+        head.runs = head.runs || (pk_fixed_width(def) && format >= crate::format::FORMAT_RUN_STUBS);
+        let inline = head_settled.then(|| Inline::new(format, head.runs));
         ScopeFlush {
             scope: scope.to_string(),
             log_start: head.last_flush_index + 1,
@@ -371,7 +349,7 @@ impl ScopeFlush {
             file_rows: 0,
             metas: Vec::new(),
             rows: 0,
-            inline: head_settled.then(Vec::new),
+            inline,
             first_key: None,
             last_key: Vec::new(),
         }
@@ -394,12 +372,10 @@ impl ScopeFlush {
         }
         self.last_key.clear();
         self.last_key.extend_from_slice(pk);
-        if let Some(rows) = &mut self.inline {
-            if rows.len() == SETTLE_INLINE_ROWS_MAX {
-                self.inline = None;
-            } else {
-                rows.push((row_key[self.scope_prefix.len()..].to_vec(), seq, deleted));
-            }
+        if let Some(inline) = &mut self.inline
+            && !inline.push(pk, seq, deleted)
+        {
+            self.inline = None;
         }
         if deleted {
             // A tombstone shadows nothing once flushed: the version it deleted was marked
@@ -454,9 +430,8 @@ impl ScopeFlush {
             batch.put_cf(cold, cold_key(&self.scope_prefix, KIND_FILE, &meta.file_no.to_be_bytes()), json(meta)?);
         }
         self.head.last_flush_index = index;
-        self.head.runs = pk_fixed_width(def);
         match self.inline.take() {
-            Some(rows) => settle_inline(c, batch, (&self.scope_prefix, self.head.runs), &rows)?,
+            Some(inline) => inline.settle(c.db, batch, (&self.scope_prefix, self.head.runs), &self.last_key)?,
             // Settling goes on from its cursor, or from this flush's first row if that sorts
             // before it: the rows behind the cursor were settled, all but this flush's.
             // It ends at this flush's last row, or at an earlier flush's if that sorts after

@@ -32,6 +32,7 @@
 
 mod apply;
 mod files;
+mod inline;
 mod lookup;
 mod merge;
 mod plan;
@@ -69,6 +70,8 @@ use crate::{CF_COLD, CF_ROWS};
 
 pub use apply::*;
 pub use files::*;
+use inline::Inline;
+pub use inline::{SETTLE_INLINE_ROWS_MAX, SETTLE_INLINE_STUBS_MAX};
 pub use lookup::*;
 pub use plan::{COMPACT_SEALED_DEAD_SHARE_DEN, COMPACT_SEALED_ROWS_MIN, CompactionUnit, compaction_plan};
 pub use reclaim::{RECLAIM_QUEUE_LEN_MAX, Reclaimer};

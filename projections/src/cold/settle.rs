@@ -2,8 +2,8 @@
 //! replace them by their key stubs (and drop flushed tombstones with their stubs) a bounded
 //! number at a time, so neither the flush nor any one entry after it holds apply for a time
 //! that grows with the table. Until then a flushed hot row stands for its own stub (see
-//! [`ScopeHead::flushed`]). A flush of a few rows per scope settles them itself
-//! ([`super::SETTLE_INLINE_ROWS_MAX`]).
+//! [`ScopeHead::flushed`]). A flush whose rows make few stub records settles them itself
+//! (`super::inline`).
 
 use std::collections::BTreeSet;
 

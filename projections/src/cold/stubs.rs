@@ -73,7 +73,7 @@ impl Stub {
 }
 
 /// A fixed-width primary key as the integer runs count with.
-fn pk_int(pk: &[u8]) -> Option<u64> {
+pub(super) fn pk_int(pk: &[u8]) -> Option<u64> {
     <[u8; RUN_PK_BYTES]>::try_from(pk).ok().map(u64::from_be_bytes)
 }
 
@@ -432,6 +432,28 @@ impl<'a> RunSettler<'a> {
             Some(k) => self.pending = Some((k, seq, 1)),
             None => self.writer.assign(batch, (&self.sp, self.runs), pk, 1, (!deleted).then_some(seq))?,
         }
+        Ok(())
+    }
+
+    /// `count` flushed rows from `pk` on at versions from `seq` on, as [`RunSettler::row`]
+    /// takes them one by one: a run of them when `count > 1`, which only a runs scope has.
+    pub fn rows(&mut self, batch: &mut WriteBatch, pk: &[u8], seq: u64, count: u64, deleted: bool) -> Result<()> {
+        if count == 1 {
+            return self.row(batch, pk, seq, deleted);
+        }
+        let Some(k) = pk_int(pk).filter(|_| self.runs && !deleted) else {
+            panic!("a run of {count} rows in a scope without runs, or of tombstones");
+        };
+        assert!(k.checked_add(count - 1).is_some() && seq.checked_add(count - 1).is_some(), "a run past the last key");
+        if let Some((start, first, n)) = &mut self.pending
+            && start.checked_add(*n) == Some(k)
+            && first.checked_add(*n) == Some(seq)
+        {
+            *n += count;
+            return Ok(());
+        }
+        self.finish(batch)?;
+        self.pending = Some((k, seq, count));
         Ok(())
     }
 
