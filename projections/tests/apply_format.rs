@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{entry, id_text_row, id_text_table};
+use common::{entry, id_text_row, id_text_table, membership_entry};
 use kalamdb_log::{GroupId, LogDb, Op, OpResult, TableType};
 use kalamdb_projections::format::{FORMAT_FIRST, FORMAT_MAX, FORMAT_RUN_STUBS, load};
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, StorageEnv, digest_group};
@@ -38,23 +38,24 @@ async fn a_group_starts_at_the_first_format_and_set_format_only_raises_it() {
     let digest_before;
     {
         let (db, mut sm) = open(dir.path());
+        sm.apply(vec![membership_entry()]).await.unwrap();
         assert_eq!(load(db.db(), GROUP).unwrap(), FORMAT_FIRST);
         digest_before = digest_group(db.db(), GROUP).unwrap();
         // A raise to the first format changes no byte: format 1 has no record.
-        let r = sm.apply(vec![set_format(1, FORMAT_FIRST)]).await.unwrap();
+        let r = sm.apply(vec![set_format(2, FORMAT_FIRST)]).await.unwrap();
         assert_eq!(r[0].results, vec![OpResult::Done { affected: 0 }]);
         assert_eq!(digest_group(db.db(), GROUP).unwrap(), digest_before);
         // Two raises in one call see each other: the lower second one does not lower it.
-        sm.apply(vec![set_format(2, FORMAT_MAX), set_format(3, FORMAT_FIRST)]).await.unwrap();
+        sm.apply(vec![set_format(3, FORMAT_MAX), set_format(4, FORMAT_FIRST)]).await.unwrap();
         assert_eq!(load(db.db(), GROUP).unwrap(), FORMAT_MAX);
         assert_ne!(digest_group(db.db(), GROUP).unwrap(), digest_before, "the digest covers the format");
     }
     // Reopened, the projection still knows it: a lower raise leaves it.
     let (db, mut sm) = open(dir.path());
-    sm.apply(vec![set_format(4, FORMAT_FIRST)]).await.unwrap();
+    sm.apply(vec![set_format(5, FORMAT_FIRST)]).await.unwrap();
     assert_eq!(load(db.db(), GROUP).unwrap(), FORMAT_MAX);
     // A format past this build's stops apply instead of applying on the old way.
-    let err = sm.apply(vec![set_format(5, FORMAT_MAX + 1)]).await.unwrap_err();
+    let err = sm.apply(vec![set_format(6, FORMAT_MAX + 1)]).await.unwrap_err();
     assert!(err.to_string().contains("applies formats up to"), "{err}");
     assert_eq!(load(db.db(), GROUP).unwrap(), FORMAT_MAX);
 }

@@ -152,7 +152,13 @@ impl ReadIndexer {
                 }
                 Ok(read.map_or(0, |l| l.index))
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) | Err(_) => Err(ReadIndexError::Retry),
+            // No quorum answered this round: peers not reconnected yet after a restart look the
+            // same as a partition for a moment, and a round is safe to repeat until the
+            // request's deadline (a node cut off still fails then, with 503).
+            Ok(Err(RaftError::APIError(
+                CheckIsLeaderError::ForwardToLeader(_) | CheckIsLeaderError::QuorumNotEnough(_),
+            )))
+            | Err(_) => Err(ReadIndexError::Retry),
             Ok(Err(e)) => Err(ReadIndexError::Failed {
                 code: "CLUSTER_UNAVAILABLE".into(),
                 message: format!("group {}: read index: {e}", self.group),
