@@ -17,14 +17,13 @@ use crate::error::{Error, Result};
 /// Key tag of the format record (after the group prefix).
 pub(crate) const KEY_FORMAT: u8 = b'F';
 
-/// The format every group starts at: what builds before formats existed apply.
+/// The format every group starts at: what the builds just before formats apply (run stubs
+/// included, `cold::stubs`). Builds older than run stubs never agreed with those, and no
+/// format can change what they do.
 pub const FORMAT_FIRST: u32 = 1;
-/// Flushes may record a scope's settled rows as runs of keys (`cold::stubs`); builds before
-/// runs read only single stubs.
-pub const FORMAT_RUN_STUBS: u32 = 2;
 /// A flush settles its rows itself when they make few stub records (`cold::inline`), not only
 /// when they are few rows; builds before it leave them to `Settle` ops.
-pub const FORMAT_SETTLE_IN_FLUSH: u32 = 3;
+pub const FORMAT_SETTLE_IN_FLUSH: u32 = 2;
 /// The highest format this build applies.
 pub const FORMAT_MAX: u32 = FORMAT_SETTLE_IN_FLUSH;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::{entry, id_text_row, id_text_table, membership_entry};
 use kalamdb_log::{GroupId, LogDb, Op, OpResult, TableType};
-use kalamdb_projections::format::{FORMAT_FIRST, FORMAT_MAX, FORMAT_RUN_STUBS, load};
+use kalamdb_projections::format::{FORMAT_FIRST, FORMAT_MAX, load};
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, StorageEnv, digest_group};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 
@@ -60,45 +60,6 @@ async fn a_group_starts_at_the_first_format_and_set_format_only_raises_it() {
     assert_eq!(load(db.db(), GROUP).unwrap(), FORMAT_MAX);
 }
 
-/// The same rows flushed and settled at format 1 leave one stub per row (what builds before
-/// runs read), at the run-stubs format one stub for the whole run, and both read the same.
-#[tokio::test]
-async fn run_stubs_start_only_at_their_format() {
-    let table = id_text_table(1, "t", TableType::Shared);
-    // Few enough for the flush to settle them itself.
-    let rows = kalamdb_projections::cold::SETTLE_INLINE_ROWS_MAX as i64 - 56;
-    let log = |format: Option<u32>| {
-        let mut ops = Vec::new();
-        if let Some(f) = format {
-            ops.push(Op::SetFormat { format: f });
-        }
-        ops.push(Op::Insert {
-            table_id: 1,
-            scope: String::new(),
-            rows: (0..rows).map(|k| id_text_row(k, "v", None)).collect(),
-            schema_version: 1,
-        });
-        vec![entry(1, ops), entry(2, vec![Op::Flush { table: table.clone(), scope: None }])]
-    };
-    let mut heads = Vec::new();
-    let mut counts = Vec::new();
-    let mut scans = Vec::new();
-    for format in [None, Some(FORMAT_RUN_STUBS)] {
-        let dir = tempfile::tempdir().unwrap();
-        let (results, _, reader) = common::apply_log(dir.path(), GROUP, log(format), 1).await;
-        assert!(results[1].iter().all(|r| !matches!(r, OpResult::Failed { .. })), "{results:?}");
-        let view = reader.table_view(GROUP, 1, "", &Default::default()).unwrap();
-        assert_eq!(view.files.len(), 1);
-        scans.push(view.hot.len());
-        let sp = kalamdb_projections::keys::table_scope_prefix(GROUP, 1, "");
-        heads.push(kalamdb_projections::cold::stored_head(reader.db(), &sp).unwrap().unwrap().runs);
-        counts.push(stub_records(reader.db()));
-    }
-    assert_eq!(heads, vec![false, true]);
-    assert_eq!(counts, vec![rows as usize, 1], "stub records at format 1 and at the run-stubs format");
-    assert_eq!(scans, vec![0, 0], "every row settled by its flush");
-}
-
 /// A snapshot carries the group's format to the node that installs it.
 #[tokio::test]
 async fn a_snapshot_carries_the_format() {
@@ -128,11 +89,11 @@ fn scope_records(db: &rocksdb::DB, cf: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-/// From format 3 the flush of a bulk load settles its rows itself: one stub record per
+/// From format 2 the flush of a bulk load settles its rows itself: one stub record per
 /// statement, no row left in `rows`, nothing for `Settle` to do. And it ends in the records a
-/// format-2 replica reaches once its `Settle` ops are done.
+/// format-1 replica reaches once its `Settle` ops are done.
 #[tokio::test]
-async fn a_flush_settles_a_bulk_load_itself_from_format_3() {
+async fn a_flush_settles_a_bulk_load_itself_from_format_2() {
     use kalamdb_projections::format::FORMAT_SETTLE_IN_FLUSH;
     let table = id_text_table(1, "t", TableType::Shared);
     const STATEMENTS: i64 = 5;
@@ -152,7 +113,7 @@ async fn a_flush_settles_a_bulk_load_itself_from_format_3() {
     let settles =
         |from: u64| (from..from + 8).map(|i| entry(i, vec![Op::Settle { table_id: 1, scope: String::new() }]));
     let mut ends = Vec::new();
-    for format in [FORMAT_RUN_STUBS, FORMAT_SETTLE_IN_FLUSH] {
+    for format in [FORMAT_FIRST, FORMAT_SETTLE_IN_FLUSH] {
         let dir = tempfile::tempdir().unwrap();
         let (db, mut sm) = open(dir.path());
         let flushed = sm.apply(log(format)).await.unwrap();
@@ -183,7 +144,7 @@ async fn a_flush_settles_a_bulk_load_itself_from_format_3() {
     assert_eq!(ends[0], ends[1], "settled in the flush, the scope's records are those Settle ops leave");
 }
 
-/// From format 3 a flush whose rows would make more stub records than one `Settle` op writes
+/// From format 2 a flush whose rows would make more stub records than one `Settle` op writes
 /// leaves them to `Settle` ops, as before.
 #[tokio::test]
 async fn a_flush_leaves_many_stub_records_to_settle_ops() {
@@ -197,15 +158,15 @@ async fn a_flush_leaves_many_stub_records_to_settle_ops() {
         schema_version: 1,
     };
     let dir = tempfile::tempdir().unwrap();
-    let (db, mut sm) = open(dir.path());
     let log = vec![
         set_format(1, kalamdb_projections::format::FORMAT_SETTLE_IN_FLUSH),
         entry(2, vec![insert]),
         entry(3, vec![Op::Flush { table, scope: None }]),
     ];
-    sm.apply(log).await.unwrap();
-    assert_eq!(scope_records(db.db(), "rows").len(), rows as usize);
+    let (results, _, reader) = common::apply_log(dir.path(), GROUP, log, 3).await;
+    assert_eq!(results[2], vec![OpResult::Done { affected: rows as u64 }]);
+    assert_eq!(scope_records(reader.db(), "rows").len(), rows as usize);
     let sp = kalamdb_projections::keys::table_scope_prefix(GROUP, 1, "");
-    let head = kalamdb_projections::cold::stored_head(db.db(), &sp).unwrap().unwrap();
+    let head = kalamdb_projections::cold::stored_head(reader.db(), &sp).unwrap().unwrap();
     assert!(head.settle_from.is_some(), "left to Settle ops");
 }

@@ -618,20 +618,15 @@ async fn settling_in_pieces_ends_where_settling_at_once_does() {
         scope: scope.clone(),
         rows: vec![row(k, v, None)],
     };
-    // The group switches to run stubs first (a group starts at format 1, which has none); the
-    // switch takes no ordinal, so the rows' versions are as without it.
     let start = vec![
         entry(
             10,
-            vec![
-                Op::SetFormat { format: kalamdb_projections::format::FORMAT_RUN_STUBS },
-                Op::Insert {
-                    schema_version: 1,
-                    table_id: 1,
-                    scope: scope.clone(),
-                    rows: (0..n).map(|k| row(k, "v", None)).collect(),
-                },
-            ],
+            vec![Op::Insert {
+                schema_version: 1,
+                table_id: 1,
+                scope: scope.clone(),
+                rows: (0..n).map(|k| row(k, "v", None)).collect(),
+            }],
         ),
         entry(
             11,

@@ -335,9 +335,7 @@ impl ScopeFlush {
     /// Start the flush of `scope` in a group at apply `format`.
     fn start(c: &ColdApplier<'_>, def: &TableDef, scope: &str, mut head: ScopeHead, format: u32) -> ScopeFlush {
         let head_settled = head.settle_from.is_none();
-        // A group at format 1 starts no runs: builds before them read single stubs only. A
-        // scope that has runs keeps them: its stubs read right only as runs.
-        head.runs = head.runs || (pk_fixed_width(def) && format >= crate::format::FORMAT_RUN_STUBS);
+        head.runs = pk_fixed_width(def);
         let inline = head_settled.then(|| Inline::new(format, head.runs));
         ScopeFlush {
             scope: scope.to_string(),

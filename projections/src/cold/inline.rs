@@ -2,8 +2,8 @@
 //! the flushed rows make few stub records, the flush writes their stubs and removes them from
 //! `rows` itself, instead of leaving them to `Settle` ops.
 //!
-//! Up to apply format 2 that needs few *rows* ([`SETTLE_INLINE_ROWS_MAX`]: a user table's
-//! flush meets many small scopes). From format 3 ([`crate::format::FORMAT_SETTLE_IN_FLUSH`]) it
+//! At apply format 1 that needs few *rows* ([`SETTLE_INLINE_ROWS_MAX`]: a user table's flush
+//! meets many small scopes). From format 2 ([`crate::format::FORMAT_SETTLE_IN_FLUSH`]) it
 //! needs few *stub records* ([`SETTLE_INLINE_STUBS_MAX`]): a bulk load's rows make one run per
 //! statement, so its flush settles 100,000 rows with about a hundred records and one range
 //! deletion. The rows then leave RocksDB while they are still in the memtable, so they are never
@@ -12,10 +12,10 @@
 use super::stubs::pk_int;
 use super::*;
 
-/// Rows of one scope that a flush settles itself, below format 3.
+/// Rows of one scope that a flush settles itself at format 1.
 pub const SETTLE_INLINE_ROWS_MAX: usize = 256;
 
-/// Stub records a flush writes at most to settle a scope itself, from format 3: what one
+/// Stub records a flush writes at most to settle a scope itself, from format 2: what one
 /// `Settle` op writes at most ([`super::SETTLE_ROWS_MAX`]), so a flush's apply grows by no
 /// more than one such op per scope.
 pub const SETTLE_INLINE_STUBS_MAX: usize = super::SETTLE_ROWS_MAX;
@@ -34,9 +34,9 @@ pub(super) struct InlineStub {
 /// [`super::apply`]) once past its bound.
 #[derive(Debug)]
 pub(super) enum Inline {
-    /// Below format 3: every row, removed from `rows` one by one.
+    /// At format 1: every row, removed from `rows` one by one.
     Rows(Vec<(Vec<u8>, u64, bool)>),
-    /// From format 3: the stub records the rows make, in key order; the rows leave `rows`
+    /// From format 2: the stub records the rows make, in key order; the rows leave `rows`
     /// with one range deletion. `runs` is the scope's [`ScopeHead::runs`].
     Stubs { stubs: Vec<InlineStub>, runs: bool },
 }
@@ -145,16 +145,16 @@ mod tests {
         assert!(inline.push(&pk(21), 600, true));
         assert!(inline.push(&pk(22), 601, false));
         assert!(inline.push(&pk(23), 602, false));
-        let Inline::Stubs { stubs, .. } = inline else { panic!("format 3 keeps stubs") };
+        let Inline::Stubs { stubs, .. } = inline else { panic!("format 2 keeps stubs") };
         let got: Vec<(u64, u64, u64, bool)> =
             stubs.iter().map(|s| (pk_int(&s.pk).unwrap(), s.seq, s.count, s.deleted)).collect();
         assert_eq!(got, vec![(10, 110, 10, false), (20, 500, 1, false), (21, 600, 1, true), (22, 601, 2, false)]);
     }
 
     #[test]
-    fn the_bound_counts_stub_records_from_format_3_and_rows_before() {
+    fn the_bound_counts_stub_records_from_format_2_and_rows_before() {
         let mut stubs = Inline::new(crate::format::FORMAT_SETTLE_IN_FLUSH, true);
-        let mut rows = Inline::new(crate::format::FORMAT_RUN_STUBS, true);
+        let mut rows = Inline::new(crate::format::FORMAT_FIRST, true);
         // One run of many rows: one record, far past the row bound.
         for k in 0..(4 * SETTLE_INLINE_ROWS_MAX as u64) {
             assert!(stubs.push(&pk(k), k, false));
