@@ -7,6 +7,16 @@
 //! of tombstones and old versions (settling leaves a scope's end all tombstones until they are
 //! compacted away); past that the answer is "unknown" and the insert looks its keys up. The
 //! answer only spares lookups whose result it already knows, so apply stays deterministic.
+//!
+//! The flushed rows' top is found first, and the hot rows are looked for only above it: any hot
+//! row at or below it is under the ceiling anyway. That matters after a flush that settled its
+//! rows itself (`cold::inline`): they leave `rows` with one range deletion, and a reverse seek
+//! that meets the keys such a deletion covers in the memtable steps over them one by one,
+//! below any lower bound and without counting them against the skip bound (the first insert
+//! after each flush took 50-170 ms, 9% of a bulk load's CPU: benches/RESULTS.md, session 29).
+//! So a forward seek from just above the flushed top first asks whether any hot row is there
+//! (a covered key is never above it); only then does the reverse seek run, and it starts on a
+//! key above every covered one.
 
 use rocksdb::{DB, ReadOptions};
 
@@ -50,9 +60,8 @@ impl Ceiling {
 pub fn scope_ceiling(db: &DB, sp: &[u8]) -> Result<Ceiling> {
     let rows = db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
     let cold = db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
-    let Some(hot) = last_entry(db, rows, sp)? else { return Ok(Ceiling::Unknown) };
     let stubs = stub_range(sp);
-    let Some(flushed) = last_entry(db, cold, &stubs)? else { return Ok(Ceiling::Unknown) };
+    let Some(flushed) = last_entry(db, cold, &stubs, &stubs)? else { return Ok(Ceiling::Unknown) };
     // A stub key is the scope prefix, a kind byte, then the primary key: as a row key, the
     // same without the kind byte. A run's last key is its first plus its count less one.
     let flushed = match flushed {
@@ -70,18 +79,53 @@ pub fn scope_ceiling(db: &DB, sp: &[u8]) -> Result<Ceiling> {
         }
         None => None,
     };
-    let hot = hot.map(|(k, _)| k);
+    let from = match &flushed {
+        Some(top) => [top.as_slice(), &[0]].concat(),
+        None => sp.to_vec(),
+    };
+    let hot = match any_entry(db, rows, &from, sp)? {
+        None => return Ok(Ceiling::Unknown),
+        Some(false) => None,
+        Some(true) => match last_entry(db, rows, &from, sp)? {
+            None => return Ok(Ceiling::Unknown),
+            Some(last) => last.map(|(k, _)| k),
+        },
+    };
     Ok(match hot.into_iter().chain(flushed).max() {
         Some(top) => Ceiling::At(top),
         None => Ceiling::Empty,
     })
 }
 
-/// The last key starting with `prefix`, with its value: `Some(None)` when there is none,
-/// `None` when the seek gave up after [`CEILING_SKIP_MAX`] internal keys.
-fn last_entry(db: &DB, cf: &rocksdb::ColumnFamily, prefix: &[u8]) -> Result<Option<Option<(Vec<u8>, Vec<u8>)>>> {
+/// Whether a key starting with `prefix` is at or above `from` (a forward seek); `None` when the
+/// seek gave up after [`CEILING_SKIP_MAX`] internal keys.
+fn any_entry(db: &DB, cf: &rocksdb::ColumnFamily, from: &[u8], prefix: &[u8]) -> Result<Option<bool>> {
     let mut opts = ReadOptions::default();
-    opts.set_iterate_lower_bound(prefix.to_vec());
+    opts.set_iterate_upper_bound(prefix_end(prefix));
+    opts.set_max_skippable_internal_keys(CEILING_SKIP_MAX);
+    let mut it = db.raw_iterator_cf_opt(cf, opts);
+    it.seek(from);
+    if it.valid() {
+        return Ok(Some(true));
+    }
+    match it.status() {
+        Ok(()) => Ok(Some(false)),
+        Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The last key starting with `prefix` and at or above `from`, with its value: `Some(None)`
+/// when there is none, `None` when the seek gave up after [`CEILING_SKIP_MAX`] internal keys.
+fn last_entry(
+    db: &DB,
+    cf: &rocksdb::ColumnFamily,
+    from: &[u8],
+    prefix: &[u8],
+) -> Result<Option<Option<(Vec<u8>, Vec<u8>)>>> {
+    debug_assert!(from.starts_with(prefix));
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(from.to_vec());
     opts.set_iterate_upper_bound(prefix_end(prefix));
     opts.set_max_skippable_internal_keys(CEILING_SKIP_MAX);
     let mut it = db.raw_iterator_cf_opt(cf, opts);
@@ -145,5 +189,24 @@ mod tests {
         }
         assert_eq!(scope_ceiling(db, &sp).unwrap(), Ceiling::Unknown);
         assert!(!Ceiling::Unknown.above(&key(&sp, u32::MAX)));
+
+        // Rows a flush settled itself (one range deletion, their run stub) under rows written
+        // since: the ceiling is the newer rows' top, or the run's when they are below it.
+        let bulk = table_scope_prefix(GroupId::UserShard(0), 3, "erin");
+        for i in 0..1_000u64 {
+            db.put_cf(rows, key8(&bulk, i), b"x").unwrap();
+        }
+        db.delete_range_cf(rows, key8(&bulk, 0), key8(&bulk, 1_000)).unwrap();
+        db.put_cf(
+            cold,
+            [stub_range(&bulk), 0u64.to_be_bytes().to_vec()].concat(),
+            Stub { seq: 1, count: 1_000 }.encode(),
+        )
+        .unwrap();
+        assert_eq!(scope_ceiling(db, &bulk).unwrap(), Ceiling::At(key8(&bulk, 999)));
+        db.put_cf(rows, key8(&bulk, 500), b"x").unwrap();
+        assert_eq!(scope_ceiling(db, &bulk).unwrap(), Ceiling::At(key8(&bulk, 999)), "a hot row under the run");
+        db.put_cf(rows, key8(&bulk, 1_200), b"x").unwrap();
+        assert_eq!(scope_ceiling(db, &bulk).unwrap(), Ceiling::At(key8(&bulk, 1_200)));
     }
 }
