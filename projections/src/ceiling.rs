@@ -97,47 +97,52 @@ pub fn scope_ceiling(db: &DB, sp: &[u8]) -> Result<Ceiling> {
     })
 }
 
-/// Whether a key starting with `prefix` is at or above `from` (a forward seek); `None` when the
-/// seek gave up after [`CEILING_SKIP_MAX`] internal keys.
-fn any_entry(db: &DB, cf: &rocksdb::ColumnFamily, from: &[u8], prefix: &[u8]) -> Result<Option<bool>> {
+/// An iterator over the keys starting with `prefix` and at or above `from`, giving up after
+/// [`CEILING_SKIP_MAX`] internal keys.
+fn bounded<'a>(db: &'a DB, cf: &rocksdb::ColumnFamily, from: &[u8], prefix: &[u8]) -> rocksdb::DBRawIterator<'a> {
+    assert!(from.starts_with(prefix), "a ceiling seek outside its scope");
     let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(from.to_vec());
     opts.set_iterate_upper_bound(prefix_end(prefix));
     opts.set_max_skippable_internal_keys(CEILING_SKIP_MAX);
-    let mut it = db.raw_iterator_cf_opt(cf, opts);
-    it.seek(from);
-    if it.valid() {
-        return Ok(Some(true));
-    }
+    db.raw_iterator_cf_opt(cf, opts)
+}
+
+/// What an iterator that found no key says: `Some(missing)` when there is none, `None` when
+/// it gave up after [`CEILING_SKIP_MAX`] internal keys.
+fn none_found<T>(it: &rocksdb::DBRawIterator<'_>, missing: T) -> Result<Option<T>> {
     match it.status() {
-        Ok(()) => Ok(Some(false)),
+        Ok(()) => Ok(Some(missing)),
         Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
+/// Whether a key starting with `prefix` is at or above `from` (a forward seek); `None` when the
+/// seek gave up.
+fn any_entry(db: &DB, cf: &rocksdb::ColumnFamily, from: &[u8], prefix: &[u8]) -> Result<Option<bool>> {
+    let mut it = bounded(db, cf, from, prefix);
+    it.seek(from);
+    if it.valid() {
+        return Ok(Some(true));
+    }
+    none_found(&it, false)
+}
+
 /// The last key starting with `prefix` and at or above `from`, with its value: `Some(None)`
-/// when there is none, `None` when the seek gave up after [`CEILING_SKIP_MAX`] internal keys.
+/// when there is none, `None` when the seek gave up.
 fn last_entry(
     db: &DB,
     cf: &rocksdb::ColumnFamily,
     from: &[u8],
     prefix: &[u8],
 ) -> Result<Option<Option<(Vec<u8>, Vec<u8>)>>> {
-    debug_assert!(from.starts_with(prefix));
-    let mut opts = ReadOptions::default();
-    opts.set_iterate_lower_bound(from.to_vec());
-    opts.set_iterate_upper_bound(prefix_end(prefix));
-    opts.set_max_skippable_internal_keys(CEILING_SKIP_MAX);
-    let mut it = db.raw_iterator_cf_opt(cf, opts);
+    let mut it = bounded(db, cf, from, prefix);
     it.seek_to_last();
     if let (Some(k), Some(v)) = (it.key(), it.value()) {
         return Ok(Some(Some((k.to_vec(), v.to_vec()))));
     }
-    match it.status() {
-        Ok(()) => Ok(Some(None)),
-        Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    none_found(&it, None)
 }
 
 #[cfg(test)]
