@@ -36,7 +36,12 @@ echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null || echo no
 # not changed for three ticks: one unchanged tick alone was seen between two of those steps
 # (session 29 measured 436 MB that way; 140 MB ten seconds later). Hard links are counted
 # once (one du over the whole folder).
-metric() { curl -s "http://127.0.0.1:$port/metrics" | sed -n "s/^$1{group=\"$2\"} \([0-9]*\).*/\1/p"; }
+# A gauge of one group, 0 when the server does not answer (the wait then runs to its bound).
+metric() {
+  local v
+  v="$(curl -s "http://127.0.0.1:$port/metrics" | sed -n "s/^$1{group=\"$2\"} \([0-9]*\).*/\1/p")"
+  echo "${v:-0}"
+}
 busiest="$(curl -s "http://127.0.0.1:$port/metrics" | sed -n 's/^kalamdb_raft_last_log_index{group="\([a-z]*:[0-9]*\)"} \([0-9]*\).*/\2 \1/p' | sort -n | tail -1)"
 flushed_at="${busiest%% *}" group="${busiest##* }"
 waited=0
