@@ -1,7 +1,8 @@
 //! Criterion micro benchmarks of the hot paths under the HTTP numbers: the transport's frame
 //! codec (an AppendEntries of 64 entries, encoded, then decoded and validated in place),
-//! projection apply (rows per second through `RaftStateMachine::apply`), and a log append
-//! made durable with a WAL fsync. Run: `cargo bench --workspace --bench micro`.
+//! projection apply (rows per second through `RaftStateMachine::apply`), a log append made
+//! durable with a WAL fsync, and reading a bulk load's 1,000-row INSERT (straight from its
+//! text, and through tokens and sqlparser's tree). Run: `cargo bench --workspace --bench micro`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use openraft::{CommittedLeaderId, EntryPayload, LogId};
 /// Entries per AppendEntries frame, rows per applied entry.
 const FRAME_ENTRIES: usize = 64;
 const APPLY_ROWS: usize = 100;
+/// Rows of the INSERT the parse benchmark reads (a bulk load's statement).
+const PARSE_ROWS: usize = 1000;
 
 fn insert_entry(index: u64, first_key: i64, rows: usize) -> Entry {
     let writes = (0..rows as i64)
@@ -108,5 +111,28 @@ fn log_append(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(micro, frames, apply, log_append);
+/// A bulk load's statement (`kalamdb-load --workload bulk`), read the two ways a request can
+/// be: the scanner that reads literal rows from the text, and the token path every other
+/// statement takes (tokens, the VALUES tree, each value's literal).
+fn parse_insert(c: &mut Criterion) {
+    use kalamdb_query::parse::{Statement, parse, scan_values_insert, split_request};
+    let values: Vec<String> = (0..PARSE_ROWS as u64).map(|i| format!("({i},'v{i}')")).collect();
+    let sql = format!("INSERT INTO bench.t1 (id, v) VALUES {}", values.join(","));
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Elements(PARSE_ROWS as u64));
+    g.bench_function("insert_of_1000_rows_from_text", |b| {
+        b.iter(|| black_box(scan_values_insert(black_box(&sql)).expect("scanned")));
+    });
+    g.bench_function("insert_of_1000_rows_through_tokens", |b| {
+        b.iter(|| {
+            let src = split_request(black_box(&sql)).expect("tokens").remove(0);
+            let parsed = parse(src).expect("parsed");
+            assert!(matches!(parsed.statement, Statement::Sql(_)));
+            black_box(parsed)
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(micro, frames, apply, log_append, parse_insert);
 criterion_main!(micro);

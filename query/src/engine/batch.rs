@@ -160,7 +160,7 @@ impl Batch {
 /// Statements a batch may hold: reads and row writes.
 fn allowed_in_batch(statement: &Statement) -> bool {
     match statement {
-        Statement::PointSelect { .. } | Statement::AsOf { .. } => true,
+        Statement::PointSelect { .. } | Statement::AsOf { .. } | Statement::InsertValues(_) => true,
         Statement::ExecuteAs { statement, .. } => allowed_in_batch(&statement.statement),
         Statement::Sql(s) => matches!(
             s.as_ref(),

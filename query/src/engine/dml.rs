@@ -2,6 +2,8 @@
 //! UPDATE/DELETE (read the matching rows with their `_seq`, propose new versions with those
 //! as preconditions, re-plan on conflict).
 
+use std::sync::Arc;
+
 use datafusion::sql::sqlparser::ast::{self, AssignmentTarget, Expr, FromTable, ObjectName, SetExpr, TableObject};
 use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::{DataType, DefaultExpr, GroupId, Op, OpResult, RowWrite, TableDef, Value, WriteKind};
@@ -10,13 +12,14 @@ use kalamdb_projections::rows::Lookup;
 use super::batch::Batch;
 use super::ddl::default_literal;
 use super::select::select_statement;
+use super::unfenced::Write;
 use super::{
     CONFLICT_RETRIES_MAX, Engine, ExecContext, QueryResult, STATEMENT_ROWS_MAX, apply_failure, batches_to_result,
     column_name, first_words, literal_of, now_micros, object_table_name, single_table,
 };
 use crate::access;
 use crate::error::{Error, Result};
-use crate::parse::TableName;
+use crate::parse::{TableName, ValuesInsert};
 use crate::ports::Proposer;
 use crate::provider::SEQ_COLUMN;
 use crate::values::{Literal, cell_to_value, coerce};
@@ -33,7 +36,7 @@ impl Engine {
                 let batches = Box::pin(self.run_query(stmt, ctx)).await?;
                 Ok(batches_to_result(&batches))
             }
-            other => Box::pin(self.execute_write(&other, ctx, proposer)).await,
+            other => Box::pin(self.execute_write(&Write::Sql(other), ctx, proposer)).await,
         }
     }
 
@@ -41,10 +44,14 @@ impl Engine {
     /// the same statement once more (a 1,000-row INSERT is not copied for each attempt).
     pub(super) async fn execute_write(
         &self,
-        stmt: &ast::Statement,
+        write: &Write,
         ctx: &ExecContext,
         proposer: &dyn Proposer,
     ) -> Result<QueryResult> {
+        let stmt = match write {
+            Write::Sql(stmt) => stmt,
+            Write::Values(insert) => return Box::pin(self.insert_values(insert, ctx, proposer)).await,
+        };
         match stmt {
             ast::Statement::Insert(insert) => Box::pin(self.insert(insert, ctx, proposer)).await,
             ast::Statement::Update(update) => {
@@ -82,40 +89,16 @@ impl Engine {
             TableObject::TableName(name) => object_table_name(name)?,
             other => return Err(Error::InvalidSql(format!("unsupported INSERT target {other}"))),
         };
-        let def = self.resolve_table(&table, ctx)?;
-        access::check_write(ctx.role, &def)?;
+        let def = self.writable_table(&table, ctx)?;
         let source = insert.source.as_ref().ok_or_else(|| Error::InvalidSql("INSERT needs VALUES or SELECT".into()))?;
-        // Target column positions, in the order values are given.
-        let explicit: Vec<usize> = insert
-            .columns
-            .iter()
-            .map(|c| {
-                let name = column_name(c)?;
-                def.column_index(&name).ok_or_else(|| {
-                    Error::InvalidSql(format!("column '{name}' does not exist in {}.{}", def.namespace, def.name))
-                })
-            })
-            .collect::<Result<_>>()?;
-        let mut seen = std::collections::HashSet::new();
-        if explicit.iter().any(|i| !seen.insert(*i)) {
-            return Err(Error::InvalidSql("a column is listed twice in INSERT".into()));
-        }
+        let explicit = explicit_columns(&def, insert.columns.iter().map(column_name))?;
         let given_rows: Vec<Vec<Option<Value>>> = match source.body.as_ref() {
             SetExpr::Values(values) => {
-                if values.rows.len() > STATEMENT_ROWS_MAX {
-                    return Err(Error::InvalidSql(format!("INSERT writes at most {STATEMENT_ROWS_MAX} rows")));
-                }
                 let width = values.rows.first().map_or(0, |r| r.content.len());
-                let targets = self.insert_targets(&def, &explicit, width)?;
+                let targets = self.values_targets(&def, &explicit, values.rows.len(), width)?;
                 let mut rows = Vec::with_capacity(values.rows.len());
                 for row in &values.rows {
-                    if row.content.len() != targets.len() {
-                        return Err(Error::InvalidSql(format!(
-                            "INSERT has {} target columns but a row has {} values",
-                            targets.len(),
-                            row.content.len()
-                        )));
-                    }
+                    check_row_width(&targets, row.content.len())?;
                     let mut out: Vec<Option<Value>> = vec![None; def.columns.len()];
                     for (expr, &col) in row.content.iter().zip(&targets) {
                         let dt = def.columns[col].data_type;
@@ -152,18 +135,69 @@ impl Engine {
                 rows
             }
         };
+        self.insert_rows(&def, given_rows, ctx, proposer).await
+    }
+
+    /// An INSERT of literal rows read straight from the text ([`crate::parse::scan`]): the
+    /// same checks, coercions and errors as [`Self::insert`]'s VALUES, without a syntax tree.
+    async fn insert_values(
+        &self,
+        insert: &ValuesInsert,
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+    ) -> Result<QueryResult> {
+        let def = self.writable_table(&insert.table, ctx)?;
+        let explicit = explicit_columns(&def, insert.columns.iter().map(|c| Ok(c.clone())))?;
+        let width = insert.rows.first().map_or(0, Vec::len);
+        let targets = self.values_targets(&def, &explicit, insert.rows.len(), width)?;
+        let mut rows = Vec::with_capacity(insert.rows.len());
+        for row in &insert.rows {
+            check_row_width(&targets, row.len())?;
+            let mut out: Vec<Option<Value>> = vec![None; def.columns.len()];
+            for (lit, &col) in row.iter().zip(&targets) {
+                out[col] = Some(coerce(lit, def.columns[col].data_type)?);
+            }
+            rows.push(out);
+        }
+        self.insert_rows(&def, rows, ctx, proposer).await
+    }
+
+    /// The table an INSERT writes, if the caller may write it.
+    fn writable_table(&self, table: &TableName, ctx: &ExecContext) -> Result<Arc<TableDef>> {
+        let def = self.resolve_table(table, ctx)?;
+        access::check_write(ctx.role, &def)?;
+        Ok(def)
+    }
+
+    /// [`Self::insert_targets`] for `rows` VALUES rows, the first `width` values wide.
+    fn values_targets(&self, def: &TableDef, explicit: &[usize], rows: usize, width: usize) -> Result<Vec<usize>> {
+        if rows > STATEMENT_ROWS_MAX {
+            return Err(Error::InvalidSql(format!("INSERT writes at most {STATEMENT_ROWS_MAX} rows")));
+        }
+        self.insert_targets(def, explicit, width)
+    }
+
+    /// Complete the given rows (defaults, NOT NULL) and propose them as one op, or stage them
+    /// in the caller's batch.
+    async fn insert_rows(
+        &self,
+        def: &TableDef,
+        given_rows: Vec<Vec<Option<Value>>>,
+        ctx: &ExecContext,
+        proposer: &dyn Proposer,
+    ) -> Result<QueryResult> {
         let pk = def.pk_index();
         let mut writes = Vec::with_capacity(given_rows.len());
         for given in given_rows {
-            let values = self.complete_row(&def, given)?;
+            let values = self.complete_row(def, given)?;
             writes.push(RowWrite { pk: values[pk].clone(), values, expected_seq: None });
         }
         if writes.is_empty() {
             return Ok(QueryResult::message(0, "Inserted 0 row(s)".into()));
         }
-        let (group, scope) = self.layout.table_location(&def, &ctx.user_id);
+        let (group, scope) = self.layout.table_location(def, &ctx.user_id);
         if let Some(batch) = &ctx.batch {
-            return self.stage_insert(batch, group, &def, &scope, writes, ctx).await;
+            return self.stage_insert(batch, group, def, &scope, writes, ctx).await;
         }
         let op = Op::Insert { table_id: def.table_id, scope, rows: writes, schema_version: def.schema_version() };
         match self.propose_ok(proposer, group, op).await? {
@@ -386,4 +420,29 @@ impl Engine {
         batch.stage(group, def, scope, WriteKind::Insert, writes)?;
         Ok(QueryResult::message(n, format!("Inserted {n} row(s)")))
     }
+}
+
+/// A VALUES row must give one value per target column.
+fn check_row_width(targets: &[usize], given: usize) -> Result<()> {
+    if given == targets.len() {
+        return Ok(());
+    }
+    Err(Error::InvalidSql(format!("INSERT has {} target columns but a row has {given} values", targets.len())))
+}
+
+/// The positions of an INSERT's listed columns, in the order its values give them; fails if
+/// one is unknown or repeated.
+fn explicit_columns(def: &TableDef, names: impl Iterator<Item = Result<String>>) -> Result<Vec<usize>> {
+    let mut explicit = Vec::new();
+    for name in names {
+        let name = name?;
+        explicit.push(def.column_index(&name).ok_or_else(|| {
+            Error::InvalidSql(format!("column '{name}' does not exist in {}.{}", def.namespace, def.name))
+        })?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    if explicit.iter().any(|i| !seen.insert(*i)) {
+        return Err(Error::InvalidSql("a column is listed twice in INSERT".into()));
+    }
+    Ok(explicit)
 }

@@ -15,6 +15,7 @@ mod select;
 mod unfenced;
 mod users;
 
+use unfenced::Write;
 pub use unfenced::{SCHEMA_BUMPS_MAX, SCHEMA_CHANGE_WAIT_MS, SCHEMA_RETRY_PAUSE_MS};
 
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub use select::SeqWindow;
 
 use crate::error::{Error, Result};
 use crate::limits::{Executor, QueryLimits};
-use crate::parse::{Parsed, Statement, TableName, parse, split_request};
+use crate::parse::{Parsed, Statement, TableName, parse, scan_values_insert, split_request};
 use crate::ports::{BackupRunner, ClusterControl, ClusterView, JobSource, NodeView, Proposer, ReadBarrier};
 use crate::values::{Literal, api_type_name, cell_to_json};
 
@@ -243,7 +244,7 @@ fn ident_name(ident: &ast::Ident) -> String {
     if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() }
 }
 
-fn object_table_name(name: &ObjectName) -> Result<TableName> {
+pub(crate) fn object_table_name(name: &ObjectName) -> Result<TableName> {
     let parts: Vec<String> = name
         .0
         .iter()
@@ -268,7 +269,7 @@ fn single_table(twj: &[ast::TableWithJoins]) -> Result<TableName> {
     }
 }
 
-fn column_name(name: &ObjectName) -> Result<String> {
+pub(crate) fn column_name(name: &ObjectName) -> Result<String> {
     name.0
         .last()
         .and_then(|p| p.as_ident())
@@ -419,6 +420,11 @@ impl Engine {
                 self.limits.params_max
             )));
         }
+        // The bulk write path: one INSERT of literal rows, read without tokens.
+        if let Some(insert) = scan_values_insert(sql) {
+            let parsed = Parsed { kind: "insert", statement: Statement::InsertValues(Box::new(insert)) };
+            return Ok(vec![self.run_statement(parsed, ctx, proposer).await?]);
+        }
         let statements = split_request(sql)?;
         if statements.is_empty() {
             return Err(Error::InvalidSql("no SQL statement given".into()));
@@ -472,28 +478,30 @@ impl Engine {
                 Statement::Commit | Statement::Rollback => {
                     return Err(numbered(Error::InvalidSql("COMMIT or ROLLBACK without BEGIN".into()), i));
                 }
-                _ => {
-                    let kind = parsed.kind;
-                    // A storage job (FLUSH, COMPACT, REBUILD) writes files inside apply and is
-                    // bounded per group by the proposer's storage-job timeout instead: under
-                    // the query deadline a big flush was reported cancelled while it went on
-                    // and committed.
-                    let storage_job = matches!(parsed.statement, Statement::Storage { .. } | Statement::Rebuild { .. });
-                    // Boxed: a future held inline is copied whenever its parent moves (7% of a
-                    // point lookup's CPU was that memcpy:
-                    // benches/profiles/2026-12-05-flushed-point-lookups-page-cache.svg). So is
-                    // each statement family's future in `run`, and DataFusion's in
-                    // `run_query_as_of`: boxing copies a future once, so each box holds only
-                    // its own level's state (an INSERT copied ~110 KiB before, ~15 KiB now).
-                    let run = Box::pin(self.run(parsed, ctx, proposer));
-                    let outcome = if storage_job { run.await } else { self.with_deadline("the statement", run).await };
-                    let mut r = outcome.map_err(|e| numbered(e, i))?;
-                    r.kind = kind;
-                    results.push(r);
-                }
+                _ => results.push(self.run_statement(parsed, ctx, proposer).await.map_err(|e| numbered(e, i))?),
             }
         }
         Ok(results)
+    }
+
+    /// One statement outside a batch, under the statement deadline, its result labelled with
+    /// the statement's kind.
+    async fn run_statement(&self, parsed: Parsed, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<QueryResult> {
+        let kind = parsed.kind;
+        // A storage job (FLUSH, COMPACT, REBUILD) writes files inside apply and is bounded per
+        // group by the proposer's storage-job timeout instead: under the query deadline a big
+        // flush was reported cancelled while it went on and committed.
+        let storage_job = matches!(parsed.statement, Statement::Storage { .. } | Statement::Rebuild { .. });
+        // Boxed: a future held inline is copied whenever its parent moves (7% of a point
+        // lookup's CPU was that memcpy:
+        // benches/profiles/2026-12-05-flushed-point-lookups-page-cache.svg). So is each
+        // statement family's future in `run`, and DataFusion's in `run_query_as_of`: boxing
+        // copies a future once, so each box holds only its own level's state (an INSERT copied
+        // ~110 KiB before, ~15 KiB now).
+        let run = Box::pin(self.run(parsed, ctx, proposer));
+        let mut r = if storage_job { run.await } else { self.with_deadline("the statement", run).await }?;
+        r.kind = kind;
+        Ok(r)
     }
 
     /// Run `work` under the statement deadline. Dropping it at the deadline aborts its query
@@ -515,8 +523,12 @@ impl Engine {
         // replica as it is, and the data group refuses it if a schema change fenced the
         // version it was planned on (see `unfenced`). Table scans add their own group's barrier.
         if let Some(unfenced) = unfenced::row_write(&parsed.statement, ctx) {
-            let Statement::Sql(stmt) = parsed.statement else { unreachable!("checked by row_write") };
-            return Box::pin(self.run_row_write(*stmt, unfenced, ctx, proposer)).await;
+            let write = match parsed.statement {
+                Statement::Sql(stmt) => Write::Sql(*stmt),
+                Statement::InsertValues(insert) => Write::Values(*insert),
+                _ => unreachable!("checked by row_write"),
+            };
+            return Box::pin(self.run_row_write(write, unfenced, ctx, proposer)).await;
         }
         self.barrier(ctx, catalog_group()).await?;
         match parsed.statement {
@@ -553,6 +565,9 @@ impl Engine {
                 Ok(batches_to_result(&batches))
             }
             Statement::Sql(stmt) => Box::pin(self.execute_sql(*stmt, ctx, proposer)).await,
+            Statement::InsertValues(insert) => {
+                Box::pin(self.execute_write(&Write::Values(*insert), ctx, proposer)).await
+            }
             Statement::Begin | Statement::Commit | Statement::Rollback => {
                 Err(Error::InvalidSql("BEGIN, COMMIT and ROLLBACK end or start a batch; they do not nest".into()))
             }

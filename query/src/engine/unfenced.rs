@@ -16,7 +16,7 @@ use kalamdb_log::{Op, TableChange, TableDef};
 
 use super::{Engine, ExecContext, QueryResult, catalog_group, now_micros, object_table_name, single_table};
 use crate::error::{Error, Result};
-use crate::parse::{Statement, TableName};
+use crate::parse::{Statement, TableName, ValuesInsert};
 use crate::ports::Proposer;
 
 /// Pause between attempts of a write refused by a floor its catalog replica has not caught
@@ -34,10 +34,14 @@ pub const SCHEMA_BUMPS_MAX: usize = 2;
 /// of literal VALUES, which reads no table); `None` for every other statement. Batches keep
 /// the barrier per statement, and their commit runs them all again when refused.
 pub(super) fn row_write(statement: &Statement, ctx: &ExecContext) -> Option<bool> {
-    let Statement::Sql(s) = statement else { return None };
     if ctx.batch.is_some() {
         return None;
     }
+    let s = match statement {
+        Statement::InsertValues(_) => return Some(true),
+        Statement::Sql(s) => s,
+        _ => return None,
+    };
     match s.as_ref() {
         ast::Statement::Insert(insert) => Some(insert.source.as_ref().is_some_and(|q| {
             q.with.is_none()
@@ -73,8 +77,18 @@ fn replannable(e: &Error) -> bool {
     )
 }
 
+/// A row write as parsed: by sqlparser, or a VALUES insert read straight from the text.
+pub(super) enum Write {
+    Sql(ast::Statement),
+    Values(ValuesInsert),
+}
+
 /// The table a row write targets.
-fn write_target(stmt: &ast::Statement) -> Result<TableName> {
+fn write_target(write: &Write) -> Result<TableName> {
+    let stmt = match write {
+        Write::Values(insert) => return Ok(insert.table.clone()),
+        Write::Sql(stmt) => stmt,
+    };
     match stmt {
         ast::Statement::Insert(insert) => match &insert.table {
             TableObject::TableName(name) => object_table_name(name),
@@ -93,7 +107,7 @@ impl Engine {
     /// catalog replica as it is, otherwise after the catalog barrier; see the module comment.
     pub(super) async fn run_row_write(
         &self,
-        stmt: ast::Statement,
+        stmt: Write,
         unfenced: bool,
         ctx: &ExecContext,
         proposer: &dyn Proposer,
@@ -157,7 +171,7 @@ impl Engine {
     /// Plan and run `stmt` once more; `None` if a schema floor refused it (nothing written).
     async fn run_unless_refused(
         &self,
-        stmt: &ast::Statement,
+        stmt: &Write,
         ctx: &ExecContext,
         proposer: &dyn Proposer,
     ) -> Option<Result<QueryResult>> {
@@ -219,7 +233,7 @@ impl Engine {
     /// change that raised it did not commit. Give the table the next version unchanged, so
     /// writes planned on it pass the floor; the unfinished change, if it still comes, is
     /// refused (its expected version is gone) and its statement fails.
-    async fn bump_schema(&self, stmt: &ast::Statement, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<()> {
+    async fn bump_schema(&self, stmt: &Write, ctx: &ExecContext, proposer: &dyn Proposer) -> Result<()> {
         let def: std::sync::Arc<TableDef> = self.resolve_table(&write_target(stmt)?, ctx)?;
         self.bump_version(&def, proposer).await
     }

@@ -1,12 +1,15 @@
 //! SQL text to typed statements, parsed once: a request is tokenized once and cut into
 //! statements ([`source`]); KalamDB's own statements are parsed from those tokens ([`ddl`],
 //! [`users`]), everything else (SELECT, INSERT, UPDATE, DELETE) by sqlparser's full parser fed
-//! the same tokens ([`query`]). Nothing downstream reads SQL text again.
+//! the same tokens ([`query`]). Nothing downstream reads SQL text again. A request that is one
+//! INSERT of plain literal rows is read straight from its text instead ([`scan`]), without
+//! tokens: the bulk write path.
 
 mod cluster;
 mod ddl;
 mod insert;
 mod query;
+mod scan;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -18,6 +21,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use kalamdb_log::{DataType, DefaultExpr, Role, TableType};
 
 pub use query::{PointKey, PointSelect};
+pub use scan::{ValuesInsert, scan_values_insert};
 pub use source::{Source, split_request};
 
 use crate::error::{Error, Result};
@@ -67,6 +71,9 @@ pub struct Parsed {
 
 #[derive(Debug, Clone)]
 pub enum Statement {
+    /// A request that is one INSERT of plain literal rows, read straight from its text
+    /// ([`scan_values_insert`]).
+    InsertValues(Box<ValuesInsert>),
     CreateNamespace {
         name: String,
         if_not_exists: bool,
