@@ -24,8 +24,12 @@ pub const FORMAT_FIRST: u32 = 1;
 /// A flush settles its rows itself when they make few stub records (`cold::inline`), not only
 /// when they are few rows; builds before it leave them to `Settle` ops.
 pub const FORMAT_SETTLE_IN_FLUSH: u32 = 2;
+/// A compaction joins files whose key ranges do not overlap and that hold no superseded
+/// version by copying their encoded column chunks (`cold::concat`); builds before it merge
+/// them row by row, which writes other row group and page boundaries.
+pub const FORMAT_COPY_COMPACTION: u32 = 3;
 /// The highest format this build applies.
-pub const FORMAT_MAX: u32 = FORMAT_SETTLE_IN_FLUSH;
+pub const FORMAT_MAX: u32 = FORMAT_COPY_COMPACTION;
 
 fn format_key(group: GroupId) -> [u8; 5] {
     let mut k = [0u8; 5];

@@ -170,3 +170,79 @@ async fn a_flush_leaves_many_stub_records_to_settle_ops() {
     let head = kalamdb_projections::cold::stored_head(reader.db(), &sp).unwrap().unwrap();
     assert!(head.settle_from.is_some(), "left to Settle ops");
 }
+
+/// The live Parquet files of table 1's shared scope: each one's rows (all its batches) and
+/// row group count.
+fn live_files(db: &rocksdb::DB, storage: &std::path::Path) -> Vec<(arrow::array::RecordBatch, usize)> {
+    let sp = kalamdb_projections::keys::table_scope_prefix(GROUP, 1, "");
+    let files = kalamdb_projections::cold::scope_files(db, &sp).unwrap();
+    files
+        .iter()
+        .filter(|f| f.retired_at.is_none())
+        .map(|f| {
+            let path = storage.join(&f.path);
+            let batches = kalamdb_projections::cold::read_parquet(&path).unwrap();
+            let rows = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+            assert_eq!(rows.num_rows() as u64, f.rows, "{}", f.path);
+            let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+            (rows, parquet::file::reader::FileReader::metadata(&reader).num_row_groups())
+        })
+        .collect()
+}
+
+/// From format 3 a compaction of a bulk load's flushed files (disjoint, ascending keys)
+/// copies their row groups into the new file instead of merging them: the same rows in the
+/// same order, one row group per flushed file. A later flush's rows, which replace some of
+/// the joined ones, are merged as before.
+#[tokio::test]
+async fn a_compaction_joins_disjoint_files_by_copying_from_format_3() {
+    use kalamdb_projections::format::{FORMAT_COPY_COMPACTION, FORMAT_SETTLE_IN_FLUSH};
+    let table = id_text_table(1, "t", TableType::Shared);
+    const FLUSHES: i64 = 4;
+    const PER: i64 = 1_000;
+    let compact = |i: u64| entry(i, vec![Op::Compact { table: table.clone(), scope: None }]);
+    let log = |format: u32| {
+        let mut log = vec![set_format(1, format)];
+        let mut index = 2;
+        for f in 0..FLUSHES {
+            // Even keys, ascending in each flush, flushes in descending order: disjoint files.
+            let keys = (FLUSHES - 1 - f) * PER..(FLUSHES - f) * PER;
+            let rows = keys.map(|k| id_text_row(2 * k, &format!("v{k}"), None)).collect();
+            log.push(entry(index, vec![Op::Insert { table_id: 1, scope: String::new(), rows, schema_version: 1 }]));
+            log.push(entry(index + 1, vec![Op::Flush { table: table.clone(), scope: None }]));
+            index += 2;
+        }
+        log.push(compact(index));
+        log
+    };
+    let mut ends = Vec::new();
+    for format in [FORMAT_SETTLE_IN_FLUSH, FORMAT_COPY_COMPACTION] {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, mut sm) = open(dir.path());
+        let done = sm.apply(log(format)).await.unwrap();
+        assert_eq!(done.last().unwrap().results, vec![OpResult::Done { affected: (FLUSHES * PER) as u64 }]);
+        let files = live_files(db.db(), &dir.path().join("storage"));
+        assert_eq!(files.len(), 1, "format {format}");
+        let groups = if format == FORMAT_COPY_COMPACTION { FLUSHES as usize } else { 1 };
+        assert_eq!(files[0].1, groups, "row groups at format {format}");
+        ends.push(files.into_iter().map(|(rows, _)| rows).collect::<Vec<_>>());
+
+        // Odd keys among the joined ones, flushed: their file overlaps the joined one, so the
+        // next compaction merges them.
+        let rows = (0..10).map(|k| id_text_row(2 * k + 1, "odd", None)).collect();
+        let more = vec![
+            entry(20, vec![Op::Insert { table_id: 1, scope: String::new(), rows, schema_version: 1 }]),
+            entry(21, vec![Op::Flush { table: table.clone(), scope: None }]),
+            compact(22),
+        ];
+        let done = sm.apply(more).await.unwrap();
+        assert!(done.iter().all(|r| r.results.iter().all(|r| matches!(r, OpResult::Done { .. }))), "{done:?}");
+        let files = live_files(db.db(), &dir.path().join("storage"));
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0.num_rows() as i64, FLUSHES * PER + 10);
+        assert_eq!(files[0].1, 1, "merged at format {format}");
+        ends.push(files.into_iter().map(|(rows, _)| rows).collect::<Vec<_>>());
+    }
+    assert_eq!(ends[0], ends[2], "joined, the rows are those a merge writes");
+    assert_eq!(ends[1], ends[3], "merged after a join, as after a merge");
+}

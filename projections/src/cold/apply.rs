@@ -171,13 +171,17 @@ impl<'a> ColdApplier<'a> {
                 continue;
             }
             let mut head = scope_head(self.db, &sp)?;
+            let format = crate::format::load(self.db, self.group)?;
             let log_start = units.iter().flat_map(|u| u.inputs.iter().map(|f| f.log_start)).min().unwrap_or(index);
             let mut outcome = ScopeOutcome { scope: scope.clone(), log_start, files: 0, rows: 0, bytes: 0 };
             for unit in &units {
                 let first = superseded.partition_point(|m| *m < unit.first_seq);
                 let end = superseded.partition_point(|m| *m < unit.end_seq);
                 let dropped: HashSet<i64> = superseded[first..end].iter().map(|m| *m as i64).collect();
-                self.merge_unit(batch, def, &scope, &schema, &mut head, unit, &dropped, index, &mut outcome)?;
+                let join = format >= crate::format::FORMAT_COPY_COMPACTION && dropped.is_empty();
+                if !(join && self.join_unit(batch, def, &scope, &schema, &mut head, unit, index, &mut outcome)?) {
+                    self.merge_unit(batch, def, &scope, &schema, &mut head, unit, &dropped, index, &mut outcome)?;
+                }
                 let from = cold_key(&sp, KIND_SUPERSEDED, &unit.first_seq.to_be_bytes());
                 let to = match unit.end_seq {
                     u64::MAX => prefix_end(&markers),
@@ -241,10 +245,86 @@ impl<'a> ColdApplier<'a> {
                 break;
             }
         }
+        self.retire_inputs(batch, &sp, unit, index)
+    }
+
+    /// Join one unit's files into new ones by copying their column chunks (`concat`), when
+    /// they qualify; `false`, with nothing written, when they must be merged instead. The new
+    /// files hold whole inputs in key order, at most [`FILE_ROWS_MAX`] rows each unless one
+    /// input alone has more.
+    fn join_unit(
+        &self,
+        batch: &mut WriteBatch,
+        def: &TableDef,
+        scope: &str,
+        schema: &SchemaRef,
+        head: &mut ScopeHead,
+        unit: &CompactionUnit<'_>,
+        index: u64,
+        outcome: &mut ScopeOutcome,
+    ) -> Result<bool> {
+        let paths: Vec<PathBuf> =
+            unit.inputs.iter().map(|f| self.env.files.local(&f.path, f.bytes, &f.sha256)).collect::<Result<_>>()?;
+        let Some(inputs) = super::concat::joinable(&unit.inputs, &paths, schema, def.pk_index())? else {
+            return Ok(false);
+        };
+        let mut outputs: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut start, mut rows) = (0, 0u64);
+        for (i, input) in inputs.iter().enumerate() {
+            if i > start && rows + input.meta.rows > FILE_ROWS_MAX as u64 {
+                outputs.push(start..i);
+                (start, rows) = (i, 0);
+            }
+            rows += input.meta.rows;
+        }
+        outputs.push(start..inputs.len());
+        let metas = |r: &std::ops::Range<usize>| inputs[r.clone()].iter().map(|i| i.meta).collect::<Vec<_>>();
+        let Some(stats) =
+            outputs.iter().map(|r| super::concat::joined_stats(def, &metas(r))).collect::<Option<Vec<_>>>()
+        else {
+            return Ok(false);
+        };
+        let cold = cf(self.db, CF_COLD)?;
+        let sp = table_scope_prefix(self.group, def.table_id, scope);
+        let log_start = unit.inputs.iter().map(|f| f.log_start).min().unwrap_or(index);
+        let log_end = unit.inputs.iter().map(|f| f.log_end).max().unwrap_or(index);
+        for (range, columns) in outputs.into_iter().zip(stats) {
+            let joined = &inputs[range];
+            let file_no = head.next_file_no;
+            head.next_file_no += 1;
+            let path = file_rel(def, scope, "compact", index, file_no);
+            let (bytes, sha256) =
+                write_parquet_with(&self.env.files, &path, |out| super::concat::write_joined(out, joined))?;
+            let meta = FileMeta {
+                file_no,
+                path,
+                log_start,
+                log_end,
+                created_at: index,
+                rows: joined.iter().map(|i| i.meta.rows).sum(),
+                bytes,
+                sha256,
+                written_by: "compact".to_string(),
+                retired_at: None,
+                columns,
+            };
+            batch.put_cf(cold, cold_key(&sp, KIND_FILE, &file_no.to_be_bytes()), json(&meta)?);
+            outcome.files += 1;
+            outcome.rows += meta.rows;
+            outcome.bytes += meta.bytes;
+        }
+        self.retire_inputs(batch, &sp, unit, index)?;
+        Ok(true)
+    }
+
+    /// Retire a compaction unit's input files at `index` (deleted by a later
+    /// `Op::DeleteRetired`).
+    fn retire_inputs(&self, batch: &mut WriteBatch, sp: &[u8], unit: &CompactionUnit<'_>, index: u64) -> Result<()> {
+        let cold = cf(self.db, CF_COLD)?;
         for f in &unit.inputs {
             let mut retired = (*f).clone();
             retired.retired_at = Some(index);
-            let record = cold_key(&sp, KIND_FILE, &f.file_no.to_be_bytes());
+            let record = cold_key(sp, KIND_FILE, &f.file_no.to_be_bytes());
             batch.put_cf(cold, &record, json(&retired)?);
             super::retire::stage_retired(self.db, batch, self.group, index, &record, &f.path)?;
         }
@@ -265,7 +345,7 @@ impl<'a> ColdApplier<'a> {
     ) -> Result<FileMeta> {
         let file_no = head.next_file_no;
         head.next_file_no += 1;
-        let path = format!("{}/{}-{:020}-{:06}.parquet", scope_dir(def, scope), written_by, index, file_no);
+        let path = file_rel(def, scope, written_by, index, file_no);
         let mut stats = StatsBuilder::new(def);
         for b in batches {
             stats.add(b)?;
@@ -465,4 +545,10 @@ impl ScopeFlush {
             bytes: self.metas.iter().map(|m| m.bytes).sum(),
         })
     }
+}
+
+/// Where a flush or compaction at log `index` writes file `file_no` of a scope (relative to
+/// the storage root).
+fn file_rel(def: &TableDef, scope: &str, written_by: &str, index: u64, file_no: u64) -> String {
+    format!("{}/{}-{:020}-{:06}.parquet", scope_dir(def, scope), written_by, index, file_no)
 }

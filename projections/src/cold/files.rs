@@ -79,12 +79,6 @@ pub(super) fn write_parquet(
     batches: &[RecordBatch],
     pk_column: &str,
 ) -> Result<(u64, String)> {
-    let path = store.path(rel);
-    let dir = path.parent().ok_or_else(|| Error::Storage(format!("bad file path {rel}")))?;
-    create_dir_all_synced(dir)?;
-    crate::failpoint::hit("flush-before-write");
-    store.will_write(rel)?;
-    let tmp = path.with_extension(format!("parquet.tmp-{:016x}", fastrand::u64(..)));
     let props = WriterProperties::builder()
         .set_created_by(PARQUET_CREATED_BY.into())
         .set_compression(Compression::SNAPPY)
@@ -98,8 +92,24 @@ pub(super) fn write_parquet(
         .set_column_dictionary_enabled(ColumnPath::from(pk_column), false)
         .set_column_dictionary_enabled(ColumnPath::from(crate::columnar::SEQ_COLUMN), false)
         .build();
+    write_parquet_with(store, rel, |out| encode_parquet(out, schema, props, batches))
+}
+
+/// Write the Parquet file `root/rel` as [`write_parquet`] does, its bytes made by `encode`
+/// (which fsyncs the file and returns its size and SHA-256).
+pub(super) fn write_parquet_with(
+    store: &FileStore,
+    rel: &str,
+    encode: impl FnOnce(HashingWriter<std::fs::File>) -> Result<(u64, String)>,
+) -> Result<(u64, String)> {
+    let path = store.path(rel);
+    let dir = path.parent().ok_or_else(|| Error::Storage(format!("bad file path {rel}")))?;
+    create_dir_all_synced(dir)?;
+    crate::failpoint::hit("flush-before-write");
+    store.will_write(rel)?;
+    let tmp = path.with_extension(format!("parquet.tmp-{:016x}", fastrand::u64(..)));
     let out = HashingWriter::new(std::fs::File::create(&tmp)?);
-    let (bytes, sha) = match encode_parquet(out, schema, props, batches) {
+    let (bytes, sha) = match encode(out) {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);

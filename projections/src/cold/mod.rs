@@ -26,11 +26,12 @@
 //! the same file again.
 //!
 //! The code is split by concern: `files` (writing and reading files, fsynced), `apply` (flush,
-//! compaction and purge inside apply), `lookup` (the keyed read of one flushed row, with its
-//! footer and page cache), `view` (what a reader sees: live files, superseded versions, key ranges);
+//! compaction and purge inside apply), `concat` (compaction of disjoint files by copying),
+//! `lookup` (the keyed read of one flushed row, with its footer and page cache), `view` (what a reader sees: live files, superseded versions, key ranges);
 //! this file holds the manifest records and their keys.
 
 mod apply;
+mod concat;
 mod files;
 mod inline;
 mod lookup;
