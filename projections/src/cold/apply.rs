@@ -250,8 +250,8 @@ impl<'a> ColdApplier<'a> {
 
     /// Join one unit's files into new ones by copying their column chunks (`concat`), when
     /// they qualify; `false`, with nothing written, when they must be merged instead. The new
-    /// files hold whole inputs in key order, at most [`FILE_ROWS_MAX`] rows each unless one
-    /// input alone has more.
+    /// files hold whole pieces in key order, at most [`FILE_ROWS_MAX`] rows each unless one
+    /// piece alone has more.
     fn join_unit(
         &self,
         batch: &mut WriteBatch,
@@ -265,23 +265,24 @@ impl<'a> ColdApplier<'a> {
     ) -> Result<bool> {
         let paths: Vec<PathBuf> =
             unit.inputs.iter().map(|f| self.env.files.local(&f.path, f.bytes, &f.sha256)).collect::<Result<_>>()?;
-        let Some(inputs) = super::concat::joinable(&unit.inputs, &paths, schema, def.pk_index())? else {
+        let Some(pieces) = super::concat::pieces(&unit.inputs, &paths, def, schema)? else {
             return Ok(false);
         };
         let mut outputs: Vec<std::ops::Range<usize>> = Vec::new();
         let (mut start, mut rows) = (0, 0u64);
-        for (i, input) in inputs.iter().enumerate() {
-            if i > start && rows + input.meta.rows > FILE_ROWS_MAX as u64 {
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > start && rows + piece.rows > FILE_ROWS_MAX as u64 {
                 outputs.push(start..i);
                 (start, rows) = (i, 0);
             }
-            rows += input.meta.rows;
+            rows += piece.rows;
         }
-        outputs.push(start..inputs.len());
-        let metas = |r: &std::ops::Range<usize>| inputs[r.clone()].iter().map(|i| i.meta).collect::<Vec<_>>();
-        let Some(stats) =
-            outputs.iter().map(|r| super::concat::joined_stats(def, &metas(r))).collect::<Option<Vec<_>>>()
-        else {
+        outputs.push(start..pieces.len());
+        let stats_of = |r: &std::ops::Range<usize>| {
+            let parts: Vec<(&[ColumnStats], u64)> = pieces[r.clone()].iter().map(|p| (&p.stats[..], p.rows)).collect();
+            super::concat::joined_stats(def, &parts)
+        };
+        let Some(stats) = outputs.iter().map(stats_of).collect::<Option<Vec<_>>>() else {
             return Ok(false);
         };
         let cold = cf(self.db, CF_COLD)?;
@@ -289,7 +290,7 @@ impl<'a> ColdApplier<'a> {
         let log_start = unit.inputs.iter().map(|f| f.log_start).min().unwrap_or(index);
         let log_end = unit.inputs.iter().map(|f| f.log_end).max().unwrap_or(index);
         for (range, columns) in outputs.into_iter().zip(stats) {
-            let joined = &inputs[range];
+            let joined = &pieces[range];
             let file_no = head.next_file_no;
             head.next_file_no += 1;
             let path = file_rel(def, scope, "compact", index, file_no);
@@ -301,7 +302,7 @@ impl<'a> ColdApplier<'a> {
                 log_start,
                 log_end,
                 created_at: index,
-                rows: joined.iter().map(|i| i.meta.rows).sum(),
+                rows: joined.iter().map(|p| p.rows).sum(),
                 bytes,
                 sha256,
                 written_by: "compact".to_string(),

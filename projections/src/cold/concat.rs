@@ -10,14 +10,21 @@
 //! taken in key order, which is what copying writes; only the row group and page boundaries
 //! differ, so the bytes are those of a new format.
 //!
-//! Whether a unit qualifies is read from the files themselves (schema, key statistics), which
-//! are the same on every node, so every replica takes the same path. Anything it cannot tell
-//! from exact statistics (a key type other than an integer, a missing page index, a float
-//! column whose minimum did not survive into the manifest) goes to the merge.
+//! Files that do overlap (with several clients, statements commit out of key order around a
+//! flush, so neighbouring flushes share a few keys) are merged among themselves into a piece
+//! encoded in memory, whose row groups are then copied like a file's: only they are decoded.
+//!
+//! Whether a unit qualifies, and how it splits, is read from the files themselves (schema, key
+//! statistics), which are the same on every node, so every replica takes the same path.
+//! Anything it cannot tell from exact statistics (a key type other than an integer, a missing
+//! page index, a float column whose minimum did not survive into the manifest), or a unit whose
+//! files all overlap, goes to the merge.
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::fs::File;
 
+use bytes::Bytes;
 use kalamdb_log::DataType;
 use parquet::arrow::parquet_to_arrow_schema;
 use parquet::column::writer::ColumnCloseResult;
@@ -27,9 +34,26 @@ use parquet::file::writer::SerializedFileWriter;
 
 use super::*;
 
+/// Where a piece's encoded column chunks are read from.
+enum Source {
+    File(File),
+    Memory(Bytes),
+}
+
+/// A run of the output in key order: one input file, copied, or several overlapping ones
+/// merged into a Parquet file in memory.
+pub(super) struct Piece {
+    source: Source,
+    parquet: ParquetMetaData,
+    /// The manifest statistics of the piece's rows.
+    pub(super) stats: Vec<ColumnStats>,
+    pub(super) rows: u64,
+}
+
 /// One input file, read as far as its footer and page index.
-pub(super) struct Input<'f> {
-    pub(super) meta: &'f FileMeta,
+struct Input<'f> {
+    meta: &'f FileMeta,
+    path: &'f PathBuf,
     file: File,
     parquet: ParquetMetaData,
     /// The smallest and largest primary key in the file.
@@ -37,39 +61,92 @@ pub(super) struct Input<'f> {
     last_key: i64,
 }
 
-/// The unit's files in key order when they can be joined by copying; `None` when they must
-/// be merged (their key ranges overlap, or something is not known exactly).
-pub(super) fn joinable<'f>(
-    inputs: &[&'f FileMeta],
+/// The pieces the unit's files make, in key order, when they can be joined by copying:
+/// files that overlap no other are pieces of their own, files that overlap are merged into
+/// one. `None` when the unit must be merged as a whole: every file overlaps another, or
+/// something is not known exactly.
+pub(super) fn pieces(
+    inputs: &[&FileMeta],
     paths: &[PathBuf],
+    def: &TableDef,
     schema: &SchemaRef,
-    pk: usize,
-) -> Result<Option<Vec<Input<'f>>>> {
-    let mut out = Vec::with_capacity(inputs.len());
+) -> Result<Option<Vec<Piece>>> {
+    let pk = def.pk_index();
+    let mut files = Vec::with_capacity(inputs.len());
     for (meta, path) in inputs.iter().zip(paths) {
         let file = File::open(path)?;
-        let Ok(parquet) =
-            ParquetMetaDataReader::new().with_page_index_policy(PageIndexPolicy::Required).parse_and_finish(&file)
-        else {
-            return Ok(None);
-        };
-        let fm = parquet.file_metadata();
-        // Written in the current schema, so no row needs conforming: what a flush writes today.
-        let Ok(arrow) = parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata()) else { return Ok(None) };
-        if arrow.fields() != schema.fields() || parquet.num_row_groups() == 0 {
-            return Ok(None);
-        }
+        let Some(parquet) = footer(&file, schema) else { return Ok(None) };
         let Some((first_key, last_key)) = key_range(&parquet, pk) else { return Ok(None) };
-        out.push(Input { meta, file, parquet, first_key, last_key });
+        files.push(Input { meta, path, file, parquet, first_key, last_key });
     }
-    out.sort_by_key(|i| i.first_key);
-    let disjoint = out.windows(2).all(|w| w[0].last_key < w[1].first_key);
+    files.sort_by_key(|i| i.first_key);
+    // Runs of files whose key ranges chain into each other.
+    let mut runs: Vec<Vec<Input<'_>>> = Vec::new();
+    for input in files {
+        match runs.last_mut() {
+            Some(run) if run.iter().map(|i| i.last_key).max().is_some_and(|end| input.first_key <= end) => {
+                run.push(input)
+            }
+            _ => runs.push(vec![input]),
+        }
+    }
+    if runs.len() < 2 {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(runs.len());
+    for mut run in runs {
+        let piece = if run.len() == 1 {
+            let input = run.pop().expect("one file");
+            Piece {
+                source: Source::File(input.file),
+                parquet: input.parquet,
+                stats: input.meta.columns.clone(),
+                rows: input.meta.rows,
+            }
+        } else {
+            merged(&run, def, schema)?
+        };
+        out.push(piece);
+    }
     let same_footer = out.windows(2).all(|w| {
         let (a, b) = (w[0].parquet.file_metadata(), w[1].parquet.file_metadata());
         a.schema_descr().root_schema() == b.schema_descr().root_schema()
             && a.key_value_metadata() == b.key_value_metadata()
     });
-    Ok((disjoint && same_footer).then_some(out))
+    Ok(same_footer.then_some(out))
+}
+
+/// A file's footer with its page index, when the file is in the current schema (so no row
+/// needs conforming: what a flush writes today) and holds rows.
+fn footer<R: parquet::file::reader::ChunkReader>(reader: &R, schema: &SchemaRef) -> Option<ParquetMetaData> {
+    let parquet =
+        ParquetMetaDataReader::new().with_page_index_policy(PageIndexPolicy::Required).parse_and_finish(reader).ok()?;
+    let fm = parquet.file_metadata();
+    let arrow = parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata()).ok()?;
+    (arrow.fields() == schema.fields() && parquet.num_row_groups() > 0).then_some(parquet)
+}
+
+/// Overlapping files merged by key into one Parquet file in memory, encoded as a flush
+/// encodes its files (their keys are unique: a unit without superseded versions holds each
+/// key once).
+fn merged(run: &[Input<'_>], def: &TableDef, schema: &SchemaRef) -> Result<Piece> {
+    let paths: Vec<&PathBuf> = run.iter().map(|i| i.path).collect();
+    let none = HashSet::new();
+    let mut merge =
+        super::merge::Merge::open(&paths, schema.clone(), def.pk_index(), &none, Some(def), CONVERT_ROWS_MAX)?;
+    let props = table_file_props(def.columns[def.pk_index()].storage_name());
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(parquet_err)?;
+    let mut stats = StatsBuilder::new(def);
+    let mut rows = 0u64;
+    while let Some(batch) = merge.next_batch()? {
+        stats.add(&batch)?;
+        rows += batch.num_rows() as u64;
+        writer.write(&batch).map_err(parquet_err)?;
+    }
+    let bytes = Bytes::from(writer.into_inner().map_err(parquet_err)?);
+    let parquet = footer(&bytes, schema).ok_or_else(|| Error::Storage("a merged piece without its footer".into()))?;
+    Ok(Piece { source: Source::Memory(bytes), parquet, stats: stats.finish(), rows })
 }
 
 /// The smallest and largest key of a file from its row groups' exact statistics, for an
@@ -87,21 +164,21 @@ fn key_range(parquet: &ParquetMetaData, pk: usize) -> Option<(i64, i64)> {
     range
 }
 
-/// The manifest statistics of the files joined: null counts add up, minima and maxima are
-/// the inputs' extremes (what [`crate::columnar::StatsBuilder`] gives for all their rows).
-/// `None` when an input lacks a minimum or maximum for a column it holds values of (a float
-/// column whose extreme is NaN is recorded without one).
-pub(super) fn joined_stats(def: &TableDef, inputs: &[&FileMeta]) -> Option<Vec<ColumnStats>> {
+/// The manifest statistics of pieces joined: null counts add up, minima and maxima are the
+/// pieces' extremes (what [`crate::columnar::StatsBuilder`] gives for all their rows). `None`
+/// when a piece lacks a minimum or maximum for a column it holds values of (a float column
+/// whose extreme is NaN is recorded without one).
+pub(super) fn joined_stats(def: &TableDef, pieces: &[(&[ColumnStats], u64)]) -> Option<Vec<ColumnStats>> {
     let mut out = Vec::with_capacity(def.columns.len());
     for (i, c) in def.columns.iter().enumerate() {
         let mut joined = ColumnStats { name: c.storage_name().to_string(), min: None, max: None, nulls: 0 };
-        for f in inputs {
-            let s = f.columns.get(i).filter(|s| s.name == joined.name)?;
+        for (columns, rows) in pieces {
+            let s = columns.get(i).filter(|s| s.name == joined.name)?;
             joined.nulls += s.nulls;
             if matches!(c.data_type, DataType::Bytes | DataType::Json) {
                 continue;
             }
-            if s.nulls < f.rows && (s.min.is_none() || s.max.is_none()) {
+            if s.nulls < *rows && (s.min.is_none() || s.max.is_none()) {
                 return None;
             }
             for (slot, v, want) in
@@ -132,23 +209,23 @@ fn json_order(dt: DataType, a: &serde_json::Value, b: &serde_json::Value) -> Opt
     }
 }
 
-/// Write `inputs` (in key order) into one Parquet file through `out`: each input row group
-/// becomes a row group of the output, its column chunks copied as encoded, with their
+/// Write `pieces` (in key order) into one Parquet file through `out`: each piece's row groups
+/// become row groups of the output, their column chunks copied as encoded, with their
 /// statistics and page index. Then fsync; returns (bytes, sha256).
-pub(super) fn write_joined(out: HashingWriter<File>, inputs: &[Input<'_>]) -> Result<(u64, String)> {
-    let first = inputs.first().ok_or_else(|| Error::Storage("a join of no files".into()))?.parquet.file_metadata();
+pub(super) fn write_joined(out: HashingWriter<File>, pieces: &[Piece]) -> Result<(u64, String)> {
+    let first = pieces.first().ok_or_else(|| Error::Storage("a join of nothing".into()))?.parquet.file_metadata();
     let props = WriterProperties::builder()
         .set_created_by(PARQUET_CREATED_BY.into())
         .set_key_value_metadata(first.key_value_metadata().cloned())
         .build();
     let mut writer =
         SerializedFileWriter::new(out, first.schema_descr().root_schema_ptr(), Arc::new(props)).map_err(parquet_err)?;
-    for input in inputs {
-        let (column_index, offset_index) = match (input.parquet.column_index(), input.parquet.offset_index()) {
+    for piece in pieces {
+        let (column_index, offset_index) = match (piece.parquet.column_index(), piece.parquet.offset_index()) {
             (Some(c), Some(o)) => (c, o),
-            _ => return Err(Error::Storage(format!("{}: no page index", input.meta.path))),
+            _ => return Err(Error::Storage("a joined piece without its page index".into())),
         };
-        for (r, rg) in input.parquet.row_groups().iter().enumerate() {
+        for (r, rg) in piece.parquet.row_groups().iter().enumerate() {
             let mut rg_writer = writer.next_row_group().map_err(parquet_err)?;
             for (c, chunk) in rg.columns().iter().enumerate() {
                 let close = ColumnCloseResult {
@@ -159,7 +236,11 @@ pub(super) fn write_joined(out: HashingWriter<File>, inputs: &[Input<'_>]) -> Re
                     column_index: column_index.get(r).and_then(|cols| cols.get(c)).cloned(),
                     offset_index: offset_index.get(r).and_then(|cols| cols.get(c)).cloned(),
                 };
-                rg_writer.append_column(&input.file, close).map_err(parquet_err)?;
+                match &piece.source {
+                    Source::File(file) => rg_writer.append_column(file, close),
+                    Source::Memory(bytes) => rg_writer.append_column(bytes, close),
+                }
+                .map_err(parquet_err)?;
             }
             rg_writer.close().map_err(parquet_err)?;
         }
@@ -235,102 +316,109 @@ mod tests {
         }
     }
 
-    fn read(path: &std::path::Path) -> Vec<RecordBatch> {
-        read_parquet(path).unwrap()
+    /// Every row of `paths` merged by key, as a compaction's merge writes them.
+    fn merge_all(def: &TableDef, paths: &[PathBuf]) -> RecordBatch {
+        let schema = storage_schema(def);
+        let none = HashSet::new();
+        let mut merge = super::super::merge::Merge::open(paths, schema.clone(), 0, &none, Some(def), 1024).unwrap();
+        let mut merged = Vec::new();
+        while let Some(b) = merge.next_batch().unwrap() {
+            merged.push(b);
+        }
+        arrow::compute::concat_batches(&schema, &merged).unwrap()
+    }
+
+    /// Join `metas` (expected to qualify) into `name` and read it back: its rows, its row group
+    /// count, and the pieces' row counts.
+    fn join(
+        store: &FileStore,
+        def: &TableDef,
+        metas: &[&FileMeta],
+        name: &str,
+    ) -> (RecordBatch, ParquetMetaData, Vec<u64>) {
+        let schema = storage_schema(def);
+        let paths: Vec<PathBuf> = metas.iter().map(|m| store.path(&m.path)).collect();
+        let pieces = pieces(metas, &paths, def, &schema).unwrap().expect("the files join");
+        let rel = format!("t/{name}.parquet");
+        let (bytes, _) = write_parquet_with(store, &rel, |out| write_joined(out, &pieces)).unwrap();
+        let out = store.path(&rel);
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), bytes);
+        let rows = arrow::compute::concat_batches(&schema, &read_parquet(&out).unwrap()).unwrap();
+        let parquet = ParquetMetaDataReader::new()
+            .with_page_index_policy(PageIndexPolicy::Required)
+            .parse_and_finish(&File::open(&out).unwrap())
+            .unwrap();
+        let groups: usize = pieces.iter().map(|p| p.parquet.num_row_groups()).sum();
+        assert_eq!(parquet.num_row_groups(), groups, "one row group per piece row group");
+        let parts: Vec<(&[ColumnStats], u64)> = pieces.iter().map(|p| (&p.stats[..], p.rows)).collect();
+        let mut all = StatsBuilder::new(def);
+        all.add(&rows).unwrap();
+        assert_eq!(joined_stats(def, &parts), Some(all.finish()), "statistics of all the rows");
+        (rows, parquet, pieces.iter().map(|p| p.rows).collect())
     }
 
     /// Disjoint files given out of key order are joined in key order: the joined file reads as
-    /// the merge of the same files, holds one row group per input row group with its page
-    /// index, and its manifest statistics are those of all its rows.
+    /// the merge of the same files, holds their row groups with a page index, and its manifest
+    /// statistics are those of all its rows.
     #[test]
     fn disjoint_files_join_into_what_a_merge_reads() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::folder(dir.path().to_path_buf());
         let def = def();
-        let schema = storage_schema(&def);
         let metas = [
             file(&store, &def, "b", &(3_000..5_500).collect::<Vec<_>>()),
             file(&store, &def, "a", &(-200..2_999).step_by(3).collect::<Vec<_>>()),
             file(&store, &def, "c", &[9_000]),
         ];
         let inputs: Vec<&FileMeta> = metas.iter().collect();
+        let (rows, parquet, pieces) = join(&store, &def, &inputs, "joined");
+        assert_eq!(pieces, [1_067, 2_500, 1], "one piece per file, in key order");
         let paths: Vec<PathBuf> = metas.iter().map(|m| store.path(&m.path)).collect();
-        let joined = joinable(&inputs, &paths, &schema, 0).unwrap().expect("disjoint files join");
-        assert_eq!(
-            joined.iter().map(|i| i.meta.path.as_str()).collect::<Vec<_>>(),
-            ["t/a.parquet", "t/b.parquet", "t/c.parquet"]
-        );
-        let (bytes, _) = write_parquet_with(&store, "t/joined.parquet", |out| write_joined(out, &joined)).unwrap();
-        let out = store.path("t/joined.parquet");
-        assert_eq!(std::fs::metadata(&out).unwrap().len(), bytes);
-
-        let none = HashSet::new();
-        let mut merge = super::super::merge::Merge::open(&paths, schema.clone(), 0, &none, Some(&def), 1024).unwrap();
-        let mut merged = Vec::new();
-        while let Some(b) = merge.next_batch().unwrap() {
-            merged.push(b);
-        }
-        let concat = |b: &[RecordBatch]| arrow::compute::concat_batches(&schema, b).unwrap();
-        assert_eq!(concat(&read(&out)), concat(&merged));
-
-        let file = File::open(&out).unwrap();
-        let parquet = ParquetMetaDataReader::new()
-            .with_page_index_policy(PageIndexPolicy::Required)
-            .parse_and_finish(&file)
-            .unwrap();
-        let input_groups: usize = joined.iter().map(|i| i.parquet.num_row_groups()).sum();
-        assert_eq!(parquet.num_row_groups(), input_groups);
+        assert_eq!(rows, merge_all(&def, &paths));
         assert_eq!(key_range(&parquet, 0), Some((-200, 9_000)));
-
-        let mut all = StatsBuilder::new(&def);
-        all.add(&concat(&merged)).unwrap();
-        assert_eq!(joined_stats(&def, &inputs), Some(all.finish()));
     }
 
-    /// Files whose key ranges overlap, or one written in another schema, are merged instead.
+    /// Files that overlap are merged into one piece among themselves, the others copied; a
+    /// unit whose files all overlap, or a file in another schema, is left to the merge.
     #[test]
-    fn overlapping_or_other_schema_files_are_left_to_the_merge() {
+    fn overlapping_files_merge_among_themselves_and_the_rest_is_copied() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::folder(dir.path().to_path_buf());
         let def = def();
         let schema = storage_schema(&def);
         let a = file(&store, &def, "a", &[1, 5, 9]);
-        let b = file(&store, &def, "b", &[9, 12]);
+        let b = file(&store, &def, "b", &[7, 12]);
         let c = file(&store, &def, "c", &[20, 30]);
+        let d = file(&store, &def, "d", &[10, 11]);
         let paths = |ms: &[&FileMeta]| ms.iter().map(|m| store.path(&m.path)).collect::<Vec<_>>();
-        assert!(joinable(&[&a, &b], &paths(&[&a, &b]), &schema, 0).unwrap().is_none());
-        assert!(joinable(&[&a, &c], &paths(&[&a, &c]), &schema, 0).unwrap().is_some());
+        assert!(pieces(&[&a, &b], &paths(&[&a, &b]), &def, &schema).unwrap().is_none(), "all overlap");
+
+        // a and b chain into d (10..11 inside b's 7..12): one merged piece, then c copied.
+        let all = [&c, &d, &b, &a];
+        let (rows, _, pieces) = join(&store, &def, &all, "joined");
+        assert_eq!(pieces, [7, 2]);
+        assert_eq!(rows, merge_all(&def, &paths(&all)));
 
         let mut wider = def.clone();
         wider.columns.push(ColumnDef { name: "y".into(), ..def.columns[2].clone() });
-        let d = file(&store, &wider, "d", &[40]);
-        assert!(joinable(&[&c, &d], &paths(&[&c, &d]), &schema, 0).unwrap().is_none());
+        let e = file(&store, &wider, "e", &[40]);
+        assert!(super::pieces(&[&c, &e], &paths(&[&c, &e]), &def, &schema).unwrap().is_none());
     }
 
-    /// A float column whose extreme was not recorded (NaN) cannot be summed up from the inputs.
+    /// A float column whose extreme was not recorded (NaN) cannot be summed up from the pieces.
     #[test]
     fn missing_float_extremes_leave_the_statistics_unknown() {
         let def = def();
-        let stats = |x: Option<f64>| FileMeta {
-            file_no: 0,
-            path: String::new(),
-            log_start: 1,
-            log_end: 1,
-            created_at: 1,
-            rows: 2,
-            bytes: 0,
-            sha256: String::new(),
-            written_by: "flush".into(),
-            retired_at: None,
-            columns: vec![
+        let stats = |x: Option<f64>| {
+            vec![
                 ColumnStats { name: "id".into(), min: Some(1.into()), max: Some(2.into()), nulls: 0 },
                 ColumnStats { name: "v".into(), min: None, max: None, nulls: 2 },
                 ColumnStats { name: "x".into(), min: x.map(Into::into), max: x.map(Into::into), nulls: 0 },
-            ],
+            ]
         };
         let (known, nan) = (stats(Some(0.5)), stats(None));
-        assert!(joined_stats(&def, &[&known, &nan]).is_none());
-        let joined = joined_stats(&def, &[&known, &known]).unwrap();
+        assert!(joined_stats(&def, &[(&known[..], 2), (&nan[..], 2)]).is_none());
+        let joined = joined_stats(&def, &[(&known[..], 2), (&known[..], 2)]).unwrap();
         assert_eq!((joined[1].nulls, joined[2].min.clone()), (4, Some(0.5.into())));
     }
 }

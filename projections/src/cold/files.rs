@@ -79,7 +79,14 @@ pub(super) fn write_parquet(
     batches: &[RecordBatch],
     pk_column: &str,
 ) -> Result<(u64, String)> {
-    let props = WriterProperties::builder()
+    let props = table_file_props(pk_column);
+    write_parquet_with(store, rel, |out| encode_parquet(out, schema, props, batches))
+}
+
+/// How a table file is encoded: row groups, pages, compression and dictionaries (see the
+/// constants in `cold`).
+pub(super) fn table_file_props(pk_column: &str) -> WriterProperties {
+    WriterProperties::builder()
         .set_created_by(PARQUET_CREATED_BY.into())
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS_MAX))
@@ -91,8 +98,7 @@ pub(super) fn write_parquet(
         // dictionary-encoded column means reading and decoding the whole dictionary first.
         .set_column_dictionary_enabled(ColumnPath::from(pk_column), false)
         .set_column_dictionary_enabled(ColumnPath::from(crate::columnar::SEQ_COLUMN), false)
-        .build();
-    write_parquet_with(store, rel, |out| encode_parquet(out, schema, props, batches))
+        .build()
 }
 
 /// Write the Parquet file `root/rel` as [`write_parquet`] does, its bytes made by `encode`
