@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 use crate::stored::StoredRow;
 
 mod build;
+#[cfg(test)]
+pub(crate) mod test_defs;
 pub use build::{ColumnBuilder, RowBatchBuilder, ValueRef};
 
 pub const SEQ_COLUMN: &str = "_seq";

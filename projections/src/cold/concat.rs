@@ -256,33 +256,20 @@ pub(super) fn write_joined(out: HashingWriter<File>, pieces: &[Piece]) -> Result
 mod tests {
     use std::collections::HashSet;
 
-    use kalamdb_log::{ColumnDef, TableType, Value};
+    use kalamdb_log::{ColumnDef, Value};
 
     use super::*;
+    use crate::columnar::test_defs::{column, table};
     use crate::columnar::{RowBatchBuilder, StatsBuilder, storage_schema};
     use crate::stored::StoredRow;
 
     fn def() -> TableDef {
-        let column = |name: &str, data_type| ColumnDef {
-            name: name.into(),
-            data_type,
-            nullable: name != "id",
-            primary_key: name == "id",
-            default: None,
-            stored_as: String::new(),
-            backfill: None,
-            dropped: false,
-        };
-        TableDef {
-            table_id: 1,
-            namespace: "n".into(),
-            name: "t".into(),
-            table_type: TableType::Shared,
-            columns: vec![column("id", DataType::BigInt), column("v", DataType::Text), column("x", DataType::Double)],
-            options: vec![],
-            created_at_micros: 0,
-            versions: vec![],
-        }
+        let (id, v, x) = (
+            column("id", DataType::BigInt, None),
+            column("v", DataType::Text, None),
+            column("x", DataType::Double, None),
+        );
+        table(vec![id, v, x])
     }
 
     /// A file of the rows with keys `keys` (ascending), as a flush writes it, and its manifest

@@ -234,23 +234,9 @@ impl RowBatchBuilder {
 
 #[cfg(test)]
 mod tests {
-    use kalamdb_log::{ColumnDef, TableType};
-
     use super::*;
+    use crate::columnar::test_defs::{column, table};
     use crate::columnar::{storage_schema, value_at};
-
-    fn column(name: &str, data_type: DataType, backfill: Option<Value>) -> ColumnDef {
-        ColumnDef {
-            name: name.into(),
-            data_type,
-            nullable: name != "id",
-            primary_key: name == "id",
-            default: None,
-            stored_as: String::new(),
-            backfill,
-            dropped: false,
-        }
-    }
 
     fn row(seq: u64, values: Vec<Value>) -> StoredRow {
         StoredRow { seq, deleted: false, values }
@@ -279,16 +265,7 @@ mod tests {
         let mut columns = vec![column("id", T::BigInt, None)];
         columns.extend(types.iter().enumerate().map(|(i, t)| column(&format!("c{i}"), *t, None)));
         columns.push(column("added", T::Text, Some(Value::Text("before it existed".into()))));
-        let def = TableDef {
-            table_id: 1,
-            namespace: "n".into(),
-            name: "t".into(),
-            table_type: TableType::Shared,
-            columns,
-            options: vec![],
-            created_at_micros: 0,
-            versions: vec![],
-        };
+        let def = table(columns);
         let full = vec![
             Value::BigInt(1),
             Value::Boolean(true),

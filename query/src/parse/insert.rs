@@ -324,37 +324,8 @@ mod tests {
     const GAPS: &[&str] = &["", " ", "  ", "\n", "\t", " /* c */ ", " -- c\n"];
 
     fn statement() -> impl Strategy<Value = String> {
-        let name = prop::sample::select(NAMES);
-        let value = prop::sample::select(VALUES);
-        let gap = prop::sample::select(GAPS);
-        (
-            prop::option::of(name.clone()),
-            name.clone(),
-            prop::option::of(prop::collection::vec(name, 1..4)),
-            prop::collection::vec(prop::collection::vec(value, 1..4), 1..4),
-            prop::collection::vec(gap, 16),
-            prop::sample::select(&["", " RETURNING id", ";", " ON CONFLICT DO NOTHING", ","][..]),
-        )
-            .prop_map(|(ns, table, columns, rows, gaps, tail)| {
-                let g = |i: usize| gaps[i % gaps.len()];
-                let mut sql = format!("INSERT{}INTO ", if g(0).is_empty() { " " } else { g(0) });
-                if let Some(ns) = ns {
-                    sql.push_str(&format!("{ns}{}.{}", g(1), g(2)));
-                }
-                sql.push_str(table);
-                if let Some(columns) = columns {
-                    sql.push_str(&format!("{}({})", g(3), columns.join(&format!(",{}", g(4)))));
-                }
-                sql.push_str(" VALUES");
-                let rows: Vec<String> = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| format!("{}({}){}", g(5 + i), r.join(","), g(9 + i)))
-                    .collect();
-                sql.push_str(&rows.join(","));
-                sql.push_str(tail);
-                sql
-            })
+        let tails = &["", " RETURNING id", ";", " ON CONFLICT DO NOTHING", ","][..];
+        super::super::insert_gen::insert_statement(NAMES, VALUES, GAPS, tails)
     }
 
     proptest! {

@@ -8,6 +8,8 @@
 mod cluster;
 mod ddl;
 mod insert;
+#[cfg(test)]
+mod insert_gen;
 mod query;
 mod scan;
 mod source;

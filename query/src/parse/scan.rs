@@ -240,6 +240,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::insert::values_insert;
+    use super::super::insert_gen::insert_statement;
     use super::super::split_request;
     use super::{ValuesInsert, scan_values_insert};
     use crate::engine::{column_name, literal_of, object_table_name};
@@ -389,38 +390,12 @@ mod tests {
     /// Statements made of the first `*_PLAIN` pieces of each list (`plain`), or of any piece.
     fn statement_of(plain: bool) -> impl Strategy<Value = String> {
         let take = |all: &'static [&'static str], n: usize| if plain { &all[..n] } else { all };
-        let name = prop::sample::select(take(NAMES, NAMES_PLAIN));
-        let value = prop::sample::select(take(VALUES, VALUES_PLAIN));
-        let gap = prop::sample::select(take(GAPS, GAPS_PLAIN));
-        (
-            prop::option::of(name.clone()),
-            name.clone(),
-            prop::option::of(prop::collection::vec(name, 1..4)),
-            prop::collection::vec(prop::collection::vec(value, 1..4), 1..4),
-            prop::collection::vec(gap, 16),
-            prop::sample::select(take(TAILS, TAILS_PLAIN)),
+        insert_statement(
+            take(NAMES, NAMES_PLAIN),
+            take(VALUES, VALUES_PLAIN),
+            take(GAPS, GAPS_PLAIN),
+            take(TAILS, TAILS_PLAIN),
         )
-            .prop_map(|(ns, table, columns, rows, gaps, tail)| {
-                let g = |i: usize| gaps[i % gaps.len()];
-                let mut sql = format!("{}INSERT{}INTO ", g(15), if g(0).is_empty() { " " } else { g(0) });
-                if let Some(ns) = ns {
-                    sql.push_str(&format!("{ns}{}.{}", g(1), g(2)));
-                }
-                sql.push_str(table);
-                if let Some(columns) = columns {
-                    sql.push_str(&format!("{}({})", g(3), columns.join(&format!(",{}", g(4)))));
-                }
-                sql.push_str(" VALUES");
-                let rows: Vec<String> = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| format!("{}({}){}", g(5 + i), r.join(&format!("{},", g(12))), g(9 + i)))
-                    .collect();
-                sql.push_str(&rows.join(","));
-                sql.push_str(tail);
-                sql.push_str(g(13));
-                sql
-            })
     }
 
     proptest! {
