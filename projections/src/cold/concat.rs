@@ -17,8 +17,9 @@
 //! Whether a unit qualifies, and how it splits, is read from the files themselves (schema, key
 //! statistics), which are the same on every node, so every replica takes the same path.
 //! Anything it cannot tell from exact statistics (a key type other than an integer, a missing
-//! page index, a float column whose minimum did not survive into the manifest), or a unit whose
-//! files all overlap, goes to the merge.
+//! page index, a float column whose minimum did not survive into the manifest), a unit whose
+//! files all overlap, or one with an overlapping run of more than a file's rows (a run is
+//! merged in memory), goes to the merge.
 
 use std::cmp::Ordering;
 use std::collections::HashSet;
@@ -91,6 +92,10 @@ pub(super) fn pieces(
         }
     }
     if runs.len() < 2 {
+        return Ok(None);
+    }
+    // A run is merged in memory: one as large as a file is left to the streaming merge.
+    if runs.iter().any(|r| r.len() > 1 && r.iter().map(|i| i.meta.rows).sum::<u64>() > FILE_ROWS_MAX as u64) {
         return Ok(None);
     }
     let mut out = Vec::with_capacity(runs.len());

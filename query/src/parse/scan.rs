@@ -68,7 +68,9 @@ pub fn scan_values_insert(sql: &str) -> Option<ValuesInsert> {
     let mut rows = Vec::new();
     loop {
         s.expect(b'(')?;
-        let mut row = Vec::with_capacity(rows.first().map_or(4, Vec::len));
+        // No capacity from the text: a hostile first row of 100,000 values would otherwise
+        // reserve that much for every short row after it.
+        let mut row = Vec::new();
         loop {
             row.push(s.literal()?);
             if !s.eat(b',') {
@@ -330,6 +332,16 @@ mod tests {
         ] {
             assert!(scan_values_insert(sql).is_none(), "took {sql:?}");
         }
+    }
+
+    /// A wide first row and many short ones: each row holds what it was given (the capacity
+    /// of a row does not come from another row).
+    #[test]
+    fn a_wide_first_row_reserves_nothing_for_the_others() {
+        let sql = format!("INSERT INTO t VALUES ({}){}", vec!["1"; 50_000].join(","), ",(2)".repeat(100_000));
+        let insert = scan_values_insert(&sql).expect("plain literals");
+        assert_eq!(insert.rows.len(), 100_001);
+        assert!(insert.rows[1..].iter().all(|r| r.len() == 1 && r.capacity() < 16));
     }
 
     #[test]
