@@ -354,8 +354,14 @@ fn find_in_file(
         let batch = crate::columnar::conform(def, &storage, page)?;
         let (seqs, deleted) = seq_deleted(&batch)?;
         let same_key = eq(batch.column(pk), &key_scalar).map_err(parquet_err)?;
-        for row in 0..batch.num_rows() {
-            if same_key.value(row) && !same_key.is_null(row) && seqs.value(row) as u64 == seq {
+        // Only the rows holding the key, not every row of the page; a null key compares as
+        // null, and its value bit means nothing.
+        let holding = match same_key.nulls() {
+            Some(valid) => same_key.values() & valid.inner(),
+            None => same_key.values().clone(),
+        };
+        for row in holding.set_indices() {
+            if seqs.value(row) as u64 == seq {
                 let values = def
                     .columns
                     .iter()
