@@ -108,8 +108,9 @@ pub fn stub_seq(db: &DB, row_key: &[u8], snapshot: Option<&rocksdb::Snapshot<'_>
         };
     }
     // Stubs never overlap, so the greatest stub at or below the key is its own or the run
-    // that covers it, if any: one backward seek, bounded to the scope's stubs, answers both
-    // (a point read first, then the seek, cost a flushed lookup ~2% more CPU).
+    // that covers it, if any: one backward seek, bounded to the scope's stubs, answers both.
+    // A point read first missed for every key a run holds (a bulk load's), and then paid
+    // for the seek anyway.
     let prefix = &key[..key.len() - pk.len()];
     let mut opts = options();
     opts.set_iterate_lower_bound(prefix.to_vec());
