@@ -503,6 +503,22 @@ pub enum Op {
     SetFormat {
         format: u32,
     },
+    /// Start writing the table's next whole flush off apply: each member takes a read view of
+    /// the table as of this entry and writes the Parquet files of its hot rows in the
+    /// background, under temporary names. Changes no state; a member that skips it (restarted,
+    /// or too many preparations at once) writes the same files inside the `FlushUpto` that
+    /// follows. The group's leader proposes it only from apply format 4 on.
+    PrepareFlush {
+        table: TableDef,
+    },
+    /// Flush the table's hot rows written before log index `upto` (a `PrepareFlush` entry's):
+    /// what `Flush` at that index would have flushed, less the rows written over since. A
+    /// member whose preparation of `upto` holds exactly those rows names its files; any other
+    /// writes them here, the same bytes. Rows written from `upto` on stay hot.
+    FlushUpto {
+        table: TableDef,
+        upto: u64,
+    },
 }
 
 impl Op {
@@ -532,6 +548,8 @@ impl Op {
             Op::RevokeToken { .. } => "revoke_token",
             Op::Settle { .. } => "settle",
             Op::SetFormat { .. } => "set_format",
+            Op::PrepareFlush { .. } => "prepare_flush",
+            Op::FlushUpto { .. } => "flush_upto",
         }
     }
 
@@ -542,6 +560,8 @@ impl Op {
         matches!(
             self,
             Op::Flush { .. }
+                | Op::PrepareFlush { .. }
+                | Op::FlushUpto { .. }
                 | Op::Compact { .. }
                 | Op::Rebuild { .. }
                 | Op::RequireNotNull { .. }
@@ -714,6 +734,16 @@ mod tests {
             dropped: false,
         }
     }
+
+    /// An entry's ops are an archived array: a new op that made the archived `Op` larger would
+    /// move every op of the entries already in logs, and this build would misread them.
+    #[test]
+    fn the_archived_op_keeps_its_size() {
+        assert_eq!(std::mem::size_of::<ArchivedOp>(), ARCHIVED_OP_BYTES);
+    }
+
+    /// `size_of::<ArchivedOp>()` as builds before `PrepareFlush` wrote it.
+    const ARCHIVED_OP_BYTES: usize = 79;
 
     fn version(version: u32, at_micros: i64, prior: Option<PriorColumn>) -> SchemaVersion {
         SchemaVersion { version, log_index: u64::from(version), change: String::new(), at_micros, prior }

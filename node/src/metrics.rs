@@ -99,6 +99,15 @@ fn describe() {
     describe_counter!("kalamdb_storage_job_files_total", "Parquet files written by flush and compaction jobs.");
     describe_histogram!("kalamdb_storage_job_seconds", Unit::Seconds, "Duration of applying a flush or compaction.");
     describe_histogram!(
+        "kalamdb_storage_prepare_seconds",
+        Unit::Seconds,
+        "Duration of writing a prepared flush's files, off apply (PrepareFlush)."
+    );
+    describe_counter!(
+        "kalamdb_storage_flushes_total",
+        "FlushUpto entries applied, by whether they named a preparation's files (read=prepared) or read their rows inside apply (read=in_apply)."
+    );
+    describe_histogram!(
         "kalamdb_storage_reclaim_seconds",
         Unit::Seconds,
         "Duration of compacting a settled table's hot-row range and writing out the memtables, off apply."

@@ -1,13 +1,15 @@
-//! Automatic flush and compaction: a per-node task that proposes `Flush` for tables whose
-//! flush policy is due (in the groups this node leads), `Settle` for the rows a flush left
+//! Automatic flush and compaction: a per-node task that proposes `Flush` (or, from apply
+//! format 4, `PrepareFlush` and `FlushUpto`) for tables whose flush policy is due (in the
+//! groups this node leads), `Settle` for the rows a flush left
 //! in RocksDB, and `Compact` for table scopes that have gathered many files. The ops go
 //! through the log like a user's `STORAGE FLUSH`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kalamdb_log::{GroupId, MetaGroup, Op, OpResult, TableDef};
+use kalamdb_projections::format::FORMAT_PREPARED_FLUSH;
 use kalamdb_query::FlushPolicy;
 
 use crate::groups::Groups;
@@ -48,6 +50,12 @@ pub const SETTLE_CATCH_UP_OPS: usize = 8;
 /// time, so without a bound a large backlog (up to [`SETTLE_OPS_PER_TICK_MAX`] ops a table)
 /// would hold a due flush back by tens of seconds.
 pub const SETTLE_TICK_BUDGET_MS: u64 = 500;
+
+/// How long an automatic flush waits for this node's preparation of it before proposing
+/// the flush anyway: a member whose preparation is not done waits for it inside apply.
+pub const PREPARED_FLUSH_WAIT_MS_MAX: u64 = 30_000;
+/// How often that wait looks.
+pub const PREPARED_FLUSH_POLL_MS: u64 = 2;
 
 /// The table's policy: its `FLUSH_POLICY` option, else the node default.
 fn policy_of(def: &TableDef, default: FlushPolicy) -> FlushPolicy {
@@ -108,7 +116,7 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
             }
             let Some(def) = groups.catalog.table_by_id(table_id) else { continue };
             let table = (*def).clone();
-            match groups.propose(group, Op::Flush { table: table.clone(), scope: None }).await {
+            match propose_whole_flush(&groups, group, &table).await {
                 Ok(OpResult::Done { affected }) => {
                     tracing::info!(target: "kalamdb_storage", group = %group, table = %format!("{}.{}", def.namespace, def.name), rows = affected, "automatic flush");
                 }
@@ -130,6 +138,35 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
             compact_if_needed(&groups, group, table, compact_files_min).await;
         }
     }
+}
+
+/// Propose the flush of a whole table: from apply format 4, a `PrepareFlush` first, and the
+/// `FlushUpto` of its rows once this node's preparation has written them (see
+/// `kalamdb_projections::cold::prepared`), so no member's apply holds the group while the
+/// files are written; a plain `Flush` before that format, or when this node prepared nothing.
+async fn propose_whole_flush(
+    groups: &Groups,
+    group: GroupId,
+    table: &TableDef,
+) -> std::result::Result<OpResult, crate::groups::GroupError> {
+    let plain = || groups.propose(group, Op::Flush { table: table.clone(), scope: None });
+    if groups.apply_format(group).map_or(true, |f| f < FORMAT_PREPARED_FLUSH) {
+        return plain().await;
+    }
+    match groups.propose(group, Op::PrepareFlush { table: table.clone() }).await? {
+        OpResult::Done { .. } => {}
+        other => return Ok(other),
+    }
+    let Some((upto, _)) = groups.storage.prepared.status(group, table.table_id) else {
+        return plain().await;
+    };
+    let deadline = Instant::now() + Duration::from_millis(PREPARED_FLUSH_WAIT_MS_MAX);
+    while Instant::now() < deadline
+        && groups.storage.prepared.status(group, table.table_id).is_some_and(|(at, done)| at == upto && !done)
+    {
+        tokio::time::sleep(Duration::from_millis(PREPARED_FLUSH_POLL_MS)).await;
+    }
+    groups.propose(group, Op::FlushUpto { table: table.clone(), upto }).await
 }
 
 /// Propose `Settle` ops for the tables in `due` (in the groups this node leads) until their

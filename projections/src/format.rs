@@ -28,8 +28,12 @@ pub const FORMAT_SETTLE_IN_FLUSH: u32 = 2;
 /// version by copying their encoded column chunks (`cold::concat`); builds before it merge
 /// them row by row, which writes other row group and page boundaries.
 pub const FORMAT_COPY_COMPACTION: u32 = 3;
+/// The group's leader prepares whole flushes off apply (`Op::PrepareFlush`, then
+/// `Op::FlushUpto`, `cold::prepared`); builds before it cannot read those ops. Apply writes
+/// the same bytes for the ops of earlier formats.
+pub const FORMAT_PREPARED_FLUSH: u32 = 4;
 /// The highest format this build applies.
-pub const FORMAT_MAX: u32 = FORMAT_COPY_COMPACTION;
+pub const FORMAT_MAX: u32 = FORMAT_PREPARED_FLUSH;
 
 fn format_key(group: GroupId) -> [u8; 5] {
     let mut k = [0u8; 5];

@@ -66,6 +66,7 @@ impl Installer<'_> {
         self.env.installing.set(self.group, true);
         // Hot rows are replaced here without row ops: flushes read whole until they learn again.
         self.env.flush_starts.forget_group(self.group);
+        self.env.prepared.forget_group(self.group);
         let db = self.log_db.db();
         let at = ColdGroup { db, files: &self.env.files, group: self.group };
         let mut input = BufReader::new(input);

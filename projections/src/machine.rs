@@ -261,7 +261,33 @@ impl Projection {
                 // batch fails to commit, `apply` forgets the group's starts).
                 if scope.is_none() {
                     self.env.flush_starts.flushed(self.group, table.table_id);
+                } else {
+                    // It flushed rows a preparation of the table may hold.
+                    self.env.flush_starts.unwatch(self.group, table.table_id);
                 }
+                Ok(r)
+            }
+            Op::PrepareFlush { table } if is_data => {
+                // Changes no state: only this node's preparation starts (see `cold::prepared`).
+                let start = self.env.flush_starts.start(self.group, table.table_id);
+                let format = crate::format::load(db, self.group)?;
+                let files = self.env.files.clone();
+                if self.env.prepared.start(self.log_db.db().clone(), self.group, table, log_index, start, format, files)
+                {
+                    self.env.flush_starts.prepared(self.group, table.table_id, log_index);
+                }
+                Ok(OpResult::Done { affected: 0 })
+            }
+            Op::FlushUpto { table, upto } if is_data => {
+                let upto = (*upto).min(log_index);
+                let since = self.env.flush_starts.written_since(self.group, table.table_id, upto);
+                let format = crate::format::load(db, self.group)?;
+                let prepared = self.env.prepared.take(self.group, table, upto, format, since.as_ref());
+                metrics::counter!("kalamdb_storage_flushes_total", "read" => if prepared.is_some() { "prepared" } else { "in_apply" })
+                    .increment(1);
+                let r = ColdApplier::new(db, self.group, &self.env)
+                    .flush_upto(batch, table, None, log_index, upto, prepared)?;
+                self.env.flush_starts.flushed_upto(self.group, table.table_id, since);
                 Ok(r)
             }
             Op::Compact { table, scope } if is_data => {
@@ -400,6 +426,7 @@ impl Drop for ForgetStartsOnError {
     fn drop(&mut self) {
         if self.armed {
             self.env.flush_starts.forget_group(self.group);
+            self.env.prepared.forget_group(self.group);
         }
     }
 }
@@ -491,7 +518,9 @@ impl RaftStateMachine<TypeConfig> for Projection {
                     cmd.iter().flat_map(|c| c.ops.iter()).zip(&responses.last().expect("pushed above").results)
                 {
                     match op {
-                        Op::Flush { table, .. } => self.after_flush(&db, table.table_id, result),
+                        Op::Flush { table, .. } | Op::FlushUpto { table, .. } => {
+                            self.after_flush(&db, table.table_id, result)
+                        }
                         Op::Settle { table_id, .. } => self.after_settle(&db, *table_id, result),
                         _ => {}
                     }
@@ -719,6 +748,12 @@ fn op_change(op: &Op, result: &OpResult, catalog: &Catalog) -> Option<Change> {
             let mut c = Change::ddl(table.table_id, &table.namespace, format!("{verb}: {affected} rows"));
             c.kind = ChangeKind::Flush;
             c.scope = scope.clone().unwrap_or_default();
+            Some(c)
+        }
+        // The same change as the `Flush` it stands for; its preparation is none.
+        Op::FlushUpto { table, .. } => {
+            let mut c = Change::ddl(table.table_id, &table.namespace, format!("FLUSH: {affected} rows"));
+            c.kind = ChangeKind::Flush;
             Some(c)
         }
         _ => None,

@@ -58,7 +58,9 @@ impl Groups {
         let g = self.group(group)?;
         // Files of a flush or compaction go to the bucket after apply: while it cannot take
         // them, rows stay hot rather than pile up on local disk.
-        if let (Some(bucket), Op::Flush { .. } | Op::Compact { .. }) = (&self.bucket, &op) {
+        if let (Some(bucket), Op::Flush { .. } | Op::PrepareFlush { .. } | Op::FlushUpto { .. } | Op::Compact { .. }) =
+            (&self.bucket, &op)
+        {
             bucket.check().await.map_err(|e| {
                 GroupError::StorageUnavailable(format!("cold storage is unavailable, nothing was flushed: {e}"))
             })?;

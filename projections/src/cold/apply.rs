@@ -1,6 +1,7 @@
 //! Flush, compaction and purge of cold storage, run inside apply: file names and contents are
 //! a function of the log.
 
+use super::flush::{Read, collect};
 use super::*;
 
 /// Rows converted to Arrow at a time while flushing.
@@ -17,11 +18,11 @@ pub struct ColdApplier<'a> {
 
 /// Result of flushing or compacting one scope.
 pub(super) struct ScopeOutcome {
-    scope: String,
-    log_start: u64,
-    files: u64,
-    rows: u64,
-    bytes: u64,
+    pub(super) scope: String,
+    pub(super) log_start: u64,
+    pub(super) files: u64,
+    pub(super) rows: u64,
+    pub(super) bytes: u64,
 }
 
 /// Scopes of a table in a group that have cold files, in key order.
@@ -46,57 +47,37 @@ impl<'a> ColdApplier<'a> {
     /// this entry costs reading and encoding the rows, not a RocksDB write per row (a flush
     /// holds apply, and every write and subscriber of the group, while it runs).
     pub fn flush(&self, batch: &mut WriteBatch, def: &TableDef, scope: Option<&str>, index: u64) -> Result<OpResult> {
+        self.flush_upto(batch, def, scope, index, index, None)
+    }
+
+    /// Flush the hot rows written before log index `upto` (at most `index`, this entry's), as
+    /// [`ColdApplier::flush`] does for all of them. `prepared`: what a preparation of `upto`
+    /// wrote off apply (`prepared`), named here when it holds exactly the rows this would
+    /// read; else they are read and written now, the same bytes.
+    pub fn flush_upto(
+        &self,
+        batch: &mut WriteBatch,
+        def: &TableDef,
+        scope: Option<&str>,
+        index: u64,
+        upto: u64,
+        prepared: Option<Collected>,
+    ) -> Result<OpResult> {
+        assert!(upto <= index, "a flush reaches past its own entry");
         let started = Instant::now();
         let started_at = crate::now_micros();
-        let rows_cf = cf(self.db, CF_ROWS)?;
-        let prefix = match scope {
-            Some(s) => table_scope_prefix(self.group, def.table_id, s),
-            None => table_prefix(self.group, def.table_id),
+        let collected = match prepared {
+            Some(c) => c,
+            None => {
+                let start = self.env.flush_starts.start(self.group, def.table_id);
+                let format = crate::format::load(self.db, self.group)?;
+                let read = Read { db: self.db, snapshot: None };
+                collect(read, self.group, def, scope, upto, start, format, &self.env.files)?
+            }
         };
-        let schema = storage_schema(def);
-        let format = crate::format::load(self.db, self.group)?;
         let mut outcomes = Vec::new();
-        let mut current: Option<ScopeFlush> = None;
-        // The scope under the iterator and its head: its rows at or before the head's last
-        // flush are in its files already (waiting for `Settle`) and are passed over.
-        let mut seen: Option<(String, ScopeHead)> = None;
-        // A raw iterator: keys and values are read in place, not copied into boxes per row.
-        let mut opts = rocksdb::ReadOptions::default();
-        opts.set_iterate_upper_bound(prefix_end(&prefix));
-        let mut rows = self.db.raw_iterator_cf_opt(rows_cf, opts);
-        // Every hot row before the start is in a file already (see `starts`).
-        match self.env.flush_starts.start(self.group, def.table_id) {
-            FlushStart::First => rows.seek(&prefix),
-            FlushStart::Nothing => rows.seek(prefix_end(&prefix)),
-            FlushStart::At(key) => rows.seek(key.max(prefix)),
-        }
-        while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
-            let (row_scope, _) = split_scope(key).ok_or_else(|| Error::Corrupt("bad row key".into()))?;
-            if seen.as_ref().is_none_or(|(s, _)| s != row_scope) {
-                if let Some(done) = current.take() {
-                    outcomes.push(done.finish(self, batch, def, &schema, index)?);
-                }
-                let sp = table_scope_prefix(self.group, def.table_id, row_scope);
-                seen = Some((row_scope.to_string(), scope_head(self.db, &sp)?));
-            }
-            let (row_scope, head) = seen.as_ref().expect("set above");
-            // Read in place: the values go straight into Arrow builders.
-            let row = StoredRow::access(value)?;
-            // Rows of an earlier flush can be left only while its settling is under way.
-            if head.settle_from.is_some() && head.flushed(row.seq.to_native()) {
-                rows.next();
-                continue;
-            }
-            if current.is_none() {
-                current = Some(ScopeFlush::start(self, def, row_scope, head.clone(), format));
-            }
-            let flush = current.as_mut().expect("scope flush started above");
-            flush.push(self, def, &schema, key, row, index)?;
-            rows.next();
-        }
-        rows.status()?;
-        if let Some(done) = current.take() {
-            outcomes.push(done.finish(self, batch, def, &schema, index)?);
+        for flush in collected.scopes {
+            outcomes.push(flush.commit(self, batch, def, index, upto)?);
         }
         self.env.hot.reset(self.group, def.table_id);
         let rows: u64 = outcomes.iter().map(|o| o.rows).sum();
@@ -388,168 +369,8 @@ impl<'a> ColdApplier<'a> {
     }
 }
 
-/// The flush of one scope in progress: rows are converted in chunks and written in files of
-/// at most [`FILE_ROWS_MAX`] rows.
-pub(super) struct ScopeFlush {
-    scope: String,
-    scope_prefix: Vec<u8>,
-    head: ScopeHead,
-    log_start: u64,
-    /// Rows not converted yet (at most [`CONVERT_ROWS_MAX`]).
-    pending: Option<RowBatchBuilder>,
-    file_batches: Vec<RecordBatch>,
-    file_rows: usize,
-    metas: Vec<FileMeta>,
-    rows: u64,
-    /// The rows of a flush that settles them itself (see `inline`). `None` once there are
-    /// too many, or when rows of an earlier flush still wait to be settled.
-    inline: Option<Inline>,
-    /// Primary-key bytes of the first row pushed: where settling must start again, if before
-    /// an earlier settling's cursor (only this flush's rows can lie behind it).
-    first_key: Option<Vec<u8>>,
-    /// Primary-key bytes of the last row pushed: where settling may stop (reused, so a row
-    /// costs no allocation).
-    last_key: Vec<u8>,
-}
-
-impl ScopeFlush {
-    /// Start the flush of `scope` in a group at apply `format`.
-    fn start(c: &ColdApplier<'_>, def: &TableDef, scope: &str, mut head: ScopeHead, format: u32) -> ScopeFlush {
-        let head_settled = head.settle_from.is_none();
-        head.runs = pk_fixed_width(def);
-        let inline = head_settled.then(|| Inline::new(format, head.runs));
-        ScopeFlush {
-            scope: scope.to_string(),
-            log_start: head.last_flush_index + 1,
-            scope_prefix: table_scope_prefix(c.group, def.table_id, scope),
-            head,
-            pending: None,
-            file_batches: Vec::new(),
-            file_rows: 0,
-            metas: Vec::new(),
-            rows: 0,
-            inline,
-            first_key: None,
-            last_key: Vec::new(),
-        }
-    }
-
-    fn push(
-        &mut self,
-        c: &ColdApplier<'_>,
-        def: &TableDef,
-        schema: &SchemaRef,
-        row_key: &[u8],
-        row: &ArchivedStoredRow,
-        index: u64,
-    ) -> Result<()> {
-        let (seq, deleted) = (row.seq.to_native(), row.deleted);
-        assert!(row_key.starts_with(&self.scope_prefix), "a row outside the scope being flushed");
-        let pk = &row_key[self.scope_prefix.len()..];
-        if self.first_key.is_none() {
-            self.first_key = Some(pk.to_vec());
-        }
-        self.last_key.clear();
-        self.last_key.extend_from_slice(pk);
-        if let Some(inline) = &mut self.inline
-            && !inline.push(pk, seq, deleted)
-        {
-            self.inline = None;
-        }
-        if deleted {
-            // A tombstone shadows nothing once flushed: the version it deleted was marked
-            // superseded when the delete was applied. Its settling drops it and that
-            // version's stub.
-            return Ok(());
-        }
-        let pending = self.pending.get_or_insert_with(|| RowBatchBuilder::new(def, schema, CONVERT_ROWS_MAX));
-        pending.push_archived(row);
-        self.rows += 1;
-        if pending.len() == CONVERT_ROWS_MAX {
-            self.convert()?;
-        }
-        if self.file_rows + self.pending.as_ref().map_or(0, RowBatchBuilder::len) >= FILE_ROWS_MAX {
-            self.convert()?;
-            self.write(c, def, schema, index)?;
-        }
-        Ok(())
-    }
-
-    fn convert(&mut self) -> Result<()> {
-        let Some(pending) = self.pending.take().filter(|p| !p.is_empty()) else { return Ok(()) };
-        self.file_rows += pending.len();
-        self.file_batches.push(pending.finish()?);
-        Ok(())
-    }
-
-    fn write(&mut self, c: &ColdApplier<'_>, def: &TableDef, schema: &SchemaRef, index: u64) -> Result<()> {
-        if self.file_batches.is_empty() {
-            return Ok(());
-        }
-        let batches = std::mem::take(&mut self.file_batches);
-        self.file_rows = 0;
-        let meta =
-            c.write_file(def, &self.scope, schema, &batches, &mut self.head, index, "flush", (self.log_start, index))?;
-        self.metas.push(meta);
-        Ok(())
-    }
-
-    fn finish(
-        mut self,
-        c: &ColdApplier<'_>,
-        batch: &mut WriteBatch,
-        def: &TableDef,
-        schema: &SchemaRef,
-        index: u64,
-    ) -> Result<ScopeOutcome> {
-        self.convert()?;
-        self.write(c, def, schema, index)?;
-        let cold = cf(c.db, CF_COLD)?;
-        for meta in &self.metas {
-            batch.put_cf(cold, cold_key(&self.scope_prefix, KIND_FILE, &meta.file_no.to_be_bytes()), json(meta)?);
-        }
-        self.head.last_flush_index = index;
-        match self.inline.take() {
-            Some(inline) => inline.settle(c.db, batch, (&self.scope_prefix, self.head.runs), &self.last_key)?,
-            // Settling goes on from its cursor, or from this flush's first row if that sorts
-            // before it: the rows behind the cursor were settled, all but this flush's.
-            // It ends at this flush's last row, or at an earlier flush's if that sorts after
-            // it; a head without an end (written before ends existed) keeps none.
-            None => {
-                let first = self.first_key.take().unwrap_or_default();
-                let last = std::mem::take(&mut self.last_key);
-                self.head.settle_to = match (self.head.settle_from.is_some(), self.head.settle_to.take()) {
-                    (false, _) => Some(last),
-                    (true, Some(end)) => Some(end.max(last)),
-                    (true, None) => None,
-                };
-                self.head.settle_from = Some(match self.head.settle_from.take() {
-                    Some(cursor) => cursor.min(first),
-                    None => first,
-                });
-            }
-        }
-        batch.put_cf(cold, cold_key(&self.scope_prefix, KIND_HEAD, &[]), json(&self.head)?);
-        // The manifest as a file beside the data, for tools that read the Parquet files
-        // directly. Named by log index, so it is never rewritten with other content.
-        let mut manifest = scope_files(c.db, &self.scope_prefix)?;
-        manifest.retain(|f| f.retired_at.is_none());
-        manifest.extend(self.metas.iter().cloned());
-        let manifest_rel = format!("{}/manifest-{index:020}.json", scope_dir(def, &self.scope));
-        c.env.files.will_write(&manifest_rel)?;
-        write_small_file(&c.env.files.path(&manifest_rel), &json(&manifest)?)?;
-        Ok(ScopeOutcome {
-            scope: self.scope,
-            log_start: self.log_start,
-            files: self.metas.len() as u64,
-            rows: self.rows,
-            bytes: self.metas.iter().map(|m| m.bytes).sum(),
-        })
-    }
-}
-
 /// Where a flush or compaction at log `index` writes file `file_no` of a scope (relative to
 /// the storage root).
-fn file_rel(def: &TableDef, scope: &str, written_by: &str, index: u64, file_no: u64) -> String {
+pub(super) fn file_rel(def: &TableDef, scope: &str, written_by: &str, index: u64, file_no: u64) -> String {
     format!("{}/{}-{:020}-{:06}.parquet", scope_dir(def, scope), written_by, index, file_no)
 }

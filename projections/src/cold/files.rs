@@ -129,6 +129,63 @@ pub(super) fn write_parquet_with(
     Ok((bytes, sha))
 }
 
+/// A table file written and fsynced under a temporary name in its final directory, waiting
+/// for the name the entry that commits it gives (a flush prepared off apply is named by a
+/// later entry). Dropped unpublished, it removes itself.
+#[derive(Debug)]
+pub(super) struct TempFile {
+    tmp: Option<PathBuf>,
+    pub(super) bytes: u64,
+    pub(super) sha256: String,
+}
+
+impl TempFile {
+    /// Write `batches` as a table file in the directory `dir_rel` (relative to the store's
+    /// root) under a temporary name (unique per writer, so nodes sharing a volume never write
+    /// into each other's), fsynced. Same batches → same bytes, whatever the name.
+    pub(super) fn write(
+        store: &FileStore,
+        dir_rel: &str,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        pk_column: &str,
+    ) -> Result<TempFile> {
+        let dir = store.path(dir_rel);
+        create_dir_all_synced(&dir)?;
+        crate::failpoint::hit("flush-before-write");
+        let tmp = dir.join(format!(".prepared-{:016x}.parquet.tmp", fastrand::u64(..)));
+        let out = HashingWriter::new(std::fs::File::create(&tmp)?);
+        // Owned from here: an error below removes it.
+        let mut file = TempFile { tmp: Some(tmp), bytes: 0, sha256: String::new() };
+        let (bytes, sha256) = encode_parquet(out, schema, table_file_props(pk_column), batches)?;
+        crate::failpoint::hit("flush-after-temp");
+        (file.bytes, file.sha256) = (bytes, sha256);
+        Ok(file)
+    }
+
+    /// Give the file its final name `rel` (in the directory it was written in): upload marker,
+    /// rename, fsync the directory.
+    pub(super) fn publish(mut self, store: &FileStore, rel: &str) -> Result<()> {
+        let path = store.path(rel);
+        let tmp = self.tmp.as_deref().expect("a temp file is published once");
+        assert_eq!(path.parent(), tmp.parent(), "a file is published in the directory it was written in");
+        store.will_write(rel)?;
+        std::fs::rename(tmp, &path)?;
+        self.tmp = None;
+        sync_dir(path.parent().expect("a file path has a parent"))?;
+        crate::failpoint::hit("flush-after-rename");
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
 /// Encode `batches` into `out` and fsync it; returns (bytes, sha256).
 pub(super) fn encode_parquet(
     out: HashingWriter<std::fs::File>,

@@ -81,14 +81,14 @@ impl Inline {
     }
 
     /// Settle the rows in `batch`: what `Settle` ops would write for them. `sp` is the scope's
-    /// prefix, `runs` its [`ScopeHead::runs`], and `last_pk` the last row's primary key (the
-    /// end of the range every row of the flush lies in).
+    /// prefix, `runs` its [`ScopeHead::runs`], and `ranges` the primary-key ranges (first and
+    /// last, inclusive, in order) that hold the flush's rows and no other hot row.
     pub(super) fn settle(
         self,
         db: &DB,
         batch: &mut WriteBatch,
         (sp, runs): (&[u8], bool),
-        last_pk: &[u8],
+        ranges: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<()> {
         let rows_cf = cf(db, CF_ROWS)?;
         let mut settler = RunSettler::new(db, sp, runs);
@@ -104,19 +104,24 @@ impl Inline {
                 rows.len() as u64
             }
             Inline::Stubs { stubs, .. } => {
-                let Some(first) = stubs.first() else { return Ok(()) };
-                // The flush read every hot row of the scope (nothing was left to settle before
-                // it), in key order, so the rows from its first to its last are exactly those.
-                key.extend_from_slice(&first.pk);
-                let mut end = sp.to_vec();
-                end.extend_from_slice(last_pk);
-                end.push(0);
+                if stubs.is_empty() {
+                    return Ok(());
+                }
                 let mut rows = 0;
                 for s in &stubs {
                     settler.rows(batch, &s.pk, s.seq, s.count, s.deleted)?;
                     rows += s.count;
                 }
-                batch.delete_range_cf(rows_cf, key.as_slice(), end.as_slice());
+                // The flush read every hot row of the scope (nothing was left to settle before
+                // it) in key order, so each range holds exactly flushed rows.
+                for (first, last) in ranges {
+                    key.truncate(sp.len());
+                    key.extend_from_slice(first);
+                    let mut end = sp.to_vec();
+                    end.extend_from_slice(last);
+                    end.push(0);
+                    batch.delete_range_cf(rows_cf, key.as_slice(), end.as_slice());
+                }
                 rows
             }
         };

@@ -26,17 +26,20 @@
 //! the same file again.
 //!
 //! The code is split by concern: `files` (writing and reading files, fsynced), `apply` (flush,
-//! compaction and purge inside apply), `concat` (compaction of disjoint files by copying),
+//! compaction and purge inside apply), `flush` (a flush's two steps: reading rows into files,
+//! committing them), `prepared` (the first step run off apply, from a snapshot), `concat` (compaction of disjoint files by copying),
 //! `lookup` (the keyed read of one flushed row, with its footer and page cache), `view` (what a reader sees: live files, superseded versions, key ranges);
 //! this file holds the manifest records and their keys.
 
 mod apply;
 mod concat;
 mod files;
+mod flush;
 mod inline;
 mod lookup;
 mod merge;
 mod plan;
+mod prepared;
 mod reclaim;
 mod retire;
 mod settle;
@@ -71,10 +74,12 @@ use crate::{CF_COLD, CF_ROWS};
 
 pub use apply::*;
 pub use files::*;
+pub use flush::Collected;
 use inline::Inline;
 pub use inline::{SETTLE_INLINE_ROWS_MAX, SETTLE_INLINE_STUBS_MAX};
 pub use lookup::*;
 pub use plan::{COMPACT_SEALED_DEAD_SHARE_DEN, COMPACT_SEALED_ROWS_MIN, CompactionUnit, compaction_plan};
+pub use prepared::{PREPARED_FLUSHES_MAX, PreparedFlushes};
 pub use reclaim::{RECLAIM_QUEUE_LEN_MAX, Reclaimer};
 pub use retire::oldest_retired;
 pub use settle::{SETTLE_ROWS_MAX, SettleQueue, unsettled_scopes};
@@ -347,6 +352,8 @@ pub struct StorageEnv {
     pub settles: SettleQueue,
     /// Where each table's next flush starts reading (see `starts`).
     pub flush_starts: FlushStarts,
+    /// Whole flushes being written off apply (see `prepared`).
+    pub prepared: PreparedFlushes,
 }
 
 impl StorageEnv {
@@ -366,6 +373,7 @@ impl StorageEnv {
             reclaim: Reclaimer::default(),
             settles: SettleQueue::default(),
             flush_starts: FlushStarts::default(),
+            prepared: PreparedFlushes::default(),
         })
     }
 }

@@ -1,0 +1,225 @@
+//! A whole flush prepared off apply (`PrepareFlush`, then `FlushUpto`, `cold::prepared`)
+//! must write what the flush written inside apply writes: replicas that prepare, that forget
+//! every preparation before each apply call (a restart each time, so every `FlushUpto` reads
+//! its rows itself) and that apply in larger calls (a `FlushUpto` waiting on a preparation
+//! still running) end byte-identical, over random logs of inserts above and below earlier
+//! keys, updates and deletes between the two entries, flushes of one scope, settling, and
+//! preparations never followed by their flush.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{entry, membership_entry};
+use kalamdb_log::Value;
+use kalamdb_log::types::Entry;
+use kalamdb_log::{GroupId, LogDb, Op, OpResult, RowWrite, TableDef, TableType};
+use kalamdb_projections::cold::FileStore;
+use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader, StorageEnv, digest_group};
+use openraft::storage::RaftStateMachine;
+
+const GROUP: GroupId = GroupId::UserShard(0);
+const SCOPES: [&str; 3] = ["a", "b", "c"];
+
+fn def() -> TableDef {
+    common::id_text_table(1, "t", TableType::User)
+}
+
+fn row(k: i64, v: &str, expected_seq: Option<u64>) -> RowWrite {
+    common::id_text_row(k, v, expected_seq)
+}
+
+/// A random log over table 1 with `PrepareFlush` entries, each followed a few entries later
+/// (or never) by the `FlushUpto` of its index. Mostly appends above every key, the case a
+/// preparation serves; the live rows are tracked so updates and deletes name the `_seq`
+/// they expect.
+/// Returns the log and the live rows it leaves: (scope, key) → value.
+fn random_log(seed: u64, steps: usize) -> (Vec<Entry>, BTreeMap<(usize, i64), String>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut live: BTreeMap<(usize, i64), (u64, String)> = BTreeMap::new();
+    let (mut low, mut high) = (0i64, 0i64);
+    let mut log = vec![membership_entry()];
+    // The preparation waiting for its flush, and when that comes.
+    let mut prepared: Option<(u64, u64)> = None;
+    for index in 2..steps as u64 + 2 {
+        let seq = |ordinal: usize| (index << 20) | ordinal as u64;
+        let s = rng.usize(0..SCOPES.len());
+        let scope = SCOPES[s].to_string();
+        if let Some((upto, at)) = prepared
+            && at == index
+        {
+            prepared = None;
+            log.push(entry(index, vec![Op::FlushUpto { table: def(), upto }]));
+            continue;
+        }
+        let ops = match rng.u8(0..20) {
+            0..=11 => {
+                let n = rng.i64(1..=300);
+                // Below every key now and then: a key among the prepared ones.
+                let first = if rng.u8(0..6) == 0 {
+                    low -= n;
+                    low
+                } else {
+                    high += n;
+                    high - n
+                };
+                let keys: Vec<i64> = (first..first + n).collect();
+                for (i, k) in keys.iter().enumerate() {
+                    live.insert((s, *k), (seq(i), format!("v{index}")));
+                }
+                let rows = keys.iter().map(|k| row(*k, &format!("v{index}"), None)).collect();
+                vec![Op::Insert { schema_version: 1, table_id: 1, scope, rows }]
+            }
+            op @ (12 | 13) => {
+                let delete = op == 13;
+                let mut keys: Vec<(i64, u64)> =
+                    live.range((s, i64::MIN)..=(s, i64::MAX)).map(|((_, k), (seq, _))| (*k, *seq)).collect();
+                rng.shuffle(&mut keys);
+                keys.truncate(rng.usize(1..=20));
+                let mut rows = Vec::new();
+                for (i, (k, at)) in keys.into_iter().enumerate() {
+                    rows.push(row(k, &format!("u{index}"), Some(at)));
+                    if delete {
+                        live.remove(&(s, k));
+                    } else {
+                        live.insert((s, k), (seq(i), format!("u{index}")));
+                    }
+                }
+                if delete {
+                    vec![Op::Delete { schema_version: 1, table_id: 1, scope, rows }]
+                } else {
+                    vec![Op::Update { schema_version: 1, table_id: 1, scope, rows }]
+                }
+            }
+            14..=16 if prepared.is_none() => {
+                // Its flush comes 1-6 entries later, or (1 in 8) never.
+                if rng.u8(0..8) != 0 {
+                    let after = if rng.bool() { 1 } else { rng.u64(2..=6) };
+                    prepared = Some((index, index + after));
+                }
+                vec![Op::PrepareFlush { table: def() }]
+            }
+            17 => vec![Op::Flush { table: def(), scope: Some(scope) }],
+            18 => vec![Op::Flush { table: def(), scope: None }],
+            _ => vec![Op::Settle { table_id: 1, scope }],
+        };
+        log.push(entry(index, ops));
+    }
+    (log, live.into_iter().map(|(k, (_, v))| (k, v)).collect())
+}
+
+/// Every live row of the table as scans see it (hot rows, then file rows less the superseded
+/// versions): (scope, key) → value. A key seen twice is a bug (a flushed row read both hot and
+/// from its file).
+fn scan(db: &Arc<LogDb>, storage: &Path) -> BTreeMap<(usize, i64), String> {
+    use arrow::array::{Array, Int64Array, StringViewArray};
+    let reader = RowReader::new(db.clone(), Arc::new(FileStore::folder(storage.to_path_buf())));
+    let mut out = BTreeMap::new();
+    for (s, scope) in SCOPES.iter().enumerate() {
+        let view = reader.table_view(GROUP, 1, scope, &Default::default()).unwrap();
+        for r in &view.hot {
+            let (Value::BigInt(k), Value::Text(v)) = (&r.values[0], &r.values[1]) else { panic!("{r:?}") };
+            assert!(out.insert((s, *k), v.clone()).is_none(), "key {k} twice");
+        }
+        for (path, _) in &view.files {
+            for b in kalamdb_projections::cold::read_parquet(path).unwrap() {
+                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let vs = b.column(1).as_any().downcast_ref::<StringViewArray>().unwrap();
+                let seqs = b.column_by_name("_seq").unwrap();
+                let seqs = seqs.as_any().downcast_ref::<Int64Array>().expect("_seq is an Int64");
+                for i in 0..b.num_rows() {
+                    if view.superseded.contains(&(seqs.value(i) as u64)) {
+                        continue;
+                    }
+                    let k = ids.value(i);
+                    assert!(out.insert((s, k), vs.value(i).to_string()).is_none(), "key {k} twice");
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Replica {
+    _dir: tempfile::TempDir,
+    db: Arc<LogDb>,
+    env: Arc<StorageEnv>,
+    sm: Projection,
+}
+
+fn replica() -> Replica {
+    let dir = tempfile::tempdir().unwrap();
+    let path: &Path = dir.path();
+    let db = LogDb::open(&path.join("rocksdb"), &PROJECTION_CFS).unwrap();
+    let env = StorageEnv::new(path.join("snap"), path.join("storage"));
+    let sm = Projection::open(db.clone(), GROUP, Catalog::new(), env.clone()).unwrap();
+    Replica { _dir: dir, db, env, sm }
+}
+
+impl Replica {
+    async fn apply(&mut self, entries: &[Entry]) -> Vec<Vec<OpResult>> {
+        self.sm.apply(entries.to_vec()).await.unwrap().into_iter().map(|r| r.results).collect()
+    }
+
+    fn digest(&self) -> String {
+        digest_group(self.db.db(), GROUP).unwrap()
+    }
+
+    /// Files left in the storage folder under a temporary name.
+    fn temp_files(&self) -> Vec<String> {
+        fn walk(dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    out.push(p.display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self._dir.path().join("storage"), &mut out);
+        out
+    }
+}
+
+#[tokio::test]
+async fn a_prepared_flush_writes_what_a_flush_in_apply_writes() {
+    for seed in [11u64, 12, 13, 14] {
+        let (log, live) = random_log(seed, 240);
+        let (mut prepares, mut forgets) = (replica(), replica());
+        let mut results = Vec::new();
+        for (i, e) in log.iter().enumerate() {
+            let r = prepares.apply(std::slice::from_ref(e)).await;
+            forgets.env.prepared.forget_group(GROUP);
+            forgets.env.flush_starts.forget_group(GROUP);
+            assert_eq!(forgets.apply(std::slice::from_ref(e)).await, r, "seed {seed}, entry {i}");
+            results.extend(r);
+            if i % 8 == 7 {
+                assert_eq!(prepares.digest(), forgets.digest(), "seed {seed}: replicas differ after entry {i}");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (batched_results, batched_digest, _) = common::apply_log(dir.path(), GROUP, log.clone(), 7).await;
+        assert_eq!(batched_results, results, "seed {seed}");
+        assert_eq!(prepares.digest(), forgets.digest(), "seed {seed}");
+        assert_eq!(prepares.digest(), batched_digest, "seed {seed}");
+        assert_eq!(scan(&prepares.db, &prepares._dir.path().join("storage")), live, "seed {seed}");
+        // Both ways were taken: preparations named as files, and flushes that read the rows
+        // themselves because keys were written among the prepared ones.
+        let (used, refused) = prepares.env.prepared.counts();
+        assert!(used >= 3, "seed {seed}: only {used} prepared flushes used");
+        assert!(refused >= 1, "seed {seed}: no preparation was refused");
+        assert_eq!(forgets.env.prepared.counts().0, 0, "seed {seed}: a forgotten preparation was used");
+        // A preparation whose flush never came removes its files once it is replaced or
+        // forgotten; none that was used or refused leaves one.
+        prepares.env.prepared.forget_group(GROUP);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !prepares.temp_files().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(prepares.temp_files(), Vec::<String>::new(), "seed {seed}");
+    }
+}
