@@ -287,7 +287,7 @@ impl Projection {
                     .increment(1);
                 let r = ColdApplier::new(db, self.group, &self.env)
                     .flush_upto(batch, table, None, log_index, upto, prepared)?;
-                self.env.flush_starts.flushed_upto(self.group, table.table_id, since);
+                self.env.flush_starts.flushed_upto(self.group, table.table_id, since.as_ref());
                 Ok(r)
             }
             Op::Compact { table, scope } if is_data => {

@@ -290,8 +290,8 @@ impl<'a> RowApplier<'a> {
         staged: Vec<(Vec<u8>, StoredRow, Prior)>,
         log_index: u64,
     ) -> Result<()> {
-        if let Some(smallest) = staged.iter().map(|(key, _, _)| key).min() {
-            self.flush_starts.wrote(self.group, table_id, smallest);
+        if !staged.is_empty() {
+            self.flush_starts.wrote(self.group, table_id, staged.iter().map(|(key, _, _)| key.as_slice()));
         }
         let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
         let cold = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;

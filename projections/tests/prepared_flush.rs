@@ -223,3 +223,56 @@ async fn a_prepared_flush_writes_what_a_flush_in_apply_writes() {
         assert_eq!(prepares.temp_files(), Vec::<String>::new(), "seed {seed}");
     }
 }
+
+/// A key written after the preparation between two prepared rows (here a settled key, so not
+/// one of them) is placed among them: the preparation is used, and its rows are settled in two
+/// ranges around the newer row, as the flush's own read does.
+#[tokio::test]
+async fn a_key_written_among_the_prepared_rows_splits_their_settling() {
+    let seq = |index: u64, ordinal: u64| (index << 20) | ordinal;
+    let insert = |keys: std::ops::Range<i64>, v: &str| {
+        let rows = keys.map(|k| row(k, v, None)).collect();
+        Op::Insert { schema_version: 1, table_id: 1, scope: "a".into(), rows }
+    };
+    let update = |k: i64, v: &str, at: u64| Op::Update {
+        schema_version: 1,
+        table_id: 1,
+        scope: "a".into(),
+        rows: vec![row(k, v, Some(at))],
+    };
+    let log = vec![
+        membership_entry(),
+        entry(2, vec![insert(0..100, "first")]),
+        entry(3, vec![Op::Flush { table: def(), scope: None }]),
+        entry(4, vec![insert(100..200, "second")]),
+        entry(5, vec![update(10, "ten", seq(2, 10))]),
+        entry(6, vec![update(50, "fifty", seq(2, 50))]),
+        entry(7, vec![Op::PrepareFlush { table: def() }]),
+        entry(8, vec![update(30, "thirty", seq(2, 30))]),
+        entry(9, vec![insert(200..210, "third")]),
+        entry(10, vec![Op::FlushUpto { table: def(), upto: 7 }]),
+    ];
+    let (mut prepares, mut forgets) = (replica(), replica());
+    for e in &log {
+        let r = prepares.apply(std::slice::from_ref(e)).await;
+        forgets.env.prepared.forget_group(GROUP);
+        assert_eq!(forgets.apply(std::slice::from_ref(e)).await, r, "entry {}", e.log_id.index);
+        assert!(r.iter().flatten().all(|r| matches!(r, OpResult::Done { .. })), "{r:?}");
+    }
+    assert_eq!(prepares.env.prepared.counts(), (1, 0), "the preparation was used");
+    assert_eq!(prepares.digest(), forgets.digest());
+    let mut want: BTreeMap<(usize, i64), String> = BTreeMap::new();
+    for k in 0..100 {
+        want.insert((0, k), "first".into());
+    }
+    for k in 100..200 {
+        want.insert((0, k), "second".into());
+    }
+    for k in 200..210 {
+        want.insert((0, k), "third".into());
+    }
+    for (k, v) in [(10, "ten"), (50, "fifty"), (30, "thirty")] {
+        want.insert((0, k), v.into());
+    }
+    assert_eq!(scan(&prepares.db, &prepares._dir.path().join("storage")), want);
+}

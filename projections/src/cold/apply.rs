@@ -72,7 +72,7 @@ impl<'a> ColdApplier<'a> {
                 let start = self.env.flush_starts.start(self.group, def.table_id);
                 let format = crate::format::load(self.db, self.group)?;
                 let read = Read { db: self.db, snapshot: None };
-                collect(read, self.group, def, scope, upto, start, format, &self.env.files)?
+                collect(read, self.group, def, scope, upto, start, format, &self.env.files, false)?
             }
         };
         let mut outcomes = Vec::new();

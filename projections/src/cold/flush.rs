@@ -50,7 +50,8 @@ impl Collected {
 
 /// Read the hot rows of the table (all scopes, or one) written before log index `upto` and
 /// not flushed yet, from `start` on (see `starts`), and write their files under temporary
-/// names. `format` is the group's apply format.
+/// names. `format` is the group's apply format; `keep_keys`: keep the rows' keys too (a
+/// preparation, checked against the keys written since, see [`Collected::fit`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn collect(
     read: Read<'_>,
@@ -61,6 +62,7 @@ pub(super) fn collect(
     start: FlushStart,
     format: u32,
     files: &FileStore,
+    keep_keys: bool,
 ) -> Result<Collected> {
     let rows_cf = cf(read.db, CF_ROWS)?;
     let prefix = match scope {
@@ -110,7 +112,7 @@ pub(super) fn collect(
             rows.next();
             continue;
         }
-        let flush = current.get_or_insert_with(|| ScopeFlush::start(group, def, row_scope, format));
+        let flush = current.get_or_insert_with(|| ScopeFlush::start(group, def, row_scope, format, keep_keys));
         flush.push(def, &schema, key, row, files)?;
         rows.next();
     }
@@ -145,6 +147,9 @@ pub(super) struct ScopeFlush {
     ranges: Vec<(Vec<u8>, Vec<u8>)>,
     /// Primary-key bytes of the first row of the current range.
     range_first: Option<Vec<u8>>,
+    /// Every row's primary key, in order, when kept (`keep_keys`); `None` past
+    /// [`PREPARED_KEY_BYTES_MAX`].
+    keys: Option<KeyList>,
     /// Primary-key bytes of the first row pushed: where settling must start again, if before
     /// an earlier settling's cursor (only this flush's rows can lie behind it).
     first_key: Option<Vec<u8>>,
@@ -155,7 +160,7 @@ pub(super) struct ScopeFlush {
 
 impl ScopeFlush {
     /// Start the flush of `scope` in a group at apply `format`.
-    fn start(group: GroupId, def: &TableDef, scope: &str, format: u32) -> ScopeFlush {
+    fn start(group: GroupId, def: &TableDef, scope: &str, format: u32, keep_keys: bool) -> ScopeFlush {
         ScopeFlush {
             scope: scope.to_string(),
             scope_prefix: table_scope_prefix(group, def.table_id, scope),
@@ -168,6 +173,7 @@ impl ScopeFlush {
             newer_since_last: false,
             ranges: Vec::new(),
             range_first: None,
+            keys: keep_keys.then(KeyList::default),
             first_key: None,
             last_key: Vec::new(),
         }
@@ -191,10 +197,11 @@ impl ScopeFlush {
             && let Some(first) = self.range_first.take()
         {
             self.ranges.push((first, self.last_key.clone()));
-            if self.ranges.len() >= SETTLE_INLINE_STUBS_MAX {
-                // As many range deletions as a `Settle` writes stubs: settled by those instead.
-                self.inline = None;
-            }
+        }
+        if let Some(keys) = &mut self.keys
+            && !keys.push(pk)
+        {
+            self.keys = None;
         }
         if self.range_first.is_none() {
             self.range_first = Some(pk.to_vec());
@@ -268,8 +275,9 @@ impl ScopeFlush {
     ) -> Result<ScopeOutcome> {
         let cold = cf(c.db, CF_COLD)?;
         let mut head = scope_head(c.db, &self.scope_prefix)?;
-        // The flush settles its rows itself only if nothing was left to settle before it.
-        let inline = self.inline.filter(|_| head.settle_from.is_none());
+        // The flush settles its rows itself only if nothing was left to settle before it, and
+        // with fewer range deletions than a `Settle` writes stubs.
+        let inline = self.inline.filter(|_| head.settle_from.is_none() && self.ranges.len() < SETTLE_INLINE_STUBS_MAX);
         head.runs = pk_fixed_width(def);
         let log_start = head.last_flush_index + 1;
         let mut metas = Vec::with_capacity(self.files.len());
@@ -333,5 +341,91 @@ impl ScopeFlush {
         c.env.files.will_write(&manifest_rel)?;
         write_small_file(&c.env.files.path(&manifest_rel), &json(&manifest)?)?;
         Ok(ScopeOutcome { scope: self.scope, log_start, files, rows: self.rows, bytes })
+    }
+}
+
+/// Bytes of primary keys a preparation keeps per scope to check the keys written since
+/// against (8 bytes a row for integer keys: a million rows in 8 MiB); past it the scope's rows
+/// are kept without their keys, and any key written since among them refuses the preparation.
+pub const PREPARED_KEY_BYTES_MAX: usize = 64 << 20;
+
+/// Primary keys in order, in one buffer.
+#[derive(Debug, Default)]
+pub(super) struct KeyList {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl KeyList {
+    /// Add a key (after every key so far); `false` past [`PREPARED_KEY_BYTES_MAX`].
+    fn push(&mut self, pk: &[u8]) -> bool {
+        if self.bytes.len() + pk.len() > PREPARED_KEY_BYTES_MAX {
+            return false;
+        }
+        self.bytes.extend_from_slice(pk);
+        self.ends.push(self.bytes.len());
+        true
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    /// Where `pk` is: `Ok(i)` at key i, `Err(i)` before key i.
+    fn find(&self, pk: &[u8]) -> std::result::Result<usize, usize> {
+        let (mut low, mut high) = (0, self.ends.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.get(mid).cmp(pk) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(low)
+    }
+}
+
+impl Collected {
+    /// Make rows read at a preparation's index what the flush reads at its own entry, given
+    /// the row keys `written` since (sorted): `false` if a written key is one of the rows (its
+    /// version is newer than the prepared one: those files are not the flush's) or cannot be
+    /// placed among them (their keys were not kept). A written key between two of a scope's
+    /// rows ends a settling range there, as the flush's own read would.
+    pub(super) fn fit(&mut self, written: &[Vec<u8>]) -> bool {
+        for flush in &mut self.scopes {
+            let sp = flush.scope_prefix.as_slice();
+            let (Some(first), last) = (flush.first_key.as_deref(), flush.last_key.as_slice()) else { continue };
+            // Keys written in this scope strictly between its first and last row.
+            let from = written.partition_point(|w| w.as_slice() <= sp);
+            let inside: Vec<&[u8]> = written[from..]
+                .iter()
+                .take_while(|w| w.starts_with(sp))
+                .map(|w| &w[sp.len()..])
+                .filter(|pk| *pk >= first && *pk <= last)
+                .collect();
+            if inside.is_empty() {
+                continue;
+            }
+            let Some(keys) = &flush.keys else { return false };
+            let mut splits: Vec<usize> = Vec::new();
+            for pk in inside {
+                match keys.find(pk) {
+                    Ok(_) => return false,
+                    Err(i) if splits.last() != Some(&i) => splits.push(i),
+                    Err(_) => {}
+                }
+            }
+            let mut start = 0;
+            let mut ranges = Vec::with_capacity(splits.len());
+            for i in splits {
+                ranges.push((keys.get(start).to_vec(), keys.get(i - 1).to_vec()));
+                start = i;
+            }
+            flush.ranges = ranges;
+            flush.range_first = Some(keys.get(start).to_vec());
+        }
+        true
     }
 }

@@ -83,7 +83,7 @@ pub use prepared::{PREPARED_FLUSHES_MAX, PreparedFlushes};
 pub use reclaim::{RECLAIM_QUEUE_LEN_MAX, Reclaimer};
 pub use retire::oldest_retired;
 pub use settle::{SETTLE_ROWS_MAX, SettleQueue, unsettled_scopes};
-pub use starts::{FlushStart, FlushStarts};
+pub use starts::{FlushStart, FlushStarts, WATCHED_KEYS_MAX, Written};
 pub use store::*;
 pub use stubs::{RUN_PK_BYTES, RunReader, RunSettler, Stub, StubWriter, pk_fixed_width, stub_seq};
 pub use view::*;

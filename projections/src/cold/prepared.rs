@@ -5,8 +5,9 @@
 //! own writes the files of the rows before it (`flush::collect`), under temporary names. The
 //! `FlushUpto` entry that follows flushes exactly the rows written before the preparation's
 //! index, less any written over since; where the member's preparation holds exactly those rows
-//! (no row key written since sorts before its last flushed one, on this member's watch, see
-//! `starts`), apply only names its files. Otherwise (a restart, an install, a key written
+//! (no row key written since, on this member's watch, see `starts`, is one of the prepared
+//! rows), apply only names its files, splitting their settling ranges at the keys written
+//! since among them as its own read would (`Collected::fit`). Otherwise (a restart, an install, a key written
 //! among the prepared ones, too many preparations at once) apply reads and writes them itself:
 //! the same bytes, since the files hold what the rows are. A preparation changes no state,
 //! so it changes no digest.
@@ -19,6 +20,12 @@ use super::*;
 /// Preparations running or waiting for their `FlushUpto` on one node at once; past it a
 /// `PrepareFlush` prepares nothing.
 pub const PREPARED_FLUSHES_MAX: usize = 8;
+
+/// Nice value of a preparation's thread (Linux: per thread), as the query runtime's: the
+/// kernel weighs a runnable apply, Raft or HTTP thread about ten times it. Three replicas
+/// preparing at once on two cores otherwise held everything else back for as long as the
+/// flush did inside apply (benches/RESULTS.md, session 34).
+pub const PREPARE_THREAD_NICE: i32 = 10;
 
 type TableKey = (u32, u64);
 
@@ -82,9 +89,13 @@ impl PreparedFlushes {
         let spawned = std::thread::Builder::new().name("kalamdb-prepare".into()).spawn(move || {
             let snapshot = db.snapshot();
             let _ = taken_tx.send(());
+            // Writes, Raft and subscribers first: the flush waits for its files anyway.
+            if let Err(e) = rustix::process::setpriority_process(None, PREPARE_THREAD_NICE) {
+                tracing::debug!(target: "kalamdb_storage", error = %e, "a preparation keeps normal priority");
+            }
             let read = Read { db: &db, snapshot: Some(&snapshot) };
             let started = Instant::now();
-            let collected = collect(read, group, &job_def, None, upto, start, format, &files);
+            let collected = collect(read, group, &job_def, None, upto, start, format, &files, true);
             metrics::histogram!("kalamdb_storage_prepare_seconds").record(started.elapsed().as_secs_f64());
             collected
         });
@@ -102,19 +113,19 @@ impl PreparedFlushes {
         self.lock().get(&(group.to_u32(), table_id)).map(|p| (p.upto, p.job.is_finished()))
     }
 
-    /// The table's preparation of `upto` for a flush of `def` at `format`, waited for, if it
-    /// holds exactly the rows the flush would read. `since` is the smallest row key written to
-    /// the table since `upto` on this node's watch (`FlushStarts::written_since`): it must
-    /// sort after the last prepared row, so that no row written since replaced a prepared
-    /// one or lies among them. `None` when there is none, it was read with another definition
-    /// or format, it failed, or it does not hold those rows.
+    /// The table's preparation of `upto` for a flush of `def` at `format`, waited for, made
+    /// what the flush reads at its own entry given `since`, the row keys written to the table
+    /// since `upto` on this node's watch (`FlushStarts::written_since`; see
+    /// [`Collected::fit`]). `None` when there is none, it was read with another definition
+    /// or format, it failed, nothing watched the keys written since, or one of them replaced
+    /// a prepared row.
     pub fn take(
         &self,
         group: GroupId,
         def: &TableDef,
         upto: u64,
         format: u32,
-        since: Option<&Option<Vec<u8>>>,
+        since: Option<&Written>,
     ) -> Option<Collected> {
         let prep = self.lock().remove(&(group.to_u32(), def.table_id))?;
         let collected = if prep.upto != upto || prep.def != *def || prep.format != format {
@@ -134,10 +145,22 @@ impl PreparedFlushes {
                 }
             }
         };
-        let usable = collected.filter(|c| match since {
-            Some(Some(first)) => c.last_row_key().is_none_or(|last| first.as_slice() > last),
-            Some(None) => true,
-            None => false,
+        let usable = collected.and_then(|mut c| {
+            let fits = match since {
+                Some(Written { keys: Some(keys), .. }) => {
+                    let mut keys: Vec<&Vec<u8>> = keys.iter().collect();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    let keys: Vec<Vec<u8>> = keys.into_iter().cloned().collect();
+                    c.fit(&keys)
+                }
+                // Too many keys to place: only keys after every prepared row leave it whole.
+                Some(Written { keys: None, smallest }) => {
+                    smallest.as_deref().is_none_or(|s| c.last_row_key().is_none_or(|last| s > last))
+                }
+                None => false,
+            };
+            fits.then_some(c)
         });
         let counter = if usable.is_some() { &self.used } else { &self.refused };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -18,10 +18,14 @@ use kalamdb_log::GroupId;
 
 type TableKey = (u32, u64);
 
+/// Row keys a preparation's watch keeps (see `prepared`); past it only the smallest is kept,
+/// and the preparation is used only if every key written since sorts after its rows.
+pub const WATCHED_KEYS_MAX: usize = 1 << 17;
+
 /// Per (group, table) the node has seen flushed whole: `None` while no row was written since,
 /// else the smallest row key written since (`group | table | scope | pk`). Beside it, per table
-/// being prepared for a flush (`prepared`): the log index prepared and the smallest row key
-/// written since that entry, which tells whether the preparation still holds the flush's rows.
+/// being prepared for a flush (`prepared`): the row keys written since that entry, which tell
+/// whether the preparation still holds the flush's rows.
 #[derive(Debug, Default)]
 pub struct FlushStarts {
     known: Mutex<Known>,
@@ -30,7 +34,36 @@ pub struct FlushStarts {
 #[derive(Debug, Default)]
 struct Known {
     starts: HashMap<TableKey, Option<Vec<u8>>>,
-    since_prepare: HashMap<TableKey, (u64, Option<Vec<u8>>)>,
+    watches: HashMap<TableKey, Watch>,
+}
+
+/// The row keys written to a table since its preparation at log index `upto`.
+#[derive(Debug)]
+struct Watch {
+    upto: u64,
+    written: Written,
+}
+
+/// Row keys written to a table since a log index, as a watch saw them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The smallest.
+    pub smallest: Option<Vec<u8>>,
+    /// All of them, in the order written (repeats kept); `None` past [`WATCHED_KEYS_MAX`].
+    pub keys: Option<Vec<Vec<u8>>>,
+}
+
+impl Written {
+    fn add(&mut self, key: &[u8]) {
+        lower_to(&mut self.smallest, key);
+        if let Some(keys) = &mut self.keys {
+            if keys.len() == WATCHED_KEYS_MAX {
+                self.keys = None;
+            } else {
+                keys.push(key.to_vec());
+            }
+        }
+    }
 }
 
 /// Where a flush of a table starts.
@@ -56,16 +89,24 @@ impl FlushStarts {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Row keys of the table were staged (an apply call's smallest one): a known table's start
-    /// moves down to it. Called before any flush that follows them in the log runs.
-    pub fn wrote(&self, group: GroupId, table_id: u64, smallest_key: &[u8]) {
+    /// Row keys of the table were staged (an apply call's): a known table's start moves down to
+    /// the smallest, and a watched table's watch keeps them all. Called before any flush that
+    /// follows them in the log runs.
+    pub fn wrote<'k>(&self, group: GroupId, table_id: u64, keys: impl Iterator<Item = &'k [u8]>) {
         let key = (group.to_u32(), table_id);
         let mut known = self.lock();
-        if let Some(start) = known.starts.get_mut(&key) {
-            lower_to(start, smallest_key);
+        let Known { starts, watches } = &mut *known;
+        let (mut start, mut watch) = (starts.get_mut(&key), watches.get_mut(&key));
+        if start.is_none() && watch.is_none() {
+            return;
         }
-        if let Some((_, since)) = known.since_prepare.get_mut(&key) {
-            lower_to(since, smallest_key);
+        for k in keys {
+            if let Some(start) = start.as_deref_mut() {
+                lower_to(start, k);
+            }
+            if let Some(w) = watch.as_deref_mut() {
+                w.written.add(k);
+            }
         }
     }
 
@@ -75,39 +116,41 @@ impl FlushStarts {
         let key = (group.to_u32(), table_id);
         let mut known = self.lock();
         known.starts.insert(key, None);
-        known.since_prepare.remove(&key);
+        known.watches.remove(&key);
     }
 
     /// A whole-table flush was prepared at log index `upto`: row keys written from here on
     /// are watched.
     pub fn prepared(&self, group: GroupId, table_id: u64, upto: u64) {
-        self.lock().since_prepare.insert((group.to_u32(), table_id), (upto, None));
+        let written = Written { smallest: None, keys: Some(Vec::new()) };
+        self.lock().watches.insert((group.to_u32(), table_id), Watch { upto, written });
     }
 
-    /// The smallest row key written to the table since its preparation at `upto` (`Some(None)`:
-    /// none), or `None` when this node did not watch the table since then.
-    pub fn written_since(&self, group: GroupId, table_id: u64, upto: u64) -> Option<Option<Vec<u8>>> {
-        match self.lock().since_prepare.get(&(group.to_u32(), table_id)) {
-            Some((at, since)) if *at == upto => Some(since.clone()),
+    /// The row keys written to the table since its preparation at `upto`, or `None` when this
+    /// node did not watch the table since then.
+    pub fn written_since(&self, group: GroupId, table_id: u64, upto: u64) -> Option<Written> {
+        match self.lock().watches.get(&(group.to_u32(), table_id)) {
+            Some(w) if w.upto == upto => Some(w.written.clone()),
             _ => None,
         }
     }
 
     /// A whole-table flush of the rows written before a preparation was applied: the rows
-    /// left hot are those written since, from `since` (see [`FlushStarts::written_since`]) on.
-    pub fn flushed_upto(&self, group: GroupId, table_id: u64, since: Option<Option<Vec<u8>>>) {
+    /// left hot are those written since, from the smallest of `since` (see
+    /// [`FlushStarts::written_since`]) on.
+    pub fn flushed_upto(&self, group: GroupId, table_id: u64, since: Option<&Written>) {
         let key = (group.to_u32(), table_id);
         let mut known = self.lock();
-        known.since_prepare.remove(&key);
+        known.watches.remove(&key);
         match since {
-            Some(start) => known.starts.insert(key, start),
+            Some(w) => known.starts.insert(key, w.smallest.clone()),
             None => known.starts.remove(&key),
         };
     }
 
     /// Rows a preparation of the table may hold were flushed: it holds them no longer.
     pub fn unwatch(&self, group: GroupId, table_id: u64) {
-        self.lock().since_prepare.remove(&(group.to_u32(), table_id));
+        self.lock().watches.remove(&(group.to_u32(), table_id));
     }
 
     /// The table's hot rows were rewritten other than by row ops: read it whole next time.
@@ -115,7 +158,7 @@ impl FlushStarts {
         let key = (group.to_u32(), table_id);
         let mut known = self.lock();
         known.starts.remove(&key);
-        known.since_prepare.remove(&key);
+        known.watches.remove(&key);
     }
 
     /// The group's state was replaced (an install): read its tables whole next time.
@@ -123,7 +166,7 @@ impl FlushStarts {
         let g = group.to_u32();
         let mut known = self.lock();
         known.starts.retain(|(kg, _), _| *kg != g);
-        known.since_prepare.retain(|(kg, _), _| *kg != g);
+        known.watches.retain(|(kg, _), _| *kg != g);
     }
 
     pub fn start(&self, group: GroupId, table_id: u64) -> FlushStart {
@@ -143,14 +186,14 @@ mod tests {
     fn a_table_is_known_from_its_flush_and_only_moves_down() {
         let starts = FlushStarts::default();
         let g = GroupId::SharedShard(0);
-        starts.wrote(g, 1, b"m");
+        starts.wrote(g, 1, [b"m".as_slice()].into_iter());
         assert_eq!(starts.start(g, 1), FlushStart::First, "unknown until flushed here");
         starts.flushed(g, 1);
         assert_eq!(starts.start(g, 1), FlushStart::Nothing);
-        starts.wrote(g, 1, b"m");
-        starts.wrote(g, 1, b"x");
+        starts.wrote(g, 1, [b"m".as_slice()].into_iter());
+        starts.wrote(g, 1, [b"x".as_slice()].into_iter());
         assert_eq!(starts.start(g, 1), FlushStart::At(b"m".to_vec()));
-        starts.wrote(g, 1, b"c");
+        starts.wrote(g, 1, [b"c".as_slice()].into_iter());
         assert_eq!(starts.start(g, 1), FlushStart::At(b"c".to_vec()));
         starts.flushed(g, 2);
         starts.forget_group(g);
@@ -165,22 +208,29 @@ mod tests {
     fn a_preparation_watches_the_keys_written_after_it() {
         let starts = FlushStarts::default();
         let g = GroupId::SharedShard(0);
+        let wrote = |t: u64, keys: &[&[u8]]| starts.wrote(g, t, keys.iter().copied());
         assert_eq!(starts.written_since(g, 1, 10), None, "not watched");
         starts.prepared(g, 1, 10);
-        assert_eq!(starts.written_since(g, 1, 10), Some(None));
+        assert_eq!(starts.written_since(g, 1, 10), Some(Written { smallest: None, keys: Some(vec![]) }));
         assert_eq!(starts.written_since(g, 1, 11), None, "another preparation");
-        starts.wrote(g, 1, b"m");
-        starts.wrote(g, 1, b"x");
-        starts.wrote(g, 2, b"a");
-        assert_eq!(starts.written_since(g, 1, 10), Some(Some(b"m".to_vec())));
+        wrote(1, &[b"x", b"m"]);
+        wrote(2, &[b"a"]);
+        let since = starts.written_since(g, 1, 10).unwrap();
+        assert_eq!(since.smallest.as_deref(), Some(b"m".as_slice()));
+        assert_eq!(since.keys, Some(vec![b"x".to_vec(), b"m".to_vec()]));
         // The flush of the prepared rows leaves those written since as the next start.
-        starts.flushed_upto(g, 1, starts.written_since(g, 1, 10));
+        starts.flushed_upto(g, 1, Some(&since));
         assert_eq!(starts.start(g, 1), FlushStart::At(b"m".to_vec()));
         assert_eq!(starts.written_since(g, 1, 10), None, "done");
         // Not watched: the next flush reads the table whole.
         starts.flushed_upto(g, 1, None);
         assert_eq!(starts.start(g, 1), FlushStart::First);
+        // Past the bound only the smallest key is kept.
         starts.prepared(g, 1, 20);
+        let many: Vec<Vec<u8>> = (0..=WATCHED_KEYS_MAX as u32).rev().map(|i| i.to_be_bytes().to_vec()).collect();
+        starts.wrote(g, 1, many.iter().map(|k| k.as_slice()));
+        let since = starts.written_since(g, 1, 20).unwrap();
+        assert_eq!((since.smallest, since.keys), (Some(0u32.to_be_bytes().to_vec()), None));
         starts.forget_group(g);
         assert_eq!(starts.written_since(g, 1, 20), None);
         starts.prepared(g, 1, 30);
