@@ -344,32 +344,37 @@ impl ScopeFlush {
     }
 }
 
-/// Bytes of primary keys a preparation keeps per scope to check the keys written since
-/// against (8 bytes a row for integer keys: a million rows in 8 MiB); past it the scope's rows
-/// are kept without their keys, and any key written since among them refuses the preparation.
-pub const PREPARED_KEY_BYTES_MAX: usize = 64 << 20;
+/// Bytes a preparation spends per scope on keeping its rows' primary keys, to place the keys
+/// written since among them (12 bytes a row for integer keys: 1.4 million rows; a flush is
+/// 100,000 by default); past it the scope's rows are kept without their keys, and any key
+/// written since among them refuses the preparation.
+pub const PREPARED_KEY_BYTES_MAX: usize = 16 << 20;
 
 /// Primary keys in order, in one buffer.
 #[derive(Debug, Default)]
 pub(super) struct KeyList {
     bytes: Vec<u8>,
-    ends: Vec<usize>,
+    /// Where each key ends in `bytes` (below [`PREPARED_KEY_BYTES_MAX`], so 32 bits).
+    ends: Vec<u32>,
 }
+
+const _: () = assert!(PREPARED_KEY_BYTES_MAX <= u32::MAX as usize);
 
 impl KeyList {
     /// Add a key (after every key so far); `false` past [`PREPARED_KEY_BYTES_MAX`].
     fn push(&mut self, pk: &[u8]) -> bool {
-        if self.bytes.len() + pk.len() > PREPARED_KEY_BYTES_MAX {
+        let spent = self.bytes.len() + pk.len() + (self.ends.len() + 1) * std::mem::size_of::<u32>();
+        if spent > PREPARED_KEY_BYTES_MAX {
             return false;
         }
         self.bytes.extend_from_slice(pk);
-        self.ends.push(self.bytes.len());
+        self.ends.push(self.bytes.len() as u32);
         true
     }
 
     fn get(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.bytes[start..self.ends[i]]
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
     }
 
     /// Where `pk` is: `Ok(i)` at key i, `Err(i)` before key i.
