@@ -100,6 +100,7 @@ macro_rules! on_folder_and_bucket {
 on_folder_and_bucket!(
     flush_query_rewrite_compact_restart,
     automatic_flush_by_row_policy,
+    an_automatic_flush_is_prepared_off_apply,
     crash_at_every_flush_step_loses_and_duplicates_nothing,
     time_travel_and_rebuild,
     point_lookups_of_flushed_rows_read_one_file_and_one_page,
@@ -293,6 +294,71 @@ async fn automatic_flush_by_row_policy(b: Backend) {
     let r = s.sql_ok("SELECT count(*) FROM app.ev").await;
     assert_eq!(r["rows"], json!([[AUTO_ROWS]]));
     b.assert_mirrored(dir.path()).await;
+}
+
+/// From apply format 4 an automatic flush is prepared off apply (`PrepareFlush`, then
+/// `FlushUpto`): the flush names the files its preparation wrote, and the rows read back whole
+/// from one file, with no temporary file left.
+async fn an_automatic_flush_is_prepared_off_apply(b: Backend) {
+    const ROWS: usize = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let s = b.start(dir.path(), common::free_port(), &[]).await;
+    // Groups move up to the newest format on the node's format tick (every 5 s): bounded wait.
+    let mut format = 0.0;
+    for _ in 0..300 {
+        format = metric(&s, "kalamdb_group_apply_format{group=\"shared:0\"} ").await;
+        if format >= f64::from(kalamdb_projections::format::FORMAT_PREPARED_FLUSH) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(format, f64::from(kalamdb_projections::format::FORMAT_MAX), "the shared shard's format");
+    s.sql_ok("CREATE NAMESPACE app").await;
+    s.sql_ok("CREATE TABLE app.ev (id BIGINT PRIMARY KEY, v TEXT) WITH (TYPE = 'SHARED', FLUSH_POLICY = 'rows:1000')")
+        .await;
+    for part in 0..3 {
+        let values: Vec<String> = (part * 500..(part + 1) * 500).map(|i| format!("({i}, 'v{i}')")).collect();
+        s.sql_ok(&format!("INSERT INTO app.ev (id, v) VALUES {}", values.join(", "))).await;
+    }
+    let mut prepared = 0.0;
+    for _ in 0..100 {
+        prepared = metric(&s, "kalamdb_storage_flushes_total{read=\"prepared\"} ").await;
+        if prepared >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(prepared, 1.0, "the automatic flush did not use its preparation");
+    let r = s.sql_ok("SELECT rows FROM system.jobs WHERE table_name = 'ev' AND job_type = 'flush'").await;
+    assert_eq!(r["rows"], json!([[ROWS]]));
+    assert_eq!(parquet_files(&b, dir.path()).len(), 1);
+    let r = s.sql_ok("SELECT count(*), sum(id) FROM app.ev").await;
+    assert_eq!(r["rows"], json!([[ROWS, (ROWS * (ROWS - 1) / 2)]]));
+    let r = s.sql_ok("SELECT v FROM app.ev WHERE id = 777").await;
+    assert_eq!(r["rows"], json!([["v777"]]));
+    let temp: Vec<PathBuf> = walk_files(&b.files_dir(dir.path()))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".tmp")))
+        .collect();
+    assert!(temp.is_empty(), "temporary files left: {temp:?}");
+    b.assert_mirrored(dir.path()).await;
+}
+
+/// Every file under `root`.
+fn walk_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// A counter's value in the server's /metrics (0 before it is first counted); `wanted` is the

@@ -66,13 +66,14 @@ impl<'a> ColdApplier<'a> {
         assert!(upto <= index, "a flush reaches past its own entry");
         let started = Instant::now();
         let started_at = crate::now_micros();
+        let read = if prepared.is_some() { "prepared" } else { "in_apply" };
         let collected = match prepared {
             Some(c) => c,
             None => {
                 let start = self.env.flush_starts.start(self.group, def.table_id);
                 let format = crate::format::load(self.db, self.group)?;
-                let read = Read { db: self.db, snapshot: None };
-                collect(read, self.group, def, scope, upto, start, format, &self.env.files, false)?
+                let view = Read { db: self.db, snapshot: None };
+                collect(view, self.group, def, scope, upto, start, format, &self.env.files, false)?
             }
         };
         let mut outcomes = Vec::new();
@@ -82,6 +83,10 @@ impl<'a> ColdApplier<'a> {
         self.env.hot.reset(self.group, def.table_id);
         let rows: u64 = outcomes.iter().map(|o| o.rows).sum();
         self.report("flush", def, &outcomes, index, started, started_at);
+        if upto < index {
+            tracing::info!(target: "kalamdb_storage", group = %self.group, table = %format!("{}.{}", def.namespace, def.name),
+                upto, read, "flush of the rows before a preparation");
+        }
         Ok(OpResult::Done { affected: rows })
     }
 
