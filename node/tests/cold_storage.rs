@@ -129,18 +129,8 @@ fn parquet_files(b: &Backend, data: &Path) -> Vec<PathBuf> {
 }
 
 fn parquet_files_in(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p);
-            }
-        }
-    }
+    let mut out: Vec<PathBuf> =
+        walk_files(root).into_iter().filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect();
     out.sort();
     out
 }

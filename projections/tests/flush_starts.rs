@@ -6,18 +6,17 @@
 //! and of the whole table, and settling in pieces.
 
 mod common;
+#[path = "common/replica.rs"]
+mod replica;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 
 use common::{entry, membership_entry};
 use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::types::Entry;
-use kalamdb_log::{GroupId, LogDb, Op, OpResult, RowWrite, TableDef, TableType};
+use kalamdb_log::{GroupId, Op, OpResult, RowWrite, TableDef, TableType};
 use kalamdb_projections::cold::FlushStart;
-use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, StorageEnv, digest_group};
-use openraft::storage::RaftStateMachine;
+use replica::replica;
 
 const GROUP: GroupId = GroupId::UserShard(0);
 const SCOPES: [&str; 3] = ["a", "b", "c"];
@@ -107,37 +106,11 @@ fn random_log(seed: u64, steps: usize) -> (Vec<Entry>, Vec<bool>, Vec<usize>) {
     (log, whole_flushes, refused)
 }
 
-struct Replica {
-    _dir: tempfile::TempDir,
-    db: Arc<LogDb>,
-    env: Arc<StorageEnv>,
-    sm: Projection,
-}
-
-fn replica() -> Replica {
-    let dir = tempfile::tempdir().unwrap();
-    let path: &Path = dir.path();
-    let db = LogDb::open(&path.join("rocksdb"), &PROJECTION_CFS).unwrap();
-    let env = StorageEnv::new(path.join("snap"), path.join("storage"));
-    let sm = Projection::open(db.clone(), GROUP, Catalog::new(), env.clone()).unwrap();
-    Replica { _dir: dir, db, env, sm }
-}
-
-impl Replica {
-    async fn apply(&mut self, entries: &[Entry]) -> Vec<Vec<OpResult>> {
-        self.sm.apply(entries.to_vec()).await.unwrap().into_iter().map(|r| r.results).collect()
-    }
-
-    fn digest(&self) -> String {
-        digest_group(self.db.db(), GROUP).unwrap()
-    }
-}
-
 #[tokio::test]
 async fn what_a_node_remembers_of_flush_starts_changes_no_byte() {
     for seed in [1u64, 2, 3] {
         let (log, whole_flushes, refused) = random_log(seed, 160);
-        let (mut remembers, mut forgets) = (replica(), replica());
+        let (mut remembers, mut forgets) = (replica(GROUP), replica(GROUP));
         let mut results = Vec::new();
         let mut flushes_from_a_start = 0;
         for (i, e) in log.iter().enumerate() {

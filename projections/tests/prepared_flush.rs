@@ -7,6 +7,8 @@
 //! preparations never followed by their flush.
 
 mod common;
+#[path = "common/replica.rs"]
+mod replica;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,9 +18,9 @@ use common::{entry, membership_entry};
 use kalamdb_log::Value;
 use kalamdb_log::types::Entry;
 use kalamdb_log::{GroupId, LogDb, Op, OpResult, RowWrite, TableDef, TableType};
+use kalamdb_projections::RowReader;
 use kalamdb_projections::cold::FileStore;
-use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, RowReader, StorageEnv, digest_group};
-use openraft::storage::RaftStateMachine;
+use replica::{Replica, replica};
 
 const GROUP: GroupId = GroupId::UserShard(0);
 const SCOPES: [&str; 3] = ["a", "b", "c"];
@@ -142,54 +144,28 @@ fn scan(db: &Arc<LogDb>, storage: &Path) -> BTreeMap<(usize, i64), String> {
     out
 }
 
-struct Replica {
-    _dir: tempfile::TempDir,
-    db: Arc<LogDb>,
-    env: Arc<StorageEnv>,
-    sm: Projection,
-}
-
-fn replica() -> Replica {
-    let dir = tempfile::tempdir().unwrap();
-    let path: &Path = dir.path();
-    let db = LogDb::open(&path.join("rocksdb"), &PROJECTION_CFS).unwrap();
-    let env = StorageEnv::new(path.join("snap"), path.join("storage"));
-    let sm = Projection::open(db.clone(), GROUP, Catalog::new(), env.clone()).unwrap();
-    Replica { _dir: dir, db, env, sm }
-}
-
-impl Replica {
-    async fn apply(&mut self, entries: &[Entry]) -> Vec<Vec<OpResult>> {
-        self.sm.apply(entries.to_vec()).await.unwrap().into_iter().map(|r| r.results).collect()
-    }
-
-    fn digest(&self) -> String {
-        digest_group(self.db.db(), GROUP).unwrap()
-    }
-
-    /// Files left in the storage folder under a temporary name.
-    fn temp_files(&self) -> Vec<String> {
-        fn walk(dir: &Path, out: &mut Vec<String>) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else if e.file_name().to_string_lossy().ends_with(".tmp") {
-                    out.push(p.display().to_string());
-                }
+/// Files left in a replica's storage folder under a temporary name.
+fn temp_files(r: &Replica) -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if e.file_name().to_string_lossy().ends_with(".tmp") {
+                out.push(p.display().to_string());
             }
         }
-        let mut out = Vec::new();
-        walk(&self._dir.path().join("storage"), &mut out);
-        out
     }
+    let mut out = Vec::new();
+    walk(&r._dir.path().join("storage"), &mut out);
+    out
 }
 
 #[tokio::test]
 async fn a_prepared_flush_writes_what_a_flush_in_apply_writes() {
     for seed in [11u64, 12, 13, 14] {
         let (log, live) = random_log(seed, 240);
-        let (mut prepares, mut forgets) = (replica(), replica());
+        let (mut prepares, mut forgets) = (replica(GROUP), replica(GROUP));
         let mut results = Vec::new();
         for (i, e) in log.iter().enumerate() {
             let r = prepares.apply(std::slice::from_ref(e)).await;
@@ -217,10 +193,10 @@ async fn a_prepared_flush_writes_what_a_flush_in_apply_writes() {
         // forgotten; none that was used or refused leaves one.
         prepares.env.prepared.forget_group(GROUP);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !prepares.temp_files().is_empty() && std::time::Instant::now() < deadline {
+        while !temp_files(&prepares).is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(prepares.temp_files(), Vec::<String>::new(), "seed {seed}");
+        assert_eq!(temp_files(&prepares), Vec::<String>::new(), "seed {seed}");
     }
 }
 
@@ -252,7 +228,7 @@ async fn a_key_written_among_the_prepared_rows_splits_their_settling() {
         entry(9, vec![insert(200..210, "third")]),
         entry(10, vec![Op::FlushUpto { table: def(), upto: 7 }]),
     ];
-    let (mut prepares, mut forgets) = (replica(), replica());
+    let (mut prepares, mut forgets) = (replica(GROUP), replica(GROUP));
     for e in &log {
         let r = prepares.apply(std::slice::from_ref(e)).await;
         forgets.env.prepared.forget_group(GROUP);

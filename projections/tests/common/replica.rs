@@ -1,0 +1,39 @@
+//! One group's projection in a folder of its own, applied entry by entry: the replica of the
+//! tests that compare what replicas which remember different things end with.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kalamdb_log::types::Entry;
+use kalamdb_log::{GroupId, LogDb, OpResult};
+use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, StorageEnv, digest_group};
+use openraft::storage::RaftStateMachine;
+
+pub struct Replica {
+    pub _dir: tempfile::TempDir,
+    pub db: Arc<LogDb>,
+    pub env: Arc<StorageEnv>,
+    group: GroupId,
+    sm: Projection,
+}
+
+/// A fresh replica of `group`.
+pub fn replica(group: GroupId) -> Replica {
+    let dir = tempfile::tempdir().unwrap();
+    let path: &Path = dir.path();
+    let db = LogDb::open(&path.join("rocksdb"), &PROJECTION_CFS).unwrap();
+    let env = StorageEnv::new(path.join("snap"), path.join("storage"));
+    let sm = Projection::open(db.clone(), group, Catalog::new(), env.clone()).unwrap();
+    Replica { _dir: dir, db, env, group, sm }
+}
+
+impl Replica {
+    /// Apply `entries` in one call; each entry's op results.
+    pub async fn apply(&mut self, entries: &[Entry]) -> Vec<Vec<OpResult>> {
+        self.sm.apply(entries.to_vec()).await.unwrap().into_iter().map(|r| r.results).collect()
+    }
+
+    pub fn digest(&self) -> String {
+        digest_group(self.db.db(), self.group).unwrap()
+    }
+}
