@@ -14,20 +14,9 @@ use std::collections::BTreeMap;
 use common::{entry, membership_entry};
 use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::types::Entry;
-use kalamdb_log::{GroupId, Op, OpResult, RowWrite, TableDef, TableType};
+use kalamdb_log::{Op, OpResult, RowWrite};
 use kalamdb_projections::cold::FlushStart;
-use replica::replica;
-
-const GROUP: GroupId = GroupId::UserShard(0);
-const SCOPES: [&str; 3] = ["a", "b", "c"];
-
-fn def() -> TableDef {
-    common::id_text_table(1, "t", TableType::User)
-}
-
-fn row(k: i64, v: &str, expected_seq: Option<u64>) -> RowWrite {
-    common::id_text_row(k, v, expected_seq)
-}
+use replica::{GROUP, SCOPES, def, replica, row};
 
 /// A random log over table 1, which of its entries flush the whole table, and which are
 /// inserts to be refused (a key exists); the live rows are tracked so updates and deletes

@@ -17,21 +17,10 @@ use std::sync::Arc;
 use common::{entry, membership_entry};
 use kalamdb_log::Value;
 use kalamdb_log::types::Entry;
-use kalamdb_log::{GroupId, LogDb, Op, OpResult, RowWrite, TableDef, TableType};
+use kalamdb_log::{LogDb, Op, OpResult};
 use kalamdb_projections::RowReader;
 use kalamdb_projections::cold::FileStore;
-use replica::{Replica, replica};
-
-const GROUP: GroupId = GroupId::UserShard(0);
-const SCOPES: [&str; 3] = ["a", "b", "c"];
-
-fn def() -> TableDef {
-    common::id_text_table(1, "t", TableType::User)
-}
-
-fn row(k: i64, v: &str, expected_seq: Option<u64>) -> RowWrite {
-    common::id_text_row(k, v, expected_seq)
-}
+use replica::{GROUP, Replica, SCOPES, def, replica, row};
 
 /// A random log over table 1 with `PrepareFlush` entries, each followed a few entries later
 /// (or never) by the `FlushUpto` of its index. Mostly appends above every key, the case a

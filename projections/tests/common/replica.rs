@@ -5,9 +5,22 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kalamdb_log::types::Entry;
-use kalamdb_log::{GroupId, LogDb, OpResult};
+use kalamdb_log::{GroupId, LogDb, OpResult, RowWrite, TableDef, TableType};
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, StorageEnv, digest_group};
 use openraft::storage::RaftStateMachine;
+
+/// The group of these tests' logs, and the scopes their user table's rows go to.
+pub const GROUP: GroupId = GroupId::UserShard(0);
+pub const SCOPES: [&str; 3] = ["a", "b", "c"];
+
+/// Table 1: a user table of (id BIGINT, v TEXT).
+pub fn def() -> TableDef {
+    crate::common::id_text_table(1, "t", TableType::User)
+}
+
+pub fn row(k: i64, v: &str, expected_seq: Option<u64>) -> RowWrite {
+    crate::common::id_text_row(k, v, expected_seq)
+}
 
 pub struct Replica {
     pub _dir: tempfile::TempDir,
