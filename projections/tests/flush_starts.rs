@@ -16,7 +16,7 @@ use kalamdb_log::command::ApplyErrorCode;
 use kalamdb_log::types::Entry;
 use kalamdb_log::{Op, OpResult, RowWrite};
 use kalamdb_projections::cold::FlushStart;
-use replica::{GROUP, SCOPES, def, replica, row};
+use replica::{GROUP, SCOPES, def, replica, rewrite, row};
 
 /// A random log over table 1, which of its entries flush the whole table, and which are
 /// inserts to be refused (a key exists); the live rows are tracked so updates and deletes
@@ -52,24 +52,16 @@ fn random_log(seed: u64, steps: usize) -> (Vec<Entry>, Vec<bool>, Vec<usize>) {
             }
             op @ (5 | 6) => {
                 let delete = op == 6;
-                let mut keys: Vec<(i64, u64)> =
-                    live.range((s, i64::MIN)..=(s, i64::MAX)).map(|((_, k), seq)| (*k, *seq)).collect();
-                rng.shuffle(&mut keys);
-                keys.truncate(rng.usize(1..=50));
-                let mut rows = Vec::new();
-                for (i, (k, at)) in keys.into_iter().enumerate() {
-                    rows.push(row(k, &format!("u{index}"), Some(at)));
+                let keys = live.range((s, i64::MIN)..=(s, i64::MAX)).map(|((_, k), seq)| (*k, *seq)).collect();
+                let (op, written) = rewrite(&mut rng, keys, 50, (index, &scope, delete));
+                for (i, k) in written.into_iter().enumerate() {
                     if delete {
                         live.remove(&(s, k));
                     } else {
                         live.insert((s, k), seq(i));
                     }
                 }
-                if delete {
-                    vec![Op::Delete { schema_version: 1, table_id: 1, scope, rows }]
-                } else {
-                    vec![Op::Update { schema_version: 1, table_id: 1, scope, rows }]
-                }
+                vec![op]
             }
             7 => vec![Op::Flush { table: def(), scope: None }],
             8 => vec![Op::Flush { table: def(), scope: Some(scope) }],

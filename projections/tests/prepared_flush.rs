@@ -20,7 +20,7 @@ use kalamdb_log::types::Entry;
 use kalamdb_log::{LogDb, Op, OpResult};
 use kalamdb_projections::RowReader;
 use kalamdb_projections::cold::FileStore;
-use replica::{GROUP, Replica, SCOPES, def, replica, row};
+use replica::{GROUP, Replica, SCOPES, def, replica, rewrite, row};
 
 /// A random log over table 1 with `PrepareFlush` entries, each followed a few entries later
 /// (or never) by the `FlushUpto` of its index. Mostly appends above every key, the case a
@@ -65,24 +65,16 @@ fn random_log(seed: u64, steps: usize) -> (Vec<Entry>, BTreeMap<(usize, i64), St
             }
             op @ (12 | 13) => {
                 let delete = op == 13;
-                let mut keys: Vec<(i64, u64)> =
-                    live.range((s, i64::MIN)..=(s, i64::MAX)).map(|((_, k), (seq, _))| (*k, *seq)).collect();
-                rng.shuffle(&mut keys);
-                keys.truncate(rng.usize(1..=20));
-                let mut rows = Vec::new();
-                for (i, (k, at)) in keys.into_iter().enumerate() {
-                    rows.push(row(k, &format!("u{index}"), Some(at)));
+                let keys = live.range((s, i64::MIN)..=(s, i64::MAX)).map(|((_, k), (seq, _))| (*k, *seq)).collect();
+                let (op, written) = rewrite(&mut rng, keys, 20, (index, &scope, delete));
+                for (i, k) in written.into_iter().enumerate() {
                     if delete {
                         live.remove(&(s, k));
                     } else {
                         live.insert((s, k), (seq(i), format!("u{index}")));
                     }
                 }
-                if delete {
-                    vec![Op::Delete { schema_version: 1, table_id: 1, scope, rows }]
-                } else {
-                    vec![Op::Update { schema_version: 1, table_id: 1, scope, rows }]
-                }
+                vec![op]
             }
             14..=16 if prepared.is_none() => {
                 // Its flush comes 1-6 entries later, or (1 in 8) never.

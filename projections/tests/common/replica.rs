@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kalamdb_log::types::Entry;
-use kalamdb_log::{GroupId, LogDb, OpResult, RowWrite, TableDef, TableType};
+use kalamdb_log::{GroupId, LogDb, Op, OpResult, RowWrite, TableDef, TableType};
 use kalamdb_projections::{Catalog, PROJECTION_CFS, Projection, StorageEnv, digest_group};
 use openraft::storage::RaftStateMachine;
 
@@ -20,6 +20,27 @@ pub fn def() -> TableDef {
 
 pub fn row(k: i64, v: &str, expected_seq: Option<u64>) -> RowWrite {
     crate::common::id_text_row(k, v, expected_seq)
+}
+
+/// An `Update` (or a `Delete`) of up to `max` of `live` (a scope's keys with the `_seq` each
+/// expects), chosen at random, written at log `index`; returns it and the keys it writes, in
+/// order (each key's new version is `index`'s ordinal of its place).
+pub fn rewrite(
+    rng: &mut fastrand::Rng,
+    mut live: Vec<(i64, u64)>,
+    max: usize,
+    (index, scope, delete): (u64, &str, bool),
+) -> (Op, Vec<i64>) {
+    rng.shuffle(&mut live);
+    live.truncate(rng.usize(1..=max));
+    let rows = live.iter().map(|(k, at)| row(*k, &format!("u{index}"), Some(*at))).collect();
+    let (schema_version, table_id, scope) = (1, 1, scope.to_string());
+    let op = if delete {
+        Op::Delete { schema_version, table_id, scope, rows }
+    } else {
+        Op::Update { schema_version, table_id, scope, rows }
+    };
+    (op, live.into_iter().map(|(k, _)| k).collect())
 }
 
 pub struct Replica {
