@@ -103,6 +103,11 @@ fn describe() {
         Unit::Seconds,
         "Duration of writing a prepared flush's files, off apply (PrepareFlush)."
     );
+    describe_histogram!(
+        "kalamdb_storage_prepare_wait_seconds",
+        Unit::Seconds,
+        "Time a FlushUpto held apply waiting for this node's preparation to finish."
+    );
     describe_counter!(
         "kalamdb_storage_flushes_total",
         "FlushUpto entries applied, by whether they named a preparation's files (read=prepared) or read their rows inside apply (read=in_apply)."

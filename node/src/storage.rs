@@ -56,6 +56,11 @@ pub const SETTLE_TICK_BUDGET_MS: u64 = 500;
 pub const PREPARED_FLUSH_WAIT_MS_MAX: u64 = 30_000;
 /// How often that wait looks.
 pub const PREPARED_FLUSH_POLL_MS: u64 = 2;
+/// After its own preparation, the leader waits this share of the time it took (in percent)
+/// before proposing the flush: the followers' preparations ran 1.5-1.8× as long as the
+/// leader's under the tail benchmark's load, and a follower whose preparation is not done
+/// holds its apply until it is (22-90 ms, benches/RESULTS.md, session 34).
+pub const PREPARED_FLUSH_MARGIN_PCT: u32 = 100;
 
 /// The table's policy: its `FLUSH_POLICY` option, else the node default.
 fn policy_of(def: &TableDef, default: FlushPolicy) -> FlushPolicy {
@@ -160,12 +165,16 @@ async fn propose_whole_flush(
     let Some((upto, _)) = groups.storage.prepared.status(group, table.table_id) else {
         return plain().await;
     };
-    let deadline = Instant::now() + Duration::from_millis(PREPARED_FLUSH_WAIT_MS_MAX);
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(PREPARED_FLUSH_WAIT_MS_MAX);
     while Instant::now() < deadline
         && groups.storage.prepared.status(group, table.table_id).is_some_and(|(at, done)| at == upto && !done)
     {
         tokio::time::sleep(Duration::from_millis(PREPARED_FLUSH_POLL_MS)).await;
     }
+    // The followers' preparations are behind this one: give them as long again.
+    let margin = started.elapsed() * PREPARED_FLUSH_MARGIN_PCT / 100;
+    tokio::time::sleep(margin.min(deadline.saturating_duration_since(Instant::now()))).await;
     groups.propose(group, Op::FlushUpto { table: table.clone(), upto }).await
 }
 

@@ -131,7 +131,13 @@ impl PreparedFlushes {
         let collected = if prep.upto != upto || prep.def != *def || prep.format != format {
             None
         } else {
-            match prep.job.join() {
+            // A member behind the leader's preparation waits for its own here, holding apply.
+            let waiting = (!prep.job.is_finished()).then(Instant::now);
+            let joined = prep.job.join();
+            if let Some(since) = waiting {
+                metrics::histogram!("kalamdb_storage_prepare_wait_seconds").record(since.elapsed().as_secs_f64());
+            }
+            match joined {
                 Ok(Ok(collected)) => Some(collected),
                 Ok(Err(e)) => {
                     tracing::warn!(target: "kalamdb_storage", group = %group, table_id = def.table_id, error = %e,
