@@ -280,7 +280,7 @@ impl Projection {
             }
             Op::FlushUpto { table, upto } if is_data => {
                 let upto = (*upto).min(log_index);
-                let since = self.env.flush_starts.written_since(self.group, table.table_id, upto);
+                let since = self.env.flush_starts.take_written(self.group, table.table_id, upto);
                 let format = crate::format::load(db, self.group)?;
                 let prepared = self.env.prepared.take(self.group, table, upto, format, since.as_ref());
                 metrics::counter!("kalamdb_storage_flushes_total", "read" => if prepared.is_some() { "prepared" } else { "in_apply" })

@@ -398,12 +398,12 @@ impl Collected {
     /// version is newer than the prepared one: those files are not the flush's) or cannot be
     /// placed among them (their keys were not kept). A written key between two of a scope's
     /// rows ends a settling range there, as the flush's own read would.
-    pub(super) fn fit(&mut self, written: &[Vec<u8>]) -> bool {
+    pub(super) fn fit(&mut self, written: &[&[u8]]) -> bool {
         for flush in &mut self.scopes {
             let sp = flush.scope_prefix.as_slice();
             let (Some(first), last) = (flush.first_key.as_deref(), flush.last_key.as_slice()) else { continue };
-            // Keys written in this scope strictly between its first and last row.
-            let from = written.partition_point(|w| w.as_slice() <= sp);
+            // Keys written in this scope from its first row to its last.
+            let from = written.partition_point(|w| *w <= sp);
             let inside: Vec<&[u8]> = written[from..]
                 .iter()
                 .take_while(|w| w.starts_with(sp))

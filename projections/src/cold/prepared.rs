@@ -115,7 +115,7 @@ impl PreparedFlushes {
 
     /// The table's preparation of `upto` for a flush of `def` at `format`, waited for, made
     /// what the flush reads at its own entry given `since`, the row keys written to the table
-    /// since `upto` on this node's watch (`FlushStarts::written_since`; see
+    /// since `upto` on this node's watch (`FlushStarts::take_written`; see
     /// [`Collected::fit`]). `None` when there is none, it was read with another definition
     /// or format, it failed, nothing watched the keys written since, or one of them replaced
     /// a prepared row.
@@ -154,10 +154,9 @@ impl PreparedFlushes {
         let usable = collected.and_then(|mut c| {
             let fits = match since {
                 Some(Written { keys: Some(keys), .. }) => {
-                    let mut keys: Vec<&Vec<u8>> = keys.iter().collect();
+                    let mut keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
                     keys.sort_unstable();
                     keys.dedup();
-                    let keys: Vec<Vec<u8>> = keys.into_iter().cloned().collect();
                     c.fit(&keys)
                 }
                 // Too many keys to place: only keys after every prepared row leave it whole.

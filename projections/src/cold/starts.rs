@@ -135,6 +135,13 @@ impl FlushStarts {
         }
     }
 
+    /// As [`FlushStarts::written_since`], ending the watch (the flush of the prepared rows
+    /// applies now), so its keys are handed over, not copied.
+    pub fn take_written(&self, group: GroupId, table_id: u64, upto: u64) -> Option<Written> {
+        let watch = self.lock().watches.remove(&(group.to_u32(), table_id))?;
+        (watch.upto == upto).then_some(watch.written)
+    }
+
     /// A whole-table flush of the rows written before a preparation was applied: the rows
     /// left hot are those written since, from the smallest of `since` (see
     /// [`FlushStarts::written_since`]) on.
@@ -218,7 +225,13 @@ mod tests {
         let since = starts.written_since(g, 1, 10).unwrap();
         assert_eq!(since.smallest.as_deref(), Some(b"m".as_slice()));
         assert_eq!(since.keys, Some(vec![b"x".to_vec(), b"m".to_vec()]));
-        // The flush of the prepared rows leaves those written since as the next start.
+        // The flush of the prepared rows takes them and leaves those written since as the
+        // next start.
+        assert_eq!(starts.take_written(g, 1, 11), None, "another preparation's flush");
+        starts.prepared(g, 1, 10);
+        wrote(1, &[b"x", b"m"]);
+        assert_eq!(starts.take_written(g, 1, 10), Some(since.clone()));
+        assert_eq!(starts.take_written(g, 1, 10), None, "taken");
         starts.flushed_upto(g, 1, Some(&since));
         assert_eq!(starts.start(g, 1), FlushStart::At(b"m".to_vec()));
         assert_eq!(starts.written_since(g, 1, 10), None, "done");
