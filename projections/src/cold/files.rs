@@ -108,25 +108,11 @@ pub(super) fn write_parquet_with(
     rel: &str,
     encode: impl FnOnce(HashingWriter<std::fs::File>) -> Result<(u64, String)>,
 ) -> Result<(u64, String)> {
-    let path = store.path(rel);
-    let dir = path.parent().ok_or_else(|| Error::Storage(format!("bad file path {rel}")))?;
-    create_dir_all_synced(dir)?;
-    crate::failpoint::hit("flush-before-write");
-    store.will_write(rel)?;
-    let tmp = path.with_extension(format!("parquet.tmp-{:016x}", fastrand::u64(..)));
-    let out = HashingWriter::new(std::fs::File::create(&tmp)?);
-    let (bytes, sha) = match encode(out) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    crate::failpoint::hit("flush-after-temp");
-    std::fs::rename(&tmp, &path)?;
-    sync_dir(dir)?;
-    crate::failpoint::hit("flush-after-rename");
-    Ok((bytes, sha))
+    let (dir_rel, _) = rel.rsplit_once('/').ok_or_else(|| Error::Storage(format!("bad file path {rel}")))?;
+    let file = TempFile::write_with(store, dir_rel, encode)?;
+    let written = (file.bytes, file.sha256.clone());
+    file.publish(store, rel)?;
+    Ok(written)
 }
 
 /// A table file written and fsynced under a temporary name in its final directory, waiting
@@ -141,8 +127,7 @@ pub(super) struct TempFile {
 
 impl TempFile {
     /// Write `batches` as a table file in the directory `dir_rel` (relative to the store's
-    /// root) under a temporary name (unique per writer, so nodes sharing a volume never write
-    /// into each other's), fsynced. Same batches → same bytes, whatever the name.
+    /// root) under a temporary name, fsynced. Same batches → same bytes, whatever the name.
     pub(super) fn write(
         store: &FileStore,
         dir_rel: &str,
@@ -150,16 +135,26 @@ impl TempFile {
         batches: &[RecordBatch],
         pk_column: &str,
     ) -> Result<TempFile> {
+        TempFile::write_with(store, dir_rel, |out| encode_parquet(out, schema, table_file_props(pk_column), batches))
+    }
+
+    /// Write a table file whose bytes `encode` makes (fsyncing it, returning its size and
+    /// SHA-256) in the directory `dir_rel` under a temporary name, unique per writer, so nodes
+    /// sharing a volume never write into each other's.
+    pub(super) fn write_with(
+        store: &FileStore,
+        dir_rel: &str,
+        encode: impl FnOnce(HashingWriter<std::fs::File>) -> Result<(u64, String)>,
+    ) -> Result<TempFile> {
         let dir = store.path(dir_rel);
         create_dir_all_synced(&dir)?;
         crate::failpoint::hit("flush-before-write");
-        let tmp = dir.join(format!(".prepared-{:016x}.parquet.tmp", fastrand::u64(..)));
+        let tmp = dir.join(format!(".writing-{:016x}.parquet.tmp", fastrand::u64(..)));
         let out = HashingWriter::new(std::fs::File::create(&tmp)?);
         // Owned from here: an error below removes it.
         let mut file = TempFile { tmp: Some(tmp), bytes: 0, sha256: String::new() };
-        let (bytes, sha256) = encode_parquet(out, schema, table_file_props(pk_column), batches)?;
+        (file.bytes, file.sha256) = encode(out)?;
         crate::failpoint::hit("flush-after-temp");
-        (file.bytes, file.sha256) = (bytes, sha256);
         Ok(file)
     }
 
