@@ -283,10 +283,11 @@ impl Projection {
                 let since = self.env.flush_starts.take_written(self.group, table.table_id, upto);
                 let format = crate::format::load(db, self.group)?;
                 let prepared = self.env.prepared.take(self.group, table, upto, format, since.as_ref());
-                metrics::counter!("kalamdb_storage_flushes_total", "read" => if prepared.is_some() { "prepared" } else { "in_apply" })
-                    .increment(1);
+                let read = if prepared.is_some() { "prepared" } else { "in_apply" };
                 let r = ColdApplier::new(db, self.group, &self.env)
                     .flush_upto(batch, table, None, log_index, upto, prepared)?;
+                // Counted once the flush's files and job record exist.
+                metrics::counter!("kalamdb_storage_flushes_total", "read" => read).increment(1);
                 self.env.flush_starts.flushed_upto(self.group, table.table_id, since.as_ref());
                 Ok(r)
             }
