@@ -33,6 +33,9 @@ work="$(mktemp -d)"
 export CLUSTER_SH_DIR="$work/kalamdb"
 trap '"$root/scripts/cluster.sh" stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 RUST_LOG=warn "$root/scripts/cluster.sh" start >/dev/null
+# Balanced before measuring (see balance_leaders in bench-lib.sh): otherwise a leadership move
+# of the formation's balancer falls inside the measured seconds.
+balance_leaders
 urls="http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
 for protocol in ndjson ws; do
   run_bench kalamdb cluster "$bin/kalamdb-tail" --url "$urls" --subscribers 100 --rate "$rate" --seconds "$secs" --protocol "$protocol"

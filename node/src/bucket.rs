@@ -418,7 +418,7 @@ pub fn open_files(cfg: &Config) -> Result<(Arc<FileStore>, Option<Arc<Bucket>>)>
     // Absolute: DataFusion addresses files by absolute path.
     let root = std::fs::canonicalize(&root)?;
     match cfg.storage_url() {
-        None => Ok((Arc::new(FileStore::folder(root)), None)),
+        None => Ok((Arc::new(FileStore::folder(root).with_writer(cfg.server.node_id)), None)),
         Some(url) => {
             // A node that kept its files in the default folder until now: they are in neither
             // the cache nor the bucket, and starting would lose them from every read.
@@ -430,7 +430,7 @@ pub fn open_files(cfg: &Config) -> Result<(Arc<FileStore>, Option<Arc<Bucket>>)>
                 )));
             }
             let bucket = Bucket::open(cfg, url)?;
-            Ok((Arc::new(FileStore::cached(root, bucket.clone())), Some(bucket)))
+            Ok((Arc::new(FileStore::cached(root, bucket.clone()).with_writer(cfg.server.node_id)), Some(bucket)))
         }
     }
 }

@@ -233,3 +233,44 @@ async fn a_key_written_among_the_prepared_rows_splits_their_settling() {
     }
     assert_eq!(scan(&prepares.db, &prepares._dir.path().join("storage")), want);
 }
+
+/// A preparation whose temp files are gone (a node sharing the folder swept them as orphans)
+/// is refused, and the flush reads its rows itself: the same state as a replica that never
+/// prepared.
+#[tokio::test]
+async fn a_preparation_whose_files_were_swept_is_not_used() {
+    let insert = |keys: std::ops::Range<i64>| {
+        let rows = keys.map(|k| row(k, "v", None)).collect();
+        Op::Insert { schema_version: 1, table_id: 1, scope: "a".into(), rows }
+    };
+    let log = vec![
+        membership_entry(),
+        entry(2, vec![insert(0..100)]),
+        entry(3, vec![Op::PrepareFlush { table: def() }]),
+        entry(4, vec![insert(100..110)]),
+        entry(5, vec![Op::FlushUpto { table: def(), upto: 3 }]),
+    ];
+    let (mut prepares, mut forgets) = (replica(GROUP), replica(GROUP));
+    for e in &log {
+        if e.log_id.index == 5 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while prepares.env.prepared.status(GROUP, 1) != Some((3, true)) {
+                assert!(std::time::Instant::now() < deadline, "the preparation did not finish");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let swept = temp_files(&prepares);
+            assert_eq!(swept.len(), 1, "one scope, one file: {swept:?}");
+            for f in swept {
+                std::fs::remove_file(f).unwrap();
+            }
+        }
+        let r = prepares.apply(std::slice::from_ref(e)).await;
+        forgets.env.prepared.forget_group(GROUP);
+        assert_eq!(forgets.apply(std::slice::from_ref(e)).await, r, "entry {}", e.log_id.index);
+        assert!(r.iter().flatten().all(|r| matches!(r, OpResult::Done { .. })), "{r:?}");
+    }
+    assert_eq!(prepares.env.prepared.counts(), (0, 1), "the preparation was refused");
+    assert_eq!(prepares.digest(), forgets.digest());
+    let want: BTreeMap<(usize, i64), String> = (0..110).map(|k| ((0, k), "v".to_string())).collect();
+    assert_eq!(scan(&prepares.db, &prepares._dir.path().join("storage")), want);
+}

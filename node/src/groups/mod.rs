@@ -180,6 +180,18 @@ impl Groups {
             "WAL file prepared"
         );
         let (files, bucket) = crate::bucket::open_files(cfg)?;
+        // Before any group applies: the temp files this node's own earlier run left are then
+        // surely no write in progress.
+        let started = std::time::Instant::now();
+        let swept = files.sweep_temp_files()?;
+        if swept.files > 0 {
+            tracing::info!(
+                files = swept.files,
+                bytes = swept.bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "removed temp files of interrupted writes"
+            );
+        }
         if let Some(b) = &bucket {
             b.start_uploader(files.clone(), cfg.storage.cache_bytes_max);
         }

@@ -149,13 +149,19 @@ impl TempFile {
         let dir = store.path(dir_rel);
         create_dir_all_synced(&dir)?;
         crate::failpoint::hit("flush-before-write");
-        let tmp = dir.join(format!(".writing-{:016x}.parquet.tmp", fastrand::u64(..)));
+        let tmp = dir.join(store.temp_table_file_name());
         let out = HashingWriter::new(std::fs::File::create(&tmp)?);
         // Owned from here: an error below removes it.
         let mut file = TempFile { tmp: Some(tmp), bytes: 0, sha256: String::new() };
         (file.bytes, file.sha256) = encode(out)?;
         crate::failpoint::hit("flush-after-temp");
         Ok(file)
+    }
+
+    /// Whether the file is still there under its temporary name (a sweep of a folder shared
+    /// with other nodes removes temp files left unchanged for `ORPHAN_MARKER_AGE`).
+    pub(super) fn exists(&self) -> bool {
+        self.tmp.as_deref().is_some_and(Path::exists)
     }
 
     /// Give the file its final name `rel` (in the directory it was written in): upload marker,

@@ -46,6 +46,11 @@ impl Collected {
     pub fn last_row_key(&self) -> Option<&[u8]> {
         self.last_row_key.as_deref()
     }
+
+    /// Whether every file written is still under its temporary name.
+    pub(super) fn files_exist(&self) -> bool {
+        self.scopes.iter().all(|s| s.files.iter().all(|(f, _, _)| f.exists()))
+    }
 }
 
 /// Read the hot rows of the table (all scopes, or one) written before log index `upto` and

@@ -13,6 +13,7 @@
 //! so it changes no digest.
 
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::flush::{Read, collect};
 use super::*;
@@ -27,11 +28,18 @@ pub const PREPARED_FLUSHES_MAX: usize = 8;
 /// flush did inside apply (benches/RESULTS.md, session 34).
 pub const PREPARE_THREAD_NICE: i32 = 10;
 
+/// A preparation older than this is not used, and makes room for others: its `FlushUpto`
+/// normally follows within the node's `PREPARED_FLUSH_WAIT_MS_MAX` and as long again, so one this
+/// old lost its leader. Well under [`ORPHAN_MARKER_AGE`], after which a node sharing the folder
+/// may sweep the preparation's temp files.
+pub const PREPARED_FLUSH_AGE_MAX: Duration = Duration::from_secs(300);
+
 type TableKey = (u32, u64);
 
 /// One table's preparation: its log index, the definition and apply format it was read
 /// with, and the thread writing it.
 struct Preparation {
+    started: Instant,
     upto: u64,
     def: TableDef,
     format: u32,
@@ -75,6 +83,7 @@ impl PreparedFlushes {
         let key = (group.to_u32(), def.table_id);
         let mut jobs = self.lock();
         jobs.remove(&key);
+        jobs.retain(|_, p| p.started.elapsed() < PREPARED_FLUSH_AGE_MAX);
         if jobs.len() >= PREPARED_FLUSHES_MAX {
             // Finished ones whose flush never came (a leader change) make room first.
             jobs.retain(|_, p| !p.job.is_finished());
@@ -104,7 +113,7 @@ impl PreparedFlushes {
             // The thread ended before its snapshot: nothing was prepared.
             return false;
         }
-        jobs.insert(key, Preparation { upto, def: def.clone(), format, job });
+        jobs.insert(key, Preparation { started: Instant::now(), upto, def: def.clone(), format, job });
         true
     }
 
@@ -128,7 +137,8 @@ impl PreparedFlushes {
         since: Option<&Written>,
     ) -> Option<Collected> {
         let prep = self.lock().remove(&(group.to_u32(), def.table_id))?;
-        let collected = if prep.upto != upto || prep.def != *def || prep.format != format {
+        let expired = prep.started.elapsed() >= PREPARED_FLUSH_AGE_MAX;
+        let collected = if prep.upto != upto || prep.def != *def || prep.format != format || expired {
             None
         } else {
             // A member behind the leader's preparation waits for its own here, holding apply.
@@ -138,7 +148,12 @@ impl PreparedFlushes {
                 metrics::histogram!("kalamdb_storage_prepare_wait_seconds").record(since.elapsed().as_secs_f64());
             }
             match joined {
-                Ok(Ok(collected)) => Some(collected),
+                Ok(Ok(collected)) if collected.files_exist() => Some(collected),
+                Ok(Ok(_)) => {
+                    tracing::warn!(target: "kalamdb_storage", group = %group, table_id = def.table_id,
+                        "a prepared flush's temp files are gone; the flush reads its rows itself");
+                    None
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(target: "kalamdb_storage", group = %group, table_id = def.table_id, error = %e,
                         "a prepared flush failed; the flush reads its rows itself");

@@ -24,6 +24,10 @@ const DELETE_DIR: &str = ".delete";
 /// finished (a crash before its batch, then a snapshot replaced the state): it is dropped.
 /// Temp files of writes and fetches that a crash interrupted are swept after the same time.
 pub const ORPHAN_MARKER_AGE: Duration = Duration::from_secs(600);
+/// Table files being written are named `.writing-n<writer>-<random>.parquet.tmp`
+/// ([`FileStore::temp_table_file_name`]): the writer's node id lets a restarted node remove what
+/// its crashed run left at once, even in a folder other nodes share.
+const WRITING_PREFIX: &str = ".writing-";
 /// Attempts to fetch one file (each with the client's own retries), one second apart and then
 /// doubling: apply reads compaction inputs through the cache, and a failed read there stops
 /// the group on this node until it restarts.
@@ -63,6 +67,21 @@ pub struct FileStore {
     remote: Option<Arc<dyn Remote>>,
     /// Serializes marker changes against eviction.
     queue: Mutex<()>,
+    /// This node's id in the names of the temp files it writes (0: not known).
+    writer: u64,
+}
+
+/// Temp files a sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SweepReport {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Whether `name` is a file being written: a table file, a fetch from the bucket or a copy
+/// (markers, restores) through `write_atomically`.
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with(WRITING_PREFIX) || name.contains(".tmp-") || name.contains(".fetch-")
 }
 
 fn marker_name(rel: &str) -> String {
@@ -72,12 +91,60 @@ fn marker_name(rel: &str) -> String {
 impl FileStore {
     /// Files kept in `root` and nowhere else.
     pub fn folder(root: PathBuf) -> FileStore {
-        FileStore { root, remote: None, queue: Mutex::new(()) }
+        FileStore { root, remote: None, queue: Mutex::new(()), writer: 0 }
     }
 
     /// Files kept in `remote`, cached in `root`.
     pub fn cached(root: PathBuf, remote: Arc<dyn Remote>) -> FileStore {
-        FileStore { root, remote: Some(remote), queue: Mutex::new(()) }
+        FileStore { root, remote: Some(remote), queue: Mutex::new(()), writer: 0 }
+    }
+
+    /// The same store, its temp files named as node `node_id`'s (see [`WRITING_PREFIX`]).
+    pub fn with_writer(mut self, node_id: u64) -> FileStore {
+        self.writer = node_id;
+        self
+    }
+
+    /// A fresh temp name for a table file this node writes.
+    pub(super) fn temp_table_file_name(&self) -> String {
+        format!("{WRITING_PREFIX}n{}-{:016x}.parquet.tmp", self.writer, fastrand::u64(..))
+    }
+
+    /// Remove the temp files that writes interrupted by a crash left. Call once at startup,
+    /// before this node writes any file: its own (named with its writer id; with a bucket the
+    /// whole cache is its own) go whatever their age; any other's only once unchanged for
+    /// [`ORPHAN_MARKER_AGE`], since a node sharing the folder may still be writing it (a
+    /// prepared flush's file is used within [`PREPARED_FLUSH_AGE_MAX`] or not at all).
+    pub fn sweep_temp_files(&self) -> Result<SweepReport> {
+        let own_prefix = (self.writer != 0).then(|| format!("{WRITING_PREFIX}n{}-", self.writer));
+        let mut report = SweepReport::default();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !is_temp_name(&name) {
+                    continue;
+                }
+                let own = self.remote.is_some() || own_prefix.as_deref().is_some_and(|p| name.starts_with(p));
+                let old = meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a >= ORPHAN_MARKER_AGE);
+                if (own || old) && std::fs::remove_file(entry.path()).is_ok() {
+                    report.files += 1;
+                    report.bytes += meta.len();
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// The folder files are written to and read from on this node.
@@ -261,8 +328,7 @@ impl FileStore {
 
     /// Remove temp files that crashed writes and fetches left, and those of markers.
     fn sweep_temp(&self, path: &Path, name: &str, modified: SystemTime) {
-        let temp = name.contains(".tmp-") || name.contains(".fetch-");
-        if temp && modified.elapsed().is_ok_and(|a| a >= ORPHAN_MARKER_AGE) {
+        if is_temp_name(name) && modified.elapsed().is_ok_and(|a| a >= ORPHAN_MARKER_AGE) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -302,7 +368,7 @@ impl FileStore {
                 };
                 if meta.is_dir() {
                     stack.push((entry.path(), rel));
-                } else if name.contains(".tmp-") || name.contains(".fetch-") {
+                } else if is_temp_name(&name) {
                     self.sweep_temp(&entry.path(), &name, meta.modified()?);
                 } else if name.ends_with(".parquet") || name.ends_with(".json") {
                     report.cached_files += 1;
@@ -420,5 +486,46 @@ mod tests {
         store.remove("a/b.parquet").unwrap();
         assert!(!dir.path().join("a/b.parquet").exists());
         assert!(store.deletes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_sweep_removes_own_temp_files_and_only_old_ones_of_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::folder(dir.path().to_path_buf()).with_writer(2);
+        let other = FileStore::folder(dir.path().to_path_buf()).with_writer(3);
+        let scope = dir.path().join("app/t-t1/shared");
+        std::fs::create_dir_all(&scope).unwrap();
+        let write = |name: &str, age: Duration| {
+            let path = scope.join(name);
+            std::fs::write(&path, b"0123").unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.set_modified(SystemTime::now() - age).unwrap();
+            path
+        };
+        let fresh = Duration::ZERO;
+        let old = ORPHAN_MARKER_AGE + Duration::from_secs(5);
+        let own = write(&store.temp_table_file_name(), fresh);
+        let others_fresh = write(&other.temp_table_file_name(), fresh);
+        let others_old = write(&other.temp_table_file_name(), old);
+        // Named before temp names carried their writer.
+        let unnamed_old = write(".writing-00000000000000ff.parquet.tmp", old);
+        let unnamed_fresh = write(".writing-00000000000000fe.parquet.tmp", fresh);
+        let copy_fresh = write("manifest.tmp-00000000000000fd", fresh);
+        let table_file = write("flush-1.parquet", old);
+        let report = store.sweep_temp_files().unwrap();
+        assert_eq!(report, SweepReport { files: 3, bytes: 12 });
+        for gone in [&own, &others_old, &unnamed_old] {
+            assert!(!gone.exists(), "{}", gone.display());
+        }
+        for kept in [&others_fresh, &unnamed_fresh, &copy_fresh, &table_file] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        // A node whose id is not known removes only old ones.
+        let unknown = FileStore::folder(dir.path().to_path_buf());
+        assert_eq!(unknown.sweep_temp_files().unwrap(), SweepReport::default());
+        // With a bucket the cache is this node's alone: every temp file is its own.
+        let cached = FileStore::cached(dir.path().to_path_buf(), Arc::new(Memory::default()));
+        assert_eq!(cached.sweep_temp_files().unwrap().files, 3);
+        assert!(table_file.exists());
     }
 }
