@@ -78,6 +78,15 @@ pub struct SweepReport {
     pub bytes: u64,
 }
 
+/// The entries of `dir`; none when it does not exist (not made yet, or removed meanwhile).
+fn entries_of(dir: &Path) -> Result<Option<std::fs::ReadDir>> {
+    match std::fs::read_dir(dir) {
+        Ok(e) => Ok(Some(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Whether `name` is a file being written: a table file, a fetch from the bucket or a copy
 /// (markers, restores) through `write_atomically`.
 fn is_temp_name(name: &str) -> bool {
@@ -120,11 +129,7 @@ impl FileStore {
         let mut report = SweepReport::default();
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let Some(entries) = entries_of(&dir)? else { continue };
             for entry in entries {
                 let entry = entry?;
                 let Ok(meta) = entry.metadata() else { continue };
@@ -264,11 +269,7 @@ impl FileStore {
 
     fn queued(&self, dir: &str) -> Result<Vec<Queued>> {
         let mut out = Vec::new();
-        let entries = match std::fs::read_dir(self.root.join(dir)) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(entries) = entries_of(&self.root.join(dir))? else { return Ok(out) };
         for entry in entries {
             let marker = entry?.path();
             // A temp file of a marker being written has an extension; markers have none.
@@ -344,11 +345,7 @@ impl FileStore {
         let mut files: Vec<(SystemTime, u64, String)> = Vec::new();
         let mut stack = vec![(self.root.clone(), String::new())];
         while let Some((dir, rel_dir)) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let Some(entries) = entries_of(&dir)? else { continue };
             for entry in entries {
                 let entry = entry?;
                 let name = entry.file_name().to_string_lossy().into_owned();
