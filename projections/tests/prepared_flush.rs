@@ -142,6 +142,15 @@ fn temp_files(r: &Replica) -> Vec<String> {
     out
 }
 
+/// Apply `e` to a replica that prepares and to one that forgets every preparation first; both
+/// must answer the same, and every op succeed.
+async fn apply_to_both(prepares: &mut Replica, forgets: &mut Replica, e: &Entry) {
+    let r = prepares.apply(std::slice::from_ref(e)).await;
+    forgets.env.prepared.forget_group(GROUP);
+    assert_eq!(forgets.apply(std::slice::from_ref(e)).await, r, "entry {}", e.log_id.index);
+    assert!(r.iter().flatten().all(|r| matches!(r, OpResult::Done { .. })), "{r:?}");
+}
+
 #[tokio::test]
 async fn a_prepared_flush_writes_what_a_flush_in_apply_writes() {
     for seed in [11u64, 12, 13, 14] {
@@ -211,10 +220,7 @@ async fn a_key_written_among_the_prepared_rows_splits_their_settling() {
     ];
     let (mut prepares, mut forgets) = (replica(GROUP), replica(GROUP));
     for e in &log {
-        let r = prepares.apply(std::slice::from_ref(e)).await;
-        forgets.env.prepared.forget_group(GROUP);
-        assert_eq!(forgets.apply(std::slice::from_ref(e)).await, r, "entry {}", e.log_id.index);
-        assert!(r.iter().flatten().all(|r| matches!(r, OpResult::Done { .. })), "{r:?}");
+        apply_to_both(&mut prepares, &mut forgets, e).await;
     }
     assert_eq!(prepares.env.prepared.counts(), (1, 0), "the preparation was used");
     assert_eq!(prepares.digest(), forgets.digest());
@@ -264,10 +270,7 @@ async fn a_preparation_whose_files_were_swept_is_not_used() {
                 std::fs::remove_file(f).unwrap();
             }
         }
-        let r = prepares.apply(std::slice::from_ref(e)).await;
-        forgets.env.prepared.forget_group(GROUP);
-        assert_eq!(forgets.apply(std::slice::from_ref(e)).await, r, "entry {}", e.log_id.index);
-        assert!(r.iter().flatten().all(|r| matches!(r, OpResult::Done { .. })), "{r:?}");
+        apply_to_both(&mut prepares, &mut forgets, e).await;
     }
     assert_eq!(prepares.env.prepared.counts(), (0, 1), "the preparation was refused");
     assert_eq!(prepares.digest(), forgets.digest());
