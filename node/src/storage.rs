@@ -149,7 +149,8 @@ pub async fn run_auto_flush(groups: Arc<Groups>, default: FlushPolicy, compact_f
 /// `FlushUpto` of its rows once this node's preparation has written them (see
 /// `kalamdb_projections::cold::prepared`), so no member's apply holds the group while the
 /// files are written; a plain `Flush` before that format, or when this node prepared nothing.
-async fn propose_whole_flush(
+/// `FLUSH TABLE` takes this path too, from whichever node received the statement.
+pub(crate) async fn propose_whole_flush(
     groups: &Groups,
     group: GroupId,
     table: &TableDef,
@@ -162,6 +163,11 @@ async fn propose_whole_flush(
         OpResult::Done { .. } => {}
         other => return Ok(other),
     }
+    // The preparation this node waits for is the one its own apply of `PrepareFlush`
+    // started: off the leader (a statement received by a follower), apply that far first.
+    if !groups.leads(group) {
+        groups.read_barrier(group).await?;
+    }
     let Some((upto, _)) = groups.storage.prepared.status(group, table.table_id) else {
         return plain().await;
     };
@@ -172,8 +178,13 @@ async fn propose_whole_flush(
     {
         tokio::time::sleep(Duration::from_millis(PREPARED_FLUSH_POLL_MS)).await;
     }
-    // The followers' preparations are behind this one: give them as long again.
-    let margin = started.elapsed() * PREPARED_FLUSH_MARGIN_PCT / 100;
+    // The followers' preparations are behind this one: give them as long again. A group
+    // with one voter has nobody to wait for.
+    let margin = if groups.voters_of(group).len() <= 1 {
+        Duration::ZERO
+    } else {
+        started.elapsed() * PREPARED_FLUSH_MARGIN_PCT / 100
+    };
     tokio::time::sleep(margin.min(deadline.saturating_duration_since(Instant::now()))).await;
     groups.propose(group, Op::FlushUpto { table: table.clone(), upto }).await
 }

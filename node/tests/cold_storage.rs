@@ -16,7 +16,9 @@ use serde_json::json;
 /// Where the server under test keeps its cold files.
 enum Backend {
     Folder,
-    Bucket(S3Server),
+    /// The server, and the key prefix the node under test writes under (a test that starts
+    /// several fresh nodes gives each its own, see [`Backend::use_prefix`]).
+    Bucket(S3Server, String),
 }
 
 const BUCKET: &str = "cold";
@@ -29,14 +31,22 @@ impl Backend {
         }
         let s3 = S3Server::start().await;
         s3.create_bucket(BUCKET).await;
-        Backend::Bucket(s3)
+        Backend::Bucket(s3, PREFIX.to_string())
+    }
+
+    /// Servers started from now on keep their files under `PREFIX/<sub>` of the bucket: a
+    /// fresh data folder must not find an earlier node's files there.
+    fn use_prefix(&mut self, sub: &str) {
+        if let Backend::Bucket(_, prefix) = self {
+            *prefix = format!("{PREFIX}/{sub}");
+        }
     }
 
     /// Config overrides for the server, plus `extra`.
     fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        if let Backend::Bucket(s3) = self {
-            env.extend(s3.env(BUCKET, PREFIX));
+        if let Backend::Bucket(s3, prefix) = self {
+            env.extend(s3.env(BUCKET, prefix));
         }
         env
     }
@@ -51,7 +61,7 @@ impl Backend {
     fn files_dir(&self, data: &Path) -> PathBuf {
         match self {
             Backend::Folder => data.join("storage"),
-            Backend::Bucket(_) => data.join("storage-cache"),
+            Backend::Bucket(..) => data.join("storage-cache"),
         }
     }
 
@@ -59,18 +69,18 @@ impl Backend {
     /// (same paths and sizes), i.e. every flush and compaction was uploaded and every retired
     /// file deleted there too.
     async fn assert_mirrored(&self, data: &Path) {
-        let Backend::Bucket(s3) = self else { return };
+        let Backend::Bucket(s3, prefix) = self else { return };
         let root = self.files_dir(data);
         let local: Vec<(String, u64)> = parquet_files_in(&root)
             .iter()
             .map(|p| {
                 let rel = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
-                (format!("{PREFIX}/{rel}"), std::fs::metadata(p).unwrap().len())
+                (format!("{prefix}/{rel}"), std::fs::metadata(p).unwrap().len())
             })
             .collect();
         let parquet =
             |l: &[(String, u64)]| l.iter().filter(|(k, _)| k.ends_with(".parquet")).cloned().collect::<Vec<_>>();
-        let listed = s3.wait_for(BUCKET, PREFIX, Duration::from_secs(30), |l| parquet(l) == local).await;
+        let listed = s3.wait_for(BUCKET, prefix, Duration::from_secs(30), |l| parquet(l) == local).await;
         assert_eq!(parquet(&listed), local, "bucket and local files differ");
     }
 }
@@ -231,7 +241,7 @@ async fn flush_query_rewrite_compact_restart(b: Backend) {
     b.assert_mirrored(dir.path()).await;
     let mut s = s;
     s.kill9();
-    if let Backend::Bucket(_) = &b {
+    if let Backend::Bucket(..) = &b {
         // A node whose cache is lost reads every file back from the bucket.
         std::fs::remove_dir_all(b.files_dir(dir.path())).unwrap();
     }
@@ -370,44 +380,69 @@ async fn metric(s: &Server, wanted: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
-/// Kill the process at each step of a flush (`KALAMDB_FAILPOINTS` arms one crash point);
-/// after a restart the flush entry is applied again and every row is there exactly once.
-async fn crash_at_every_flush_step_loses_and_duplicates_nothing(b: Backend) {
+/// Kill the process at each step of a flush (`KALAMDB_FAILPOINTS` arms one crash point),
+/// with `FLUSH TABLE` applied whole inside one entry (apply format 3) and prepared off apply
+/// (format 4, `PrepareFlush` then `FlushUpto`); after a restart the log is applied again and
+/// every row is there exactly once.
+async fn crash_at_every_flush_step_loses_and_duplicates_nothing(mut b: Backend) {
     let sum: f64 = (0..ROWS).map(|i| i as f64 + 0.5).sum();
-    for point in
-        ["flush-before-write", "flush-after-temp", "flush-after-rename", "flush-before-commit", "flush-after-commit"]
-    {
-        let dir = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let mut s = b.start(dir.path(), port, &[("KALAMDB_FAILPOINTS", point)]).await;
-        load(&s).await;
-        // The server aborts while applying the flush: the request fails or times out.
-        let answer =
-            tokio::time::timeout(std::time::Duration::from_secs(30), common::post_sql(port, "FLUSH TABLE app.orders"))
-                .await;
-        assert!(!matches!(answer, Ok(Ok((200, _)))), "{point}: the flush succeeded: {answer:?}");
-        for _ in 0..100 {
-            if common::post_sql(port, "SELECT 1").await.is_err() {
-                break;
+    for format in ["3", "4"] {
+        for point in [
+            "flush-before-write",
+            "flush-after-temp",
+            "flush-after-rename",
+            "flush-before-commit",
+            "flush-after-commit",
+        ] {
+            b.use_prefix(&format!("f{format}-{point}"));
+            let dir = tempfile::tempdir().unwrap();
+            let port = common::free_port();
+            let format_env = ("KALAMDB_STORAGE_APPLY_FORMAT_MAX", format);
+            let mut s = b.start(dir.path(), port, &[("KALAMDB_FAILPOINTS", point), format_env]).await;
+            load(&s).await;
+            // The server aborts while writing or applying the flush: the request fails or times out.
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                common::post_sql(port, "FLUSH TABLE app.orders"),
+            )
+            .await;
+            assert!(!matches!(answer, Ok(Ok((200, _)))), "{format}/{point}: the flush succeeded: {answer:?}");
+            for _ in 0..100 {
+                if common::post_sql(port, "SELECT 1").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert!(common::post_sql(port, "SELECT 1").await.is_err(), "{point}: server still up");
-        s.kill9();
-        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
-        assert!(log.contains(&format!("failpoint {point} hit")), "{point} not reached:\n{log}");
+            assert!(common::post_sql(port, "SELECT 1").await.is_err(), "{format}/{point}: server still up");
+            s.kill9();
+            let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+            assert!(log.contains(&format!("failpoint {point} hit")), "{format}/{point} not reached:\n{log}");
 
-        let s = b.start(dir.path(), port, &[]).await;
-        assert_eq!(totals(&s).await, json!([ROWS, ROWS, sum]), "{point}");
-        // The flush entry was applied exactly once: one file, and the rows are cold.
-        let files = parquet_files(&b, dir.path());
-        assert_eq!(files.len(), 1, "{point}: {files:?}");
-        // The temp file the crash left (after "flush-after-temp") went at startup.
-        let leftovers = temp_files(&b, dir.path());
-        assert!(leftovers.is_empty(), "{point}: temp files {leftovers:?}");
-        s.sql_ok("FLUSH TABLE app.orders").await;
-        assert_eq!(totals(&s).await, json!([ROWS, ROWS, sum]), "{point}");
-        b.assert_mirrored(dir.path()).await;
+            let s = b.start(dir.path(), port, &[format_env]).await;
+            assert_eq!(totals(&s).await, json!([ROWS, ROWS, sum]), "{format}/{point}");
+            // A crash while preparing (format 4, before the file has its name) stops the
+            // statement before its `FlushUpto` is in the log: nothing was flushed. Any later
+            // crash is inside the entry that flushes, which is applied again exactly once.
+            let preparing = format == "4" && matches!(point, "flush-before-write" | "flush-after-temp");
+            let files = parquet_files(&b, dir.path());
+            assert_eq!(files.len(), usize::from(!preparing), "{format}/{point}: {files:?}");
+            s.sql_ok("FLUSH TABLE app.orders").await;
+            assert_eq!(totals(&s).await, json!([ROWS, ROWS, sum]), "{format}/{point}");
+            assert_eq!(parquet_files(&b, dir.path()).len(), 1, "{format}/{point}");
+            // The temp file the crash left (after "flush-after-temp") went at startup; a
+            // `PrepareFlush` applied again at startup prepares anew and its file goes when
+            // the next flush takes or replaces it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let leftovers = temp_files(&b, dir.path());
+                if leftovers.is_empty() {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{format}/{point}: temp files {leftovers:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            b.assert_mirrored(dir.path()).await;
+        }
     }
 }
 

@@ -512,9 +512,15 @@ impl RaftStateMachine<TypeConfig> for Projection {
             self.applied = Some(entry.log_id);
             responses.push(response);
             if storage_job {
-                crate::failpoint::hit("flush-before-commit");
+                // A `PrepareFlush` commits nothing of a flush: the crash points are its `FlushUpto`'s.
+                let flushing = cmd.iter().flat_map(|c| c.ops.iter()).any(|op| !matches!(op, Op::PrepareFlush { .. }));
+                if flushing {
+                    crate::failpoint::hit("flush-before-commit");
+                }
                 self.commit(std::mem::take(&mut batch)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                crate::failpoint::hit("flush-after-commit");
+                if flushing {
+                    crate::failpoint::hit("flush-after-commit");
+                }
                 for (op, result) in
                     cmd.iter().flat_map(|c| c.ops.iter()).zip(&responses.last().expect("pushed above").results)
                 {

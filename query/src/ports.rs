@@ -4,7 +4,7 @@
 //! peers; everything it asks of the outside goes through here.
 
 use async_trait::async_trait;
-use kalamdb_log::{GroupId, Op, OpResult};
+use kalamdb_log::{GroupId, Op, OpResult, TableDef};
 use kalamdb_projections::JobLog;
 
 use crate::error::Result;
@@ -13,6 +13,14 @@ use crate::error::Result;
 #[async_trait]
 pub trait Proposer: Send + Sync {
     async fn propose(&self, group: GroupId, op: Op) -> Result<OpResult>;
+
+    /// Flush all of `table`'s rows in `group` (`FLUSH TABLE`). The default proposes one
+    /// `Op::Flush`, which writes the files inside apply; the node overrides it with the
+    /// automatic flush's prepared path, where the files are written before the entry that
+    /// publishes them, so the group's writers do not wait for the encoding.
+    async fn flush_table(&self, group: GroupId, table: TableDef) -> Result<OpResult> {
+        self.propose(group, Op::Flush { table, scope: None }).await
+    }
 }
 
 /// Makes a read linearizable: returns once this node's projection of `group` has applied

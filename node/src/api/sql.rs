@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kalamdb_log::{GroupId, Op, OpResult};
+use kalamdb_log::{GroupId, Op, OpResult, TableDef};
 use kalamdb_query::{ExecContext, Proposer, QueryResult};
 use serde::Deserialize;
 use serde_json::json;
@@ -25,6 +25,12 @@ pub(crate) struct NodeProposer<'a>(pub(crate) &'a Groups);
 impl Proposer for NodeProposer<'_> {
     async fn propose(&self, group: GroupId, op: Op) -> Result<OpResult, kalamdb_query::Error> {
         Ok(self.0.propose(group, op).await?)
+    }
+
+    /// `FLUSH TABLE` takes the automatic flush's prepared path: the files are written before
+    /// the entry that publishes them, off every member's apply.
+    async fn flush_table(&self, group: GroupId, table: TableDef) -> Result<OpResult, kalamdb_query::Error> {
+        Ok(crate::storage::propose_whole_flush(self.0, group, &table).await?)
     }
 }
 

@@ -133,16 +133,13 @@ impl Engine {
         ctx: &ExecContext,
     ) -> Result<u64> {
         let groups = self.layout.table_groups(def);
-        let op = || {
-            let table = def.clone();
-            match job {
-                StorageJob::Flush => Op::Flush { table, scope: None },
-                StorageJob::Compact => Op::Compact { table, scope: None },
-                StorageJob::Rebuild => Op::Rebuild { table },
-            }
-        };
         let futures = groups.iter().map(|g| async move {
-            let result = self.propose_ok(proposer, *g, op()).await?;
+            let table = def.clone();
+            let result = match job {
+                StorageJob::Flush => super::ok_result(proposer.flush_table(*g, table).await?)?,
+                StorageJob::Compact => self.propose_ok(proposer, *g, Op::Compact { table, scope: None }).await?,
+                StorageJob::Rebuild => self.propose_ok(proposer, *g, Op::Rebuild { table }).await?,
+            };
             if job == StorageJob::Flush {
                 self.settle_flushed(ctx, proposer, def.table_id, *g).await?;
             }

@@ -388,10 +388,7 @@ impl Engine {
     }
 
     async fn propose_ok(&self, proposer: &dyn Proposer, group: GroupId, op: Op) -> Result<OpResult> {
-        match proposer.propose(group, op).await? {
-            OpResult::Failed { code, message } => Err(apply_failure(code, message)),
-            ok => Ok(ok),
-        }
+        ok_result(proposer.propose(group, op).await?)
     }
 
     fn namespace_of(&self, table: &TableName, ctx: &ExecContext) -> String {
@@ -597,4 +594,12 @@ pub fn batches_to_result(batches: &[RecordBatch]) -> QueryResult {
         }
     }
     QueryResult::rows(cols, rows)
+}
+
+/// An apply result as the statement's outcome: a failed op becomes its error.
+pub(crate) fn ok_result(result: OpResult) -> Result<OpResult> {
+    match result {
+        OpResult::Failed { code, message } => Err(apply_failure(code, message)),
+        ok => Ok(ok),
+    }
 }
