@@ -80,7 +80,7 @@ pub use inline::{SETTLE_INLINE_ROWS_MAX, SETTLE_INLINE_STUBS_MAX};
 pub use lookup::*;
 pub use plan::{COMPACT_SEALED_DEAD_SHARE_DEN, COMPACT_SEALED_ROWS_MIN, CompactionUnit, compaction_plan};
 pub use prepared::{PREPARED_FLUSH_AGE_MAX, PREPARED_FLUSHES_MAX, PreparedFlushes};
-pub use reclaim::{RECLAIM_QUEUE_LEN_MAX, Reclaimer};
+pub use reclaim::{RECLAIM_INTERVAL_MS_MIN, RECLAIM_QUEUE_LEN_MAX, Reclaimer};
 pub use retire::oldest_retired;
 pub use settle::{SETTLE_ROWS_MAX, SettleQueue, unsettled_scopes};
 pub use starts::{FlushStart, FlushStarts, WATCHED_KEYS_MAX, Written};

@@ -5,7 +5,7 @@
 //! and writes out the memtables, off the apply path. It changes no logical state, so each node
 //! does it on its own schedule and the projections stay byte-identical.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,6 +19,15 @@ use crate::{CF_CATALOG, CF_CHANGES, CF_COLD, CF_ROWS, CF_SM};
 /// Settled tables waiting for their range to be compacted. A table that finds the queue full
 /// leaves its range to RocksDB's own compactions (nothing is lost, only space later).
 pub const RECLAIM_QUEUE_LEN_MAX: usize = 64;
+
+/// Least time between two reclaims of one table. Under a sustained load a table flushes and
+/// settles every second or two, and each reclaim compacted the table's whole range of `rows`
+/// and wrote out every family's memtable: six of them in a 12 s bulk load took 1.0 s of CPU
+/// per node, the largest compaction cost left (benches/RESULTS.md, session 36). A reclaim
+/// queued sooner waits out the rest of the interval and covers every settle queued meanwhile.
+pub const RECLAIM_INTERVAL_MS_MIN: u64 = 10_000;
+/// How often a waiting reclaim looks whether the node is stopping.
+const RECLAIM_WAIT_STEP_MS: u64 = 100;
 
 /// One key range of `rows` to compact; `None` on the channel tells the thread to end.
 struct Job {
@@ -115,11 +124,22 @@ impl Reclaimer {
 }
 
 fn run(rx: Receiver<Option<Job>>, queued: Arc<Mutex<HashSet<Vec<u8>>>>, stopping: Arc<AtomicBool>) {
+    // When each table's range was last reclaimed, kept for the interval only.
+    let interval = std::time::Duration::from_millis(RECLAIM_INTERVAL_MS_MIN);
+    let mut last: HashMap<Vec<u8>, std::time::Instant> = HashMap::new();
     for job in rx {
         let Some(job) = job else { return };
+        if let Some(at) = last.get(&job.start) {
+            let ready = *at + interval;
+            while std::time::Instant::now() < ready && !stopping.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(RECLAIM_WAIT_STEP_MS));
+            }
+        }
         if stopping.load(Ordering::SeqCst) {
             return;
         }
+        last.retain(|_, at| at.elapsed() < interval);
+        last.insert(job.start.clone(), std::time::Instant::now());
         // Rows removed from here on are after this compaction starts: queue it again.
         queued.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.start);
         let started = std::time::Instant::now();
@@ -187,6 +207,29 @@ mod tests {
 
     fn has_thread(r: &Reclaimer) -> bool {
         r.thread.lock().unwrap().is_some()
+    }
+
+    #[test]
+    fn a_table_reclaimed_again_within_the_interval_waits_and_a_stop_ends_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_db = kalamdb_log::LogDb::open(dir.path(), &crate::PROJECTION_CFS).unwrap();
+        let reclaimer = Reclaimer::default();
+        let pending = |r: &Reclaimer| r.queued.lock().unwrap().len();
+        reclaimer.queue(log_db.db(), GroupId::SharedShard(0), 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pending(&reclaimer) > 0 {
+            assert!(std::time::Instant::now() < deadline, "the first reclaim never started");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // The same table again at once: it waits for the interval, and settles queued
+        // meanwhile join it rather than queue another job.
+        reclaimer.queue(log_db.db(), GroupId::SharedShard(0), 1);
+        reclaimer.queue(log_db.db(), GroupId::SharedShard(0), 1);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(pending(&reclaimer), 1, "the second reclaim did not wait");
+        let started = std::time::Instant::now();
+        reclaimer.stop();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "a stop waited out the interval");
     }
 
     #[test]
