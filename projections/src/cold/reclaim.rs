@@ -24,7 +24,8 @@ pub const RECLAIM_QUEUE_LEN_MAX: usize = 64;
 /// settles every second or two, and each reclaim compacted the table's whole range of `rows`
 /// and wrote out every family's memtable: six of them in a 12 s bulk load took 1.0 s of CPU
 /// per node, the largest compaction cost left (benches/RESULTS.md, session 36). A reclaim
-/// queued sooner waits out the rest of the interval and covers every settle queued meanwhile.
+/// queued sooner waits out the rest of the interval and covers every settle queued meanwhile;
+/// other tables' reclaims queued behind it wait too (one thread), which costs only space later.
 pub const RECLAIM_INTERVAL_MS_MIN: u64 = 10_000;
 /// How often a waiting reclaim looks whether the node is stopping.
 const RECLAIM_WAIT_STEP_MS: u64 = 100;
