@@ -13,8 +13,6 @@
 //! A table's fences are one record in the `catalog` column family under the data group's
 //! prefix, its floor another, so snapshots and digests carry them with the rows they guard.
 
-use std::collections::HashMap;
-
 use kalamdb_log::{GroupId, RowWrite, TableDef, Value};
 use rocksdb::{DB, WriteBatch};
 use serde::{Deserialize, Serialize};
@@ -118,12 +116,7 @@ pub fn refused<'f>(fences: &'f [Fence], rows: &[RowWrite]) -> Option<(usize, &'f
 
 /// Live rows of the table in the group whose column at `slot` reads NULL: the newest hot
 /// versions (those `staged` in this apply call first) and the live rows of its files.
-pub fn count_nulls(
-    at: ColdGroup<'_>,
-    def: &TableDef,
-    slot: usize,
-    staged: &HashMap<Vec<u8>, Option<StoredRow>>,
-) -> Result<u64> {
+pub fn count_nulls(at: ColdGroup<'_>, def: &TableDef, slot: usize, staged: &crate::rows::Staged) -> Result<u64> {
     let ColdGroup { db, files: store, group } = at;
     let fence = Fence { slot: slot as u32, column: String::new(), backfill_null: def.columns[slot].backfill.is_none() };
     let prefix = table_prefix(group, def.table_id);
@@ -146,9 +139,9 @@ pub fn count_nulls(
         nulls += u64::from(!row.deleted && !flushed && fence.refuses(&row.values));
     }
     for (k, row) in staged {
-        if k.starts_with(&prefix) && row.as_ref().is_some_and(|r| !r.deleted && fence.refuses(&r.values)) {
-            nulls += 1;
-        }
+        let Some(bytes) = row.as_deref().filter(|_| k.starts_with(&prefix)) else { continue };
+        let row = StoredRow::decode(bytes)?;
+        nulls += u64::from(!row.deleted && fence.refuses(&row.values));
     }
     let (files, superseded) = table_files(db, group, def.table_id)?;
     let storage = storage_schema(def);

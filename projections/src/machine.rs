@@ -127,11 +127,13 @@ impl Projection {
         Installer { log_db: &self.log_db, env: &self.env, catalog: &self.catalog, group: self.group }
     }
 
+    /// Apply one op of an entry. Takes the rows out of a row op (the values move into the
+    /// stored versions and their changes instead of being copied); nothing reads them after.
     fn apply_op(
         &self,
         batch: &mut WriteBatch,
         rows: &mut RowApplier<'_>,
-        op: &Op,
+        op: &mut Op,
         log_index: u64,
         ordinal: &mut u64,
     ) -> Result<OpResult> {
@@ -139,9 +141,10 @@ impl Projection {
         let is_users = self.group == GroupId::Meta(MetaGroup::Users);
         let is_data = matches!(self.group, GroupId::UserShard(_) | GroupId::SharedShard(_));
         let db = self.log_db.db();
+        let kind = op.kind();
         let misrouted = || OpResult::Failed {
             code: ApplyErrorCode::ConstraintViolation,
-            message: format!("{} op routed to group {}", op.kind(), self.group),
+            message: format!("{kind} op routed to group {}", self.group),
         };
         match op {
             Op::CreateNamespace { name, if_not_exists, created_at_micros } if is_catalog => {
@@ -171,7 +174,8 @@ impl Projection {
             }
             Op::Insert { table_id, scope, rows: writes, schema_version } if is_data => {
                 let first = take_ordinals(ordinal, writes.len());
-                let r = rows.insert(batch, *table_id, scope, writes, *schema_version, log_index, first)?;
+                let r =
+                    rows.insert(batch, *table_id, scope, std::mem::take(writes), *schema_version, log_index, first)?;
                 self.count_hot(*table_id, &r);
                 Ok(r)
             }
@@ -180,7 +184,7 @@ impl Projection {
                     batch,
                     *table_id,
                     scope,
-                    writes,
+                    std::mem::take(writes),
                     false,
                     *schema_version,
                     log_index,
@@ -194,7 +198,7 @@ impl Projection {
                     batch,
                     *table_id,
                     scope,
-                    writes,
+                    std::mem::take(writes),
                     true,
                     *schema_version,
                     log_index,
@@ -215,31 +219,18 @@ impl Projection {
                     return Ok(failure);
                 }
                 let mut affected = 0;
-                for (w, first) in writes.iter().zip(firsts) {
+                for (w, first) in writes.iter_mut().zip(firsts) {
+                    let taken = std::mem::take(&mut w.rows);
                     let r = match w.kind {
                         WriteKind::Insert => {
-                            rows.insert(batch, w.table_id, &w.scope, &w.rows, w.schema_version, log_index, first)?
+                            rows.insert(batch, w.table_id, &w.scope, taken, w.schema_version, log_index, first)?
                         }
-                        WriteKind::Update => rows.rewrite(
-                            batch,
-                            w.table_id,
-                            &w.scope,
-                            &w.rows,
-                            false,
-                            w.schema_version,
-                            log_index,
-                            first,
-                        )?,
-                        WriteKind::Delete => rows.rewrite(
-                            batch,
-                            w.table_id,
-                            &w.scope,
-                            &w.rows,
-                            true,
-                            w.schema_version,
-                            log_index,
-                            first,
-                        )?,
+                        WriteKind::Update => {
+                            rows.rewrite(batch, w.table_id, &w.scope, taken, false, w.schema_version, log_index, first)?
+                        }
+                        WriteKind::Delete => {
+                            rows.rewrite(batch, w.table_id, &w.scope, taken, true, w.schema_version, log_index, first)?
+                        }
                     };
                     let OpResult::Done { affected: n } = r else {
                         panic!("group {}: transaction write failed after its check passed: {r:?}", self.group);
@@ -468,7 +459,7 @@ impl RaftStateMachine<TypeConfig> for Projection {
         for entry in entries {
             // A flush or compaction reads RocksDB directly and rewrites it wholesale: it gets a
             // batch of its own, after everything before it is committed.
-            let cmd = match &entry.payload {
+            let mut cmd = match &entry.payload {
                 EntryPayload::Normal(encoded) => Some(encoded.decode().map_err(|e| sm_err(ErrorVerb::Read, e))?),
                 _ => None,
             };
@@ -490,7 +481,7 @@ impl RaftStateMachine<TypeConfig> for Projection {
                         committed_at_micros: cmd.as_ref().map_or(0, |c| c.committed_at_micros),
                         changes: Vec::new(),
                     };
-                    for op in cmd.iter().flat_map(|c| c.ops.iter()) {
+                    for op in cmd.iter_mut().flat_map(|c| c.ops.iter_mut()) {
                         let result = if op.is_storage_job() {
                             off_worker(|| self.apply_op(&mut batch, &mut rows, op, index, &mut ordinal))
                         } else {

@@ -116,13 +116,22 @@ impl RowReader {
     }
 }
 
+/// Newest versions staged by one apply call, by row key, encoded as [`StoredRow::encode`]
+/// writes them; `None` for a key removed outright. Encoded rather than decoded: every staged
+/// row is kept here, and only an op that touches the same key again in the same call (or a
+/// NOT NULL check) reads one back, so the bytes already made for the batch are kept (one
+/// allocation a row) instead of a second copy of every value (one a value, and the row's
+/// values can move on into its change).
+pub type Staged = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// Row writes of one `apply` call: a write-through overlay so that later ops in the same call
 /// see earlier ops' rows before the batch is committed.
 pub struct RowApplier<'a> {
     db: &'a DB,
     group: GroupId,
-    /// Staged newest versions; `None` for a key removed outright (an expired STREAM row).
-    overlay: HashMap<Vec<u8>, Option<StoredRow>>,
+    /// Staged newest versions, encoded as in the batch; `None` for a key removed outright (an
+    /// expired STREAM row).
+    overlay: Staged,
     /// What the ops applied so far changed, for the entry's change record; the caller takes it
     /// after each entry.
     pub changes: Vec<Change>,
@@ -182,8 +191,8 @@ impl<'a> RowApplier<'a> {
     /// (values not read). Flushed versions known by a stub are always live.
     fn newest(&mut self, key: &[u8]) -> Result<Option<(StoredRow, Prior)>> {
         if let Some(row) = self.overlay.get(key) {
-            if let Some(row) = row {
-                return Ok(Some((row.clone(), Prior::Hot)));
+            if let Some(bytes) = row {
+                return Ok(Some((StoredRow::decode(bytes)?, Prior::Hot)));
             }
         } else {
             let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
@@ -233,7 +242,7 @@ impl<'a> RowApplier<'a> {
         for (i, key) in keys.iter().enumerate() {
             assert!(key.starts_with(sp), "a key outside the scope looked up");
             match self.overlay.get(key) {
-                Some(Some(row)) => out[i] = Some((row.clone(), Prior::Hot)),
+                Some(Some(bytes)) => out[i] = Some((StoredRow::decode(bytes)?, Prior::Hot)),
                 Some(None) => no_hot.push(i),
                 None => unseen.push(i),
             }
@@ -282,20 +291,22 @@ impl<'a> RowApplier<'a> {
 
     /// Stage the new versions; a version that replaces a flushed one marks that one
     /// superseded, so queries and compaction skip it (a flushed hot row not settled yet is
-    /// settled first, so the result is what it would be had it been).
+    /// settled first, so the result is what it would be had it been). Gives the versions back,
+    /// in order, for their changes.
     fn commit(
         &mut self,
         batch: &mut WriteBatch,
         table_id: u64,
         staged: Vec<(Vec<u8>, StoredRow, Prior)>,
         log_index: u64,
-    ) -> Result<()> {
+    ) -> Result<Vec<StoredRow>> {
         if !staged.is_empty() {
             self.flush_starts.wrote(self.group, table_id, staged.iter().map(|(key, _, _)| key.as_slice()));
         }
         let cf = self.db.cf_handle(CF_ROWS).ok_or_else(|| Error::Corrupt("no rows cf".into()))?;
         let cold = self.db.cf_handle(CF_COLD).ok_or_else(|| Error::Corrupt("no cold cf".into()))?;
         self.overlay.reserve(staged.len());
+        let mut rows = Vec::with_capacity(staged.len());
         let mut encoded = Vec::new();
         for (key, row, prior) in staged {
             match prior {
@@ -311,11 +322,14 @@ impl<'a> RowApplier<'a> {
                     }
                 }
             }
+            // Encoded into one reused buffer (rkyv grows its output as it writes), then copied
+            // out at its exact size.
             row.encode_into(&mut encoded);
             batch.put_cf(cf, &key, &encoded);
-            self.overlay.insert(key, Some(row));
+            self.overlay.insert(key, Some(encoded.clone()));
+            rows.push(row);
         }
-        Ok(())
+        Ok(rows)
     }
 
     /// Insert rows; the whole op fails if any key holds a live row (or repeats within the op).
@@ -324,7 +338,7 @@ impl<'a> RowApplier<'a> {
         batch: &mut WriteBatch,
         table_id: u64,
         scope: &str,
-        rows: &[RowWrite],
+        rows: Vec<RowWrite>,
         schema_version: u32,
         log_index: u64,
         first_ordinal: u64,
@@ -332,7 +346,7 @@ impl<'a> RowApplier<'a> {
         if let Some(refusal) = self.floor_refusal(batch, table_id, schema_version, log_index, first_ordinal)? {
             return Ok(refusal);
         }
-        if let Some(refusal) = self.fence_refusal(batch, table_id, rows, log_index, first_ordinal)? {
+        if let Some(refusal) = self.fence_refusal(batch, table_id, &rows, log_index, first_ordinal)? {
             return Ok(refusal);
         }
         let mut staged: Vec<(Vec<u8>, StoredRow, Prior)> = Vec::with_capacity(rows.len());
@@ -342,7 +356,7 @@ impl<'a> RowApplier<'a> {
         let ascending = keys.windows(2).all(|w| w[0] < w[1]);
         let mut seen = std::collections::HashSet::with_capacity(if ascending { 0 } else { rows.len() });
         let newest = self.newest_many(&sp, &keys)?;
-        for (i, ((r, key), newest)) in rows.iter().zip(keys).zip(newest).enumerate() {
+        for (i, ((r, key), newest)) in rows.into_iter().zip(keys).zip(newest).enumerate() {
             let live = newest.as_ref().is_some_and(|(row, _)| !row.deleted);
             // Only a tombstone (or nothing) can be replaced here; a flushed one is settled.
             let prior = newest.map_or(Prior::Hot, |(_, prior)| prior);
@@ -357,13 +371,14 @@ impl<'a> RowApplier<'a> {
                 ));
             }
             let seq = make_seq(log_index, first_ordinal + i as u64);
-            staged.push((key, StoredRow { seq, deleted: false, values: r.values.clone() }, prior));
-        }
-        for (_, row, _) in &staged {
-            self.changes.push(row_change(ChangeKind::Insert, table_id, scope, row, None));
+            staged.push((key, StoredRow { seq, deleted: false, values: r.values }, prior));
         }
         let affected = staged.len() as u64;
-        self.commit(batch, table_id, staged, log_index)?;
+        let written = self.commit(batch, table_id, staged, log_index)?;
+        self.changes.reserve(written.len());
+        for row in written {
+            self.changes.push(row_change(ChangeKind::Insert, table_id, scope, row, None));
+        }
         Ok(OpResult::Done { affected })
     }
 
@@ -373,7 +388,7 @@ impl<'a> RowApplier<'a> {
         batch: &mut WriteBatch,
         table_id: u64,
         scope: &str,
-        rows: &[RowWrite],
+        rows: Vec<RowWrite>,
         delete: bool,
         schema_version: u32,
         log_index: u64,
@@ -382,12 +397,15 @@ impl<'a> RowApplier<'a> {
         if let Some(refusal) = self.floor_refusal(batch, table_id, schema_version, log_index, first_ordinal)? {
             return Ok(refusal);
         }
-        if !delete && let Some(refusal) = self.fence_refusal(batch, table_id, rows, log_index, first_ordinal)? {
+        if !delete && let Some(refusal) = self.fence_refusal(batch, table_id, &rows, log_index, first_ordinal)? {
             return Ok(refusal);
         }
         let mut staged: Vec<(Vec<u8>, StoredRow, Prior)> = Vec::with_capacity(rows.len());
         let mut old = Vec::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
+        // A delete's values are the old row its statement read (see below); an update's are
+        // the new version's.
+        let mut read = Vec::with_capacity(if delete { rows.len() } else { 0 });
+        for (i, r) in rows.into_iter().enumerate() {
             let key = row_key(self.group, table_id, scope, &r.pk);
             let current = self.newest(&key)?;
             let at_expected = match (&current, r.expected_seq) {
@@ -402,22 +420,30 @@ impl<'a> RowApplier<'a> {
                 ));
             }
             let seq = make_seq(log_index, first_ordinal + i as u64);
-            let values = if delete { Vec::new() } else { r.values.clone() };
+            let values = if delete {
+                read.push(r.values);
+                Vec::new()
+            } else {
+                r.values
+            };
             old.push(current);
             staged.push((key, StoredRow { seq, deleted: delete, values }, prior));
         }
         let kind = if delete { ChangeKind::Delete } else { ChangeKind::Update };
-        for (((_, row, _), previous), r) in staged.iter().zip(old).zip(rows) {
+        let affected = staged.len() as u64;
+        let written = self.commit(batch, table_id, staged, log_index)?;
+        let mut read = read.into_iter();
+        self.changes.reserve(written.len());
+        for (row, previous) in written.into_iter().zip(old) {
             let mut change = row_change(kind, table_id, scope, row, previous);
             // A deleted version that lived in a Parquet file: the statement read it (at the
             // `_seq` apply just checked) and carries it, so subscribers learn which row went.
-            if delete && change.old_row.is_none() && change.old_seq.is_some() && !r.values.is_empty() {
-                change.old_row = Some(r.values.clone());
+            let values = read.next().unwrap_or_default();
+            if delete && change.old_row.is_none() && change.old_seq.is_some() && !values.is_empty() {
+                change.old_row = Some(values);
             }
             self.changes.push(change);
         }
-        let affected = staged.len() as u64;
-        self.commit(batch, table_id, staged, log_index)?;
         Ok(OpResult::Done { affected })
     }
 
@@ -585,7 +611,7 @@ impl<'a> RowApplier<'a> {
         }
         for (k, row) in &self.overlay {
             if k.starts_with(&prefix) {
-                current.insert(k.clone(), row.clone());
+                current.insert(k.clone(), row.as_deref().map(StoredRow::decode).transpose()?);
             }
         }
         let mut affected = 0u64;
@@ -646,7 +672,7 @@ fn row_change(
     kind: ChangeKind,
     table_id: u64,
     scope: &str,
-    row: &StoredRow,
+    row: StoredRow,
     previous: Option<(StoredRow, Prior)>,
 ) -> Change {
     // A flushed version carries no old row, settled (known by its stub, values not read) or
@@ -663,7 +689,7 @@ fn row_change(
         scope: scope.to_string(),
         namespace: String::new(),
         seq: row.seq,
-        row: row.values.clone(),
+        row: row.values,
         old_row,
         old_seq,
         expired: false,
