@@ -180,6 +180,8 @@ impl Projection {
                 Ok(r)
             }
             Op::Update { table_id, scope, rows: writes, schema_version } if is_data => {
+                // Ordinals before the rows are taken: they count them.
+                let first = take_ordinals(ordinal, writes.len());
                 let r = rows.rewrite(
                     batch,
                     *table_id,
@@ -188,12 +190,14 @@ impl Projection {
                     false,
                     *schema_version,
                     log_index,
-                    take_ordinals(ordinal, writes.len()),
+                    first,
                 )?;
                 self.count_hot(*table_id, &r);
                 Ok(r)
             }
             Op::Delete { table_id, scope, rows: writes, schema_version } if is_data => {
+                // Ordinals before the rows are taken: they count them.
+                let first = take_ordinals(ordinal, writes.len());
                 let r = rows.rewrite(
                     batch,
                     *table_id,
@@ -202,7 +206,7 @@ impl Projection {
                     true,
                     *schema_version,
                     log_index,
-                    take_ordinals(ordinal, writes.len()),
+                    first,
                 )?;
                 self.count_hot(*table_id, &r);
                 Ok(r)

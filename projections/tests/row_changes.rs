@@ -26,7 +26,8 @@ fn op(kind: &str, rows: Vec<RowWrite>) -> Op {
 }
 
 /// Three rows, then row 0 updated twice (the second reads the first's version), row 1 deleted
-/// (its statement carries the values it read) and row 3 inserted and updated in one entry.
+/// (its statement carries the values it read), row 3 inserted and updated in one entry and row
+/// 4 inserted after that update (its `_seq` counts the update's row).
 fn log() -> Vec<Entry> {
     vec![
         membership_entry(),
@@ -39,6 +40,7 @@ fn log() -> Vec<Entry> {
             vec![
                 op("insert", vec![id_text_row(3, "x", None)]),
                 op("update", vec![id_text_row(3, "y", Some(seq(6, 0)))]),
+                op("insert", vec![id_text_row(4, "z", None)]),
             ],
         ),
     ]
@@ -68,6 +70,7 @@ async fn row_changes_read_staged_versions_as_committed_ones() {
             (Value::BigInt(0), text("c"), seq(5, 0)),
             (Value::BigInt(2), text("a"), seq(2, 2)),
             (Value::BigInt(3), text("y"), seq(6, 1)),
+            (Value::BigInt(4), text("z"), seq(6, 2)),
         ]
     );
     for r in &results[1..] {
@@ -88,6 +91,7 @@ async fn row_changes_read_staged_versions_as_committed_ones() {
         (5, ChangeKind::Update, seq(5, 0), row(0, "c"), Some(row(0, "b")), Some(seq(3, 0))),
         (6, ChangeKind::Insert, seq(6, 0), row(3, "x"), None, None),
         (6, ChangeKind::Update, seq(6, 1), row(3, "y"), Some(row(3, "x")), Some(seq(6, 0))),
+        (6, ChangeKind::Insert, seq(6, 2), row(4, "z"), None, None),
     ];
     assert_eq!(summary, expected);
 
